@@ -1,0 +1,48 @@
+//! Settings of the rate core, independent of where they come from (flags,
+//! environment, TOML: the binary merges those).
+
+use std::collections::BTreeMap;
+
+use crate::{
+    HubConfig, StreamLimits,
+    feed::SimulatorConfig,
+    pricing::Markup,
+    server::FeedKind,
+    symbols::SymbolOverride,
+};
+
+/// The symbols served when none are configured.
+pub const DEFAULT_SYMBOLS: &[&str] = &["USD_JPY", "EUR_USD", "GBP_USD", "EUR_JPY", "AUD_USD", "BTC_JPY"];
+
+/// Settings of [`RatesCore`](crate::RatesCore).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Symbols to price.
+    pub symbols: Vec<String>,
+    /// Markup applied to every symbol without its own.
+    pub markup: Markup,
+    /// Per-symbol conventions and markups.
+    pub symbol_overrides: BTreeMap<String, SymbolOverride>,
+    /// Which feed drives the publisher.
+    pub feed: FeedKind,
+    /// Simulator settings (used with [`FeedKind::Simulated`]).
+    pub simulator: SimulatorConfig,
+    /// History and buffering of the local fan-out.
+    pub hub: HubConfig,
+    /// Slow-consumer limits of streams.
+    pub stream_limits: StreamLimits,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            symbols: DEFAULT_SYMBOLS.iter().map(|s| (*s).to_owned()).collect(),
+            markup: Markup::None,
+            symbol_overrides: BTreeMap::new(),
+            feed: FeedKind::Simulated,
+            simulator: SimulatorConfig::default(),
+            hub: HubConfig::default(),
+            stream_limits: StreamLimits::default(),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! fxcast's domain core and its gRPC services.
+//!
+//! Quotes flow from a [`feed`] through [`pricing`] into the [`RatePublisher`],
+//! which numbers them per symbol, records the [`LatestRates`] and publishes the
+//! encoded rate once on the transport topic `rates.<SYMBOL>`. The [`RateHub`]
+//! holds this process's single subscription per topic and fans ticks out to
+//! `StreamRates` clients, with a bounded per-symbol history for resumption.
+//!
+//! # Layout
+//! - [`symbols`], [`pricing`]: symbol conventions and markup.
+//! - [`feed`]: the [`Feed`](feed::Feed) trait and the simulator.
+//! - `rates`, `publisher`, `hub`: ticks, the latest-rate cache, publishing and fan-out.
+//! - `rate_service`: the tonic `RateService`.
+//! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
+
+#![forbid(unsafe_code)]
+
+mod config;
+mod error;
+pub mod feed;
+mod hub;
+pub mod pricing;
+mod publisher;
+mod rate_service;
+mod rates;
+mod server;
+pub mod symbols;
+
+pub use config::{Config, DEFAULT_SYMBOLS};
+pub use error::Error;
+pub use fxcast_transport::BoxFuture;
+pub use hub::{HubConfig, RateHub, SymbolSubscription};
+pub use publisher::RatePublisher;
+pub use rate_service::{RateServiceImpl, StreamLimits};
+pub use rates::{LatestRates, Tick, parse_price, rates_topic};
+pub use server::{FeedKind, RatesCore};
+pub use symbols::{SymbolSpec, SymbolTable};

@@ -1,0 +1,111 @@
+//! The rate publisher: feed quotes in, published rates out.
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Instant, SystemTime},
+};
+
+use bytes::Bytes;
+use fxcast_proto::v1::Rate;
+use fxcast_transport::Transport;
+use prost::Message;
+use tokio::sync::{Mutex, mpsc};
+
+use crate::{Error, LatestRates, SymbolTable, Tick, feed::Quote, rates_topic};
+
+/// Turns raw quotes into published rates: applies the symbol's markup,
+/// assigns its gap-free sequence and a `rate_id`, encodes the rate once,
+/// records it as the latest and publishes the bytes on `rates.<SYMBOL>`.
+///
+/// A cheap `Clone` handle; the feed and `PublishRate` share one.
+#[derive(Clone)]
+pub struct RatePublisher {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    transport: Arc<dyn Transport>,
+    latest: LatestRates,
+    symbols: SymbolTable,
+    run_id: String,
+    // The next sequence per symbol. A tokio mutex held across the publish so
+    // topic order always equals sequence order, even with concurrent
+    // publishers of one symbol.
+    sequences: HashMap<String, Mutex<u64>>,
+}
+
+impl std::fmt::Debug for RatePublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RatePublisher").field("run_id", &self.inner.run_id).finish_non_exhaustive()
+    }
+}
+
+impl RatePublisher {
+    /// Creates a publisher. `run_id` distinguishes this run's `rate_id`s from
+    /// those of earlier runs (sequences restart at 1 on every start).
+    pub fn new(transport: Arc<dyn Transport>, latest: LatestRates, symbols: SymbolTable, run_id: String) -> Self {
+        let sequences = symbols.names().map(|s| (s.to_owned(), Mutex::new(0))).collect();
+        Self { inner: Arc::new(Inner { transport, latest, symbols, run_id, sequences }) }
+    }
+
+    /// This run's identifier, part of every `rate_id`.
+    pub fn run_id(&self) -> &str {
+        &self.inner.run_id
+    }
+
+    /// Publishes one quote from `source`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSymbol`], [`Error::InvalidArgument`] for a non-positive
+    /// or crossed price, or the transport's error (the sequence is then not
+    /// consumed, so sequences stay gap-free).
+    pub async fn publish(&self, quote: Quote, source: &str) -> Result<Arc<Tick>, Error> {
+        let inner = &*self.inner;
+        let spec = inner.symbols.get(&quote.symbol)?;
+        if quote.bid <= rust_decimal::Decimal::ZERO || quote.ask <= rust_decimal::Decimal::ZERO {
+            return Err(Error::InvalidArgument(format!(
+                "{}: bid {} and ask {} must be positive",
+                quote.symbol, quote.bid, quote.ask
+            )));
+        }
+        if quote.bid > quote.ask {
+            return Err(Error::InvalidArgument(format!(
+                "{}: bid {} is above ask {}",
+                quote.symbol, quote.bid, quote.ask
+            )));
+        }
+        let (bid, ask) = spec.markup.apply(quote.bid, quote.ask, spec.price_scale);
+        let mut next = inner.sequences[&quote.symbol].lock().await;
+        let sequence = *next + 1;
+        let rate = Rate {
+            rate_id: format!("{}-{}-{}", quote.symbol, inner.run_id, sequence),
+            bid: bid.to_string(),
+            ask: ask.to_string(),
+            sequence,
+            source_time: Some(quote.source_time.into()),
+            publish_time: Some(SystemTime::now().into()),
+            source: source.to_owned(),
+            stale: false,
+            symbol: quote.symbol,
+        };
+        let payload = Bytes::from(rate.encode_to_vec());
+        let tick = Arc::new(Tick { rate, bid, ask, payload: payload.clone(), received_at: Instant::now() });
+        inner.transport.publish(&rates_topic(tick.symbol()), payload).await?;
+        *next = sequence;
+        drop(next);
+        inner.latest.update(Arc::clone(&tick));
+        Ok(tick)
+    }
+
+    /// Publishes every quote from `quotes` until the channel closes. A quote
+    /// that fails is logged and skipped; the feed keeps running.
+    pub async fn run(self, mut quotes: mpsc::Receiver<Quote>, source: &'static str) {
+        while let Some(quote) = quotes.recv().await {
+            let symbol = quote.symbol.clone();
+            if let Err(err) = self.publish(quote, source).await {
+                tracing::warn!(%symbol, error = %err, "could not publish quote");
+            }
+        }
+    }
+}

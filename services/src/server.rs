@@ -1,0 +1,177 @@
+//! Assembly of the rate core and the gRPC server around it.
+
+use std::{future::Future, sync::Arc};
+
+use fxcast_proto::v1::rate_service_server::RateServiceServer;
+use fxcast_transport::Transport;
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
+    feed::{Feed, SimulatedFeed},
+};
+
+/// Which upstream feed drives the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedKind {
+    /// The built-in seeded random walk.
+    Simulated,
+    /// No feed: rates arrive through `PublishRate` or from other processes
+    /// over the transport.
+    None,
+}
+
+/// The running rate core: symbols, latest-rate cache, local fan-out and the
+/// publisher with its feed. Everything the services and the gateway share.
+#[derive(Debug)]
+pub struct RatesCore {
+    symbols: SymbolTable,
+    latest: LatestRates,
+    hub: RateHub,
+    publisher: RatePublisher,
+    transport: Arc<dyn Transport>,
+    config: Config,
+    shutdown: CancellationToken,
+    tasks: JoinSet<()>,
+}
+
+impl RatesCore {
+    /// Connects to `transport` and starts the feed. Returns once the local
+    /// subscriptions are live, so no tick of the feed is missed.
+    ///
+    /// Long-lived streams end when `shutdown` is cancelled.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a bad symbol configuration, or the transport's
+    /// error when subscribing fails.
+    pub async fn start(config: Config, transport: Arc<dyn Transport>, shutdown: CancellationToken) -> Result<Self, Error> {
+        let symbols = SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
+        let latest = LatestRates::default();
+        let hub = RateHub::new(&symbols, latest.clone(), config.hub);
+        let mut tasks = JoinSet::new();
+        hub.connect(&transport, &mut tasks).await?;
+        let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
+        let publisher = RatePublisher::new(Arc::clone(&transport), latest.clone(), symbols.clone(), run_id);
+
+        let mut core = Self { symbols, latest, hub, publisher, transport, config, shutdown, tasks };
+        match core.config.feed {
+            FeedKind::Simulated => {
+                let feed = SimulatedFeed::new(&core.symbols, core.config.simulator.clone());
+                core.spawn_feed(Box::new(feed));
+            }
+            FeedKind::None => {}
+        }
+        tracing::info!(
+            symbols = %core.symbols,
+            transport = core.transport.name(),
+            feed = ?core.config.feed,
+            run_id = core.publisher.run_id(),
+            "rate core started"
+        );
+        Ok(core)
+    }
+
+    /// Runs `feed` into the publisher until shutdown.
+    pub fn spawn_feed(&mut self, feed: Box<dyn Feed>) {
+        let (tx, rx) = mpsc::channel(1024);
+        let source = feed.name();
+        let shutdown = self.shutdown.clone();
+        self.tasks.spawn(self.publisher.clone().run(rx, source));
+        self.tasks.spawn(async move {
+            tokio::select! {
+                result = feed.run(tx) => match result {
+                    Ok(()) => tracing::info!(feed = source, "feed ended"),
+                    Err(err) => tracing::error!(feed = source, error = %err, "feed failed"),
+                },
+                () = shutdown.cancelled() => {}
+            }
+        });
+    }
+
+    /// The symbols this core prices.
+    pub fn symbols(&self) -> &SymbolTable {
+        &self.symbols
+    }
+
+    /// The latest-rate cache.
+    pub fn latest(&self) -> &LatestRates {
+        &self.latest
+    }
+
+    /// The local fan-out of received ticks.
+    pub fn hub(&self) -> &RateHub {
+        &self.hub
+    }
+
+    /// The publisher (for `PublishRate` and feeds).
+    pub fn publisher(&self) -> &RatePublisher {
+        &self.publisher
+    }
+
+    /// The transport in use.
+    pub fn transport(&self) -> &Arc<dyn Transport> {
+        &self.transport
+    }
+
+    /// Ready once every symbol has a rate.
+    pub fn is_ready(&self) -> bool {
+        self.symbols.names().all(|s| self.latest.get(s).is_some())
+    }
+
+    /// The `RateService` implementation over this core.
+    pub fn rate_service(&self) -> RateServiceImpl {
+        RateServiceImpl::new(
+            self.symbols.clone(),
+            self.latest.clone(),
+            self.hub.clone(),
+            self.publisher.clone(),
+            self.config.stream_limits,
+            self.shutdown.clone(),
+        )
+    }
+
+    /// Serves gRPC (RateService, health, reflection v1 and v1alpha) on
+    /// `listener` until `shutdown` completes, then drains connections.
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server fails.
+    pub async fn serve_grpc(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<RateServiceServer<RateServiceImpl>>().await;
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+
+        // Nagle's algorithm would hold small tick frames back for tens of ms.
+        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        // The auth layer (token issue) slots in here as one `.layer(...)` over
+        // every service; health and reflection are exempted by path there.
+        tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(RateServiceServer::new(self.rate_service()))
+            .serve_with_incoming_shutdown(incoming, async {
+                shutdown.await;
+                health.set_not_serving::<RateServiceServer<RateServiceImpl>>().await;
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+impl Drop for RatesCore {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}

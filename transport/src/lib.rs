@@ -1,0 +1,195 @@
+//! Pub/sub transports for fxcast.
+//!
+//! A [`Transport`] moves opaque, already-serialised payloads ([`Bytes`]) from
+//! publishers to every subscriber of a topic. The rate publisher serialises a
+//! tick once and the same bytes reach every subscriber; nothing here looks
+//! inside a payload.
+//!
+//! Callers hold an `Arc<dyn Transport>` so the backend is chosen at run time
+//! (`--transport memory|momento`) without changing them.
+//!
+//! # Layout
+//! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
+//! - [`MemoryTransport`]: the in-process backend (the embedded default).
+//! - `conformance` (feature `conformance`): the test suite every backend passes.
+
+#![forbid(unsafe_code)]
+
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+mod memory;
+
+#[cfg(feature = "conformance")]
+pub mod conformance;
+
+pub use memory::{MemoryConfig, MemoryTransport};
+
+/// A boxed future, so [`Transport`] stays object-safe.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Errors a transport reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The payload is larger than the backend accepts.
+    #[error("payload of {size} bytes exceeds the {limit}-byte limit of the {backend} transport")]
+    PayloadTooLarge {
+        /// Size of the refused payload.
+        size: usize,
+        /// Largest payload the backend accepts.
+        limit: usize,
+        /// Backend name.
+        backend: &'static str,
+    },
+    /// The topic name is not acceptable to the backend.
+    #[error("invalid topic name {topic:?}: {reason}")]
+    InvalidTopic {
+        /// The refused name.
+        topic: String,
+        /// Why it was refused.
+        reason: &'static str,
+    },
+    /// The backend cannot be reached or failed; the message says how.
+    #[error("{backend} transport unavailable: {message}")]
+    Unavailable {
+        /// Backend name.
+        backend: &'static str,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// One published payload, in publish order for its topic.
+    Message(Bytes),
+    /// Some messages were not delivered to this subscriber. Publishers'
+    /// payloads carry their own sequence numbers when exact recovery matters.
+    Gap(Gap),
+}
+
+/// Messages a subscriber missed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// How many messages were missed, when the backend knows.
+    pub missed: Option<u64>,
+    /// Why they were missed.
+    pub cause: GapCause,
+}
+
+/// Why a [`Gap`] happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GapCause {
+    /// The subscriber read more slowly than messages were published and its
+    /// bounded buffer overflowed; the oldest messages were dropped.
+    Lagged,
+    /// The backend lost its connection and resubscribed.
+    Reconnected,
+}
+
+impl fmt::Display for Gap {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cause = match self.cause {
+            GapCause::Lagged => "subscriber lagged",
+            GapCause::Reconnected => "transport reconnected",
+        };
+        match self.missed {
+            Some(n) => write!(f, "{n} messages missed ({cause})"),
+            None => write!(f, "messages may have been missed ({cause})"),
+        }
+    }
+}
+
+/// A pub/sub backend.
+///
+/// Contract (checked by the conformance suite):
+/// - messages on one topic arrive in publish order; topics are independent;
+/// - every live subscriber of a topic receives every message (fan-out);
+/// - dropping a [`Subscription`] unsubscribes it;
+/// - a subscriber that falls behind receives a [`Delivery::Gap`] and then the
+///   newer messages, and what is buffered for it stays bounded.
+pub trait Transport: Send + Sync + fmt::Debug + 'static {
+    /// Short backend name for logs and metrics (`"memory"`, `"momento"`).
+    fn name(&self) -> &'static str;
+
+    /// Publishes `payload` to every current subscriber of `topic`.
+    ///
+    /// Publishing to a topic nobody subscribes to succeeds and drops the
+    /// payload.
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`], [`Error::InvalidTopic`], or
+    /// [`Error::Unavailable`] when a network backend cannot deliver it.
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>>;
+
+    /// Subscribes to `topic`: the subscription receives messages published
+    /// after this call returns.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`] or [`Error::Unavailable`].
+    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>>;
+
+    /// Number of live subscriptions to `topic` held in this process.
+    fn local_subscribers(&self, topic: &str) -> usize;
+}
+
+/// A live subscription to one topic; a [`Stream`] of [`Delivery`].
+///
+/// The stream ends when the transport shuts down. Dropping it unsubscribes.
+pub struct Subscription {
+    inner: Pin<Box<dyn Stream<Item = Delivery> + Send>>,
+}
+
+impl Subscription {
+    /// Wraps a backend's stream.
+    pub fn new(stream: impl Stream<Item = Delivery> + Send + 'static) -> Self {
+        Self { inner: Box::pin(stream) }
+    }
+
+    /// The next delivery, or `None` once the transport has shut down.
+    pub async fn next(&mut self) -> Option<Delivery> {
+        futures_util::StreamExt::next(self).await
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription").finish_non_exhaustive()
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Checks a topic name: 1–256 printable ASCII characters without spaces,
+/// the common subset that Momento, NATS and Redis all accept.
+///
+/// # Errors
+/// [`Error::InvalidTopic`] saying what is wrong.
+pub fn validate_topic(topic: &str) -> Result<(), Error> {
+    let reason = if topic.is_empty() {
+        "topic is empty"
+    } else if topic.len() > 256 {
+        "topic is longer than 256 bytes"
+    } else if !topic.bytes().all(|b| b.is_ascii_graphic()) {
+        "topic must be printable ASCII without spaces"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidTopic { topic: topic.to_owned(), reason })
+}
