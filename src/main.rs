@@ -1,1 +1,35 @@
-fn main() {}
+//! The `fxcast` command line: parses arguments and calls the libraries.
+
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand};
+
+mod commands;
+
+/// Live FX/crypto rates and orders against them.
+#[derive(Debug, Parser)]
+#[command(name = "fxcast", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run everything: feed, publisher, gRPC services and the HTTP gateway.
+    Serve(commands::serve::ServeArgs),
+    /// Stream live rates to the terminal.
+    Subscribe(commands::subscribe::SubscribeArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    commands::init_logging();
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Subscribe(args) => commands::subscribe::run(args).await,
+        }
+    })
+}

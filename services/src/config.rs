@@ -4,15 +4,14 @@
 use std::collections::BTreeMap;
 
 use crate::{
-    HubConfig, StreamLimits,
-    feed::SimulatorConfig,
-    pricing::Markup,
-    server::FeedKind,
+    HubConfig, StreamLimits, feed::SimulatorConfig, pricing::Markup, server::FeedKind,
     symbols::SymbolOverride,
 };
 
 /// The symbols served when none are configured.
-pub const DEFAULT_SYMBOLS: &[&str] = &["USD_JPY", "EUR_USD", "GBP_USD", "EUR_JPY", "AUD_USD", "BTC_JPY"];
+pub const DEFAULT_SYMBOLS: &[&str] = &[
+    "USD_JPY", "EUR_USD", "GBP_USD", "EUR_JPY", "AUD_USD", "BTC_JPY",
+];
 
 /// Settings of [`RatesCore`](crate::RatesCore).
 #[derive(Debug, Clone)]

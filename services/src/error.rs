@@ -54,9 +54,13 @@ impl From<Error> for Status {
         let code = match &err {
             Error::UnknownSymbol { .. } | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NoRateYet(_) => Code::Unavailable,
-            Error::Transport(fxcast_transport::Error::PayloadTooLarge { .. }) => Code::InvalidArgument,
+            Error::Transport(fxcast_transport::Error::PayloadTooLarge { .. }) => {
+                Code::InvalidArgument
+            }
             Error::Transport(_) => Code::Unavailable,
-            Error::Config(_) | Error::Decode { .. } | Error::Io { .. } | Error::Server(_) => Code::Internal,
+            Error::Config(_) | Error::Decode { .. } | Error::Io { .. } | Error::Server(_) => {
+                Code::Internal
+            }
         };
         Status::new(code, err.to_string())
     }

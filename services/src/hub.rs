@@ -27,7 +27,10 @@ pub struct HubConfig {
 
 impl Default for HubConfig {
     fn default() -> Self {
-        Self { history: 4096, stream_buffer: 1024 }
+        Self {
+            history: 4096,
+            stream_buffer: 1024,
+        }
     }
 }
 
@@ -60,7 +63,9 @@ pub struct RateHub {
 
 impl std::fmt::Debug for RateHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RateHub").field("symbols", &self.channels.len()).finish_non_exhaustive()
+        f.debug_struct("RateHub")
+            .field("symbols", &self.channels.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -71,11 +76,18 @@ impl RateHub {
             .names()
             .map(|name| {
                 let (sender, _) = broadcast::channel(config.stream_buffer.max(1));
-                let channel = SymbolChannel { history: Mutex::new(VecDeque::new()), sender };
+                let channel = SymbolChannel {
+                    history: Mutex::new(VecDeque::new()),
+                    sender,
+                };
                 (name.to_owned(), channel)
             })
             .collect();
-        Self { channels: Arc::new(channels), latest, history: config.history.max(1) }
+        Self {
+            channels: Arc::new(channels),
+            latest,
+            history: config.history.max(1),
+        }
     }
 
     /// Subscribes to every symbol's topic on `transport` and spawns one ingest
@@ -83,7 +95,11 @@ impl RateHub {
     ///
     /// # Errors
     /// The transport's error when a subscription fails.
-    pub async fn connect(&self, transport: &Arc<dyn Transport>, tasks: &mut JoinSet<()>) -> Result<(), Error> {
+    pub async fn connect(
+        &self,
+        transport: &Arc<dyn Transport>,
+        tasks: &mut JoinSet<()>,
+    ) -> Result<(), Error> {
         for symbol in self.channels.keys() {
             let topic = rates_topic(symbol);
             let mut subscription = transport.subscribe(&topic).await?;
@@ -93,9 +109,13 @@ impl RateHub {
                     match delivery {
                         Delivery::Message(payload) => match Tick::decode(&topic, payload) {
                             Ok(tick) => hub.ingest(Arc::new(tick)),
-                            Err(err) => tracing::warn!(%topic, error = %err, "dropping undecodable rate"),
+                            Err(err) => {
+                                tracing::warn!(%topic, error = %err, "dropping undecodable rate")
+                            }
                         },
-                        Delivery::Gap(gap) => tracing::warn!(%topic, %gap, "transport gap on rate ingest"),
+                        Delivery::Gap(gap) => {
+                            tracing::warn!(%topic, %gap, "transport gap on rate ingest")
+                        }
                     }
                 }
                 tracing::debug!(%topic, "rate ingest ended: transport closed");
@@ -109,12 +129,18 @@ impl RateHub {
     /// ignored.
     pub fn ingest(&self, tick: Arc<Tick>) {
         let Some(channel) = self.channels.get(tick.symbol()) else {
-            tracing::warn!(symbol = tick.symbol(), "ignoring tick of an unconfigured symbol");
+            tracing::warn!(
+                symbol = tick.symbol(),
+                "ignoring tick of an unconfigured symbol"
+            );
             return;
         };
         self.latest.update(Arc::clone(&tick));
         let mut history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history.back().is_some_and(|last| last.sequence() >= tick.sequence()) {
+        if history
+            .back()
+            .is_some_and(|last| last.sequence() >= tick.sequence())
+        {
             return;
         }
         if history.len() == self.history {
@@ -130,29 +156,51 @@ impl RateHub {
     ///
     /// # Errors
     /// [`Error::UnknownSymbol`] for a symbol the hub does not carry.
-    pub fn subscribe(&self, symbol: &str, resume_after: Option<u64>) -> Result<SymbolSubscription, Error> {
-        let channel = self.channels.get(symbol).ok_or_else(|| Error::UnknownSymbol {
-            symbol: symbol.to_owned(),
-            known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
-        })?;
+    pub fn subscribe(
+        &self,
+        symbol: &str,
+        resume_after: Option<u64>,
+    ) -> Result<SymbolSubscription, Error> {
+        let channel = self
+            .channels
+            .get(symbol)
+            .ok_or_else(|| Error::UnknownSymbol {
+                symbol: symbol.to_owned(),
+                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
+            })?;
         let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
         let backlog = match resume_after {
             None => history.back().cloned().into_iter().collect(),
-            Some(after) => history.iter().filter(|t| t.sequence() > after).cloned().collect(),
+            Some(after) => history
+                .iter()
+                .filter(|t| t.sequence() > after)
+                .cloned()
+                .collect(),
         };
         let oldest_held = history.front().map(|t| t.sequence());
         let live = channel.sender.subscribe();
-        Ok(SymbolSubscription { backlog, oldest_held, live })
+        Ok(SymbolSubscription {
+            backlog,
+            oldest_held,
+            live,
+        })
     }
 
     /// The newest tick the hub holds for `symbol`.
     pub fn latest(&self, symbol: &str) -> Option<Arc<Tick>> {
         let channel = self.channels.get(symbol)?;
-        channel.history.lock().unwrap_or_else(|e| e.into_inner()).back().cloned()
+        channel
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .back()
+            .cloned()
     }
 
     /// Number of local streams of `symbol`.
     pub fn stream_count(&self, symbol: &str) -> usize {
-        self.channels.get(symbol).map_or(0, |c| c.sender.receiver_count())
+        self.channels
+            .get(symbol)
+            .map_or(0, |c| c.sender.receiver_count())
     }
 }

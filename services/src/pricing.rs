@@ -22,7 +22,9 @@ pub enum Markup {
 
 /// A markup string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid markup {input:?}: {reason} (use a price like \"0.002\" or basis points like \"1.5bp\")")]
+#[error(
+    "invalid markup {input:?}: {reason} (use a price like \"0.002\" or basis points like \"1.5bp\")"
+)]
 pub struct ParseMarkupError {
     input: String,
     reason: &'static str,
@@ -32,7 +34,10 @@ impl FromStr for Markup {
     type Err = ParseMarkupError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ParseMarkupError { input: s.to_owned(), reason };
+        let err = |reason| ParseMarkupError {
+            input: s.to_owned(),
+            reason,
+        };
         let trimmed = s.trim();
         let (number, bp) = match trimmed.strip_suffix("bp") {
             Some(n) => (n.trim(), true),
@@ -72,8 +77,10 @@ impl Markup {
     /// Applies the markup to a feed bid/ask and rounds both to `scale`
     /// decimal places, away from the mid.
     pub fn apply(&self, bid: Decimal, ask: Decimal, scale: u32) -> (Decimal, Decimal) {
-        let mut bid = (bid - self.amount(bid)).round_dp_with_strategy(scale, RoundingStrategy::ToNegativeInfinity);
-        let mut ask = (ask + self.amount(ask)).round_dp_with_strategy(scale, RoundingStrategy::ToPositiveInfinity);
+        let mut bid = (bid - self.amount(bid))
+            .round_dp_with_strategy(scale, RoundingStrategy::ToNegativeInfinity);
+        let mut ask = (ask + self.amount(ask))
+            .round_dp_with_strategy(scale, RoundingStrategy::ToPositiveInfinity);
         bid.rescale(scale);
         ask.rescale(scale);
         (bid, ask)
@@ -90,9 +97,18 @@ mod tests {
 
     #[test]
     fn parses_absolute_and_basis_points() {
-        assert_eq!("0.002".parse::<Markup>().unwrap(), Markup::Absolute(d("0.002")));
-        assert_eq!("1.5bp".parse::<Markup>().unwrap(), Markup::BasisPoints(d("1.5")));
-        assert_eq!(" 2 bp".parse::<Markup>().unwrap(), Markup::BasisPoints(d("2")));
+        assert_eq!(
+            "0.002".parse::<Markup>().unwrap(),
+            Markup::Absolute(d("0.002"))
+        );
+        assert_eq!(
+            "1.5bp".parse::<Markup>().unwrap(),
+            Markup::BasisPoints(d("1.5"))
+        );
+        assert_eq!(
+            " 2 bp".parse::<Markup>().unwrap(),
+            Markup::BasisPoints(d("2"))
+        );
         assert_eq!("0".parse::<Markup>().unwrap(), Markup::None);
         assert!("-1".parse::<Markup>().is_err());
         assert!("abc".parse::<Markup>().is_err());
@@ -102,19 +118,28 @@ mod tests {
     #[test]
     fn absolute_markup_widens_each_side() {
         let (bid, ask) = Markup::Absolute(d("0.002")).apply(d("151.230"), d("151.238"), 3);
-        assert_eq!((bid.to_string(), ask.to_string()), ("151.228".into(), "151.240".into()));
+        assert_eq!(
+            (bid.to_string(), ask.to_string()),
+            ("151.228".into(), "151.240".into())
+        );
     }
 
     #[test]
     fn basis_points_round_away_from_the_mid() {
         // 1bp of 151.230 is 0.015123 -> bid 151.214877 rounds down to 151.214.
         let (bid, ask) = Markup::BasisPoints(d("1")).apply(d("151.230"), d("151.238"), 3);
-        assert_eq!((bid.to_string(), ask.to_string()), ("151.214".into(), "151.254".into()));
+        assert_eq!(
+            (bid.to_string(), ask.to_string()),
+            ("151.214".into(), "151.254".into())
+        );
     }
 
     #[test]
     fn no_markup_keeps_scale_with_trailing_zeros() {
         let (bid, ask) = Markup::None.apply(d("1.085"), d("1.0851"), 5);
-        assert_eq!((bid.to_string(), ask.to_string()), ("1.08500".into(), "1.08510".into()));
+        assert_eq!(
+            (bid.to_string(), ask.to_string()),
+            ("1.08500".into(), "1.08510".into())
+        );
     }
 }

@@ -37,16 +37,34 @@ struct Inner {
 
 impl std::fmt::Debug for RatePublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RatePublisher").field("run_id", &self.inner.run_id).finish_non_exhaustive()
+        f.debug_struct("RatePublisher")
+            .field("run_id", &self.inner.run_id)
+            .finish_non_exhaustive()
     }
 }
 
 impl RatePublisher {
     /// Creates a publisher. `run_id` distinguishes this run's `rate_id`s from
     /// those of earlier runs (sequences restart at 1 on every start).
-    pub fn new(transport: Arc<dyn Transport>, latest: LatestRates, symbols: SymbolTable, run_id: String) -> Self {
-        let sequences = symbols.names().map(|s| (s.to_owned(), Mutex::new(0))).collect();
-        Self { inner: Arc::new(Inner { transport, latest, symbols, run_id, sequences }) }
+    pub fn new(
+        transport: Arc<dyn Transport>,
+        latest: LatestRates,
+        symbols: SymbolTable,
+        run_id: String,
+    ) -> Self {
+        let sequences = symbols
+            .names()
+            .map(|s| (s.to_owned(), Mutex::new(0)))
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                transport,
+                latest,
+                symbols,
+                run_id,
+                sequences,
+            }),
+        }
     }
 
     /// This run's identifier, part of every `rate_id`.
@@ -90,8 +108,17 @@ impl RatePublisher {
             symbol: quote.symbol,
         };
         let payload = Bytes::from(rate.encode_to_vec());
-        let tick = Arc::new(Tick { rate, bid, ask, payload: payload.clone(), received_at: Instant::now() });
-        inner.transport.publish(&rates_topic(tick.symbol()), payload).await?;
+        let tick = Arc::new(Tick {
+            rate,
+            bid,
+            ask,
+            payload: payload.clone(),
+            received_at: Instant::now(),
+        });
+        inner
+            .transport
+            .publish(&rates_topic(tick.symbol()), payload)
+            .await?;
         *next = sequence;
         drop(next);
         inner.latest.update(Arc::clone(&tick));

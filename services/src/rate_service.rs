@@ -8,14 +8,17 @@ use std::{
 
 use futures_util::{Stream, StreamExt, stream::select_all};
 use fxcast_proto::v1::{
-    Gap, GapReason, GetLatestRateRequest, ListSymbolsRequest, ListSymbolsResponse, PublishRateRequest, Rate,
-    StreamRatesRequest, StreamRatesResponse, SymbolInfo, rate_service_server::RateService, stream_rates_response,
+    Gap, GapReason, GetLatestRateRequest, ListSymbolsRequest, ListSymbolsResponse,
+    PublishRateRequest, Rate, StreamRatesRequest, StreamRatesResponse, SymbolInfo,
+    rate_service_server::RateService, stream_rates_response,
 };
 use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::{Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick, feed::Quote, rates::parse_price};
+use crate::{
+    Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick, feed::Quote, rates::parse_price,
+};
 
 /// Limits that keep one slow streaming client from costing others anything.
 #[derive(Debug, Clone, Copy)]
@@ -29,7 +32,10 @@ pub struct StreamLimits {
 
 impl Default for StreamLimits {
     fn default() -> Self {
-        Self { max_lags: 5, lag_window: Duration::from_secs(60) }
+        Self {
+            max_lags: 5,
+            lag_window: Duration::from_secs(60),
+        }
     }
 }
 
@@ -55,14 +61,23 @@ impl RateServiceImpl {
         limits: StreamLimits,
         shutdown: CancellationToken,
     ) -> Self {
-        Self { symbols, latest, hub, publisher, limits, shutdown }
+        Self {
+            symbols,
+            latest,
+            hub,
+            publisher,
+            limits,
+            shutdown,
+        }
     }
 }
 
 type RateStream = Pin<Box<dyn Stream<Item = Result<StreamRatesResponse, Status>> + Send>>;
 
 fn rate_event(tick: &Tick) -> StreamRatesResponse {
-    StreamRatesResponse { event: Some(stream_rates_response::Event::Rate(tick.rate.clone())) }
+    StreamRatesResponse {
+        event: Some(stream_rates_response::Event::Rate(tick.rate.clone())),
+    }
 }
 
 fn gap_event(symbol: &str, first: u64, last: u64, reason: GapReason) -> StreamRatesResponse {
@@ -71,7 +86,11 @@ fn gap_event(symbol: &str, first: u64, last: u64, reason: GapReason) -> StreamRa
         GapReason::SlowConsumer => "the client read too slowly; skipped to the latest rate",
         _ => "the transport lost them",
     };
-    let range = if first == last { format!("sequence {first}") } else { format!("sequences {first}..={last}") };
+    let range = if first == last {
+        format!("sequence {first}")
+    } else {
+        format!("sequences {first}..={last}")
+    };
     StreamRatesResponse {
         event: Some(stream_rates_response::Event::Gap(Gap {
             symbol: symbol.to_owned(),
@@ -109,7 +128,10 @@ impl Cursor {
 
 #[tonic::async_trait]
 impl RateService for RateServiceImpl {
-    async fn list_symbols(&self, _request: Request<ListSymbolsRequest>) -> Result<Response<ListSymbolsResponse>, Status> {
+    async fn list_symbols(
+        &self,
+        _request: Request<ListSymbolsRequest>,
+    ) -> Result<Response<ListSymbolsResponse>, Status> {
         let symbols = self
             .symbols
             .iter()
@@ -124,7 +146,10 @@ impl RateService for RateServiceImpl {
         Ok(Response::new(ListSymbolsResponse { symbols }))
     }
 
-    async fn get_latest_rate(&self, request: Request<GetLatestRateRequest>) -> Result<Response<Rate>, Status> {
+    async fn get_latest_rate(
+        &self,
+        request: Request<GetLatestRateRequest>,
+    ) -> Result<Response<Rate>, Status> {
         let symbol = request.into_inner().symbol;
         if symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());
@@ -136,7 +161,10 @@ impl RateService for RateServiceImpl {
 
     type StreamRatesStream = RateStream;
 
-    async fn stream_rates(&self, request: Request<StreamRatesRequest>) -> Result<Response<RateStream>, Status> {
+    async fn stream_rates(
+        &self,
+        request: Request<StreamRatesRequest>,
+    ) -> Result<Response<RateStream>, Status> {
         let request = request.into_inner();
         let mut symbols: Vec<String> = if request.symbols.is_empty() {
             self.symbols.names().map(str::to_owned).collect()
@@ -162,14 +190,30 @@ impl RateService for RateServiceImpl {
         let mut cursors = Vec::with_capacity(symbols.len());
         let mut lives = Vec::with_capacity(symbols.len());
         for (index, symbol) in symbols.iter().enumerate() {
-            let resume = request.resume_after.get(symbol).copied().or(request.resume_after_sequence);
+            let resume = request
+                .resume_after
+                .get(symbol)
+                .copied()
+                .or(request.resume_after_sequence);
             let sub = self.hub.subscribe(symbol, resume)?;
-            let mut cursor = Cursor { symbol: symbol.clone(), last_sent: resume };
+            let mut cursor = Cursor {
+                symbol: symbol.clone(),
+                last_sent: resume,
+            };
             if let Some(after) = resume {
                 // Announce what the server can no longer replay.
-                let first_available = sub.backlog.first().map(|t| t.sequence()).or(sub.oldest_held);
+                let first_available = sub
+                    .backlog
+                    .first()
+                    .map(|t| t.sequence())
+                    .or(sub.oldest_held);
                 if let Some(first) = first_available.filter(|&first| first > after + 1) {
-                    backlog_events.push(gap_event(symbol, after + 1, first - 1, GapReason::ReplayUnavailable));
+                    backlog_events.push(gap_event(
+                        symbol,
+                        after + 1,
+                        first - 1,
+                        GapReason::ReplayUnavailable,
+                    ));
                 }
             }
             for tick in &sub.backlog {
@@ -229,7 +273,10 @@ impl RateService for RateServiceImpl {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn publish_rate(&self, request: Request<PublishRateRequest>) -> Result<Response<Rate>, Status> {
+    async fn publish_rate(
+        &self,
+        request: Request<PublishRateRequest>,
+    ) -> Result<Response<Rate>, Status> {
         let request = request.into_inner();
         if request.symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());
@@ -239,12 +286,17 @@ impl RateService for RateServiceImpl {
         let ask = parse_price("ask", &request.ask)?;
         let source_time = match request.source_time {
             None => SystemTime::now(),
-            Some(ts) => SystemTime::try_from(ts)
-                .map_err(|e| Status::invalid_argument(format!("source_time is not a valid timestamp: {e}")))?,
+            Some(ts) => SystemTime::try_from(ts).map_err(|e| {
+                Status::invalid_argument(format!("source_time is not a valid timestamp: {e}"))
+            })?,
         };
-        let quote = Quote { symbol: request.symbol, bid, ask, source_time };
+        let quote = Quote {
+            symbol: request.symbol,
+            bid,
+            ask,
+            source_time,
+        };
         let tick = self.publisher.publish(quote, "external").await?;
         Ok(Response::new(tick.rate.clone()))
     }
 }
-

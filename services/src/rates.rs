@@ -42,10 +42,19 @@ impl Tick {
     /// [`Error::Decode`] for bytes that are not a `Rate`, and
     /// [`Error::InvalidArgument`] for a rate whose prices are not decimals.
     pub fn decode(topic: &str, payload: Bytes) -> Result<Self, Error> {
-        let rate = Rate::decode(payload.clone()).map_err(|source| Error::Decode { topic: topic.to_owned(), source })?;
+        let rate = Rate::decode(payload.clone()).map_err(|source| Error::Decode {
+            topic: topic.to_owned(),
+            source,
+        })?;
         let bid = parse_price("bid", &rate.bid)?;
         let ask = parse_price("ask", &rate.ask)?;
-        Ok(Self { rate, bid, ask, payload, received_at: Instant::now() })
+        Ok(Self {
+            rate,
+            bid,
+            ask,
+            payload,
+            received_at: Instant::now(),
+        })
     }
 
     /// Symbol of the rate.
@@ -65,14 +74,24 @@ impl Tick {
 /// [`Error::InvalidArgument`] naming `field` and what is wrong.
 pub fn parse_price(field: &str, value: &str) -> Result<Decimal, Error> {
     if value.is_empty() {
-        return Err(Error::InvalidArgument(format!("{field} is required (a decimal string such as \"151.234\")")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} is required (a decimal string such as \"151.234\")"
+        )));
     }
     let price = Decimal::from_str(value)
         .ok()
-        .filter(|_| value.bytes().all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+'))
-        .ok_or_else(|| Error::InvalidArgument(format!("{field} {value:?} is not a decimal number")))?;
+        .filter(|_| {
+            value
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+')
+        })
+        .ok_or_else(|| {
+            Error::InvalidArgument(format!("{field} {value:?} is not a decimal number"))
+        })?;
     if price <= Decimal::ZERO {
-        return Err(Error::InvalidArgument(format!("{field} must be positive, got {value}")));
+        return Err(Error::InvalidArgument(format!(
+            "{field} must be positive, got {value}"
+        )));
     }
     Ok(price)
 }
@@ -105,12 +124,22 @@ impl LatestRates {
 
     /// The latest tick of `symbol`, if any.
     pub fn get(&self, symbol: &str) -> Option<Arc<Tick>> {
-        self.inner.read().unwrap_or_else(|e| e.into_inner()).get(symbol).cloned()
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(symbol)
+            .cloned()
     }
 
     /// Every symbol's latest tick, in symbol order.
     pub fn all(&self) -> Vec<Arc<Tick>> {
-        let mut all: Vec<_> = self.inner.read().unwrap_or_else(|e| e.into_inner()).values().cloned().collect();
+        let mut all: Vec<_> = self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
         all.sort_by(|a, b| a.symbol().cmp(b.symbol()));
         all
     }
@@ -122,7 +151,10 @@ mod tests {
 
     #[test]
     fn prices_must_be_plain_positive_decimals() {
-        assert_eq!(parse_price("bid", "151.234").unwrap().to_string(), "151.234");
+        assert_eq!(
+            parse_price("bid", "151.234").unwrap().to_string(),
+            "151.234"
+        );
         for bad in ["", "abc", "1e3", "-1", "0", "0.000", "NaN", "1,5"] {
             let err = parse_price("bid", bad).unwrap_err();
             assert!(err.to_string().starts_with("bid"), "{bad}: {err}");
@@ -133,7 +165,13 @@ mod tests {
     fn latest_keeps_the_newest_sequence() {
         let latest = LatestRates::default();
         let tick = |seq| {
-            let rate = Rate { symbol: "USD_JPY".into(), bid: "1".into(), ask: "2".into(), sequence: seq, ..Default::default() };
+            let rate = Rate {
+                symbol: "USD_JPY".into(),
+                bid: "1".into(),
+                ask: "2".into(),
+                sequence: seq,
+                ..Default::default()
+            };
             Arc::new(Tick::decode("t", Bytes::from(rate.encode_to_vec())).unwrap())
         };
         assert!(latest.update(tick(2)));

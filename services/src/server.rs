@@ -47,16 +47,35 @@ impl RatesCore {
     /// # Errors
     /// [`Error::Config`] for a bad symbol configuration, or the transport's
     /// error when subscribing fails.
-    pub async fn start(config: Config, transport: Arc<dyn Transport>, shutdown: CancellationToken) -> Result<Self, Error> {
-        let symbols = SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
+    pub async fn start(
+        config: Config,
+        transport: Arc<dyn Transport>,
+        shutdown: CancellationToken,
+    ) -> Result<Self, Error> {
+        let symbols =
+            SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
         let latest = LatestRates::default();
         let hub = RateHub::new(&symbols, latest.clone(), config.hub);
         let mut tasks = JoinSet::new();
         hub.connect(&transport, &mut tasks).await?;
         let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
-        let publisher = RatePublisher::new(Arc::clone(&transport), latest.clone(), symbols.clone(), run_id);
+        let publisher = RatePublisher::new(
+            Arc::clone(&transport),
+            latest.clone(),
+            symbols.clone(),
+            run_id,
+        );
 
-        let mut core = Self { symbols, latest, hub, publisher, transport, config, shutdown, tasks };
+        let mut core = Self {
+            symbols,
+            latest,
+            hub,
+            publisher,
+            transport,
+            config,
+            shutdown,
+            tasks,
+        };
         match core.config.feed {
             FeedKind::Simulated => {
                 let feed = SimulatedFeed::new(&core.symbols, core.config.simulator.clone());
@@ -138,9 +157,15 @@ impl RatesCore {
     ///
     /// # Errors
     /// [`Error::Server`] when the server fails.
-    pub async fn serve_grpc(&self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    pub async fn serve_grpc(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
-        health.set_serving::<RateServiceServer<RateServiceImpl>>().await;
+        health
+            .set_serving::<RateServiceServer<RateServiceImpl>>()
+            .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -163,7 +188,9 @@ impl RatesCore {
             .add_service(RateServiceServer::new(self.rate_service()))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
-                health.set_not_serving::<RateServiceServer<RateServiceImpl>>().await;
+                health
+                    .set_not_serving::<RateServiceServer<RateServiceImpl>>()
+                    .await;
             })
             .await?;
         Ok(())

@@ -59,7 +59,7 @@ impl SymbolSpec {
     }
 }
 
-/// Per-symbol overrides from the configuration file (`[symbols.USD_JPY]`).
+/// Per-symbol overrides from the configuration file (`[symbol.USD_JPY]`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct SymbolOverride {
@@ -99,7 +99,7 @@ impl SymbolTable {
         for name in overrides.keys() {
             if !symbols.contains(name) {
                 return Err(Error::Config(format!(
-                    "[symbols.{name}] is configured but {name} is not in the symbol list ({})",
+                    "[symbol.{name}] is configured but {name} is not in the symbol list ({})",
                     symbols.join(",")
                 )));
             }
@@ -111,9 +111,10 @@ impl SymbolTable {
             let mut spec = match SymbolSpec::builtin(symbol) {
                 Some(spec) => spec,
                 None => {
-                    let (Some(scale), Some(mid)) = (over.price_scale, over.start_mid.as_deref()) else {
+                    let (Some(scale), Some(mid)) = (over.price_scale, over.start_mid.as_deref())
+                    else {
                         return Err(Error::Config(format!(
-                            "no built-in conventions for {symbol}: set price_scale and start_mid in [symbols.{symbol}]"
+                            "no built-in conventions for {symbol}: set price_scale and start_mid in [symbol.{symbol}]"
                         )));
                     };
                     let mid = parse_config_decimal(symbol, "start_mid", mid)?;
@@ -131,7 +132,9 @@ impl SymbolTable {
             spec.markup = default_markup.clone();
             if let Some(scale) = over.price_scale {
                 if scale > 12 {
-                    return Err(Error::Config(format!("[symbols.{symbol}] price_scale {scale} is above 12")));
+                    return Err(Error::Config(format!(
+                        "[symbol.{symbol}] price_scale {scale} is above 12"
+                    )));
                 }
                 spec.price_scale = scale;
             }
@@ -147,17 +150,19 @@ impl SymbolTable {
             if let Some(v) = &over.markup {
                 spec.markup = v
                     .parse()
-                    .map_err(|e| Error::Config(format!("[symbols.{symbol}] markup: {e}")))?;
+                    .map_err(|e| Error::Config(format!("[symbol.{symbol}] markup: {e}")))?;
             }
             if spec.start_mid <= spec.spread {
                 return Err(Error::Config(format!(
-                    "[symbols.{symbol}] start_mid {} must be larger than spread {}",
+                    "[symbol.{symbol}] start_mid {} must be larger than spread {}",
                     spec.start_mid, spec.spread
                 )));
             }
             specs.insert(symbol.clone(), spec);
         }
-        Ok(Self { specs: Arc::new(specs) })
+        Ok(Self {
+            specs: Arc::new(specs),
+        })
     }
 
     /// Looks a symbol up.
@@ -201,7 +206,9 @@ impl fmt::Display for SymbolTable {
 fn validate_symbol_name(symbol: &str) -> Result<(), Error> {
     let ok = !symbol.is_empty()
         && symbol.len() <= 32
-        && symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+        && symbol
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
     if ok {
         Ok(())
     } else {
@@ -214,8 +221,12 @@ fn validate_symbol_name(symbol: &str) -> Result<(), Error> {
 fn parse_config_decimal(symbol: &str, field: &str, value: &str) -> Result<Decimal, Error> {
     match Decimal::from_str_exact(value) {
         Ok(d) if d > Decimal::ZERO => Ok(d),
-        Ok(_) => Err(Error::Config(format!("[symbols.{symbol}] {field} must be positive, got {value}"))),
-        Err(e) => Err(Error::Config(format!("[symbols.{symbol}] {field} {value:?} is not a decimal: {e}"))),
+        Ok(_) => Err(Error::Config(format!(
+            "[symbol.{symbol}] {field} must be positive, got {value}"
+        ))),
+        Err(e) => Err(Error::Config(format!(
+            "[symbol.{symbol}] {field} {value:?} is not a decimal: {e}"
+        ))),
     }
 }
 
@@ -229,20 +240,39 @@ mod tests {
 
     #[test]
     fn builtin_symbols_resolve_with_their_conventions() {
-        let table = SymbolTable::build(&names(&["USD_JPY", "EUR_USD"]), &Markup::None, &BTreeMap::new()).unwrap();
-        assert_eq!(table.get("USD_JPY").unwrap().tick_size().to_string(), "0.001");
-        assert_eq!(table.get("EUR_USD").unwrap().tick_size().to_string(), "0.00001");
+        let table = SymbolTable::build(
+            &names(&["USD_JPY", "EUR_USD"]),
+            &Markup::None,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        assert_eq!(
+            table.get("USD_JPY").unwrap().tick_size().to_string(),
+            "0.001"
+        );
+        assert_eq!(
+            table.get("EUR_USD").unwrap().tick_size().to_string(),
+            "0.00001"
+        );
         assert_eq!(table.names().collect::<Vec<_>>(), ["EUR_USD", "USD_JPY"]);
     }
 
     #[test]
     fn unknown_symbol_needs_an_override() {
-        let err = SymbolTable::build(&names(&["XAU_USD"]), &Markup::None, &BTreeMap::new()).unwrap_err();
-        assert!(err.to_string().contains("set price_scale and start_mid"), "{err}");
+        let err =
+            SymbolTable::build(&names(&["XAU_USD"]), &Markup::None, &BTreeMap::new()).unwrap_err();
+        assert!(
+            err.to_string().contains("set price_scale and start_mid"),
+            "{err}"
+        );
         let mut over = BTreeMap::new();
         over.insert(
             "XAU_USD".to_owned(),
-            SymbolOverride { price_scale: Some(2), start_mid: Some("2300.00".into()), ..Default::default() },
+            SymbolOverride {
+                price_scale: Some(2),
+                start_mid: Some("2300.00".into()),
+                ..Default::default()
+            },
         );
         let table = SymbolTable::build(&names(&["XAU_USD"]), &Markup::None, &over).unwrap();
         assert_eq!(table.get("XAU_USD").unwrap().price_scale, 2);
@@ -253,15 +283,25 @@ mod tests {
         assert!(SymbolTable::build(&names(&["usd_jpy"]), &Markup::None, &BTreeMap::new()).is_err());
         assert!(SymbolTable::build(&[], &Markup::None, &BTreeMap::new()).is_err());
         let mut over = BTreeMap::new();
-        over.insert("USD_JPY".to_owned(), SymbolOverride { spread: Some("-1".into()), ..Default::default() });
+        over.insert(
+            "USD_JPY".to_owned(),
+            SymbolOverride {
+                spread: Some("-1".into()),
+                ..Default::default()
+            },
+        );
         let err = SymbolTable::build(&names(&["USD_JPY"]), &Markup::None, &over).unwrap_err();
         assert!(err.to_string().contains("must be positive"), "{err}");
     }
 
     #[test]
     fn unknown_symbol_lookup_names_the_known_ones() {
-        let table = SymbolTable::build(&names(&["USD_JPY"]), &Markup::None, &BTreeMap::new()).unwrap();
+        let table =
+            SymbolTable::build(&names(&["USD_JPY"]), &Markup::None, &BTreeMap::new()).unwrap();
         let err = table.get("EUR_GBP").unwrap_err();
-        assert_eq!(err.to_string(), "unknown symbol \"EUR_GBP\" (known: USD_JPY)");
+        assert_eq!(
+            err.to_string(),
+            "unknown symbol \"EUR_GBP\" (known: USD_JPY)"
+        );
     }
 }

@@ -34,7 +34,10 @@ fn payload(topic_tag: u8, n: u64) -> Bytes {
 
 fn decode(bytes: &Bytes) -> (u8, u64) {
     assert_eq!(bytes.len(), 9, "payload was altered in transit: {bytes:?}");
-    (bytes[0], u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")))
+    (
+        bytes[0],
+        u64::from_be_bytes(bytes[1..9].try_into().expect("8 bytes")),
+    )
 }
 
 async fn next(sub: &mut Subscription) -> Delivery {
@@ -56,7 +59,10 @@ pub async fn ordering_per_topic(transport: impl Transport, limits: Limits) {
     let mut sub = transport.subscribe("conf.order").await.expect("subscribe");
     let count = limits.buffer.min(500) as u64;
     for n in 0..count {
-        transport.publish("conf.order", payload(1, n)).await.expect("publish");
+        transport
+            .publish("conf.order", payload(1, n))
+            .await
+            .expect("publish");
     }
     for n in 0..count {
         assert_eq!(next_message(&mut sub).await, (1, n));
@@ -66,9 +72,16 @@ pub async fn ordering_per_topic(transport: impl Transport, limits: Limits) {
 /// Payload bytes are opaque: any bytes, including empty and non-UTF-8, survive.
 pub async fn payloads_are_opaque(transport: impl Transport, _limits: Limits) {
     let mut sub = transport.subscribe("conf.bytes").await.expect("subscribe");
-    let samples = [Bytes::new(), Bytes::from_static(&[0, 255, 128, 10, 13]), Bytes::from(vec![7u8; 1000])];
+    let samples = [
+        Bytes::new(),
+        Bytes::from_static(&[0, 255, 128, 10, 13]),
+        Bytes::from(vec![7u8; 1000]),
+    ];
     for sample in &samples {
-        transport.publish("conf.bytes", sample.clone()).await.expect("publish");
+        transport
+            .publish("conf.bytes", sample.clone())
+            .await
+            .expect("publish");
     }
     for sample in samples {
         assert_eq!(next(&mut sub).await, Delivery::Message(sample));
@@ -77,11 +90,26 @@ pub async fn payloads_are_opaque(transport: impl Transport, _limits: Limits) {
 
 /// A subscriber of one topic never sees another topic's messages.
 pub async fn topics_are_isolated(transport: impl Transport, _limits: Limits) {
-    let mut a = transport.subscribe("conf.iso.a").await.expect("subscribe a");
-    let mut b = transport.subscribe("conf.iso.b").await.expect("subscribe b");
-    transport.publish("conf.iso.a", payload(1, 1)).await.expect("publish a");
-    transport.publish("conf.iso.b", payload(2, 1)).await.expect("publish b");
-    transport.publish("conf.iso.a", payload(1, 2)).await.expect("publish a");
+    let mut a = transport
+        .subscribe("conf.iso.a")
+        .await
+        .expect("subscribe a");
+    let mut b = transport
+        .subscribe("conf.iso.b")
+        .await
+        .expect("subscribe b");
+    transport
+        .publish("conf.iso.a", payload(1, 1))
+        .await
+        .expect("publish a");
+    transport
+        .publish("conf.iso.b", payload(2, 1))
+        .await
+        .expect("publish b");
+    transport
+        .publish("conf.iso.a", payload(1, 2))
+        .await
+        .expect("publish a");
     assert_eq!(next_message(&mut a).await, (1, 1));
     assert_eq!(next_message(&mut a).await, (1, 2));
     assert_eq!(next_message(&mut b).await, (2, 1));
@@ -95,7 +123,10 @@ pub async fn fan_out(transport: impl Transport, _limits: Limits) {
     }
     assert_eq!(transport.local_subscribers("conf.fanout"), 100);
     for n in 0..10 {
-        transport.publish("conf.fanout", payload(3, n)).await.expect("publish");
+        transport
+            .publish("conf.fanout", payload(3, n))
+            .await
+            .expect("publish");
     }
     for sub in &mut subs {
         for n in 0..10 {
@@ -107,9 +138,15 @@ pub async fn fan_out(transport: impl Transport, _limits: Limits) {
 /// Publishing with nobody subscribed succeeds, and a later subscriber only
 /// sees what is published after it subscribed.
 pub async fn publish_without_subscribers(transport: impl Transport, _limits: Limits) {
-    transport.publish("conf.nobody", payload(4, 0)).await.expect("publish to an empty topic");
+    transport
+        .publish("conf.nobody", payload(4, 0))
+        .await
+        .expect("publish to an empty topic");
     let mut sub = transport.subscribe("conf.nobody").await.expect("subscribe");
-    transport.publish("conf.nobody", payload(4, 1)).await.expect("publish");
+    transport
+        .publish("conf.nobody", payload(4, 1))
+        .await
+        .expect("publish");
     assert_eq!(next_message(&mut sub).await, (4, 1));
 }
 
@@ -120,23 +157,39 @@ pub async fn unsubscribe_on_drop(transport: impl Transport, _limits: Limits) {
     assert_eq!(transport.local_subscribers("conf.drop"), 2);
     drop(first);
     assert_eq!(transport.local_subscribers("conf.drop"), 1);
-    transport.publish("conf.drop", payload(5, 1)).await.expect("publish");
+    transport
+        .publish("conf.drop", payload(5, 1))
+        .await
+        .expect("publish");
     assert_eq!(next_message(&mut second).await, (5, 1));
     drop(second);
     assert_eq!(transport.local_subscribers("conf.drop"), 0);
-    transport.publish("conf.drop", payload(5, 2)).await.expect("publish after everyone left");
+    transport
+        .publish("conf.drop", payload(5, 2))
+        .await
+        .expect("publish after everyone left");
 }
 
 /// A subscriber that stops reading is told it missed messages, then gets the
 /// newest ones; it never receives more than the backend's buffer in between,
 /// and a reading subscriber on the same topic misses nothing.
-pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(transport: impl Transport, limits: Limits) {
+pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(
+    transport: impl Transport,
+    limits: Limits,
+) {
     let mut stalled = transport.subscribe("conf.lag").await.expect("subscribe");
     let mut reader = transport.subscribe("conf.lag").await.expect("subscribe");
     let total = (limits.buffer * 4) as u64;
     for n in 0..total {
-        transport.publish("conf.lag", payload(6, n)).await.expect("publish");
-        assert_eq!(next_message(&mut reader).await, (6, n), "a reading subscriber must not be slowed or lose messages");
+        transport
+            .publish("conf.lag", payload(6, n))
+            .await
+            .expect("publish");
+        assert_eq!(
+            next_message(&mut reader).await,
+            (6, n),
+            "a reading subscriber must not be slowed or lose messages"
+        );
     }
 
     let mut missed_reported = 0u64;
@@ -145,7 +198,10 @@ pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(transport: impl Tran
     while delivered.last() != Some(&(total - 1)) {
         match next(&mut stalled).await {
             Delivery::Gap(gap) => {
-                assert!(delivered.is_empty() || saw_gap, "gap must come before the newer messages");
+                assert!(
+                    delivered.is_empty() || saw_gap,
+                    "gap must come before the newer messages"
+                );
                 saw_gap = true;
                 missed_reported += gap.missed.unwrap_or(0);
             }
@@ -153,13 +209,19 @@ pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(transport: impl Tran
                 let (tag, n) = decode(&bytes);
                 assert_eq!(tag, 6);
                 if let Some(&last) = delivered.last() {
-                    assert!(n > last, "messages out of order after a gap: {n} after {last}");
+                    assert!(
+                        n > last,
+                        "messages out of order after a gap: {n} after {last}"
+                    );
                 }
                 delivered.push(n);
             }
         }
     }
-    assert!(saw_gap, "a stalled subscriber must be told it missed messages");
+    assert!(
+        saw_gap,
+        "a stalled subscriber must be told it missed messages"
+    );
     assert!(
         delivered.len() <= limits.buffer,
         "{} messages were buffered for a stalled subscriber, more than the {} limit",
@@ -167,7 +229,11 @@ pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(transport: impl Tran
         limits.buffer
     );
     if missed_reported > 0 {
-        assert_eq!(missed_reported + delivered.len() as u64, total, "missed + delivered must equal published");
+        assert_eq!(
+            missed_reported + delivered.len() as u64,
+            total,
+            "missed + delivered must equal published"
+        );
     }
 }
 
@@ -179,7 +245,10 @@ pub async fn many_topics(transport: impl Transport, _limits: Limits) {
         subs.push((t, transport.subscribe(&topic).await.expect("subscribe")));
     }
     for t in 0..50u8 {
-        transport.publish(&format!("conf.many.{t}"), payload(t, u64::from(t))).await.expect("publish");
+        transport
+            .publish(&format!("conf.many.{t}"), payload(t, u64::from(t)))
+            .await
+            .expect("publish");
     }
     for (t, sub) in &mut subs {
         assert_eq!(next_message(sub).await, (*t, u64::from(*t)));
@@ -193,9 +262,15 @@ pub async fn many_topics(transport: impl Transport, _limits: Limits) {
 /// Invalid topic names are refused with [`crate::Error::InvalidTopic`].
 pub async fn invalid_topics_are_refused(transport: impl Transport, _limits: Limits) {
     for bad in ["", "has space", "tab\there"] {
-        let err = transport.publish(bad, Bytes::new()).await.expect_err("publish to an invalid topic");
+        let err = transport
+            .publish(bad, Bytes::new())
+            .await
+            .expect_err("publish to an invalid topic");
         assert!(matches!(err, crate::Error::InvalidTopic { .. }), "{err}");
-        let err = transport.subscribe(bad).await.expect_err("subscribe to an invalid topic");
+        let err = transport
+            .subscribe(bad)
+            .await
+            .expect_err("subscribe to an invalid topic");
         assert!(matches!(err, crate::Error::InvalidTopic { .. }), "{err}");
     }
 }

@@ -153,7 +153,9 @@ pub struct Subscription {
 impl Subscription {
     /// Wraps a backend's stream.
     pub fn new(stream: impl Stream<Item = Delivery> + Send + 'static) -> Self {
-        Self { inner: Box::pin(stream) }
+        Self {
+            inner: Box::pin(stream),
+        }
     }
 
     /// The next delivery, or `None` once the transport has shut down.
@@ -191,5 +193,8 @@ pub fn validate_topic(topic: &str) -> Result<(), Error> {
     } else {
         return Ok(());
     };
-    Err(Error::InvalidTopic { topic: topic.to_owned(), reason })
+    Err(Error::InvalidTopic {
+        topic: topic.to_owned(),
+        reason,
+    })
 }

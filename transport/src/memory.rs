@@ -60,15 +60,25 @@ impl MemoryTransport {
     /// # Panics
     /// If `config.capacity` is zero.
     pub fn new(config: MemoryConfig) -> Self {
-        assert!(config.capacity > 0, "memory transport capacity must be positive");
+        assert!(
+            config.capacity > 0,
+            "memory transport capacity must be positive"
+        );
         Self {
-            shared: Arc::new(Shared { topics: Mutex::new(HashMap::new()), capacity: config.capacity }),
+            shared: Arc::new(Shared {
+                topics: Mutex::new(HashMap::new()),
+                capacity: config.capacity,
+            }),
         }
     }
 
     /// Number of topics that currently have subscribers.
     pub fn topic_count(&self) -> usize {
-        self.shared.topics.lock().unwrap_or_else(|e| e.into_inner()).len()
+        self.shared
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len()
     }
 
     fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
@@ -117,7 +127,9 @@ impl Transport for MemoryTransport {
 
     fn local_subscribers(&self, topic: &str) -> usize {
         let topics = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-        topics.get(topic).map_or(0, broadcast::Sender::receiver_count)
+        topics
+            .get(topic)
+            .map_or(0, broadcast::Sender::receiver_count)
     }
 }
 
@@ -134,9 +146,10 @@ impl Stream for MemorySubscription {
         Pin::new(&mut self.inner).poll_next(cx).map(|item| {
             item.map(|result| match result {
                 Ok(payload) => Delivery::Message(payload),
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    Delivery::Gap(Gap { missed: Some(n), cause: GapCause::Lagged })
-                }
+                Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
+                    missed: Some(n),
+                    cause: GapCause::Lagged,
+                }),
             })
         })
     }
@@ -146,7 +159,9 @@ impl Drop for MemorySubscription {
     fn drop(&mut self) {
         // Forget a topic once its last subscriber leaves, so topic state is
         // bounded by live subscriptions rather than by every name ever used.
-        let Some(shared) = self.shared.upgrade() else { return };
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
         let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(sender) = topics.get(&self.topic) {
             // Our own receiver is still alive while `drop` runs.

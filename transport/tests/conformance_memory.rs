@@ -3,7 +3,10 @@
 use fxcast_transport::{MemoryConfig, MemoryTransport, conformance::Limits};
 
 fxcast_transport::transport_conformance!(memory, {
-    (MemoryTransport::new(MemoryConfig { capacity: 64 }), Limits { buffer: 64 })
+    (
+        MemoryTransport::new(MemoryConfig { capacity: 64 }),
+        Limits { buffer: 64 },
+    )
 });
 
 #[tokio::test]

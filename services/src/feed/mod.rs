@@ -35,5 +35,8 @@ pub trait Feed: Send + 'static {
     fn name(&self) -> &'static str;
 
     /// Produces quotes into `out` until `out` is closed or the feed ends.
-    fn run(self: Box<Self>, out: mpsc::Sender<Quote>) -> BoxFuture<'static, Result<(), crate::Error>>;
+    fn run(
+        self: Box<Self>,
+        out: mpsc::Sender<Quote>,
+    ) -> BoxFuture<'static, Result<(), crate::Error>>;
 }

@@ -26,7 +26,11 @@ pub struct SimulatorConfig {
 
 impl Default for SimulatorConfig {
     fn default() -> Self {
-        Self { tick_interval: Duration::from_millis(250), seed: 42, max_quotes: None }
+        Self {
+            tick_interval: Duration::from_millis(250),
+            seed: 42,
+            max_quotes: None,
+        }
     }
 }
 
@@ -72,7 +76,11 @@ impl SimulatedFeed {
                 }
             })
             .collect();
-        Self { walks, rng: StdRng::seed_from_u64(config.seed), config }
+        Self {
+            walks,
+            rng: StdRng::seed_from_u64(config.seed),
+            config,
+        }
     }
 
     /// The next quote of every symbol, advancing the walk by one step.
@@ -109,7 +117,10 @@ impl Feed for SimulatedFeed {
         "simulated"
     }
 
-    fn run(mut self: Box<Self>, out: mpsc::Sender<Quote>) -> BoxFuture<'static, Result<(), crate::Error>> {
+    fn run(
+        mut self: Box<Self>,
+        out: mpsc::Sender<Quote>,
+    ) -> BoxFuture<'static, Result<(), crate::Error>> {
         Box::pin(async move {
             let mut interval = tokio::time::interval(self.config.tick_interval);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -144,7 +155,10 @@ mod tests {
 
     #[test]
     fn same_seed_same_prices() {
-        let config = SimulatorConfig { seed: 7, ..Default::default() };
+        let config = SimulatorConfig {
+            seed: 7,
+            ..Default::default()
+        };
         let mut a = SimulatedFeed::new(&table(), config.clone());
         let mut b = SimulatedFeed::new(&table(), config);
         let now = SystemTime::UNIX_EPOCH;
@@ -162,7 +176,10 @@ mod tests {
                 let scale = if q.symbol == "USD_JPY" { 3 } else { 5 };
                 assert_eq!(q.bid.scale(), scale);
                 if q.symbol == "USD_JPY" {
-                    assert!(q.bid > Decimal::from(100) && q.ask < Decimal::from(200), "{q:?}");
+                    assert!(
+                        q.bid > Decimal::from(100) && q.ask < Decimal::from(200),
+                        "{q:?}"
+                    );
                 }
             }
         }
@@ -170,8 +187,20 @@ mod tests {
 
     #[test]
     fn different_seeds_differ() {
-        let mut a = SimulatedFeed::new(&table(), SimulatorConfig { seed: 1, ..Default::default() });
-        let mut b = SimulatedFeed::new(&table(), SimulatorConfig { seed: 2, ..Default::default() });
+        let mut a = SimulatedFeed::new(
+            &table(),
+            SimulatorConfig {
+                seed: 1,
+                ..Default::default()
+            },
+        );
+        let mut b = SimulatedFeed::new(
+            &table(),
+            SimulatorConfig {
+                seed: 2,
+                ..Default::default()
+            },
+        );
         let now = SystemTime::UNIX_EPOCH;
         let differ = (0..20).any(|_| a.step(now) != b.step(now));
         assert!(differ);

@@ -1,0 +1,283 @@
+//! `fxcast serve`: flags, environment and TOML merged into one configuration.
+//!
+//! Precedence: command-line flag, then `FXCAST_<NAME>` environment variable,
+//! then the `--config` file, then the built-in default.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use clap::Args;
+use fxcast_services::{
+    Config, FeedKind, feed::SimulatorConfig, pricing::Markup, symbols::SymbolOverride,
+};
+use fxcast_transport::{MemoryTransport, Transport};
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+use super::split_list;
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// gRPC listen address [default: 127.0.0.1:50051]
+    #[arg(long, env = "FXCAST_GRPC_LISTEN")]
+    grpc_listen: Option<SocketAddr>,
+    /// HTTP gateway listen address [default: 127.0.0.1:8000]
+    #[arg(long, env = "FXCAST_HTTP_LISTEN")]
+    http_listen: Option<SocketAddr>,
+    /// Pub/sub transport: memory [default: memory]
+    #[arg(long, env = "FXCAST_TRANSPORT")]
+    transport: Option<String>,
+    /// Upstream feed: simulated, or none (rates only via PublishRate) [default: simulated]
+    #[arg(long, env = "FXCAST_FEED")]
+    feed: Option<String>,
+    /// Comma-separated symbols [default: USD_JPY,EUR_USD,GBP_USD,EUR_JPY,AUD_USD,BTC_JPY]
+    #[arg(long, env = "FXCAST_SYMBOLS")]
+    symbols: Option<String>,
+    /// Directory for durable state [default: ./fxcast-data]
+    #[arg(long, env = "FXCAST_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// TOML configuration file (flags and environment override it)
+    #[arg(long, env = "FXCAST_CONFIG")]
+    config: Option<PathBuf>,
+    /// Seed of the simulated feed [default: 42]
+    #[arg(long, env = "FXCAST_SEED")]
+    seed: Option<u64>,
+    /// Time between simulated ticks, e.g. 250ms [default: 250ms]
+    #[arg(long, env = "FXCAST_TICK_INTERVAL", value_parser = humantime::parse_duration)]
+    tick_interval: Option<Duration>,
+    /// Markup per side for every symbol: a price (0.002) or basis points (1.5bp) [default: 0]
+    #[arg(long, env = "FXCAST_MARKUP")]
+    markup: Option<String>,
+}
+
+/// The `--config` file. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    grpc_listen: Option<SocketAddr>,
+    http_listen: Option<SocketAddr>,
+    transport: Option<String>,
+    feed: Option<String>,
+    symbols: Option<Vec<String>>,
+    data_dir: Option<PathBuf>,
+    seed: Option<u64>,
+    #[serde(default, with = "humantime_option")]
+    tick_interval: Option<Duration>,
+    markup: Option<String>,
+    /// Per-symbol conventions: `[symbol.USD_JPY] markup = "0.003"`.
+    #[serde(default)]
+    symbol: BTreeMap<String, SymbolOverride>,
+}
+
+mod humantime_option {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, de::Error};
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| {
+                humantime::parse_duration(&s).map_err(|e| D::Error::custom(format!("{s:?}: {e}")))
+            })
+            .transpose()
+    }
+}
+
+/// Everything `serve` needs, resolved.
+#[derive(Debug)]
+pub(crate) struct Resolved {
+    grpc_listen: SocketAddr,
+    http_listen: SocketAddr,
+    data_dir: PathBuf,
+    core: Config,
+}
+
+fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
+fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
+    let file = match &args.config {
+        Some(path) => load_file(path)?,
+        None => FileConfig::default(),
+    };
+    let mut core = Config::default();
+    match args
+        .transport
+        .or(file.transport)
+        .as_deref()
+        .unwrap_or("memory")
+    {
+        "memory" => {}
+        "momento" => {
+            bail!("--transport momento is not available in this build yet; use --transport memory")
+        }
+        other => bail!("unknown --transport {other:?}; expected memory"),
+    }
+    core.feed = match args.feed.or(file.feed).as_deref().unwrap_or("simulated") {
+        "simulated" => FeedKind::Simulated,
+        "none" => FeedKind::None,
+        other if other == "bitflyer" || other.starts_with("replay:") => {
+            bail!("--feed {other} is not available in this build yet; use --feed simulated")
+        }
+        other => bail!("unknown --feed {other:?}; expected simulated or none"),
+    };
+    if let Some(symbols) = args.symbols.map(|s| split_list(&s)).or(file.symbols) {
+        core.symbols = symbols;
+    }
+    if let Some(markup) = args.markup.or(file.markup) {
+        core.markup = markup.parse::<Markup>().context("--markup")?;
+    }
+    core.symbol_overrides = file.symbol;
+    core.simulator = SimulatorConfig {
+        seed: args.seed.or(file.seed).unwrap_or(42),
+        tick_interval: args
+            .tick_interval
+            .or(file.tick_interval)
+            .unwrap_or(Duration::from_millis(250)),
+        max_quotes: None,
+    };
+    if core.simulator.tick_interval.is_zero() {
+        bail!("--tick-interval must be positive");
+    }
+    Ok(Resolved {
+        grpc_listen: args
+            .grpc_listen
+            .or(file.grpc_listen)
+            .unwrap_or(([127, 0, 0, 1], 50051).into()),
+        http_listen: args
+            .http_listen
+            .or(file.http_listen)
+            .unwrap_or(([127, 0, 0, 1], 8000).into()),
+        data_dir: args
+            .data_dir
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./fxcast-data")),
+        core,
+    })
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let resolved = resolve(args)?;
+    std::fs::create_dir_all(&resolved.data_dir).with_context(|| {
+        format!(
+            "cannot create data directory {}",
+            resolved.data_dir.display()
+        )
+    })?;
+    let grpc = TcpListener::bind(resolved.grpc_listen)
+        .await
+        .with_context(|| format!("cannot bind gRPC listener on {}", resolved.grpc_listen))?;
+    let http = TcpListener::bind(resolved.http_listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP listener on {}", resolved.http_listen))?;
+    tracing::info!(
+        grpc = %grpc.local_addr()?,
+        http = %http.local_addr()?,
+        data_dir = %resolved.data_dir.display(),
+        "fxcast listening"
+    );
+    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
+    fxcast_gateway::run(resolved.core, transport, grpc, http, shutdown_signal()).await?;
+    Ok(())
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(err) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %err, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("received SIGINT"),
+        () = term => tracing::info!("received SIGTERM"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn parse(argv: &[&str]) -> ServeArgs {
+        Wrapper::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .unwrap()
+            .args
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let r = resolve(parse(&[])).unwrap();
+        assert_eq!(r.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(r.http_listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(r.data_dir, PathBuf::from("./fxcast-data"));
+        assert_eq!(r.core.feed, FeedKind::Simulated);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "symbols = [\"USD_JPY\", \"XAU_USD\"]\nseed = 9\ntick_interval = \"20ms\"\nmarkup = \"1bp\"\n\
+             [symbol.XAU_USD]\nprice_scale = 2\nstart_mid = \"2300.00\"\nmarkup = \"0.10\"\n",
+        )
+        .unwrap();
+        let r = resolve(parse(&["--config", path.to_str().unwrap(), "--seed", "5"])).unwrap();
+        assert_eq!(r.core.symbols, ["USD_JPY", "XAU_USD"]);
+        assert_eq!(r.core.simulator.seed, 5);
+        assert_eq!(r.core.simulator.tick_interval, Duration::from_millis(20));
+        assert_eq!(r.core.markup.to_string(), "1bp");
+        assert_eq!(r.core.symbol_overrides["XAU_USD"].price_scale, Some(2));
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let err = resolve(parse(&["--transport", "carrier-pigeon"])).unwrap_err();
+        assert!(err.to_string().contains("unknown --transport"), "{err}");
+        let err = resolve(parse(&["--markup", "lots"])).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid markup"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let err = resolve(parse(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `colour`"),
+            "{err:#}"
+        );
+    }
+}
