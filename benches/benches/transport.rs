@@ -1,1 +1,291 @@
-fn main() {}
+//! Publish-to-receive latency of the pub/sub transports.
+//!
+//! Group `transport_publish_to_receive`, one benchmark function per backend
+//! (and variant), parameterised by the number of subscribers, so backends
+//! added later (Momento) land in the same group and criterion compares them:
+//!
+//! - `memory/{1,100,1000}`: [`MemoryTransport`], 100-byte payload, 2-worker
+//!   multi-threaded runtime;
+//! - `memory-1KiB/1`: the same with a 1,024-byte payload;
+//! - `memory-current-thread/1`: one subscriber on a current-thread runtime,
+//!   the cheapest wake-up path.
+//!
+//! Every subscriber is its own spawned task reading its [`Subscription`]. One
+//! iteration is timed from just before `publish` until the *last* subscriber
+//! has received that message: each subscriber task increments a shared
+//! counter and the one that completes the count wakes the publishing task
+//! through a [`Notify`]. The timed span therefore also contains that final
+//! wake-up of the publishing task (one cross-task hand-off), which a real
+//! consumer would not pay; it is the same for every backend.
+//!
+//! Only one message is in flight at a time, so this measures latency, not
+//! throughput. After criterion, a percentile pass (see `fxcast_benches`)
+//! times 10,000 individual iterations per case and prints p50/p90/p99/max.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use criterion::{BenchmarkId, Criterion};
+use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_transport::{Delivery, MemoryTransport, Subscription, Transport};
+use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
+
+const GROUP: &str = "transport_publish_to_receive";
+const TOPIC: &str = "rates.USD_JPY";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    /// Multi-threaded runtime with two workers (this machine has two cores).
+    MultiThread2,
+    /// Current-thread runtime: publisher and subscriber share one thread.
+    CurrentThread,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Case {
+    function: &'static str,
+    subscribers: usize,
+    payload: usize,
+    flavor: Flavor,
+    sample_size: usize,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        function: "memory",
+        subscribers: 1,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 100,
+    },
+    Case {
+        function: "memory-1KiB",
+        subscribers: 1,
+        payload: 1024,
+        flavor: Flavor::MultiThread2,
+        sample_size: 100,
+    },
+    Case {
+        function: "memory",
+        subscribers: 100,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 100,
+    },
+    Case {
+        function: "memory",
+        subscribers: 1000,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "memory-current-thread",
+        subscribers: 1,
+        payload: 100,
+        flavor: Flavor::CurrentThread,
+        sample_size: 100,
+    },
+];
+
+impl Case {
+    fn id(&self) -> BenchmarkId {
+        BenchmarkId::new(self.function, self.subscribers)
+    }
+
+    fn full_id(&self) -> String {
+        format!("{GROUP}/{}/{}", self.function, self.subscribers)
+    }
+
+    fn transport(&self) -> Arc<dyn Transport> {
+        // Every backend of a case is built here; only memory exists today.
+        Arc::new(MemoryTransport::default())
+    }
+}
+
+fn runtime(flavor: Flavor) -> Runtime {
+    match flavor {
+        Flavor::MultiThread2 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build(),
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime")
+}
+
+/// `subscribers` subscriber tasks on one topic, and the means to time one
+/// publish until all of them have it.
+struct Fanout {
+    transport: Arc<dyn Transport>,
+    payload: Bytes,
+    received: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Fanout {
+    /// Subscribes and spawns the subscriber tasks; every subscription is live
+    /// when this returns. Must run inside the runtime.
+    async fn start(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
+        let received = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(Notify::new());
+        let mut tasks = Vec::with_capacity(subscribers);
+        for _ in 0..subscribers {
+            let subscription = transport.subscribe(TOPIC).await.expect("subscribe");
+            tasks.push(tokio::spawn(subscriber(
+                subscription,
+                subscribers,
+                payload_len,
+                Arc::clone(&received),
+                Arc::clone(&done),
+            )));
+        }
+        assert_eq!(transport.local_subscribers(TOPIC), subscribers);
+        Self {
+            transport,
+            payload: Bytes::from(vec![0x5a; payload_len]),
+            received,
+            done,
+            tasks,
+        }
+    }
+
+    /// Publishes one message and returns the time until the last subscriber
+    /// received it.
+    async fn round(&self) -> Duration {
+        // The previous round's last increment happened before its notify, so
+        // no subscriber touches the counter concurrently with this reset.
+        self.received.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        self.transport
+            .publish(TOPIC, self.payload.clone())
+            .await
+            .expect("publish");
+        self.done.notified().await;
+        start.elapsed()
+    }
+
+    /// Drops the transport (which ends every subscription) and joins the
+    /// subscriber tasks.
+    async fn stop(self) {
+        let Self {
+            transport, tasks, ..
+        } = self;
+        drop(transport);
+        for task in tasks {
+            task.await.expect("subscriber task");
+        }
+    }
+}
+
+async fn subscriber(
+    mut subscription: Subscription,
+    subscribers: usize,
+    payload_len: usize,
+    received: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+) {
+    while let Some(delivery) = subscription.next().await {
+        match delivery {
+            Delivery::Message(payload) => {
+                debug_assert_eq!(payload.len(), payload_len);
+                if received.fetch_add(1, Ordering::AcqRel) + 1 == subscribers {
+                    done.notify_one();
+                }
+            }
+            // Only one message is ever in flight, so a gap means the
+            // transport is broken; the round would never complete.
+            Delivery::Gap(gap) => {
+                eprintln!("subscriber saw a gap during the benchmark: {gap}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+/// Runs `iters` rounds on the runtime's workers (not on the bench thread)
+/// and returns the summed round times.
+fn run_rounds(rt: &Runtime, fanout: &Arc<Fanout>, iters: u64) -> Duration {
+    let fanout = Arc::clone(fanout);
+    rt.block_on(rt.spawn(async move {
+        let mut total = Duration::ZERO;
+        for _ in 0..iters {
+            total += fanout.round().await;
+        }
+        total
+    }))
+    .expect("bench task")
+}
+
+fn bench_publish_to_receive(c: &mut Criterion) {
+    let mut group = c.benchmark_group(GROUP);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(5));
+    for case in CASES {
+        let rt = runtime(case.flavor);
+        let fanout = Arc::new(rt.block_on(Fanout::start(
+            case.transport(),
+            case.subscribers,
+            case.payload,
+        )));
+        group.sample_size(case.sample_size);
+        group.bench_function(case.id(), |b| {
+            b.iter_custom(|iters| run_rounds(&rt, &fanout, iters));
+        });
+        let fanout = Arc::into_inner(fanout).expect("no bench task holds the fan-out");
+        rt.block_on(fanout.stop());
+    }
+    group.finish();
+}
+
+fn percentiles(pass: &PercentilePass) {
+    pass.print_heading(GROUP);
+    for case in CASES {
+        let id = case.full_id();
+        if !pass.wants(&id) {
+            continue;
+        }
+        let rt = runtime(case.flavor);
+        let fanout = Arc::new(rt.block_on(Fanout::start(
+            case.transport(),
+            case.subscribers,
+            case.payload,
+        )));
+        let (warmup, samples) = (pass.warmup, pass.samples);
+        let task_fanout = Arc::clone(&fanout);
+        let mut latencies = rt
+            .block_on(rt.spawn(async move {
+                for _ in 0..warmup {
+                    task_fanout.round().await;
+                }
+                let mut latencies = Vec::with_capacity(samples);
+                for _ in 0..samples {
+                    latencies.push(task_fanout.round().await);
+                }
+                latencies
+            }))
+            .expect("percentile task");
+        let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
+        pass.print(&format!("{id} ({} B)", case.payload), &summary);
+        let fanout = Arc::into_inner(fanout).expect("no task holds the fan-out");
+        rt.block_on(fanout.stop());
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench_publish_to_receive(&mut criterion);
+    criterion.final_summary();
+    if let Some(pass) = PercentilePass::from_env_and_args() {
+        percentiles(&pass);
+    }
+}

@@ -47,8 +47,6 @@ struct SymbolChannel {
 pub struct SymbolSubscription {
     /// Ticks to deliver first, oldest first.
     pub backlog: Vec<Arc<Tick>>,
-    /// Sequence of the oldest tick still held, if any.
-    pub oldest_held: Option<u64>,
     /// Live ticks after the backlog.
     pub live: broadcast::Receiver<Arc<Tick>>,
 }
@@ -177,11 +175,9 @@ impl RateHub {
                 .cloned()
                 .collect(),
         };
-        let oldest_held = history.front().map(|t| t.sequence());
         let live = channel.sender.subscribe();
         Ok(SymbolSubscription {
             backlog,
-            oldest_held,
             live,
         })
     }

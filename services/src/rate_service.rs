@@ -200,22 +200,6 @@ impl RateService for RateServiceImpl {
                 symbol: symbol.clone(),
                 last_sent: resume,
             };
-            if let Some(after) = resume {
-                // Announce what the server can no longer replay.
-                let first_available = sub
-                    .backlog
-                    .first()
-                    .map(|t| t.sequence())
-                    .or(sub.oldest_held);
-                if let Some(first) = first_available.filter(|&first| first > after + 1) {
-                    backlog_events.push(gap_event(
-                        symbol,
-                        after + 1,
-                        first - 1,
-                        GapReason::ReplayUnavailable,
-                    ));
-                }
-            }
             for tick in &sub.backlog {
                 cursor.advance(tick, GapReason::ReplayUnavailable, &mut backlog_events);
             }

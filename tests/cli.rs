@@ -1,0 +1,128 @@
+//! The `fxcast` binary as a user runs it: `serve` on ephemeral ports, the
+//! `subscribe` client against it, health over HTTP, and a clean SIGTERM exit.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
+
+struct Served {
+    child: Child,
+    grpc: String,
+    http: String,
+}
+
+/// Starts `fxcast serve` on ephemeral ports and reads the bound addresses
+/// from its log.
+async fn serve(extra: &[&str]) -> Served {
+    let data = tempfile::tempdir().unwrap().keep();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--tick-interval", "20ms"])
+        .arg("--data-dir")
+        .arg(&data)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .env_remove("FXCAST_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("fxcast listening") {
+                return line;
+            }
+        }
+        panic!("fxcast serve exited before listening");
+    })
+    .await
+    .expect("fxcast serve did not log its addresses");
+    // Keep draining the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name}= in {line}")) + name.len() + 1;
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    };
+    Served { grpc: field("grpc"), http: field("http"), child }
+}
+
+async fn http_get(addr: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    (status, body)
+}
+
+#[tokio::test]
+async fn serve_subscribe_health_and_sigterm() {
+    let mut served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
+
+    let output = Command::new(BIN)
+        .args(["subscribe", "--server", &format!("http://{}", served.grpc), "--symbols", "USD_JPY", "--count", "3"])
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output).await.unwrap().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let lines: Vec<_> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    for line in lines {
+        let words: Vec<_> = line.split_whitespace().collect();
+        assert_eq!(words[1], "USD_JPY", "{line}");
+        let bid = words.iter().position(|w| *w == "bid").map(|i| words[i + 1]).unwrap_or_default();
+        assert!(bid.starts_with("151.") && bid.len() == 7, "{line}");
+    }
+
+    let (status, body) = http_get(&served.http, "/healthz").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let started = Instant::now();
+    loop {
+        let (status, body) = http_get(&served.http, "/readyz").await;
+        if status == 200 {
+            assert_eq!(body, r#"{"status":"ready"}"#);
+            break;
+        }
+        assert_eq!(status, 503, "{body}");
+        assert!(started.elapsed() < Duration::from_secs(10), "never became ready: {body}");
+        tokio::task::yield_now().await;
+    }
+
+    let pid = served.child.id().unwrap();
+    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let status = tokio::time::timeout(Duration::from_secs(15), served.child.wait()).await.unwrap().unwrap();
+    assert!(status.success(), "fxcast serve exited with {status} on SIGTERM");
+}
+
+#[tokio::test]
+async fn subscribe_reports_a_bad_symbol_and_exits() {
+    let served = serve(&["--symbols", "USD_JPY"]).await;
+    let output = Command::new(BIN)
+        .args(["subscribe", "--server", &format!("http://{}", served.grpc), "--symbols", "NOPE"])
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output).await.unwrap().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown symbol \"NOPE\""), "{stderr}");
+}
+
+#[tokio::test]
+async fn serve_refuses_bad_flags_with_a_clear_message() {
+    let output = Command::new(BIN).args(["serve", "--transport", "carrier-pigeon"]).output().await.unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("unknown --transport \"carrier-pigeon\""), "{stderr}");
+}
