@@ -1,7 +1,7 @@
 //! Settings of the rate core, independent of where they come from (flags,
 //! environment, TOML: the binary merges those).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     HubConfig, StreamLimits, feed::SimulatorConfig, pricing::Markup, server::FeedKind,
@@ -30,6 +30,8 @@ pub struct Config {
     pub hub: HubConfig,
     /// Slow-consumer limits of streams.
     pub stream_limits: StreamLimits,
+    /// Directory for durable state (keys, revocations, the order journal).
+    pub data_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -42,6 +44,7 @@ impl Default for Config {
             simulator: SimulatorConfig::default(),
             hub: HubConfig::default(),
             stream_limits: StreamLimits::default(),
+            data_dir: PathBuf::from("./fxcast-data"),
         }
     }
 }

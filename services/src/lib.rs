@@ -12,9 +12,11 @@
 //! - `rates`, `publisher`, `hub`: ticks, the latest-rate cache, publishing and fan-out.
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
+//! - [`auth`]: scopes and the authenticated [`Caller`](auth::Caller) of a request.
 
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod config;
 mod error;
 pub mod feed;

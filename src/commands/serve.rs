@@ -150,6 +150,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     if core.simulator.tick_interval.is_zero() {
         bail!("--tick-interval must be positive");
     }
+    core.data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./fxcast-data"));
     Ok(Resolved {
         grpc_listen: args
             .grpc_listen
