@@ -160,10 +160,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
             .http_listen
             .or(file.http_listen)
             .unwrap_or(([127, 0, 0, 1], 8000).into()),
-        data_dir: args
-            .data_dir
-            .or(file.data_dir)
-            .unwrap_or_else(|| PathBuf::from("./fxcast-data")),
+        data_dir: core.data_dir.clone(),
         core,
     })
 }
