@@ -5,7 +5,11 @@ use std::{env, path::PathBuf};
 
 use prost::Message;
 
-const PROTOS: &[&str] = &["fxcast/v1/rates.proto"];
+const PROTOS: &[&str] = &[
+    "fxcast/v1/rates.proto",
+    "fxcast/v1/tokens.proto",
+    "fxcast/v1/orders.proto",
+];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in PROTOS {

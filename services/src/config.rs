@@ -4,7 +4,8 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    HubConfig, StreamLimits, feed::SimulatorConfig, pricing::Markup, server::FeedKind,
+    HubConfig, StreamLimits,
+    auth::AuthConfig, feed::SimulatorConfig, pricing::Markup, server::FeedKind,
     symbols::SymbolOverride,
 };
 
@@ -32,6 +33,8 @@ pub struct Config {
     pub stream_limits: StreamLimits,
     /// Directory for durable state (keys, revocations, the order journal).
     pub data_dir: PathBuf,
+    /// Tokens and the admin API key.
+    pub auth: AuthConfig,
 }
 
 impl Default for Config {
@@ -45,6 +48,7 @@ impl Default for Config {
             hub: HubConfig::default(),
             stream_limits: StreamLimits::default(),
             data_dir: PathBuf::from("./fxcast-data"),
+            auth: AuthConfig::default(),
         }
     }
 }

@@ -17,7 +17,10 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use crate::{
-    Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick, feed::Quote, rates::parse_price,
+    Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick,
+    auth::{Caller, Scope},
+    feed::Quote,
+    rates::parse_price,
 };
 
 /// Limits that keep one slow streaming client from costing others anything.
@@ -69,6 +72,13 @@ impl RateServiceImpl {
             limits,
             shutdown,
         }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -130,11 +140,13 @@ impl Cursor {
 impl RateService for RateServiceImpl {
     async fn list_symbols(
         &self,
-        _request: Request<ListSymbolsRequest>,
+        request: Request<ListSymbolsRequest>,
     ) -> Result<Response<ListSymbolsResponse>, Status> {
+        let caller = Caller::of(&request)?;
         let symbols = self
             .symbols
             .iter()
+            .filter(|spec| caller.scopes.may_subscribe(&spec.symbol))
             .map(|spec| SymbolInfo {
                 symbol: spec.symbol.clone(),
                 tick_size: spec.tick_size().to_string(),
@@ -150,11 +162,13 @@ impl RateService for RateServiceImpl {
         &self,
         request: Request<GetLatestRateRequest>,
     ) -> Result<Response<Rate>, Status> {
+        let caller = Caller::of(&request)?.clone();
         let symbol = request.into_inner().symbol;
         if symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());
         }
         self.symbols.get(&symbol)?;
+        caller.require_subscribe([symbol.as_str()])?;
         let tick = self.latest.get(&symbol).ok_or(Error::NoRateYet(symbol))?;
         Ok(Response::new(tick.rate.clone()))
     }
@@ -165,9 +179,16 @@ impl RateService for RateServiceImpl {
         &self,
         request: Request<StreamRatesRequest>,
     ) -> Result<Response<RateStream>, Status> {
+        let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
         let mut symbols: Vec<String> = if request.symbols.is_empty() {
-            self.symbols.names().map(str::to_owned).collect()
+            // Every symbol the caller may see.
+            let visible: Vec<String> =
+                self.symbols.names().filter(|s| caller.scopes.may_subscribe(s)).map(str::to_owned).collect();
+            if visible.is_empty() {
+                return Err(Status::permission_denied("this token has no rates:subscribe scope"));
+            }
+            visible
         } else {
             request.symbols
         };
@@ -176,6 +197,7 @@ impl RateService for RateServiceImpl {
         for symbol in &symbols {
             self.symbols.get(symbol)?;
         }
+        caller.require_subscribe(symbols.iter().map(String::as_str))?;
         for symbol in request.resume_after.keys() {
             if !symbols.contains(symbol) {
                 return Err(Status::invalid_argument(format!(
@@ -210,6 +232,12 @@ impl RateService for RateServiceImpl {
         let hub = self.hub.clone();
         let limits = self.limits;
         let shutdown = self.shutdown.clone();
+        // The stream ends when its credential does; clients reconnect with a
+        // fresh token (and resume_after, so nothing is lost).
+        let expiry = caller.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
         let stream = async_stream::stream! {
             for event in backlog_events {
                 yield Ok(event);
@@ -222,6 +250,10 @@ impl RateService for RateServiceImpl {
                     biased;
                     () = shutdown.cancelled() => {
                         yield Err(Status::unavailable("server is shutting down; reconnect with resume_after to continue"));
+                        break;
+                    }
+                    () = sleep_until_opt(expiry) => {
+                        yield Err(Status::unauthenticated("token expired; reconnect with a fresh token and resume_after to continue"));
                         break;
                     }
                     next = live.next() => next,
@@ -261,6 +293,8 @@ impl RateService for RateServiceImpl {
         &self,
         request: Request<PublishRateRequest>,
     ) -> Result<Response<Rate>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        caller.require(&Scope::RatesPublish)?;
         let request = request.into_inner();
         if request.symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());
@@ -280,7 +314,7 @@ impl RateService for RateServiceImpl {
             ask,
             source_time,
         };
-        let tick = self.publisher.publish(quote, "external").await?;
+        let tick = self.publisher.publish(quote, &format!("external:{}", caller.subject)).await?;
         Ok(Response::new(tick.rate.clone()))
     }
 }

@@ -2,7 +2,7 @@
 
 use std::{future::Future, sync::Arc};
 
-use fxcast_proto::v1::rate_service_server::RateServiceServer;
+use fxcast_proto::v1::{rate_service_server::RateServiceServer, token_service_server::TokenServiceServer};
 use fxcast_transport::Transport;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
@@ -11,6 +11,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
+    auth::{AuthLayer, TokenAuthority, TokenServiceImpl},
     feed::{Feed, SimulatedFeed},
 };
 
@@ -33,6 +34,7 @@ pub struct RatesCore {
     hub: RateHub,
     publisher: RatePublisher,
     transport: Arc<dyn Transport>,
+    authority: TokenAuthority,
     config: Config,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -54,6 +56,7 @@ impl RatesCore {
     ) -> Result<Self, Error> {
         let symbols =
             SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
+        let authority = TokenAuthority::open(&config.data_dir, config.auth.clone())?;
         let latest = LatestRates::default();
         let hub = RateHub::new(&symbols, latest.clone(), config.hub);
         let mut tasks = JoinSet::new();
@@ -72,6 +75,7 @@ impl RatesCore {
             hub,
             publisher,
             transport,
+            authority,
             config,
             shutdown,
             tasks,
@@ -130,6 +134,11 @@ impl RatesCore {
         &self.publisher
     }
 
+    /// Issues and verifies tokens.
+    pub fn authority(&self) -> &TokenAuthority {
+        &self.authority
+    }
+
     /// The transport in use.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
@@ -179,13 +188,15 @@ impl RatesCore {
 
         // Nagle's algorithm would hold small tick frames back for tens of ms.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-        // The auth layer (token issue) slots in here as one `.layer(...)` over
-        // every service; health and reflection are exempted by path there.
+        // One auth layer over every service; it exempts health and reflection
+        // by path and puts the caller on each request for the handlers.
         tonic::transport::Server::builder()
+            .layer(AuthLayer::new(self.authority.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(RateServiceServer::new(self.rate_service()))
+            .add_service(TokenServiceServer::new(TokenServiceImpl::new(self.authority.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 health

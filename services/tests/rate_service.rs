@@ -206,7 +206,7 @@ async fn publish_rate_applies_markup_and_reaches_streams() {
     };
     let published = client.publish_rate(request).await.unwrap().into_inner();
     assert_eq!((published.bid.as_str(), published.ask.as_str()), ("151.214", "151.254"));
-    assert_eq!(published.source, "external");
+    assert_eq!(published.source, "external:tester");
     assert_eq!(next_rate(&mut stream).await, published);
 }
 

@@ -1,7 +1,25 @@
-//! Authentication and authorisation: scopes, the caller of a request.
+//! Authentication and authorisation.
+//!
+//! - [`TokenAuthority`]: issues HS256 JWTs (subject, scopes, id, expiry, key
+//!   id), verifies them statelessly (plus an in-memory revocation check), and
+//!   checks the admin API key.
+//! - [`AuthLayer`]: one tower layer over every gRPC service; it puts the
+//!   [`Caller`] on each request, or answers `UNAUTHENTICATED` itself.
+//! - [`Caller`], [`Scope`], [`Scopes`]: what a handler checks.
+//! - `TokenServiceImpl`: `fxcast.v1.TokenService`.
 
+mod authority;
 mod caller;
+pub mod keys;
+mod layer;
+mod revocations;
 mod scope;
+mod service;
 
+pub use authority::{
+    AuthConfig, AuthError, IssuedToken, TokenAuthority, api_key_path, issue_offline, validate_subject,
+};
 pub use caller::Caller;
+pub use layer::{AuthLayer, AuthService};
 pub use scope::{ParseScopeError, Scope, Scopes, SymbolSet};
+pub use service::TokenServiceImpl;

@@ -12,17 +12,51 @@ use fxcast_transport::{MemoryTransport, Transport};
 use rust_decimal::Decimal;
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
-use tonic::{Streaming, transport::Channel};
+use tonic::{
+    Streaming,
+    metadata::{AsciiMetadataValue, MetadataValue},
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(pub AsciiMetadataValue);
+
+impl Bearer {
+    pub fn new(token: &str) -> Self {
+        Self(MetadataValue::try_from(format!("Bearer {token}")).unwrap())
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type AuthedChannel = InterceptedService<Channel, Bearer>;
+
+/// Every scope a test user normally needs.
+pub const ALL_SCOPES: &str = "rates:subscribe=* rates:publish orders:place orders:read";
 
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub core: Arc<RatesCore>,
     pub stop: CancellationToken,
     pub handle: JoinHandle<Result<(), fxcast_services::Error>>,
+    pub data_dir: std::path::PathBuf,
 }
 
 impl TestServer {
-    pub async fn start(config: Config) -> Self {
+    /// Starts a server; a fresh temporary data directory is used unless the
+    /// config names one.
+    pub async fn start(mut config: Config) -> Self {
+        if config.data_dir == Config::default().data_dir {
+            config.data_dir = tempfile::tempdir().unwrap().keep();
+        }
+        let data_dir = config.data_dir.clone();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
@@ -31,7 +65,7 @@ impl TestServer {
         let server_core = Arc::clone(&core);
         let server_stop = stop.clone();
         let handle = tokio::spawn(async move { server_core.serve_grpc(listener, server_stop.cancelled_owned()).await });
-        Self { addr, core, stop, handle }
+        Self { addr, core, stop, handle, data_dir }
     }
 
     /// A server without a feed: the test publishes every rate itself.
@@ -48,8 +82,29 @@ impl TestServer {
         format!("http://{}", self.addr)
     }
 
-    pub async fn client(&self) -> RateServiceClient<Channel> {
-        RateServiceClient::connect(self.url()).await.unwrap()
+    /// A token for `subject` with space-separated `scopes`.
+    pub fn token(&self, subject: &str, scopes: &str) -> String {
+        self.core.authority().issue(subject, scopes.parse().unwrap(), None).unwrap().token
+    }
+
+    /// A channel that sends `token` on every call.
+    pub async fn authed_channel(&self, token: &str) -> AuthedChannel {
+        InterceptedService::new(self.channel().await, Bearer::new(token))
+    }
+
+    /// A RateService client for subject "tester" with every scope.
+    pub async fn client(&self) -> RateServiceClient<AuthedChannel> {
+        self.client_as("tester", ALL_SCOPES).await
+    }
+
+    /// A RateService client for `subject` with `scopes`.
+    pub async fn client_as(&self, subject: &str, scopes: &str) -> RateServiceClient<AuthedChannel> {
+        RateServiceClient::new(self.authed_channel(&self.token(subject, scopes)).await)
+    }
+
+    /// The admin API key.
+    pub fn api_key(&self) -> String {
+        std::fs::read_to_string(self.data_dir.join("api-key")).unwrap()
     }
 
     pub async fn channel(&self) -> Channel {

@@ -1,0 +1,588 @@
+//! Issuing and verifying tokens, and checking the admin API key.
+
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use rand::{RngCore, SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use subtle::ConstantTimeEq;
+
+use super::{
+    Caller, Scope, Scopes, SymbolSet,
+    keys::{KeyFile, unix, write_secret_file},
+    revocations::Revocations,
+};
+use crate::Error;
+
+/// Token lifetimes, keys and anonymous access. Files live in the data
+/// directory given to [`TokenAuthority::open`]: `api-key`,
+/// `signing-keys.json` and `tokens.sqlite3`.
+#[derive(Clone)]
+pub struct AuthConfig {
+    /// The admin API key; generated into `<data_dir>/api-key` when `None`.
+    pub api_key: Option<String>,
+    /// Signing keys file; `<data_dir>/signing-keys.json` when `None`.
+    pub signing_keys: Option<PathBuf>,
+    /// TTL of a token when the request names none.
+    pub default_ttl: Duration,
+    /// Largest TTL a request may ask for; larger requests are refused.
+    pub max_ttl: Duration,
+    /// Whether loopback clients may get short-lived browser tokens without the API key.
+    pub anonymous_tokens: bool,
+    /// TTL of anonymous browser tokens.
+    pub anonymous_ttl: Duration,
+    /// Anonymous tokens per client address per minute.
+    pub anonymous_per_minute: u32,
+}
+
+impl std::fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("signing_keys", &self.signing_keys)
+            .field("default_ttl", &self.default_ttl)
+            .field("max_ttl", &self.max_ttl)
+            .field("anonymous_tokens", &self.anonymous_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AuthConfig {
+    /// 15 min tokens, 24 h at most, no anonymous tokens.
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            signing_keys: None,
+            default_ttl: Duration::from_secs(15 * 60),
+            max_ttl: Duration::from_secs(24 * 3600),
+            anonymous_tokens: false,
+            anonymous_ttl: Duration::from_secs(15 * 60),
+            anonymous_per_minute: 30,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Where the signing keys live.
+    pub fn signing_keys_path(&self, data_dir: &Path) -> PathBuf {
+        self.signing_keys.clone().unwrap_or_else(|| data_dir.join("signing-keys.json"))
+    }
+}
+
+/// Where a generated API key is kept.
+pub fn api_key_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("api-key")
+}
+
+/// Why a credential was refused. Messages never contain the credential.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `authorization` header (or `?token=`).
+    #[error("missing credentials: send `authorization: Bearer <token>`")]
+    Missing,
+    /// The header is not `Bearer <token>`.
+    #[error("malformed authorization header: expected `Bearer <token>`")]
+    MalformedHeader,
+    /// Not a well-formed token.
+    #[error("malformed token")]
+    Malformed,
+    /// Signed by a key this server does not know.
+    #[error("token signed with an unknown key")]
+    UnknownKey,
+    /// The signature does not match.
+    #[error("invalid token signature")]
+    BadSignature,
+    /// Past its expiry.
+    #[error("token expired")]
+    Expired,
+    /// Explicitly revoked.
+    #[error("token revoked")]
+    Revoked,
+    /// The admin API key used where a token is required.
+    #[error("the API key only issues tokens: call TokenService/IssueToken (or POST /v1/tokens) and use the token")]
+    ApiKeyNotAccepted,
+}
+
+impl From<AuthError> for tonic::Status {
+    fn from(err: AuthError) -> Self {
+        tonic::Status::unauthenticated(err.to_string())
+    }
+}
+
+/// JWT claims of an fxcast token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    scope: String,
+    jti: String,
+    iat: u64,
+    exp: u64,
+}
+
+const ISSUER: &str = "fxcast";
+
+/// A freshly issued token.
+#[derive(Clone)]
+pub struct IssuedToken {
+    /// The signed JWT.
+    pub token: String,
+    /// Its id (`jti`), for revocation.
+    pub token_id: String,
+    /// Whom it was issued to.
+    pub subject: String,
+    /// What it allows.
+    pub scopes: Scopes,
+    /// When it expires.
+    pub expires_at: SystemTime,
+}
+
+impl std::fmt::Debug for IssuedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IssuedToken")
+            .field("token_id", &self.token_id)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+struct KeyState {
+    file: KeyFile,
+    decoding: HashMap<String, DecodingKey>,
+    encoding: EncodingKey,
+}
+
+impl KeyState {
+    fn new(file: KeyFile) -> Result<Self, Error> {
+        let mut decoding = HashMap::new();
+        for key in &file.keys {
+            let decoding_key = DecodingKey::from_secret(&key.secret()?)
+                .map_err(|e| Error::Config(format!("signing key {}: {e}", key.kid)))?;
+            decoding.insert(key.kid.clone(), decoding_key);
+        }
+        let encoding = EncodingKey::from_secret(&file.active().secret()?)
+            .map_err(|e| Error::Config(format!("signing key {}: {e}", file.active().kid)))?;
+        Ok(Self { file, decoding, encoding })
+    }
+}
+
+/// Issues and verifies tokens; checks the API key. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct TokenAuthority {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: AuthConfig,
+    keys_path: PathBuf,
+    keys: RwLock<KeyState>,
+    api_key: String,
+    revocations: Revocations,
+    validation: Validation,
+    anonymous: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl std::fmt::Debug for TokenAuthority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenAuthority").field("keys", &self.inner.keys_path).finish_non_exhaustive()
+    }
+}
+
+fn random_id(bytes: usize) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let mut buf = vec![0u8; bytes];
+    StdRng::from_os_rng().fill_bytes(&mut buf);
+    URL_SAFE_NO_PAD.encode(buf)
+}
+
+/// Reads the API key from `path`, generating it (mode 0600) on first use.
+fn load_or_create_api_key(path: &Path) -> Result<String, Error> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if text.trim().len() >= 16 => Ok(text.trim().to_owned()),
+        Ok(_) => Err(Error::Config(format!("API key file {} holds fewer than 16 characters", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let key = format!("fxk_{}", random_id(32));
+            write_secret_file(path, key.as_bytes())?;
+            tracing::info!(path = %path.display(), "generated the admin API key");
+            Ok(key)
+        }
+        Err(source) => Err(Error::Io { context: format!("cannot read API key {}", path.display()), source }),
+    }
+}
+
+impl TokenAuthority {
+    /// Loads (or creates) keys, the API key and the revocation store.
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Config`] for unreadable or malformed files.
+    pub fn open(data_dir: &Path, config: AuthConfig) -> Result<Self, Error> {
+        std::fs::create_dir_all(data_dir).map_err(|source| Error::Io {
+            context: format!("cannot create data directory {}", data_dir.display()),
+            source,
+        })?;
+        let keys_path = config.signing_keys_path(data_dir);
+        let keys = KeyState::new(KeyFile::load_or_create(&keys_path)?)?;
+        let api_key = match &config.api_key {
+            Some(key) if key.len() >= 16 => key.clone(),
+            Some(_) => return Err(Error::Config("FXCAST_API_KEY must be at least 16 characters".into())),
+            None => load_or_create_api_key(&api_key_path(data_dir))?,
+        };
+        if config.api_key.is_some() {
+            tracing::info!("admin API key taken from FXCAST_API_KEY");
+        } else {
+            tracing::info!(path = %api_key_path(data_dir).display(), "admin API key file");
+        }
+        let revocations = Revocations::open(&data_dir.join("tokens.sqlite3"))?;
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "sub", "iss"]);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                config,
+                keys_path,
+                keys: RwLock::new(keys),
+                api_key,
+                revocations,
+                validation,
+                anonymous: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &AuthConfig {
+        &self.inner.config
+    }
+
+    /// The signing keys file.
+    pub fn signing_keys_path(&self) -> &Path {
+        &self.inner.keys_path
+    }
+
+    /// Whether `candidate` is the admin API key (constant time).
+    pub fn is_api_key(&self, candidate: &str) -> bool {
+        candidate.as_bytes().ct_eq(self.inner.api_key.as_bytes()).into()
+    }
+
+    /// Issues a token.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an empty or malformed subject, no
+    /// scopes, or a TTL of zero or above the maximum.
+    pub fn issue(&self, subject: &str, scopes: Scopes, ttl: Option<Duration>) -> Result<IssuedToken, Error> {
+        let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+        sign(&keys.encoding, &keys.file.active().kid, &self.inner.config, subject, scopes, ttl)
+    }
+
+    /// Issues a short-lived browser token without the API key, to a loopback
+    /// client, at most `anonymous_per_minute` per address.
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED` when anonymous tokens are off or the client is not
+    /// on loopback; `RESOURCE_EXHAUSTED` over the rate limit.
+    pub fn issue_anonymous(&self, client: Option<IpAddr>) -> Result<IssuedToken, tonic::Status> {
+        let config = &self.inner.config;
+        let Some(ip) = client.filter(|ip| config.anonymous_tokens && ip.is_loopback()) else {
+            return Err(tonic::Status::unauthenticated(
+                "missing credentials: IssueToken needs `authorization: Bearer <API key>` (anonymous browser tokens are only issued to loopback clients when the gateway listens on loopback)",
+            ));
+        };
+        {
+            let mut counts = self.inner.anonymous.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            counts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
+            let entry = counts.entry(ip).or_insert((now, 0));
+            if entry.1 >= config.anonymous_per_minute {
+                return Err(tonic::Status::resource_exhausted(format!(
+                    "too many anonymous tokens for {ip}: at most {} per minute",
+                    config.anonymous_per_minute
+                )));
+            }
+            entry.1 += 1;
+        }
+        let scopes = Scopes(vec![Scope::RatesSubscribe(SymbolSet::All), Scope::OrdersPlace, Scope::OrdersRead]);
+        self.issue(&format!("anon-{}", random_id(9)), scopes, Some(config.anonymous_ttl)).map_err(Into::into)
+    }
+
+    /// Verifies a token and returns its caller.
+    ///
+    /// # Errors
+    /// The [`AuthError`] saying why it was refused.
+    pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
+        if header.alg != Algorithm::HS256 {
+            return Err(AuthError::Malformed);
+        }
+        let kid = header.kid.ok_or(AuthError::Malformed)?;
+        let claims = {
+            let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+            match keys.decoding.get(&kid) {
+                Some(key) => decode::<Claims>(token, key, &self.inner.validation),
+                None => {
+                    drop(keys);
+                    // A key rotated in by another process: reload once.
+                    self.reload_keys();
+                    let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
+                    let key = keys.decoding.get(&kid).ok_or(AuthError::UnknownKey)?;
+                    decode::<Claims>(token, key, &self.inner.validation)
+                }
+            }
+        }
+        .map_err(|e| {
+            use jsonwebtoken::errors::ErrorKind;
+            match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::InvalidSignature => AuthError::BadSignature,
+                _ => AuthError::Malformed,
+            }
+        })?
+        .claims;
+        if self.inner.revocations.is_revoked(&claims.jti) {
+            return Err(AuthError::Revoked);
+        }
+        let scopes: Scopes = claims.scope.parse().map_err(|_| AuthError::Malformed)?;
+        Ok(Caller {
+            subject: claims.sub,
+            token_id: claims.jti,
+            scopes,
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+        })
+    }
+
+    /// Authenticates an `authorization` header value (or a bare token from a
+    /// `?token=` query). `allow_api_key` admits the admin key (token
+    /// management calls only).
+    ///
+    /// # Errors
+    /// The [`AuthError`] saying why it was refused.
+    pub fn authenticate(&self, header: Option<&str>, allow_api_key: bool) -> Result<Caller, AuthError> {
+        let value = header.ok_or(AuthError::Missing)?.trim();
+        let (scheme, credential) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return Err(AuthError::MalformedHeader);
+        }
+        let credential = credential.trim();
+        if credential.is_empty() {
+            return Err(AuthError::MalformedHeader);
+        }
+        if self.is_api_key(credential) {
+            return if allow_api_key {
+                Ok(Caller { subject: "admin".into(), token_id: "api-key".into(), scopes: Scopes::admin(), expires_at: None })
+            } else {
+                Err(AuthError::ApiKeyNotAccepted)
+            };
+        }
+        self.verify(credential)
+    }
+
+    /// Revokes a token id; its tokens are refused from now on, also after a
+    /// restart.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the revocation cannot be stored.
+    pub fn revoke(&self, token_id: &str) -> Result<(), Error> {
+        if token_id.is_empty() || token_id.len() > 64 {
+            return Err(Error::InvalidArgument("token_id must be 1-64 characters".into()));
+        }
+        // The token cannot outlive the maximum TTL from now.
+        self.inner.revocations.revoke(token_id, SystemTime::now() + self.inner.config.max_ttl)
+    }
+
+    fn reload_keys(&self) {
+        match KeyFile::load(&self.inner.keys_path).and_then(KeyState::new) {
+            Ok(state) => *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = state,
+            Err(err) => tracing::warn!(error = %err, "cannot reload signing keys"),
+        }
+    }
+}
+
+/// Signs a token with the active key of the key file at `keys_path`, without
+/// a running server (signed URLs minted by `fxcast token --url`).
+///
+/// # Errors
+/// [`Error::Io`] / [`Error::Config`] when the key file cannot be read, and the
+/// same argument errors as [`TokenAuthority::issue`].
+pub fn issue_offline(
+    keys_path: &Path,
+    config: &AuthConfig,
+    subject: &str,
+    scopes: Scopes,
+    ttl: Option<Duration>,
+) -> Result<IssuedToken, Error> {
+    let file = KeyFile::load(keys_path)?;
+    let key = file.active();
+    let encoding = EncodingKey::from_secret(&key.secret()?)
+        .map_err(|e| Error::Config(format!("signing key {}: {e}", key.kid)))?;
+    sign(&encoding, &key.kid, config, subject, scopes, ttl)
+}
+
+fn sign(
+    encoding: &EncodingKey,
+    kid: &str,
+    config: &AuthConfig,
+    subject: &str,
+    scopes: Scopes,
+    ttl: Option<Duration>,
+) -> Result<IssuedToken, Error> {
+    validate_subject(subject)?;
+    if scopes.0.is_empty() {
+        return Err(Error::InvalidArgument("scopes: at least one scope is required".into()));
+    }
+    let ttl = ttl.unwrap_or(config.default_ttl);
+    if ttl.is_zero() {
+        return Err(Error::InvalidArgument("ttl must be positive".into()));
+    }
+    if ttl > config.max_ttl {
+        return Err(Error::InvalidArgument(format!(
+            "ttl {} is above the maximum of {}",
+            humantime::format_duration(ttl),
+            humantime::format_duration(config.max_ttl)
+        )));
+    }
+    let now = SystemTime::now();
+    // JWT times are whole seconds; round up so a token lasts at least its TTL.
+    let exp = unix(now) + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    let claims = Claims {
+        iss: ISSUER.to_owned(),
+        sub: subject.to_owned(),
+        scope: scopes.to_string(),
+        jti: random_id(12),
+        iat: unix(now),
+        exp,
+    };
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(kid.to_owned());
+    let token =
+        encode(&header, &claims, encoding).map_err(|e| Error::Config(format!("cannot sign token: {e}")))?;
+    Ok(IssuedToken {
+        token,
+        token_id: claims.jti,
+        subject: claims.sub,
+        scopes,
+        expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+    })
+}
+
+/// Subjects: 1–64 characters of `[A-Za-z0-9._@-]` (they become topic names).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] saying what is wrong.
+pub fn validate_subject(subject: &str) -> Result<(), Error> {
+    let ok = !subject.is_empty()
+        && subject.len() <= 64
+        && subject.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "subject {subject:?} is invalid: use 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn authority(dir: &Path) -> TokenAuthority {
+        TokenAuthority::open(dir, AuthConfig::default()).unwrap()
+    }
+
+    fn temp() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("fxcast-auth-{}", random_id(6)));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn issued_tokens_verify_with_their_claims() {
+        let auth = authority(&temp());
+        let issued = auth.issue("alice", "rates:subscribe=USD_JPY orders:place".parse().unwrap(), None).unwrap();
+        let caller = auth.verify(&issued.token).unwrap();
+        assert_eq!(caller.subject, "alice");
+        assert_eq!(caller.token_id, issued.token_id);
+        assert!(caller.scopes.may_subscribe("USD_JPY") && !caller.scopes.may_subscribe("EUR_USD"));
+        let ttl = issued.expires_at.duration_since(SystemTime::now()).unwrap();
+        assert!(ttl <= Duration::from_secs(15 * 60) && ttl > Duration::from_secs(14 * 60), "{ttl:?}");
+    }
+
+    #[test]
+    fn every_single_bit_flip_is_rejected() {
+        let auth = authority(&temp());
+        let token = auth.issue("alice", "rates:subscribe=*".parse().unwrap(), None).unwrap().token;
+        let bytes = token.as_bytes();
+        for i in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.to_vec();
+                flipped[i] ^= 1 << bit;
+                if let Ok(s) = std::str::from_utf8(&flipped) {
+                    assert!(auth.verify(s).is_err(), "flip of bit {bit} of byte {i} was accepted: {s}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn ttl_above_the_maximum_is_refused_not_cut() {
+        let auth = authority(&temp());
+        let err = auth.issue("alice", Scopes::admin(), Some(Duration::from_secs(25 * 3600))).unwrap_err();
+        assert_eq!(err.to_string(), "ttl 1day 1h is above the maximum of 1day");
+        assert!(auth.issue("a b", Scopes::admin(), None).is_err());
+        assert!(auth.issue("alice", Scopes::default(), None).is_err());
+    }
+
+    #[test]
+    fn revocation_is_immediate_and_survives_a_restart() {
+        let dir = temp();
+        let auth = authority(&dir);
+        let issued = auth.issue("alice", Scopes::admin(), None).unwrap();
+        auth.revoke(&issued.token_id).unwrap();
+        assert_eq!(auth.verify(&issued.token).unwrap_err(), AuthError::Revoked);
+        drop(auth);
+        assert_eq!(authority(&dir).verify(&issued.token).unwrap_err(), AuthError::Revoked);
+    }
+
+    #[test]
+    fn rotated_keys_keep_old_tokens_valid_and_other_servers_keys_fail() {
+        let dir = temp();
+        let auth = authority(&dir);
+        let old = auth.issue("alice", Scopes::admin(), None).unwrap();
+        let path = auth.signing_keys_path().to_owned();
+        let mut file = KeyFile::load(&path).unwrap();
+        file.rotate(SystemTime::now(), Duration::from_secs(24 * 3600));
+        file.save(&path).unwrap();
+        let restarted = authority(&dir);
+        let new = restarted.issue("bob", Scopes::admin(), None).unwrap();
+        assert!(restarted.verify(&old.token).is_ok(), "old key must still verify");
+        // The running server picks the new key up on first sight.
+        assert!(auth.verify(&new.token).is_ok());
+        let stranger = authority(&temp()).issue("mallory", Scopes::admin(), None).unwrap();
+        assert_eq!(auth.verify(&stranger.token).unwrap_err(), AuthError::UnknownKey);
+    }
+
+    #[test]
+    fn api_key_is_generated_privately_and_only_accepted_where_allowed() {
+        let dir = temp();
+        let auth = authority(&dir);
+        let key = std::fs::read_to_string(dir.join("api-key")).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(dir.join("api-key")).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        let header = format!("Bearer {key}");
+        assert_eq!(auth.authenticate(Some(&header), true).unwrap().subject, "admin");
+        assert_eq!(auth.authenticate(Some(&header), false).unwrap_err(), AuthError::ApiKeyNotAccepted);
+        assert_eq!(auth.authenticate(None, true).unwrap_err(), AuthError::Missing);
+        assert_eq!(auth.authenticate(Some("Basic abc"), true).unwrap_err(), AuthError::MalformedHeader);
+        assert_eq!(auth.authenticate(Some("Bearer garbage"), true).unwrap_err(), AuthError::Malformed);
+        assert!(!AuthError::ApiKeyNotAccepted.to_string().contains(&key));
+    }
+}

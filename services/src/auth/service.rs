@@ -1,0 +1,103 @@
+//! The tonic implementation of `fxcast.v1.TokenService`.
+
+use std::time::Duration;
+
+use fxcast_proto::v1::{
+    IssueTokenRequest, IssueTokenResponse, RevokeTokenRequest, RevokeTokenResponse, token_service_server::TokenService,
+};
+use tonic::{Request, Response, Status};
+
+use super::{Caller, IssuedToken, Scope, Scopes, TokenAuthority};
+use crate::Error;
+
+/// `TokenService` over a [`TokenAuthority`].
+#[derive(Debug, Clone)]
+pub struct TokenServiceImpl {
+    authority: TokenAuthority,
+}
+
+impl TokenServiceImpl {
+    /// Creates the service.
+    pub fn new(authority: TokenAuthority) -> Self {
+        Self { authority }
+    }
+}
+
+fn response(issued: IssuedToken) -> IssueTokenResponse {
+    IssueTokenResponse {
+        token: issued.token,
+        token_id: issued.token_id,
+        expires_at: Some(issued.expires_at.into()),
+        subject: issued.subject,
+        scopes: issued.scopes.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn parse_ttl(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>, Status> {
+    ttl.map(|d| {
+        if d.seconds < 0 || d.nanos < 0 {
+            Err(Status::invalid_argument("ttl must be positive"))
+        } else {
+            Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+        }
+    })
+    .transpose()
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenServiceImpl {
+    async fn issue_token(&self, request: Request<IssueTokenRequest>) -> Result<Response<IssueTokenResponse>, Status> {
+        let Some(caller) = request.extensions().get::<Caller>().cloned() else {
+            // No credentials: only a loopback browser may get an anonymous token.
+            let issued = self.authority.issue_anonymous(request.remote_addr().map(|a| a.ip()))?;
+            tracing::info!(subject = %issued.subject, token_id = %issued.token_id, "issued anonymous token");
+            return Ok(Response::new(response(issued)));
+        };
+        caller.require(&Scope::TokensIssue)?;
+        let request = request.into_inner();
+        let scopes = request
+            .scopes
+            .iter()
+            .map(|s| s.parse::<Scope>().map_err(|e| Status::invalid_argument(format!("scopes: {e}"))))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Scopes)?;
+        if !caller.scopes.covers(&scopes) {
+            return Err(Status::permission_denied(format!(
+                "cannot issue scopes \"{scopes}\": the caller only has \"{}\"",
+                caller.scopes
+            )));
+        }
+        let ttl = parse_ttl(request.ttl)?;
+        if let (Some(ttl), Some(expires)) = (ttl, caller.expires_at) {
+            if std::time::SystemTime::now() + ttl > expires {
+                return Err(Status::invalid_argument(
+                    "ttl would outlive the issuing token; ask for a shorter ttl",
+                ));
+            }
+        }
+        let issued = self.authority.issue(&request.subject, scopes, ttl).map_err(Status::from)?;
+        tracing::info!(
+            issuer = %caller.subject,
+            subject = %issued.subject,
+            token_id = %issued.token_id,
+            scopes = %issued.scopes,
+            "issued token"
+        );
+        Ok(Response::new(response(issued)))
+    }
+
+    async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Result<Response<RevokeTokenResponse>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        caller.require(&Scope::TokensIssue)?;
+        let token_id = request.into_inner().token_id;
+        self.authority.revoke(&token_id).map_err(|e| match e {
+            Error::InvalidArgument(_) => Status::from(e),
+            other => {
+                tracing::error!(error = %other, "cannot store revocation");
+                Status::internal("cannot store the revocation")
+            }
+        })?;
+        tracing::info!(by = %caller.subject, %token_id, "revoked token");
+        Ok(Response::new(RevokeTokenResponse {}))
+    }
+}
