@@ -20,6 +20,8 @@ enum Command {
     Serve(commands::serve::ServeArgs),
     /// Stream live rates to the terminal.
     Subscribe(commands::subscribe::SubscribeArgs),
+    /// Issue or revoke tokens, mint signed stream URLs, rotate the signing key.
+    Token(commands::token::TokenArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +32,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Subscribe(args) => commands::subscribe::run(args).await,
+            Command::Token(args) => commands::token::run(args).await,
         }
     })
 }

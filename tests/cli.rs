@@ -18,6 +18,7 @@ struct Served {
     child: Child,
     grpc: String,
     http: String,
+    data: std::path::PathBuf,
 }
 
 /// Starts `fxcast serve` on ephemeral ports and reads the bound addresses
@@ -25,10 +26,19 @@ struct Served {
 async fn serve(extra: &[&str]) -> Served {
     let data = tempfile::tempdir().unwrap().keep();
     let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0", "--tick-interval", "20ms"])
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--tick-interval",
+            "20ms",
+        ])
         .arg("--data-dir")
         .arg(&data)
         .args(extra)
+        .env_remove("FXCAST_API_KEY")
         .env("RUST_LOG", "info")
         .env_remove("FXCAST_CONFIG")
         .stdout(Stdio::null())
@@ -50,10 +60,19 @@ async fn serve(extra: &[&str]) -> Served {
     // Keep draining the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |name: &str| {
-        let start = line.find(&format!("{name}=")).unwrap_or_else(|| panic!("no {name}= in {line}")) + name.len() + 1;
+        let start = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no {name}= in {line}"))
+            + name.len()
+            + 1;
         line[start..].split_whitespace().next().unwrap().to_owned()
     };
-    Served { grpc: field("grpc"), http: field("http"), child }
+    Served {
+        grpc: field("grpc"),
+        http: field("http"),
+        child,
+        data,
+    }
 }
 
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
@@ -63,7 +82,11 @@ async fn http_get(addr: &str, path: &str) -> (u16, String) {
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
     (status, body)
 }
 
@@ -72,17 +95,38 @@ async fn serve_subscribe_health_and_sigterm() {
     let mut served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
 
     let output = Command::new(BIN)
-        .args(["subscribe", "--server", &format!("http://{}", served.grpc), "--symbols", "USD_JPY", "--count", "3"])
+        .args([
+            "subscribe",
+            "--server",
+            &format!("http://{}", served.grpc),
+            "--symbols",
+            "USD_JPY",
+            "--count",
+            "3",
+        ])
+        .arg("--data-dir")
+        .arg(&served.data)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output).await.unwrap().unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let lines: Vec<_> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     for line in lines {
         let words: Vec<_> = line.split_whitespace().collect();
         assert_eq!(words[1], "USD_JPY", "{line}");
-        let bid = words.iter().position(|w| *w == "bid").map(|i| words[i + 1]).unwrap_or_default();
+        let bid = words
+            .iter()
+            .position(|w| *w == "bid")
+            .map(|i| words[i + 1])
+            .unwrap_or_default();
         assert!(bid.starts_with("151.") && bid.len() == 7, "{line}");
     }
 
@@ -96,24 +140,47 @@ async fn serve_subscribe_health_and_sigterm() {
             break;
         }
         assert_eq!(status, 503, "{body}");
-        assert!(started.elapsed() < Duration::from_secs(10), "never became ready: {body}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never became ready: {body}"
+        );
         tokio::task::yield_now().await;
     }
 
     let pid = served.child.id().unwrap();
-    let killed = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
-    let status = tokio::time::timeout(Duration::from_secs(15), served.child.wait()).await.unwrap().unwrap();
-    assert!(status.success(), "fxcast serve exited with {status} on SIGTERM");
+    let status = tokio::time::timeout(Duration::from_secs(15), served.child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        status.success(),
+        "fxcast serve exited with {status} on SIGTERM"
+    );
 }
 
 #[tokio::test]
 async fn subscribe_reports_a_bad_symbol_and_exits() {
     let served = serve(&["--symbols", "USD_JPY"]).await;
     let output = Command::new(BIN)
-        .args(["subscribe", "--server", &format!("http://{}", served.grpc), "--symbols", "NOPE"])
+        .args([
+            "subscribe",
+            "--server",
+            &format!("http://{}", served.grpc),
+            "--symbols",
+            "NOPE",
+        ])
+        .arg("--data-dir")
+        .arg(&served.data)
         .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output).await.unwrap().unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown symbol \"NOPE\""), "{stderr}");
@@ -121,8 +188,180 @@ async fn subscribe_reports_a_bad_symbol_and_exits() {
 
 #[tokio::test]
 async fn serve_refuses_bad_flags_with_a_clear_message() {
-    let output = Command::new(BIN).args(["serve", "--transport", "carrier-pigeon"]).output().await.unwrap();
+    let output = Command::new(BIN)
+        .args(["serve", "--transport", "carrier-pigeon"])
+        .output()
+        .await
+        .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("unknown --transport \"carrier-pigeon\""), "{stderr}");
+    assert!(
+        stderr.contains("unknown --transport \"carrier-pigeon\""),
+        "{stderr}"
+    );
+}
+
+async fn fxcast(args: &[&str]) -> std::process::Output {
+    let output = Command::new(BIN)
+        .args(args)
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_TOKEN")
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+fn stdout(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn tokens_from_the_cli_scope_what_subscribe_may_see() {
+    let served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
+    let server = format!("http://{}", served.grpc);
+    let data = served.data.to_str().unwrap();
+
+    let token = stdout(
+        &fxcast(&[
+            "token",
+            "--subject",
+            "alice",
+            "--scope",
+            "rates:subscribe=USD_JPY",
+            "--ttl",
+            "10m",
+            "--server",
+            &server,
+            "--data-dir",
+            data,
+        ])
+        .await,
+    );
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let ok = fxcast(&[
+        "subscribe",
+        "--server",
+        &server,
+        "--symbols",
+        "USD_JPY",
+        "--count",
+        "1",
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(stdout(&ok).contains("USD_JPY"));
+    let denied = fxcast(&[
+        "subscribe",
+        "--server",
+        &server,
+        "--symbols",
+        "EUR_USD",
+        "--token",
+        &token,
+    ])
+    .await;
+    assert!(!denied.status.success());
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(
+        stderr.contains("PermissionDenied") && stderr.contains("may not read rates of EUR_USD"),
+        "{stderr}"
+    );
+
+    let too_long = fxcast(&[
+        "token",
+        "--scope",
+        "orders:place",
+        "--ttl",
+        "2d",
+        "--server",
+        &server,
+        "--data-dir",
+        data,
+    ])
+    .await;
+    assert!(!too_long.status.success());
+    assert!(String::from_utf8_lossy(&too_long.stderr).contains("above the maximum of 1day"));
+
+    let no_key = fxcast(&[
+        "token",
+        "--scope",
+        "orders:place",
+        "--server",
+        &server,
+        "--data-dir",
+        "/nonexistent",
+    ])
+    .await;
+    assert!(!no_key.status.success());
+    assert!(String::from_utf8_lossy(&no_key.stderr).contains("no credentials"));
+}
+
+#[tokio::test]
+async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
+    let served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
+    let server = format!("http://{}", served.grpc);
+    let data = served.data.to_str().unwrap();
+    let mint = || async {
+        stdout(
+            &fxcast(&[
+                "token",
+                "--url",
+                "http://127.0.0.1:8000/v1/rates/stream",
+                "--symbols",
+                "EUR_USD",
+                "--ttl",
+                "1h",
+                "--data-dir",
+                data,
+            ])
+            .await,
+        )
+    };
+    let url = mint().await;
+    assert!(
+        url.starts_with("http://127.0.0.1:8000/v1/rates/stream?symbols=EUR_USD&token="),
+        "{url}"
+    );
+    let token = url.split("token=").nth(1).unwrap().to_owned();
+    let subscribe = |token: String| {
+        let server = server.clone();
+        async move {
+            fxcast(&[
+                "subscribe",
+                "--server",
+                &server,
+                "--symbols",
+                "EUR_USD",
+                "--count",
+                "1",
+                "--token",
+                &token,
+            ])
+            .await
+        }
+    };
+    assert!(stdout(&subscribe(token.clone()).await).contains("EUR_USD"));
+
+    stdout(&fxcast(&["token", "--rotate-key", "--data-dir", data]).await);
+    let rotated = mint().await.split("token=").nth(1).unwrap().to_owned();
+    assert_ne!(rotated, token);
+    assert!(
+        stdout(&subscribe(rotated).await).contains("EUR_USD"),
+        "the running server must accept the new key"
+    );
+    assert!(
+        stdout(&subscribe(token).await).contains("EUR_USD"),
+        "tokens of the old key stay valid"
+    );
 }

@@ -15,4 +15,4 @@ pub mod v1 {
 /// Encoded `FileDescriptorSet` of every fxcast proto, for server reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("fxcast_descriptor");
 
-pub use prost_types::Timestamp;
+pub use prost_types::{Duration, Timestamp};

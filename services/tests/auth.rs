@@ -7,8 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{ALL_SCOPES, Bearer, TestServer, next_rate};
 use fxcast_proto::v1::{
-    GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, PublishRateRequest, RevokeTokenRequest,
-    StreamRatesRequest, rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
+    GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, PublishRateRequest,
+    RevokeTokenRequest, StreamRatesRequest, rate_service_client::RateServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use fxcast_services::{Config, FeedKind, auth::keys::KeyFile};
 use tonic::{Code, Status, service::interceptor::InterceptedService};
@@ -22,7 +23,12 @@ async fn quiet() -> TestServer {
 
 async fn latest_with(server: &TestServer, token: &str) -> Result<(), Status> {
     let mut client = RateServiceClient::new(server.authed_channel(token).await);
-    client.get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() }).await.map(|_| ())
+    client
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .map(|_| ())
 }
 
 fn assert_status(result: Result<(), Status>, code: Code, message: &str) {
@@ -37,11 +43,19 @@ fn sign(server: &TestServer, claims: serde_json::Value) -> String {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(key.kid.clone());
     let secret = key.secret().unwrap();
-    jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap()).unwrap()
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&secret).unwrap(),
+    )
+    .unwrap()
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 #[tokio::test]
@@ -49,13 +63,25 @@ async fn bad_credentials_are_unauthenticated_with_a_reason() {
     let server = quiet().await;
 
     let mut anonymous = RateServiceClient::new(server.channel().await);
-    let err = anonymous.get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() }).await.unwrap_err();
+    let err = anonymous
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
-        (Code::Unauthenticated, "missing credentials: send `authorization: Bearer <token>`")
+        (
+            Code::Unauthenticated,
+            "missing credentials: send `authorization: Bearer <token>`"
+        )
     );
 
-    assert_status(latest_with(&server, "garbage").await, Code::Unauthenticated, "malformed token");
+    assert_status(
+        latest_with(&server, "garbage").await,
+        Code::Unauthenticated,
+        "malformed token",
+    );
 
     let good = server.token("alice", ALL_SCOPES);
     // Same key id and claims, signed with a secret that is not the server's.
@@ -63,18 +89,35 @@ async fn bad_credentials_are_unauthenticated_with_a_reason() {
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some(kid);
     let claims = serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": ALL_SCOPES, "jti": "f1", "iat": now(), "exp": now() + 60});
-    let forged = jsonwebtoken::encode(&header, &claims, &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]).unwrap()).unwrap();
-    assert_status(latest_with(&server, &forged).await, Code::Unauthenticated, "invalid token signature");
+    let forged = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(&[7u8; 32]).unwrap(),
+    )
+    .unwrap();
+    assert_status(
+        latest_with(&server, &forged).await,
+        Code::Unauthenticated,
+        "invalid token signature",
+    );
 
     let other = TestServer::quiet(&["USD_JPY"]).await;
     let foreign = other.token("alice", ALL_SCOPES);
-    assert_status(latest_with(&server, &foreign).await, Code::Unauthenticated, "token signed with an unknown key");
+    assert_status(
+        latest_with(&server, &foreign).await,
+        Code::Unauthenticated,
+        "token signed with an unknown key",
+    );
 
     let expired = sign(
         &server,
         serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": ALL_SCOPES, "jti": "x1", "iat": now() - 100, "exp": now() - 10}),
     );
-    assert_status(latest_with(&server, &expired).await, Code::Unauthenticated, "token expired");
+    assert_status(
+        latest_with(&server, &expired).await,
+        Code::Unauthenticated,
+        "token expired",
+    );
 
     let api_key = server.api_key();
     assert_status(
@@ -94,11 +137,17 @@ async fn malformed_authorization_headers_are_refused() {
         let value = tonic::metadata::MetadataValue::try_from(header).unwrap();
         let channel = InterceptedService::new(server.channel().await, Bearer(value));
         let err = RateServiceClient::new(channel)
-            .get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() })
+            .get_latest_rate(GetLatestRateRequest {
+                symbol: "USD_JPY".into(),
+            })
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{header}");
-        assert_eq!(err.message(), "malformed authorization header: expected `Bearer <token>`", "{header}");
+        assert_eq!(
+            err.message(),
+            "malformed authorization header: expected `Bearer <token>`",
+            "{header}"
+        );
     }
 }
 
@@ -107,33 +156,80 @@ async fn scopes_limit_what_a_token_can_do() {
     let server = quiet().await;
     let mut usd_only = server.client_as("bob", "rates:subscribe=USD_JPY").await;
 
-    let err = usd_only.get_latest_rate(GetLatestRateRequest { symbol: "EUR_USD".into() }).await.unwrap_err();
+    let err = usd_only
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "EUR_USD".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
     assert_eq!(
         err.message(),
         "this token may not read rates of EUR_USD (needs rates:subscribe=EUR_USD or rates:subscribe=*)"
     );
-    let request = StreamRatesRequest { symbols: vec!["USD_JPY".into(), "EUR_USD".into()], ..Default::default() };
+    let request = StreamRatesRequest {
+        symbols: vec!["USD_JPY".into(), "EUR_USD".into()],
+        ..Default::default()
+    };
     let err = usd_only.stream_rates(request).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
     // Without a symbol list, a stream carries exactly what the token may see.
-    let mut stream = usd_only.stream_rates(StreamRatesRequest::default()).await.unwrap().into_inner();
+    let mut stream = usd_only
+        .stream_rates(StreamRatesRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next_rate(&mut stream).await.symbol, "USD_JPY");
     server.publish("EUR_USD", "1.08600", "1.08610").await;
     let usd = server.publish("USD_JPY", "151.200", "151.210").await;
-    assert_eq!(next_rate(&mut stream).await, usd, "EUR_USD must not leak into a USD_JPY-only stream");
+    assert_eq!(
+        next_rate(&mut stream).await,
+        usd,
+        "EUR_USD must not leak into a USD_JPY-only stream"
+    );
 
-    let symbols = usd_only.list_symbols(ListSymbolsRequest {}).await.unwrap().into_inner().symbols;
-    assert_eq!(symbols.iter().map(|s| s.symbol.as_str()).collect::<Vec<_>>(), ["USD_JPY"]);
+    let symbols = usd_only
+        .list_symbols(ListSymbolsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .symbols;
+    assert_eq!(
+        symbols
+            .iter()
+            .map(|s| s.symbol.as_str())
+            .collect::<Vec<_>>(),
+        ["USD_JPY"]
+    );
 
-    let publish = PublishRateRequest { symbol: "USD_JPY".into(), bid: "1".into(), ask: "2".into(), source_time: None };
+    let publish = PublishRateRequest {
+        symbol: "USD_JPY".into(),
+        bid: "1".into(),
+        ask: "2".into(),
+        source_time: None,
+    };
     let err = usd_only.publish_rate(publish.clone()).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::PermissionDenied, "this token lacks the rates:publish scope"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::PermissionDenied,
+            "this token lacks the rates:publish scope"
+        )
+    );
 
     let mut orders_only = server.client_as("carol", "orders:place").await;
-    let err = orders_only.stream_rates(StreamRatesRequest::default()).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::PermissionDenied, "this token has no rates:subscribe scope"));
+    let err = orders_only
+        .stream_rates(StreamRatesRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::PermissionDenied,
+            "this token has no rates:subscribe scope"
+        )
+    );
 
     let mut publisher = server.client_as("desk", "rates:publish").await;
     publisher.publish_rate(publish).await.unwrap();
@@ -145,61 +241,155 @@ async fn issuing_tokens_needs_the_api_key_or_the_issue_scope() {
     let request = |scopes: &[&str], ttl: Option<u64>| IssueTokenRequest {
         subject: "alice".into(),
         scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        ttl: ttl.map(|s| prost_types::Duration { seconds: s as i64, nanos: 0 }),
+        ttl: ttl.map(|s| prost_types::Duration {
+            seconds: s as i64,
+            nanos: 0,
+        }),
     };
 
     let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
-    let issued = admin.issue_token(request(&["rates:subscribe=USD_JPY"], Some(600))).await.unwrap().into_inner();
+    let issued = admin
+        .issue_token(request(&["rates:subscribe=USD_JPY"], Some(600)))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(issued.subject, "alice");
     assert_eq!(issued.scopes, ["rates:subscribe=USD_JPY"]);
     let expires = issued.expires_at.unwrap().seconds as u64;
-    assert!((now() + 599..=now() + 601).contains(&expires), "expiry {expires} is not ~10 min away");
+    assert!(
+        (now() + 599..=now() + 601).contains(&expires),
+        "expiry {expires} is not ~10 min away"
+    );
     latest_with(&server, &issued.token).await.unwrap();
 
-    let default_ttl = admin.issue_token(request(&["orders:place"], None)).await.unwrap().into_inner();
+    let default_ttl = admin
+        .issue_token(request(&["orders:place"], None))
+        .await
+        .unwrap()
+        .into_inner();
     let expires = default_ttl.expires_at.unwrap().seconds as u64;
-    assert!((now() + 899..=now() + 901).contains(&expires), "default TTL should be 15 min");
+    assert!(
+        (now() + 899..=now() + 901).contains(&expires),
+        "default TTL should be 15 min"
+    );
 
-    let err = admin.issue_token(request(&["orders:place"], Some(25 * 3600))).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "ttl 1day 1h is above the maximum of 1day"));
-    let err = admin.issue_token(request(&["orders:fly"], None)).await.unwrap_err();
+    let err = admin
+        .issue_token(request(&["orders:place"], Some(25 * 3600)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::InvalidArgument,
+            "ttl 1day 1h is above the maximum of 1day"
+        )
+    );
+    let err = admin
+        .issue_token(request(&["orders:fly"], None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("scopes: invalid scope \"orders:fly\""), "{}", err.message());
-    let err = admin.issue_token(IssueTokenRequest { subject: "a b".into(), ..request(&["orders:place"], None) }).await.unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("scopes: invalid scope \"orders:fly\""),
+        "{}",
+        err.message()
+    );
+    let err = admin
+        .issue_token(IssueTokenRequest {
+            subject: "a b".into(),
+            ..request(&["orders:place"], None)
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().starts_with("subject \"a b\" is invalid"), "{}", err.message());
+    assert!(
+        err.message().starts_with("subject \"a b\" is invalid"),
+        "{}",
+        err.message()
+    );
 
     // Without credentials (anonymous tokens are off by default).
     let mut nobody = TokenServiceClient::new(server.channel().await);
-    let err = nobody.issue_token(request(&["orders:place"], None)).await.unwrap_err();
+    let err = nobody
+        .issue_token(request(&["orders:place"], None))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 
     // A token without tokens:issue cannot issue; one with it cannot exceed itself.
-    let mut plain = TokenServiceClient::new(server.authed_channel(&server.token("bob", ALL_SCOPES)).await);
-    let err = plain.issue_token(request(&["orders:place"], None)).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::PermissionDenied, "this token lacks the tokens:issue scope"));
-    let mut delegate = TokenServiceClient::new(
-        server.authed_channel(&server.token("portal", "tokens:issue rates:subscribe=USD_JPY")).await,
+    let mut plain = TokenServiceClient::new(
+        server
+            .authed_channel(&server.token("bob", ALL_SCOPES))
+            .await,
     );
-    delegate.issue_token(request(&["rates:subscribe=USD_JPY"], Some(60))).await.unwrap();
-    let err = delegate.issue_token(request(&["rates:subscribe=*"], Some(60))).await.unwrap_err();
+    let err = plain
+        .issue_token(request(&["orders:place"], None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::PermissionDenied,
+            "this token lacks the tokens:issue scope"
+        )
+    );
+    let mut delegate = TokenServiceClient::new(
+        server
+            .authed_channel(&server.token("portal", "tokens:issue rates:subscribe=USD_JPY"))
+            .await,
+    );
+    delegate
+        .issue_token(request(&["rates:subscribe=USD_JPY"], Some(60)))
+        .await
+        .unwrap();
+    let err = delegate
+        .issue_token(request(&["rates:subscribe=*"], Some(60)))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(err.message(), "cannot issue scopes \"rates:subscribe=*\": the caller only has \"tokens:issue rates:subscribe=USD_JPY\"");
+    assert_eq!(
+        err.message(),
+        "cannot issue scopes \"rates:subscribe=*\": the caller only has \"tokens:issue rates:subscribe=USD_JPY\""
+    );
 }
 
 #[tokio::test]
 async fn revoked_tokens_are_refused_at_once() {
     let server = quiet().await;
     let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
-    let issued = server.core.authority().issue("alice", ALL_SCOPES.parse().unwrap(), None).unwrap();
+    let issued = server
+        .core
+        .authority()
+        .issue("alice", ALL_SCOPES.parse().unwrap(), None)
+        .unwrap();
     latest_with(&server, &issued.token).await.unwrap();
-    admin.revoke_token(RevokeTokenRequest { token_id: issued.token_id.clone() }).await.unwrap();
-    assert_status(latest_with(&server, &issued.token).await, Code::Unauthenticated, "token revoked");
+    admin
+        .revoke_token(RevokeTokenRequest {
+            token_id: issued.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_status(
+        latest_with(&server, &issued.token).await,
+        Code::Unauthenticated,
+        "token revoked",
+    );
 
     let mut nobody = TokenServiceClient::new(server.channel().await);
-    let err = nobody.revoke_token(RevokeTokenRequest { token_id: "x".into() }).await.unwrap_err();
+    let err = nobody
+        .revoke_token(RevokeTokenRequest {
+            token_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = admin.revoke_token(RevokeTokenRequest { token_id: String::new() }).await.unwrap_err();
+    let err = admin
+        .revoke_token(RevokeTokenRequest {
+            token_id: String::new(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -211,23 +401,36 @@ async fn a_stream_ends_when_its_token_expires() {
         serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": "rates:subscribe=*", "jti": "short", "iat": now(), "exp": now() + 1}),
     );
     let mut client = RateServiceClient::new(server.authed_channel(&token).await);
-    let request = StreamRatesRequest { symbols: vec!["USD_JPY".into()], ..Default::default() };
+    let request = StreamRatesRequest {
+        symbols: vec!["USD_JPY".into()],
+        ..Default::default()
+    };
     let mut stream = client.stream_rates(request).await.unwrap().into_inner();
     next_rate(&mut stream).await;
     let status = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.message()).await.expect("stream outlived its token") {
+        match tokio::time::timeout(Duration::from_secs(5), stream.message())
+            .await
+            .expect("stream outlived its token")
+        {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("stream ended without a status"),
             Err(status) => break status,
         }
     };
     assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(status.message(), "token expired; reconnect with a fresh token and resume_after to continue");
+    assert_eq!(
+        status.message(),
+        "token expired; reconnect with a fresh token and resume_after to continue"
+    );
 }
 
 #[tokio::test]
 async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
-    let mut config = Config { feed: FeedKind::None, symbols: vec!["USD_JPY".into()], ..Default::default() };
+    let mut config = Config {
+        feed: FeedKind::None,
+        symbols: vec!["USD_JPY".into()],
+        ..Default::default()
+    };
     config.auth.anonymous_tokens = true;
     config.auth.anonymous_per_minute = 3;
     let server = TestServer::start(config).await;
@@ -235,15 +438,28 @@ async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
     let mut nobody = TokenServiceClient::new(server.channel().await);
     let mut subjects = Vec::new();
     for _ in 0..3 {
-        let issued = nobody.issue_token(IssueTokenRequest::default()).await.unwrap().into_inner();
+        let issued = nobody
+            .issue_token(IssueTokenRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
         assert!(issued.subject.starts_with("anon-"), "{}", issued.subject);
-        assert_eq!(issued.scopes, ["rates:subscribe=*", "orders:place", "orders:read"]);
+        assert_eq!(
+            issued.scopes,
+            ["rates:subscribe=*", "orders:place", "orders:read"]
+        );
         latest_with(&server, &issued.token).await.unwrap();
         subjects.push(issued.subject);
     }
     subjects.dedup();
     assert_eq!(subjects.len(), 3, "each browser gets its own subject");
-    let err = nobody.issue_token(IssueTokenRequest::default()).await.unwrap_err();
+    let err = nobody
+        .issue_token(IssueTokenRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::ResourceExhausted);
-    assert_eq!(err.message(), "too many anonymous tokens for 127.0.0.1: at most 3 per minute");
+    assert_eq!(
+        err.message(),
+        "too many anonymous tokens for 127.0.0.1: at most 3 per minute"
+    );
 }

@@ -2,6 +2,7 @@
 
 pub(crate) mod serve;
 pub(crate) mod subscribe;
+pub(crate) mod token;
 
 /// Structured logs to stderr; `RUST_LOG` filters (default `info`).
 pub(crate) fn init_logging() {
@@ -23,4 +24,109 @@ pub(crate) fn split_list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// How a client command authenticates.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct Credentials {
+    /// Bearer token; without it a short-lived one is issued with the admin
+    /// API key (FXCAST_API_KEY or <data-dir>/api-key)
+    #[arg(long, env = "FXCAST_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// Data directory of a local server, to find its API key
+    #[arg(long, env = "FXCAST_DATA_DIR", default_value = "./fxcast-data")]
+    pub(crate) data_dir: std::path::PathBuf,
+}
+
+/// The admin API key: `FXCAST_API_KEY`, else `<data-dir>/api-key`.
+pub(crate) fn api_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    if let Ok(key) = std::env::var("FXCAST_API_KEY") {
+        return Ok(key);
+    }
+    let path = fxcast_services::auth::api_key_path(data_dir);
+    let key = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "no credentials: pass --token, set FXCAST_TOKEN or FXCAST_API_KEY, or point --data-dir at the server's data directory (cannot read {})",
+            path.display()
+        )
+    })?;
+    Ok(key.trim().to_owned())
+}
+
+/// Adds `authorization: Bearer <token>` to every call of a client.
+#[derive(Clone)]
+pub(crate) struct Bearer(tonic::metadata::AsciiMetadataValue);
+
+impl Bearer {
+    pub(crate) fn new(token: &str) -> anyhow::Result<Self> {
+        let value = format!("Bearer {token}").parse().map_err(|_| {
+            anyhow::anyhow!("the token contains characters not allowed in a header")
+        })?;
+        Ok(Self(value))
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel to `server` carrying a bearer credential.
+pub(crate) type AuthedChannel =
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+
+/// Connects to `server` with `credential` (a token or the API key).
+pub(crate) async fn connect(server: &str, credential: &str) -> anyhow::Result<AuthedChannel> {
+    use anyhow::Context;
+    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("invalid server address {server:?}"))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {server}"))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer::new(credential)?,
+    ))
+}
+
+/// The token a client command uses: `--token`/`FXCAST_TOKEN`, or one issued
+/// for `scopes` (15 minutes) with the admin API key.
+pub(crate) async fn client_token(
+    server: &str,
+    credentials: &Credentials,
+    scopes: &[&str],
+) -> anyhow::Result<String> {
+    if let Some(token) = &credentials.token {
+        return Ok(token.clone());
+    }
+    let key = api_key(&credentials.data_dir)?;
+    let mut tokens = fxcast_proto::v1::token_service_client::TokenServiceClient::new(
+        connect(server, &key).await?,
+    );
+    let request = fxcast_proto::v1::IssueTokenRequest {
+        subject: std::env::var("USER")
+            .ok()
+            .filter(|u| fxcast_services::auth::validate_subject(u).is_ok())
+            .unwrap_or_else(|| "cli".into()),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ttl: None,
+    };
+    let issued = tokens
+        .issue_token(request)
+        .await
+        .map_err(|s| status_error(&s).context("cannot get a token"))?;
+    Ok(issued.into_inner().token)
+}
+
+/// A gRPC status as a one-line error: `PermissionDenied: <message>`.
+pub(crate) fn status_error(status: &tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }

@@ -54,6 +54,15 @@ pub(crate) struct ServeArgs {
     /// Markup per side for every symbol: a price (0.002) or basis points (1.5bp) [default: 0]
     #[arg(long, env = "FXCAST_MARKUP")]
     markup: Option<String>,
+    /// Issue anonymous browser tokens even when the HTTP listener is not on loopback
+    #[arg(long, env = "FXCAST_ALLOW_ANONYMOUS_TOKENS")]
+    allow_anonymous_tokens: bool,
+    /// Default token lifetime [default: 15m]
+    #[arg(long, env = "FXCAST_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    token_ttl: Option<Duration>,
+    /// Longest token lifetime a request may ask for [default: 24h]
+    #[arg(long, env = "FXCAST_MAX_TOKEN_TTL", value_parser = humantime::parse_duration)]
+    max_token_ttl: Option<Duration>,
 }
 
 /// The `--config` file. Every key is optional.
@@ -70,6 +79,11 @@ struct FileConfig {
     #[serde(default, with = "humantime_option")]
     tick_interval: Option<Duration>,
     markup: Option<String>,
+    allow_anonymous_tokens: Option<bool>,
+    #[serde(default, with = "humantime_option")]
+    token_ttl: Option<Duration>,
+    #[serde(default, with = "humantime_option")]
+    max_token_ttl: Option<Duration>,
     /// Per-symbol conventions: `[symbol.USD_JPY] markup = "0.003"`.
     #[serde(default)]
     symbol: BTreeMap<String, SymbolOverride>,
@@ -150,16 +164,36 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     if core.simulator.tick_interval.is_zero() {
         bail!("--tick-interval must be positive");
     }
-    core.data_dir = args.data_dir.or(file.data_dir).unwrap_or_else(|| PathBuf::from("./fxcast-data"));
+    core.data_dir = args
+        .data_dir
+        .or(file.data_dir)
+        .unwrap_or_else(|| PathBuf::from("./fxcast-data"));
+    let http_listen = args
+        .http_listen
+        .or(file.http_listen)
+        .unwrap_or(([127, 0, 0, 1], 8000).into());
+    // The secret comes from the environment only: flags show up in `ps`.
+    core.auth.api_key = std::env::var("FXCAST_API_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
+    core.auth.anonymous_tokens = http_listen.ip().is_loopback()
+        || args.allow_anonymous_tokens
+        || file.allow_anonymous_tokens.unwrap_or(false);
+    if let Some(ttl) = args.token_ttl.or(file.token_ttl) {
+        core.auth.default_ttl = ttl;
+    }
+    if let Some(ttl) = args.max_token_ttl.or(file.max_token_ttl) {
+        core.auth.max_ttl = ttl;
+    }
+    if core.auth.default_ttl.is_zero() || core.auth.default_ttl > core.auth.max_ttl {
+        bail!("--token-ttl must be positive and at most --max-token-ttl");
+    }
     Ok(Resolved {
         grpc_listen: args
             .grpc_listen
             .or(file.grpc_listen)
             .unwrap_or(([127, 0, 0, 1], 50051).into()),
-        http_listen: args
-            .http_listen
-            .or(file.http_listen)
-            .unwrap_or(([127, 0, 0, 1], 8000).into()),
+        http_listen,
         data_dir: core.data_dir.clone(),
         core,
     })

@@ -6,7 +6,6 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use anyhow::Context;
 use clap::Args;
 use fxcast_proto::v1::{
     GapReason, Rate, StreamRatesRequest, rate_service_client::RateServiceClient,
@@ -15,7 +14,7 @@ use fxcast_proto::v1::{
 use rust_decimal::Decimal;
 use tonic::Code;
 
-use super::split_list;
+use super::{Credentials, client_token, connect, split_list, status_error};
 
 #[derive(Debug, Args)]
 pub(crate) struct SubscribeArgs {
@@ -31,6 +30,8 @@ pub(crate) struct SubscribeArgs {
     /// Exit after printing this many rates
     #[arg(long)]
     count: Option<u64>,
+    #[command(flatten)]
+    credentials: Credentials,
 }
 
 fn time_of(rate: &Rate) -> String {
@@ -77,11 +78,16 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let mut last: HashMap<String, Rate> = HashMap::new();
     let mut printed = 0u64;
     let mut backoff = Duration::from_millis(200);
+    let mut token: Option<String> = None;
     loop {
         let outcome = async {
-            let mut client = RateServiceClient::connect(args.server.clone())
-                .await
-                .with_context(|| format!("cannot connect to {}", args.server))?;
+            if token.is_none() {
+                token = Some(
+                    client_token(&args.server, &args.credentials, &["rates:subscribe=*"]).await?,
+                );
+            }
+            let credential = token.as_deref().unwrap_or_default();
+            let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
             let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
             let request = StreamRatesRequest {
                 symbols: symbols.clone(),
@@ -116,6 +122,17 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
         .await;
         match outcome {
             Ok(true) => return Ok(()),
+            Err(err)
+                if args.credentials.token.is_none()
+                    && err
+                        .downcast_ref::<tonic::Status>()
+                        .is_some_and(|s| s.code() == Code::Unauthenticated) =>
+            {
+                // Our own short-lived token expired: get a fresh one and resume.
+                eprintln!("token expired; getting a fresh one");
+                token = None;
+                continue;
+            }
             Ok(false) => eprintln!("stream ended by the server; reconnecting"),
             Err(err) => {
                 // Bad requests will not get better by retrying.
@@ -124,7 +141,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                         status.code(),
                         Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                     ) {
-                        anyhow::bail!("{}: {}", status.code(), status.message());
+                        return Err(status_error(status));
                     }
                 }
                 eprintln!("{err:#}; reconnecting in {backoff:?}");

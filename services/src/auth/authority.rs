@@ -8,7 +8,9 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
 use rand::{RngCore, SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
@@ -71,7 +73,9 @@ impl Default for AuthConfig {
 impl AuthConfig {
     /// Where the signing keys live.
     pub fn signing_keys_path(&self, data_dir: &Path) -> PathBuf {
-        self.signing_keys.clone().unwrap_or_else(|| data_dir.join("signing-keys.json"))
+        self.signing_keys
+            .clone()
+            .unwrap_or_else(|| data_dir.join("signing-keys.json"))
     }
 }
 
@@ -105,7 +109,9 @@ pub enum AuthError {
     #[error("token revoked")]
     Revoked,
     /// The admin API key used where a token is required.
-    #[error("the API key only issues tokens: call TokenService/IssueToken (or POST /v1/tokens) and use the token")]
+    #[error(
+        "the API key only issues tokens: call TokenService/IssueToken (or POST /v1/tokens) and use the token"
+    )]
     ApiKeyNotAccepted,
 }
 
@@ -168,7 +174,11 @@ impl KeyState {
         }
         let encoding = EncodingKey::from_secret(&file.active().secret()?)
             .map_err(|e| Error::Config(format!("signing key {}: {e}", file.active().kid)))?;
-        Ok(Self { file, decoding, encoding })
+        Ok(Self {
+            file,
+            decoding,
+            encoding,
+        })
     }
 }
 
@@ -190,7 +200,9 @@ struct Inner {
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenAuthority").field("keys", &self.inner.keys_path).finish_non_exhaustive()
+        f.debug_struct("TokenAuthority")
+            .field("keys", &self.inner.keys_path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -205,14 +217,20 @@ fn random_id(bytes: usize) -> String {
 fn load_or_create_api_key(path: &Path) -> Result<String, Error> {
     match std::fs::read_to_string(path) {
         Ok(text) if text.trim().len() >= 16 => Ok(text.trim().to_owned()),
-        Ok(_) => Err(Error::Config(format!("API key file {} holds fewer than 16 characters", path.display()))),
+        Ok(_) => Err(Error::Config(format!(
+            "API key file {} holds fewer than 16 characters",
+            path.display()
+        ))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = format!("fxk_{}", random_id(32));
             write_secret_file(path, key.as_bytes())?;
             tracing::info!(path = %path.display(), "generated the admin API key");
             Ok(key)
         }
-        Err(source) => Err(Error::Io { context: format!("cannot read API key {}", path.display()), source }),
+        Err(source) => Err(Error::Io {
+            context: format!("cannot read API key {}", path.display()),
+            source,
+        }),
     }
 }
 
@@ -230,7 +248,11 @@ impl TokenAuthority {
         let keys = KeyState::new(KeyFile::load_or_create(&keys_path)?)?;
         let api_key = match &config.api_key {
             Some(key) if key.len() >= 16 => key.clone(),
-            Some(_) => return Err(Error::Config("FXCAST_API_KEY must be at least 16 characters".into())),
+            Some(_) => {
+                return Err(Error::Config(
+                    "FXCAST_API_KEY must be at least 16 characters".into(),
+                ));
+            }
             None => load_or_create_api_key(&api_key_path(data_dir))?,
         };
         if config.api_key.is_some() {
@@ -268,7 +290,10 @@ impl TokenAuthority {
 
     /// Whether `candidate` is the admin API key (constant time).
     pub fn is_api_key(&self, candidate: &str) -> bool {
-        candidate.as_bytes().ct_eq(self.inner.api_key.as_bytes()).into()
+        candidate
+            .as_bytes()
+            .ct_eq(self.inner.api_key.as_bytes())
+            .into()
     }
 
     /// Issues a token.
@@ -276,9 +301,21 @@ impl TokenAuthority {
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty or malformed subject, no
     /// scopes, or a TTL of zero or above the maximum.
-    pub fn issue(&self, subject: &str, scopes: Scopes, ttl: Option<Duration>) -> Result<IssuedToken, Error> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        scopes: Scopes,
+        ttl: Option<Duration>,
+    ) -> Result<IssuedToken, Error> {
         let keys = self.inner.keys.read().unwrap_or_else(|e| e.into_inner());
-        sign(&keys.encoding, &keys.file.active().kid, &self.inner.config, subject, scopes, ttl)
+        sign(
+            &keys.encoding,
+            &keys.file.active().kid,
+            &self.inner.config,
+            subject,
+            scopes,
+            ttl,
+        )
     }
 
     /// Issues a short-lived browser token without the API key, to a loopback
@@ -295,7 +332,11 @@ impl TokenAuthority {
             ));
         };
         {
-            let mut counts = self.inner.anonymous.lock().unwrap_or_else(|e| e.into_inner());
+            let mut counts = self
+                .inner
+                .anonymous
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
             let now = Instant::now();
             counts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
             let entry = counts.entry(ip).or_insert((now, 0));
@@ -307,8 +348,17 @@ impl TokenAuthority {
             }
             entry.1 += 1;
         }
-        let scopes = Scopes(vec![Scope::RatesSubscribe(SymbolSet::All), Scope::OrdersPlace, Scope::OrdersRead]);
-        self.issue(&format!("anon-{}", random_id(9)), scopes, Some(config.anonymous_ttl)).map_err(Into::into)
+        let scopes = Scopes(vec![
+            Scope::RatesSubscribe(SymbolSet::All),
+            Scope::OrdersPlace,
+            Scope::OrdersRead,
+        ]);
+        self.issue(
+            &format!("anon-{}", random_id(9)),
+            scopes,
+            Some(config.anonymous_ttl),
+        )
+        .map_err(Into::into)
     }
 
     /// Verifies a token and returns its caller.
@@ -362,7 +412,11 @@ impl TokenAuthority {
     ///
     /// # Errors
     /// The [`AuthError`] saying why it was refused.
-    pub fn authenticate(&self, header: Option<&str>, allow_api_key: bool) -> Result<Caller, AuthError> {
+    pub fn authenticate(
+        &self,
+        header: Option<&str>,
+        allow_api_key: bool,
+    ) -> Result<Caller, AuthError> {
         let value = header.ok_or(AuthError::Missing)?.trim();
         let (scheme, credential) = value.split_once(' ').ok_or(AuthError::MalformedHeader)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
@@ -374,7 +428,12 @@ impl TokenAuthority {
         }
         if self.is_api_key(credential) {
             return if allow_api_key {
-                Ok(Caller { subject: "admin".into(), token_id: "api-key".into(), scopes: Scopes::admin(), expires_at: None })
+                Ok(Caller {
+                    subject: "admin".into(),
+                    token_id: "api-key".into(),
+                    scopes: Scopes::admin(),
+                    expires_at: None,
+                })
             } else {
                 Err(AuthError::ApiKeyNotAccepted)
             };
@@ -389,10 +448,14 @@ impl TokenAuthority {
     /// [`Error::Io`] when the revocation cannot be stored.
     pub fn revoke(&self, token_id: &str) -> Result<(), Error> {
         if token_id.is_empty() || token_id.len() > 64 {
-            return Err(Error::InvalidArgument("token_id must be 1-64 characters".into()));
+            return Err(Error::InvalidArgument(
+                "token_id must be 1-64 characters".into(),
+            ));
         }
         // The token cannot outlive the maximum TTL from now.
-        self.inner.revocations.revoke(token_id, SystemTime::now() + self.inner.config.max_ttl)
+        self.inner
+            .revocations
+            .revoke(token_id, SystemTime::now() + self.inner.config.max_ttl)
     }
 
     fn reload_keys(&self) {
@@ -433,7 +496,9 @@ fn sign(
 ) -> Result<IssuedToken, Error> {
     validate_subject(subject)?;
     if scopes.0.is_empty() {
-        return Err(Error::InvalidArgument("scopes: at least one scope is required".into()));
+        return Err(Error::InvalidArgument(
+            "scopes: at least one scope is required".into(),
+        ));
     }
     let ttl = ttl.unwrap_or(config.default_ttl);
     if ttl.is_zero() {
@@ -459,8 +524,8 @@ fn sign(
     };
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(kid.to_owned());
-    let token =
-        encode(&header, &claims, encoding).map_err(|e| Error::Config(format!("cannot sign token: {e}")))?;
+    let token = encode(&header, &claims, encoding)
+        .map_err(|e| Error::Config(format!("cannot sign token: {e}")))?;
     Ok(IssuedToken {
         token,
         token_id: claims.jti,
@@ -477,7 +542,9 @@ fn sign(
 pub fn validate_subject(subject: &str) -> Result<(), Error> {
     let ok = !subject.is_empty()
         && subject.len() <= 64
-        && subject.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+        && subject
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
     if ok {
         Ok(())
     } else {
@@ -504,26 +571,41 @@ mod tests {
     #[test]
     fn issued_tokens_verify_with_their_claims() {
         let auth = authority(&temp());
-        let issued = auth.issue("alice", "rates:subscribe=USD_JPY orders:place".parse().unwrap(), None).unwrap();
+        let issued = auth
+            .issue(
+                "alice",
+                "rates:subscribe=USD_JPY orders:place".parse().unwrap(),
+                None,
+            )
+            .unwrap();
         let caller = auth.verify(&issued.token).unwrap();
         assert_eq!(caller.subject, "alice");
         assert_eq!(caller.token_id, issued.token_id);
         assert!(caller.scopes.may_subscribe("USD_JPY") && !caller.scopes.may_subscribe("EUR_USD"));
         let ttl = issued.expires_at.duration_since(SystemTime::now()).unwrap();
-        assert!(ttl <= Duration::from_secs(15 * 60) && ttl > Duration::from_secs(14 * 60), "{ttl:?}");
+        assert!(
+            ttl <= Duration::from_secs(15 * 60) && ttl > Duration::from_secs(14 * 60),
+            "{ttl:?}"
+        );
     }
 
     #[test]
     fn every_single_bit_flip_is_rejected() {
         let auth = authority(&temp());
-        let token = auth.issue("alice", "rates:subscribe=*".parse().unwrap(), None).unwrap().token;
+        let token = auth
+            .issue("alice", "rates:subscribe=*".parse().unwrap(), None)
+            .unwrap()
+            .token;
         let bytes = token.as_bytes();
         for i in 0..bytes.len() {
             for bit in 0..8 {
                 let mut flipped = bytes.to_vec();
                 flipped[i] ^= 1 << bit;
                 if let Ok(s) = std::str::from_utf8(&flipped) {
-                    assert!(auth.verify(s).is_err(), "flip of bit {bit} of byte {i} was accepted: {s}");
+                    assert!(
+                        auth.verify(s).is_err(),
+                        "flip of bit {bit} of byte {i} was accepted: {s}"
+                    );
                 }
             }
         }
@@ -532,7 +614,13 @@ mod tests {
     #[test]
     fn ttl_above_the_maximum_is_refused_not_cut() {
         let auth = authority(&temp());
-        let err = auth.issue("alice", Scopes::admin(), Some(Duration::from_secs(25 * 3600))).unwrap_err();
+        let err = auth
+            .issue(
+                "alice",
+                Scopes::admin(),
+                Some(Duration::from_secs(25 * 3600)),
+            )
+            .unwrap_err();
         assert_eq!(err.to_string(), "ttl 1day 1h is above the maximum of 1day");
         assert!(auth.issue("a b", Scopes::admin(), None).is_err());
         assert!(auth.issue("alice", Scopes::default(), None).is_err());
@@ -546,7 +634,10 @@ mod tests {
         auth.revoke(&issued.token_id).unwrap();
         assert_eq!(auth.verify(&issued.token).unwrap_err(), AuthError::Revoked);
         drop(auth);
-        assert_eq!(authority(&dir).verify(&issued.token).unwrap_err(), AuthError::Revoked);
+        assert_eq!(
+            authority(&dir).verify(&issued.token).unwrap_err(),
+            AuthError::Revoked
+        );
     }
 
     #[test]
@@ -560,11 +651,19 @@ mod tests {
         file.save(&path).unwrap();
         let restarted = authority(&dir);
         let new = restarted.issue("bob", Scopes::admin(), None).unwrap();
-        assert!(restarted.verify(&old.token).is_ok(), "old key must still verify");
+        assert!(
+            restarted.verify(&old.token).is_ok(),
+            "old key must still verify"
+        );
         // The running server picks the new key up on first sight.
         assert!(auth.verify(&new.token).is_ok());
-        let stranger = authority(&temp()).issue("mallory", Scopes::admin(), None).unwrap();
-        assert_eq!(auth.verify(&stranger.token).unwrap_err(), AuthError::UnknownKey);
+        let stranger = authority(&temp())
+            .issue("mallory", Scopes::admin(), None)
+            .unwrap();
+        assert_eq!(
+            auth.verify(&stranger.token).unwrap_err(),
+            AuthError::UnknownKey
+        );
     }
 
     #[test]
@@ -575,14 +674,36 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(dir.join("api-key")).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(dir.join("api-key"))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o600
+            );
         }
         let header = format!("Bearer {key}");
-        assert_eq!(auth.authenticate(Some(&header), true).unwrap().subject, "admin");
-        assert_eq!(auth.authenticate(Some(&header), false).unwrap_err(), AuthError::ApiKeyNotAccepted);
-        assert_eq!(auth.authenticate(None, true).unwrap_err(), AuthError::Missing);
-        assert_eq!(auth.authenticate(Some("Basic abc"), true).unwrap_err(), AuthError::MalformedHeader);
-        assert_eq!(auth.authenticate(Some("Bearer garbage"), true).unwrap_err(), AuthError::Malformed);
+        assert_eq!(
+            auth.authenticate(Some(&header), true).unwrap().subject,
+            "admin"
+        );
+        assert_eq!(
+            auth.authenticate(Some(&header), false).unwrap_err(),
+            AuthError::ApiKeyNotAccepted
+        );
+        assert_eq!(
+            auth.authenticate(None, true).unwrap_err(),
+            AuthError::Missing
+        );
+        assert_eq!(
+            auth.authenticate(Some("Basic abc"), true).unwrap_err(),
+            AuthError::MalformedHeader
+        );
+        assert_eq!(
+            auth.authenticate(Some("Bearer garbage"), true).unwrap_err(),
+            AuthError::Malformed
+        );
         assert!(!AuthError::ApiKeyNotAccepted.to_string().contains(&key));
     }
 }

@@ -25,10 +25,9 @@ impl Caller {
     /// # Errors
     /// `UNAUTHENTICATED` when no auth layer put a caller on the request.
     pub fn of<T>(request: &Request<T>) -> Result<&Caller, Status> {
-        request
-            .extensions()
-            .get::<Caller>()
-            .ok_or_else(|| Status::unauthenticated("missing credentials: send `authorization: Bearer <token>`"))
+        request.extensions().get::<Caller>().ok_or_else(|| {
+            Status::unauthenticated("missing credentials: send `authorization: Bearer <token>`")
+        })
     }
 
     /// Checks an argument-less scope.
@@ -39,7 +38,9 @@ impl Caller {
         if self.scopes.has(scope) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!("this token lacks the {scope} scope")))
+            Err(Status::permission_denied(format!(
+                "this token lacks the {scope} scope"
+            )))
         }
     }
 
@@ -47,7 +48,10 @@ impl Caller {
     ///
     /// # Errors
     /// `PERMISSION_DENIED` naming the first symbol outside the token's scope.
-    pub fn require_subscribe<'a>(&self, symbols: impl IntoIterator<Item = &'a str>) -> Result<(), Status> {
+    pub fn require_subscribe<'a>(
+        &self,
+        symbols: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), Status> {
         for symbol in symbols {
             if !self.scopes.may_subscribe(symbol) {
                 return Err(Status::permission_denied(format!(

@@ -34,7 +34,10 @@ pub struct SigningKey {
 impl fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the secret.
-        f.debug_struct("SigningKey").field("kid", &self.kid).field("created_at", &self.created_at).finish_non_exhaustive()
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("created_at", &self.created_at)
+            .finish_non_exhaustive()
     }
 }
 
@@ -58,11 +61,14 @@ impl SigningKey {
     /// # Errors
     /// [`Error::Config`] when the stored secret is not base64url or too short.
     pub fn secret(&self) -> Result<Vec<u8>, Error> {
-        let bytes = URL_SAFE_NO_PAD
-            .decode(&self.secret)
-            .map_err(|_| Error::Config(format!("signing key {} is not valid base64url", self.kid)))?;
+        let bytes = URL_SAFE_NO_PAD.decode(&self.secret).map_err(|_| {
+            Error::Config(format!("signing key {} is not valid base64url", self.kid))
+        })?;
         if bytes.len() < 32 {
-            return Err(Error::Config(format!("signing key {} is shorter than 256 bits", self.kid)));
+            return Err(Error::Config(format!(
+                "signing key {} is shorter than 256 bits",
+                self.kid
+            )));
         }
         Ok(bytes)
     }
@@ -88,12 +94,17 @@ impl KeyFile {
         match std::fs::read_to_string(path) {
             Ok(text) => Self::parse(path, &text),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let file = KeyFile { keys: vec![SigningKey::generate(SystemTime::now())] };
+                let file = KeyFile {
+                    keys: vec![SigningKey::generate(SystemTime::now())],
+                };
                 file.save(path)?;
                 tracing::info!(path = %path.display(), "generated a new token signing key");
                 Ok(file)
             }
-            Err(source) => Err(Error::Io { context: format!("cannot read signing keys {}", path.display()), source }),
+            Err(source) => Err(Error::Io {
+                context: format!("cannot read signing keys {}", path.display()),
+                source,
+            }),
         }
     }
 
@@ -102,16 +113,25 @@ impl KeyFile {
     /// # Errors
     /// [`Error::Io`] or [`Error::Config`].
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| Error::Io { context: format!("cannot read signing keys {}", path.display()), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            context: format!("cannot read signing keys {}", path.display()),
+            source,
+        })?;
         Self::parse(path, &text)
     }
 
     fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let file: KeyFile = serde_json::from_str(text)
-            .map_err(|e| Error::Config(format!("signing key file {} is malformed: {e}", path.display())))?;
+        let file: KeyFile = serde_json::from_str(text).map_err(|e| {
+            Error::Config(format!(
+                "signing key file {} is malformed: {e}",
+                path.display()
+            ))
+        })?;
         if file.keys.is_empty() {
-            return Err(Error::Config(format!("signing key file {} has no keys", path.display())));
+            return Err(Error::Config(format!(
+                "signing key file {} has no keys",
+                path.display()
+            )));
         }
         for key in &file.keys {
             key.secret()?;
@@ -140,7 +160,8 @@ impl KeyFile {
         for key in &mut self.keys {
             key.retired_at.get_or_insert(now_s);
         }
-        self.keys.retain(|k| k.retired_at.is_none_or(|r| r + max_ttl.as_secs() >= now_s));
+        self.keys
+            .retain(|k| k.retired_at.is_none_or(|r| r + max_ttl.as_secs() >= now_s));
         let key = SigningKey::generate(now);
         let kid = key.kid.clone();
         self.keys.push(key);
@@ -172,8 +193,12 @@ pub fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), Error> {
         use std::os::unix::fs::OpenOptionsExt;
         options.mode(0o600);
     }
-    let mut file = options.open(&tmp).map_err(io(format!("cannot write {}", tmp.display())))?;
-    file.write_all(bytes).and_then(|()| file.sync_all()).map_err(io(format!("cannot write {}", tmp.display())))?;
+    let mut file = options
+        .open(&tmp)
+        .map_err(io(format!("cannot write {}", tmp.display())))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io(format!("cannot write {}", tmp.display())))?;
     std::fs::rename(&tmp, path).map_err(io(format!("cannot replace {}", path.display())))?;
     Ok(())
 }
@@ -190,27 +215,41 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
         assert_eq!(KeyFile::load_or_create(&path).unwrap(), created);
-        assert!(!format!("{created:?}").contains(&created.active().secret), "Debug must not print secrets");
+        assert!(
+            !format!("{created:?}").contains(&created.active().secret),
+            "Debug must not print secrets"
+        );
     }
 
     #[test]
     fn rotation_keeps_old_keys_until_their_tokens_expire() {
         let t0 = SystemTime::now();
-        let mut file = KeyFile { keys: vec![SigningKey::generate(t0)] };
+        let mut file = KeyFile {
+            keys: vec![SigningKey::generate(t0)],
+        };
         let first = file.active().kid.clone();
         let second = file.rotate(t0, Duration::from_secs(3600));
         assert_eq!(file.active().kid, second);
         assert!(file.get(&first).is_some());
         file.rotate(t0 + Duration::from_secs(3601), Duration::from_secs(3600));
-        assert!(file.get(&first).is_none(), "a key retired longer than the max TTL ago is pruned");
+        assert!(
+            file.get(&first).is_none(),
+            "a key retired longer than the max TTL ago is pruned"
+        );
         assert!(file.get(&second).is_some());
     }
 
     fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("fxcast-keys-{}", SigningKey::generate(SystemTime::now()).kid));
+        let dir = std::env::temp_dir().join(format!(
+            "fxcast-keys-{}",
+            SigningKey::generate(SystemTime::now()).kid
+        ));
         std::fs::create_dir_all(&dir).unwrap();
         dir
     }

@@ -65,7 +65,10 @@ impl<S> Layer<S> for AuthLayer {
     type Service = AuthService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        AuthService { inner, authority: self.authority.clone() }
+        AuthService {
+            inner,
+            authority: self.authority.clone(),
+        }
     }
 }
 
@@ -93,10 +96,15 @@ where
 
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let policy = policy(request.uri().path());
-        let header = request.headers().get(AUTHORIZATION).map(|v| v.to_str().unwrap_or("\u{0}"));
+        let header = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
         let outcome = match (policy, header) {
             (Policy::Open, _) | (Policy::Optional, None) => Ok(None),
-            (Policy::Optional | Policy::TokenOrApiKey, header) => self.authority.authenticate(header, true).map(Some),
+            (Policy::Optional | Policy::TokenOrApiKey, header) => {
+                self.authority.authenticate(header, true).map(Some)
+            }
             (Policy::Token, header) => self.authority.authenticate(header, false).map(Some),
         };
         match outcome {
@@ -125,9 +133,18 @@ mod tests {
     #[test]
     fn paths_map_to_policies() {
         assert_eq!(policy("/grpc.health.v1.Health/Check"), Policy::Open);
-        assert_eq!(policy("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"), Policy::Open);
-        assert_eq!(policy("/fxcast.v1.TokenService/IssueToken"), Policy::Optional);
-        assert_eq!(policy("/fxcast.v1.TokenService/RevokeToken"), Policy::TokenOrApiKey);
+        assert_eq!(
+            policy("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"),
+            Policy::Open
+        );
+        assert_eq!(
+            policy("/fxcast.v1.TokenService/IssueToken"),
+            Policy::Optional
+        );
+        assert_eq!(
+            policy("/fxcast.v1.TokenService/RevokeToken"),
+            Policy::TokenOrApiKey
+        );
         assert_eq!(policy("/fxcast.v1.RateService/StreamRates"), Policy::Token);
         assert_eq!(policy("/anything/else"), Policy::Token);
     }

@@ -17,7 +17,8 @@ mod scope;
 mod service;
 
 pub use authority::{
-    AuthConfig, AuthError, IssuedToken, TokenAuthority, api_key_path, issue_offline, validate_subject,
+    AuthConfig, AuthError, IssuedToken, TokenAuthority, api_key_path, issue_offline,
+    validate_subject,
 };
 pub use caller::Caller;
 pub use layer::{AuthLayer, AuthService};

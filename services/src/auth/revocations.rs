@@ -24,12 +24,17 @@ pub(super) struct Revocations {
 
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Revocations").field("count", &self.memory.read().map_or(0, |m| m.len())).finish()
+        f.debug_struct("Revocations")
+            .field("count", &self.memory.read().map_or(0, |m| m.len()))
+            .finish()
     }
 }
 
 fn db_err(context: &str) -> impl Fn(rusqlite::Error) -> Error + '_ {
-    move |e| Error::Io { context: format!("revocation store: {context}"), source: std::io::Error::other(e) }
+    move |e| Error::Io {
+        context: format!("revocation store: {context}"),
+        source: std::io::Error::other(e),
+    }
 }
 
 impl Revocations {
@@ -39,7 +44,8 @@ impl Revocations {
     /// [`Error::Io`] when the database cannot be opened.
     pub(super) fn open(path: &Path) -> Result<Self, Error> {
         let db = Connection::open(path).map_err(db_err("open"))?;
-        db.pragma_update(None, "journal_mode", "WAL").map_err(db_err("enable WAL"))?;
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(db_err("enable WAL"))?;
         db.execute_batch(
             "CREATE TABLE IF NOT EXISTS revoked_tokens (
                  token_id   TEXT PRIMARY KEY,
@@ -49,19 +55,27 @@ impl Revocations {
         )
         .map_err(db_err("create table"))?;
         let now = unix(SystemTime::now());
-        db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now]).map_err(db_err("prune"))?;
+        db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now])
+            .map_err(db_err("prune"))?;
         let mut memory = HashMap::new();
         {
-            let mut stmt = db.prepare("SELECT token_id, expires_at FROM revoked_tokens").map_err(db_err("load"))?;
+            let mut stmt = db
+                .prepare("SELECT token_id, expires_at FROM revoked_tokens")
+                .map_err(db_err("load"))?;
             let rows = stmt
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?)))
+                .query_map([], |row| {
+                    Ok((row.get::<_, String>(0)?, row.get::<_, u64>(1)?))
+                })
                 .map_err(db_err("load"))?;
             for row in rows {
                 let (id, exp) = row.map_err(db_err("load"))?;
                 memory.insert(id, exp);
             }
         }
-        Ok(Self { memory: Arc::new(RwLock::new(memory)), db: Arc::new(Mutex::new(db)) })
+        Ok(Self {
+            memory: Arc::new(RwLock::new(memory)),
+            db: Arc::new(Mutex::new(db)),
+        })
     }
 
     /// Revokes `token_id` (valid until `expires_at` at the latest). Durable
@@ -80,7 +94,8 @@ impl Revocations {
                 rusqlite::params![token_id, exp, now],
             )
             .map_err(db_err("insert"))?;
-            db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now]).map_err(db_err("prune"))?;
+            db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now])
+                .map_err(db_err("prune"))?;
         }
         let mut memory = self.memory.write().unwrap_or_else(|e| e.into_inner());
         memory.retain(|_, e| *e >= now);
@@ -90,6 +105,9 @@ impl Revocations {
 
     /// Whether `token_id` is revoked.
     pub(super) fn is_revoked(&self, token_id: &str) -> bool {
-        self.memory.read().unwrap_or_else(|e| e.into_inner()).contains_key(token_id)
+        self.memory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(token_id)
     }
 }

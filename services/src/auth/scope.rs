@@ -38,7 +38,9 @@ pub enum Scope {
 
 /// A scope string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid scope {0:?}: expected rates:subscribe[=SYMBOLS|*], rates:publish, orders:place, orders:read or tokens:issue")]
+#[error(
+    "invalid scope {0:?}: expected rates:subscribe[=SYMBOLS|*], rates:publish, orders:place, orders:read or tokens:issue"
+)]
 pub struct ParseScopeError(pub String);
 
 impl FromStr for Scope {
@@ -53,13 +55,23 @@ impl FromStr for Scope {
         match (name, arg) {
             ("rates:subscribe", None | Some("*")) => Ok(Scope::RatesSubscribe(SymbolSet::All)),
             ("rates:subscribe", Some(list)) => {
-                let symbols: BTreeSet<String> =
-                    list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+                let symbols: BTreeSet<String> = list
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect();
                 let valid = !symbols.is_empty()
                     && symbols.iter().all(|s| {
-                        s.len() <= 32 && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+                        s.len() <= 32
+                            && s.bytes()
+                                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
                     });
-                if valid { Ok(Scope::RatesSubscribe(SymbolSet::Only(symbols))) } else { Err(err()) }
+                if valid {
+                    Ok(Scope::RatesSubscribe(SymbolSet::Only(symbols)))
+                } else {
+                    Err(err())
+                }
             }
             ("rates:publish", None) => Ok(Scope::RatesPublish),
             ("orders:place", None) => Ok(Scope::OrdersPlace),
@@ -75,7 +87,11 @@ impl fmt::Display for Scope {
         match self {
             Scope::RatesSubscribe(SymbolSet::All) => f.write_str("rates:subscribe=*"),
             Scope::RatesSubscribe(SymbolSet::Only(set)) => {
-                write!(f, "rates:subscribe={}", set.iter().cloned().collect::<Vec<_>>().join(","))
+                write!(
+                    f,
+                    "rates:subscribe={}",
+                    set.iter().cloned().collect::<Vec<_>>().join(",")
+                )
             }
             Scope::RatesPublish => f.write_str("rates:publish"),
             Scope::OrdersPlace => f.write_str("orders:place"),
@@ -108,17 +124,22 @@ impl Scopes {
 
     /// Whether rates of `symbol` may be read.
     pub fn may_subscribe(&self, symbol: &str) -> bool {
-        self.0.iter().any(|s| matches!(s, Scope::RatesSubscribe(set) if set.contains(symbol)))
+        self.0
+            .iter()
+            .any(|s| matches!(s, Scope::RatesSubscribe(set) if set.contains(symbol)))
     }
 
     /// Whether `other` grants nothing beyond these scopes (tokens can only
     /// hand out what their issuer has).
     pub fn covers(&self, other: &Scopes) -> bool {
         other.0.iter().all(|scope| match scope {
-            Scope::RatesSubscribe(SymbolSet::All) => {
-                self.0.iter().any(|s| matches!(s, Scope::RatesSubscribe(SymbolSet::All)))
+            Scope::RatesSubscribe(SymbolSet::All) => self
+                .0
+                .iter()
+                .any(|s| matches!(s, Scope::RatesSubscribe(SymbolSet::All))),
+            Scope::RatesSubscribe(SymbolSet::Only(set)) => {
+                set.iter().all(|sym| self.may_subscribe(sym))
             }
-            Scope::RatesSubscribe(SymbolSet::Only(set)) => set.iter().all(|sym| self.may_subscribe(sym)),
             other => self.has(other),
         })
     }
@@ -136,7 +157,10 @@ impl FromStr for Scopes {
 
     /// Space-separated scopes, as in the OAuth `scope` claim.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        s.split_whitespace().map(str::parse).collect::<Result<Vec<_>, _>>().map(Scopes)
+        s.split_whitespace()
+            .map(str::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(Scopes)
     }
 }
 
@@ -149,12 +173,21 @@ mod tests {
         let text = "rates:subscribe=EUR_USD,USD_JPY rates:subscribe=* rates:publish orders:place orders:read tokens:issue";
         let scopes: Scopes = text.parse().unwrap();
         assert_eq!(scopes.to_string(), text);
-        assert_eq!("rates:subscribe".parse::<Scope>().unwrap(), Scope::RatesSubscribe(SymbolSet::All));
+        assert_eq!(
+            "rates:subscribe".parse::<Scope>().unwrap(),
+            Scope::RatesSubscribe(SymbolSet::All)
+        );
     }
 
     #[test]
     fn bad_scopes_are_refused() {
-        for bad in ["rates:sub", "orders:place=x", "rates:subscribe=", "rates:subscribe=usd jpy", "admin"] {
+        for bad in [
+            "rates:sub",
+            "orders:place=x",
+            "rates:subscribe=",
+            "rates:subscribe=usd jpy",
+            "admin",
+        ] {
             assert!(bad.parse::<Scope>().is_err(), "{bad}");
         }
     }

@@ -3,7 +3,8 @@
 use std::time::Duration;
 
 use fxcast_proto::v1::{
-    IssueTokenRequest, IssueTokenResponse, RevokeTokenRequest, RevokeTokenResponse, token_service_server::TokenService,
+    IssueTokenRequest, IssueTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
+    token_service_server::TokenService,
 };
 use tonic::{Request, Response, Status};
 
@@ -46,10 +47,15 @@ fn parse_ttl(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>, Sta
 
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
-    async fn issue_token(&self, request: Request<IssueTokenRequest>) -> Result<Response<IssueTokenResponse>, Status> {
+    async fn issue_token(
+        &self,
+        request: Request<IssueTokenRequest>,
+    ) -> Result<Response<IssueTokenResponse>, Status> {
         let Some(caller) = request.extensions().get::<Caller>().cloned() else {
             // No credentials: only a loopback browser may get an anonymous token.
-            let issued = self.authority.issue_anonymous(request.remote_addr().map(|a| a.ip()))?;
+            let issued = self
+                .authority
+                .issue_anonymous(request.remote_addr().map(|a| a.ip()))?;
             tracing::info!(subject = %issued.subject, token_id = %issued.token_id, "issued anonymous token");
             return Ok(Response::new(response(issued)));
         };
@@ -58,7 +64,10 @@ impl TokenService for TokenServiceImpl {
         let scopes = request
             .scopes
             .iter()
-            .map(|s| s.parse::<Scope>().map_err(|e| Status::invalid_argument(format!("scopes: {e}"))))
+            .map(|s| {
+                s.parse::<Scope>()
+                    .map_err(|e| Status::invalid_argument(format!("scopes: {e}")))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Scopes)?;
         if !caller.scopes.covers(&scopes) {
@@ -75,7 +84,10 @@ impl TokenService for TokenServiceImpl {
                 ));
             }
         }
-        let issued = self.authority.issue(&request.subject, scopes, ttl).map_err(Status::from)?;
+        let issued = self
+            .authority
+            .issue(&request.subject, scopes, ttl)
+            .map_err(Status::from)?;
         tracing::info!(
             issuer = %caller.subject,
             subject = %issued.subject,
@@ -86,7 +98,10 @@ impl TokenService for TokenServiceImpl {
         Ok(Response::new(response(issued)))
     }
 
-    async fn revoke_token(&self, request: Request<RevokeTokenRequest>) -> Result<Response<RevokeTokenResponse>, Status> {
+    async fn revoke_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<RevokeTokenResponse>, Status> {
         let caller = Caller::of(&request)?.clone();
         caller.require(&Scope::TokensIssue)?;
         let token_id = request.into_inner().token_id;

@@ -30,8 +30,13 @@ impl Bearer {
 }
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -61,11 +66,25 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
-        let core = Arc::new(RatesCore::start(config, transport, stop.child_token()).await.unwrap());
+        let core = Arc::new(
+            RatesCore::start(config, transport, stop.child_token())
+                .await
+                .unwrap(),
+        );
         let server_core = Arc::clone(&core);
         let server_stop = stop.clone();
-        let handle = tokio::spawn(async move { server_core.serve_grpc(listener, server_stop.cancelled_owned()).await });
-        Self { addr, core, stop, handle, data_dir }
+        let handle = tokio::spawn(async move {
+            server_core
+                .serve_grpc(listener, server_stop.cancelled_owned())
+                .await
+        });
+        Self {
+            addr,
+            core,
+            stop,
+            handle,
+            data_dir,
+        }
     }
 
     /// A server without a feed: the test publishes every rate itself.
@@ -84,7 +103,11 @@ impl TestServer {
 
     /// A token for `subject` with space-separated `scopes`.
     pub fn token(&self, subject: &str, scopes: &str) -> String {
-        self.core.authority().issue(subject, scopes.parse().unwrap(), None).unwrap().token
+        self.core
+            .authority()
+            .issue(subject, scopes.parse().unwrap(), None)
+            .unwrap()
+            .token
     }
 
     /// A channel that sends `token` on every call.
@@ -108,7 +131,11 @@ impl TestServer {
     }
 
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url()).unwrap().connect().await.unwrap()
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     /// Publishes a raw quote through the core's publisher.
@@ -119,7 +146,13 @@ impl TestServer {
             ask: ask.parse::<Decimal>().unwrap(),
             source_time: std::time::SystemTime::now(),
         };
-        self.core.publisher().publish(quote, "test").await.unwrap().rate.clone()
+        self.core
+            .publisher()
+            .publish(quote, "test")
+            .await
+            .unwrap()
+            .rate
+            .clone()
     }
 }
 
