@@ -22,6 +22,10 @@ enum Command {
     Subscribe(commands::subscribe::SubscribeArgs),
     /// Issue or revoke tokens, mint signed stream URLs, rotate the signing key.
     Token(commands::token::TokenArgs),
+    /// Place an order: filled only if the live price is within tolerance of yours.
+    Order(commands::order::OrderArgs),
+    /// Load-test a running server and report throughput and latency.
+    Loadtest(commands::loadtest::LoadtestArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -33,6 +37,8 @@ fn main() -> anyhow::Result<()> {
             Command::Serve(args) => commands::serve::run(args).await,
             Command::Subscribe(args) => commands::subscribe::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
+            Command::Order(args) => commands::order::run(args).await,
+            Command::Loadtest(args) => commands::loadtest::run(args).await,
         }
     })
 }

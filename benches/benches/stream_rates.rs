@@ -6,8 +6,11 @@
 //! - `memory/10`: ten streaming clients, each on its own HTTP/2 connection
 //!   and in its own task; timed until all ten have the rate.
 //!
-//! A [`RatesCore`] (no feed, symbol `USD_JPY`, memory transport) serves gRPC
-//! on `127.0.0.1:0`; the clients connect with tonic over real TCP. One
+//! A [`RatesCore`] (no feed, symbol `USD_JPY`, memory transport, data
+//! directory in a fresh temporary directory) serves gRPC on `127.0.0.1:0`;
+//! the clients connect with tonic over real TCP, each with a bearer token
+//! (`rates:subscribe=USD_JPY`, one hour) issued by the core's authority (the
+//! token is checked once when the stream opens, not per message). One
 //! iteration is timed from just before `RatePublisher::publish` until the
 //! client's `stream.message()` returns that rate (its sequence is checked).
 //! The timed path is: markup, sequencing, protobuf encoding, transport publish,
@@ -37,9 +40,14 @@ use fxcast_proto::v1::{
     Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
     stream_rates_response::Event,
 };
-use fxcast_services::{Config, FeedKind, RatesCore, feed::Quote};
+use fxcast_services::{
+    Config, FeedKind, RatesCore,
+    auth::{Scope, Scopes},
+    feed::Quote,
+};
 use fxcast_transport::{MemoryTransport, Transport};
 use rust_decimal::Decimal;
+use tempfile::TempDir;
 use tokio::{
     net::TcpListener,
     runtime::Runtime,
@@ -47,11 +55,13 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::{Streaming, transport::Channel};
+use tonic::{Request, Streaming, metadata::MetadataValue, transport::Channel};
 
 const GROUP: &str = "grpc_stream_rates_e2e";
 const SYMBOL: &str = "USD_JPY";
 const CLIENT_COUNTS: &[usize] = &[1, 10];
+/// Long enough for any run; streams end when their token expires.
+const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -72,13 +82,19 @@ struct Server {
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), fxcast_services::Error>>,
     quotes: AtomicU64,
+    /// `authorization` metadata value for streaming clients.
+    bearer: MetadataValue<tonic::metadata::Ascii>,
+    /// Keys, API key and revocation store of this run; removed on drop.
+    _data_dir: TempDir,
 }
 
 impl Server {
     async fn start() -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
         let config = Config {
             feed: FeedKind::None,
             symbols: vec![SYMBOL.into()],
+            data_dir: data_dir.path().to_owned(),
             ..Default::default()
         };
         let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
@@ -88,6 +104,13 @@ impl Server {
                 .await
                 .expect("rate core"),
         );
+        let scope: Scope = format!("rates:subscribe={SYMBOL}").parse().expect("scope");
+        let token = core
+            .authority()
+            .issue("bench", Scopes(vec![scope]), Some(TOKEN_TTL))
+            .expect("issue token")
+            .token;
+        let bearer = format!("Bearer {token}").parse().expect("ascii token");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let task = tokio::spawn({
@@ -101,6 +124,8 @@ impl Server {
             shutdown,
             task,
             quotes: AtomicU64::new(0),
+            bearer,
+            _data_dir: data_dir,
         }
     }
 
@@ -132,11 +157,15 @@ impl Server {
             RateServiceClient::connect(format!("http://{}", self.addr))
                 .await
                 .expect("connect");
+        let mut request = Request::new(StreamRatesRequest {
+            symbols: vec![SYMBOL.into()],
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("authorization", self.bearer.clone());
         client
-            .stream_rates(StreamRatesRequest {
-                symbols: vec![SYMBOL.into()],
-                ..Default::default()
-            })
+            .stream_rates(request)
             .await
             .expect("stream_rates")
             .into_inner()
@@ -315,6 +344,10 @@ async fn client_reader(
     }
 }
 
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one fixture per case, created once and held in an Arc"
+)]
 enum Fixture {
     One(OneClient),
     Many(ManyClients),

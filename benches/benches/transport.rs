@@ -7,8 +7,9 @@
 //! - `memory/{1,100,1000}`: [`MemoryTransport`], 100-byte payload, 2-worker
 //!   multi-threaded runtime;
 //! - `memory-1KiB/1`: the same with a 1,024-byte payload;
-//! - `memory-current-thread/1`: one subscriber on a current-thread runtime,
-//!   the cheapest wake-up path.
+//! - `memory-current-thread/{1,1000}`: a current-thread runtime; with one
+//!   subscriber the cheapest wake-up path, with 1,000 the single-threaded
+//!   baseline of the fan-out.
 //!
 //! Every subscriber is its own spawned task reading its [`Subscription`]. One
 //! iteration is timed from just before `publish` until the *last* subscriber
@@ -91,6 +92,15 @@ const CASES: &[Case] = &[
         payload: 100,
         flavor: Flavor::CurrentThread,
         sample_size: 100,
+    },
+    // Single-threaded baseline for the 1,000-subscriber fan-out: shows what
+    // the second worker adds or costs.
+    Case {
+        function: "memory-current-thread",
+        subscribers: 1000,
+        payload: 100,
+        flavor: Flavor::CurrentThread,
+        sample_size: 50,
     },
 ];
 

@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
     HubConfig, StreamLimits,
-    auth::AuthConfig, feed::SimulatorConfig, pricing::Markup, server::FeedKind,
+    auth::AuthConfig, feed::SimulatorConfig, orders::OrdersConfig, pricing::Markup, server::FeedKind,
     symbols::SymbolOverride,
 };
 
@@ -27,6 +27,10 @@ pub struct Config {
     pub feed: FeedKind,
     /// Simulator settings (used with [`FeedKind::Simulated`]).
     pub simulator: SimulatorConfig,
+    /// A symbol whose feed has not ticked for this long is stale: its rate
+    /// is re-published with `stale = true`, readiness fails and orders on
+    /// it are rejected until ticks resume.
+    pub stale_after: std::time::Duration,
     /// History and buffering of the local fan-out.
     pub hub: HubConfig,
     /// Slow-consumer limits of streams.
@@ -35,6 +39,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Tokens and the admin API key.
     pub auth: AuthConfig,
+    /// Order execution: price policy, max price age, liquidity provider,
+    /// journal durability.
+    pub orders: OrdersConfig,
 }
 
 impl Default for Config {
@@ -45,10 +52,12 @@ impl Default for Config {
             symbol_overrides: BTreeMap::new(),
             feed: FeedKind::Simulated,
             simulator: SimulatorConfig::default(),
+            stale_after: std::time::Duration::from_secs(5),
             hub: HubConfig::default(),
             stream_limits: StreamLimits::default(),
             data_dir: PathBuf::from("./fxcast-data"),
             auth: AuthConfig::default(),
+            orders: OrdersConfig::default(),
         }
     }
 }

@@ -1,5 +1,7 @@
 //! The one error type of the services crate and its mapping to gRPC status.
 
+use std::sync::Arc;
+
 use tonic::{Code, Status};
 
 /// Everything that can go wrong in the services crate.
@@ -47,6 +49,20 @@ pub enum Error {
     /// The gRPC server failed.
     #[error("gRPC server error: {0}")]
     Server(#[from] tonic::transport::Error),
+    /// The order journal failed; whatever was being written is not
+    /// acknowledged (retrying an order is safe: it is idempotent).
+    #[error("order journal: {context}: {source}")]
+    Journal {
+        /// What was being done.
+        context: String,
+        /// The underlying error (shared by every order of a failed batch).
+        #[source]
+        source: Arc<dyn std::error::Error + Send + Sync>,
+    },
+    /// A transient condition; the message says what to do (e.g. an order
+    /// whose outcome the liquidity provider has not confirmed yet).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<Error> for Status {
@@ -57,7 +73,7 @@ impl From<Error> for Status {
             Error::Transport(fxcast_transport::Error::PayloadTooLarge { .. }) => {
                 Code::InvalidArgument
             }
-            Error::Transport(_) => Code::Unavailable,
+            Error::Transport(_) | Error::Journal { .. } | Error::Unavailable(_) => Code::Unavailable,
             Error::Config(_) | Error::Decode { .. } | Error::Io { .. } | Error::Server(_) => {
                 Code::Internal
             }

@@ -193,6 +193,18 @@ impl RateHub {
             .cloned()
     }
 
+    /// The held tick of `symbol` whose `rate_id` is `rate_id`, if the hub
+    /// still holds it (the order check of a quoted rate).
+    pub fn find(&self, symbol: &str, rate_id: &str) -> Option<Arc<Tick>> {
+        // rate_id is `<SYMBOL>-<run id>-<sequence>`; history is in sequence order.
+        let sequence: u64 = rate_id.rsplit('-').next()?.parse().ok()?;
+        let channel = self.channels.get(symbol)?;
+        let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
+        let index = history.binary_search_by_key(&sequence, |t| t.sequence()).ok()?;
+        let tick = &history[index];
+        (tick.rate.rate_id == rate_id).then(|| Arc::clone(tick))
+    }
+
     /// Number of local streams of `symbol`.
     pub fn stream_count(&self, symbol: &str) -> usize {
         self.channels

@@ -13,6 +13,8 @@
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
 //! - [`auth`]: scopes and the authenticated [`Caller`](auth::Caller) of a request.
+//! - [`orders`]: order execution: validation, price check, liquidity
+//!   provider, the SQLite journal and the tonic `OrderService`.
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ mod config;
 mod error;
 pub mod feed;
 mod hub;
+pub mod orders;
 pub mod pricing;
 mod publisher;
 mod rate_service;
@@ -32,6 +35,7 @@ pub use config::{Config, DEFAULT_SYMBOLS};
 pub use error::Error;
 pub use fxcast_transport::BoxFuture;
 pub use hub::{HubConfig, RateHub, SymbolSubscription};
+pub use orders::{OrderExecutor, OrderJournal, OrderServiceImpl, OrdersConfig};
 pub use publisher::RatePublisher;
 pub use rate_service::{RateServiceImpl, StreamLimits};
 pub use rates::{LatestRates, Tick, parse_price, rates_topic};

@@ -14,6 +14,16 @@ use tokio::sync::{Mutex, mpsc};
 
 use crate::{Error, LatestRates, SymbolTable, Tick, feed::Quote, rates_topic};
 
+/// A marked-up price ready to be numbered and published.
+struct Priced {
+    symbol: String,
+    bid: rust_decimal::Decimal,
+    ask: rust_decimal::Decimal,
+    source_time: Option<prost_types::Timestamp>,
+    source: String,
+    stale: bool,
+}
+
 /// Turns raw quotes into published rates: applies the symbol's markup,
 /// assigns its gap-free sequence and a `rate_id`, encodes the rate once,
 /// records it as the latest and publishes the bytes on `rates.<SYMBOL>`.
@@ -95,17 +105,68 @@ impl RatePublisher {
         }
         let (bid, ask) = spec.markup.apply(quote.bid, quote.ask, spec.price_scale);
         let mut next = inner.sequences[&quote.symbol].lock().await;
+        let priced = Priced {
+            symbol: quote.symbol,
+            bid,
+            ask,
+            source_time: Some(quote.source_time.into()),
+            source: source.to_owned(),
+            stale: false,
+        };
+        self.publish_locked(&mut next, priced).await
+    }
+
+    /// Re-publishes the latest rate of `symbol` marked `stale`, with the next
+    /// sequence: how streams and the order check learn that its feed has
+    /// gone quiet. Prices, source and source time are those of the latest
+    /// rate. Returns `None` (publishing nothing) when the symbol has no rate
+    /// yet or its latest rate is already stale.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSymbol`], or the transport's error.
+    pub async fn publish_stale(&self, symbol: &str) -> Result<Option<Arc<Tick>>, Error> {
+        let inner = &*self.inner;
+        inner.symbols.get(symbol)?;
+        // Read the latest under the sequence lock, so no quote can be
+        // published between the read and the marker.
+        let mut next = inner.sequences[symbol].lock().await;
+        let Some(latest) = inner.latest.get(symbol).filter(|t| !t.rate.stale) else {
+            return Ok(None);
+        };
+        let priced = Priced {
+            symbol: symbol.to_owned(),
+            bid: latest.bid,
+            ask: latest.ask,
+            source_time: latest.rate.source_time,
+            source: latest.rate.source.clone(),
+            stale: true,
+        };
+        self.publish_locked(&mut next, priced).await.map(Some)
+    }
+
+    /// Numbers, encodes, publishes and records `priced`; `next` is the
+    /// symbol's locked sequence, advanced only once the transport took it.
+    async fn publish_locked(&self, next: &mut u64, priced: Priced) -> Result<Arc<Tick>, Error> {
+        let inner = &*self.inner;
+        let Priced {
+            symbol,
+            bid,
+            ask,
+            source_time,
+            source,
+            stale,
+        } = priced;
         let sequence = *next + 1;
         let rate = Rate {
-            rate_id: format!("{}-{}-{}", quote.symbol, inner.run_id, sequence),
+            rate_id: format!("{symbol}-{}-{sequence}", inner.run_id),
             bid: bid.to_string(),
             ask: ask.to_string(),
             sequence,
-            source_time: Some(quote.source_time.into()),
+            source_time,
             publish_time: Some(SystemTime::now().into()),
-            source: source.to_owned(),
-            stale: false,
-            symbol: quote.symbol,
+            source,
+            stale,
+            symbol,
         };
         let payload = Bytes::from(rate.encode_to_vec());
         let tick = Arc::new(Tick {
@@ -120,7 +181,6 @@ impl RatePublisher {
             .publish(&rates_topic(tick.symbol()), payload)
             .await?;
         *next = sequence;
-        drop(next);
         inner.latest.update(Arc::clone(&tick));
         Ok(tick)
     }

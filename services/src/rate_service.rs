@@ -183,10 +183,16 @@ impl RateService for RateServiceImpl {
         let request = request.into_inner();
         let mut symbols: Vec<String> = if request.symbols.is_empty() {
             // Every symbol the caller may see.
-            let visible: Vec<String> =
-                self.symbols.names().filter(|s| caller.scopes.may_subscribe(s)).map(str::to_owned).collect();
+            let visible: Vec<String> = self
+                .symbols
+                .names()
+                .filter(|s| caller.scopes.may_subscribe(s))
+                .map(str::to_owned)
+                .collect();
             if visible.is_empty() {
-                return Err(Status::permission_denied("this token has no rates:subscribe scope"));
+                return Err(Status::permission_denied(
+                    "this token has no rates:subscribe scope",
+                ));
             }
             visible
         } else {
@@ -314,7 +320,10 @@ impl RateService for RateServiceImpl {
             ask,
             source_time,
         };
-        let tick = self.publisher.publish(quote, &format!("external:{}", caller.subject)).await?;
+        let tick = self
+            .publisher
+            .publish(quote, &format!("external:{}", caller.subject))
+            .await?;
         Ok(Response::new(tick.rate.clone()))
     }
 }

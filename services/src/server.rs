@@ -2,7 +2,10 @@
 
 use std::{future::Future, sync::Arc};
 
-use fxcast_proto::v1::{rate_service_server::RateServiceServer, token_service_server::TokenServiceServer};
+use fxcast_proto::v1::{
+    order_service_server::OrderServiceServer, rate_service_server::RateServiceServer,
+    token_service_server::TokenServiceServer,
+};
 use fxcast_transport::Transport;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
@@ -12,7 +15,8 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
     auth::{AuthLayer, TokenAuthority, TokenServiceImpl},
-    feed::{Feed, SimulatedFeed},
+    feed::{BitflyerConfig, BitflyerFeed, Feed, FeedHealth, ReplayConfig, ReplayFeed, SimulatedFeed},
+    orders::{JOURNAL_FILE, OrderExecutor, OrderJournal, OrderServiceImpl},
 };
 
 /// Which upstream feed drives the publisher.
@@ -23,6 +27,11 @@ pub enum FeedKind {
     /// No feed: rates arrive through `PublishRate` or from other processes
     /// over the transport.
     None,
+    /// bitFlyer Lightning's realtime ticker; the symbols are its product
+    /// codes.
+    Bitflyer(BitflyerConfig),
+    /// A recorded bitFlyer session played back.
+    Replay(ReplayConfig),
 }
 
 /// The running rate core: symbols, latest-rate cache, local fan-out and the
@@ -33,8 +42,10 @@ pub struct RatesCore {
     latest: LatestRates,
     hub: RateHub,
     publisher: RatePublisher,
+    feed_health: FeedHealth,
     transport: Arc<dyn Transport>,
     authority: TokenAuthority,
+    orders: OrderExecutor,
     config: Config,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -68,14 +79,32 @@ impl RatesCore {
             symbols.clone(),
             run_id,
         );
+        // The authority has created the data directory.
+        let journal = OrderJournal::open(
+            &config.data_dir.join(JOURNAL_FILE),
+            config.orders.journal_sync,
+        )?;
+        let orders = OrderExecutor::start(
+            &config.orders,
+            journal,
+            symbols.clone(),
+            latest.clone(),
+            hub.clone(),
+            Arc::clone(&transport),
+            shutdown.clone(),
+        )
+        .await?;
 
+        let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {
             symbols,
             latest,
             hub,
             publisher,
+            feed_health,
             transport,
             authority,
+            orders,
             config,
             shutdown,
             tasks,
@@ -86,6 +115,19 @@ impl RatesCore {
                 core.spawn_feed(Box::new(feed));
             }
             FeedKind::None => {}
+            FeedKind::Bitflyer(ref bitflyer) => {
+                let feed = BitflyerFeed::new(
+                    bitflyer.clone(),
+                    core.symbols.names(),
+                    core.feed_health.clone(),
+                )?;
+                core.spawn_feed(Box::new(feed));
+            }
+            FeedKind::Replay(ref replay) => {
+                let feed =
+                    ReplayFeed::open(replay.clone(), core.symbols.names(), core.feed_health.clone())?;
+                core.spawn_feed(Box::new(feed));
+            }
         }
         tracing::info!(
             symbols = %core.symbols,
@@ -102,7 +144,14 @@ impl RatesCore {
         let (tx, rx) = mpsc::channel(1024);
         let source = feed.name();
         let shutdown = self.shutdown.clone();
-        self.tasks.spawn(self.publisher.clone().run(rx, source));
+        // The supervisor publishes the quotes and marks silent symbols stale.
+        self.tasks.spawn(crate::feed::supervise(
+            self.publisher.clone(),
+            rx,
+            source,
+            self.feed_health.clone(),
+            self.shutdown.clone(),
+        ));
         self.tasks.spawn(async move {
             tokio::select! {
                 result = feed.run(tx) => match result {
@@ -139,14 +188,27 @@ impl RatesCore {
         &self.authority
     }
 
+    /// Order execution (for `OrderService` and the gateway).
+    pub fn orders(&self) -> &OrderExecutor {
+        &self.orders
+    }
+
     /// The transport in use.
     pub fn transport(&self) -> &Arc<dyn Transport> {
         &self.transport
     }
 
-    /// Ready once every symbol has a rate.
+    /// Ready once every symbol has a rate and none is stale.
     pub fn is_ready(&self) -> bool {
-        self.symbols.names().all(|s| self.latest.get(s).is_some())
+        self.symbols
+            .names()
+            .all(|s| self.latest.get(s).is_some() && !self.feed_health.is_stale(s))
+    }
+
+    /// Per-symbol liveness of the feed and its connection counters (for
+    /// readiness and metrics).
+    pub fn feed_health(&self) -> &FeedHealth {
+        &self.feed_health
     }
 
     /// The `RateService` implementation over this core.
@@ -161,7 +223,13 @@ impl RatesCore {
         )
     }
 
-    /// Serves gRPC (RateService, health, reflection v1 and v1alpha) on
+    /// The `OrderService` implementation over this core.
+    pub fn order_service(&self) -> OrderServiceImpl {
+        OrderServiceImpl::new(self.orders.clone())
+    }
+
+    /// Serves gRPC (RateService, OrderService, TokenService, health,
+    /// reflection v1 and v1alpha) on
     /// `listener` until `shutdown` completes, then drains connections.
     ///
     /// # Errors
@@ -174,6 +242,9 @@ impl RatesCore {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<RateServiceServer<RateServiceImpl>>()
+            .await;
+        health
+            .set_serving::<OrderServiceServer<OrderServiceImpl>>()
             .await;
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
@@ -196,11 +267,15 @@ impl RatesCore {
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(RateServiceServer::new(self.rate_service()))
+            .add_service(OrderServiceServer::new(self.order_service()))
             .add_service(TokenServiceServer::new(TokenServiceImpl::new(self.authority.clone())))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 health
                     .set_not_serving::<RateServiceServer<RateServiceImpl>>()
+                    .await;
+                health
+                    .set_not_serving::<OrderServiceServer<OrderServiceImpl>>()
                     .await;
             })
             .await?;

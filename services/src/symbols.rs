@@ -5,7 +5,7 @@ use std::{collections::BTreeMap, fmt, str::FromStr, sync::Arc};
 use rust_decimal::Decimal;
 use serde::Deserialize;
 
-use crate::{Error, pricing::Markup};
+use crate::{Error, orders::OrderConventions, pricing::Markup};
 
 /// Conventions of one symbol and the simulator's starting point for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct SymbolSpec {
     pub max_step: Decimal,
     /// Markup applied to each side of every published price.
     pub markup: Markup,
+    /// Lot size, quantity limits, tolerance and max price age of orders.
+    pub orders: OrderConventions,
 }
 
 impl SymbolSpec {
@@ -55,6 +57,7 @@ impl SymbolSpec {
             spread: dec(spread),
             max_step: dec(step),
             markup: Markup::None,
+            orders: OrderConventions::builtin(symbol, scale),
         })
     }
 }
@@ -73,6 +76,16 @@ pub struct SymbolOverride {
     pub max_step: Option<String>,
     /// Markup per side: a price (`"0.002"`) or basis points (`"1.5bp"`).
     pub markup: Option<String>,
+    /// Orders' quantity must be a multiple of this, as a decimal string.
+    pub lot_size: Option<String>,
+    /// Smallest order quantity, as a decimal string.
+    pub min_quantity: Option<String>,
+    /// Largest order quantity, as a decimal string.
+    pub max_quantity: Option<String>,
+    /// Order price tolerance: a price (`"0.010"`) or basis points (`"2bp"`).
+    pub tolerance: Option<String>,
+    /// Rates older than this are stale for orders, e.g. `"2s"`.
+    pub max_price_age: Option<String>,
 }
 
 /// The symbols a server prices, in a stable order. Cheap to clone.
@@ -126,6 +139,7 @@ impl SymbolTable {
                         spread: tick * Decimal::from(10),
                         max_step: tick * Decimal::from(5),
                         markup: Markup::None,
+                        orders: OrderConventions::builtin(symbol, scale),
                     }
                 }
             };
@@ -137,7 +151,9 @@ impl SymbolTable {
                     )));
                 }
                 spec.price_scale = scale;
+                spec.orders = OrderConventions::builtin(symbol, scale);
             }
+            spec.orders.apply(symbol, &over)?;
             if let Some(v) = &over.start_mid {
                 spec.start_mid = parse_config_decimal(symbol, "start_mid", v)?;
             }

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub(crate) mod loadtest;
+pub(crate) mod order;
 pub(crate) mod serve;
 pub(crate) mod subscribe;
 pub(crate) mod token;

@@ -14,8 +14,13 @@ use std::{
 use anyhow::{Context, bail};
 use clap::Args;
 use fxcast_services::{
-    Config, FeedKind, feed::SimulatorConfig, pricing::Markup, symbols::SymbolOverride,
+    Config, FeedKind,
+    feed::SimulatorConfig,
+    orders::{JournalSync, LpConfig, PricePolicy, SimulatedLpConfig},
+    pricing::Markup,
+    symbols::SymbolOverride,
 };
+use fxcast_gateway::GatewayConfig;
 use fxcast_transport::{MemoryTransport, Transport};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -63,6 +68,29 @@ pub(crate) struct ServeArgs {
     /// Longest token lifetime a request may ask for [default: 24h]
     #[arg(long, env = "FXCAST_MAX_TOKEN_TTL", value_parser = humantime::parse_duration)]
     max_token_ttl: Option<Duration>,
+    /// Origins allowed to call the HTTP API from browsers (comma-separated; default: same origin only)
+    #[arg(long, env = "FXCAST_CORS_ORIGINS")]
+    cors_origins: Option<String>,
+    /// Order price check: symmetric or adverse-only [default: symmetric]
+    #[arg(long, env = "FXCAST_PRICE_POLICY")]
+    price_policy: Option<String>,
+    /// Orders are rejected as STALE_PRICE when the latest rate is older than this
+    /// (per symbol: max_price_age in [symbol.X]) [default: 2s]
+    #[arg(long, env = "FXCAST_MAX_PRICE_AGE", value_parser = humantime::parse_duration)]
+    max_price_age: Option<Duration>,
+    /// Answer time of the simulated liquidity provider, e.g. 2ms [default: 0s]
+    #[arg(long, env = "FXCAST_LP_LATENCY", value_parser = humantime::parse_duration)]
+    lp_latency: Option<Duration>,
+    /// Fraction of orders the simulated liquidity provider declines, 0 to 1 [default: 0]
+    #[arg(long, env = "FXCAST_LP_REJECT_RATE")]
+    lp_reject_rate: Option<String>,
+    /// Seed of the simulated liquidity provider's decisions [default: 42]
+    #[arg(long, env = "FXCAST_LP_SEED")]
+    lp_seed: Option<u64>,
+    /// Order journal durability: full (every commit synced) or normal (survives
+    /// kill -9, not a power loss) [default: full]
+    #[arg(long, env = "FXCAST_JOURNAL_SYNC")]
+    journal_sync: Option<String>,
 }
 
 /// The `--config` file. Every key is optional.
@@ -84,6 +112,15 @@ struct FileConfig {
     token_ttl: Option<Duration>,
     #[serde(default, with = "humantime_option")]
     max_token_ttl: Option<Duration>,
+    cors_origins: Option<Vec<String>>,
+    price_policy: Option<String>,
+    #[serde(default, with = "humantime_option")]
+    max_price_age: Option<Duration>,
+    #[serde(default, with = "humantime_option")]
+    lp_latency: Option<Duration>,
+    lp_reject_rate: Option<String>,
+    lp_seed: Option<u64>,
+    journal_sync: Option<String>,
     /// Per-symbol conventions: `[symbol.USD_JPY] markup = "0.003"`.
     #[serde(default)]
     symbol: BTreeMap<String, SymbolOverride>,
@@ -112,6 +149,7 @@ pub(crate) struct Resolved {
     http_listen: SocketAddr,
     data_dir: PathBuf,
     core: Config,
+    gateway: GatewayConfig,
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -179,6 +217,13 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     core.auth.anonymous_tokens = http_listen.ip().is_loopback()
         || args.allow_anonymous_tokens
         || file.allow_anonymous_tokens.unwrap_or(false);
+    let gateway = GatewayConfig {
+        anonymous_tokens: core.auth.anonymous_tokens,
+        anonymous_ttl: core.auth.anonymous_ttl,
+        anonymous_per_minute: core.auth.anonymous_per_minute,
+        cors_origins: args.cors_origins.map(|s| split_list(&s)).or(file.cors_origins).unwrap_or_default(),
+        ..GatewayConfig::default()
+    };
     if let Some(ttl) = args.token_ttl.or(file.token_ttl) {
         core.auth.default_ttl = ttl;
     }
@@ -188,6 +233,40 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     if core.auth.default_ttl.is_zero() || core.auth.default_ttl > core.auth.max_ttl {
         bail!("--token-ttl must be positive and at most --max-token-ttl");
     }
+    if let Some(policy) = args.price_policy.or(file.price_policy) {
+        core.orders.policy = policy
+            .parse::<PricePolicy>()
+            .map_err(anyhow::Error::msg)
+            .context("--price-policy")?;
+    }
+    if let Some(age) = args.max_price_age.or(file.max_price_age) {
+        if age.is_zero() {
+            bail!("--max-price-age must be positive");
+        }
+        core.orders.max_price_age = age;
+    }
+    let mut lp = SimulatedLpConfig::default();
+    if let Some(latency) = args.lp_latency.or(file.lp_latency) {
+        lp.latency = latency;
+    }
+    if let Some(rate) = args.lp_reject_rate.or(file.lp_reject_rate) {
+        lp.reject_rate = rust_decimal::Decimal::from_str_exact(&rate)
+            .ok()
+            .filter(|r| !r.is_sign_negative() && *r <= rust_decimal::Decimal::ONE)
+            .with_context(|| {
+                format!("--lp-reject-rate {rate:?} must be a decimal from 0 to 1, e.g. 0.02")
+            })?;
+    }
+    if let Some(seed) = args.lp_seed.or(file.lp_seed) {
+        lp.seed = seed;
+    }
+    core.orders.lp = LpConfig::Simulated(lp);
+    if let Some(sync) = args.journal_sync.or(file.journal_sync) {
+        core.orders.journal_sync = sync
+            .parse::<JournalSync>()
+            .map_err(anyhow::Error::msg)
+            .context("--journal-sync")?;
+    }
     Ok(Resolved {
         grpc_listen: args
             .grpc_listen
@@ -196,6 +275,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         http_listen,
         data_dir: core.data_dir.clone(),
         core,
+        gateway,
     })
 }
 
@@ -220,7 +300,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "fxcast listening"
     );
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
-    fxcast_gateway::run(resolved.core, transport, grpc, http, shutdown_signal()).await?;
+    fxcast_gateway::run(resolved.core, resolved.gateway, transport, grpc, http, shutdown_signal()).await?;
     Ok(())
 }
 
@@ -311,5 +391,37 @@ mod tests {
             format!("{err:#}").contains("unknown field `colour`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn order_settings_come_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "price_policy = \"adverse-only\"\nlp_latency = \"3ms\"\nlp_reject_rate = \"0.25\"\n\
+             [symbol.USD_JPY]\ntolerance = \"0.005\"\nmax_price_age = \"1s\"\n",
+        )
+        .unwrap();
+        let argv = ["--config", path.to_str().unwrap(), "--max-price-age", "500ms", "--journal-sync", "normal"];
+        let r = resolve(parse(&argv)).unwrap();
+        assert_eq!(r.core.orders.policy, PricePolicy::AdverseOnly);
+        assert_eq!(r.core.orders.max_price_age, Duration::from_millis(500));
+        assert_eq!(r.core.orders.journal_sync, JournalSync::Normal);
+        match &r.core.orders.lp {
+            LpConfig::Simulated(lp) => {
+                assert_eq!(lp.latency, Duration::from_millis(3));
+                assert_eq!(lp.reject_rate.to_string(), "0.25");
+            }
+            other => panic!("unexpected LP {other:?}"),
+        }
+        assert_eq!(r.core.symbol_overrides["USD_JPY"].tolerance.as_deref(), Some("0.005"));
+
+        let err = resolve(parse(&["--price-policy", "lenient"])).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown price policy \"lenient\""), "{err:#}");
+        let err = resolve(parse(&["--lp-reject-rate", "1.5"])).unwrap_err();
+        assert!(format!("{err:#}").contains("must be a decimal from 0 to 1"), "{err:#}");
+        let err = resolve(parse(&["--journal-sync", "sometimes"])).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown journal sync"), "{err:#}");
     }
 }

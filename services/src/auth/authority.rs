@@ -4,8 +4,8 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    sync::{Arc, RwLock},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use jsonwebtoken::{
@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq;
 
 use super::{
-    Caller, Scope, Scopes, SymbolSet,
+    Caller, Scopes,
+    anonymous::{PerAddressLimit, anonymous_subject, browser_scopes},
     keys::{KeyFile, unix, write_secret_file},
     revocations::Revocations,
 };
@@ -195,7 +196,7 @@ struct Inner {
     api_key: String,
     revocations: Revocations,
     validation: Validation,
-    anonymous: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    anonymous: PerAddressLimit,
 }
 
 impl std::fmt::Debug for TokenAuthority {
@@ -260,6 +261,7 @@ impl TokenAuthority {
         } else {
             tracing::info!(path = %api_key_path(data_dir).display(), "admin API key file");
         }
+        let anonymous = PerAddressLimit::new(config.anonymous_per_minute);
         let revocations = Revocations::open(&data_dir.join("tokens.sqlite3"))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
@@ -273,7 +275,7 @@ impl TokenAuthority {
                 api_key,
                 revocations,
                 validation,
-                anonymous: Mutex::new(HashMap::new()),
+                anonymous,
             }),
         })
     }
@@ -286,6 +288,13 @@ impl TokenAuthority {
     /// The signing keys file.
     pub fn signing_keys_path(&self) -> &Path {
         &self.inner.keys_path
+    }
+
+    /// The admin API key, for in-process components that call the services
+    /// as the admin (the gateway minting its own and browsers' tokens).
+    /// Never log it.
+    pub fn api_key(&self) -> &str {
+        &self.inner.api_key
     }
 
     /// Whether `candidate` is the admin API key (constant time).
@@ -331,34 +340,8 @@ impl TokenAuthority {
                 "missing credentials: IssueToken needs `authorization: Bearer <API key>` (anonymous browser tokens are only issued to loopback clients when the gateway listens on loopback)",
             ));
         };
-        {
-            let mut counts = self
-                .inner
-                .anonymous
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            let now = Instant::now();
-            counts.retain(|_, (start, _)| now.duration_since(*start) < Duration::from_secs(60));
-            let entry = counts.entry(ip).or_insert((now, 0));
-            if entry.1 >= config.anonymous_per_minute {
-                return Err(tonic::Status::resource_exhausted(format!(
-                    "too many anonymous tokens for {ip}: at most {} per minute",
-                    config.anonymous_per_minute
-                )));
-            }
-            entry.1 += 1;
-        }
-        let scopes = Scopes(vec![
-            Scope::RatesSubscribe(SymbolSet::All),
-            Scope::OrdersPlace,
-            Scope::OrdersRead,
-        ]);
-        self.issue(
-            &format!("anon-{}", random_id(9)),
-            scopes,
-            Some(config.anonymous_ttl),
-        )
-        .map_err(Into::into)
+        self.inner.anonymous.check(ip)?;
+        self.issue(&anonymous_subject(), browser_scopes(), Some(config.anonymous_ttl)).map_err(Into::into)
     }
 
     /// Verifies a token and returns its caller.

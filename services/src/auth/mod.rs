@@ -8,6 +8,7 @@
 //! - [`Caller`], [`Scope`], [`Scopes`]: what a handler checks.
 //! - `TokenServiceImpl`: `fxcast.v1.TokenService`.
 
+mod anonymous;
 mod authority;
 mod caller;
 pub mod keys;
@@ -16,6 +17,7 @@ mod revocations;
 mod scope;
 mod service;
 
+pub use anonymous::{PerAddressLimit, anonymous_subject, browser_scopes};
 pub use authority::{
     AuthConfig, AuthError, IssuedToken, TokenAuthority, api_key_path, issue_offline,
     validate_subject,

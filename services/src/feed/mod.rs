@@ -3,7 +3,8 @@
 //! A [`Feed`] produces raw [`Quote`]s (before markup) into a channel; the
 //! [`RatePublisher`](crate::RatePublisher) turns them into published rates.
 //! Every feed — the simulator, bitFlyer, a replay file — sits behind this one
-//! trait.
+//! trait. [`FeedHealth`] tracks each symbol's liveness: the core runs every
+//! feed under a supervisor that marks a silent symbol's rate stale.
 
 use std::time::SystemTime;
 
@@ -12,8 +13,19 @@ use tokio::sync::mpsc;
 
 use crate::BoxFuture;
 
+mod bitflyer;
+mod health;
+mod record;
+mod replay;
 mod simulated;
 
+pub use bitflyer::{
+    BITFLYER_DEFAULT_PRODUCTS, BITFLYER_ENDPOINT, Backoff, BitflyerConfig, BitflyerFeed,
+};
+pub(crate) use health::supervise;
+pub use health::{FeedCounters, FeedHealth, FeedHealthSnapshot, SymbolHealth};
+pub use record::{RecordSummary, record_bitflyer};
+pub use replay::{ParseReplaySpeedError, ReplayConfig, ReplayFeed, ReplaySpeed};
 pub use simulated::{SimulatedFeed, SimulatorConfig};
 
 /// One raw price from a feed.

@@ -1,0 +1,133 @@
+//! Prometheus metrics of the gateway, served as text at `/metrics`.
+
+use std::sync::Arc;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+/// Labels of HTTP request metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct RequestLabels {
+    pub(crate) method: String,
+    pub(crate) route: String,
+    pub(crate) status: u16,
+}
+
+/// Labels of order metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct OrderLabels {
+    pub(crate) status: String,
+}
+
+/// Labels of streaming connections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabels {
+    pub(crate) kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 us .. ~3.3 s
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 17))
+}
+
+/// Every gateway metric. A cheap `Clone` handle.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    pub(crate) ticks_received: Counter,
+    pub(crate) connections: Family<KindLabels, Gauge>,
+    pub(crate) subscriptions: Gauge,
+    pub(crate) deliveries: Family<KindLabels, Counter>,
+    pub(crate) conflations: Family<KindLabels, Counter>,
+    pub(crate) slow_consumer_disconnects: Family<KindLabels, Counter>,
+    pub(crate) orders: Family<OrderLabels, Counter>,
+    pub(crate) requests: Family<RequestLabels, Counter>,
+    pub(crate) request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("fxcast_gateway");
+        let ticks_received = Counter::default();
+        registry.register("ticks_received", "Rate ticks received from the upstream", ticks_received.clone());
+        let connections = Family::<KindLabels, Gauge>::default();
+        registry.register("connections", "Open streaming connections by kind (ws, sse)", connections.clone());
+        let subscriptions = Gauge::default();
+        registry.register("subscriptions", "Symbol subscriptions across WebSocket connections", subscriptions.clone());
+        let deliveries = Family::<KindLabels, Counter>::default();
+        registry.register("deliveries", "Rate messages delivered to clients", deliveries.clone());
+        let conflations = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "conflations",
+            "Times a slow client was skipped ahead to the latest rate",
+            conflations.clone(),
+        );
+        let slow_consumer_disconnects = Family::<KindLabels, Counter>::default();
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections closed for staying behind",
+            slow_consumer_disconnects.clone(),
+        );
+        let orders = Family::<OrderLabels, Counter>::default();
+        registry.register("orders", "Orders placed through the gateway by outcome", orders.clone());
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        let request_seconds =
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        registry.register("http_request_duration_seconds", "HTTP request latency", request_seconds.clone());
+        Self {
+            registry: Arc::new(registry),
+            ticks_received,
+            connections,
+            subscriptions,
+            deliveries,
+            conflations,
+            slow_consumer_disconnects,
+            orders,
+            requests,
+            request_seconds,
+        }
+    }
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Decrements a connection gauge when dropped.
+pub(crate) struct ConnectionGuard {
+    gauge: Gauge,
+}
+
+impl ConnectionGuard {
+    pub(crate) fn new(metrics: &Metrics, kind: &'static str) -> Self {
+        let gauge = metrics.connections.get_or_create(&KindLabels { kind }).clone();
+        gauge.inc();
+        Self { gauge }
+    }
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}

@@ -1,0 +1,208 @@
+//! REST handlers: thin translations to the gRPC services, forwarding the
+//! client's own credential so the services decide what it may do.
+
+use std::{net::SocketAddr, time::Duration};
+
+use axum::{
+    Json,
+    extract::{ConnectInfo, FromRequest, Path, Request, State, rejection::JsonRejection},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+};
+use fxcast_proto::v1::{GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, ListSymbolsRequest};
+use serde::de::DeserializeOwned;
+
+use crate::{
+    AppState,
+    error::{ApiError, ErrorBody},
+    json::{RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson, TokenRequestJson, rfc3339},
+    session::credential,
+};
+
+/// `Json` with errors in the API's own shape: 400 for malformed JSON, 413 for
+/// an oversized body, 415 without a JSON content type, 422 for wrong fields.
+pub(crate) struct ApiJson<T>(pub(crate) T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        match Json::<T>::from_request(request, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+/// A JSON body that may be absent (an empty body). Errors as [`ApiJson`].
+pub(crate) struct OptionalJson<T>(pub(crate) Option<T>);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let empty = request.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v == "0")
+            || (!request.headers().contains_key(axum::http::header::CONTENT_TYPE)
+                && !request.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
+                && !request.headers().contains_key(axum::http::header::CONTENT_LENGTH));
+        if empty {
+            return Ok(Self(None));
+        }
+        ApiJson::<T>::from_request(request, state).await.map(|ApiJson(v)| Self(Some(v)))
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    let status = rejection.status();
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        StatusCode::UNPROCESSABLE_ENTITY => "invalid_field",
+        _ => "malformed_json",
+    };
+    let message = match &rejection {
+        JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
+            "request body is too large".to_owned()
+        }
+        _ => rejection.body_text(),
+    };
+    ApiError::new(status, code, message)
+}
+
+/// The symbols the caller may see.
+#[utoipa::path(get, path = "/v1/symbols", tag = "rates",
+    responses((status = 200, body = SymbolsJson), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn symbols(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SymbolsJson>, ApiError> {
+    let bearer = credential(&headers, None)?;
+    let symbols = state.upstream.rates(bearer).list_symbols(ListSymbolsRequest {}).await?.into_inner().symbols;
+    let symbols = symbols
+        .into_iter()
+        .map(|s| SymbolJson {
+            symbol: s.symbol,
+            tick_size: s.tick_size,
+            price_scale: s.price_scale,
+            markup: s.markup,
+            latest_sequence: s.latest_sequence,
+        })
+        .collect();
+    Ok(Json(SymbolsJson { symbols }))
+}
+
+/// The latest rate of every symbol the caller may see.
+#[utoipa::path(get, path = "/v1/rates", tag = "rates",
+    responses((status = 200, body = RatesJson), (status = 401, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn rates(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<RatesJson>, ApiError> {
+    let bearer = credential(&headers, None)?;
+    let allowed = state.upstream.rates(bearer).list_symbols(ListSymbolsRequest {}).await?.into_inner().symbols;
+    let rates = allowed.iter().filter_map(|s| state.ticker.latest(&s.symbol)).map(|t| t.rate.clone()).collect();
+    Ok(Json(RatesJson { rates }))
+}
+
+/// The latest rate of one symbol.
+#[utoipa::path(get, path = "/v1/rates/{symbol}", tag = "rates",
+    params(("symbol" = String, Path, description = "e.g. USD_JPY")),
+    responses((status = 200, body = RateJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 503, body = ErrorBody, description = "no rate yet")),
+    security(("bearer" = [])))]
+pub(crate) async fn rate(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(symbol): Path<String>,
+) -> Result<Json<RateJson>, ApiError> {
+    let bearer = credential(&headers, None)?;
+    let rate = state.upstream.rates(bearer).get_latest_rate(GetLatestRateRequest { symbol }).await?.into_inner();
+    Ok(Json(RateJson::from(&rate)))
+}
+
+fn token_json(issued: IssueTokenResponse) -> TokenJson {
+    TokenJson {
+        token: issued.token,
+        token_id: issued.token_id,
+        expires_at: rfc3339(issued.expires_at),
+        subject: issued.subject,
+        scopes: issued.scopes,
+    }
+}
+
+/// Issues a token. With `authorization: Bearer <API key or tokens:issue
+/// token>` it issues what the body asks; without credentials, when the
+/// gateway allows it (loopback), a short-lived browser token.
+#[utoipa::path(post, path = "/v1/tokens", tag = "tokens", request_body = TokenRequestJson,
+    responses((status = 200, body = TokenJson), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 429, body = ErrorBody)))]
+pub(crate) async fn issue_token(
+    State(state): State<AppState>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    OptionalJson(body): OptionalJson<TokenRequestJson>,
+) -> Result<Json<TokenJson>, ApiError> {
+    let body = body.unwrap_or_default();
+    if headers.contains_key(axum::http::header::AUTHORIZATION) {
+        let bearer = credential(&headers, None)?;
+        let request = IssueTokenRequest {
+            subject: body.subject.unwrap_or_default(),
+            scopes: body.scopes,
+            ttl: body.ttl_seconds.map(|s| fxcast_proto::Duration { seconds: s.min(i64::MAX as u64) as i64, nanos: 0 }),
+        };
+        let issued = state.upstream.tokens(bearer).issue_token(request).await?.into_inner();
+        return Ok(Json(token_json(issued)));
+    }
+    if !state.config.anonymous_tokens {
+        return Err(ApiError::unauthenticated(
+            "missing credentials: POST /v1/tokens needs `authorization: Bearer <API key>` (anonymous browser tokens are off on this address)",
+        ));
+    }
+    state.anonymous_limit.check(client.ip())?;
+    let request = IssueTokenRequest {
+        subject: fxcast_services::auth::anonymous_subject(),
+        scopes: fxcast_services::auth::browser_scopes().0.iter().map(ToString::to_string).collect(),
+        ttl: Some(fxcast_proto::Duration { seconds: state.config.anonymous_ttl.as_secs() as i64, nanos: 0 }),
+    };
+    let issued = state.upstream.admin_tokens()?.issue_token(request).await?.into_inner();
+    tracing::info!(subject = %issued.subject, client = %client.ip(), "issued anonymous browser token");
+    Ok(Json(token_json(issued)))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200)))]
+pub(crate) async fn healthz() -> Response {
+    Json(serde_json::json!({"status": "ok"})).into_response()
+}
+
+/// Readiness: every symbol has a rate.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200), (status = 503, body = ErrorBody)))]
+pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    let missing = state.ticker.missing();
+    if missing.is_empty() {
+        Json(serde_json::json!({"status": "ready"})).into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("no rate received yet for {}", missing.join(", ")),
+        )
+        .into_response()
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Unknown paths answer in the API's error shape.
+pub(crate) async fn not_found(request: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+}
+
+/// Handlers that take longer than this answer 504.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+

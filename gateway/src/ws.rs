@@ -1,0 +1,371 @@
+//! `GET /v1/stream`: the browser WebSocket.
+//!
+//! Client messages: `{"type":"subscribe","symbols":[...]}`, `unsubscribe`,
+//! `ping`. Server messages: `rate` (shared pre-serialised bytes), `gap`,
+//! `subscribed`/`unsubscribed`, `order`, `heartbeat`, `error`.
+//!
+//! Slow consumers: rates come from per-symbol broadcast rings shared by every
+//! connection; a connection that falls behind skips to the latest rate of the
+//! symbol and is sent a `gap` first (conflation). One that falls behind too
+//! often, or cannot take a frame within the send timeout, is closed with
+//! code 1013 and a reason. Memory per connection stays bounded.
+
+use std::{
+    collections::{BTreeSet, HashMap, VecDeque},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    extract::{
+        Query, State, WebSocketUpgrade,
+        ws::{CloseFrame, Message, Utf8Bytes, WebSocket, close_code},
+    },
+    http::HeaderMap,
+    response::{IntoResponse, Response},
+};
+use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use serde::Deserialize;
+use tokio_stream::{
+    StreamMap,
+    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
+};
+
+use crate::{
+    AppState,
+    error::ApiError,
+    json::{ClientMessage, ServerMessage},
+    metrics::{ConnectionGuard, KindLabels},
+    orders::{OrderJson, OrderMessage},
+    session::{Session, bearer_token, credential},
+    ticker::RateTick,
+};
+
+/// Limits of one WebSocket connection.
+#[derive(Debug, Clone, Copy)]
+pub struct WsLimits {
+    /// Most symbols one connection may subscribe to.
+    pub max_subscriptions: usize,
+    /// Largest inbound message, in bytes.
+    pub max_message_size: usize,
+    /// Heartbeat interval.
+    pub heartbeat: Duration,
+    /// Closed after this long without any inbound frame (pongs count).
+    pub idle_timeout: Duration,
+    /// A frame that cannot be written within this time closes the connection.
+    pub send_timeout: Duration,
+    /// Conflations tolerated within `lag_window` before closing.
+    pub max_lags: usize,
+    /// Window over which conflations are counted.
+    pub lag_window: Duration,
+}
+
+impl Default for WsLimits {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 64,
+            max_message_size: 4096,
+            heartbeat: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(5),
+            max_lags: 10,
+            lag_window: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct StreamQuery {
+    token: Option<String>,
+}
+
+pub(crate) async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<StreamQuery>,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    // Authenticate before upgrading, so a bad token is a plain 401/403.
+    let bearer = credential(&headers, query.token.as_deref())?;
+    let raw = bearer_token(&headers, query.token.as_deref());
+    let session = Session::open(&state.upstream, bearer, raw.as_deref()).await?;
+    let limits = state.config.ws;
+    Ok(ws
+        .max_message_size(limits.max_message_size)
+        .max_frame_size(limits.max_message_size)
+        // Small socket buffers keep per-connection memory bounded; the
+        // broadcast rings hold the backlog once for everyone.
+        .write_buffer_size(0)
+        .max_write_buffer_size(64 * 1024)
+        .on_upgrade(move |socket| async move { Connection::new(state, session).run(socket).await })
+        .into_response())
+}
+
+enum Exit {
+    ClientClosed,
+    Close(u16, String),
+}
+
+struct Connection {
+    state: AppState,
+    session: Session,
+    subscriptions: StreamMap<String, BroadcastStream<std::sync::Arc<RateTick>>>,
+    last_sent: HashMap<String, u64>,
+    lags: VecDeque<Instant>,
+    _guard: ConnectionGuard,
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+impl Connection {
+    fn new(state: AppState, session: Session) -> Self {
+        let guard = ConnectionGuard::new(&state.metrics, "ws");
+        Self {
+            state,
+            session,
+            subscriptions: StreamMap::new(),
+            last_sent: HashMap::new(),
+            lags: VecDeque::new(),
+            _guard: guard,
+        }
+    }
+
+    async fn run(mut self, socket: WebSocket) {
+        let (mut sink, mut inbound) = socket.split();
+        let exit = self.serve(&mut sink, &mut inbound).await;
+        self.state.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
+        match exit {
+            Ok(Exit::ClientClosed) | Err(_) => {}
+            Ok(Exit::Close(code, reason)) => {
+                let error = ServerMessage::error(if code == close_code::AGAIN { "slow_consumer" } else { "closing" }, &reason);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let _ = sink.send(Message::Text(error.to_text().into())).await;
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                })
+                .await;
+            }
+        }
+    }
+
+    async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
+        match tokio::time::timeout(self.state.config.ws.send_timeout, sink.send(Message::Text(text))).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::ClientClosed),
+            Err(_) => {
+                self.state.metrics.slow_consumer_disconnects.get_or_create(&KindLabels { kind: "ws" }).inc();
+                Err(Exit::Close(close_code::AGAIN, "slow consumer: could not take a frame within the send timeout".into()))
+            }
+        }
+    }
+
+    async fn send_message(&self, sink: &mut Sink, message: &ServerMessage) -> Result<(), Exit> {
+        self.send(sink, message.to_text().into()).await
+    }
+
+    /// Sends `tick` unless already sent, announcing any skipped sequences.
+    async fn deliver(&mut self, sink: &mut Sink, tick: &RateTick, reason: &str) -> Result<(), Exit> {
+        let symbol = &tick.rate.symbol;
+        let seq = tick.rate.sequence;
+        if let Some(&last) = self.last_sent.get(symbol) {
+            if seq <= last {
+                return Ok(());
+            }
+            if seq > last + 1 {
+                let gap = ServerMessage::Gap {
+                    symbol: symbol.clone(),
+                    first_missing: last + 1,
+                    last_missing: seq - 1,
+                    reason: reason.to_owned(),
+                };
+                self.send_message(sink, &gap).await?;
+            }
+        }
+        self.send(sink, tick.json.clone()).await?;
+        self.last_sent.insert(symbol.clone(), seq);
+        self.state.metrics.deliveries.get_or_create(&KindLabels { kind: "ws" }).inc();
+        Ok(())
+    }
+
+    async fn serve(&mut self, sink: &mut Sink, inbound: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Exit, Exit> {
+        let limits = self.state.config.ws;
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + limits.heartbeat, limits.heartbeat);
+        let idle = tokio::time::sleep(limits.idle_timeout);
+        tokio::pin!(idle);
+        let expiry = self.session.deadline();
+        let stop = self.state.stop.clone();
+        let mut order_events = self.order_events();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
+                () = sleep_until_opt(expiry) => {
+                    return Ok(Exit::Close(close_code::POLICY, "token expired: reconnect with a fresh token".into()));
+                }
+                () = &mut idle => return Ok(Exit::Close(close_code::AWAY, "idle timeout: no frames from the client".into())),
+                _ = heartbeat.tick() => self.send_message(sink, &ServerMessage::heartbeat()).await?,
+                Some(order) = order_events.recv() => {
+                    let text = serde_json::to_string(&OrderMessage { kind: "order", order: &order }).expect("orders serialise");
+                    self.send(sink, text.into()).await?;
+                }
+                frame = inbound.next() => {
+                    idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                    match frame {
+                        None | Some(Err(_)) => return Ok(Exit::ClientClosed),
+                        Some(Ok(Message::Close(_))) => return Ok(Exit::ClientClosed),
+                        Some(Ok(Message::Text(text))) => self.on_client_message(sink, text.as_str()).await?,
+                        Some(Ok(Message::Binary(_))) => {
+                            self.send_message(sink, &ServerMessage::error("invalid_message", "binary frames are not supported; send JSON text")).await?;
+                        }
+                        // Pings are answered by the WebSocket layer itself.
+                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    }
+                }
+                Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    match item {
+                        Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
+                        Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
+                    }
+                }
+            }
+        }
+    }
+
+    /// The caller's own order events, from the upstream, for as long as the
+    /// connection lives. Tokens without an orders scope simply get none.
+    fn order_events(&self) -> tokio::sync::mpsc::Receiver<OrderJson> {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        let mut client = crate::orders::client(&self.state, self.session.bearer.clone());
+        tokio::spawn(async move {
+            let request = fxcast_proto::v1::StreamOrderEventsRequest { symbols: Vec::new() };
+            let mut stream = match client.stream_order_events(request).await {
+                Ok(response) => response.into_inner(),
+                Err(status) => {
+                    tracing::debug!(code = ?status.code(), "no order events for this connection");
+                    return;
+                }
+            };
+            loop {
+                tokio::select! {
+                    () = tx.closed() => return,
+                    message = stream.message() => match message {
+                        Ok(Some(event)) => {
+                            if let Some(order) = event.order {
+                                if tx.send(OrderJson::from(order)).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Ok(None) | Err(_) => return,
+                    },
+                }
+            }
+        });
+        rx
+    }
+
+    async fn conflate(&mut self, sink: &mut Sink, symbol: &str) -> Result<(), Exit> {
+        let metrics = &self.state.metrics;
+        metrics.conflations.get_or_create(&KindLabels { kind: "ws" }).inc();
+        let now = Instant::now();
+        let window = self.state.config.ws.lag_window;
+        self.lags.push_back(now);
+        while self.lags.front().is_some_and(|t| now.duration_since(*t) > window) {
+            self.lags.pop_front();
+        }
+        if self.lags.len() >= self.state.config.ws.max_lags {
+            metrics.slow_consumer_disconnects.get_or_create(&KindLabels { kind: "ws" }).inc();
+            return Err(Exit::Close(
+                close_code::AGAIN,
+                format!("slow consumer: fell behind {} times within {window:?}", self.lags.len()),
+            ));
+        }
+        if let Some(tick) = self.state.ticker.latest(symbol) {
+            self.deliver(sink, &tick, "slow_consumer").await?;
+        }
+        Ok(())
+    }
+
+    async fn on_client_message(&mut self, sink: &mut Sink, text: &str) -> Result<(), Exit> {
+        let message = match serde_json::from_str::<ClientMessage>(text) {
+            Ok(message) => message,
+            Err(err) => {
+                let error = ServerMessage::error(
+                    "invalid_message",
+                    format!("{err}; expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"symbols\":[...]}} or {{\"type\":\"ping\"}}"),
+                );
+                return self.send_message(sink, &error).await;
+            }
+        };
+        match message {
+            ClientMessage::Ping => self.send_message(sink, &ServerMessage::heartbeat()).await,
+            ClientMessage::Subscribe { symbols, resume_after } => self.subscribe(sink, symbols, resume_after).await,
+            ClientMessage::Unsubscribe { symbols } => {
+                for symbol in &symbols {
+                    if self.subscriptions.remove(symbol).is_some() {
+                        self.state.metrics.subscriptions.dec();
+                        self.last_sent.remove(symbol);
+                    }
+                }
+                let now = self.subscribed();
+                self.send_message(sink, &ServerMessage::Unsubscribed { symbols: now }).await
+            }
+        }
+    }
+
+    fn subscribed(&self) -> Vec<String> {
+        let mut list: Vec<String> = self.subscriptions.keys().cloned().collect();
+        list.sort();
+        list
+    }
+
+    async fn subscribe(
+        &mut self,
+        sink: &mut Sink,
+        symbols: Vec<String>,
+        resume_after: std::collections::BTreeMap<String, u64>,
+    ) -> Result<(), Exit> {
+        let requested: BTreeSet<String> = symbols.into_iter().collect();
+        if requested.is_empty() {
+            return self.send_message(sink, &ServerMessage::error("invalid_message", "symbols must not be empty")).await;
+        }
+        for symbol in &requested {
+            if !self.state.ticker.knows(symbol) {
+                let known: Vec<&str> = self.state.ticker.symbols().iter().map(|s| s.symbol.as_str()).collect();
+                let error = ServerMessage::error("unknown_symbol", format!("unknown symbol {symbol:?} (known: {})", known.join(", ")));
+                return self.send_message(sink, &error).await;
+            }
+            if !self.session.allowed.contains(symbol) {
+                let error = ServerMessage::error("permission_denied", format!("this token may not read rates of {symbol}"));
+                return self.send_message(sink, &error).await;
+            }
+        }
+        let new: Vec<&String> = requested.iter().filter(|s| !self.subscriptions.contains_key(*s)).collect();
+        let limit = self.state.config.ws.max_subscriptions;
+        if self.subscriptions.len() + new.len() > limit {
+            let error = ServerMessage::error("too_many_subscriptions", format!("at most {limit} symbols per connection"));
+            return self.send_message(sink, &error).await;
+        }
+        let mut backlog = Vec::new();
+        for symbol in new {
+            let resume = resume_after.get(symbol).copied();
+            let Some(sub) = self.state.ticker.subscribe(symbol, resume) else { continue };
+            if let Some(after) = resume {
+                self.last_sent.insert(symbol.clone(), after);
+            }
+            backlog.extend(sub.backlog);
+            self.subscriptions.insert(symbol.clone(), BroadcastStream::new(sub.live));
+            self.state.metrics.subscriptions.inc();
+        }
+        let now = self.subscribed();
+        self.send_message(sink, &ServerMessage::Subscribed { symbols: now }).await?;
+        for tick in backlog {
+            self.deliver(sink, &tick, "upstream").await?;
+        }
+        Ok(())
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,255 @@
+//! `fxcast loadtest`: drive a running server and report sustained
+//! throughput and latency percentiles.
+//!
+//! `loadtest orders` keeps `--concurrency` PlaceOrder calls in flight (each
+//! a new order, alternating buy and sell at the current ask/bid with its
+//! `rate_id`), for `--warmup` and then `--duration`, and reports what
+//! completed in the measured window. Every order goes through the server's
+//! whole pipeline, including the durable journal.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, RwLock},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use fxcast_proto::v1::{
+    GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, Side,
+    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+};
+use tokio::task::JoinSet;
+
+use super::{AuthedChannel, Credentials, client_token, connect, status_error};
+
+/// How often the load generator refreshes the price it deals at.
+const PRICE_REFRESH: Duration = Duration::from_millis(20);
+
+#[derive(Debug, Args)]
+pub(crate) struct LoadtestArgs {
+    #[command(subcommand)]
+    what: Load,
+}
+
+#[derive(Debug, Subcommand)]
+enum Load {
+    /// PlaceOrder throughput and latency, journal included
+    Orders(OrdersLoad),
+}
+
+#[derive(Debug, Args)]
+struct OrdersLoad {
+    /// gRPC address of the server under test
+    #[arg(long, env = "FXCAST_SERVER", default_value = "http://127.0.0.1:50051")]
+    target: String,
+    /// Orders in flight at once
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// HTTP/2 connections the orders are spread over
+    #[arg(long, default_value_t = 4)]
+    connections: usize,
+    /// How long to measure, e.g. 10s
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Load applied before measuring (not counted)
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    /// Symbol to trade
+    #[arg(long, default_value = "USD_JPY")]
+    symbol: String,
+    /// Quantity of every order
+    #[arg(long, default_value = "1000")]
+    quantity: String,
+    #[command(flatten)]
+    credentials: Credentials,
+}
+
+pub(crate) async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
+    match args.what {
+        Load::Orders(load) => orders(load).await,
+    }
+}
+
+/// What one worker saw in the measured window.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Vec<u64>,
+    outcomes: BTreeMap<String, u64>,
+    errors: BTreeMap<String, u64>,
+}
+
+/// `12.345ms` from microseconds, without floating point.
+fn ms(us: u64) -> String {
+    format!("{}.{:03}ms", us / 1000, us % 1000)
+}
+
+/// Nearest-rank percentile of sorted samples, `per_mille` in 1..=1000.
+fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
+    let rank = (sorted.len() * per_mille).div_ceil(1000).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+async fn latest(channel: &AuthedChannel, symbol: &str) -> anyhow::Result<Rate> {
+    Ok(RateServiceClient::new(channel.clone())
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: symbol.to_owned(),
+        })
+        .await
+        .map_err(|s| status_error(&s).context("cannot read the current rate"))?
+        .into_inner())
+}
+
+async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
+    if args.concurrency == 0 || args.connections == 0 || args.duration.is_zero() {
+        bail!("--concurrency, --connections and --duration must be positive");
+    }
+    let subscribe = format!("rates:subscribe={}", args.symbol);
+    let token = client_token(&args.target, &args.credentials, &["orders:place", &subscribe]).await?;
+    let mut channels = Vec::with_capacity(args.connections);
+    for _ in 0..args.connections {
+        channels.push(connect(&args.target, &token).await?);
+    }
+    let rate = Arc::new(RwLock::new(latest(&channels[0], &args.symbol).await?));
+    let refresher = {
+        let (rate, channel, symbol) = (Arc::clone(&rate), channels[0].clone(), args.symbol.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(PRICE_REFRESH).await;
+                if let Ok(fresh) = latest(&channel, &symbol).await {
+                    *rate.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+                }
+            }
+        })
+    };
+
+    println!(
+        "fxcast loadtest orders: {} {} x {}, {} in flight over {} connections, {:?} after {:?} warm-up",
+        args.target,
+        args.symbol,
+        args.quantity,
+        args.concurrency,
+        args.connections,
+        args.duration,
+        args.warmup
+    );
+    // Unique per run, so every order of every run is new.
+    let run = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis());
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let mut workers = JoinSet::new();
+    for worker in 0..args.concurrency {
+        let mut client = OrderServiceClient::new(channels[worker % channels.len()].clone());
+        let rate = Arc::clone(&rate);
+        let (symbol, quantity) = (args.symbol.clone(), args.quantity.clone());
+        workers.spawn(async move {
+            let mut tally = Tally::default();
+            let mut n = 0u64;
+            while Instant::now() < end {
+                n += 1;
+                let side = if (n + worker as u64) % 2 == 0 { Side::Buy } else { Side::Sell };
+                let (price, rate_id) = {
+                    let rate = rate.read().unwrap_or_else(|e| e.into_inner());
+                    let price = if side == Side::Buy { rate.ask.clone() } else { rate.bid.clone() };
+                    (price, rate.rate_id.clone())
+                };
+                let request = PlaceOrderRequest {
+                    client_order_id: format!("lt-{run:x}-{worker}-{n}"),
+                    symbol: symbol.clone(),
+                    side: side as i32,
+                    quantity: quantity.clone(),
+                    price,
+                    rate_id,
+                    tolerance: String::new(),
+                };
+                let sent = Instant::now();
+                let result = client.place_order(request).await;
+                let done = Instant::now();
+                if done < measure_from || done > end {
+                    continue;
+                }
+                let micros = u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                tally.latencies_us.push(micros);
+                match result {
+                    Ok(order) => {
+                        let order = order.into_inner();
+                        let outcome = match order.status() {
+                            OrderStatus::Rejected => order
+                                .reject_reason()
+                                .as_str_name()
+                                .trim_start_matches("REJECT_REASON_")
+                                .to_owned(),
+                            status => status.as_str_name().trim_start_matches("ORDER_STATUS_").to_owned(),
+                        };
+                        *tally.outcomes.entry(outcome).or_default() += 1;
+                    }
+                    Err(status) => {
+                        *tally
+                            .errors
+                            .entry(format!("{:?}: {}", status.code(), status.message()))
+                            .or_default() += 1;
+                    }
+                }
+            }
+            tally
+        });
+    }
+    let mut total = Tally::default();
+    while let Some(tally) = workers.join_next().await {
+        let tally = tally.context("a load worker failed")?;
+        total.latencies_us.extend(tally.latencies_us);
+        for (k, v) in tally.outcomes {
+            *total.outcomes.entry(k).or_default() += v;
+        }
+        for (k, v) in tally.errors {
+            *total.errors.entry(k).or_default() += v;
+        }
+    }
+    refresher.abort();
+
+    let mut latencies = total.latencies_us;
+    if latencies.is_empty() {
+        bail!("no order completed within the measured window");
+    }
+    latencies.sort_unstable();
+    let count = latencies.len() as u64;
+    let window_us = u64::try_from(args.duration.as_micros()).unwrap_or(u64::MAX).max(1);
+    let per_second = count * 1_000_000 / window_us;
+    println!("orders      {count} in {:?} = {per_second} orders/s", args.duration);
+    let outcomes: Vec<String> = total.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!("outcomes    {}", outcomes.join("  "));
+    println!(
+        "latency     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
+        ms(percentile(&latencies, 500)),
+        ms(percentile(&latencies, 900)),
+        ms(percentile(&latencies, 990)),
+        ms(percentile(&latencies, 999)),
+        ms(latencies[latencies.len() - 1]),
+    );
+    if !total.errors.is_empty() {
+        for (error, n) in &total.errors {
+            println!("error       {n} x {error}");
+        }
+        bail!("{} orders failed", total.errors.values().sum::<u64>());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let samples: Vec<u64> = (1..=1000).collect();
+        assert_eq!(percentile(&samples, 500), 500);
+        assert_eq!(percentile(&samples, 990), 990);
+        assert_eq!(percentile(&samples, 1000), 1000);
+        assert_eq!(percentile(&[7], 990), 7);
+        assert_eq!(ms(12_345), "12.345ms");
+        assert_eq!(ms(7), "0.007ms");
+    }
+}
