@@ -36,7 +36,11 @@ pub(crate) struct ErrorDetail {
 impl ApiError {
     /// A new error.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     /// 400 with code `invalid_argument`.
@@ -53,7 +57,9 @@ impl ApiError {
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let (http, code) = match status.code() {
-            Code::InvalidArgument | Code::OutOfRange => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Code::InvalidArgument | Code::OutOfRange => {
+                (StatusCode::BAD_REQUEST, "invalid_argument")
+            }
             Code::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             Code::PermissionDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             Code::NotFound => (StatusCode::NOT_FOUND, "not_found"),
@@ -73,13 +79,22 @@ impl From<tonic::Status> for ApiError {
         } else {
             status.message().to_owned()
         };
-        Self { status: http, code, message }
+        Self {
+            status: http,
+            code,
+            message,
+        }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: ErrorDetail { code: self.code.to_owned(), message: self.message } };
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+            },
+        };
         (self.status, Json(body)).into_response()
     }
 }

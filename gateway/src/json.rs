@@ -178,11 +178,16 @@ pub enum ServerMessage {
 
 impl ServerMessage {
     pub(crate) fn error(code: &str, message: impl Into<String>) -> Self {
-        Self::Error { code: code.to_owned(), message: message.into() }
+        Self::Error {
+            code: code.to_owned(),
+            message: message.into(),
+        }
     }
 
     pub(crate) fn heartbeat() -> Self {
-        Self::Heartbeat { time: humantime::format_rfc3339_millis(SystemTime::now()).to_string() }
+        Self::Heartbeat {
+            time: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
+        }
     }
 
     pub(crate) fn to_text(&self) -> String {

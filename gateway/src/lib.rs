@@ -48,7 +48,9 @@ use fxcast_transport::Transport;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::{compression::CompressionLayer, cors::CorsLayer, timeout::TimeoutLayer, trace::TraceLayer};
+use tower_http::{
+    compression::CompressionLayer, cors::CorsLayer, timeout::TimeoutLayer, trace::TraceLayer,
+};
 pub use upstream::{Authed, Bearer, Upstream};
 pub use ws::WsLimits;
 
@@ -139,7 +141,11 @@ pub async fn run(
 
     let grpc_stop = stop.clone();
     let grpc_core = Arc::clone(&core);
-    let grpc_server = tokio::spawn(async move { grpc_core.serve_grpc(grpc, grpc_stop.cancelled_owned()).await });
+    let grpc_server = tokio::spawn(async move {
+        grpc_core
+            .serve_grpc(grpc, grpc_stop.cancelled_owned())
+            .await
+    });
 
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
         .map_err(|e| Error::UpstreamAddress(e.to_string()))?
@@ -147,7 +153,8 @@ pub async fn run(
         .connect_lazy();
     let upstream = Upstream::new(channel, core.authority().api_key());
     let gateway_stop = stop.clone();
-    let gateway_server = tokio::spawn(async move { serve_gateway(upstream, gateway, http, gateway_stop).await });
+    let gateway_server =
+        tokio::spawn(async move { serve_gateway(upstream, gateway, http, gateway_stop).await });
 
     tokio::select! {
         () = shutdown => tracing::info!("shutting down"),
@@ -184,10 +191,13 @@ pub async fn serve_gateway(
         config: Arc::new(config),
         stop: stop.clone(),
     };
-    axum::serve(http, router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-        .map_err(Error::Http)
+    axum::serve(
+        http,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop.cancelled_owned())
+    .await
+    .map_err(Error::Http)
 }
 
 /// Waits for the upstream to answer (it may still be starting), then starts
@@ -200,12 +210,21 @@ async fn start_ticker(
 ) -> Result<ticker::Ticker, Error> {
     let mut backoff = Duration::from_millis(50);
     loop {
-        match ticker::Ticker::start(upstream.clone(), config.history, config.stream_buffer, metrics.clone(), stop.clone())
-            .await
+        match ticker::Ticker::start(
+            upstream.clone(),
+            config.history,
+            config.stream_buffer,
+            metrics.clone(),
+            stop.clone(),
+        )
+        .await
         {
             Ok(ticker) => return Ok(ticker),
             Err(status) if status.code() == tonic::Code::Unavailable => {
-                tracing::warn!(message = status.message(), "upstream not reachable yet; retrying");
+                tracing::warn!(
+                    message = status.message(),
+                    "upstream not reachable yet; retrying"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
@@ -222,9 +241,16 @@ async fn record_request(State(metrics): State<Metrics>, request: Request, next: 
     let method = request.method().to_string();
     let started = Instant::now();
     let response = next.run(request).await;
-    let labels = metrics::RequestLabels { method, route, status: response.status().as_u16() };
+    let labels = metrics::RequestLabels {
+        method,
+        route,
+        status: response.status().as_u16(),
+    };
     metrics.requests.get_or_create(&labels).inc();
-    metrics.request_seconds.get_or_create(&labels).observe(started.elapsed().as_secs_f64());
+    metrics
+        .request_seconds
+        .get_or_create(&labels)
+        .observe(started.elapsed().as_secs_f64());
     response
 }
 
@@ -243,17 +269,31 @@ fn router(state: AppState) -> Router {
         .route("/", get(ui::index))
         .route("/app.js", get(ui::script))
         .route("/app.css", get(ui::style))
-        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::GATEWAY_TIMEOUT, rest::REQUEST_TIMEOUT))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::GATEWAY_TIMEOUT,
+            rest::REQUEST_TIMEOUT,
+        ))
         .layer(CompressionLayer::new());
-    let streams = Router::new().route("/v1/stream", get(ws::upgrade)).route("/v1/rates/stream", get(sse::stream));
+    let streams = Router::new()
+        .route("/v1/stream", get(ws::upgrade))
+        .route("/v1/rates/stream", get(sse::stream));
     let cors = if state.config.cors_origins.is_empty() {
         CorsLayer::new()
     } else {
-        let origins: Vec<HeaderValue> = state.config.cors_origins.iter().filter_map(|o| o.parse().ok()).collect();
+        let origins: Vec<HeaderValue> = state
+            .config
+            .cors_origins
+            .iter()
+            .filter_map(|o| o.parse().ok())
+            .collect();
         CorsLayer::new()
             .allow_origin(origins)
             .allow_methods([Method::GET, Method::POST])
-            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::HeaderName::from_static("last-event-id")])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                header::HeaderName::from_static("last-event-id"),
+            ])
     };
     let metrics = state.metrics.clone();
     api.merge(streams)

@@ -63,13 +63,29 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("fxcast_gateway");
         let ticks_received = Counter::default();
-        registry.register("ticks_received", "Rate ticks received from the upstream", ticks_received.clone());
+        registry.register(
+            "ticks_received",
+            "Rate ticks received from the upstream",
+            ticks_received.clone(),
+        );
         let connections = Family::<KindLabels, Gauge>::default();
-        registry.register("connections", "Open streaming connections by kind (ws, sse)", connections.clone());
+        registry.register(
+            "connections",
+            "Open streaming connections by kind (ws, sse)",
+            connections.clone(),
+        );
         let subscriptions = Gauge::default();
-        registry.register("subscriptions", "Symbol subscriptions across WebSocket connections", subscriptions.clone());
+        registry.register(
+            "subscriptions",
+            "Symbol subscriptions across WebSocket connections",
+            subscriptions.clone(),
+        );
         let deliveries = Family::<KindLabels, Counter>::default();
-        registry.register("deliveries", "Rate messages delivered to clients", deliveries.clone());
+        registry.register(
+            "deliveries",
+            "Rate messages delivered to clients",
+            deliveries.clone(),
+        );
         let conflations = Family::<KindLabels, Counter>::default();
         registry.register(
             "conflations",
@@ -83,12 +99,26 @@ impl Default for Metrics {
             slow_consumer_disconnects.clone(),
         );
         let orders = Family::<OrderLabels, Counter>::default();
-        registry.register("orders", "Orders placed through the gateway by outcome", orders.clone());
+        registry.register(
+            "orders",
+            "Orders placed through the gateway by outcome",
+            orders.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route and status", requests.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route and status",
+            requests.clone(),
+        );
         let request_seconds =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
-        registry.register("http_request_duration_seconds", "HTTP request latency", request_seconds.clone());
+            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+                latency_histogram,
+            );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency",
+            request_seconds.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             ticks_received,
@@ -120,7 +150,10 @@ pub(crate) struct ConnectionGuard {
 
 impl ConnectionGuard {
     pub(crate) fn new(metrics: &Metrics, kind: &'static str) -> Self {
-        let gauge = metrics.connections.get_or_create(&KindLabels { kind }).clone();
+        let gauge = metrics
+            .connections
+            .get_or_create(&KindLabels { kind })
+            .clone();
         gauge.inc();
         Self { gauge }
     }

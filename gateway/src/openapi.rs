@@ -8,9 +8,13 @@ use utoipa::{
 
 use crate::{
     error::{ErrorBody, ErrorDetail},
-    json::{ClientMessage, RateJson, RatesJson, ServerMessage, SymbolJson, SymbolsJson, TokenJson, TokenRequestJson},
+    json::{
+        ClientMessage, RateJson, RatesJson, ServerMessage, SymbolJson, SymbolsJson, TokenJson,
+        TokenRequestJson,
+    },
+    orders,
     orders::{OrderJson, OrdersJson, PlaceOrderJson},
-    orders, rest,
+    rest,
 };
 
 struct BearerScheme;
@@ -20,7 +24,12 @@ impl Modify for BearerScheme {
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",
-            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).bearer_format("JWT").build()),
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
         );
     }
 }

@@ -163,7 +163,11 @@ pub(crate) async fn place(
     let side = match body.side.to_ascii_lowercase().as_str() {
         "buy" => Side::Buy,
         "sell" => Side::Sell,
-        other => return Err(ApiError::bad_request(format!("side must be \"buy\" or \"sell\", got {other:?}"))),
+        other => {
+            return Err(ApiError::bad_request(format!(
+                "side must be \"buy\" or \"sell\", got {other:?}"
+            )));
+        }
     };
     let request = PlaceOrderRequest {
         client_order_id: body.client_order_id,
@@ -174,8 +178,19 @@ pub(crate) async fn place(
         rate_id: body.rate_id.unwrap_or_default(),
         tolerance: body.tolerance.unwrap_or_default(),
     };
-    let order = OrderJson::from(client(&state, bearer).place_order(request).await?.into_inner());
-    state.metrics.orders.get_or_create(&OrderLabels { status: order.status.clone() }).inc();
+    let order = OrderJson::from(
+        client(&state, bearer)
+            .place_order(request)
+            .await?
+            .into_inner(),
+    );
+    state
+        .metrics
+        .orders
+        .get_or_create(&OrderLabels {
+            status: order.status.clone(),
+        })
+        .inc();
     Ok(Json(order))
 }
 
@@ -192,7 +207,10 @@ pub(crate) async fn get(
 ) -> Result<Json<OrderJson>, ApiError> {
     let bearer = credential(&headers, None)?;
     let order = client(&state, bearer)
-        .get_order(GetOrderRequest { order_id, client_order_id: String::new() })
+        .get_order(GetOrderRequest {
+            order_id,
+            client_order_id: String::new(),
+        })
         .await?
         .into_inner();
     Ok(Json(order.into()))
@@ -211,9 +229,15 @@ pub(crate) async fn list(
     let bearer = credential(&headers, None)?;
     let status = match query.status.as_deref() {
         None => OrderStatus::Unspecified,
-        Some(name) => OrderStatus::from_str_name(&format!("ORDER_STATUS_{}", name.to_ascii_uppercase()))
-            .filter(|s| *s != OrderStatus::Unspecified)
-            .ok_or_else(|| ApiError::bad_request(format!("status must be filled, rejected or pending, got {name:?}")))?,
+        Some(name) => {
+            OrderStatus::from_str_name(&format!("ORDER_STATUS_{}", name.to_ascii_uppercase()))
+                .filter(|s| *s != OrderStatus::Unspecified)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "status must be filled, rejected or pending, got {name:?}"
+                    ))
+                })?
+        }
     };
     let response = client(&state, bearer)
         .list_orders(ListOrdersRequest {

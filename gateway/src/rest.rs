@@ -9,7 +9,9 @@ use axum::{
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
-use fxcast_proto::v1::{GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, ListSymbolsRequest};
+use fxcast_proto::v1::{
+    GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, ListSymbolsRequest,
+};
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -41,14 +43,25 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        let empty = request.headers().get(axum::http::header::CONTENT_LENGTH).is_some_and(|v| v == "0")
-            || (!request.headers().contains_key(axum::http::header::CONTENT_TYPE)
-                && !request.headers().contains_key(axum::http::header::TRANSFER_ENCODING)
-                && !request.headers().contains_key(axum::http::header::CONTENT_LENGTH));
+        let empty = request
+            .headers()
+            .get(axum::http::header::CONTENT_LENGTH)
+            .is_some_and(|v| v == "0")
+            || (!request
+                .headers()
+                .contains_key(axum::http::header::CONTENT_TYPE)
+                && !request
+                    .headers()
+                    .contains_key(axum::http::header::TRANSFER_ENCODING)
+                && !request
+                    .headers()
+                    .contains_key(axum::http::header::CONTENT_LENGTH));
         if empty {
             return Ok(Self(None));
         }
-        ApiJson::<T>::from_request(request, state).await.map(|ApiJson(v)| Self(Some(v)))
+        ApiJson::<T>::from_request(request, state)
+            .await
+            .map(|ApiJson(v)| Self(Some(v)))
     }
 }
 
@@ -73,9 +86,18 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 #[utoipa::path(get, path = "/v1/symbols", tag = "rates",
     responses((status = 200, body = SymbolsJson), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn symbols(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<SymbolsJson>, ApiError> {
+pub(crate) async fn symbols(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<SymbolsJson>, ApiError> {
     let bearer = credential(&headers, None)?;
-    let symbols = state.upstream.rates(bearer).list_symbols(ListSymbolsRequest {}).await?.into_inner().symbols;
+    let symbols = state
+        .upstream
+        .rates(bearer)
+        .list_symbols(ListSymbolsRequest {})
+        .await?
+        .into_inner()
+        .symbols;
     let symbols = symbols
         .into_iter()
         .map(|s| SymbolJson {
@@ -93,10 +115,23 @@ pub(crate) async fn symbols(State(state): State<AppState>, headers: HeaderMap) -
 #[utoipa::path(get, path = "/v1/rates", tag = "rates",
     responses((status = 200, body = RatesJson), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub(crate) async fn rates(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<RatesJson>, ApiError> {
+pub(crate) async fn rates(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<RatesJson>, ApiError> {
     let bearer = credential(&headers, None)?;
-    let allowed = state.upstream.rates(bearer).list_symbols(ListSymbolsRequest {}).await?.into_inner().symbols;
-    let rates = allowed.iter().filter_map(|s| state.ticker.latest(&s.symbol)).map(|t| t.rate.clone()).collect();
+    let allowed = state
+        .upstream
+        .rates(bearer)
+        .list_symbols(ListSymbolsRequest {})
+        .await?
+        .into_inner()
+        .symbols;
+    let rates = allowed
+        .iter()
+        .filter_map(|s| state.ticker.latest(&s.symbol))
+        .map(|t| t.rate.clone())
+        .collect();
     Ok(Json(RatesJson { rates }))
 }
 
@@ -112,7 +147,12 @@ pub(crate) async fn rate(
     Path(symbol): Path<String>,
 ) -> Result<Json<RateJson>, ApiError> {
     let bearer = credential(&headers, None)?;
-    let rate = state.upstream.rates(bearer).get_latest_rate(GetLatestRateRequest { symbol }).await?.into_inner();
+    let rate = state
+        .upstream
+        .rates(bearer)
+        .get_latest_rate(GetLatestRateRequest { symbol })
+        .await?
+        .into_inner();
     Ok(Json(RateJson::from(&rate)))
 }
 
@@ -144,9 +184,17 @@ pub(crate) async fn issue_token(
         let request = IssueTokenRequest {
             subject: body.subject.unwrap_or_default(),
             scopes: body.scopes,
-            ttl: body.ttl_seconds.map(|s| fxcast_proto::Duration { seconds: s.min(i64::MAX as u64) as i64, nanos: 0 }),
+            ttl: body.ttl_seconds.map(|s| fxcast_proto::Duration {
+                seconds: s.min(i64::MAX as u64) as i64,
+                nanos: 0,
+            }),
         };
-        let issued = state.upstream.tokens(bearer).issue_token(request).await?.into_inner();
+        let issued = state
+            .upstream
+            .tokens(bearer)
+            .issue_token(request)
+            .await?
+            .into_inner();
         return Ok(Json(token_json(issued)));
     }
     if !state.config.anonymous_tokens {
@@ -157,10 +205,22 @@ pub(crate) async fn issue_token(
     state.anonymous_limit.check(client.ip())?;
     let request = IssueTokenRequest {
         subject: fxcast_services::auth::anonymous_subject(),
-        scopes: fxcast_services::auth::browser_scopes().0.iter().map(ToString::to_string).collect(),
-        ttl: Some(fxcast_proto::Duration { seconds: state.config.anonymous_ttl.as_secs() as i64, nanos: 0 }),
+        scopes: fxcast_services::auth::browser_scopes()
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect(),
+        ttl: Some(fxcast_proto::Duration {
+            seconds: state.config.anonymous_ttl.as_secs() as i64,
+            nanos: 0,
+        }),
     };
-    let issued = state.upstream.admin_tokens()?.issue_token(request).await?.into_inner();
+    let issued = state
+        .upstream
+        .admin_tokens()?
+        .issue_token(request)
+        .await?
+        .into_inner();
     tracing::info!(subject = %issued.subject, client = %client.ip(), "issued anonymous browser token");
     Ok(Json(token_json(issued)))
 }
@@ -176,13 +236,28 @@ pub(crate) async fn healthz() -> Response {
     responses((status = 200), (status = 503, body = ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
     let missing = state.ticker.missing();
-    if missing.is_empty() {
+    // A symbol whose feed went quiet is re-published with `stale: true`.
+    let stale: Vec<&str> = state
+        .ticker
+        .symbols()
+        .iter()
+        .map(|s| s.symbol.as_str())
+        .filter(|s| state.ticker.latest(s).is_some_and(|t| t.rate.stale))
+        .collect();
+    if missing.is_empty() && stale.is_empty() {
         Json(serde_json::json!({"status": "ready"})).into_response()
-    } else {
+    } else if !missing.is_empty() {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "not_ready",
             format!("no rate received yet for {}", missing.join(", ")),
+        )
+        .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the feed is stale for {}", stale.join(", ")),
         )
         .into_response()
     }
@@ -192,7 +267,10 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     (
-        [(axum::http::header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         state.metrics.render(),
     )
         .into_response()
@@ -200,9 +278,12 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
 
 /// Unknown paths answer in the API's error shape.
 pub(crate) async fn not_found(request: Request) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no route for {} {}", request.method(), request.uri().path()))
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route for {} {}", request.method(), request.uri().path()),
+    )
 }
 
 /// Handlers that take longer than this answer 504.
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-

@@ -17,11 +17,14 @@ use crate::{
 
 /// The credential of an HTTP request: the `authorization` header, or a
 /// `token` query parameter (browsers cannot set headers on WebSocket/SSE).
-pub(crate) fn credential(headers: &HeaderMap, query_token: Option<&str>) -> Result<Bearer, ApiError> {
+pub(crate) fn credential(
+    headers: &HeaderMap,
+    query_token: Option<&str>,
+) -> Result<Bearer, ApiError> {
     if let Some(value) = headers.get(AUTHORIZATION) {
-        let value = value
-            .to_str()
-            .map_err(|_| ApiError::unauthenticated("malformed authorization header: expected `Bearer <token>`"))?;
+        let value = value.to_str().map_err(|_| {
+            ApiError::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+        })?;
         return Bearer::header(value).map_err(ApiError::from);
     }
     match query_token {
@@ -46,15 +49,31 @@ pub(crate) struct Session {
 impl Session {
     /// Asks the upstream which symbols `bearer` may read; that also verifies
     /// it (signature, expiry, revocation).
-    pub(crate) async fn open(upstream: &Upstream, bearer: Bearer, raw_token: Option<&str>) -> Result<Self, ApiError> {
-        let symbols = upstream.rates(bearer.clone()).list_symbols(ListSymbolsRequest {}).await?.into_inner().symbols;
+    pub(crate) async fn open(
+        upstream: &Upstream,
+        bearer: Bearer,
+        raw_token: Option<&str>,
+    ) -> Result<Self, ApiError> {
+        let symbols = upstream
+            .rates(bearer.clone())
+            .list_symbols(ListSymbolsRequest {})
+            .await?
+            .into_inner()
+            .symbols;
         let allowed = symbols.into_iter().map(|s| s.symbol).collect();
-        Ok(Self { bearer, allowed, expires_at: raw_token.and_then(expiry_of) })
+        Ok(Self {
+            bearer,
+            allowed,
+            expires_at: raw_token.and_then(expiry_of),
+        })
     }
 
     /// Seconds until expiry as a deadline on tokio's clock.
     pub(crate) fn deadline(&self) -> Option<tokio::time::Instant> {
-        let left = self.expires_at?.duration_since(SystemTime::now()).unwrap_or_default();
+        let left = self
+            .expires_at?
+            .duration_since(SystemTime::now())
+            .unwrap_or_default();
         Some(tokio::time::Instant::now() + left)
     }
 }

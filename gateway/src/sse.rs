@@ -37,7 +37,11 @@ pub(crate) struct SseQuery {
 }
 
 fn parse_last_event_id(value: &str, symbols: &[String]) -> Result<BTreeMap<String, u64>, ApiError> {
-    let bad = || ApiError::bad_request(format!("Last-Event-ID {value:?} is not a sequence or SYMBOL:SEQ list"));
+    let bad = || {
+        ApiError::bad_request(format!(
+            "Last-Event-ID {value:?} is not a sequence or SYMBOL:SEQ list"
+        ))
+    };
     if let Ok(seq) = value.trim().parse::<u64>() {
         if symbols.len() != 1 {
             return Err(ApiError::bad_request(
@@ -57,9 +61,17 @@ fn parse_last_event_id(value: &str, symbols: &[String]) -> Result<BTreeMap<Strin
 
 fn event_id(cursor: &BTreeMap<String, u64>, single: bool) -> String {
     if single {
-        cursor.values().next().map(u64::to_string).unwrap_or_default()
+        cursor
+            .values()
+            .next()
+            .map(u64::to_string)
+            .unwrap_or_default()
     } else {
-        cursor.iter().map(|(s, q)| format!("{s}:{q}")).collect::<Vec<_>>().join(",")
+        cursor
+            .iter()
+            .map(|(s, q)| format!("{s}:{q}"))
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -73,13 +85,20 @@ pub(crate) async fn stream(
     let session = Session::open(&state.upstream, bearer, raw.as_deref()).await?;
 
     let mut symbols: Vec<String> = match query.symbols.as_deref() {
-        Some(list) => list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+        Some(list) => list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
         None => session.allowed.iter().cloned().collect(),
     };
     symbols.sort();
     symbols.dedup();
     if symbols.is_empty() {
-        return Err(ApiError::bad_request("symbols must name at least one symbol"));
+        return Err(ApiError::bad_request(
+            "symbols must name at least one symbol",
+        ));
     }
     for symbol in &symbols {
         if !state.ticker.knows(symbol) {
@@ -107,7 +126,9 @@ pub(crate) async fn stream(
         if let Some(after) = after {
             cursor.insert(symbol.clone(), after);
         }
-        let Some(sub) = state.ticker.subscribe(symbol, after) else { continue };
+        let Some(sub) = state.ticker.subscribe(symbol, after) else {
+            continue;
+        };
         backlog.extend(sub.backlog);
         lives.push(BroadcastStream::new(sub.live).map({
             let symbol = symbol.clone();
@@ -119,8 +140,19 @@ pub(crate) async fn stream(
     let ticker = state.ticker.clone();
     let stop = state.stop.clone();
     let expiry = session.deadline();
-    let stream = async_stream_events(backlog, select_all(lives), cursor, single, metrics, ticker, stop, expiry);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+    let stream = async_stream_events(
+        backlog,
+        select_all(lives),
+        cursor,
+        single,
+        metrics,
+        ticker,
+        stop,
+        expiry,
+    );
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response())
 }
 
 fn rate_event(tick: &RateTick, cursor: &mut BTreeMap<String, u64>, single: bool) -> Vec<Event> {
@@ -142,14 +174,23 @@ fn rate_event(tick: &RateTick, cursor: &mut BTreeMap<String, u64>, single: bool)
         }
     }
     cursor.insert(symbol.clone(), seq);
-    events.push(Event::default().event("rate").id(event_id(cursor, single)).data(tick.json.as_str()));
+    events.push(
+        Event::default()
+            .event("rate")
+            .id(event_id(cursor, single))
+            .data(tick.json.as_str()),
+    );
     events
 }
 
 #[allow(clippy::too_many_arguments)]
 fn async_stream_events(
     backlog: Vec<Arc<RateTick>>,
-    mut live: impl futures_util::Stream<Item = (String, Result<Arc<RateTick>, BroadcastStreamRecvError>)> + Unpin + Send + 'static,
+    mut live: impl futures_util::Stream<
+        Item = (String, Result<Arc<RateTick>, BroadcastStreamRecvError>),
+    > + Unpin
+    + Send
+    + 'static,
     mut cursor: BTreeMap<String, u64>,
     single: bool,
     metrics: crate::metrics::Metrics,
@@ -158,8 +199,14 @@ fn async_stream_events(
     expiry: Option<tokio::time::Instant>,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let guard = ConnectionGuard::new(&metrics, "sse");
-    let deliveries = metrics.deliveries.get_or_create(&KindLabels { kind: "sse" }).clone();
-    let conflations = metrics.conflations.get_or_create(&KindLabels { kind: "sse" }).clone();
+    let deliveries = metrics
+        .deliveries
+        .get_or_create(&KindLabels { kind: "sse" })
+        .clone();
+    let conflations = metrics
+        .conflations
+        .get_or_create(&KindLabels { kind: "sse" })
+        .clone();
     async_stream::stream! {
         let _guard = guard;
         for tick in &backlog {
@@ -204,7 +251,10 @@ mod tests {
     #[test]
     fn last_event_id_forms() {
         let one = vec!["USD_JPY".to_owned()];
-        assert_eq!(parse_last_event_id("42", &one).unwrap(), BTreeMap::from([("USD_JPY".into(), 42)]));
+        assert_eq!(
+            parse_last_event_id("42", &one).unwrap(),
+            BTreeMap::from([("USD_JPY".into(), 42)])
+        );
         let two = vec!["EUR_USD".to_owned(), "USD_JPY".to_owned()];
         assert_eq!(
             parse_last_event_id("EUR_USD:7,USD_JPY:42", &two).unwrap(),

@@ -57,7 +57,9 @@ pub(crate) struct Ticker {
 
 impl std::fmt::Debug for Ticker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Ticker").field("symbols", &self.symbols.len()).finish_non_exhaustive()
+        f.debug_struct("Ticker")
+            .field("symbols", &self.symbols.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -94,10 +96,21 @@ impl Ticker {
             .iter()
             .map(|s| {
                 let (sender, _) = broadcast::channel(buffer.max(1));
-                (s.symbol.clone(), SymbolChannel { history: Mutex::new(VecDeque::new()), sender })
+                (
+                    s.symbol.clone(),
+                    SymbolChannel {
+                        history: Mutex::new(VecDeque::new()),
+                        sender,
+                    },
+                )
             })
             .collect();
-        let ticker = Self { symbols: Arc::new(symbols), channels: Arc::new(channels), history: history.max(1), metrics };
+        let ticker = Self {
+            symbols: Arc::new(symbols),
+            channels: Arc::new(channels),
+            history: history.max(1),
+            metrics,
+        };
         tokio::spawn(ticker.clone().follow(upstream, stop));
         Ok(ticker)
     }
@@ -116,34 +129,69 @@ impl Ticker {
     pub(crate) fn missing(&self) -> Vec<String> {
         self.symbols
             .iter()
-            .filter(|s| self.channels[&s.symbol].history.lock().unwrap_or_else(|e| e.into_inner()).is_empty())
+            .filter(|s| {
+                self.channels[&s.symbol]
+                    .history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .is_empty()
+            })
             .map(|s| s.symbol.clone())
             .collect()
     }
 
     /// The newest tick of `symbol`.
     pub(crate) fn latest(&self, symbol: &str) -> Option<Arc<RateTick>> {
-        self.channels.get(symbol)?.history.lock().unwrap_or_else(|e| e.into_inner()).back().cloned()
+        self.channels
+            .get(symbol)?
+            .history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .back()
+            .cloned()
     }
 
     /// Starts reading `symbol`: without `resume_after` the backlog is the
     /// latest tick, with it every held tick after that sequence.
-    pub(crate) fn subscribe(&self, symbol: &str, resume_after: Option<u64>) -> Option<TickSubscription> {
+    pub(crate) fn subscribe(
+        &self,
+        symbol: &str,
+        resume_after: Option<u64>,
+    ) -> Option<TickSubscription> {
         let channel = self.channels.get(symbol)?;
         let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
         let backlog = match resume_after {
             None => history.back().cloned().into_iter().collect(),
-            Some(after) => history.iter().filter(|t| t.rate.sequence > after).cloned().collect(),
+            Some(after) => history
+                .iter()
+                .filter(|t| t.rate.sequence > after)
+                .cloned()
+                .collect(),
         };
-        Some(TickSubscription { backlog, live: channel.sender.subscribe() })
+        Some(TickSubscription {
+            backlog,
+            live: channel.sender.subscribe(),
+        })
     }
 
     fn ingest(&self, rate: RateJson) {
-        let Some(channel) = self.channels.get(&rate.symbol) else { return };
-        let json = serde_json::to_string(&RateMessage { kind: "rate", rate: &rate }).expect("rates serialise");
-        let tick = Arc::new(RateTick { rate, json: Utf8Bytes::from(json) });
+        let Some(channel) = self.channels.get(&rate.symbol) else {
+            return;
+        };
+        let json = serde_json::to_string(&RateMessage {
+            kind: "rate",
+            rate: &rate,
+        })
+        .expect("rates serialise");
+        let tick = Arc::new(RateTick {
+            rate,
+            json: Utf8Bytes::from(json),
+        });
         let mut history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history.back().is_some_and(|last| last.rate.sequence >= tick.rate.sequence) {
+        if history
+            .back()
+            .is_some_and(|last| last.rate.sequence >= tick.rate.sequence)
+        {
             return;
         }
         if history.len() == self.history {
@@ -158,7 +206,12 @@ impl Ticker {
         self.channels
             .iter()
             .filter_map(|(symbol, c)| {
-                let last = c.history.lock().unwrap_or_else(|e| e.into_inner()).back().map(|t| t.rate.sequence)?;
+                let last = c
+                    .history
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .back()
+                    .map(|t| t.rate.sequence)?;
                 Some((symbol.clone(), last))
             })
             .collect()
@@ -174,7 +227,9 @@ impl Ticker {
             };
             match result {
                 Ok(()) => tracing::info!("upstream rate stream ended; reconnecting"),
-                Err(status) => tracing::warn!(code = ?status.code(), message = status.message(), "upstream rate stream failed; reconnecting"),
+                Err(status) => {
+                    tracing::warn!(code = ?status.code(), message = status.message(), "upstream rate stream failed; reconnecting")
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -186,8 +241,16 @@ impl Ticker {
 
     async fn follow_once(&self, upstream: &Upstream) -> Result<(), tonic::Status> {
         let (token, _) = upstream.service_token().await?;
-        let request = StreamRatesRequest { symbols: Vec::new(), resume_after_sequence: None, resume_after: self.resume_points() };
-        let mut stream = upstream.rates(Bearer::token(&token)?).stream_rates(request).await?.into_inner();
+        let request = StreamRatesRequest {
+            symbols: Vec::new(),
+            resume_after_sequence: None,
+            resume_after: self.resume_points(),
+        };
+        let mut stream = upstream
+            .rates(Bearer::token(&token)?)
+            .stream_rates(request)
+            .await?
+            .into_inner();
         while let Some(message) = stream.message().await? {
             match message.event {
                 Some(Event::Rate(rate)) => self.ingest(RateJson::from(&rate)),

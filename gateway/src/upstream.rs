@@ -8,7 +8,8 @@ use std::{
 };
 
 use fxcast_proto::v1::{
-    IssueTokenRequest, rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
+    IssueTokenRequest, rate_service_client::RateServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use tokio::sync::Mutex;
 use tonic::{
@@ -25,10 +26,9 @@ pub struct Bearer(Option<AsciiMetadataValue>);
 impl Bearer {
     /// Forwards an HTTP `authorization` header value as is.
     pub fn header(value: &str) -> Result<Self, Status> {
-        value
-            .parse()
-            .map(|v| Self(Some(v)))
-            .map_err(|_| Status::unauthenticated("malformed authorization header: expected `Bearer <token>`"))
+        value.parse().map(|v| Self(Some(v))).map_err(|_| {
+            Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
+        })
     }
 
     /// `Bearer <token>`.
@@ -45,7 +45,9 @@ impl Bearer {
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         if let Some(value) = &self.0 {
-            request.metadata_mut().insert("authorization", value.clone());
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
         }
         Ok(request)
     }
@@ -77,7 +79,11 @@ impl std::fmt::Debug for Upstream {
 impl Upstream {
     /// Wraps a channel; `api_key` lets the gateway mint its own tokens.
     pub fn new(channel: Channel, api_key: &str) -> Self {
-        Self { channel, api_key: api_key.into(), service_token: Arc::new(Mutex::new(None)) }
+        Self {
+            channel,
+            api_key: api_key.into(),
+            service_token: Arc::new(Mutex::new(None)),
+        }
     }
 
     /// A channel carrying `bearer`.
@@ -120,7 +126,10 @@ impl Upstream {
             .issue_token(IssueTokenRequest {
                 subject: "gateway".into(),
                 scopes: vec!["rates:subscribe=*".into()],
-                ttl: Some(fxcast_proto::Duration { seconds: 3600, nanos: 0 }),
+                ttl: Some(fxcast_proto::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
             })
             .await?
             .into_inner();
@@ -128,7 +137,10 @@ impl Upstream {
             .expires_at
             .and_then(|t| SystemTime::try_from(t).ok())
             .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
-        *cached = Some(CachedToken { token: response.token.clone(), expires_at });
+        *cached = Some(CachedToken {
+            token: response.token.clone(),
+            expires_at,
+        });
         Ok((response.token, expires_at))
     }
 }

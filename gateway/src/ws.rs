@@ -6,13 +6,14 @@
 //!
 //! Slow consumers: rates come from per-symbol broadcast rings shared by every
 //! connection; a connection that falls behind skips to the latest rate of the
-//! symbol and is sent a `gap` first (conflation). One that falls behind too
-//! often, or cannot take a frame within the send timeout, is closed with
-//! code 1013 and a reason. Memory per connection stays bounded.
+//! symbol and is sent a `gap` first (conflation). One that cannot take a
+//! frame within the send timeout is closed with code 1013 and a reason.
+//! Memory per connection stays bounded: the rings are shared, and the
+//! socket's own write buffer is capped.
 
 use std::{
-    collections::{BTreeSet, HashMap, VecDeque},
-    time::{Duration, Instant},
+    collections::{BTreeSet, HashMap},
+    time::Duration,
 };
 
 use axum::{
@@ -51,12 +52,9 @@ pub struct WsLimits {
     pub heartbeat: Duration,
     /// Closed after this long without any inbound frame (pongs count).
     pub idle_timeout: Duration,
-    /// A frame that cannot be written within this time closes the connection.
+    /// A connection that cannot take a frame within this time is behind for
+    /// good and is closed (code 1013).
     pub send_timeout: Duration,
-    /// Conflations tolerated within `lag_window` before closing.
-    pub max_lags: usize,
-    /// Window over which conflations are counted.
-    pub lag_window: Duration,
 }
 
 impl Default for WsLimits {
@@ -67,8 +65,6 @@ impl Default for WsLimits {
             heartbeat: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(60),
             send_timeout: Duration::from_secs(5),
-            max_lags: 10,
-            lag_window: Duration::from_secs(60),
         }
     }
 }
@@ -110,7 +106,6 @@ struct Connection {
     session: Session,
     subscriptions: StreamMap<String, BroadcastStream<std::sync::Arc<RateTick>>>,
     last_sent: HashMap<String, u64>,
-    lags: VecDeque<Instant>,
     _guard: ConnectionGuard,
 }
 
@@ -124,7 +119,6 @@ impl Connection {
             session,
             subscriptions: StreamMap::new(),
             last_sent: HashMap::new(),
-            lags: VecDeque::new(),
             _guard: guard,
         }
     }
@@ -132,14 +126,29 @@ impl Connection {
     async fn run(mut self, socket: WebSocket) {
         let (mut sink, mut inbound) = socket.split();
         let exit = self.serve(&mut sink, &mut inbound).await;
-        self.state.metrics.subscriptions.dec_by(self.subscriptions.len() as i64);
+        self.state
+            .metrics
+            .subscriptions
+            .dec_by(self.subscriptions.len() as i64);
         match exit {
             Ok(Exit::ClientClosed) | Err(_) => {}
             Ok(Exit::Close(code, reason)) => {
-                let error = ServerMessage::error(if code == close_code::AGAIN { "slow_consumer" } else { "closing" }, &reason);
+                let error = ServerMessage::error(
+                    if code == close_code::AGAIN {
+                        "slow_consumer"
+                    } else {
+                        "closing"
+                    },
+                    &reason,
+                );
                 let _ = tokio::time::timeout(Duration::from_secs(1), async {
                     let _ = sink.send(Message::Text(error.to_text().into())).await;
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: reason.into() }))).await;
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: reason.into(),
+                        })))
+                        .await;
                 })
                 .await;
             }
@@ -147,12 +156,24 @@ impl Connection {
     }
 
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
-        match tokio::time::timeout(self.state.config.ws.send_timeout, sink.send(Message::Text(text))).await {
+        match tokio::time::timeout(
+            self.state.config.ws.send_timeout,
+            sink.send(Message::Text(text)),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::ClientClosed),
             Err(_) => {
-                self.state.metrics.slow_consumer_disconnects.get_or_create(&KindLabels { kind: "ws" }).inc();
-                Err(Exit::Close(close_code::AGAIN, "slow consumer: could not take a frame within the send timeout".into()))
+                self.state
+                    .metrics
+                    .slow_consumer_disconnects
+                    .get_or_create(&KindLabels { kind: "ws" })
+                    .inc();
+                Err(Exit::Close(
+                    close_code::AGAIN,
+                    "slow consumer: could not take a frame within the send timeout".into(),
+                ))
             }
         }
     }
@@ -162,7 +183,12 @@ impl Connection {
     }
 
     /// Sends `tick` unless already sent, announcing any skipped sequences.
-    async fn deliver(&mut self, sink: &mut Sink, tick: &RateTick, reason: &str) -> Result<(), Exit> {
+    async fn deliver(
+        &mut self,
+        sink: &mut Sink,
+        tick: &RateTick,
+        reason: &str,
+    ) -> Result<(), Exit> {
         let symbol = &tick.rate.symbol;
         let seq = tick.rate.sequence;
         if let Some(&last) = self.last_sent.get(symbol) {
@@ -181,13 +207,24 @@ impl Connection {
         }
         self.send(sink, tick.json.clone()).await?;
         self.last_sent.insert(symbol.clone(), seq);
-        self.state.metrics.deliveries.get_or_create(&KindLabels { kind: "ws" }).inc();
+        self.state
+            .metrics
+            .deliveries
+            .get_or_create(&KindLabels { kind: "ws" })
+            .inc();
         Ok(())
     }
 
-    async fn serve(&mut self, sink: &mut Sink, inbound: &mut futures_util::stream::SplitStream<WebSocket>) -> Result<Exit, Exit> {
+    async fn serve(
+        &mut self,
+        sink: &mut Sink,
+        inbound: &mut futures_util::stream::SplitStream<WebSocket>,
+    ) -> Result<Exit, Exit> {
         let limits = self.state.config.ws;
-        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + limits.heartbeat, limits.heartbeat);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + limits.heartbeat,
+            limits.heartbeat,
+        );
         let idle = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(idle);
         let expiry = self.session.deadline();
@@ -234,7 +271,9 @@ impl Connection {
         let (tx, rx) = tokio::sync::mpsc::channel(64);
         let mut client = crate::orders::client(&self.state, self.session.bearer.clone());
         tokio::spawn(async move {
-            let request = fxcast_proto::v1::StreamOrderEventsRequest { symbols: Vec::new() };
+            let request = fxcast_proto::v1::StreamOrderEventsRequest {
+                symbols: Vec::new(),
+            };
             let mut stream = match client.stream_order_events(request).await {
                 Ok(response) => response.into_inner(),
                 Err(status) => {
@@ -262,21 +301,11 @@ impl Connection {
     }
 
     async fn conflate(&mut self, sink: &mut Sink, symbol: &str) -> Result<(), Exit> {
-        let metrics = &self.state.metrics;
-        metrics.conflations.get_or_create(&KindLabels { kind: "ws" }).inc();
-        let now = Instant::now();
-        let window = self.state.config.ws.lag_window;
-        self.lags.push_back(now);
-        while self.lags.front().is_some_and(|t| now.duration_since(*t) > window) {
-            self.lags.pop_front();
-        }
-        if self.lags.len() >= self.state.config.ws.max_lags {
-            metrics.slow_consumer_disconnects.get_or_create(&KindLabels { kind: "ws" }).inc();
-            return Err(Exit::Close(
-                close_code::AGAIN,
-                format!("slow consumer: fell behind {} times within {window:?}", self.lags.len()),
-            ));
-        }
+        self.state
+            .metrics
+            .conflations
+            .get_or_create(&KindLabels { kind: "ws" })
+            .inc();
         if let Some(tick) = self.state.ticker.latest(symbol) {
             self.deliver(sink, &tick, "slow_consumer").await?;
         }
@@ -289,14 +318,19 @@ impl Connection {
             Err(err) => {
                 let error = ServerMessage::error(
                     "invalid_message",
-                    format!("{err}; expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"symbols\":[...]}} or {{\"type\":\"ping\"}}"),
+                    format!(
+                        "{err}; expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"symbols\":[...]}} or {{\"type\":\"ping\"}}"
+                    ),
                 );
                 return self.send_message(sink, &error).await;
             }
         };
         match message {
             ClientMessage::Ping => self.send_message(sink, &ServerMessage::heartbeat()).await,
-            ClientMessage::Subscribe { symbols, resume_after } => self.subscribe(sink, symbols, resume_after).await,
+            ClientMessage::Subscribe {
+                symbols,
+                resume_after,
+            } => self.subscribe(sink, symbols, resume_after).await,
             ClientMessage::Unsubscribe { symbols } => {
                 for symbol in &symbols {
                     if self.subscriptions.remove(symbol).is_some() {
@@ -305,7 +339,8 @@ impl Connection {
                     }
                 }
                 let now = self.subscribed();
-                self.send_message(sink, &ServerMessage::Unsubscribed { symbols: now }).await
+                self.send_message(sink, &ServerMessage::Unsubscribed { symbols: now })
+                    .await
             }
         }
     }
@@ -324,38 +359,65 @@ impl Connection {
     ) -> Result<(), Exit> {
         let requested: BTreeSet<String> = symbols.into_iter().collect();
         if requested.is_empty() {
-            return self.send_message(sink, &ServerMessage::error("invalid_message", "symbols must not be empty")).await;
+            return self
+                .send_message(
+                    sink,
+                    &ServerMessage::error("invalid_message", "symbols must not be empty"),
+                )
+                .await;
         }
         for symbol in &requested {
             if !self.state.ticker.knows(symbol) {
-                let known: Vec<&str> = self.state.ticker.symbols().iter().map(|s| s.symbol.as_str()).collect();
-                let error = ServerMessage::error("unknown_symbol", format!("unknown symbol {symbol:?} (known: {})", known.join(", ")));
+                let known: Vec<&str> = self
+                    .state
+                    .ticker
+                    .symbols()
+                    .iter()
+                    .map(|s| s.symbol.as_str())
+                    .collect();
+                let error = ServerMessage::error(
+                    "unknown_symbol",
+                    format!("unknown symbol {symbol:?} (known: {})", known.join(", ")),
+                );
                 return self.send_message(sink, &error).await;
             }
             if !self.session.allowed.contains(symbol) {
-                let error = ServerMessage::error("permission_denied", format!("this token may not read rates of {symbol}"));
+                let error = ServerMessage::error(
+                    "permission_denied",
+                    format!("this token may not read rates of {symbol}"),
+                );
                 return self.send_message(sink, &error).await;
             }
         }
-        let new: Vec<&String> = requested.iter().filter(|s| !self.subscriptions.contains_key(*s)).collect();
+        let new: Vec<&String> = requested
+            .iter()
+            .filter(|s| !self.subscriptions.contains_key(*s))
+            .collect();
         let limit = self.state.config.ws.max_subscriptions;
         if self.subscriptions.len() + new.len() > limit {
-            let error = ServerMessage::error("too_many_subscriptions", format!("at most {limit} symbols per connection"));
+            let error = ServerMessage::error(
+                "too_many_subscriptions",
+                format!("at most {limit} symbols per connection"),
+            );
             return self.send_message(sink, &error).await;
         }
         let mut backlog = Vec::new();
         for symbol in new {
             let resume = resume_after.get(symbol).copied();
-            let Some(sub) = self.state.ticker.subscribe(symbol, resume) else { continue };
+            let Some(sub) = self.state.ticker.subscribe(symbol, resume) else {
+                continue;
+            };
             if let Some(after) = resume {
                 self.last_sent.insert(symbol.clone(), after);
             }
             backlog.extend(sub.backlog);
-            self.subscriptions.insert(symbol.clone(), BroadcastStream::new(sub.live));
+            self.subscriptions
+                .insert(symbol.clone(), BroadcastStream::new(sub.live));
             self.state.metrics.subscriptions.inc();
         }
         let now = self.subscribed();
-        self.send_message(sink, &ServerMessage::Subscribed { symbols: now }).await?;
+        self.send_message(sink, &ServerMessage::Subscribed { symbols: now })
+            .await?;
         for tick in backlog {
             self.deliver(sink, &tick, "upstream").await?;
         }

@@ -102,7 +102,7 @@ function flash(cell, previous, next) {
   void cell.offsetWidth;
   cell.classList.add(next > previous ? "flash-up" : "flash-down");
   clearTimeout(cell._t);
-  cell._t = setTimeout(() => cell.classList.remove("flash-up", "flash-down"), 600);
+  cell._t = setTimeout(() => cell.classList.remove("flash-up", "flash-down"), 350);
 }
 
 function onRate(rate) {

@@ -1,0 +1,452 @@
+//! REST through a real HTTP client: what a web developer sees.
+
+mod common;
+
+use common::Harness;
+use fxcast_gateway::GatewayConfig;
+use serde_json::{Value, json};
+
+async fn error_of(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (
+        status,
+        body["error"]["code"].as_str().unwrap().to_owned(),
+        body["error"]["message"].as_str().unwrap().to_owned(),
+    )
+}
+
+#[tokio::test]
+async fn rates_and_symbols_with_a_browser_token() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let symbols: Value = h
+        .client
+        .get(h.url("/v1/symbols"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(symbols["symbols"][0]["symbol"], "EUR_USD");
+    assert_eq!(symbols["symbols"][1]["tick_size"], "0.001");
+
+    let rate: Value = h
+        .client
+        .get(h.url("/v1/rates/USD_JPY"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            rate["bid"].as_str(),
+            rate["ask"].as_str(),
+            rate["sequence"].as_u64()
+        ),
+        (Some("151.100"), Some("151.110"), Some(1))
+    );
+    assert!(rate["publish_time"].as_str().unwrap().ends_with('Z'));
+
+    let rates: Value = h
+        .client
+        .get(h.url("/v1/rates"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<_> = rates["rates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["symbol"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["EUR_USD", "USD_JPY"]);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_precise_status_and_message() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let get = |path: &str| h.client.get(h.url(path));
+
+    assert_eq!(
+        error_of(get("/v1/rates").send().await.unwrap()).await,
+        (
+            401,
+            "unauthenticated".into(),
+            "missing credentials: send `authorization: Bearer <token>` or `?token=<token>`".into()
+        )
+    );
+    assert_eq!(
+        error_of(
+            get("/v1/rates")
+                .bearer_auth("garbage")
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (401, "unauthenticated".into(), "malformed token".into())
+    );
+    assert_eq!(
+        error_of(
+            get("/v1/rates/NOPE")
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+        )
+        .await,
+        (
+            400,
+            "invalid_argument".into(),
+            "unknown symbol \"NOPE\" (known: EUR_USD, USD_JPY)".into()
+        )
+    );
+    let usd_only = h.token("bob", "rates:subscribe=USD_JPY");
+    let (status, code, _) = error_of(
+        get("/v1/rates/EUR_USD")
+            .bearer_auth(&usd_only)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (403, "permission_denied"));
+    assert_eq!(
+        error_of(get("/v1/nowhere").send().await.unwrap()).await,
+        (
+            404,
+            "not_found".into(),
+            "no route for GET /v1/nowhere".into()
+        )
+    );
+
+    let post = |body: &'static str| {
+        h.client
+            .post(h.url("/v1/orders"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+    let (status, code, message) = error_of(post("{not json").send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (400, "malformed_json"));
+    assert!(message.contains("key must be a string"), "{message}");
+    let (status, code, message) =
+        error_of(post(r#"{"client_order_id": 5}"#).send().await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (422, "invalid_field"));
+    assert!(
+        message.contains("client_order_id: invalid type: integer `5`, expected a string"),
+        "{message}"
+    );
+    let body = r#"{"client_order_id":"a","symbol":"USD_JPY","side":"buy","quantity":"1","price":"1","colour":"red"}"#;
+    let (status, _, message) = error_of(post(body).send().await.unwrap()).await;
+    assert_eq!(status, 422);
+    assert!(message.contains("unknown field `colour`"), "{message}");
+    let (status, code, _) = error_of(
+        h.client
+            .post(h.url("/v1/orders"))
+            .bearer_auth(&token)
+            .body("{}")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
+    let huge = format!(r#"{{"client_order_id":"{}"}}"#, "x".repeat(64 * 1024));
+    let response = h
+        .client
+        .post(h.url("/v1/orders"))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            413,
+            "payload_too_large".into(),
+            "request body is too large".into()
+        )
+    );
+    let body =
+        r#"{"client_order_id":"a","symbol":"USD_JPY","side":"hold","quantity":"1","price":"1"}"#;
+    assert_eq!(
+        error_of(post(body).send().await.unwrap()).await,
+        (
+            400,
+            "invalid_argument".into(),
+            "side must be \"buy\" or \"sell\", got \"hold\"".into()
+        )
+    );
+    let (status, _, message) = error_of(
+        get("/v1/orders?status=maybe")
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, message.as_str()),
+        (
+            400,
+            "status must be filled, rejected or pending, got \"maybe\""
+        )
+    );
+}
+
+#[tokio::test]
+async fn orders_fill_and_reject_through_rest() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let place = |body: Value| {
+        h.client
+            .post(h.url("/v1/orders"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    let filled: Value = place(json!({"client_order_id": "r1", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "151.110"}))
+        .await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (filled["status"].as_str(), filled["fill_price"].as_str()),
+        (Some("filled"), Some("151.110")),
+        "{filled}"
+    );
+
+    let rejected: Value = place(json!({"client_order_id": "r2", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "140.000"}))
+        .await.unwrap().json().await.unwrap();
+    assert_eq!(rejected["status"], "rejected", "{rejected}");
+    assert_eq!(rejected["reject_reason"], "price_moved");
+    assert!(
+        rejected["message"].as_str().unwrap().contains("151.110"),
+        "{rejected}"
+    );
+
+    let id = filled["order_id"].as_str().unwrap();
+    let again: Value = h
+        .client
+        .get(h.url(&format!("/v1/orders/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again, filled);
+    let list: Value = h
+        .client
+        .get(h.url("/v1/orders?status=rejected"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["orders"].as_array().unwrap().len(), 1);
+    assert_eq!(list["orders"][0]["client_order_id"], "r2");
+
+    // Another browser cannot read it.
+    let other = h.browser_token().await;
+    let response = h
+        .client
+        .get(h.url(&format!("/v1/orders/{id}")))
+        .bearer_auth(&other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_of(response).await.0, 403);
+}
+
+#[tokio::test]
+async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
+    let closed = Harness::quiet_with(GatewayConfig::default()).await;
+    let (status, code, _) = error_of(
+        closed
+            .client
+            .post(closed.url("/v1/tokens"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (401, "unauthenticated"));
+    let issued: Value = closed
+        .client
+        .post(closed.url("/v1/tokens"))
+        .bearer_auth(closed.api_key())
+        .json(
+            &json!({"subject": "alice", "scopes": ["rates:subscribe=USD_JPY"], "ttl_seconds": 600}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(issued["subject"], "alice");
+    assert_eq!(issued["scopes"], json!(["rates:subscribe=USD_JPY"]));
+    let response = closed
+        .client
+        .post(closed.url("/v1/tokens"))
+        .bearer_auth(closed.api_key())
+        .json(&json!({"subject": "alice", "scopes": ["orders:place"], "ttl_seconds": 90000}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            400,
+            "invalid_argument".into(),
+            "ttl 1day 1h is above the maximum of 1day".into()
+        )
+    );
+
+    let open = Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        anonymous_per_minute: 2,
+        ..Default::default()
+    })
+    .await;
+    for _ in 0..2 {
+        let body: Value = open
+            .client
+            .post(open.url("/v1/tokens"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(body["subject"].as_str().unwrap().starts_with("anon-"));
+        assert_eq!(
+            body["scopes"],
+            json!(["rates:subscribe=*", "orders:place", "orders:read"])
+        );
+    }
+    let (status, code, message) = error_of(
+        open.client
+            .post(open.url("/v1/tokens"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, code.as_str()), (429, "resource_exhausted"));
+    assert_eq!(
+        message,
+        "too many anonymous tokens for 127.0.0.1: at most 2 per minute"
+    );
+}
+
+#[tokio::test]
+async fn operations_endpoints() {
+    let h = Harness::quiet().await;
+    let health: Value = h
+        .client
+        .get(h.url("/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let ready = h.client.get(h.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 200);
+
+    let doc: Value = h
+        .client
+        .get(h.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    for path in [
+        "/v1/symbols",
+        "/v1/rates",
+        "/v1/rates/{symbol}",
+        "/v1/orders",
+        "/v1/orders/{order_id}",
+        "/v1/tokens",
+    ] {
+        assert!(
+            doc["paths"][path].is_object(),
+            "{path} missing from the OpenAPI document"
+        );
+    }
+    assert!(
+        doc["components"]["schemas"]["PlaceOrderJson"]["properties"]["client_order_id"].is_object()
+    );
+
+    let token = h.browser_token().await;
+    h.client
+        .get(h.url("/v1/rates"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    let metrics = h
+        .client
+        .get(h.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("fxcast_gateway_http_requests_total{method=\"GET\",route=\"/v1/rates\",status=\"200\"} 1"), "{metrics}");
+    assert!(metrics.contains("fxcast_gateway_ticks_received_total"));
+
+    let ui = h.client.get(h.url("/")).send().await.unwrap();
+    assert_eq!(ui.headers()["content-type"], "text/html; charset=utf-8");
+    assert!(
+        ui.text()
+            .await
+            .unwrap()
+            .contains("<script src=\"/app.js\">")
+    );
+}
+
+#[tokio::test]
+async fn not_ready_until_every_symbol_has_a_rate() {
+    let config = fxcast_services::Config {
+        feed: fxcast_services::FeedKind::None,
+        symbols: vec!["USD_JPY".into(), "EUR_USD".into()],
+        ..Default::default()
+    };
+    let h = Harness::start(config, GatewayConfig::default()).await;
+    let response = h.client.get(h.url("/readyz")).send().await.unwrap();
+    let (status, code, message) = error_of(response).await;
+    assert_eq!(
+        (status, code.as_str(), message.as_str()),
+        (
+            503,
+            "not_ready",
+            "no rate received yet for EUR_USD, USD_JPY"
+        )
+    );
+    h.publish("USD_JPY", "151.100", "151.110").await;
+    h.publish("EUR_USD", "1.08500", "1.08510").await;
+    h.wait_ready().await;
+}

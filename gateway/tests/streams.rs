@@ -1,0 +1,486 @@
+//! WebSocket and SSE through real clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Harness, next_json, send_json};
+use futures_util::StreamExt;
+use fxcast_gateway::{GatewayConfig, WsLimits};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
+
+#[tokio::test]
+async fn websocket_subscribe_stream_unsubscribe() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "subscribed", "symbols": ["USD_JPY"]})
+    );
+    let first = next_json(&mut ws).await;
+    assert_eq!(
+        (
+            first["type"].as_str(),
+            first["symbol"].as_str(),
+            first["sequence"].as_u64()
+        ),
+        (Some("rate"), Some("USD_JPY"), Some(1))
+    );
+    for i in 2..=20u64 {
+        h.publish("EUR_USD", "1.08500", "1.08510").await;
+        h.publish(
+            "USD_JPY",
+            &format!("151.{:03}", 100 + i),
+            &format!("151.{:03}", 110 + i),
+        )
+        .await;
+        let rate = next_json(&mut ws).await;
+        assert_eq!(
+            (rate["symbol"].as_str(), rate["sequence"].as_u64()),
+            (Some("USD_JPY"), Some(i)),
+            "{rate}"
+        );
+    }
+    send_json(
+        &mut ws,
+        json!({"type": "unsubscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    // Rates already in flight may arrive before the acknowledgement.
+    loop {
+        let message = next_json(&mut ws).await;
+        if message["type"] == "unsubscribed" {
+            assert_eq!(message["symbols"], json!([]));
+            break;
+        }
+        assert_eq!(message["type"], "rate");
+    }
+}
+
+#[tokio::test]
+async fn websocket_refuses_bad_input_without_dropping_the_connection() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(&mut ws, json!({"type": "subscribe", "symbols": ["NOPE"]})).await;
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["code"], "unknown_symbol");
+    assert_eq!(
+        error["message"],
+        "unknown symbol \"NOPE\" (known: EUR_USD, USD_JPY)"
+    );
+    ws.send_text("hello").await;
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["code"], "invalid_message");
+    send_json(&mut ws, json!({"type": "subscribe", "symbols": []})).await;
+    assert_eq!(
+        next_json(&mut ws).await["message"],
+        "symbols must not be empty"
+    );
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    let heartbeat = tokio::time::timeout(Duration::from_secs(5), ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        heartbeat
+            .to_text()
+            .unwrap()
+            .contains("\"type\":\"heartbeat\"")
+    );
+    // Still usable.
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+
+    // A symbol outside the token's scope.
+    let usd_only = h.token("bob", "rates:subscribe=USD_JPY");
+    let mut ws = h.ws(&usd_only).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
+    )
+    .await;
+    let error = next_json(&mut ws).await;
+    assert_eq!(
+        (error["code"].as_str(), error["message"].as_str()),
+        (
+            Some("permission_denied"),
+            Some("this token may not read rates of EUR_USD")
+        )
+    );
+
+    // An oversized message closes the connection (policy), as documented.
+    let limit = WsLimits::default().max_message_size;
+    let huge = json!({"type": "subscribe", "symbols": ["X".repeat(limit)]}).to_string();
+    let mut ws = h.ws(&token).await;
+    ws.send_text(&huge).await;
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(message)) = ws.next().await {
+            if matches!(message, Message::Close(_)) {
+                return true;
+            }
+        }
+        true
+    })
+    .await
+    .unwrap();
+    assert!(closed);
+}
+
+trait SendText {
+    async fn send_text(&mut self, text: &str);
+}
+
+impl SendText for common::Ws {
+    async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.send(Message::Text(text.into())).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn websocket_needs_a_valid_token_before_upgrading() {
+    let h = Harness::quiet().await;
+    let err = tokio_tungstenite::connect_async(h.ws_url("/v1/stream"))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP refusal, got {err}")
+    };
+    assert_eq!(response.status(), 401);
+    let err = tokio_tungstenite::connect_async(h.ws_url("/v1/stream?token=nonsense"))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an HTTP refusal, got {err}")
+    };
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn websocket_resumes_after_a_sequence() {
+    let h = Harness::quiet().await;
+    for _ in 0..9 {
+        h.publish("USD_JPY", "151.100", "151.110").await;
+    }
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"], "resume_after": {"USD_JPY": 6}}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    for seq in 7..=10 {
+        assert_eq!(next_json(&mut ws).await["sequence"], seq);
+    }
+}
+
+#[tokio::test]
+async fn websocket_carries_the_callers_own_order_events() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(&mut ws, json!({"type": "ping"})).await;
+    next_heartbeat(&mut ws).await;
+    let order = json!({"client_order_id": "ws1", "symbol": "USD_JPY", "side": "sell", "quantity": "1000", "price": "151.100"});
+    let placed: Value = h
+        .client
+        .post(h.url("/v1/orders"))
+        .bearer_auth(&token)
+        .json(&order)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let event = loop {
+        let message = next_json(&mut ws).await;
+        if message["type"] == "order" && message["status"] != "pending" {
+            break message;
+        }
+    };
+    assert_eq!(event["order_id"], placed["order_id"]);
+    assert_eq!(event["status"], "filled");
+}
+
+async fn next_heartbeat(ws: &mut common::Ws) {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if message.to_text().unwrap_or_default().contains("heartbeat") {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
+    let h = Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        ws: WsLimits {
+            send_timeout: Duration::from_millis(500),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let token = h.browser_token().await;
+    let mut stalled = h.ws(&token).await;
+    send_json(
+        &mut stalled,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    let mut reader = h.ws(&token).await;
+    send_json(
+        &mut reader,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut reader).await["type"], "subscribed");
+    assert_eq!(next_json(&mut reader).await["sequence"], 1);
+
+    // Publish in steps the reader keeps up with; the stalled client's socket
+    // buffers fill up and it is cut off, without slowing the reader.
+    let mut expected = 2u64;
+    let disconnected = loop {
+        for _ in 0..32 {
+            h.publish("USD_JPY", "151.100", "151.110").await;
+        }
+        while expected <= h.core.latest().get("USD_JPY").unwrap().sequence() {
+            let rate = next_json(&mut reader).await;
+            assert_eq!(
+                rate["sequence"], expected,
+                "the reading client must see every tick"
+            );
+            expected += 1;
+        }
+        if h.metric("fxcast_gateway_slow_consumer_disconnects_total{kind=\"ws\"}")
+            .await
+            >= 1.0
+        {
+            break true;
+        }
+        assert!(
+            expected < 2_000_000,
+            "the stalled client was never disconnected"
+        );
+    };
+    assert!(disconnected);
+
+    // What the stalled client finally reads ends with a close frame saying why.
+    let close = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(message) = stalled.next().await {
+            match message {
+                Ok(Message::Close(frame)) => return frame,
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    if let Some(frame) = close {
+        assert_eq!(frame.code, CloseCode::Again);
+        assert!(
+            frame.reason.starts_with("slow consumer"),
+            "{}",
+            frame.reason
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_slow_websocket_reader_is_conflated_with_a_gap_message() {
+    let h = Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        stream_buffer: 8,
+        ..Default::default()
+    })
+    .await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(next_json(&mut ws).await["sequence"], 1);
+    // A burst far beyond the per-symbol buffer while the client is not reading.
+    for _ in 0..5_000 {
+        h.publish("USD_JPY", "151.100", "151.110").await;
+    }
+    let mut last = 1;
+    let mut saw_gap = false;
+    while last < 5_001 {
+        let message = next_json(&mut ws).await;
+        match message["type"].as_str() {
+            Some("gap") => {
+                assert_eq!(message["reason"], "slow_consumer");
+                assert_eq!(message["first_missing"], last + 1);
+                saw_gap = true;
+            }
+            Some("rate") => {
+                let seq = message["sequence"].as_u64().unwrap();
+                assert!(seq > last);
+                assert!(
+                    seq == last + 1 || saw_gap,
+                    "skipped {last}..{seq} without a gap message"
+                );
+                last = seq;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(saw_gap);
+    assert!(
+        h.metric("fxcast_gateway_conflations_total{kind=\"ws\"}")
+            .await
+            >= 1.0
+    );
+}
+
+async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, String, String)> {
+    let mut events = Vec::new();
+    let mut buffer = String::new();
+    let mut body = response.bytes_stream();
+    while events.len() < count {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        while let Some(end) = buffer.find("\n\n") {
+            let block: String = buffer.drain(..end + 2).collect();
+            let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
+            for line in block.lines() {
+                if let Some(v) = line
+                    .strip_prefix("event: ")
+                    .or_else(|| line.strip_prefix("event:"))
+                {
+                    event = v.to_owned();
+                } else if let Some(v) = line
+                    .strip_prefix("id: ")
+                    .or_else(|| line.strip_prefix("id:"))
+                {
+                    id = v.to_owned();
+                } else if let Some(v) = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix("data:"))
+                {
+                    data = v.to_owned();
+                }
+            }
+            if !event.is_empty() {
+                events.push((event, id, data));
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test]
+async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    for _ in 0..4 {
+        h.publish("USD_JPY", "151.100", "151.110").await;
+    }
+    let response = h
+        .client
+        .get(h.url(&format!("/v1/rates/stream?symbols=USD_JPY&token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let first = sse_events(response, 1).await;
+    assert_eq!((first[0].0.as_str(), first[0].1.as_str()), ("rate", "5"));
+    let rate: Value = serde_json::from_str(&first[0].2).unwrap();
+    assert_eq!(rate["sequence"], 5);
+
+    // Reconnect as a browser would after seeing id 2: replays 3, 4, 5, then live.
+    let response = h
+        .client
+        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
+        .bearer_auth(&token)
+        .header("last-event-id", "2")
+        .send()
+        .await
+        .unwrap();
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.publish("USD_JPY", "151.200", "151.210").await;
+    };
+    let (events, _) = tokio::join!(sse_events(response, 4), publisher);
+    let ids: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
+    assert_eq!(ids, ["3", "4", "5", "6"]);
+
+    // Several symbols: the id carries every symbol's position.
+    let response = h
+        .client
+        .get(h.url("/v1/rates/stream?symbols=USD_JPY,EUR_USD"))
+        .bearer_auth(&token)
+        .header("last-event-id", "EUR_USD:1,USD_JPY:5")
+        .send()
+        .await
+        .unwrap();
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.publish("EUR_USD", "1.08600", "1.08610").await;
+    };
+    let (events, _) = tokio::join!(sse_events(response, 2), publisher);
+    assert_eq!(events[0].1, "EUR_USD:1,USD_JPY:6");
+    assert_eq!(events[1].1, "EUR_USD:2,USD_JPY:6");
+}
+
+#[tokio::test]
+async fn sse_refuses_bad_requests() {
+    let h = Harness::quiet().await;
+    let token = h.browser_token().await;
+    let status = |path: String| {
+        let client = h.client.clone();
+        let url = h.url(&path);
+        async move { client.get(url).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status("/v1/rates/stream?symbols=USD_JPY".into()).await, 401);
+    assert_eq!(
+        status(format!("/v1/rates/stream?symbols=NOPE&token={token}")).await,
+        400
+    );
+    let usd_only = h.token("bob", "rates:subscribe=USD_JPY");
+    assert_eq!(
+        status(format!("/v1/rates/stream?symbols=EUR_USD&token={usd_only}")).await,
+        403
+    );
+    let response = h
+        .client
+        .get(h.url(&format!(
+            "/v1/rates/stream?symbols=USD_JPY,EUR_USD&token={token}"
+        )))
+        .header("last-event-id", "7")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
