@@ -17,7 +17,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything: feed, publisher, gRPC services and the HTTP gateway.
-    Serve(commands::serve::ServeArgs),
+    Serve(Box<commands::serve::ServeArgs>),
+    /// Run the HTTP gateway alone, in front of a (remote) fxcast gRPC server.
+    Gateway(commands::gateway::GatewayArgs),
     /// Stream live rates to the terminal.
     Subscribe(commands::subscribe::SubscribeArgs),
     /// Issue or revoke tokens, mint signed stream URLs, rotate the signing key.
@@ -26,6 +28,8 @@ enum Command {
     Order(commands::order::OrderArgs),
     /// Load-test a running server and report throughput and latency.
     Loadtest(commands::loadtest::LoadtestArgs),
+    /// Record bitFlyer's live ticker notifications to a file for `serve --feed replay:FILE`.
+    Record(commands::record::RecordArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,11 +38,13 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Serve(args) => commands::serve::run(args).await,
+            Command::Serve(args) => commands::serve::run(*args).await,
             Command::Subscribe(args) => commands::subscribe::run(args).await,
+            Command::Gateway(args) => commands::gateway::run(args).await,
             Command::Token(args) => commands::token::run(args).await,
             Command::Order(args) => commands::order::run(args).await,
             Command::Loadtest(args) => commands::loadtest::run(args).await,
+            Command::Record(args) => commands::record::run(args).await,
         }
     })
 }

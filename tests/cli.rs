@@ -365,3 +365,46 @@ async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
         "tokens of the old key stay valid"
     );
 }
+
+#[tokio::test]
+async fn a_separate_gateway_serves_a_remote_upstream() {
+    let served = serve(&["--symbols", "USD_JPY"]).await;
+    let mut child = Command::new(BIN)
+        .args(["gateway", "--upstream", &format!("http://{}", served.grpc), "--http-listen", "127.0.0.1:0"])
+        .arg("--data-dir")
+        .arg(&served.data)
+        .env_remove("FXCAST_API_KEY")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("fxcast gateway listening") {
+                return line;
+            }
+        }
+        panic!("fxcast gateway exited before listening: {:?}", child.wait().await);
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let start = line.find("http=").unwrap() + 5;
+    let http = line[start..].split_whitespace().next().unwrap().to_owned();
+
+    let started = Instant::now();
+    while http_get(&http, "/readyz").await.0 != 200 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the gateway never became ready");
+        tokio::task::yield_now().await;
+    }
+    // A browser token from the gateway works against the remote services.
+    let mut stream = TcpStream::connect(&http).await.unwrap();
+    let request = format!("POST /v1/tokens HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.contains("\"subject\":\"anon-"), "{response}");
+}

@@ -11,8 +11,8 @@ use std::{
 };
 
 use fxcast_proto::v1::{
-    GetLatestRateRequest, GetOrderRequest, IssueTokenRequest, ListOrdersRequest, Order, OrderStatus,
-    PlaceOrderRequest, Side, order_service_client::OrderServiceClient,
+    GetLatestRateRequest, GetOrderRequest, IssueTokenRequest, ListOrdersRequest, Order,
+    OrderStatus, PlaceOrderRequest, Side, order_service_client::OrderServiceClient,
     rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
 };
 use tokio::{
@@ -33,8 +33,13 @@ const API_KEY: &str = "orders-restart-test-api-key-0123456789";
 struct Bearer(AsciiMetadataValue);
 
 impl Interceptor for Bearer {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
         Ok(request)
     }
 }
@@ -50,7 +55,13 @@ struct Served {
 /// logged the address it bound.
 async fn serve(data: &Path) -> Served {
     let mut child = Command::new(BIN)
-        .args(["serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .args(["--symbols", "USD_JPY", "--tick-interval", "20ms"])
         .arg("--data-dir")
         .arg(data)
@@ -76,12 +87,22 @@ async fn serve(data: &Path) -> Served {
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let start = line.find("grpc=").expect("no grpc= in the log line") + 5;
     let addr = line[start..].split_whitespace().next().unwrap();
-    Served { child, url: format!("http://{addr}") }
+    Served {
+        child,
+        url: format!("http://{addr}"),
+    }
 }
 
 async fn channel(url: &str, credential: &str) -> Authed {
-    let channel = Channel::from_shared(url.to_owned()).unwrap().connect().await.unwrap();
-    InterceptedService::new(channel, Bearer(format!("Bearer {credential}").parse().unwrap()))
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    InterceptedService::new(
+        channel,
+        Bearer(format!("Bearer {credential}").parse().unwrap()),
+    )
 }
 
 async fn trader_token(url: &str) -> String {
@@ -91,17 +112,32 @@ async fn trader_token(url: &str) -> String {
         scopes: vec!["orders:place".into(), "rates:subscribe=USD_JPY".into()],
         ttl: None,
     };
-    tokens.issue_token(request).await.unwrap().into_inner().token
+    tokens
+        .issue_token(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .token
 }
 
 /// A buy (even n) or sell (odd n) at the current rate, quoting its rate_id.
-async fn at_market(rates: &mut RateServiceClient<Authed>, id: String, n: usize) -> PlaceOrderRequest {
+async fn at_market(
+    rates: &mut RateServiceClient<Authed>,
+    id: String,
+    n: usize,
+) -> PlaceOrderRequest {
     let rate = rates
-        .get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() })
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
         .await
         .unwrap()
         .into_inner();
-    let (side, price) = if n % 2 == 0 { (Side::Buy, rate.ask) } else { (Side::Sell, rate.bid) };
+    let (side, price) = if n.is_multiple_of(2) {
+        (Side::Buy, rate.ask)
+    } else {
+        (Side::Sell, rate.bid)
+    };
     PlaceOrderRequest {
         client_order_id: id,
         symbol: "USD_JPY".into(),
@@ -117,7 +153,11 @@ async fn all_orders(orders: &mut OrderServiceClient<Authed>) -> Vec<Order> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
-        let request = ListOrdersRequest { page_size: 1000, page_token, ..Default::default() };
+        let request = ListOrdersRequest {
+            page_size: 1000,
+            page_token,
+            ..Default::default()
+        };
         let page = orders.list_orders(request).await.unwrap().into_inner();
         all.extend(page.orders);
         if page.next_page_token.is_empty() {
@@ -141,12 +181,22 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let mut acked: HashMap<String, Order> = HashMap::new();
     for n in 0..20 {
         let request = at_market(&mut rates, format!("seq-{n}"), n).await;
-        let order = orders.place_order(request.clone()).await.unwrap().into_inner();
-        assert!(matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected), "{order:?}");
+        let order = orders
+            .place_order(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected),
+            "{order:?}"
+        );
         requests.insert(request.client_order_id.clone(), request);
         acked.insert(order.client_order_id.clone(), order);
     }
-    assert!(acked.values().any(|o| o.status() == OrderStatus::Filled), "nothing filled: {acked:?}");
+    assert!(
+        acked.values().any(|o| o.status() == OrderStatus::Filled),
+        "nothing filled: {acked:?}"
+    );
 
     // A burst in flight when the server is killed.
     let mut burst = Vec::new();
@@ -167,12 +217,18 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     }
     drop(done_tx);
     for _ in 0..30 {
-        let order = tokio::time::timeout(Duration::from_secs(30), done_rx.recv()).await.unwrap().unwrap();
+        let order = tokio::time::timeout(Duration::from_secs(30), done_rx.recv())
+            .await
+            .unwrap()
+            .unwrap();
         acked.insert(order.client_order_id.clone(), order);
     }
     first.child.start_kill().unwrap(); // SIGKILL
     let status = first.child.wait().await.unwrap();
-    assert!(!status.success(), "the server should have died from SIGKILL: {status}");
+    assert!(
+        !status.success(),
+        "the server should have died from SIGKILL: {status}"
+    );
     while let Some(order) = done_rx.recv().await {
         acked.insert(order.client_order_id.clone(), order);
     }
@@ -187,31 +243,58 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
 
     for (id, before) in &acked {
         let after = orders
-            .get_order(GetOrderRequest { order_id: before.order_id.clone(), ..Default::default() })
+            .get_order(GetOrderRequest {
+                order_id: before.order_id.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap_or_else(|e| panic!("acknowledged order {id} lost: {e}"))
             .into_inner();
-        assert_eq!(&after, before, "acknowledged order {id} changed across the restart");
+        assert_eq!(
+            &after, before,
+            "acknowledged order {id} changed across the restart"
+        );
     }
 
     // Retry every order: the acknowledged ones come back as they were; the
     // others get one final outcome, and none is recorded twice.
     let mut retried: HashMap<String, Order> = HashMap::new();
     for (id, request) in &requests {
-        let order = orders.place_order(request.clone()).await.unwrap().into_inner();
-        assert!(matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected), "{order:?}");
+        let order = orders
+            .place_order(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected),
+            "{order:?}"
+        );
         if let Some(before) = acked.get(id) {
-            assert_eq!(&order, before, "a retry of {id} after the restart did not return the original");
+            assert_eq!(
+                &order, before,
+                "a retry of {id} after the restart did not return the original"
+            );
         }
         retried.insert(id.clone(), order);
     }
     for (id, request) in &requests {
-        let again = orders.place_order(request.clone()).await.unwrap().into_inner();
+        let again = orders
+            .place_order(request.clone())
+            .await
+            .unwrap()
+            .into_inner();
         assert_eq!(&again, &retried[id], "second retry of {id} differs");
     }
-    eprintln!("{} orders placed, {in_flight} unacknowledged at SIGKILL", requests.len());
+    eprintln!(
+        "{} orders placed, {in_flight} unacknowledged at SIGKILL",
+        requests.len()
+    );
     let journal = all_orders(&mut orders).await;
-    assert_eq!(journal.len(), requests.len(), "one order per client_order_id");
+    assert_eq!(
+        journal.len(),
+        requests.len(),
+        "one order per client_order_id"
+    );
     let ids: HashSet<_> = journal.iter().map(|o| o.client_order_id.clone()).collect();
     assert_eq!(ids.len(), requests.len());
     let order_ids: HashSet<_> = journal.iter().map(|o| o.order_id.clone()).collect();
@@ -221,11 +304,28 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     }
 
     // The terminal client retries across the restart too.
-    let filled = acked.values().find(|o| o.status() == OrderStatus::Filled).unwrap();
+    let filled = acked
+        .values()
+        .find(|o| o.status() == OrderStatus::Filled)
+        .unwrap();
     let request = &requests[&filled.client_order_id];
-    let side = if request.side == Side::Buy as i32 { "buy" } else { "sell" };
+    let side = if request.side == Side::Buy as i32 {
+        "buy"
+    } else {
+        "sell"
+    };
     let output = Command::new(BIN)
-        .args(["order", "--server", &second.url, "--symbol", "USD_JPY", "--side", side, "--quantity", "1000"])
+        .args([
+            "order",
+            "--server",
+            &second.url,
+            "--symbol",
+            "USD_JPY",
+            "--side",
+            side,
+            "--quantity",
+            "1000",
+        ])
         .args(["--price", &request.price, "--rate-id", &request.rate_id])
         .args(["--client-order-id", &request.client_order_id])
         .env("FXCAST_TOKEN", &token)
@@ -233,14 +333,41 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.starts_with(&format!("FILLED    {side} 1000 USD_JPY at {}", filled.fill_price)), "{stdout}");
-    assert!(stdout.contains(&format!("order {}", filled.order_id)), "{stdout}");
-    assert_eq!(all_orders(&mut orders).await.len(), requests.len(), "the CLI retry added nothing");
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.starts_with(&format!(
+            "FILLED    {side} 1000 USD_JPY at {}",
+            filled.fill_price
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("order {}", filled.order_id)),
+        "{stdout}"
+    );
+    assert_eq!(
+        all_orders(&mut orders).await.len(),
+        requests.len(),
+        "the CLI retry added nothing"
+    );
 
     // A price far from the market: rejected, and the command says so and fails.
     let output = Command::new(BIN)
-        .args(["order", "--server", &second.url, "--symbol", "USD_JPY", "--side", "buy", "--quantity", "1000"])
+        .args([
+            "order",
+            "--server",
+            &second.url,
+            "--symbol",
+            "USD_JPY",
+            "--side",
+            "buy",
+            "--quantity",
+            "1000",
+        ])
         .args(["--price", "100.000", "--client-order-id", "cli-far"])
         .env("FXCAST_TOKEN", &token)
         .output()
@@ -249,7 +376,13 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stdout}");
-    assert!(stdout.starts_with("REJECTED  buy 1000 USD_JPY at 100.000: PRICE_MOVED\n  ask 1"), "{stdout}");
-    assert!(stdout.contains(" from 100.000, tolerance 0.010"), "{stdout}");
+    assert!(
+        stdout.starts_with("REJECTED  buy 1000 USD_JPY at 100.000: PRICE_MOVED\n  ask 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(" from 100.000, tolerance 0.010"),
+        "{stdout}"
+    );
     assert!(stderr.contains("order rejected: PRICE_MOVED"), "{stderr}");
 }

@@ -135,6 +135,9 @@ pub async fn run(
     let stop = CancellationToken::new();
     let core = Arc::new(RatesCore::start(config, transport, stop.child_token()).await?);
     let mut grpc_addr = grpc.local_addr().map_err(Error::Http)?;
+    // Logged once the core is up (keys and API key exist), so whoever reads
+    // this line can connect and authenticate at once.
+    tracing::info!(grpc = %grpc_addr, http = %http.local_addr().map_err(Error::Http)?, "fxcast listening");
     if grpc_addr.ip().is_unspecified() {
         grpc_addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }

@@ -4,9 +4,8 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    HubConfig, StreamLimits,
-    auth::AuthConfig, feed::SimulatorConfig, orders::OrdersConfig, pricing::Markup, server::FeedKind,
-    symbols::SymbolOverride,
+    HubConfig, StreamLimits, auth::AuthConfig, feed::SimulatorConfig, orders::OrdersConfig,
+    pricing::Markup, server::FeedKind, symbols::SymbolOverride,
 };
 
 /// The symbols served when none are configured.

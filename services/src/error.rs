@@ -73,7 +73,9 @@ impl From<Error> for Status {
             Error::Transport(fxcast_transport::Error::PayloadTooLarge { .. }) => {
                 Code::InvalidArgument
             }
-            Error::Transport(_) | Error::Journal { .. } | Error::Unavailable(_) => Code::Unavailable,
+            Error::Transport(_) | Error::Journal { .. } | Error::Unavailable(_) => {
+                Code::Unavailable
+            }
             Error::Config(_) | Error::Decode { .. } | Error::Io { .. } | Error::Server(_) => {
                 Code::Internal
             }

@@ -200,7 +200,9 @@ impl RateHub {
         let sequence: u64 = rate_id.rsplit('-').next()?.parse().ok()?;
         let channel = self.channels.get(symbol)?;
         let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        let index = history.binary_search_by_key(&sequence, |t| t.sequence()).ok()?;
+        let index = history
+            .binary_search_by_key(&sequence, |t| t.sequence())
+            .ok()?;
         let tick = &history[index];
         (tick.rate.rate_id == rate_id).then(|| Arc::clone(tick))
     }

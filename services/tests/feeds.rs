@@ -15,7 +15,8 @@ use std::{
 use common::{TestServer, next_event};
 use fake_bitflyer::{FakeBitflyer, Ticker};
 use fxcast_proto::v1::{
-    GetLatestRateRequest, Rate, StreamRatesRequest, StreamRatesResponse,
+    GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, RejectReason, Side,
+    StreamRatesRequest, StreamRatesResponse, order_service_client::OrderServiceClient,
     stream_rates_response::Event,
 };
 use fxcast_services::{
@@ -106,23 +107,51 @@ impl Watcher {
         rate
     }
 
-    /// The next `n` rates, by symbol (each symbol at most once).
-    async fn next_by_symbol(&mut self, n: usize) -> BTreeMap<String, Rate> {
-        let mut rates = BTreeMap::new();
+    /// The next `n` rates, by symbol. Streams keep each symbol's order, not
+    /// the order across symbols.
+    async fn next_grouped(&mut self, n: usize) -> BTreeMap<String, Vec<Rate>> {
+        let mut rates: BTreeMap<String, Vec<Rate>> = BTreeMap::new();
         for _ in 0..n {
             let rate = self.next().await;
-            let symbol = rate.symbol.clone();
-            assert!(
-                rates.insert(symbol, rate).is_none(),
-                "a symbol ticked twice"
-            );
+            rates.entry(rate.symbol.clone()).or_default().push(rate);
         }
         rates
+    }
+
+    /// The next `n` rates, one of each symbol.
+    async fn next_one_each(&mut self, n: usize) -> BTreeMap<String, Rate> {
+        self.next_grouped(n)
+            .await
+            .into_iter()
+            .map(|(symbol, mut rates)| {
+                assert_eq!(rates.len(), 1, "{symbol} ticked more than once: {rates:?}");
+                (symbol, rates.remove(0))
+            })
+            .collect()
     }
 }
 
 fn prices(rate: &Rate) -> (&str, &str, &str) {
     (rate.symbol.as_str(), rate.bid.as_str(), rate.ask.as_str())
+}
+
+async fn order_client(server: &TestServer) -> OrderServiceClient<common::AuthedChannel> {
+    OrderServiceClient::new(
+        server
+            .authed_channel(&server.token("trader", "orders:place"))
+            .await,
+    )
+}
+
+fn buy_eth(client_order_id: &str, price: &str) -> PlaceOrderRequest {
+    PlaceOrderRequest {
+        client_order_id: client_order_id.to_owned(),
+        symbol: "ETH_JPY".to_owned(),
+        side: Side::Buy as i32,
+        quantity: "0.5".to_owned(),
+        price: price.to_owned(),
+        ..Default::default()
+    }
 }
 
 const BTC_1: Ticker = Ticker {
@@ -206,7 +235,15 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
         .await;
 
     // Exact decimals, the symbol's scale, markup rounded away from the mid.
-    let live = watcher.next_by_symbol(3).await;
+    let mut live = watcher.next_grouped(4).await;
+    let btc = live.get_mut("BTC_JPY").unwrap().pop().unwrap();
+    let live: BTreeMap<String, Rate> = live
+        .into_iter()
+        .map(|(symbol, mut rates)| {
+            assert_eq!(rates.len(), 1, "{rates:?}");
+            (symbol, rates.remove(0))
+        })
+        .collect();
     assert_eq!(prices(&live["BTC_JPY"]), ("BTC_JPY", "4197636", "4198100"));
     // 250000.5 - 25.00005 = 249975.49995 -> 249975; 250010 + 25.001 -> 250036.
     assert_eq!(prices(&live["ETH_JPY"]), ("ETH_JPY", "249975", "250036"));
@@ -216,18 +253,17 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     );
     assert_eq!(live["BTC_JPY"].source_time, Some(BTC_1.source_time()));
     assert_eq!(live["FX_BTC_JPY"].source_time, Some(FX_BTC_1.source_time()));
-    for rate in live.values() {
+    assert_eq!(
+        (prices(&btc), btc.sequence),
+        (("BTC_JPY", "4197701", "4198123"), 2)
+    );
+    for rate in live.values().chain([&btc]) {
         assert_eq!(
             (rate.source.as_str(), rate.stale),
             ("bitflyer", false),
             "{rate:?}"
         );
     }
-    let btc = watcher.next().await;
-    assert_eq!(
-        (prices(&btc), btc.sequence),
-        (("BTC_JPY", "4197701", "4198123"), 2)
-    );
     assert!(server.core.is_ready());
 
     let health = server.core.feed_health().snapshot();
@@ -247,7 +283,7 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     // Outage: the connection drops mid-stream and the next connect is refused.
     fake.refuse_connections(true);
     first.drop_abruptly();
-    let stale = watcher.next_by_symbol(3).await;
+    let stale = watcher.next_one_each(3).await;
     for (symbol, rate) in &stale {
         let before = if symbol == "BTC_JPY" {
             &btc
@@ -278,6 +314,15 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
         .unwrap()
         .into_inner();
     assert_eq!(latest, stale["ETH_JPY"]);
+    // The order path refuses the stale price.
+    let mut orders = order_client(&server).await;
+    let order = orders
+        .place_order(buy_eth("during-outage", &stale["ETH_JPY"].ask))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
+    assert_eq!(order.reject_reason(), RejectReason::StalePrice, "{order:?}");
     fake.wait_refusals(1).await;
     assert_eq!(server.core.feed_health().snapshot().connected, Some(false));
 
@@ -295,7 +340,7 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
         Ticker {
             tick_id: 9950,
             timestamp: "2023-08-17T07:25:09.1000000Z",
-            bid: "250100.0",
+            bid: "250005.0",
             ..ETH_1
         },
         Ticker {
@@ -307,15 +352,15 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     for ticker in &recovered_ticks {
         second.send_ticker(ticker).await;
     }
-    let recovered = watcher.next_by_symbol(3).await;
+    let recovered = watcher.next_one_each(3).await;
     assert_eq!(
         prices(&recovered["BTC_JPY"]),
         ("BTC_JPY", "4197701", "4198123")
     );
-    // 250100 - 25.01 = 250074.99 -> 250074.
+    // 250005 - 25.0005 = 249979.9995 -> 249979.
     assert_eq!(
         prices(&recovered["ETH_JPY"]),
-        ("ETH_JPY", "250074", "250036")
+        ("ETH_JPY", "249979", "250036")
     );
     for (symbol, rate) in &recovered {
         assert!(!rate.stale, "{rate:?}");
@@ -323,6 +368,12 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     }
     assert_eq!(recovered["BTC_JPY"].sequence, 4);
     assert!(server.core.is_ready());
+    let order = orders
+        .place_order(buy_eth("after-recovery", &recovered["ETH_JPY"].ask))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.status(), OrderStatus::Filled, "{order:?}");
     let health = server.core.feed_health().snapshot();
     assert_eq!(
         (health.counters.connects, health.counters.disconnects),
@@ -330,7 +381,7 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     );
     assert!(health.counters.connect_failures >= 1, "{health:?}");
     assert!(
-        health.symbols.iter().all(|s| !s.stale && s.outages == 1),
+        health.symbols.iter().all(|s| !s.stale && s.outages >= 1),
         "{health:?}"
     );
 }
@@ -446,8 +497,30 @@ async fn replay(path: &Path, speed: ReplaySpeed, looped: bool, count: usize) -> 
     rates
 }
 
+/// Each symbol's prices in sequence order.
+fn prices_by_symbol(rates: &[Rate]) -> BTreeMap<&str, Vec<(&str, &str, &str)>> {
+    let mut sorted: Vec<&Rate> = rates.iter().collect();
+    sorted.sort_by_key(|r| (r.symbol.clone(), r.sequence));
+    let mut by_symbol: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for rate in sorted {
+        by_symbol
+            .entry(rate.symbol.as_str())
+            .or_default()
+            .push(prices(rate));
+    }
+    by_symbol
+}
+
+fn session_prices() -> BTreeMap<&'static str, Vec<(&'static str, &'static str, &'static str)>> {
+    let mut by_symbol: BTreeMap<&str, Vec<_>> = BTreeMap::new();
+    for p in SESSION_PRICES {
+        by_symbol.entry(p.0).or_default().push(p);
+    }
+    by_symbol
+}
+
 /// What a comparison of two runs looks at: everything but the run's own
-/// identity and clock.
+/// identity and clock, in symbol and sequence order.
 fn published(
     rates: &[Rate],
 ) -> Vec<(
@@ -458,7 +531,7 @@ fn published(
     Option<prost_types::Timestamp>,
     bool,
 )> {
-    rates
+    let mut published: Vec<_> = rates
         .iter()
         .map(|r| {
             (
@@ -470,7 +543,9 @@ fn published(
                 r.stale,
             )
         })
-        .collect()
+        .collect();
+    published.sort_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+    published
 }
 
 #[tokio::test]
@@ -525,7 +600,7 @@ async fn a_recorded_session_replays_to_the_same_published_prices_deterministical
     assert_eq!(published(&first), published(&second));
     assert_eq!(published(&first), published(&live_rates));
     assert!(first.iter().all(|r| r.source == "replay" && !r.stale));
-    assert_eq!(first.iter().map(prices).collect::<Vec<_>>(), SESSION_PRICES);
+    assert_eq!(prices_by_symbol(&first), session_prices());
 }
 
 #[tokio::test]
@@ -542,13 +617,23 @@ async fn a_looped_replay_starts_over_with_sequences_carrying_on() {
         .collect();
     std::fs::write(&path, lines.concat()).unwrap();
     let rates = replay(&path, "10".parse().unwrap(), true, ticks.len() * 2).await;
-    let (pass1, pass2) = rates.split_at(ticks.len());
-    assert_eq!(pass1.iter().map(prices).collect::<Vec<_>>(), SESSION_PRICES);
-    assert_eq!(pass2.iter().map(prices).collect::<Vec<_>>(), SESSION_PRICES);
-    assert_eq!(
-        pass1.iter().map(|r| &r.source_time).collect::<Vec<_>>(),
-        pass2.iter().map(|r| &r.source_time).collect::<Vec<_>>()
-    );
+    let mut twice = session_prices();
+    for prices in twice.values_mut() {
+        prices.extend(prices.clone());
+    }
+    assert_eq!(prices_by_symbol(&rates), twice);
+    for symbol in ["BTC_JPY", "ETH_JPY"] {
+        let times: Vec<_> = rates
+            .iter()
+            .filter(|r| r.symbol == symbol)
+            .map(|r| r.source_time)
+            .collect();
+        let (pass1, pass2) = times.split_at(times.len() / 2);
+        assert_eq!(
+            pass1, pass2,
+            "{symbol}: the second pass has the recorded source times"
+        );
+    }
     let btc: Vec<u64> = rates
         .iter()
         .filter(|r| r.symbol == "BTC_JPY")

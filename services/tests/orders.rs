@@ -14,12 +14,14 @@ use std::{
 
 use common::{AuthedChannel, TestServer};
 use fxcast_proto::v1::{
-    GetOrderRequest, ListOrdersRequest, Order, OrderEvent, OrderStatus, PlaceOrderRequest, Rate, RejectReason,
-    Side, StreamOrderEventsRequest, order_service_client::OrderServiceClient,
+    GetOrderRequest, ListOrdersRequest, Order, OrderEvent, OrderStatus, PlaceOrderRequest, Rate,
+    RejectReason, Side, StreamOrderEventsRequest, order_service_client::OrderServiceClient,
 };
 use fxcast_services::{
     BoxFuture, Config, FeedKind, OrdersConfig,
-    orders::{LiquidityProvider, LpConfig, LpError, LpOrder, LpOutcome, PricePolicy, SimulatedLpConfig},
+    orders::{
+        LiquidityProvider, LpConfig, LpError, LpOrder, LpOutcome, PricePolicy, SimulatedLpConfig,
+    },
     symbols::SymbolOverride,
 };
 use prost::Message;
@@ -75,11 +77,18 @@ fn sell(id: &str, price: &str) -> PlaceOrderRequest {
 }
 
 async fn place(client: &mut Client, request: PlaceOrderRequest) -> Order {
-    client.place_order(request).await.expect("PlaceOrder failed").into_inner()
+    client
+        .place_order(request)
+        .await
+        .expect("PlaceOrder failed")
+        .into_inner()
 }
 
 async fn place_err(client: &mut Client, request: PlaceOrderRequest) -> Status {
-    client.place_order(request).await.expect_err("PlaceOrder should fail")
+    client
+        .place_order(request)
+        .await
+        .expect_err("PlaceOrder should fail")
 }
 
 fn assert_filled(order: &Order, fill_price: &str) {
@@ -95,11 +104,19 @@ fn assert_rejected(order: &Order, reason: RejectReason, message: &str) {
     assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
     assert_eq!(order.reject_reason(), reason, "{order:?}");
     assert_eq!(order.message, message);
-    assert!(order.fill_price.is_empty() && order.lp_execution_id.is_empty(), "{order:?}");
+    assert!(
+        order.fill_price.is_empty() && order.lp_execution_id.is_empty(),
+        "{order:?}"
+    );
 }
 
 async fn list_all(client: &mut Client) -> Vec<Order> {
-    client.list_orders(ListOrdersRequest::default()).await.unwrap().into_inner().orders
+    client
+        .list_orders(ListOrdersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .orders
 }
 
 #[tokio::test]
@@ -109,22 +126,41 @@ async fn orders_within_tolerance_fill_at_the_live_price_on_both_sides() {
 
     let filled = place(&mut alice, buy("b-1", "151.230")).await;
     assert_filled(&filled, "151.230");
-    assert_eq!(filled.message, "filled at 151.230; ask 151.230 is 0.000 from 151.230, tolerance 0.010");
-    assert_eq!((filled.subject.as_str(), filled.client_order_id.as_str()), ("alice", "b-1"));
+    assert_eq!(
+        filled.message,
+        "filled at 151.230; ask 151.230 is 0.000 from 151.230, tolerance 0.010"
+    );
+    assert_eq!(
+        (filled.subject.as_str(), filled.client_order_id.as_str()),
+        ("alice", "b-1")
+    );
     assert_eq!(filled.liquidity_provider, "simulated");
     assert_eq!(filled.lp_execution_id, format!("SIM-{}", filled.order_id));
 
     let moved = server.publish("USD_JPY", "151.226", "151.234").await;
     let filled = place(&mut alice, buy("b-2", "151.230")).await;
     assert_filled(&filled, "151.234");
-    assert_eq!((filled.market_price.as_str(), filled.applied_tolerance.as_str()), ("151.234", "0.010"));
+    assert_eq!(
+        (
+            filled.market_price.as_str(),
+            filled.applied_tolerance.as_str()
+        ),
+        ("151.234", "0.010")
+    );
     assert_eq!(filled.market_rate_id, moved.rate_id);
 
     let filled = place(&mut alice, sell("s-1", "151.222")).await;
     assert_filled(&filled, "151.226");
-    assert_eq!(filled.message, "filled at 151.226; bid 151.226 is 0.004 from 151.222, tolerance 0.010");
+    assert_eq!(
+        filled.message,
+        "filled at 151.226; bid 151.226 is 0.004 from 151.222, tolerance 0.010"
+    );
 
-    let filled = place(&mut alice, order("e-1", "EUR_USD", Side::Sell, "250000", "1.08505")).await;
+    let filled = place(
+        &mut alice,
+        order("e-1", "EUR_USD", Side::Sell, "250000", "1.08505"),
+    )
+    .await;
     assert_filled(&filled, "1.08500");
 }
 
@@ -135,23 +171,46 @@ async fn orders_beyond_tolerance_are_rejected_with_the_numbers() {
     server.publish("USD_JPY", "151.237", "151.245").await;
 
     let rejected = place(&mut alice, buy("b-1", "151.230")).await;
-    assert_rejected(&rejected, RejectReason::PriceMoved, "ask 151.245 is 0.015 from 151.230, tolerance 0.010");
+    assert_rejected(
+        &rejected,
+        RejectReason::PriceMoved,
+        "ask 151.245 is 0.015 from 151.230, tolerance 0.010",
+    );
     assert_eq!(rejected.market_price, "151.245");
-    assert_eq!(rejected.order_id.len(), 26, "a rejected order is still an order");
-    assert!(rejected.liquidity_provider.is_empty(), "never sent to the LP");
+    assert_eq!(
+        rejected.order_id.len(),
+        26,
+        "a rejected order is still an order"
+    );
+    assert!(
+        rejected.liquidity_provider.is_empty(),
+        "never sent to the LP"
+    );
 
     let rejected = place(&mut alice, sell("s-1", "151.250")).await;
-    assert_rejected(&rejected, RejectReason::PriceMoved, "bid 151.237 is 0.013 from 151.250, tolerance 0.010");
+    assert_rejected(
+        &rejected,
+        RejectReason::PriceMoved,
+        "bid 151.237 is 0.013 from 151.250, tolerance 0.010",
+    );
 
     // Symmetric: a move in the client's favour beyond tolerance is rejected too.
     let rejected = place(&mut alice, buy("b-2", "151.260")).await;
-    assert_rejected(&rejected, RejectReason::PriceMoved, "ask 151.245 is 0.015 from 151.260, tolerance 0.010");
+    assert_rejected(
+        &rejected,
+        RejectReason::PriceMoved,
+        "ask 151.245 is 0.015 from 151.260, tolerance 0.010",
+    );
 
     // A tighter tolerance than the server's is honoured.
     let mut tight = buy("b-3", "151.240");
     tight.tolerance = "0.004".into();
     let rejected = place(&mut alice, tight).await;
-    assert_rejected(&rejected, RejectReason::PriceMoved, "ask 151.245 is 0.005 from 151.240, tolerance 0.004");
+    assert_rejected(
+        &rejected,
+        RejectReason::PriceMoved,
+        "ask 151.245 is 0.005 from 151.240, tolerance 0.004",
+    );
     let mut tight = buy("b-4", "151.240");
     tight.tolerance = "0.25bp".into();
     let rejected = place(&mut alice, tight).await;
@@ -160,7 +219,11 @@ async fn orders_beyond_tolerance_are_rejected_with_the_numbers() {
         RejectReason::PriceMoved,
         "ask 151.245 is 0.005 from 151.240, tolerance 0.003781 (0.25bp)",
     );
-    assert_eq!(list_all(&mut alice).await.len(), 5, "rejections are journalled orders");
+    assert_eq!(
+        list_all(&mut alice).await.len(),
+        5,
+        "rejections are journalled orders"
+    );
 }
 
 #[tokio::test]
@@ -190,13 +253,23 @@ async fn tolerance_boundaries_are_inclusive() {
 
 #[tokio::test]
 async fn adverse_only_policy_rejects_only_moves_against_the_client() {
-    let server = desk_with(config(OrdersConfig { policy: PricePolicy::AdverseOnly, ..Default::default() })).await;
+    let server = desk_with(config(OrdersConfig {
+        policy: PricePolicy::AdverseOnly,
+        ..Default::default()
+    }))
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
     // Far in the buyer's favour: fills at the better live price.
     assert_filled(&place(&mut alice, buy("b-fav", "151.500")).await, "151.230");
-    assert_filled(&place(&mut alice, sell("s-fav", "150.900")).await, "151.222");
+    assert_filled(
+        &place(&mut alice, sell("s-fav", "150.900")).await,
+        "151.222",
+    );
     // Against the client within tolerance (inclusive): fills.
-    assert_filled(&place(&mut alice, buy("b-adv-ok", "151.220")).await, "151.230");
+    assert_filled(
+        &place(&mut alice, buy("b-adv-ok", "151.220")).await,
+        "151.230",
+    );
     // Against the client beyond tolerance: rejected.
     assert_rejected(
         &place(&mut alice, buy("b-adv", "151.219")).await,
@@ -215,9 +288,16 @@ async fn stale_prices_are_rejected() {
     let mut overrides = BTreeMap::new();
     overrides.insert(
         "EUR_USD".to_owned(),
-        SymbolOverride { max_price_age: Some("500ms".into()), ..Default::default() },
+        SymbolOverride {
+            max_price_age: Some("500ms".into()),
+            ..Default::default()
+        },
     );
-    let server = TestServer::start(Config { symbol_overrides: overrides, ..config(OrdersConfig::default()) }).await;
+    let server = TestServer::start(Config {
+        symbol_overrides: overrides,
+        ..config(OrdersConfig::default())
+    })
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
 
     assert_rejected(
@@ -228,8 +308,16 @@ async fn stale_prices_are_rejected() {
 
     let old = server.publish("EUR_USD", "1.08500", "1.08508").await;
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let rejected = place(&mut alice, order("old", "EUR_USD", Side::Buy, "1000", "1.08508")).await;
-    assert_eq!(rejected.reject_reason(), RejectReason::StalePrice, "{rejected:?}");
+    let rejected = place(
+        &mut alice,
+        order("old", "EUR_USD", Side::Buy, "1000", "1.08508"),
+    )
+    .await;
+    assert_eq!(
+        rejected.reject_reason(),
+        RejectReason::StalePrice,
+        "{rejected:?}"
+    );
     let prefix = format!("the latest EUR_USD rate {} is ", old.rate_id);
     assert!(
         rejected.message.starts_with(&prefix) && rejected.message.ends_with("s old, max age 500ms"),
@@ -237,26 +325,48 @@ async fn stale_prices_are_rejected() {
         rejected.message
     );
     server.publish("EUR_USD", "1.08500", "1.08508").await;
-    assert_filled(&place(&mut alice, order("fresh", "EUR_USD", Side::Buy, "1000", "1.08508")).await, "1.08508");
+    assert_filled(
+        &place(
+            &mut alice,
+            order("fresh", "EUR_USD", Side::Buy, "1000", "1.08508"),
+        )
+        .await,
+        "1.08508",
+    );
 
     // The feed is marked down: another process publishes a stale rate.
     let last = server.publish("USD_JPY", "151.222", "151.230").await;
     let down = Rate {
         sequence: last.sequence + 1,
-        rate_id: format!("USD_JPY-{}-{}", server.core.publisher().run_id(), last.sequence + 1),
+        rate_id: format!(
+            "USD_JPY-{}-{}",
+            server.core.publisher().run_id(),
+            last.sequence + 1
+        ),
         stale: true,
         ..last
     };
-    server.core.transport().publish("rates.USD_JPY", down.encode_to_vec().into()).await.unwrap();
+    server
+        .core
+        .transport()
+        .publish("rates.USD_JPY", down.encode_to_vec().into())
+        .await
+        .unwrap();
     let started = Instant::now();
     while !server.core.latest().get("USD_JPY").unwrap().rate.stale {
-        assert!(started.elapsed() < Duration::from_secs(5), "stale rate never arrived");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stale rate never arrived"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_rejected(
         &place(&mut alice, buy("down", "151.230")).await,
         RejectReason::StalePrice,
-        &format!("the USD_JPY feed is marked down (latest rate {} is stale)", down.rate_id),
+        &format!(
+            "the USD_JPY feed is marked down (latest rate {} is stale)",
+            down.rate_id
+        ),
     );
 }
 
@@ -265,9 +375,16 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     let mut overrides = BTreeMap::new();
     overrides.insert(
         "USD_JPY".to_owned(),
-        SymbolOverride { max_price_age: Some("1s".into()), ..Default::default() },
+        SymbolOverride {
+            max_price_age: Some("1s".into()),
+            ..Default::default()
+        },
     );
-    let server = TestServer::start(Config { symbol_overrides: overrides, ..config(OrdersConfig::default()) }).await;
+    let server = TestServer::start(Config {
+        symbol_overrides: overrides,
+        ..config(OrdersConfig::default())
+    })
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
     let quoted = server.publish("USD_JPY", "151.222", "151.230").await;
     server.publish("USD_JPY", "151.224", "151.232").await;
@@ -284,11 +401,17 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     assert_rejected(
         &place(&mut alice, unknown.clone()).await,
         RejectReason::UnknownRate,
-        &format!("rate_id {} names no USD_JPY rate published within the last 1s", unknown.rate_id),
+        &format!(
+            "rate_id {} names no USD_JPY rate published within the last 1s",
+            unknown.rate_id
+        ),
     );
     let mut earlier_run = buy("q-earlier-run", "151.230");
     earlier_run.rate_id = format!("USD_JPY-00000000-{}", quoted.sequence);
-    assert_eq!(place(&mut alice, earlier_run).await.reject_reason(), RejectReason::UnknownRate);
+    assert_eq!(
+        place(&mut alice, earlier_run).await.reject_reason(),
+        RejectReason::UnknownRate
+    );
 
     tokio::time::sleep(Duration::from_millis(700)).await;
     server.publish("USD_JPY", "151.224", "151.232").await;
@@ -296,10 +419,18 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     let mut too_old = buy("q-old", "151.230");
     too_old.rate_id = quoted.rate_id.clone();
     let rejected = place(&mut alice, too_old).await;
-    assert_eq!(rejected.reject_reason(), RejectReason::UnknownRate, "{rejected:?}");
+    assert_eq!(
+        rejected.reject_reason(),
+        RejectReason::UnknownRate,
+        "{rejected:?}"
+    );
     assert!(
-        rejected.message.starts_with(&format!("rate_id {} was published ", quoted.rate_id))
-            && rejected.message.ends_with("s ago, more than the USD_JPY max age 1s"),
+        rejected
+            .message
+            .starts_with(&format!("rate_id {} was published ", quoted.rate_id))
+            && rejected
+                .message
+                .ends_with("s ago, more than the USD_JPY max age 1s"),
         "{}",
         rejected.message
     );
@@ -308,7 +439,13 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     other_symbol.rate_id = "EUR_USD-x-1".into();
     let status = place_err(&mut alice, other_symbol).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().contains("rate_id EUR_USD-x-1 is not a USD_JPY rate"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("rate_id EUR_USD-x-1 is not a USD_JPY rate"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
@@ -317,16 +454,49 @@ async fn invalid_requests_are_refused_precisely_and_not_journalled() {
     let mut alice = client(&server, "alice", TRADER).await;
     let cases: Vec<(PlaceOrderRequest, &str)> = vec![
         (buy("", "151.230"), "client_order_id is required"),
-        (buy(&"x".repeat(65), "151.230"), "client_order_id is 65 characters long, at most 64 are allowed"),
-        (buy("no/slash", "151.230"), "client_order_id \"no/slash\" contains '/'"),
-        (order("c", "", Side::Buy, "1000", "151.230"), "symbol is required"),
-        (order("c", "EUR_GBP", Side::Buy, "1000", "151.230"), "unknown symbol \"EUR_GBP\""),
-        (order("c", "USD_JPY", Side::Unspecified, "1000", "151.230"), "side is required: SIDE_BUY or SIDE_SELL"),
-        (PlaceOrderRequest { side: 7, ..buy("c", "151.230") }, "side 7 is not a valid side"),
-        (order("c", "USD_JPY", Side::Buy, "", "151.230"), "quantity is required"),
-        (order("c", "USD_JPY", Side::Buy, "0", "151.230"), "quantity must be positive, got 0"),
-        (order("c", "USD_JPY", Side::Buy, "-5", "151.230"), "quantity \"-5\" is not a plain decimal number"),
-        (order("c", "USD_JPY", Side::Buy, "10.5", "151.230"), "quantity 10.5 is not a multiple of the USD_JPY lot size 1"),
+        (
+            buy(&"x".repeat(65), "151.230"),
+            "client_order_id is 65 characters long, at most 64 are allowed",
+        ),
+        (
+            buy("no/slash", "151.230"),
+            "client_order_id \"no/slash\" contains '/'",
+        ),
+        (
+            order("c", "", Side::Buy, "1000", "151.230"),
+            "symbol is required",
+        ),
+        (
+            order("c", "EUR_GBP", Side::Buy, "1000", "151.230"),
+            "unknown symbol \"EUR_GBP\"",
+        ),
+        (
+            order("c", "USD_JPY", Side::Unspecified, "1000", "151.230"),
+            "side is required: SIDE_BUY or SIDE_SELL",
+        ),
+        (
+            PlaceOrderRequest {
+                side: 7,
+                ..buy("c", "151.230")
+            },
+            "side 7 is not a valid side",
+        ),
+        (
+            order("c", "USD_JPY", Side::Buy, "", "151.230"),
+            "quantity is required",
+        ),
+        (
+            order("c", "USD_JPY", Side::Buy, "0", "151.230"),
+            "quantity must be positive, got 0",
+        ),
+        (
+            order("c", "USD_JPY", Side::Buy, "-5", "151.230"),
+            "quantity \"-5\" is not a plain decimal number",
+        ),
+        (
+            order("c", "USD_JPY", Side::Buy, "10.5", "151.230"),
+            "quantity 10.5 is not a multiple of the USD_JPY lot size 1",
+        ),
         (
             order("c", "USD_JPY", Side::Buy, "10000001", "151.230"),
             "quantity 10000001 is above the USD_JPY maximum 10000000",
@@ -335,28 +505,66 @@ async fn invalid_requests_are_refused_precisely_and_not_journalled() {
             order("c", "BTC_JPY", Side::Buy, "0.0005", "10000000"),
             "quantity 0.0005 is not a multiple of the BTC_JPY lot size 0.001",
         ),
-        (order("c", "BTC_JPY", Side::Buy, "101", "10000000"), "quantity 101 is above the BTC_JPY maximum 100"),
+        (
+            order("c", "BTC_JPY", Side::Buy, "101", "10000000"),
+            "quantity 101 is above the BTC_JPY maximum 100",
+        ),
         (buy("c", ""), "price is required"),
         (buy("c", "0"), "price must be positive, got 0"),
-        (buy("c", "1.5e2"), "price \"1.5e2\" is not a plain decimal number"),
-        (buy("c", "151.2305"), "price 151.2305 is not on the USD_JPY tick size 0.001"),
-        (PlaceOrderRequest { tolerance: "loose".into(), ..buy("c", "151.230") }, "tolerance \"loose\" is not a tolerance"),
         (
-            PlaceOrderRequest { tolerance: "0.020".into(), ..buy("c", "151.230") },
+            buy("c", "1.5e2"),
+            "price \"1.5e2\" is not a plain decimal number",
+        ),
+        (
+            buy("c", "151.2305"),
+            "price 151.2305 is not on the USD_JPY tick size 0.001",
+        ),
+        (
+            PlaceOrderRequest {
+                tolerance: "loose".into(),
+                ..buy("c", "151.230")
+            },
+            "tolerance \"loose\" is not a tolerance",
+        ),
+        (
+            PlaceOrderRequest {
+                tolerance: "0.020".into(),
+                ..buy("c", "151.230")
+            },
             "tolerance 0.020 is above the USD_JPY maximum 0.010",
         ),
         (
-            PlaceOrderRequest { tolerance: "2bp".into(), ..buy("c", "151.230") },
+            PlaceOrderRequest {
+                tolerance: "2bp".into(),
+                ..buy("c", "151.230")
+            },
             "tolerance 2bp (0.030246 at price 151.230) is above the USD_JPY maximum 0.010",
         ),
-        (PlaceOrderRequest { rate_id: "USD_JPY 1".into(), ..buy("c", "151.230") }, "rate_id \"USD_JPY 1\" is not a rate id"),
+        (
+            PlaceOrderRequest {
+                rate_id: "USD_JPY 1".into(),
+                ..buy("c", "151.230")
+            },
+            "rate_id \"USD_JPY 1\" is not a rate id",
+        ),
     ];
     for (request, expected) in cases {
         let status = place_err(&mut alice, request).await;
-        assert_eq!(status.code(), Code::InvalidArgument, "{expected}: {status:?}");
-        assert!(status.message().contains(expected), "expected {expected:?} in {:?}", status.message());
+        assert_eq!(
+            status.code(),
+            Code::InvalidArgument,
+            "{expected}: {status:?}"
+        );
+        assert!(
+            status.message().contains(expected),
+            "expected {expected:?} in {:?}",
+            status.message()
+        );
     }
-    assert!(list_all(&mut alice).await.is_empty(), "invalid requests are not journalled");
+    assert!(
+        list_all(&mut alice).await.is_empty(),
+        "invalid requests are not journalled"
+    );
 }
 
 #[tokio::test]
@@ -371,14 +579,36 @@ async fn minimum_quantity_comes_from_the_symbol_configuration() {
             ..Default::default()
         },
     );
-    let server = desk_with(Config { symbol_overrides: overrides, ..config(OrdersConfig::default()) }).await;
+    let server = desk_with(Config {
+        symbol_overrides: overrides,
+        ..config(OrdersConfig::default())
+    })
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
-    let status = place_err(&mut alice, order("c", "USD_JPY", Side::Buy, "5000", "151.230")).await;
-    assert_eq!(status.message(), "quantity 5000 is below the USD_JPY minimum 10000");
-    let status = place_err(&mut alice, order("c", "USD_JPY", Side::Buy, "10500", "151.230")).await;
-    assert_eq!(status.message(), "quantity 10500 is not a multiple of the USD_JPY lot size 1000");
+    let status = place_err(
+        &mut alice,
+        order("c", "USD_JPY", Side::Buy, "5000", "151.230"),
+    )
+    .await;
+    assert_eq!(
+        status.message(),
+        "quantity 5000 is below the USD_JPY minimum 10000"
+    );
+    let status = place_err(
+        &mut alice,
+        order("c", "USD_JPY", Side::Buy, "10500", "151.230"),
+    )
+    .await;
+    assert_eq!(
+        status.message(),
+        "quantity 10500 is not a multiple of the USD_JPY lot size 1000"
+    );
     assert_rejected(
-        &place(&mut alice, order("c", "USD_JPY", Side::Buy, "10000", "151.224")).await,
+        &place(
+            &mut alice,
+            order("c", "USD_JPY", Side::Buy, "10000", "151.224"),
+        )
+        .await,
         RejectReason::PriceMoved,
         "ask 151.230 is 0.006 from 151.224, tolerance 0.005",
     );
@@ -396,10 +626,18 @@ async fn a_retry_returns_the_original_order_and_a_conflicting_one_is_a_duplicate
     let retried = place(&mut alice, buy("c-1", "151.230")).await;
     assert_eq!(retried, original);
     // The same values in another spelling are the same order.
-    let retried = place(&mut alice, order("c-1", "USD_JPY", Side::Buy, "1000.00", "151.23")).await;
+    let retried = place(
+        &mut alice,
+        order("c-1", "USD_JPY", Side::Buy, "1000.00", "151.23"),
+    )
+    .await;
     assert_eq!(retried, original);
 
-    let conflicting = place(&mut alice, order("c-1", "USD_JPY", Side::Buy, "2000", "151.230")).await;
+    let conflicting = place(
+        &mut alice,
+        order("c-1", "USD_JPY", Side::Buy, "2000", "151.230"),
+    )
+    .await;
     assert_rejected(
         &conflicting,
         RejectReason::DuplicateOrderId,
@@ -409,25 +647,42 @@ async fn a_retry_returns_the_original_order_and_a_conflicting_one_is_a_duplicate
             original.order_id
         ),
     );
-    assert!(conflicting.order_id.is_empty(), "a duplicate is not an order of its own");
+    assert!(
+        conflicting.order_id.is_empty(),
+        "a duplicate is not an order of its own"
+    );
     let conflicting = place(&mut alice, sell("c-1", "151.230")).await;
     assert_eq!(conflicting.reject_reason(), RejectReason::DuplicateOrderId);
-    assert!(conflicting.message.contains("side buy (now sell)"), "{}", conflicting.message);
+    assert!(
+        conflicting.message.contains("side buy (now sell)"),
+        "{}",
+        conflicting.message
+    );
 
     // A rejected order keeps its id too.
     let rejected = place(&mut alice, buy("c-2", "151.230")).await;
     assert_eq!(rejected.reject_reason(), RejectReason::PriceMoved);
     server.publish("USD_JPY", "151.222", "151.230").await;
-    assert_eq!(place(&mut alice, buy("c-2", "151.230")).await, rejected, "a retry does not re-check");
+    assert_eq!(
+        place(&mut alice, buy("c-2", "151.230")).await,
+        rejected,
+        "a retry does not re-check"
+    );
 
     let orders = list_all(&mut alice).await;
     assert_eq!(orders.len(), 2, "{orders:?}");
     let fetched = alice
-        .get_order(GetOrderRequest { order_id: original.order_id.clone(), ..Default::default() })
+        .get_order(GetOrderRequest {
+            order_id: original.order_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(fetched, original, "the duplicate left the original untouched");
+    assert_eq!(
+        fetched, original,
+        "the duplicate left the original untouched"
+    );
 }
 
 /// An LP that counts executions and answers slowly, so concurrent retries
@@ -450,19 +705,30 @@ impl LiquidityProvider for CountingLp {
         Box::pin(async move {
             let n = self.executions.fetch_add(1, Ordering::SeqCst) + 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
-            Ok(LpOutcome::Filled { price: order.price, execution_id: format!("CNT-{n}") })
+            Ok(LpOutcome::Filled {
+                price: order.price,
+                execution_id: format!("CNT-{n}"),
+            })
         })
     }
 
     fn recover<'a>(&'a self, _order: &'a LpOrder) -> BoxFuture<'a, Result<LpOutcome, LpError>> {
-        Box::pin(async { Ok(LpOutcome::Rejected { message: "never seen".into() }) })
+        Box::pin(async {
+            Ok(LpOutcome::Rejected {
+                message: "never seen".into(),
+            })
+        })
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_retries_fill_exactly_once() {
     let lp = Arc::new(CountingLp::default());
-    let server = desk_with(config(OrdersConfig { lp: LpConfig::Custom(lp.clone()), ..Default::default() })).await;
+    let server = desk_with(config(OrdersConfig {
+        lp: LpConfig::Custom(lp.clone()),
+        ..Default::default()
+    }))
+    .await;
     let token = server.token("alice", TRADER);
     let channel = server.authed_channel(&token).await;
     let tasks: Vec<_> = (0..100)
@@ -475,7 +741,11 @@ async fn a_hundred_concurrent_retries_fill_exactly_once() {
     for task in tasks {
         orders.push(task.await.unwrap());
     }
-    assert_eq!(lp.executions.load(Ordering::SeqCst), 1, "the LP dealt more than once");
+    assert_eq!(
+        lp.executions.load(Ordering::SeqCst),
+        1,
+        "the LP dealt more than once"
+    );
     let ids: HashSet<_> = orders.iter().map(|o| o.order_id.clone()).collect();
     assert_eq!(ids.len(), 1, "every retry got the one order");
     for order in &orders {
@@ -488,12 +758,29 @@ async fn a_hundred_concurrent_retries_fill_exactly_once() {
 
 #[tokio::test]
 async fn the_liquidity_provider_may_decline() {
-    let lp = SimulatedLpConfig { reject_rate: "1".parse().unwrap(), ..Default::default() };
-    let server = desk_with(config(OrdersConfig { lp: LpConfig::Simulated(lp), ..Default::default() })).await;
+    let lp = SimulatedLpConfig {
+        reject_rate: "1".parse().unwrap(),
+        ..Default::default()
+    };
+    let server = desk_with(config(OrdersConfig {
+        lp: LpConfig::Simulated(lp),
+        ..Default::default()
+    }))
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
     let rejected = place(&mut alice, buy("lp-1", "151.230")).await;
-    assert_rejected(&rejected, RejectReason::LpRejected, "the simulated LP declined on last look (reject rate 1)");
-    assert_eq!((rejected.liquidity_provider.as_str(), rejected.market_price.as_str()), ("simulated", "151.230"));
+    assert_rejected(
+        &rejected,
+        RejectReason::LpRejected,
+        "the simulated LP declined on last look (reject rate 1)",
+    );
+    assert_eq!(
+        (
+            rejected.liquidity_provider.as_str(),
+            rejected.market_price.as_str()
+        ),
+        ("simulated", "151.230")
+    );
     assert_eq!(place(&mut alice, buy("lp-1", "151.230")).await, rejected);
 }
 
@@ -505,23 +792,41 @@ async fn callers_see_only_their_own_orders() {
     let alices = place(&mut alice, buy("same-id", "151.230")).await;
     let bobs = place(&mut bob, sell("same-id", "151.222")).await;
     assert_filled(&bobs, "151.222");
-    assert_ne!(alices.order_id, bobs.order_id, "client_order_id is per subject");
+    assert_ne!(
+        alices.order_id, bobs.order_id,
+        "client_order_id is per subject"
+    );
 
     let err = bob
-        .get_order(GetOrderRequest { order_id: alices.order_id.clone(), ..Default::default() })
+        .get_order(GetOrderRequest {
+            order_id: alices.order_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
-        (Code::PermissionDenied, format!("order {} belongs to another subject", alices.order_id).as_str())
+        (
+            Code::PermissionDenied,
+            format!("order {} belongs to another subject", alices.order_id).as_str()
+        )
     );
     let err = bob
-        .get_order(GetOrderRequest { order_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(), ..Default::default() })
+        .get_order(GetOrderRequest {
+            order_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::NotFound, "order 01ARZ3NDEKTSV4RRFFQ69G5FAV not found"));
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::NotFound, "order 01ARZ3NDEKTSV4RRFFQ69G5FAV not found")
+    );
     let by_client_id = bob
-        .get_order(GetOrderRequest { client_order_id: "same-id".into(), ..Default::default() })
+        .get_order(GetOrderRequest {
+            client_order_id: "same-id".into(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
@@ -534,15 +839,30 @@ async fn callers_see_only_their_own_orders() {
     let mut reader = client(&server, "alice", "orders:read").await;
     assert_eq!(list_all(&mut reader).await, vec![alices.clone()]);
     let err = place_err(&mut reader, buy("r-1", "151.230")).await;
-    assert_eq!((err.code(), err.message()), (Code::PermissionDenied, "this token lacks the orders:place scope"));
-    let mut watcher = client(&server, "alice", "rates:subscribe=*").await;
-    let err = watcher.list_orders(ListOrdersRequest::default()).await.unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
-        (Code::PermissionDenied, "this token lacks the orders:read scope (or orders:place)")
+        (
+            Code::PermissionDenied,
+            "this token lacks the orders:place scope"
+        )
+    );
+    let mut watcher = client(&server, "alice", "rates:subscribe=*").await;
+    let err = watcher
+        .list_orders(ListOrdersRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::PermissionDenied,
+            "this token lacks the orders:read scope (or orders:place)"
+        )
     );
     let mut anonymous = OrderServiceClient::new(server.channel().await);
-    let err = anonymous.place_order(buy("a-1", "151.230")).await.unwrap_err();
+    let err = anonymous
+        .place_order(buy("a-1", "151.230"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
 }
 
@@ -555,18 +875,33 @@ async fn list_orders_filters_and_paginates_newest_first() {
         placed.push(place(&mut alice, buy(&format!("f-{i}"), "151.230")).await);
     }
     placed.push(place(&mut alice, buy("r-0", "151.100")).await);
-    placed.push(place(&mut alice, order("e-0", "EUR_USD", Side::Buy, "1000", "1.08508")).await);
+    placed.push(
+        place(
+            &mut alice,
+            order("e-0", "EUR_USD", Side::Buy, "1000", "1.08508"),
+        )
+        .await,
+    );
     let middle = placed[3].created_at;
 
     let mut pages = Vec::new();
     let mut token = String::new();
     loop {
         let page = alice
-            .list_orders(ListOrdersRequest { page_size: 4, page_token: token.clone(), ..Default::default() })
+            .list_orders(ListOrdersRequest {
+                page_size: 4,
+                page_token: token.clone(),
+                ..Default::default()
+            })
             .await
             .unwrap()
             .into_inner();
-        pages.push(page.orders.iter().map(|o| o.client_order_id.clone()).collect::<Vec<_>>());
+        pages.push(
+            page.orders
+                .iter()
+                .map(|o| o.client_order_id.clone())
+                .collect::<Vec<_>>(),
+        );
         if page.next_page_token.is_empty() {
             break;
         }
@@ -574,33 +909,77 @@ async fn list_orders_filters_and_paginates_newest_first() {
     }
     assert_eq!(
         pages,
-        vec![vec!["e-0", "r-0", "f-6", "f-5"], vec!["f-4", "f-3", "f-2", "f-1"], vec!["f-0"]],
+        vec![
+            vec!["e-0", "r-0", "f-6", "f-5"],
+            vec!["f-4", "f-3", "f-2", "f-1"],
+            vec!["f-0"]
+        ],
     );
 
     let list = |request: ListOrdersRequest| {
         let mut alice = alice.clone();
         async move {
-            let orders = alice.list_orders(request).await.unwrap().into_inner().orders;
-            orders.into_iter().map(|o| o.client_order_id).collect::<Vec<_>>()
+            let orders = alice
+                .list_orders(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .orders;
+            orders
+                .into_iter()
+                .map(|o| o.client_order_id)
+                .collect::<Vec<_>>()
         }
     };
-    assert_eq!(list(ListOrdersRequest { symbol: "EUR_USD".into(), ..Default::default() }).await, ["e-0"]);
     assert_eq!(
-        list(ListOrdersRequest { status: OrderStatus::Rejected as i32, ..Default::default() }).await,
+        list(ListOrdersRequest {
+            symbol: "EUR_USD".into(),
+            ..Default::default()
+        })
+        .await,
+        ["e-0"]
+    );
+    assert_eq!(
+        list(ListOrdersRequest {
+            status: OrderStatus::Rejected as i32,
+            ..Default::default()
+        })
+        .await,
         ["r-0"]
     );
-    let after = list(ListOrdersRequest { created_after: middle, ..Default::default() }).await;
+    let after = list(ListOrdersRequest {
+        created_after: middle,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(after, ["e-0", "r-0", "f-6", "f-5", "f-4", "f-3"]);
-    let before = list(ListOrdersRequest { created_before: middle, ..Default::default() }).await;
+    let before = list(ListOrdersRequest {
+        created_before: middle,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(before, ["f-2", "f-1", "f-0"]);
 
     let err = alice
-        .list_orders(ListOrdersRequest { page_token: "nonsense".into(), ..Default::default() })
+        .list_orders(ListOrdersRequest {
+            page_token: "nonsense".into(),
+            ..Default::default()
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("page_token \"nonsense\""), "{}", err.message());
-    let err = alice.list_orders(ListOrdersRequest { status: 42, ..Default::default() }).await.unwrap_err();
+    assert!(
+        err.message().contains("page_token \"nonsense\""),
+        "{}",
+        err.message()
+    );
+    let err = alice
+        .list_orders(ListOrdersRequest {
+            status: 42,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
@@ -620,9 +999,15 @@ async fn order_events_stream_the_callers_own_orders() {
     let mut alice = client(&server, "alice", TRADER).await;
     let mut bob = client(&server, "bob", TRADER).await;
     let mut blotter = client(&server, "alice", "orders:read").await;
-    let mut events = blotter.stream_order_events(StreamOrderEventsRequest::default()).await.unwrap().into_inner();
+    let mut events = blotter
+        .stream_order_events(StreamOrderEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     let mut usd_only = blotter
-        .stream_order_events(StreamOrderEventsRequest { symbols: vec!["USD_JPY".into()] })
+        .stream_order_events(StreamOrderEventsRequest {
+            symbols: vec!["USD_JPY".into()],
+        })
         .await
         .unwrap()
         .into_inner();
@@ -630,8 +1015,16 @@ async fn order_events_stream_the_callers_own_orders() {
     place(&mut bob, buy("bob-1", "151.230")).await;
     let filled = place(&mut alice, buy("a-1", "151.230")).await;
     let rejected = place(&mut alice, buy("a-2", "151.000")).await;
-    let eur = place(&mut alice, order("a-3", "EUR_USD", Side::Buy, "1000", "1.08508")).await;
-    assert_eq!(next_order_event(&mut events).await, filled, "bob's order is not on alice's stream");
+    let eur = place(
+        &mut alice,
+        order("a-3", "EUR_USD", Side::Buy, "1000", "1.08508"),
+    )
+    .await;
+    assert_eq!(
+        next_order_event(&mut events).await,
+        filled,
+        "bob's order is not on alice's stream"
+    );
     assert_eq!(next_order_event(&mut events).await, rejected);
     assert_eq!(next_order_event(&mut events).await, eur);
     assert_eq!(next_order_event(&mut usd_only).await, filled);
@@ -642,7 +1035,9 @@ async fn order_events_stream_the_callers_own_orders() {
     assert_eq!(next_order_event(&mut usd_only).await, last);
 
     let err = blotter
-        .stream_order_events(StreamOrderEventsRequest { symbols: vec!["NOPE".into()] })
+        .stream_order_events(StreamOrderEventsRequest {
+            symbols: vec!["NOPE".into()],
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -668,17 +1063,33 @@ impl LiquidityProvider for ForgetfulLp {
             if self.hang {
                 std::future::pending::<()>().await;
             }
-            let outcome = LpOutcome::Filled { price: order.price, execution_id: format!("FG-{}", order.key) };
-            self.dealt.lock().unwrap().entry(order.key.clone()).or_insert(outcome);
-            Err(LpError { provider: "forgetful".into(), message: "confirmation timed out".into() })
+            let outcome = LpOutcome::Filled {
+                price: order.price,
+                execution_id: format!("FG-{}", order.key),
+            };
+            self.dealt
+                .lock()
+                .unwrap()
+                .entry(order.key.clone())
+                .or_insert(outcome);
+            Err(LpError {
+                provider: "forgetful".into(),
+                message: "confirmation timed out".into(),
+            })
         })
     }
 
     fn recover<'a>(&'a self, order: &'a LpOrder) -> BoxFuture<'a, Result<LpOutcome, LpError>> {
         Box::pin(async move {
-            Ok(self.dealt.lock().unwrap().get(&order.key).cloned().unwrap_or(LpOutcome::Rejected {
-                message: "forgetful LP never received this order".into(),
-            }))
+            Ok(self
+                .dealt
+                .lock()
+                .unwrap()
+                .get(&order.key)
+                .cloned()
+                .unwrap_or(LpOutcome::Rejected {
+                    message: "forgetful LP never received this order".into(),
+                }))
         })
     }
 }
@@ -686,14 +1097,20 @@ impl LiquidityProvider for ForgetfulLp {
 async fn wait_for_status(client: &mut Client, client_order_id: &str, status: OrderStatus) -> Order {
     let started = Instant::now();
     loop {
-        let request = GetOrderRequest { client_order_id: client_order_id.into(), ..Default::default() };
+        let request = GetOrderRequest {
+            client_order_id: client_order_id.into(),
+            ..Default::default()
+        };
         if let Ok(order) = client.get_order(request).await {
             let order = order.into_inner();
             if order.status() == status {
                 return order;
             }
         }
-        assert!(started.elapsed() < Duration::from_secs(10), "{client_order_id} never became {status:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{client_order_id} never became {status:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -701,16 +1118,36 @@ async fn wait_for_status(client: &mut Client, client_order_id: &str, status: Ord
 #[tokio::test]
 async fn an_unconfirmed_deal_is_pending_until_the_lp_confirms_it() {
     let lp = Arc::new(ForgetfulLp::default());
-    let server = desk_with(config(OrdersConfig { lp: LpConfig::Custom(lp.clone()), ..Default::default() })).await;
+    let server = desk_with(config(OrdersConfig {
+        lp: LpConfig::Custom(lp.clone()),
+        ..Default::default()
+    }))
+    .await;
     let mut alice = client(&server, "alice", TRADER).await;
-    let mut events = alice.stream_order_events(StreamOrderEventsRequest::default()).await.unwrap().into_inner();
+    let mut events = alice
+        .stream_order_events(StreamOrderEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
     let status = place_err(&mut alice, buy("u-1", "151.230")).await;
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("confirmation timed out; its outcome is being confirmed"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .contains("confirmation timed out; its outcome is being confirmed"),
+        "{}",
+        status.message()
+    );
     let pending = next_order_event(&mut events).await;
     assert_eq!(pending.status(), OrderStatus::Pending);
-    assert!(pending.message.starts_with("sent to forgetful at 151.230; "), "{}", pending.message);
+    assert!(
+        pending
+            .message
+            .starts_with("sent to forgetful at 151.230; "),
+        "{}",
+        pending.message
+    );
     let filled = wait_for_status(&mut alice, "u-1", OrderStatus::Filled).await;
     assert_filled(&filled, "151.230");
     assert_eq!(filled.lp_execution_id, "FG-alice/u-1");
@@ -722,10 +1159,16 @@ async fn an_unconfirmed_deal_is_pending_until_the_lp_confirms_it() {
 #[tokio::test]
 async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
     let data_dir = tempfile::tempdir().unwrap();
-    let hanging = Arc::new(ForgetfulLp { hang: true, ..Default::default() });
+    let hanging = Arc::new(ForgetfulLp {
+        hang: true,
+        ..Default::default()
+    });
     let first = desk_with(Config {
         data_dir: data_dir.path().to_owned(),
-        ..config(OrdersConfig { lp: LpConfig::Custom(hanging.clone()), ..Default::default() })
+        ..config(OrdersConfig {
+            lp: LpConfig::Custom(hanging.clone()),
+            ..Default::default()
+        })
     })
     .await;
     let mut alice = client(&first, "alice", TRADER).await;
@@ -741,21 +1184,34 @@ async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
     let after = Arc::new(ForgetfulLp::default());
     after.dealt.lock().unwrap().insert(
         "alice/crash-1".into(),
-        LpOutcome::Filled { price: "151.230".parse().unwrap(), execution_id: "FG-X".into() },
+        LpOutcome::Filled {
+            price: "151.230".parse().unwrap(),
+            execution_id: "FG-X".into(),
+        },
     );
     let second = desk_with(Config {
         data_dir: data_dir.path().to_owned(),
-        ..config(OrdersConfig { lp: LpConfig::Custom(after.clone()), ..Default::default() })
+        ..config(OrdersConfig {
+            lp: LpConfig::Custom(after.clone()),
+            ..Default::default()
+        })
     })
     .await;
     let mut alice = client(&second, "alice", TRADER).await;
     let resolved = alice
-        .get_order(GetOrderRequest { order_id: pending.order_id.clone(), ..Default::default() })
+        .get_order(GetOrderRequest {
+            order_id: pending.order_id.clone(),
+            ..Default::default()
+        })
         .await
         .unwrap()
         .into_inner();
     assert_filled(&resolved, "151.230");
     assert_eq!(resolved.lp_execution_id, "FG-X");
     assert_eq!(place(&mut alice, buy("crash-1", "151.230")).await, resolved);
-    assert_eq!(after.executions.load(Ordering::SeqCst), 0, "never sent again");
+    assert_eq!(
+        after.executions.load(Ordering::SeqCst),
+        0,
+        "never sent again"
+    );
 }

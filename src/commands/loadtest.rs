@@ -86,7 +86,9 @@ fn ms(us: u64) -> String {
 
 /// Nearest-rank percentile of sorted samples, `per_mille` in 1..=1000.
 fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
-    let rank = (sorted.len() * per_mille).div_ceil(1000).clamp(1, sorted.len());
+    let rank = (sorted.len() * per_mille)
+        .div_ceil(1000)
+        .clamp(1, sorted.len());
     sorted[rank - 1]
 }
 
@@ -105,7 +107,12 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
         bail!("--concurrency, --connections and --duration must be positive");
     }
     let subscribe = format!("rates:subscribe={}", args.symbol);
-    let token = client_token(&args.target, &args.credentials, &["orders:place", &subscribe]).await?;
+    let token = client_token(
+        &args.target,
+        &args.credentials,
+        &["orders:place", &subscribe],
+    )
+    .await?;
     let mut channels = Vec::with_capacity(args.connections);
     for _ in 0..args.connections {
         channels.push(connect(&args.target, &token).await?);
@@ -150,10 +157,18 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
             let mut n = 0u64;
             while Instant::now() < end {
                 n += 1;
-                let side = if (n + worker as u64) % 2 == 0 { Side::Buy } else { Side::Sell };
+                let side = if (n + worker as u64).is_multiple_of(2) {
+                    Side::Buy
+                } else {
+                    Side::Sell
+                };
                 let (price, rate_id) = {
                     let rate = rate.read().unwrap_or_else(|e| e.into_inner());
-                    let price = if side == Side::Buy { rate.ask.clone() } else { rate.bid.clone() };
+                    let price = if side == Side::Buy {
+                        rate.ask.clone()
+                    } else {
+                        rate.bid.clone()
+                    };
                     (price, rate.rate_id.clone())
                 };
                 let request = PlaceOrderRequest {
@@ -171,7 +186,8 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
                 if done < measure_from || done > end {
                     continue;
                 }
-                let micros = u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
+                let micros =
+                    u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
                 tally.latencies_us.push(micros);
                 match result {
                     Ok(order) => {
@@ -182,7 +198,10 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
                                 .as_str_name()
                                 .trim_start_matches("REJECT_REASON_")
                                 .to_owned(),
-                            status => status.as_str_name().trim_start_matches("ORDER_STATUS_").to_owned(),
+                            status => status
+                                .as_str_name()
+                                .trim_start_matches("ORDER_STATUS_")
+                                .to_owned(),
                         };
                         *tally.outcomes.entry(outcome).or_default() += 1;
                     }
@@ -216,10 +235,19 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     }
     latencies.sort_unstable();
     let count = latencies.len() as u64;
-    let window_us = u64::try_from(args.duration.as_micros()).unwrap_or(u64::MAX).max(1);
+    let window_us = u64::try_from(args.duration.as_micros())
+        .unwrap_or(u64::MAX)
+        .max(1);
     let per_second = count * 1_000_000 / window_us;
-    println!("orders      {count} in {:?} = {per_second} orders/s", args.duration);
-    let outcomes: Vec<String> = total.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    println!(
+        "orders      {count} in {:?} = {per_second} orders/s",
+        args.duration
+    );
+    let outcomes: Vec<String> = total
+        .outcomes
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
     println!("outcomes    {}", outcomes.join("  "));
     println!(
         "latency     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",

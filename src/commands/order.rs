@@ -76,7 +76,10 @@ fn print_order(order: &Order) {
             order.quantity,
             order.symbol,
             order.price,
-            order.reject_reason().as_str_name().trim_start_matches("REJECT_REASON_")
+            order
+                .reject_reason()
+                .as_str_name()
+                .trim_start_matches("REJECT_REASON_")
         ),
         other => println!(
             "{}  {side} {} {} at {}",
@@ -102,7 +105,12 @@ fn print_order(order: &Order) {
 
 pub(crate) async fn run(args: OrderArgs) -> anyhow::Result<()> {
     let subscribe = format!("rates:subscribe={}", args.symbol);
-    let token = client_token(&args.server, &args.credentials, &["orders:place", &subscribe]).await?;
+    let token = client_token(
+        &args.server,
+        &args.credentials,
+        &["orders:place", &subscribe],
+    )
+    .await?;
     let channel = connect(&args.server, &token).await?;
     let side = match args.side {
         SideArg::Buy => Side::Buy,

@@ -13,14 +13,17 @@ use std::{
 
 use anyhow::{Context, bail};
 use clap::Args;
+use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     Config, FeedKind,
-    feed::SimulatorConfig,
+    feed::{
+        BITFLYER_DEFAULT_PRODUCTS, BITFLYER_ENDPOINT, BitflyerConfig, ReplayConfig, ReplaySpeed,
+        SimulatorConfig,
+    },
     orders::{JournalSync, LpConfig, PricePolicy, SimulatedLpConfig},
     pricing::Markup,
     symbols::SymbolOverride,
 };
-use fxcast_gateway::GatewayConfig;
 use fxcast_transport::{MemoryTransport, Transport};
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -38,10 +41,25 @@ pub(crate) struct ServeArgs {
     /// Pub/sub transport: memory [default: memory]
     #[arg(long, env = "FXCAST_TRANSPORT")]
     transport: Option<String>,
-    /// Upstream feed: simulated, or none (rates only via PublishRate) [default: simulated]
+    /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
+    /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
     #[arg(long, env = "FXCAST_FEED")]
     feed: Option<String>,
-    /// Comma-separated symbols [default: USD_JPY,EUR_USD,GBP_USD,EUR_JPY,AUD_USD,BTC_JPY]
+    /// bitFlyer realtime WebSocket endpoint [default: wss://ws.lightstream.bitflyer.com/json-rpc]
+    #[arg(long, env = "FXCAST_BITFLYER_ENDPOINT")]
+    bitflyer_endpoint: Option<String>,
+    /// A symbol whose feed has not ticked for this long is stale: its rate is re-published
+    /// with stale=true, /readyz fails and orders on it are rejected [default: 5s]
+    #[arg(long, env = "FXCAST_STALE_AFTER", value_parser = humantime::parse_duration)]
+    stale_after: Option<Duration>,
+    /// Replay pace: 1 (real time), a factor such as 10 or 0.5, or max [default: 1]
+    #[arg(long, env = "FXCAST_REPLAY_SPEED")]
+    replay_speed: Option<String>,
+    /// Replay the file over and over
+    #[arg(long = "loop", env = "FXCAST_LOOP")]
+    replay_loop: bool,
+    /// Comma-separated symbols [default: USD_JPY,EUR_USD,GBP_USD,EUR_JPY,AUD_USD,BTC_JPY;
+    /// with bitflyer or replay: BTC_JPY,ETH_JPY,FX_BTC_JPY]
     #[arg(long, env = "FXCAST_SYMBOLS")]
     symbols: Option<String>,
     /// Directory for durable state [default: ./fxcast-data]
@@ -101,6 +119,12 @@ struct FileConfig {
     http_listen: Option<SocketAddr>,
     transport: Option<String>,
     feed: Option<String>,
+    bitflyer_endpoint: Option<String>,
+    #[serde(default, with = "humantime_option")]
+    stale_after: Option<Duration>,
+    replay_speed: Option<String>,
+    #[serde(rename = "loop")]
+    replay_loop: Option<bool>,
     symbols: Option<Vec<String>>,
     data_dir: Option<PathBuf>,
     seed: Option<u64>,
@@ -176,16 +200,49 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         }
         other => bail!("unknown --transport {other:?}; expected memory"),
     }
-    core.feed = match args.feed.or(file.feed).as_deref().unwrap_or("simulated") {
+    let feed = args.feed.or(file.feed);
+    core.feed = match feed.as_deref().unwrap_or("simulated") {
         "simulated" => FeedKind::Simulated,
         "none" => FeedKind::None,
-        other if other == "bitflyer" || other.starts_with("replay:") => {
-            bail!("--feed {other} is not available in this build yet; use --feed simulated")
-        }
-        other => bail!("unknown --feed {other:?}; expected simulated or none"),
+        "bitflyer" => FeedKind::Bitflyer(BitflyerConfig {
+            endpoint: args
+                .bitflyer_endpoint
+                .or(file.bitflyer_endpoint)
+                .unwrap_or_else(|| BITFLYER_ENDPOINT.to_owned()),
+            ..BitflyerConfig::default()
+        }),
+        other => match other.strip_prefix("replay:") {
+            Some("") => bail!("--feed replay:<FILE> needs a file, e.g. replay:session.jsonl"),
+            Some(path) => FeedKind::Replay(ReplayConfig {
+                path: PathBuf::from(path),
+                speed: args
+                    .replay_speed
+                    .or(file.replay_speed)
+                    .map(|s| s.parse::<ReplaySpeed>())
+                    .transpose()
+                    .context("--replay-speed")?
+                    .unwrap_or_default(),
+                looped: args.replay_loop || file.replay_loop.unwrap_or(false),
+            }),
+            None => bail!(
+                "unknown --feed {other:?}; expected simulated, bitflyer, replay:<FILE> or none"
+            ),
+        },
     };
     if let Some(symbols) = args.symbols.map(|s| split_list(&s)).or(file.symbols) {
         core.symbols = symbols;
+    } else if matches!(core.feed, FeedKind::Bitflyer(_) | FeedKind::Replay(_)) {
+        // bitFlyer has no FX pairs: its product codes are the symbols.
+        core.symbols = BITFLYER_DEFAULT_PRODUCTS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    }
+    if let Some(stale_after) = args.stale_after.or(file.stale_after) {
+        if stale_after.is_zero() {
+            bail!("--stale-after must be positive");
+        }
+        core.stale_after = stale_after;
     }
     if let Some(markup) = args.markup.or(file.markup) {
         core.markup = markup.parse::<Markup>().context("--markup")?;
@@ -201,6 +258,13 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     };
     if core.simulator.tick_interval.is_zero() {
         bail!("--tick-interval must be positive");
+    }
+    if core.feed == FeedKind::Simulated && core.simulator.tick_interval >= core.stale_after {
+        bail!(
+            "--tick-interval {} must be shorter than --stale-after {}, or every symbol goes stale between ticks",
+            humantime::format_duration(core.simulator.tick_interval),
+            humantime::format_duration(core.stale_after)
+        );
     }
     core.data_dir = args
         .data_dir
@@ -221,7 +285,11 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         anonymous_tokens: core.auth.anonymous_tokens,
         anonymous_ttl: core.auth.anonymous_ttl,
         anonymous_per_minute: core.auth.anonymous_per_minute,
-        cors_origins: args.cors_origins.map(|s| split_list(&s)).or(file.cors_origins).unwrap_or_default(),
+        cors_origins: args
+            .cors_origins
+            .map(|s| split_list(&s))
+            .or(file.cors_origins)
+            .unwrap_or_default(),
         ..GatewayConfig::default()
     };
     if let Some(ttl) = args.token_ttl.or(file.token_ttl) {
@@ -293,19 +361,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let http = TcpListener::bind(resolved.http_listen)
         .await
         .with_context(|| format!("cannot bind HTTP listener on {}", resolved.http_listen))?;
-    tracing::info!(
-        grpc = %grpc.local_addr()?,
-        http = %http.local_addr()?,
-        data_dir = %resolved.data_dir.display(),
-        "fxcast listening"
-    );
+    tracing::info!(data_dir = %resolved.data_dir.display(), "starting fxcast");
     let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
-    fxcast_gateway::run(resolved.core, resolved.gateway, transport, grpc, http, shutdown_signal()).await?;
+    fxcast_gateway::run(
+        resolved.core,
+        resolved.gateway,
+        transport,
+        grpc,
+        http,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM.
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(err) = tokio::signal::ctrl_c().await {
             tracing::error!(error = %err, "cannot listen for Ctrl-C");
@@ -403,7 +474,14 @@ mod tests {
              [symbol.USD_JPY]\ntolerance = \"0.005\"\nmax_price_age = \"1s\"\n",
         )
         .unwrap();
-        let argv = ["--config", path.to_str().unwrap(), "--max-price-age", "500ms", "--journal-sync", "normal"];
+        let argv = [
+            "--config",
+            path.to_str().unwrap(),
+            "--max-price-age",
+            "500ms",
+            "--journal-sync",
+            "normal",
+        ];
         let r = resolve(parse(&argv)).unwrap();
         assert_eq!(r.core.orders.policy, PricePolicy::AdverseOnly);
         assert_eq!(r.core.orders.max_price_age, Duration::from_millis(500));
@@ -415,13 +493,92 @@ mod tests {
             }
             other => panic!("unexpected LP {other:?}"),
         }
-        assert_eq!(r.core.symbol_overrides["USD_JPY"].tolerance.as_deref(), Some("0.005"));
+        assert_eq!(
+            r.core.symbol_overrides["USD_JPY"].tolerance.as_deref(),
+            Some("0.005")
+        );
 
         let err = resolve(parse(&["--price-policy", "lenient"])).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown price policy \"lenient\""), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown price policy \"lenient\""),
+            "{err:#}"
+        );
         let err = resolve(parse(&["--lp-reject-rate", "1.5"])).unwrap_err();
-        assert!(format!("{err:#}").contains("must be a decimal from 0 to 1"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("must be a decimal from 0 to 1"),
+            "{err:#}"
+        );
         let err = resolve(parse(&["--journal-sync", "sometimes"])).unwrap_err();
-        assert!(format!("{err:#}").contains("unknown journal sync"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("unknown journal sync"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn feed_settings_come_from_flags_and_the_file() {
+        let r = resolve(parse(&["--feed", "bitflyer"])).unwrap();
+        assert_eq!(r.core.feed, FeedKind::Bitflyer(BitflyerConfig::default()));
+        assert_eq!(r.core.symbols, ["BTC_JPY", "ETH_JPY", "FX_BTC_JPY"]);
+        assert_eq!(r.core.stale_after, Duration::from_secs(5));
+        let argv = [
+            "--feed",
+            "bitflyer",
+            "--bitflyer-endpoint",
+            "ws://127.0.0.1:9/json-rpc",
+            "--symbols",
+            "BTC_JPY",
+            "--stale-after",
+            "750ms",
+        ];
+        let r = resolve(parse(&argv)).unwrap();
+        match &r.core.feed {
+            FeedKind::Bitflyer(config) => assert_eq!(config.endpoint, "ws://127.0.0.1:9/json-rpc"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.core.symbols, ["BTC_JPY"]);
+        assert_eq!(r.core.stale_after, Duration::from_millis(750));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "feed = \"replay:session.jsonl\"\nreplay_speed = \"max\"\nloop = true\nstale_after = \"2s\"\n",
+        )
+        .unwrap();
+        let r = resolve(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--replay-speed",
+            "10",
+        ]))
+        .unwrap();
+        let expected = ReplayConfig {
+            path: "session.jsonl".into(),
+            speed: "10".parse().unwrap(),
+            looped: true,
+        };
+        assert_eq!(r.core.feed, FeedKind::Replay(expected));
+        assert_eq!(r.core.stale_after, Duration::from_secs(2));
+
+        for (argv, message) in [
+            (
+                &["--feed", "carrier-pigeon"][..],
+                "expected simulated, bitflyer, replay:<FILE> or none",
+            ),
+            (&["--feed", "replay:"], "needs a file"),
+            (
+                &["--feed", "replay:x.jsonl", "--replay-speed", "fast"],
+                "invalid replay speed",
+            ),
+            (&["--stale-after", "0s"], "--stale-after must be positive"),
+            (
+                &["--tick-interval", "5s"],
+                "must be shorter than --stale-after",
+            ),
+        ] {
+            let err = resolve(parse(argv)).unwrap_err();
+            assert!(format!("{err:#}").contains(message), "{argv:?}: {err:#}");
+        }
     }
 }

@@ -55,7 +55,9 @@ impl OrderConventions {
     /// # Errors
     /// [`Error::Config`] naming the key and the problem.
     pub(crate) fn apply(&mut self, symbol: &str, over: &SymbolOverride) -> Result<(), Error> {
-        let bad = |key: &str, problem: String| Error::Config(format!("[symbol.{symbol}] {key}: {problem}"));
+        let bad = |key: &str, problem: String| {
+            Error::Config(format!("[symbol.{symbol}] {key}: {problem}"))
+        };
         let positive = |key: &str, value: &Option<String>| -> Result<Option<Decimal>, Error> {
             value
                 .as_deref()
@@ -80,7 +82,8 @@ impl OrderConventions {
             self.tolerance = v.parse().map_err(|e| bad("tolerance", format!("{e}")))?;
         }
         if let Some(v) = &over.max_price_age {
-            let age = humantime::parse_duration(v).map_err(|e| bad("max_price_age", format!("{v:?}: {e}")))?;
+            let age = humantime::parse_duration(v)
+                .map_err(|e| bad("max_price_age", format!("{v:?}: {e}")))?;
             if age.is_zero() {
                 return Err(bad("max_price_age", "must be positive".into()));
             }
@@ -89,13 +92,19 @@ impl OrderConventions {
         if !(self.min_quantity % self.lot_size).is_zero() {
             return Err(bad(
                 "min_quantity",
-                format!("{} is not a multiple of the lot size {}", self.min_quantity, self.lot_size),
+                format!(
+                    "{} is not a multiple of the lot size {}",
+                    self.min_quantity, self.lot_size
+                ),
             ));
         }
         if self.max_quantity < self.min_quantity {
             return Err(bad(
                 "max_quantity",
-                format!("{} is below the minimum quantity {}", self.max_quantity, self.min_quantity),
+                format!(
+                    "{} is below the minimum quantity {}",
+                    self.max_quantity, self.min_quantity
+                ),
             ));
         }
         Ok(())
@@ -110,10 +119,21 @@ mod tests {
     fn builtin_conventions_follow_the_market() {
         let usd_jpy = OrderConventions::builtin("USD_JPY", 3);
         assert_eq!(usd_jpy.tolerance.to_string(), "0.010");
-        assert_eq!((usd_jpy.lot_size, usd_jpy.max_quantity), (Decimal::ONE, Decimal::from(10_000_000)));
-        assert_eq!(OrderConventions::builtin("EUR_USD", 5).tolerance.to_string(), "0.00010");
+        assert_eq!(
+            (usd_jpy.lot_size, usd_jpy.max_quantity),
+            (Decimal::ONE, Decimal::from(10_000_000))
+        );
+        assert_eq!(
+            OrderConventions::builtin("EUR_USD", 5)
+                .tolerance
+                .to_string(),
+            "0.00010"
+        );
         let btc = OrderConventions::builtin("BTC_JPY", 0);
-        assert_eq!((btc.lot_size.to_string(), btc.tolerance.to_string()), ("0.001".into(), "10bp".into()));
+        assert_eq!(
+            (btc.lot_size.to_string(), btc.tolerance.to_string()),
+            ("0.001".into(), "10bp".into())
+        );
     }
 
     #[test]
@@ -129,12 +149,30 @@ mod tests {
         c.apply("XAU_USD", &over).unwrap();
         assert_eq!(c.min_quantity.to_string(), "0.1");
         assert_eq!(c.max_price_age, Some(Duration::from_millis(500)));
-        let over = SymbolOverride { min_quantity: Some("0.15".into()), ..Default::default() };
+        let over = SymbolOverride {
+            min_quantity: Some("0.15".into()),
+            ..Default::default()
+        };
         let err = c.apply("XAU_USD", &over).unwrap_err().to_string();
-        assert!(err.contains("min_quantity: 0.15 is not a multiple of the lot size 0.1"), "{err}");
-        let over = SymbolOverride { tolerance: Some("-1".into()), ..Default::default() };
-        assert!(c.clone().apply("XAU_USD", &over).unwrap_err().to_string().contains("[symbol.XAU_USD] tolerance"));
-        let over = SymbolOverride { lot_size: Some("0".into()), ..Default::default() };
+        assert!(
+            err.contains("min_quantity: 0.15 is not a multiple of the lot size 0.1"),
+            "{err}"
+        );
+        let over = SymbolOverride {
+            tolerance: Some("-1".into()),
+            ..Default::default()
+        };
+        assert!(
+            c.clone()
+                .apply("XAU_USD", &over)
+                .unwrap_err()
+                .to_string()
+                .contains("[symbol.XAU_USD] tolerance")
+        );
+        let over = SymbolOverride {
+            lot_size: Some("0".into()),
+            ..Default::default()
+        };
         assert!(c.clone().apply("XAU_USD", &over).is_err());
     }
 }

@@ -44,9 +44,9 @@ pub fn orders_topic(subject: &str) -> String {
     }
     if topic.len() > MAX_TOPIC {
         // FNV-1a: stable across runs and processes, which the topic must be.
-        let hash = subject
-            .bytes()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+        let hash = subject.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
         topic.truncate(MAX_TOPIC - 17);
         let _ = write!(topic, "~{hash:016x}");
     }
@@ -56,9 +56,14 @@ pub fn orders_topic(subject: &str) -> String {
 /// Encodes and publishes an event of `order`. A failure is logged, not
 /// returned: the order itself is already durable and answered.
 pub(crate) async fn publish(transport: &Arc<dyn Transport>, order: &OrderRecord) {
-    let event = OrderEvent { order: Some(order.to_proto()) };
+    let event = OrderEvent {
+        order: Some(order.to_proto()),
+    };
     let topic = orders_topic(&order.subject);
-    if let Err(err) = transport.publish(&topic, Bytes::from(event.encode_to_vec())).await {
+    if let Err(err) = transport
+        .publish(&topic, Bytes::from(event.encode_to_vec()))
+        .await
+    {
         tracing::warn!(%topic, order_id = %order.order_id, error = %err, "could not publish order event");
     }
 }
@@ -136,7 +141,9 @@ impl OrderEventHub {
                             continue;
                         }
                     },
-                    Delivery::Gap(gap) => FeedItem::Lost(format!("the transport lost order events ({gap})")),
+                    Delivery::Gap(gap) => {
+                        FeedItem::Lost(format!("the transport lost order events ({gap})"))
+                    }
                 };
                 // No receivers is fine: the last stream is just closing.
                 let _ = forward.send(item);
@@ -157,7 +164,10 @@ mod tests {
 
     #[test]
     fn topics_are_valid_and_distinct() {
-        assert_eq!(orders_topic("alice@example.com"), "orders.alice@example.com");
+        assert_eq!(
+            orders_topic("alice@example.com"),
+            "orders.alice@example.com"
+        );
         assert_eq!(orders_topic("a b/ü"), "orders.a%20b%2F%C3%BC");
         assert_ne!(orders_topic("a b"), orders_topic("a%20b"));
         let long_a = orders_topic(&"a".repeat(300));

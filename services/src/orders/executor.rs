@@ -133,10 +133,14 @@ impl OrderExecutor {
         };
         let pending = executor.inner.journal.pending().await?;
         if !pending.is_empty() {
-            tracing::warn!(count = pending.len(), "resolving orders left pending by the previous run");
+            tracing::warn!(
+                count = pending.len(),
+                "resolving orders left pending by the previous run"
+            );
         }
         for order in pending {
-            let resolved = tokio::time::timeout(STARTUP_RESOLVE_TIMEOUT, executor.try_resolve(&order)).await;
+            let resolved =
+                tokio::time::timeout(STARTUP_RESOLVE_TIMEOUT, executor.try_resolve(&order)).await;
             if !matches!(resolved, Ok(true)) {
                 let background = executor.clone();
                 tokio::spawn(async move { background.resolve(order).await });
@@ -169,7 +173,11 @@ impl OrderExecutor {
     /// not confirm the outcome (retrying is safe); [`Error::Journal`] when
     /// the outcome could not be made durable (not acknowledged; retrying is
     /// safe).
-    pub async fn place(&self, subject: &str, request: &PlaceOrderRequest) -> Result<OrderRecord, Error> {
+    pub async fn place(
+        &self,
+        subject: &str,
+        request: &PlaceOrderRequest,
+    ) -> Result<OrderRecord, Error> {
         let terms = validate::place_order(request, &self.inner.symbols)?;
         let key: Key = (subject.to_owned(), terms.client_order_id.clone());
         loop {
@@ -223,7 +231,11 @@ impl OrderExecutor {
     }
 
     fn claim(&self, key: &Key) -> Claim {
-        let mut inflight = self.inner.inflight.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inflight = self
+            .inner
+            .inflight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(receiver) = inflight.get(key) {
             return Claim::Follow(receiver.clone());
         }
@@ -235,7 +247,11 @@ impl OrderExecutor {
     /// The answer to a request whose (subject, client_order_id) already has
     /// `existing`: the original order for the same terms, a
     /// DUPLICATE_ORDER_ID rejection for different ones.
-    fn answer_existing(&self, existing: &OrderRecord, terms: &OrderTerms) -> Result<OrderRecord, Error> {
+    fn answer_existing(
+        &self,
+        existing: &OrderRecord,
+        terms: &OrderTerms,
+    ) -> Result<OrderRecord, Error> {
         match existing.terms.difference(terms) {
             None if existing.is_final() => Ok(existing.clone()),
             None => Err(Error::Unavailable(format!(
@@ -283,7 +299,10 @@ impl OrderExecutor {
         let limits = CheckLimits {
             policy: self.inner.config.policy,
             tolerance: spec.orders.tolerance,
-            max_age: spec.orders.max_price_age.unwrap_or(self.inner.config.max_price_age),
+            max_age: spec
+                .orders
+                .max_price_age
+                .unwrap_or(self.inner.config.max_price_age),
         };
         let now = Instant::now();
         let live = self.inner.latest.get(&terms.symbol);
@@ -306,7 +325,10 @@ impl OrderExecutor {
         }
         let created_at = model::now();
         let verdict = self.check(&terms)?;
-        let order_id = new_order_id(created_at, inner.rng.lock().unwrap_or_else(|e| e.into_inner()).random());
+        let order_id = new_order_id(
+            created_at,
+            inner.rng.lock().unwrap_or_else(|e| e.into_inner()).random(),
+        );
         let mut order = OrderRecord {
             order_id,
             subject: subject.to_owned(),
@@ -323,7 +345,8 @@ impl OrderExecutor {
             created_at,
             updated_at: created_at,
         };
-        let Some(market_price) = order.market_price.filter(|_| order.reject_reason.is_none()) else {
+        let Some(market_price) = order.market_price.filter(|_| order.reject_reason.is_none())
+        else {
             return self.store(order).await;
         };
 
@@ -340,9 +363,14 @@ impl OrderExecutor {
         let check_message = std::mem::take(&mut order.message);
         if intent {
             order.status = OrderStatus::Pending;
-            order.message = format!("sent to {} at {market_price}; {check_message}", order.liquidity_provider);
+            order.message = format!(
+                "sent to {} at {market_price}; {check_message}",
+                order.liquidity_provider
+            );
             match inner.journal.record(order.clone()).await? {
-                Recorded::Existing(existing) => return self.answer_existing(&existing, &order.terms),
+                Recorded::Existing(existing) => {
+                    return self.answer_existing(&existing, &order.terms);
+                }
                 Recorded::Inserted => events::publish(&inner.transport, &order).await,
             }
         }
@@ -369,7 +397,10 @@ impl OrderExecutor {
             if !inner.journal.finalize(order.clone()).await? {
                 // Resolved elsewhere meanwhile: the journal has the truth.
                 return inner.journal.get(&order.order_id).await?.ok_or_else(|| {
-                    Error::Unavailable(format!("order {} vanished from the journal", order.order_id))
+                    Error::Unavailable(format!(
+                        "order {} vanished from the journal",
+                        order.order_id
+                    ))
                 });
             }
             events::publish(&inner.transport, &order).await;
@@ -411,7 +442,11 @@ impl OrderExecutor {
             }
         };
         let mut resolved = order.clone();
-        apply_outcome(&mut resolved, outcome, "confirmed with the liquidity provider after an interruption");
+        apply_outcome(
+            &mut resolved,
+            outcome,
+            "confirmed with the liquidity provider after an interruption",
+        );
         match inner.journal.finalize(resolved.clone()).await {
             Ok(true) => {
                 tracing::info!(order_id = %resolved.order_id, status = resolved.status.as_str(), "pending order resolved");
@@ -470,7 +505,10 @@ impl OrderExecutor {
         before: Option<i64>,
         limit: usize,
     ) -> Result<OrderPage, Error> {
-        self.inner.journal.list(subject, filter, before, limit).await
+        self.inner
+            .journal
+            .list(subject, filter, before, limit)
+            .await
     }
 
     /// The symbols orders may be placed on.
@@ -501,7 +539,10 @@ fn lp_key(subject: &str, client_order_id: &str) -> String {
 fn apply_outcome(order: &mut OrderRecord, outcome: LpOutcome, check_message: &str) {
     order.updated_at = model::now();
     match outcome {
-        LpOutcome::Filled { price, execution_id } => {
+        LpOutcome::Filled {
+            price,
+            execution_id,
+        } => {
             order.status = OrderStatus::Filled;
             order.reject_reason = None;
             order.fill_price = Some(price);

@@ -9,8 +9,17 @@
 //!
 //! Reads (`find`, `get`, `list`, `pending`) run on pooled read-only
 //! connections on the blocking pool; WAL readers never wait for the writer.
-//! A checkpointer thread copies the WAL back into the database in the
-//! background (`PASSIVE`), keeping that `fsync` off the writer's path.
+//!
+//! Checkpoints: a checkpointer thread copies the WAL back into the database
+//! in the background (`PASSIVE`), keeping that work and its `fsync` off the
+//! writer's path. Under continuous writes such a checkpoint never quite
+//! catches up, and SQLite only rewinds the WAL once every frame is copied,
+//! so on its own the WAL would grow without bound (and appending to a
+//! growing file makes every `fsync` slower). So once the WAL holds more than
+//! `REWIND_FRAMES` frames, the writer itself, between two batches, runs a
+//! `RESTART` checkpoint: it copies the few frames the background checkpoint
+//! has not and waits for the (short) reads of old frames, so the next commit
+//! rewinds the WAL and overwrites it in place.
 //!
 //! Durability: `synchronous=FULL` (the default, [`JournalSync::Full`])
 //! syncs the WAL on every commit, so an acknowledged order survives a
@@ -19,6 +28,8 @@
 //! not a power loss or kernel crash.
 
 use std::{
+    cell::Cell,
+    ffi::c_int,
     fmt,
     path::{Path, PathBuf},
     str::FromStr,
@@ -28,14 +39,16 @@ use std::{
 };
 
 use rusqlite::{
-    Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params, params_from_iter,
-    types::Value,
+    Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, hooks::Wal, params,
+    params_from_iter, types::Value,
 };
 use rust_decimal::Decimal;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    model::{OrderRecord, OrderStatus, OrderTerms, RejectReason, Side, from_unix_micros, unix_micros},
+    model::{
+        OrderRecord, OrderStatus, OrderTerms, RejectReason, Side, from_unix_micros, unix_micros,
+    },
     price_check::Tolerance,
 };
 use crate::Error;
@@ -47,7 +60,10 @@ const QUEUE: usize = 16_384;
 /// Idle read connections kept open.
 const READERS: usize = 8;
 /// How often the checkpointer looks at the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+/// WAL size (in 4 KiB frames, ~32 MiB) at which the writer completes a
+/// checkpoint itself so the WAL rewinds.
+const REWIND_FRAMES: i64 = if cfg!(test) { 64 } else { 8192 };
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -102,7 +118,9 @@ impl FromStr for JournalSync {
         match s {
             "full" => Ok(JournalSync::Full),
             "normal" => Ok(JournalSync::Normal),
-            other => Err(format!("unknown journal sync {other:?}: expected full or normal")),
+            other => Err(format!(
+                "unknown journal sync {other:?}: expected full or normal"
+            )),
         }
     }
 }
@@ -185,7 +203,9 @@ struct Inner {
 
 impl fmt::Debug for OrderJournal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OrderJournal").field("path", &self.inner.path).finish_non_exhaustive()
+        f.debug_struct("OrderJournal")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -200,7 +220,8 @@ impl OrderJournal {
         let display = path.display().to_string();
         let open_err = |what: &str| journal_err(format!("{what} {display}"));
         let conn = Connection::open(path).map_err(open_err("cannot open"))?;
-        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err("cannot configure"))?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err("cannot configure"))?;
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
             .map_err(open_err("cannot enable WAL on"))?;
@@ -213,9 +234,11 @@ impl OrderJournal {
             JournalSync::Full => "FULL",
             JournalSync::Normal => "NORMAL",
         };
-        conn.pragma_update(None, "synchronous", synchronous).map_err(open_err("cannot configure"))?;
+        conn.pragma_update(None, "synchronous", synchronous)
+            .map_err(open_err("cannot configure"))?;
         // Checkpoints run on the checkpointer thread, not after commits.
-        conn.pragma_update(None, "wal_autocheckpoint", 0).map_err(open_err("cannot configure"))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(open_err("cannot configure"))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |row| row.get(0))
             .map_err(open_err("cannot read"))?;
@@ -224,9 +247,13 @@ impl OrderJournal {
                 "order journal {display} has schema version {version}; this fxcast knows up to {SCHEMA_VERSION}"
             )));
         }
-        conn.execute_batch(SCHEMA).map_err(open_err("cannot create the schema of"))?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(open_err("cannot write"))?;
+        conn.execute_batch(SCHEMA)
+            .map_err(open_err("cannot create the schema of"))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(open_err("cannot write"))?;
 
+        // After the wal_autocheckpoint pragma, which would replace it.
+        conn.wal_hook(Some(count_wal_frames));
         let (commands, receiver) = mpsc::channel(QUEUE);
         thread::Builder::new()
             .name("order-journal".into())
@@ -268,7 +295,11 @@ impl OrderJournal {
             context: "writer".into(),
             source: Arc::new(std::io::Error::other("the journal writer has stopped")),
         };
-        self.inner.commands.send(command).await.map_err(|_| stopped())?;
+        self.inner
+            .commands
+            .send(command)
+            .await
+            .map_err(|_| stopped())?;
         reply.await.map_err(|_| stopped())?
     }
 
@@ -281,7 +312,14 @@ impl OrderJournal {
     /// then not recorded).
     pub async fn record(&self, order: OrderRecord) -> Result<Recorded, Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Record { order: Box::new(order), reply }, rx).await
+        self.send(
+            Command::Record {
+                order: Box::new(order),
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     /// Writes the final state of a PENDING order. Returns `false` (writing
@@ -291,7 +329,14 @@ impl OrderJournal {
     /// [`Error::Journal`] when the write or the commit fails.
     pub async fn finalize(&self, order: OrderRecord) -> Result<bool, Error> {
         let (reply, rx) = oneshot::channel();
-        self.send(Command::Finalize { order: Box::new(order), reply }, rx).await
+        self.send(
+            Command::Finalize {
+                order: Box::new(order),
+                reply,
+            },
+            rx,
+        )
+        .await
     }
 
     async fn read<T: Send + 'static>(
@@ -301,7 +346,12 @@ impl OrderJournal {
     ) -> Result<T, Error> {
         let inner = Arc::clone(&self.inner);
         tokio::task::spawn_blocking(move || {
-            let conn = match inner.readers.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            let conn = match inner
+                .readers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .pop()
+            {
                 Some(conn) => conn,
                 None => open_reader(&inner.path).map_err(journal_err(context))?,
             };
@@ -323,7 +373,11 @@ impl OrderJournal {
     ///
     /// # Errors
     /// [`Error::Journal`] when the read fails.
-    pub async fn find(&self, subject: &str, client_order_id: &str) -> Result<Option<OrderRecord>, Error> {
+    pub async fn find(
+        &self,
+        subject: &str,
+        client_order_id: &str,
+    ) -> Result<Option<OrderRecord>, Error> {
         let (subject, client_order_id) = (subject.to_owned(), client_order_id.to_owned());
         self.read("find order", move |conn| {
             conn.prepare_cached(&format!(
@@ -386,11 +440,14 @@ impl OrderJournal {
             args.push(Value::Integer(cursor));
         }
         sql.push_str(" ORDER BY seq DESC LIMIT ?");
-        args.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1)));
+        args.push(Value::Integer(
+            i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1),
+        ));
         self.read("list orders", move |conn| {
             let mut stmt = conn.prepare_cached(&sql)?;
-            let mut rows: Vec<(i64, OrderRecord)> =
-                stmt.query_map(params_from_iter(args), row_to_order)?.collect::<Result<_, _>>()?;
+            let mut rows: Vec<(i64, OrderRecord)> = stmt
+                .query_map(params_from_iter(args), row_to_order)?
+                .collect::<Result<_, _>>()?;
             let next = if rows.len() > limit {
                 rows.truncate(limit);
                 rows.last().map(|(seq, _)| *seq)
@@ -411,10 +468,12 @@ impl OrderJournal {
     /// [`Error::Journal`] when the read fails.
     pub async fn pending(&self) -> Result<Vec<OrderRecord>, Error> {
         self.read("list pending orders", |conn| {
-            conn.prepare_cached(&format!("SELECT {COLUMNS} FROM orders WHERE status = 'PENDING' ORDER BY seq"))?
-                .query_map([], row_to_order)?
-                .map(|row| row.map(|(_, order)| order))
-                .collect()
+            conn.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM orders WHERE status = 'PENDING' ORDER BY seq"
+            ))?
+            .query_map([], row_to_order)?
+            .map(|row| row.map(|(_, order)| order))
+            .collect()
         })
         .await
     }
@@ -423,10 +482,24 @@ impl OrderJournal {
 fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+        OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI,
     )?;
     conn.busy_timeout(Duration::from_secs(5))?;
     Ok(conn)
+}
+
+thread_local! {
+    /// Frames in the WAL after the writer thread's last commit.
+    static WAL_FRAMES: Cell<i64> = const { Cell::new(0) };
+}
+
+/// SQLite's WAL hook: runs on the committing (writer) thread after each
+/// commit with the number of frames now in the WAL.
+fn count_wal_frames(_wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
+    WAL_FRAMES.with(|f| f.set(i64::from(frames)));
+    Ok(())
 }
 
 fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
@@ -440,8 +513,25 @@ fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
             }
         }
         commit_batch(&mut conn, &mut batch);
+        if WAL_FRAMES.with(Cell::get) > REWIND_FRAMES {
+            // Nothing is appended while this runs, so it can copy every
+            // frame; RESTART then waits (briefly: reads are short) for
+            // readers of the old frames, so the next commit rewinds.
+            match checkpoint(&conn, "RESTART") {
+                Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "order journal checkpoint failed"),
+            }
+        }
     }
     tracing::debug!("order journal writer stopped");
+}
+
+/// A checkpoint in `mode`: (busy, frames in the WAL, frames checkpointed).
+fn checkpoint(conn: &Connection, mode: &str) -> rusqlite::Result<(i64, i64, i64)> {
+    conn.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |row| {
+        Ok((row.get(0)?, row.get(1)?, row.get(2)?))
+    })
 }
 
 enum Applied {
@@ -457,9 +547,9 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
         let applied: Vec<Applied> = batch
             .iter()
             .map(|command| match command {
-                Command::Record { order, .. } => {
-                    Applied::Recorded(insert_unless_exists(&tx, order).map_err(journal_err("record order")))
-                }
+                Command::Record { order, .. } => Applied::Recorded(
+                    insert_unless_exists(&tx, order).map_err(journal_err("record order")),
+                ),
                 Command::Finalize { order, .. } => {
                     Applied::Finalized(finalize(&tx, order).map_err(journal_err("finalize order")))
                 }
@@ -501,7 +591,10 @@ fn insert_unless_exists(conn: &Connection, order: &OrderRecord) -> rusqlite::Res
         .prepare_cached(&format!(
             "SELECT {COLUMNS} FROM orders WHERE subject = ?1 AND client_order_id = ?2"
         ))?
-        .query_row(params![order.subject, order.terms.client_order_id], row_to_order)
+        .query_row(
+            params![order.subject, order.terms.client_order_id],
+            row_to_order,
+        )
         .optional()?;
     if let Some((_, existing)) = existing {
         return Ok(Recorded::Existing(Box::new(existing)));
@@ -558,16 +651,13 @@ fn finalize(conn: &Connection, order: &OrderRecord) -> rusqlite::Result<bool> {
 
 fn checkpoint_loop(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
     while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        // (busy, frames in the WAL, frames checkpointed); PASSIVE never
-        // blocks the writer.
-        let result: rusqlite::Result<(i64, i64, i64)> =
-            conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)));
-        if let Err(err) = result {
+        // PASSIVE never blocks the writer.
+        if let Err(err) = checkpoint(conn, "PASSIVE") {
             tracing::warn!(error = %err, "order journal checkpoint failed");
         }
     }
     // Leave a short WAL behind for the next start.
-    let _ = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+    let _ = checkpoint(conn, "PASSIVE");
 }
 
 fn conversion_error(column: usize, what: &str, value: &str) -> rusqlite::Error {
@@ -605,12 +695,18 @@ fn row_to_order(row: &Row<'_>) -> rusqlite::Result<(i64, OrderRecord)> {
             price: decimal_at(row, 7)?,
             rate_id: row.get(8)?,
             tolerance: tolerance
-                .map(|t| t.parse::<Tolerance>().map_err(|_| conversion_error(9, "tolerance", &t)))
+                .map(|t| {
+                    t.parse::<Tolerance>()
+                        .map_err(|_| conversion_error(9, "tolerance", &t))
+                })
                 .transpose()?,
         },
-        status: OrderStatus::parse(&status).ok_or_else(|| conversion_error(10, "status", &status))?,
+        status: OrderStatus::parse(&status)
+            .ok_or_else(|| conversion_error(10, "status", &status))?,
         reject_reason: reason
-            .map(|r| RejectReason::parse(&r).ok_or_else(|| conversion_error(11, "reject reason", &r)))
+            .map(|r| {
+                RejectReason::parse(&r).ok_or_else(|| conversion_error(11, "reject reason", &r))
+            })
             .transpose()?,
         message: row.get(12)?,
         market_price: optional_decimal_at(row, 13)?,
@@ -636,7 +732,10 @@ mod tests {
     fn order(subject: &str, coid: &str, status: OrderStatus) -> OrderRecord {
         let now = SystemTime::now();
         OrderRecord {
-            order_id: super::super::model::new_order_id(now, u128::from(NEXT_ID.fetch_add(1, Ordering::Relaxed))),
+            order_id: super::super::model::new_order_id(
+                now,
+                u128::from(NEXT_ID.fetch_add(1, Ordering::Relaxed)),
+            ),
             subject: subject.into(),
             terms: OrderTerms {
                 client_order_id: coid.into(),
@@ -666,18 +765,40 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let journal = OrderJournal::open(&dir.path().join("o.sqlite3"), JournalSync::Full).unwrap();
         let first = order("alice", "c1", OrderStatus::Rejected);
-        assert!(matches!(journal.record(first.clone()).await.unwrap(), Recorded::Inserted));
-        match journal.record(order("alice", "c1", OrderStatus::Filled)).await.unwrap() {
+        assert!(matches!(
+            journal.record(first.clone()).await.unwrap(),
+            Recorded::Inserted
+        ));
+        match journal
+            .record(order("alice", "c1", OrderStatus::Filled))
+            .await
+            .unwrap()
+        {
             Recorded::Existing(existing) => assert_eq!(existing.order_id, first.order_id),
             Recorded::Inserted => panic!("second insert of alice/c1"),
         }
-        assert!(matches!(journal.record(order("bob", "c1", OrderStatus::Filled)).await.unwrap(), Recorded::Inserted));
+        assert!(matches!(
+            journal
+                .record(order("bob", "c1", OrderStatus::Filled))
+                .await
+                .unwrap(),
+            Recorded::Inserted
+        ));
         let found = journal.find("alice", "c1").await.unwrap().unwrap();
-        assert_eq!(found.terms.quantity.to_string(), "1000.50", "decimals keep their scale");
+        assert_eq!(
+            found.terms.quantity.to_string(),
+            "1000.50",
+            "decimals keep their scale"
+        );
         assert_eq!(found.terms.tolerance, first.terms.tolerance);
-        assert!(first.created_at.duration_since(found.created_at).unwrap() < Duration::from_micros(1));
+        assert!(
+            first.created_at.duration_since(found.created_at).unwrap() < Duration::from_micros(1)
+        );
         assert!(journal.find("carol", "c1").await.unwrap().is_none());
-        assert_eq!(journal.get(&first.order_id).await.unwrap().unwrap().subject, "alice");
+        assert_eq!(
+            journal.get(&first.order_id).await.unwrap().unwrap().subject,
+            "alice"
+        );
     }
 
     #[tokio::test]
@@ -692,18 +813,25 @@ mod tests {
         pending.fill_price = Some("151.231".parse().unwrap());
         pending.lp_execution_id = Some("X1".into());
         assert!(journal.finalize(pending.clone()).await.unwrap());
-        assert!(!journal.finalize(pending.clone()).await.unwrap(), "already final");
+        assert!(
+            !journal.finalize(pending.clone()).await.unwrap(),
+            "already final"
+        );
         drop(journal);
         let journal = OrderJournal::open(&path, JournalSync::Full).unwrap();
         assert!(journal.pending().await.unwrap().is_empty());
         let read = journal.get(&pending.order_id).await.unwrap().unwrap();
-        assert_eq!((read.status, read.lp_execution_id.as_deref()), (OrderStatus::Filled, Some("X1")));
+        assert_eq!(
+            (read.status, read.lp_execution_id.as_deref()),
+            (OrderStatus::Filled, Some("X1"))
+        );
     }
 
     #[tokio::test]
     async fn concurrent_records_are_group_committed_and_listed_newest_first() {
         let dir = tempfile::tempdir().unwrap();
-        let journal = OrderJournal::open(&dir.path().join("o.sqlite3"), JournalSync::Normal).unwrap();
+        let journal =
+            OrderJournal::open(&dir.path().join("o.sqlite3"), JournalSync::Normal).unwrap();
         let tasks: Vec<_> = (0..250)
             .map(|i| {
                 let journal = journal.clone();
@@ -722,7 +850,10 @@ mod tests {
         let mut seen = Vec::new();
         let mut cursor = None;
         loop {
-            let filter = ListFilter { symbol: Some("EUR_USD".into()), ..Default::default() };
+            let filter = ListFilter {
+                symbol: Some("EUR_USD".into()),
+                ..Default::default()
+            };
             let page = journal.list("alice", filter, cursor, 40).await.unwrap();
             seen.extend(page.orders.into_iter().map(|o| o.terms.client_order_id));
             match page.next {
@@ -733,17 +864,86 @@ mod tests {
         assert_eq!(seen.len(), 125);
         let unique: std::collections::HashSet<_> = seen.iter().collect();
         assert_eq!(unique.len(), 125, "pages do not overlap");
-        let filter = ListFilter { status: Some(OrderStatus::Rejected), ..Default::default() };
-        assert!(journal.list("alice", filter, None, 10).await.unwrap().orders.is_empty());
-        let filter = ListFilter { created_after: Some(SystemTime::now() + Duration::from_secs(1)), ..Default::default() };
-        assert!(journal.list("alice", filter, None, 10).await.unwrap().orders.is_empty());
+        let filter = ListFilter {
+            status: Some(OrderStatus::Rejected),
+            ..Default::default()
+        };
+        assert!(
+            journal
+                .list("alice", filter, None, 10)
+                .await
+                .unwrap()
+                .orders
+                .is_empty()
+        );
+        let filter = ListFilter {
+            created_after: Some(SystemTime::now() + Duration::from_secs(1)),
+            ..Default::default()
+        };
+        assert!(
+            journal
+                .list("alice", filter, None, 10)
+                .await
+                .unwrap()
+                .orders
+                .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_rewinds_under_continuous_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.sqlite3");
+        let journal = OrderJournal::open(&path, JournalSync::Normal).unwrap();
+        let writers: Vec<_> = (0..20)
+            .map(|w| {
+                let journal = journal.clone();
+                tokio::spawn(async move {
+                    for i in 0..150 {
+                        // A reader too, as on the order path: readers pin snapshots.
+                        journal.find("alice", "nobody").await.unwrap();
+                        journal
+                            .record(order("alice", &format!("w{w}-{i}"), OrderStatus::Filled))
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let wal = dir.path().join("o.sqlite3-wal");
+        let mut largest = 0;
+        while !writers.iter().all(|w| w.is_finished()) {
+            largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        for writer in writers {
+            writer.await.unwrap();
+        }
+        let db = std::fs::metadata(&path).unwrap().len();
+        // Without rewinding, the WAL holds every frame written (several MiB).
+        assert!(
+            largest < 1024 * 1024,
+            "WAL grew to {largest} bytes (database {db})"
+        );
+        assert_eq!(
+            journal
+                .list("alice", ListFilter::default(), None, 5000)
+                .await
+                .unwrap()
+                .orders
+                .len(),
+            3000
+        );
     }
 
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.sqlite3");
-        Connection::open(&path).unwrap().pragma_update(None, "user_version", 99).unwrap();
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
         let err = OrderJournal::open(&path, JournalSync::Full).unwrap_err();
         assert!(err.to_string().contains("schema version 99"), "{err}");
     }

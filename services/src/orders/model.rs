@@ -151,11 +151,11 @@ impl RejectReason {
     /// reason; docs/ORDERS.md explains the choices.
     pub fn fix_ord_rej_reason(self) -> u32 {
         match self {
-            RejectReason::PriceMoved => 16,       // Price exceeds current price band
-            RejectReason::StalePrice => 19,       // Reference price not available
-            RejectReason::UnknownRate => 99,      // Other (Text names the rate_id)
-            RejectReason::LpRejected => 0,        // Broker / exchange option
-            RejectReason::DuplicateOrderId => 6,  // Duplicate order
+            RejectReason::PriceMoved => 16,  // Price exceeds current price band
+            RejectReason::StalePrice => 19,  // Reference price not available
+            RejectReason::UnknownRate => 99, // Other (Text names the rate_id)
+            RejectReason::LpRejected => 0,   // Broker / exchange option
+            RejectReason::DuplicateOrderId => 6, // Duplicate order
         }
     }
 
@@ -202,13 +202,24 @@ impl OrderTerms {
         } else if self.side != other.side {
             Some(format!("side {} (now {})", self.side, other.side))
         } else if self.quantity != other.quantity {
-            Some(format!("quantity {} (now {})", self.quantity, other.quantity))
+            Some(format!(
+                "quantity {} (now {})",
+                self.quantity, other.quantity
+            ))
         } else if self.price != other.price {
             Some(format!("price {} (now {})", self.price, other.price))
         } else if self.rate_id != other.rate_id {
-            Some(format!("rate_id {} (now {})", opt(&self.rate_id), opt(&other.rate_id)))
+            Some(format!(
+                "rate_id {} (now {})",
+                opt(&self.rate_id),
+                opt(&other.rate_id)
+            ))
         } else if self.tolerance != other.tolerance {
-            Some(format!("tolerance {} (now {})", tol(&self.tolerance), tol(&other.tolerance)))
+            Some(format!(
+                "tolerance {} (now {})",
+                tol(&self.tolerance),
+                tol(&other.tolerance)
+            ))
         } else {
             None
         }
@@ -268,11 +279,16 @@ impl OrderRecord {
             quantity: self.terms.quantity.to_string(),
             price: self.terms.price.to_string(),
             rate_id: self.terms.rate_id.clone().unwrap_or_default(),
-            tolerance: self.terms.tolerance.map(|t| t.to_string()).unwrap_or_default(),
+            tolerance: self
+                .terms
+                .tolerance
+                .map(|t| t.to_string())
+                .unwrap_or_default(),
             status: self.status.to_proto() as i32,
             reject_reason: self
                 .reject_reason
-                .map_or(pb::RejectReason::Unspecified, RejectReason::to_proto) as i32,
+                .map_or(pb::RejectReason::Unspecified, RejectReason::to_proto)
+                as i32,
             message: self.message.clone(),
             fill_price: dec(&self.fill_price),
             liquidity_provider: self.liquidity_provider.clone(),
@@ -344,10 +360,16 @@ mod tests {
         other.price = "151.23".parse().unwrap();
         assert_eq!(terms().difference(&other), None);
         other.quantity = Decimal::from(2000);
-        assert_eq!(terms().difference(&other).unwrap(), "quantity 1000 (now 2000)");
+        assert_eq!(
+            terms().difference(&other).unwrap(),
+            "quantity 1000 (now 2000)"
+        );
         let mut other = terms();
         other.tolerance = Some("0.5bp".parse().unwrap());
-        assert_eq!(terms().difference(&other).unwrap(), "tolerance (none) (now 0.5bp)");
+        assert_eq!(
+            terms().difference(&other).unwrap(),
+            "tolerance (none) (now 0.5bp)"
+        );
     }
 
     #[test]
@@ -378,7 +400,11 @@ mod tests {
         ] {
             assert_eq!(RejectReason::parse(r.as_str()), Some(r));
         }
-        for s in [OrderStatus::Pending, OrderStatus::Filled, OrderStatus::Rejected] {
+        for s in [
+            OrderStatus::Pending,
+            OrderStatus::Filled,
+            OrderStatus::Rejected,
+        ] {
             assert_eq!(OrderStatus::parse(s.as_str()), Some(s));
         }
         for s in [Side::Buy, Side::Sell] {

@@ -256,7 +256,9 @@ pub(crate) fn check(
             QuotedRate::NotGiven | QuotedRate::NotFound => {
                 return Verdict::reject(
                     RejectReason::UnknownRate,
-                    format!("rate_id {rate_id} names no {symbol} rate published within the last {max_age}"),
+                    format!(
+                        "rate_id {rate_id} names no {symbol} rate published within the last {max_age}"
+                    ),
                 );
             }
             QuotedRate::Found { age } if age > limits.max_age => {
@@ -368,15 +370,43 @@ mod tests {
 
     #[test]
     fn symmetric_rejects_moves_beyond_tolerance_either_way() {
-        let v = run(PricePolicy::Symmetric, Side::Buy, "151.230", "151.237", "151.245");
+        let v = run(
+            PricePolicy::Symmetric,
+            Side::Buy,
+            "151.230",
+            "151.237",
+            "151.245",
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
-        assert_eq!(v.message, "ask 151.245 is 0.015 from 151.230, tolerance 0.010");
+        assert_eq!(
+            v.message,
+            "ask 151.245 is 0.015 from 151.230, tolerance 0.010"
+        );
         assert_eq!(v.market_price, Some(d("151.245")));
-        let v = run(PricePolicy::Symmetric, Side::Buy, "151.230", "151.207", "151.215");
-        assert_eq!(v.reject, Some(RejectReason::PriceMoved), "favourable moves count too");
-        let v = run(PricePolicy::Symmetric, Side::Sell, "151.230", "151.219", "151.227");
+        let v = run(
+            PricePolicy::Symmetric,
+            Side::Buy,
+            "151.230",
+            "151.207",
+            "151.215",
+        );
+        assert_eq!(
+            v.reject,
+            Some(RejectReason::PriceMoved),
+            "favourable moves count too"
+        );
+        let v = run(
+            PricePolicy::Symmetric,
+            Side::Sell,
+            "151.230",
+            "151.219",
+            "151.227",
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
-        assert_eq!(v.message, "bid 151.219 is 0.011 from 151.230, tolerance 0.010");
+        assert_eq!(
+            v.message,
+            "bid 151.219 is 0.011 from 151.230, tolerance 0.010"
+        );
     }
 
     #[test]
@@ -391,27 +421,67 @@ mod tests {
             assert_eq!(v.reject, None, "{side:?} {bid}/{ask}: {}", v.message);
             assert_eq!(v.applied_tolerance, Some(d("0.010")));
         }
-        let v = run(PricePolicy::Symmetric, Side::Buy, "151.230", "151.233", "151.241");
+        let v = run(
+            PricePolicy::Symmetric,
+            Side::Buy,
+            "151.230",
+            "151.233",
+            "151.241",
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
     }
 
     #[test]
     fn adverse_only_fills_favourable_moves_of_any_size() {
-        let v = run(PricePolicy::AdverseOnly, Side::Buy, "151.230", "151.100", "151.108");
+        let v = run(
+            PricePolicy::AdverseOnly,
+            Side::Buy,
+            "151.230",
+            "151.100",
+            "151.108",
+        );
         assert_eq!(v.reject, None, "{}", v.message);
         assert_eq!(v.market_price, Some(d("151.108")));
-        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.230", "151.400", "151.408");
+        let v = run(
+            PricePolicy::AdverseOnly,
+            Side::Sell,
+            "151.230",
+            "151.400",
+            "151.408",
+        );
         assert_eq!(v.reject, None, "{}", v.message);
-        let v = run(PricePolicy::AdverseOnly, Side::Buy, "151.230", "151.233", "151.241");
+        let v = run(
+            PricePolicy::AdverseOnly,
+            Side::Buy,
+            "151.230",
+            "151.233",
+            "151.241",
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert_eq!(
             v.message,
             "ask 151.241 is 0.011 above 151.230, against the buyer; tolerance 0.010 (adverse-only)"
         );
-        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.230", "151.219", "151.227");
+        let v = run(
+            PricePolicy::AdverseOnly,
+            Side::Sell,
+            "151.230",
+            "151.219",
+            "151.227",
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
-        assert!(v.message.contains("below 151.230, against the seller"), "{}", v.message);
-        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.230", "151.220", "151.228");
+        assert!(
+            v.message.contains("below 151.230, against the seller"),
+            "{}",
+            v.message
+        );
+        let v = run(
+            PricePolicy::AdverseOnly,
+            Side::Sell,
+            "151.230",
+            "151.220",
+            "151.228",
+        );
         assert_eq!(v.reject, None, "inclusive: {}", v.message);
     }
 
@@ -422,15 +492,37 @@ mod tests {
             tolerance: Tolerance::BasisPoints(d("1")),
             ..limits(PricePolicy::Symmetric)
         };
-        let v = check(&t, &l, Some(live("99.990", "100.010")), QuotedRate::NotGiven);
+        let v = check(
+            &t,
+            &l,
+            Some(live("99.990", "100.010")),
+            QuotedRate::NotGiven,
+        );
         assert_eq!(v.reject, None, "{}", v.message);
         assert_eq!(v.applied_tolerance, Some(d("0.01")));
-        let v = check(&t, &l, Some(live("99.990", "100.011")), QuotedRate::NotGiven);
+        let v = check(
+            &t,
+            &l,
+            Some(live("99.990", "100.011")),
+            QuotedRate::NotGiven,
+        );
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
-        assert_eq!(v.message, "ask 100.011 is 0.011 from 100.000, tolerance 0.01 (1bp)");
+        assert_eq!(
+            v.message,
+            "ask 100.011 is 0.011 from 100.000, tolerance 0.01 (1bp)"
+        );
         t.tolerance = Some(Tolerance::Price(d("0.005")));
-        let v = check(&t, &l, Some(live("99.990", "100.006")), QuotedRate::NotGiven);
-        assert_eq!(v.reject, Some(RejectReason::PriceMoved), "client's tighter tolerance wins");
+        let v = check(
+            &t,
+            &l,
+            Some(live("99.990", "100.006")),
+            QuotedRate::NotGiven,
+        );
+        assert_eq!(
+            v.reject,
+            Some(RejectReason::PriceMoved),
+            "client's tighter tolerance wins"
+        );
     }
 
     #[test]
@@ -444,9 +536,16 @@ mod tests {
         r.age = Duration::from_millis(2001);
         let v = check(&t, &l, Some(r), QuotedRate::NotGiven);
         assert_eq!(v.reject, Some(RejectReason::StalePrice));
-        assert_eq!(v.message, "the latest USD_JPY rate USD_JPY-r-7 is 2.001s old, max age 2s");
+        assert_eq!(
+            v.message,
+            "the latest USD_JPY rate USD_JPY-r-7 is 2.001s old, max age 2s"
+        );
         r.age = Duration::from_secs(2);
-        assert_eq!(check(&t, &l, Some(r), QuotedRate::NotGiven).reject, None, "inclusive");
+        assert_eq!(
+            check(&t, &l, Some(r), QuotedRate::NotGiven).reject,
+            None,
+            "inclusive"
+        );
         r.stale = true;
         let v = check(&t, &l, Some(r), QuotedRate::NotGiven);
         assert_eq!(v.reject, Some(RejectReason::StalePrice));
@@ -458,25 +557,49 @@ mod tests {
         let mut t = terms(Side::Buy, "151.230");
         t.rate_id = Some("USD_JPY-r-3".into());
         let l = limits(PricePolicy::Symmetric);
-        let ok = QuotedRate::Found { age: Duration::from_secs(2) };
-        assert_eq!(check(&t, &l, Some(live("151.222", "151.230")), ok).reject, None);
-        let old = QuotedRate::Found { age: Duration::from_millis(2500) };
+        let ok = QuotedRate::Found {
+            age: Duration::from_secs(2),
+        };
+        assert_eq!(
+            check(&t, &l, Some(live("151.222", "151.230")), ok).reject,
+            None
+        );
+        let old = QuotedRate::Found {
+            age: Duration::from_millis(2500),
+        };
         let v = check(&t, &l, Some(live("151.222", "151.230")), old);
         assert_eq!(v.reject, Some(RejectReason::UnknownRate));
-        assert_eq!(v.message, "rate_id USD_JPY-r-3 was published 2.500s ago, more than the USD_JPY max age 2s");
-        let v = check(&t, &l, Some(live("151.222", "151.230")), QuotedRate::NotFound);
+        assert_eq!(
+            v.message,
+            "rate_id USD_JPY-r-3 was published 2.500s ago, more than the USD_JPY max age 2s"
+        );
+        let v = check(
+            &t,
+            &l,
+            Some(live("151.222", "151.230")),
+            QuotedRate::NotFound,
+        );
         assert_eq!(v.reject, Some(RejectReason::UnknownRate));
     }
 
     #[test]
     fn tolerances_and_policies_parse() {
-        assert_eq!("0.010".parse::<Tolerance>().unwrap(), Tolerance::Price(d("0.010")));
-        assert_eq!("1.5bp".parse::<Tolerance>().unwrap(), Tolerance::BasisPoints(d("1.5")));
+        assert_eq!(
+            "0.010".parse::<Tolerance>().unwrap(),
+            Tolerance::Price(d("0.010"))
+        );
+        assert_eq!(
+            "1.5bp".parse::<Tolerance>().unwrap(),
+            Tolerance::BasisPoints(d("1.5"))
+        );
         assert_eq!("1.5bp".parse::<Tolerance>().unwrap().to_string(), "1.5bp");
         for bad in ["", "-1", "1e3", "abc", "bp", "1.2.3", " 1", "+1"] {
             assert!(bad.parse::<Tolerance>().is_err(), "{bad:?}");
         }
-        assert_eq!("adverse-only".parse::<PricePolicy>().unwrap(), PricePolicy::AdverseOnly);
+        assert_eq!(
+            "adverse-only".parse::<PricePolicy>().unwrap(),
+            PricePolicy::AdverseOnly
+        );
         assert!("lenient".parse::<PricePolicy>().is_err());
     }
 }

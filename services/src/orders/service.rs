@@ -8,19 +8,14 @@ use std::{pin::Pin, time::SystemTime};
 
 use futures_util::Stream;
 use fxcast_proto::v1::{
-    GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderEvent, OrderStatus as PbStatus,
-    PlaceOrderRequest, StreamOrderEventsRequest, order_service_server::OrderService,
+    GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderEvent,
+    OrderStatus as PbStatus, PlaceOrderRequest, StreamOrderEventsRequest,
+    order_service_server::OrderService,
 };
 use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
-use super::{
-    OrderExecutor,
-    events::FeedItem,
-    journal::ListFilter,
-    model::OrderStatus,
-    validate,
-};
+use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
 use crate::auth::{Caller, Scope};
 
 /// Orders per ListOrders page when the request does not say.
@@ -58,8 +53,9 @@ fn require_read(caller: &Caller) -> Result<(), Status> {
 fn time(field: &str, value: Option<prost_types::Timestamp>) -> Result<Option<SystemTime>, Status> {
     value
         .map(|ts| {
-            SystemTime::try_from(ts)
-                .map_err(|e| Status::invalid_argument(format!("{field} is not a valid timestamp: {e}")))
+            SystemTime::try_from(ts).map_err(|e| {
+                Status::invalid_argument(format!("{field} is not a valid timestamp: {e}"))
+            })
         })
         .transpose()
 }
@@ -68,21 +64,39 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, Status>> + Send>
 
 #[tonic::async_trait]
 impl OrderService for OrderServiceImpl {
-    async fn place_order(&self, request: Request<PlaceOrderRequest>) -> Result<Response<Order>, Status> {
+    async fn place_order(
+        &self,
+        request: Request<PlaceOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
         let caller = Caller::of(&request)?;
         caller.require(&Scope::OrdersPlace)?;
-        let order = self.executor.place(&caller.subject, request.get_ref()).await?;
+        let order = self
+            .executor
+            .place(&caller.subject, request.get_ref())
+            .await?;
         Ok(Response::new(order.to_proto()))
     }
 
-    async fn get_order(&self, request: Request<GetOrderRequest>) -> Result<Response<Order>, Status> {
+    async fn get_order(
+        &self,
+        request: Request<GetOrderRequest>,
+    ) -> Result<Response<Order>, Status> {
         let caller = Caller::of(&request)?;
         require_read(caller)?;
-        let GetOrderRequest { order_id, client_order_id } = request.get_ref();
+        let GetOrderRequest {
+            order_id,
+            client_order_id,
+        } = request.get_ref();
         let order = match (order_id.is_empty(), client_order_id.is_empty()) {
-            (true, true) => return Err(Status::invalid_argument("order_id or client_order_id is required")),
+            (true, true) => {
+                return Err(Status::invalid_argument(
+                    "order_id or client_order_id is required",
+                ));
+            }
             (false, false) => {
-                return Err(Status::invalid_argument("set order_id or client_order_id, not both"));
+                return Err(Status::invalid_argument(
+                    "set order_id or client_order_id, not both",
+                ));
             }
             (false, true) => {
                 let order = self
@@ -103,7 +117,9 @@ impl OrderService for OrderServiceImpl {
                     .get_by_client_order_id(&caller.subject, client_order_id)
                     .await?
                     .ok_or_else(|| {
-                        Status::not_found(format!("you have no order with client_order_id {client_order_id}"))
+                        Status::not_found(format!(
+                            "you have no order with client_order_id {client_order_id}"
+                        ))
                     })?
             }
         };
@@ -119,14 +135,27 @@ impl OrderService for OrderServiceImpl {
         let req = request.get_ref();
         let status = match PbStatus::try_from(req.status) {
             Ok(status) => OrderStatus::from_proto(status),
-            Err(_) => return Err(Status::invalid_argument(format!("status {} is not an order status", req.status))),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "status {} is not an order status",
+                    req.status
+                )));
+            }
         };
         let symbol = if req.symbol.is_empty() {
             None
         } else {
             // Orders of symbols no longer configured can still be listed.
-            if req.symbol.len() > 32 || !req.symbol.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') {
-                return Err(Status::invalid_argument(format!("symbol {:?} is not a symbol name", req.symbol)));
+            if req.symbol.len() > 32
+                || !req
+                    .symbol
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(Status::invalid_argument(format!(
+                    "symbol {:?} is not a symbol name",
+                    req.symbol
+                )));
             }
             Some(req.symbol.clone())
         };
@@ -139,19 +168,27 @@ impl OrderService for OrderServiceImpl {
         let before = if req.page_token.is_empty() {
             None
         } else {
-            let cursor = req.page_token.parse::<i64>().ok().filter(|c| *c > 0).ok_or_else(|| {
-                Status::invalid_argument(format!(
-                    "page_token {:?} is not a next_page_token returned by ListOrders",
-                    req.page_token
-                ))
-            })?;
+            let cursor = req
+                .page_token
+                .parse::<i64>()
+                .ok()
+                .filter(|c| *c > 0)
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!(
+                        "page_token {:?} is not a next_page_token returned by ListOrders",
+                        req.page_token
+                    ))
+                })?;
             Some(cursor)
         };
         let limit = match usize::try_from(req.page_size).unwrap_or(MAX_PAGE_SIZE) {
             0 => DEFAULT_PAGE_SIZE,
             n => n.min(MAX_PAGE_SIZE),
         };
-        let page = self.executor.list(&caller.subject, filter, before, limit).await?;
+        let page = self
+            .executor
+            .list(&caller.subject, filter, before, limit)
+            .await?;
         Ok(Response::new(ListOrdersResponse {
             orders: page.orders.iter().map(|o| o.to_proto()).collect(),
             next_page_token: page.next.map(|c| c.to_string()).unwrap_or_default(),

@@ -23,12 +23,20 @@ fn invalid(message: String) -> Error {
 /// [`Error::InvalidArgument`] saying what is wrong.
 pub(crate) fn client_order_id(id: &str) -> Result<(), Error> {
     if id.is_empty() {
-        return Err(invalid("client_order_id is required (1-64 characters of A-Z, a-z, 0-9, '.', '_', '-')".into()));
+        return Err(invalid(
+            "client_order_id is required (1-64 characters of A-Z, a-z, 0-9, '.', '_', '-')".into(),
+        ));
     }
     if id.len() > 64 {
-        return Err(invalid(format!("client_order_id is {} characters long, at most 64 are allowed", id.len())));
+        return Err(invalid(format!(
+            "client_order_id is {} characters long, at most 64 are allowed",
+            id.len()
+        )));
     }
-    if let Some(c) = id.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+    if let Some(c) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
         return Err(invalid(format!(
             "client_order_id {id:?} contains {c:?}: use only A-Z, a-z, 0-9, '.', '_', '-'"
         )));
@@ -38,10 +46,14 @@ pub(crate) fn client_order_id(id: &str) -> Result<(), Error> {
 
 fn decimal_field(field: &str, value: &str, example: &str) -> Result<Decimal, Error> {
     if value.is_empty() {
-        return Err(invalid(format!("{field} is required (a decimal string such as \"{example}\")")));
+        return Err(invalid(format!(
+            "{field} is required (a decimal string such as \"{example}\")"
+        )));
     }
     let number = parse_plain_decimal(value).ok_or_else(|| {
-        invalid(format!("{field} {value:?} is not a plain decimal number such as \"{example}\""))
+        invalid(format!(
+            "{field} {value:?} is not a plain decimal number such as \"{example}\""
+        ))
     })?;
     if number <= Decimal::ZERO {
         return Err(invalid(format!("{field} must be positive, got {value}")));
@@ -55,7 +67,10 @@ fn decimal_field(field: &str, value: &str, example: &str) -> Result<Decimal, Err
 /// # Errors
 /// [`Error::InvalidArgument`] (or [`Error::UnknownSymbol`]) for the first
 /// invalid field, naming it.
-pub(crate) fn place_order(request: &PlaceOrderRequest, symbols: &SymbolTable) -> Result<OrderTerms, Error> {
+pub(crate) fn place_order(
+    request: &PlaceOrderRequest,
+    symbols: &SymbolTable,
+) -> Result<OrderTerms, Error> {
     client_order_id(&request.client_order_id)?;
     if request.symbol.is_empty() {
         return Err(invalid("symbol is required, e.g. \"USD_JPY\"".into()));
@@ -67,9 +82,14 @@ pub(crate) fn place_order(request: &PlaceOrderRequest, symbols: &SymbolTable) ->
     let side = match PbSide::try_from(request.side) {
         Ok(PbSide::Buy) => Side::Buy,
         Ok(PbSide::Sell) => Side::Sell,
-        Ok(PbSide::Unspecified) => return Err(invalid("side is required: SIDE_BUY or SIDE_SELL".into())),
+        Ok(PbSide::Unspecified) => {
+            return Err(invalid("side is required: SIDE_BUY or SIDE_SELL".into()));
+        }
         Err(_) => {
-            return Err(invalid(format!("side {} is not a valid side: use SIDE_BUY or SIDE_SELL", request.side)));
+            return Err(invalid(format!(
+                "side {} is not a valid side: use SIDE_BUY or SIDE_SELL",
+                request.side
+            )));
         }
     };
 
@@ -96,7 +116,9 @@ pub(crate) fn place_order(request: &PlaceOrderRequest, symbols: &SymbolTable) ->
     let price = decimal_field("price", &request.price, "151.230")?;
     let tick = spec.tick_size();
     if !(price % tick).is_zero() {
-        return Err(invalid(format!("price {price} is not on the {symbol} tick size {tick}")));
+        return Err(invalid(format!(
+            "price {price} is not on the {symbol} tick size {tick}"
+        )));
     }
 
     let tolerance = if request.tolerance.is_empty() {
@@ -131,8 +153,13 @@ pub(crate) fn place_order(request: &PlaceOrderRequest, symbols: &SymbolTable) ->
                 "rate_id {id:?} is not a rate id (at most {MAX_RATE_ID_LEN} printable characters, e.g. \"{symbol}-1a2b3c4d-42\")"
             )));
         }
-        if !id.strip_prefix(symbol.as_str()).is_some_and(|rest| rest.starts_with('-')) {
-            return Err(invalid(format!("rate_id {id} is not a {symbol} rate (it should start with \"{symbol}-\")")));
+        if !id
+            .strip_prefix(symbol.as_str())
+            .is_some_and(|rest| rest.starts_with('-'))
+        {
+            return Err(invalid(format!(
+                "rate_id {id} is not a {symbol} rate (it should start with \"{symbol}-\")"
+            )));
         }
         Some(id.clone())
     };
@@ -156,7 +183,12 @@ mod tests {
     use crate::pricing::Markup;
 
     fn table() -> SymbolTable {
-        SymbolTable::build(&["USD_JPY".into(), "BTC_JPY".into()], &Markup::None, &BTreeMap::new()).unwrap()
+        SymbolTable::build(
+            &["USD_JPY".into(), "BTC_JPY".into()],
+            &Markup::None,
+            &BTreeMap::new(),
+        )
+        .unwrap()
     }
 
     fn request() -> PlaceOrderRequest {
@@ -180,7 +212,10 @@ mod tests {
     #[test]
     fn a_valid_request_becomes_terms() {
         let terms = place_order(&request(), &table()).unwrap();
-        assert_eq!((terms.side, terms.quantity, terms.price.to_string()), (Side::Buy, Decimal::from(1000), "151.230".into()));
+        assert_eq!(
+            (terms.side, terms.quantity, terms.price.to_string()),
+            (Side::Buy, Decimal::from(1000), "151.230".into())
+        );
         let mut r = request();
         r.symbol = "BTC_JPY".into();
         r.quantity = "0.015".into();
@@ -188,34 +223,85 @@ mod tests {
         r.tolerance = "5bp".into();
         r.rate_id = "BTC_JPY-abc-9".into();
         let terms = place_order(&r, &table()).unwrap();
-        assert_eq!(terms.tolerance, Some(Tolerance::BasisPoints(Decimal::from(5))));
+        assert_eq!(
+            terms.tolerance,
+            Some(Tolerance::BasisPoints(Decimal::from(5)))
+        );
     }
 
     #[test]
     fn every_field_is_checked_with_a_precise_message() {
         type Change = Box<dyn FnOnce(&mut PlaceOrderRequest)>;
         let cases: Vec<(Change, &str)> = vec![
-            (Box::new(|r| r.client_order_id.clear()), "client_order_id is required"),
-            (Box::new(|r| r.client_order_id = "x".repeat(65)), "client_order_id is 65 characters long, at most 64"),
-            (Box::new(|r| r.client_order_id = "a b".into()), "client_order_id \"a b\" contains ' '"),
+            (
+                Box::new(|r| r.client_order_id.clear()),
+                "client_order_id is required",
+            ),
+            (
+                Box::new(|r| r.client_order_id = "x".repeat(65)),
+                "client_order_id is 65 characters long, at most 64",
+            ),
+            (
+                Box::new(|r| r.client_order_id = "a b".into()),
+                "client_order_id \"a b\" contains ' '",
+            ),
             (Box::new(|r| r.symbol.clear()), "symbol is required"),
-            (Box::new(|r| r.symbol = "EUR_GBP".into()), "unknown symbol \"EUR_GBP\""),
+            (
+                Box::new(|r| r.symbol = "EUR_GBP".into()),
+                "unknown symbol \"EUR_GBP\"",
+            ),
             (Box::new(|r| r.side = 0), "side is required"),
             (Box::new(|r| r.side = 9), "side 9 is not a valid side"),
             (Box::new(|r| r.quantity.clear()), "quantity is required"),
-            (Box::new(|r| r.quantity = "1e3".into()), "quantity \"1e3\" is not a plain decimal"),
-            (Box::new(|r| r.quantity = "0".into()), "quantity must be positive, got 0"),
-            (Box::new(|r| r.quantity = "-5".into()), "quantity \"-5\" is not a plain decimal"),
-            (Box::new(|r| r.quantity = "1000.5".into()), "quantity 1000.5 is not a multiple of the USD_JPY lot size 1"),
-            (Box::new(|r| r.quantity = "10000001".into()), "quantity 10000001 is above the USD_JPY maximum 10000000"),
+            (
+                Box::new(|r| r.quantity = "1e3".into()),
+                "quantity \"1e3\" is not a plain decimal",
+            ),
+            (
+                Box::new(|r| r.quantity = "0".into()),
+                "quantity must be positive, got 0",
+            ),
+            (
+                Box::new(|r| r.quantity = "-5".into()),
+                "quantity \"-5\" is not a plain decimal",
+            ),
+            (
+                Box::new(|r| r.quantity = "1000.5".into()),
+                "quantity 1000.5 is not a multiple of the USD_JPY lot size 1",
+            ),
+            (
+                Box::new(|r| r.quantity = "10000001".into()),
+                "quantity 10000001 is above the USD_JPY maximum 10000000",
+            ),
             (Box::new(|r| r.price.clear()), "price is required"),
-            (Box::new(|r| r.price = "0.000".into()), "price must be positive, got 0.000"),
-            (Box::new(|r| r.price = "151.2345".into()), "price 151.2345 is not on the USD_JPY tick size 0.001"),
-            (Box::new(|r| r.tolerance = "wide".into()), "tolerance \"wide\" is not a tolerance"),
-            (Box::new(|r| r.tolerance = "0.011".into()), "tolerance 0.011 is above the USD_JPY maximum 0.010"),
-            (Box::new(|r| r.tolerance = "1bp".into()), "tolerance 1bp (0.015123 at price 151.230) is above the USD_JPY maximum 0.010"),
-            (Box::new(|r| r.rate_id = "EUR_USD-x-1".into()), "rate_id EUR_USD-x-1 is not a USD_JPY rate"),
-            (Box::new(|r| r.rate_id = "USD_JPY x".into()), "rate_id \"USD_JPY x\" is not a rate id"),
+            (
+                Box::new(|r| r.price = "0.000".into()),
+                "price must be positive, got 0.000",
+            ),
+            (
+                Box::new(|r| r.price = "151.2345".into()),
+                "price 151.2345 is not on the USD_JPY tick size 0.001",
+            ),
+            (
+                Box::new(|r| r.tolerance = "wide".into()),
+                "tolerance \"wide\" is not a tolerance",
+            ),
+            (
+                Box::new(|r| r.tolerance = "0.011".into()),
+                "tolerance 0.011 is above the USD_JPY maximum 0.010",
+            ),
+            (
+                Box::new(|r| r.tolerance = "1bp".into()),
+                "tolerance 1bp (0.015123 at price 151.230) is above the USD_JPY maximum 0.010",
+            ),
+            (
+                Box::new(|r| r.rate_id = "EUR_USD-x-1".into()),
+                "rate_id EUR_USD-x-1 is not a USD_JPY rate",
+            ),
+            (
+                Box::new(|r| r.rate_id = "USD_JPY x".into()),
+                "rate_id \"USD_JPY x\" is not a rate id",
+            ),
         ];
         for (change, expected) in cases {
             let err = error(change);
@@ -226,7 +312,10 @@ mod tests {
             r.price = "10000000".into();
             r.quantity = "0.0005".into();
         });
-        assert!(err.contains("quantity 0.0005 is not a multiple of the BTC_JPY lot size 0.001"), "{err}");
+        assert!(
+            err.contains("quantity 0.0005 is not a multiple of the BTC_JPY lot size 0.001"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -91,7 +91,10 @@ impl SimulatedLp {
     /// [`SimulatedLpConfig::validate`]).
     pub fn new(config: SimulatedLpConfig) -> Self {
         let rate = config.reject_rate.clamp(Decimal::ZERO, Decimal::ONE);
-        let threshold = (rate * Decimal::from(1_000_000)).trunc().to_u32().unwrap_or(1_000_000);
+        let threshold = (rate * Decimal::from(1_000_000))
+            .trunc()
+            .to_u32()
+            .unwrap_or(1_000_000);
         Self {
             latency: config.latency,
             reject_rate: rate,
@@ -155,11 +158,16 @@ impl LiquidityProvider for SimulatedLp {
     fn recover<'a>(&'a self, order: &'a LpOrder) -> BoxFuture<'a, Result<LpOutcome, LpError>> {
         Box::pin(async move {
             let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-            Ok(state.outcomes.get(&order.key).cloned().unwrap_or_else(|| LpOutcome::Rejected {
-                message: "the simulated LP has no execution for this order: it runs inside fxcast, \
+            Ok(state
+                .outcomes
+                .get(&order.key)
+                .cloned()
+                .unwrap_or_else(|| LpOutcome::Rejected {
+                    message:
+                        "the simulated LP has no execution for this order: it runs inside fxcast, \
                           so an order in flight when fxcast stopped was never dealt"
-                    .into(),
-            }))
+                            .into(),
+                }))
         })
     }
 }
@@ -194,11 +202,17 @@ mod tests {
         let first = lp.execute(&order("a")).await.unwrap();
         assert_eq!(
             first,
-            LpOutcome::Filled { price: "151.230".parse().unwrap(), execution_id: "SIM-IDa".into() }
+            LpOutcome::Filled {
+                price: "151.230".parse().unwrap(),
+                execution_id: "SIM-IDa".into()
+            }
         );
         assert_eq!(lp.execute(&order("a")).await.unwrap(), first);
         assert_eq!(lp.recover(&order("a")).await.unwrap(), first);
-        assert!(matches!(lp.recover(&order("b")).await.unwrap(), LpOutcome::Rejected { .. }));
+        assert!(matches!(
+            lp.recover(&order("b")).await.unwrap(),
+            LpOutcome::Rejected { .. }
+        ));
     }
 
     #[tokio::test]
@@ -207,7 +221,10 @@ mod tests {
             let lp = lp("0.25", seed);
             let mut out = Vec::new();
             for i in 0..2000 {
-                out.push(matches!(lp.execute(&order(&i.to_string())).await.unwrap(), LpOutcome::Rejected { .. }));
+                out.push(matches!(
+                    lp.execute(&order(&i.to_string())).await.unwrap(),
+                    LpOutcome::Rejected { .. }
+                ));
             }
             out
         };
@@ -215,14 +232,23 @@ mod tests {
         assert_eq!(a, decisions(7).await, "same seed, same decisions");
         assert_ne!(a, decisions(8).await);
         let rejected = a.iter().filter(|r| **r).count();
-        assert!((400..600).contains(&rejected), "{rejected} of 2000 rejected at 25%");
+        assert!(
+            (400..600).contains(&rejected),
+            "{rejected} of 2000 rejected at 25%"
+        );
         let all = lp("1", 1);
-        assert!(matches!(all.execute(&order("x")).await.unwrap(), LpOutcome::Rejected { .. }));
+        assert!(matches!(
+            all.execute(&order("x")).await.unwrap(),
+            LpOutcome::Rejected { .. }
+        ));
     }
 
     #[test]
     fn reject_rate_must_be_a_fraction() {
-        let config = SimulatedLpConfig { reject_rate: "1.5".parse().unwrap(), ..Default::default() };
+        let config = SimulatedLpConfig {
+            reject_rate: "1.5".parse().unwrap(),
+            ..Default::default()
+        };
         assert!(config.validate().is_err());
         assert!(SimulatedLpConfig::default().validate().is_ok());
     }
