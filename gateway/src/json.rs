@@ -126,6 +126,10 @@ pub enum ClientMessage {
         /// (what is no longer held is announced as a `gap`).
         #[serde(default)]
         resume_after: std::collections::BTreeMap<String, u64>,
+        /// Also send the caller's own order events (`"type":"order"`);
+        /// `symbols` may then be empty.
+        #[serde(default)]
+        orders: bool,
     },
     /// Stop receiving rates of these symbols.
     Unsubscribe {

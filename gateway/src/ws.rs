@@ -90,6 +90,7 @@ pub(crate) async fn upgrade(
         .max_frame_size(limits.max_message_size)
         // Small socket buffers keep per-connection memory bounded; the
         // broadcast rings hold the backlog once for everyone.
+        .read_buffer_size(4096)
         .write_buffer_size(0)
         .max_write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| async move { Connection::new(state, session).run(socket).await })
@@ -229,7 +230,7 @@ impl Connection {
         tokio::pin!(idle);
         let expiry = self.session.deadline();
         let stop = self.state.stop.clone();
-        let mut order_events = self.order_events();
+        let mut order_events: Option<tokio::sync::mpsc::Receiver<OrderJson>> = None;
         loop {
             tokio::select! {
                 () = stop.cancelled() => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
@@ -237,8 +238,14 @@ impl Connection {
                     return Ok(Exit::Close(close_code::POLICY, "token expired: reconnect with a fresh token".into()));
                 }
                 () = &mut idle => return Ok(Exit::Close(close_code::AWAY, "idle timeout: no frames from the client".into())),
-                _ = heartbeat.tick() => self.send_message(sink, &ServerMessage::heartbeat()).await?,
-                Some(order) = order_events.recv() => {
+                _ = heartbeat.tick() => {
+                    // A protocol ping too: browsers answer it with a pong by
+                    // themselves, which keeps a quiet but healthy client from
+                    // tripping the idle timeout.
+                    self.send_message(sink, &ServerMessage::heartbeat()).await?;
+                    send_ping(sink).await?;
+                }
+                Some(order) = recv_opt(&mut order_events) => {
                     let text = serde_json::to_string(&OrderMessage { kind: "order", order: &order }).expect("orders serialise");
                     self.send(sink, text.into()).await?;
                 }
@@ -247,7 +254,11 @@ impl Connection {
                     match frame {
                         None | Some(Err(_)) => return Ok(Exit::ClientClosed),
                         Some(Ok(Message::Close(_))) => return Ok(Exit::ClientClosed),
-                        Some(Ok(Message::Text(text))) => self.on_client_message(sink, text.as_str()).await?,
+                        Some(Ok(Message::Text(text))) => {
+                            if self.on_client_message(sink, text.as_str()).await? && order_events.is_none() {
+                                order_events = Some(self.order_events());
+                            }
+                        }
                         Some(Ok(Message::Binary(_))) => {
                             self.send_message(sink, &ServerMessage::error("invalid_message", "binary frames are not supported; send JSON text")).await?;
                         }
@@ -312,7 +323,8 @@ impl Connection {
         Ok(())
     }
 
-    async fn on_client_message(&mut self, sink: &mut Sink, text: &str) -> Result<(), Exit> {
+    /// Handles one client message; true when it asks for order events.
+    async fn on_client_message(&mut self, sink: &mut Sink, text: &str) -> Result<bool, Exit> {
         let message = match serde_json::from_str::<ClientMessage>(text) {
             Ok(message) => message,
             Err(err) => {
@@ -322,15 +334,28 @@ impl Connection {
                         "{err}; expected {{\"type\":\"subscribe\"|\"unsubscribe\",\"symbols\":[...]}} or {{\"type\":\"ping\"}}"
                     ),
                 );
-                return self.send_message(sink, &error).await;
+                return self.send_message(sink, &error).await.map(|()| false);
             }
         };
         match message {
-            ClientMessage::Ping => self.send_message(sink, &ServerMessage::heartbeat()).await,
+            ClientMessage::Ping => self
+                .send_message(sink, &ServerMessage::heartbeat())
+                .await
+                .map(|()| false),
             ClientMessage::Subscribe {
                 symbols,
                 resume_after,
-            } => self.subscribe(sink, symbols, resume_after).await,
+                orders,
+            } => {
+                if symbols.is_empty() && orders {
+                    let now = self.subscribed();
+                    self.send_message(sink, &ServerMessage::Subscribed { symbols: now })
+                        .await?;
+                } else {
+                    self.subscribe(sink, symbols, resume_after).await?;
+                }
+                Ok(orders)
+            }
             ClientMessage::Unsubscribe { symbols } => {
                 for symbol in &symbols {
                     if self.subscriptions.remove(symbol).is_some() {
@@ -341,6 +366,7 @@ impl Connection {
                 let now = self.subscribed();
                 self.send_message(sink, &ServerMessage::Unsubscribed { symbols: now })
                     .await
+                    .map(|()| false)
             }
         }
     }
@@ -422,6 +448,29 @@ impl Connection {
             self.deliver(sink, &tick, "upstream").await?;
         }
         Ok(())
+    }
+}
+
+async fn send_ping(sink: &mut Sink) -> Result<(), Exit> {
+    match tokio::time::timeout(
+        Duration::from_secs(5),
+        sink.send(Message::Ping(Default::default())),
+    )
+    .await
+    {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Exit::ClientClosed),
+        Err(_) => Err(Exit::Close(
+            close_code::AGAIN,
+            "slow consumer: could not take a ping".into(),
+        )),
+    }
+}
+
+async fn recv_opt<T>(receiver: &mut Option<tokio::sync::mpsc::Receiver<T>>) -> Option<T> {
+    match receiver {
+        Some(receiver) => receiver.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -14,7 +14,11 @@ use super::{api_key, serve::shutdown_signal, split_list};
 #[derive(Debug, Args)]
 pub(crate) struct GatewayArgs {
     /// gRPC address of the fxcast services
-    #[arg(long, env = "FXCAST_UPSTREAM", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "FXCAST_UPSTREAM",
+        default_value = "http://127.0.0.1:50051"
+    )]
     upstream: String,
     /// HTTP listen address
     #[arg(long, env = "FXCAST_HTTP_LISTEN", default_value = "127.0.0.1:8000")]
@@ -41,12 +45,21 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot bind HTTP listener on {}", args.http_listen))?;
     let config = GatewayConfig {
         anonymous_tokens: args.http_listen.ip().is_loopback() || args.allow_anonymous_tokens,
-        cors_origins: args.cors_origins.as_deref().map(split_list).unwrap_or_default(),
+        cors_origins: args
+            .cors_origins
+            .as_deref()
+            .map(split_list)
+            .unwrap_or_default(),
         ..GatewayConfig::default()
     };
     tracing::info!(http = %http.local_addr()?, upstream = %args.upstream, "fxcast gateway listening");
     let stop = CancellationToken::new();
-    let server = tokio::spawn(serve_gateway(Upstream::new(channel, &key), config, http, stop.clone()));
+    let server = tokio::spawn(serve_gateway(
+        Upstream::new(channel, &key),
+        config,
+        http,
+        stop.clone(),
+    ));
     tokio::select! {
         () = shutdown_signal() => stop.cancel(),
         result = server => return Ok(result??),

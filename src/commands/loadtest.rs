@@ -36,6 +36,12 @@ pub(crate) struct LoadtestArgs {
 enum Load {
     /// PlaceOrder throughput and latency, journal included
     Orders(OrdersLoad),
+    /// N WebSocket rate subscribers through the gateway
+    Ws(super::rates_load::RatesLoad),
+    /// N Server-Sent Events rate subscribers through the gateway
+    Sse(super::rates_load::RatesLoad),
+    /// N gRPC StreamRates subscribers
+    Grpc(super::rates_load::RatesLoad),
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +74,9 @@ struct OrdersLoad {
 pub(crate) async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
     match args.what {
         Load::Orders(load) => orders(load).await,
+        Load::Ws(load) => super::rates_load::run(super::rates_load::Interface::Ws, load).await,
+        Load::Sse(load) => super::rates_load::run(super::rates_load::Interface::Sse, load).await,
+        Load::Grpc(load) => super::rates_load::run(super::rates_load::Interface::Grpc, load).await,
     }
 }
 

@@ -4,6 +4,7 @@ pub(crate) mod loadtest;
 pub(crate) mod order;
 pub(crate) mod record;
 pub(crate) mod gateway;
+pub(crate) mod rates_load;
 pub(crate) mod serve;
 pub(crate) mod subscribe;
 pub(crate) mod token;

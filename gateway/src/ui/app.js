@@ -169,7 +169,7 @@ function connect() {
     setStatus("live", "live");
     const resume = {};
     for (const [symbol, row] of state.rows) if (row.last) resume[symbol] = row.last.sequence;
-    ws.send(JSON.stringify({ type: "subscribe", symbols: state.symbols.map((s) => s.symbol), resume_after: resume }));
+    ws.send(JSON.stringify({ type: "subscribe", symbols: state.symbols.map((s) => s.symbol), resume_after: resume, orders: true }));
   };
   ws.onmessage = (event) => {
     const message = JSON.parse(event.data);
