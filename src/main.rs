@@ -30,6 +30,8 @@ enum Command {
     Loadtest(commands::loadtest::LoadtestArgs),
     /// Record bitFlyer's live ticker notifications to a file for `serve --feed replay:FILE`.
     Record(commands::record::RecordArgs),
+    /// Run a Momento-wire-compatible server (gRPC and gRPC-web) for the Momento SDKs.
+    MomentoLocal(commands::momento_local::MomentoLocalArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -49,6 +51,7 @@ fn main() -> anyhow::Result<()> {
             Command::Order(args) => commands::order::run(args).await,
             Command::Loadtest(args) => commands::loadtest::run(args).await,
             Command::Record(args) => commands::record::run(args).await,
+            Command::MomentoLocal(args) => commands::momento_local::run(args).await,
         }
     })
 }

@@ -297,11 +297,10 @@ impl Connection {
                     () = tx.closed() => return,
                     message = stream.message() => match message {
                         Ok(Some(event)) => {
-                            if let Some(order) = event.order {
-                                if tx.send(OrderJson::from(order)).await.is_err() {
+                            if let Some(order) = event.order
+                                && tx.send(OrderJson::from(order)).await.is_err() {
                                     return;
                                 }
-                            }
                         }
                         Ok(None) | Err(_) => return,
                     },

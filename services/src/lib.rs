@@ -8,7 +8,9 @@
 //!
 //! # Layout
 //! - [`symbols`], [`pricing`]: symbol conventions and markup.
-//! - [`feed`]: the [`Feed`](feed::Feed) trait and the simulator.
+//! - [`feed`]: the [`Feed`](feed::Feed) trait, the simulator, bitFlyer's
+//!   realtime ticker, recording and replay, and per-symbol feed health
+//!   (stale marking).
 //! - `rates`, `publisher`, `hub`: ticks, the latest-rate cache, publishing and fan-out.
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.

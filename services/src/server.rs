@@ -15,7 +15,9 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
     auth::{AuthLayer, TokenAuthority, TokenServiceImpl},
-    feed::{BitflyerConfig, BitflyerFeed, Feed, FeedHealth, ReplayConfig, ReplayFeed, SimulatedFeed},
+    feed::{
+        BitflyerConfig, BitflyerFeed, Feed, FeedHealth, ReplayConfig, ReplayFeed, SimulatedFeed,
+    },
     orders::{JOURNAL_FILE, OrderExecutor, OrderJournal, OrderServiceImpl},
 };
 
@@ -124,8 +126,11 @@ impl RatesCore {
                 core.spawn_feed(Box::new(feed));
             }
             FeedKind::Replay(ref replay) => {
-                let feed =
-                    ReplayFeed::open(replay.clone(), core.symbols.names(), core.feed_health.clone())?;
+                let feed = ReplayFeed::open(
+                    replay.clone(),
+                    core.symbols.names(),
+                    core.feed_health.clone(),
+                )?;
                 core.spawn_feed(Box::new(feed));
             }
         }

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod loadtest;
+pub(crate) mod momento_local;
 pub(crate) mod order;
 pub(crate) mod record;
 pub(crate) mod gateway;

@@ -418,13 +418,12 @@ async fn sse_subscriber(
                 buffer.push_str(&String::from_utf8_lossy(&bytes));
                 while let Some(end) = buffer.find("\n\n") {
                     let event: String = buffer.drain(..end + 2).collect();
-                    if let Some(at) = event.find("\"publish_time\":\"") {
-                        if let Some(publish) =
+                    if let Some(at) = event.find("\"publish_time\":\"")
+                        && let Some(publish) =
                             event[at + 16..].split('"').next().and_then(parse_time_us)
                         {
                             shared.record(&mut local, publish);
                         }
-                    }
                 }
             }
             Some(Err(err)) => break Err(err.into()),
@@ -477,13 +476,12 @@ async fn grpc_subscriber(
         };
         match message {
             Ok(Some(response)) => {
-                if let Some(Event::Rate(rate)) = response.event {
-                    if let Some(ts) = rate.publish_time {
+                if let Some(Event::Rate(rate)) = response.event
+                    && let Some(ts) = rate.publish_time {
                         let publish = (ts.seconds.max(0) as u64) * 1_000_000
                             + (ts.nanos.max(0) as u64) / 1000;
                         shared.record(&mut local, publish);
                     }
-                }
             }
             Ok(None) => break Err(anyhow::anyhow!("stream ended by the server")),
             Err(status) => break Err(super::status_error(&status)),

@@ -136,14 +136,13 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             Ok(false) => eprintln!("stream ended by the server; reconnecting"),
             Err(err) => {
                 // Bad requests will not get better by retrying.
-                if let Some(status) = err.downcast_ref::<tonic::Status>() {
-                    if matches!(
+                if let Some(status) = err.downcast_ref::<tonic::Status>()
+                    && matches!(
                         status.code(),
                         Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
                     ) {
                         return Err(status_error(status));
                     }
-                }
                 eprintln!("{err:#}; reconnecting in {backoff:?}");
             }
         }

@@ -68,7 +68,7 @@ pub(crate) async fn run(args: TokenArgs) -> anyhow::Result<()> {
     let request = IssueTokenRequest {
         subject: args.subject.clone(),
         scopes: args.scopes.clone(),
-        ttl: args.ttl.map(|d| prost_types_duration(d)),
+        ttl: args.ttl.map(prost_types_duration),
     };
     let issued = client
         .issue_token(request)

@@ -12,6 +12,8 @@
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
+//! - [`momento_local`] (feature `momento-local`): a Momento-wire-compatible
+//!   server (`fxcast momento-local`) so the Momento path runs offline.
 
 #![forbid(unsafe_code)]
 
@@ -29,6 +31,9 @@ mod memory;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
+
+#[cfg(feature = "momento-local")]
+pub mod momento_local;
 
 pub use memory::{MemoryConfig, MemoryTransport};
 
@@ -65,6 +70,13 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A setting is out of range; the message says which.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The momento-local server failed while serving.
+    #[cfg(feature = "momento-local")]
+    #[error("momento-local server failed")]
+    Server(#[source] tonic::transport::Error),
 }
 
 /// What a subscription yields.

@@ -326,7 +326,8 @@ pub(crate) async fn supervise(
     loop {
         let deadline = health.next_deadline();
         tokio::select! {
-            // Quotes first: a quote that is already waiting proves liveness.
+            // A quote already waiting proves liveness before any deadline
+            // is looked at.
             biased;
             () = shutdown.cancelled() => return,
             quote = quotes.recv(), if feed_open => match quote {
@@ -341,25 +342,30 @@ pub(crate) async fn supervise(
                 }
                 None => feed_open = false,
             },
-            () = sleep_until(deadline) => {
-                for symbol in health.expire(Instant::now()) {
-                    tracing::warn!(
-                        %symbol,
-                        feed = source,
-                        stale_after = %humantime::format_duration(health.stale_after()),
-                        "no tick: marking the symbol stale"
-                    );
-                    match publisher.publish_stale(&symbol).await {
-                        Ok(_) => {}
-                        Err(err) => {
-                            tracing::warn!(%symbol, error = %err, "could not publish the stale marker")
-                        }
-                    }
-                }
-            }
+            () = sleep_until(deadline) => {}
+        }
+        // Also after a quote: a feed that never pauses (one busy symbol)
+        // must not keep another symbol's deadline from being noticed.
+        if deadline.is_some_and(|d| d <= Instant::now()) {
+            mark_stale(&publisher, source, &health).await;
         }
         if !feed_open && health.all_stale() {
             return;
+        }
+    }
+}
+
+/// Marks every symbol past its deadline stale and publishes its marker.
+async fn mark_stale(publisher: &RatePublisher, source: &'static str, health: &FeedHealth) {
+    for symbol in health.expire(Instant::now()) {
+        tracing::warn!(
+            %symbol,
+            feed = source,
+            stale_after = %humantime::format_duration(health.stale_after()),
+            "no tick: marking the symbol stale"
+        );
+        if let Err(err) = publisher.publish_stale(&symbol).await {
+            tracing::warn!(%symbol, error = %err, "could not publish the stale marker");
         }
     }
 }
@@ -444,5 +450,73 @@ mod tests {
                 ..Default::default()
             }
         );
+    }
+}
+
+#[cfg(test)]
+mod supervisor_tests {
+    use std::{collections::BTreeMap, sync::Arc, time::SystemTime};
+
+    use fxcast_transport::{MemoryTransport, Transport};
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::{LatestRates, SymbolTable, pricing::Markup};
+
+    fn quote(symbol: &str, bid: i64) -> Quote {
+        Quote {
+            symbol: symbol.to_owned(),
+            bid: Decimal::from(bid),
+            ask: Decimal::from(bid + 10),
+            source_time: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    async fn until(mut done: impl FnMut() -> bool) {
+        while !done() {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_symbol_does_not_hide_a_silent_one() {
+        let names = ["BTC_JPY".to_owned(), "ETH_JPY".to_owned()];
+        let symbols = SymbolTable::build(&names, &Markup::None, &BTreeMap::new()).unwrap();
+        let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
+        let latest = LatestRates::default();
+        let publisher = RatePublisher::new(transport, latest.clone(), symbols.clone(), "t".into());
+        let health = FeedHealth::new(symbols.names(), Duration::from_secs(1));
+        let (tx, rx) = mpsc::channel(1000);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(supervise(
+            publisher,
+            rx,
+            "test",
+            health.clone(),
+            shutdown.clone(),
+        ));
+
+        tx.send(quote("ETH_JPY", 500_000)).await.unwrap();
+        tx.send(quote("BTC_JPY", 10_000_000)).await.unwrap();
+        until(|| latest.get("BTC_JPY").is_some()).await;
+        // ETH_JPY falls silent while BTC_JPY quotes keep the channel full.
+        for i in 0..500 {
+            tx.try_send(quote("BTC_JPY", 10_000_000 + i)).unwrap();
+        }
+        tokio::time::advance(Duration::from_millis(1001)).await;
+        until(|| latest.get("ETH_JPY").is_some_and(|t| t.rate.stale)).await;
+        assert!(
+            tx.capacity() < 1000,
+            "ETH_JPY was marked only once the busy feed paused"
+        );
+        let eth = latest.get("ETH_JPY").unwrap();
+        assert_eq!(
+            (eth.sequence(), eth.bid, eth.rate.source.as_str()),
+            (2, Decimal::from(500_000), "test")
+        );
+        assert!(health.is_stale("ETH_JPY"));
+        until(|| tx.capacity() == 1000 && latest.get("BTC_JPY").unwrap().sequence() == 501).await;
+        assert!(!health.is_stale("BTC_JPY"));
+        shutdown.cancel();
     }
 }

@@ -65,6 +65,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let products: Vec<&str> = products.into_iter().collect();
+    // Not supervised (nothing is published): only the connection counters
+    // are kept, so the staleness threshold is never used.
     let health = FeedHealth::new(products.iter().copied(), config.idle_timeout);
     let mut session = BitflyerSession::new(config, products, health)?;
     let mut out = tokio::io::BufWriter::new(out);

@@ -320,7 +320,7 @@ impl OrderExecutor {
 
     async fn execute(&self, subject: &str, terms: OrderTerms) -> Result<OrderRecord, Error> {
         let inner = &*self.inner;
-        if let Some(existing) = inner.journal.find(subject, &terms.client_order_id).await? {
+        if let Some(existing) = inner.journal.find(subject, &terms.client_order_id)? {
             return self.answer_existing(&existing, &terms);
         }
         let created_at = model::now();
@@ -491,7 +491,14 @@ impl OrderExecutor {
         subject: &str,
         client_order_id: &str,
     ) -> Result<Option<OrderRecord>, Error> {
-        self.inner.journal.find(subject, client_order_id).await
+        let journal = self.inner.journal.clone();
+        let (subject, client_order_id) = (subject.to_owned(), client_order_id.to_owned());
+        tokio::task::spawn_blocking(move || journal.find(&subject, &client_order_id))
+            .await
+            .map_err(|e| Error::Io {
+                context: "order lookup failed".into(),
+                source: std::io::Error::other(e),
+            })?
     }
 
     /// A page of the subject's orders, newest first.

@@ -29,6 +29,17 @@ use tokio_tungstenite::{
     },
 };
 
+/// bitFlyer during maintenance: the WebSocket upgrade is answered 503.
+#[expect(
+    clippy::result_large_err,
+    reason = "the signature of tungstenite's handshake callback"
+)]
+fn refuse(_: &Request, _: Response) -> Result<Response, ErrorResponse> {
+    let mut response = ErrorResponse::new(Some("maintenance".into()));
+    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    Err(response)
+}
+
 /// The fake server.
 pub struct FakeBitflyer {
     addr: SocketAddr,
@@ -51,24 +62,15 @@ impl FakeBitflyer {
         let (tx, accepted) = mpsc::unbounded_channel();
         let refusing = Arc::new(AtomicBool::new(false));
         let (refused_tx, refusals) = watch::channel(0u64);
-        let refuse = Arc::clone(&refusing);
+        let refusing_now = Arc::clone(&refusing);
         let task = tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 stream.set_nodelay(true).unwrap();
-                if refuse.load(Ordering::SeqCst) {
-                    // bitFlyer during maintenance: the upgrade is refused.
-                    let refused = tokio_tungstenite::accept_hdr_async(
-                        stream,
-                        |_: &Request, _: Response| -> Result<Response, ErrorResponse> {
-                            let mut response = ErrorResponse::new(Some("maintenance".into()));
-                            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
-                            Err(response)
-                        },
-                    )
-                    .await;
+                if refusing_now.load(Ordering::SeqCst) {
+                    let refused = tokio_tungstenite::accept_hdr_async(stream, refuse).await;
                     assert!(refused.is_err());
                     refused_tx.send_modify(|n| *n += 1);
                     continue;

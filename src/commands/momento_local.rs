@@ -1,0 +1,103 @@
+//! `fxcast momento-local`: a Momento-wire-compatible server on one port
+//! (plaintext gRPC and gRPC-web), so the official Momento SDKs' local
+//! development settings reach it.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use clap::Args;
+use fxcast_transport::momento_local::{AcceptedKeys, MomentoLocalConfig, serve};
+use tokio::net::TcpListener;
+
+use super::serve::shutdown_signal;
+
+#[derive(Debug, Args)]
+pub(crate) struct MomentoLocalArgs {
+    /// Address for gRPC and gRPC-web (127.0.0.1:0 picks a free port; the log
+    /// says which). 8080 is where Momento SDKs look for a local server.
+    #[arg(long, env = "FXCAST_MOMENTO_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// API key callers must present; repeat or comma-separate for several.
+    /// `any` accepts every key, including none (local development). Tokens
+    /// minted by GenerateDisposableToken are accepted either way.
+    #[arg(
+        long = "api-key",
+        env = "FXCAST_MOMENTO_API_KEYS",
+        value_delimiter = ',',
+        default_value = "any",
+        hide_env_values = true
+    )]
+    api_keys: Vec<String>,
+    /// Cache that exists from the start; repeat or comma-separate for
+    /// several (browser SDKs cannot create caches)
+    #[arg(long = "cache", env = "FXCAST_MOMENTO_CACHES", value_delimiter = ',')]
+    caches: Vec<String>,
+}
+
+fn accepted_keys(keys: &[String]) -> anyhow::Result<AcceptedKeys> {
+    let keys: Vec<String> = keys
+        .iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    match keys.as_slice() {
+        [] => anyhow::bail!("--api-key needs a key, or `any`"),
+        [only] if only == "any" => Ok(AcceptedKeys::Any),
+        keys if keys.iter().any(|k| k == "any") => {
+            anyhow::bail!("--api-key any cannot be combined with specific keys")
+        }
+        keys => Ok(AcceptedKeys::Only(keys.to_vec())),
+    }
+}
+
+pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
+    let config = MomentoLocalConfig {
+        accepted_keys: accepted_keys(&args.api_keys)?,
+        caches: args.caches.clone(),
+        ..MomentoLocalConfig::default()
+    };
+    config.validate()?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot bind momento-local on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    match &config.accepted_keys {
+        AcceptedKeys::Any if !addr.ip().is_loopback() => tracing::warn!(
+            "momento-local accepts any API key and listens beyond loopback: \
+             anyone who can reach it may use it (pass --api-key KEY to restrict)"
+        ),
+        AcceptedKeys::Any => tracing::info!("momento-local accepts any API key"),
+        AcceptedKeys::Only(keys) => {
+            tracing::info!(
+                keys = keys.len(),
+                "momento-local accepts only its configured API keys"
+            );
+        }
+    }
+    tracing::info!(addr = %addr, caches = ?args.caches, "momento-local listening");
+    serve(listener, config, shutdown_signal())
+        .await
+        .context("momento-local failed")?;
+    tracing::info!("momento-local stopped");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(list: &[&str]) -> anyhow::Result<AcceptedKeys> {
+        accepted_keys(&list.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn api_key_flags() {
+        assert_eq!(keys(&["any"]).unwrap(), AcceptedKeys::Any);
+        assert_eq!(
+            keys(&["k1", " k2 "]).unwrap(),
+            AcceptedKeys::Only(vec!["k1".into(), "k2".into()])
+        );
+        assert!(keys(&["any", "k1"]).is_err());
+        assert!(keys(&[" "]).is_err());
+    }
+}

@@ -1,0 +1,1255 @@
+//! momento-local as Momento's own Rust SDK sees it: the server runs
+//! in-process on an ephemeral port, the SDK is pointed at it with
+//! `insecure_endpoint_override("http://127.0.0.1:PORT")`, and each test
+//! asserts on what the SDK returns. Where the SDK hides the protocol
+//! (heartbeats, discontinuities) a raw client built from `momento-protos`
+//! checks the exact messages on the wire; gRPC-web is exercised with
+//! tonic-web's client over HTTP/1.1.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use futures_util::StreamExt;
+use fxcast_transport::{
+    Error,
+    momento_local::{AcceptedKeys, MomentoLocalConfig, serve},
+};
+use momento::{
+    AuthClient, CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
+    auth::{DisposableTokenScopes, ExpiresIn, GenerateDisposableTokenRequest, PermissionScopes},
+    cache::{
+        CreateCacheResponse, DecreaseTtlResponse, GetResponse, IncreaseTtlResponse,
+        ItemGetTtlResponse, SetRequest,
+    },
+    topics::{SubscribeRequest, Subscription, SubscriptionValue, ValueKind},
+};
+use momento_protos::{
+    cache_client::pubsub::{
+        PublishRequest, SubscriptionItem, SubscriptionRequest, TopicValue,
+        pubsub_client::PubsubClient, subscription_item::Kind, topic_value,
+    },
+    control_client::{CreateSigningKeyRequest, scs_control_client::ScsControlClient},
+    leaderboard::{DeleteLeaderboardRequest, leaderboard_client::LeaderboardClient},
+    token::{
+        GenerateDisposableTokenRequest as RawTokenRequest, generate_disposable_token_request,
+        token_client::TokenClient,
+    },
+};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tonic::{Code, Status, Streaming, metadata::AsciiMetadataValue, transport::Channel};
+
+/// How long any single expected event may take before a test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const CACHE: &str = "fxcast";
+
+struct Local {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), Error>>,
+}
+
+/// Starts momento-local on an ephemeral port with `config`, the cache
+/// [`CACHE`] created.
+async fn start(mut config: MomentoLocalConfig) -> Local {
+    config.caches.push(CACHE.to_owned());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, config, async {
+        let _ = stopped.await;
+    }));
+    Local {
+        addr,
+        stop: Some(stop),
+        server,
+    }
+}
+
+async fn start_default() -> Local {
+    start(MomentoLocalConfig::default()).await
+}
+
+/// A v1 token as Momento issues them: base64 of `{"endpoint", "api_key"}`.
+fn v1_token(api_key: &str) -> String {
+    STANDARD.encode(format!(
+        r#"{{"endpoint":"127.0.0.1","api_key":"{api_key}"}}"#
+    ))
+}
+
+impl Local {
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// SDK credentials for `api_key`, pointed at this server in plaintext.
+    fn credentials(&self, api_key: &str) -> CredentialProvider {
+        self.credentials_from_token(&v1_token(api_key))
+    }
+
+    /// SDK credentials from a disposable token as the SDK returns it.
+    fn credentials_from_token(&self, token: &str) -> CredentialProvider {
+        CredentialProvider::from_disposable_token(token)
+            .unwrap()
+            .insecure_endpoint_override(&self.url())
+    }
+
+    fn topics(&self, credentials: CredentialProvider) -> TopicClient {
+        TopicClient::builder()
+            .configuration(momento::topics::configurations::Laptop::latest())
+            .credential_provider(credentials)
+            .build()
+            .unwrap()
+    }
+
+    fn cache(&self, credentials: CredentialProvider) -> CacheClient {
+        CacheClient::builder()
+            .default_ttl(Duration::from_secs(60))
+            .configuration(momento::cache::configurations::Laptop::latest())
+            .credential_provider(credentials)
+            .build()
+            .unwrap()
+    }
+
+    fn auth(&self, credentials: CredentialProvider) -> AuthClient {
+        AuthClient::builder()
+            .credential_provider(credentials)
+            .build()
+            .unwrap()
+    }
+
+    /// A plain tonic channel, for what the SDK does not expose.
+    async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    async fn raw_pubsub(&self) -> PubsubClient<Channel> {
+        PubsubClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it to finish.
+    async fn shutdown(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(DEADLINE, self.server)
+            .await
+            .expect("momento-local did not stop")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn with_key<T>(message: T, api_key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert(
+        "authorization",
+        AsciiMetadataValue::try_from(api_key).unwrap(),
+    );
+    request
+}
+
+async fn next_value(subscription: &mut Subscription) -> SubscriptionValue {
+    tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .expect("no topic value within the deadline")
+        .expect("subscription ended")
+}
+
+fn text(value: &SubscriptionValue) -> &str {
+    match &value.kind {
+        ValueKind::Text(text) => text,
+        ValueKind::Binary(bytes) => panic!("expected text, got {bytes:?}"),
+    }
+}
+
+async fn next_raw(stream: &mut Streaming<SubscriptionItem>) -> Kind {
+    tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("no subscription item within the deadline")
+        .expect("subscription failed")
+        .expect("subscription ended")
+        .kind
+        .expect("subscription item without a kind")
+}
+
+/// The next item of a raw subscription that is not a heartbeat.
+async fn next_non_heartbeat(stream: &mut Streaming<SubscriptionItem>) -> Kind {
+    loop {
+        match next_raw(stream).await {
+            Kind::Heartbeat(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+async fn raw_subscribe(
+    client: &mut PubsubClient<Channel>,
+    topic: &str,
+    resume_at: u64,
+    page: u64,
+) -> Streaming<SubscriptionItem> {
+    client
+        .subscribe(SubscriptionRequest {
+            cache_name: CACHE.into(),
+            topic: topic.into(),
+            resume_at_topic_sequence_number: resume_at,
+            sequence_page: page,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn raw_publish(client: &mut PubsubClient<Channel>, topic: &str, value: topic_value::Kind) {
+    client
+        .publish(PublishRequest {
+            cache_name: CACHE.into(),
+            topic: topic.into(),
+            value: Some(TopicValue { kind: Some(value) }),
+        })
+        .await
+        .unwrap();
+}
+
+fn error_code<T>(result: Result<T, MomentoError>) -> (MomentoErrorCode, String) {
+    let Err(error) = result else {
+        panic!("expected an error");
+    };
+    // The server's own message, under the SDK's generic one.
+    let server_message = error.details().map(|d| d.message).unwrap_or_default();
+    (error.error_code, server_message)
+}
+
+#[tokio::test]
+async fn publish_and_subscribe_in_order_with_text_and_binary() {
+    let local = start_default().await;
+    let topics = local.topics(local.credentials("dev"));
+    let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+
+    topics
+        .publish(CACHE, "rates.USD_JPY", "first")
+        .await
+        .unwrap();
+    topics
+        .publish(CACHE, "rates.USD_JPY", vec![0u8, 255, 7])
+        .await
+        .unwrap();
+    topics
+        .publish(CACHE, "rates.USD_JPY", "third")
+        .await
+        .unwrap();
+    // Another topic has its own numbering.
+    topics
+        .publish(CACHE, "rates.EUR_USD", "other")
+        .await
+        .unwrap();
+
+    let first = next_value(&mut subscription).await;
+    assert_eq!((text(&first), first.topic_sequence_number), ("first", 1));
+    assert!(first.topic_sequence_page > 0, "{first:?}");
+    assert_eq!(first.publisher_id, "", "API-key publishers have no id");
+    let second = next_value(&mut subscription).await;
+    assert_eq!(second.kind, ValueKind::Binary(vec![0, 255, 7]));
+    assert_eq!(second.topic_sequence_number, 2);
+    let third = next_value(&mut subscription).await;
+    assert_eq!((text(&third), third.topic_sequence_number), ("third", 3));
+    assert_eq!(third.topic_sequence_page, first.topic_sequence_page);
+
+    let mut other = topics
+        .send_request(SubscribeRequest::new(CACHE, "rates.EUR_USD", Some(1), None))
+        .await
+        .unwrap();
+    let value = next_value(&mut other).await;
+    assert_eq!((text(&value), value.topic_sequence_number), ("other", 1));
+    assert_ne!(value.topic_sequence_page, first.topic_sequence_page);
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_subscriber_gets_every_message() {
+    let local = start_default().await;
+    let topics = local.topics(local.credentials("dev"));
+    let mut subscriptions = Vec::new();
+    for _ in 0..8 {
+        subscriptions.push(topics.subscribe(CACHE, "fanout").await.unwrap());
+    }
+    for n in 1..=50 {
+        topics
+            .publish(CACHE, "fanout", format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    for subscription in &mut subscriptions {
+        for n in 1..=50u64 {
+            let value = next_value(subscription).await;
+            assert_eq!(value.topic_sequence_number, n);
+            assert_eq!(text(&value), format!("m{n}"));
+        }
+    }
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_after_a_reconnect_replays_from_the_sequence_number() {
+    let local = start_default().await;
+    let topics = local.topics(local.credentials("dev"));
+    let mut subscription = topics.subscribe(CACHE, "resume").await.unwrap();
+    for n in 1..=5 {
+        topics
+            .publish(CACHE, "resume", format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    let mut last = None;
+    for _ in 1..=5 {
+        last = Some(next_value(&mut subscription).await);
+    }
+    let last = last.unwrap();
+    drop(subscription);
+
+    // Published while disconnected.
+    for n in 6..=8 {
+        topics
+            .publish(CACHE, "resume", format!("m{n}"))
+            .await
+            .unwrap();
+    }
+    // Resuming at a sequence number replays from it, inclusive, as Momento
+    // does (the SDK resumes at the last number it saw).
+    let mut resumed = topics
+        .send_request(SubscribeRequest::new(
+            CACHE,
+            "resume",
+            Some(last.topic_sequence_number),
+            Some(last.topic_sequence_page),
+        ))
+        .await
+        .unwrap();
+    for n in 5..=8u64 {
+        let value = next_value(&mut resumed).await;
+        assert_eq!(value.topic_sequence_number, n);
+        assert_eq!(text(&value), format!("m{n}"));
+    }
+    topics.publish(CACHE, "resume", "m9").await.unwrap();
+    let live = next_value(&mut resumed).await;
+    assert_eq!((text(&live), live.topic_sequence_number), ("m9", 9));
+
+    // A page this topic never had: its numbers no longer apply, so all
+    // that is held is replayed from the start of the current page.
+    let mut stale = topics
+        .send_request(SubscribeRequest::new(
+            CACHE,
+            "resume",
+            Some(300),
+            Some(last.topic_sequence_page + 12345),
+        ))
+        .await
+        .unwrap();
+    for n in 1..=9u64 {
+        assert_eq!(next_value(&mut stale).await.topic_sequence_number, n);
+    }
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn resume_beyond_the_history_announces_a_discontinuity() {
+    let local = start(MomentoLocalConfig {
+        topic_history: 4,
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    let mut client = local.raw_pubsub().await;
+    for n in 1..=10 {
+        raw_publish(
+            &mut client,
+            "short",
+            topic_value::Kind::Text(format!("m{n}")),
+        )
+        .await;
+    }
+    // The first message names the page.
+    let mut probe = raw_subscribe(&mut client, "short", 10, 0).await;
+    let Kind::Item(item) = next_non_heartbeat(&mut probe).await else {
+        panic!("expected the held item 10");
+    };
+    assert_eq!(item.topic_sequence_number, 10);
+    let page = item.sequence_page;
+
+    let mut stream = raw_subscribe(&mut client, "short", 2, page).await;
+    assert!(
+        matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)),
+        "a subscription starts with a heartbeat"
+    );
+    match next_raw(&mut stream).await {
+        Kind::Discontinuity(d) => {
+            assert_eq!(
+                (
+                    d.last_topic_sequence,
+                    d.new_topic_sequence,
+                    d.new_sequence_page
+                ),
+                (2, 7, page)
+            );
+        }
+        other => panic!("expected a discontinuity, got {other:?}"),
+    }
+    for n in 7..=10 {
+        match next_raw(&mut stream).await {
+            Kind::Item(item) => assert_eq!(item.topic_sequence_number, n),
+            other => panic!("expected item {n}, got {other:?}"),
+        }
+    }
+    local.shutdown().await;
+}
+
+/// Publishes `count` 4000-byte values as fast as the server takes them.
+async fn flood(local: &Local, topic: &str, count: u64) {
+    let mut client = local.raw_pubsub().await;
+    for n in 1..=count {
+        let mut value = vec![0u8; 4000];
+        value[..8].copy_from_slice(&n.to_be_bytes());
+        raw_publish(&mut client, topic, topic_value::Kind::Binary(value)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_subscriber_gets_a_discontinuity_then_newer_messages() {
+    let local = start(MomentoLocalConfig {
+        subscriber_buffer: 16,
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    // Small HTTP/2 windows: the stalled reader stops the server quickly.
+    let channel = tonic::transport::Endpoint::from_shared(local.url())
+        .unwrap()
+        .initial_stream_window_size(Some(65_535))
+        .initial_connection_window_size(Some(65_535))
+        .connect()
+        .await
+        .unwrap();
+    let mut slow = PubsubClient::new(channel);
+    let mut stream = raw_subscribe(&mut slow, "flood", 0, 0).await;
+    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+
+    let total = 3000;
+    flood(&local, "flood", total).await;
+
+    let mut last = 0;
+    let mut page = None;
+    let mut discontinuities = 0;
+    let mut received = 0;
+    while last < total {
+        match next_non_heartbeat(&mut stream).await {
+            Kind::Item(item) => {
+                assert_eq!(item.topic_sequence_number, last + 1, "a silent gap");
+                assert_eq!(*page.get_or_insert(item.sequence_page), item.sequence_page);
+                let Some(topic_value::Kind::Binary(bytes)) = item.value.and_then(|v| v.kind) else {
+                    panic!("expected a binary value");
+                };
+                assert_eq!(bytes[..8], item.topic_sequence_number.to_be_bytes());
+                last = item.topic_sequence_number;
+                received += 1;
+            }
+            Kind::Discontinuity(d) => {
+                assert_eq!(d.last_topic_sequence, last);
+                assert!(d.new_topic_sequence > last + 1, "{d:?}");
+                if let Some(page) = page {
+                    assert_eq!(d.new_sequence_page, page);
+                }
+                discontinuities += 1;
+                last = d.new_topic_sequence - 1;
+            }
+            Kind::Heartbeat(_) => unreachable!(),
+        }
+    }
+    assert!(
+        discontinuities >= 1,
+        "no discontinuity for a stalled reader"
+    );
+    assert!(received < total, "{received} of {total} delivered");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sdk_skips_ahead_when_its_subscription_lags() {
+    let local = start(MomentoLocalConfig {
+        subscriber_buffer: 16,
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    let topics = local.topics(local.credentials("dev"));
+    let mut subscription = topics.subscribe(CACHE, "flood").await.unwrap();
+    // Larger than the SDK's HTTP/2 windows (2 MiB per stream).
+    let total = 2000;
+    flood(&local, "flood", total).await;
+    let mut previous = 0;
+    let mut jumped = false;
+    loop {
+        let value = next_value(&mut subscription).await;
+        let n = value.topic_sequence_number;
+        assert!(n > previous, "out of order: {n} after {previous}");
+        jumped |= n > previous + 1;
+        previous = n;
+        if n == total {
+            break;
+        }
+    }
+    assert!(jumped, "a stalled SDK subscription received every message");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_subscriptions_get_heartbeats() {
+    let local = start(MomentoLocalConfig {
+        heartbeat_interval: Duration::from_millis(50),
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    let mut client = local.raw_pubsub().await;
+    let mut stream = raw_subscribe(&mut client, "quiet", 0, 0).await;
+    for _ in 0..3 {
+        assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    }
+    raw_publish(
+        &mut client,
+        "quiet",
+        topic_value::Kind::Text("hello".into()),
+    )
+    .await;
+    match next_non_heartbeat(&mut stream).await {
+        Kind::Item(item) => assert_eq!(item.topic_sequence_number, 1),
+        other => panic!("expected the item, got {other:?}"),
+    }
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn messages_over_the_payload_limit_are_refused() {
+    let local = start_default().await;
+    let topics = local.topics(local.credentials("dev"));
+    topics
+        .publish(CACHE, "big", vec![1u8; 4096])
+        .await
+        .expect("4 KiB is allowed");
+    let error = topics
+        .publish(CACHE, "big", vec![1u8; 4097])
+        .await
+        .expect_err("over 4 KiB");
+    // The `err` code tells the SDK which limit it was.
+    assert_eq!(
+        error.message,
+        "Request size limit exceeded for this account"
+    );
+    let (code, details) = error_code(Err::<(), _>(error));
+    assert_eq!(code, MomentoErrorCode::LimitExceededError);
+    assert!(
+        details.contains("4097 bytes exceeds the 4096-byte limit"),
+        "{details}"
+    );
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_caches_are_not_found() {
+    let local = start_default().await;
+    let credentials = local.credentials("dev");
+    let topics = local.topics(credentials.clone());
+    let cache = local.cache(credentials);
+    let (code, details) = error_code(topics.publish("nope", "t", "x").await);
+    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    assert!(details.contains("\"nope\""), "{details}");
+    let (code, _) = error_code(topics.subscribe("nope", "t").await);
+    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    let (code, details) = error_code(cache.get("nope", "k").await);
+    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    assert!(details.contains("\"nope\""), "{details}");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_cache_ends_its_subscriptions() {
+    let local = start_default().await;
+    let mut client = local.raw_pubsub().await;
+    let mut stream = raw_subscribe(&mut client, "doomed", 0, 0).await;
+    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    local
+        .cache(local.credentials("dev"))
+        .delete_cache(CACHE)
+        .await
+        .unwrap();
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::NotFound);
+    assert!(status.message().contains(CACHE), "{status:?}");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn cache_items_set_get_delete_and_expire() {
+    let local = start_default().await;
+    let cache = local.cache(local.credentials("dev"));
+
+    cache.set(CACHE, "k", "v").await.unwrap();
+    let got: String = cache.get(CACHE, "k").await.unwrap().try_into().unwrap();
+    assert_eq!(got, "v");
+    assert_eq!(cache.get(CACHE, "absent").await.unwrap(), GetResponse::Miss);
+
+    let remaining: Duration = cache
+        .item_get_ttl(CACHE, "k")
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(
+        remaining <= Duration::from_secs(60) && remaining > Duration::from_secs(50),
+        "{remaining:?}"
+    );
+    assert_eq!(
+        cache
+            .increase_ttl(CACHE, "k", Duration::from_secs(30))
+            .await
+            .unwrap(),
+        IncreaseTtlResponse::NotSet
+    );
+    assert_eq!(
+        cache
+            .increase_ttl(CACHE, "k", Duration::from_secs(600))
+            .await
+            .unwrap(),
+        IncreaseTtlResponse::Set
+    );
+    assert_eq!(
+        cache
+            .decrease_ttl(CACHE, "k", Duration::from_secs(900))
+            .await
+            .unwrap(),
+        DecreaseTtlResponse::NotSet
+    );
+    assert_eq!(
+        cache
+            .decrease_ttl(CACHE, "k", Duration::from_secs(20))
+            .await
+            .unwrap(),
+        DecreaseTtlResponse::Set
+    );
+    let remaining: Duration = cache
+        .item_get_ttl(CACHE, "k")
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert!(remaining <= Duration::from_secs(20), "{remaining:?}");
+    assert_eq!(
+        cache.item_get_ttl(CACHE, "absent").await.unwrap(),
+        ItemGetTtlResponse::Miss
+    );
+
+    let exists: Vec<bool> = cache
+        .keys_exist(CACHE, vec!["k", "absent"])
+        .await
+        .unwrap()
+        .into();
+    assert_eq!(exists, vec![true, false]);
+
+    cache.delete(CACHE, "k").await.unwrap();
+    assert_eq!(cache.get(CACHE, "k").await.unwrap(), GetResponse::Miss);
+
+    cache
+        .set_batch(CACHE, vec![("a", "1"), ("b", "2")])
+        .await
+        .unwrap();
+    let batch: HashMap<String, String> = cache
+        .get_batch(CACHE, vec!["a", "b", "c"])
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(
+        batch,
+        HashMap::from([("a".into(), "1".into()), ("b".into(), "2".into())])
+    );
+
+    // A short TTL: present, then gone once it has passed.
+    let ttl = Duration::from_secs(1);
+    cache
+        .send_request(SetRequest::new(CACHE, "short", "x").ttl(ttl))
+        .await
+        .unwrap();
+    let written = Instant::now();
+    assert_ne!(cache.get(CACHE, "short").await.unwrap(), GetResponse::Miss);
+    tokio::time::sleep_until((written + ttl).into()).await;
+    assert_eq!(cache.get(CACHE, "short").await.unwrap(), GetResponse::Miss);
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn increment_counts_and_refuses_non_integers() {
+    let local = start_default().await;
+    let cache = local.cache(local.credentials("dev"));
+    assert_eq!(cache.increment(CACHE, "n", 5).await.unwrap().value(), 5);
+    assert_eq!(cache.increment(CACHE, "n", -2).await.unwrap().value(), 3);
+    let stored: String = cache.get(CACHE, "n").await.unwrap().try_into().unwrap();
+    assert_eq!(stored, "3");
+    cache.set(CACHE, "word", "abc").await.unwrap();
+    let (code, _) = error_code(cache.increment(CACHE, "word", 1).await);
+    assert_eq!(code, MomentoErrorCode::FailedPreconditionError);
+    cache.set(CACHE, "max", i64::MAX.to_string()).await.unwrap();
+    let (code, _) = error_code(cache.increment(CACHE, "max", 1).await);
+    assert_eq!(code, MomentoErrorCode::FailedPreconditionError);
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn items_over_the_size_limit_are_refused() {
+    let local = start(MomentoLocalConfig {
+        max_item_bytes: 1000,
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    let cache = local.cache(local.credentials("dev"));
+    cache.set(CACHE, "ok", vec![0u8; 1000]).await.unwrap();
+    let error = cache
+        .set(CACHE, "big", vec![0u8; 1001])
+        .await
+        .expect_err("over the item limit");
+    assert_eq!(error.message, "Item size limit exceeded for this account");
+    let (code, details) = error_code(Err::<(), _>(error));
+    assert_eq!(code, MomentoErrorCode::LimitExceededError);
+    assert!(details.contains("1001 bytes"), "{details}");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn caches_are_created_listed_flushed_and_deleted() {
+    let local = start_default().await;
+    let cache = local.cache(local.credentials("dev"));
+    assert_eq!(
+        cache.create_cache("orders").await.unwrap(),
+        CreateCacheResponse::Created
+    );
+    assert_eq!(
+        cache.create_cache("orders").await.unwrap(),
+        CreateCacheResponse::AlreadyExists
+    );
+    let listed = cache.list_caches().await.unwrap().caches;
+    let names: Vec<_> = listed.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec![CACHE, "orders"]);
+    assert_eq!(listed[0].topic_limits.max_publish_message_size_kb, 4);
+    assert!(!listed[0].cache_id.is_empty());
+
+    cache.set("orders", "k", "v").await.unwrap();
+    cache.flush_cache("orders").await.unwrap();
+    assert_eq!(cache.get("orders", "k").await.unwrap(), GetResponse::Miss);
+
+    cache.delete_cache("orders").await.unwrap();
+    let (code, _) = error_code(cache.delete_cache("orders").await);
+    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    let (code, _) = error_code(cache.get("orders", "k").await);
+    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    let names: Vec<_> = cache
+        .list_caches()
+        .await
+        .unwrap()
+        .caches
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, vec![CACHE.to_owned()]);
+    let (code, _) = error_code(cache.create_cache("").await);
+    assert_eq!(code, MomentoErrorCode::InvalidArgumentError);
+    local.shutdown().await;
+}
+
+/// Mints a disposable token with `scope` through the SDK.
+async fn mint(
+    local: &Local,
+    scope: impl Into<momento::auth::DisposableTokenScope>,
+    expires: ExpiresIn,
+    token_id: Option<&str>,
+) -> (String, u64) {
+    let auth = local.auth(local.credentials("dev"));
+    let mut request = GenerateDisposableTokenRequest::new(scope.into(), expires);
+    if let Some(id) = token_id {
+        request = request.token_id(id.to_owned());
+    }
+    let response = auth.send_request(request).await.unwrap();
+    let expires_at = response.clone().expires_at().epoch();
+    assert_eq!(response.clone().endpoint(), "127.0.0.1");
+    (response.auth_token(), expires_at)
+}
+
+#[tokio::test]
+async fn a_subscribe_only_token_can_subscribe_but_not_publish_or_read_the_cache() {
+    let local = start_default().await;
+    let (token, _) = mint(
+        &local,
+        PermissionScopes::topic_subscribe_only(CACHE, "rates.USD_JPY"),
+        ExpiresIn::minutes(5),
+        Some("browser-1"),
+    )
+    .await;
+    let limited = local.credentials_from_token(&token);
+    let topics = local.topics(limited.clone());
+    let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+
+    let (code, details) = error_code(topics.publish(CACHE, "rates.USD_JPY", "x").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    assert!(details.contains("publish to topic"), "{details}");
+    let (code, _) = error_code(topics.subscribe(CACHE, "rates.EUR_USD").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    let cache = local.cache(limited.clone());
+    let (code, _) = error_code(cache.get(CACHE, "k").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    let (code, _) = error_code(cache.create_cache("mine").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    let (code, _) = error_code(
+        local
+            .auth(limited)
+            .generate_disposable_token(
+                PermissionScopes::topic_publish_subscribe(CACHE, "rates.USD_JPY").into(),
+                ExpiresIn::minutes(1),
+            )
+            .await,
+    );
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+
+    // A publishing token's id is the publisher id subscribers see.
+    let (publisher, _) = mint(
+        &local,
+        PermissionScopes::topic_publish_only(CACHE, "rates.USD_JPY"),
+        ExpiresIn::minutes(5),
+        Some("feed-7"),
+    )
+    .await;
+    local
+        .topics(local.credentials_from_token(&publisher))
+        .publish(CACHE, "rates.USD_JPY", "151.234")
+        .await
+        .unwrap();
+    let value = next_value(&mut subscription).await;
+    assert_eq!(text(&value), "151.234");
+    assert_eq!(value.publisher_id, "feed-7");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_key_scoped_token_reaches_only_its_key() {
+    let local = start_default().await;
+    let cache = local.cache(local.credentials("dev"));
+    cache.set(CACHE, "user:1", "alice").await.unwrap();
+    cache.set(CACHE, "user:2", "bob").await.unwrap();
+    let (token, _) = mint(
+        &local,
+        DisposableTokenScopes::cache_key_read_only(CACHE, "user:1"),
+        ExpiresIn::minutes(5),
+        None,
+    )
+    .await;
+    let scoped = local.cache(local.credentials_from_token(&token));
+    let got: String = scoped
+        .get(CACHE, "user:1")
+        .await
+        .unwrap()
+        .try_into()
+        .unwrap();
+    assert_eq!(got, "alice");
+    let (code, _) = error_code(scoped.get(CACHE, "user:2").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    let (code, _) = error_code(scoped.set(CACHE, "user:1", "mallory").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+
+    let (token, _) = mint(
+        &local,
+        DisposableTokenScopes::cache_key_prefix_read_write(CACHE, "user:"),
+        ExpiresIn::minutes(5),
+        None,
+    )
+    .await;
+    let prefixed = local.cache(local.credentials_from_token(&token));
+    prefixed.set(CACHE, "user:3", "carol").await.unwrap();
+    assert_eq!(
+        prefixed
+            .increment(CACHE, "user:count", 1)
+            .await
+            .unwrap()
+            .value(),
+        1
+    );
+    let (code, _) = error_code(prefixed.set(CACHE, "admin", "x").await);
+    assert_eq!(code, MomentoErrorCode::PermissionError);
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_expired_token_is_refused_and_ends_its_subscription() {
+    let local = start_default().await;
+    let (token, expires_at) = mint(
+        &local,
+        PermissionScopes::topic_publish_subscribe(CACHE, "ticks"),
+        ExpiresIn::seconds(1),
+        None,
+    )
+    .await;
+    let api_key = {
+        let json = STANDARD.decode(&token).unwrap();
+        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        value["api_key"].as_str().unwrap().to_owned()
+    };
+    let mut client = local.raw_pubsub().await;
+    let mut stream = client
+        .subscribe(with_key(
+            SubscriptionRequest {
+                cache_name: CACHE.into(),
+                topic: "ticks".into(),
+                resume_at_topic_sequence_number: 0,
+                sequence_page: 0,
+            },
+            &api_key,
+        ))
+        .await
+        .expect("a fresh token may subscribe")
+        .into_inner();
+    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+    assert!(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 1
+            >= expires_at,
+        "ended before the token expired"
+    );
+
+    // From the second the SDK was told, the token is refused.
+    let until = UNIX_EPOCH + Duration::from_secs(expires_at);
+    if let Ok(left) = until.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left).await;
+    }
+    let topics = local.topics(local.credentials_from_token(&token));
+    let (code, details) = error_code(topics.publish(CACHE, "ticks", "late").await);
+    assert_eq!(code, MomentoErrorCode::AuthenticationError);
+    assert!(details.contains("expired"), "{details}");
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn configured_keys_are_the_only_keys_accepted() {
+    let local = start(MomentoLocalConfig {
+        accepted_keys: AcceptedKeys::Only(vec!["s3cret-key".into()]),
+        ..MomentoLocalConfig::default()
+    })
+    .await;
+    let (code, _) = error_code(
+        local
+            .cache(local.credentials("guess"))
+            .get(CACHE, "k")
+            .await,
+    );
+    assert_eq!(code, MomentoErrorCode::AuthenticationError);
+    let mut client = local.raw_pubsub().await;
+    let status = client
+        .publish(PublishRequest {
+            cache_name: CACHE.into(),
+            topic: "t".into(),
+            value: Some(TopicValue {
+                kind: Some(topic_value::Kind::Text("x".into())),
+            }),
+        })
+        .await
+        .expect_err("no key at all");
+    assert_eq!(status.code(), Code::Unauthenticated);
+
+    let auth = local.auth(local.credentials("s3cret-key"));
+    let token = auth
+        .generate_disposable_token(
+            PermissionScopes::cache_read_write(CACHE).into(),
+            ExpiresIn::minutes(5),
+        )
+        .await
+        .unwrap()
+        .auth_token();
+    let minted = local.cache(local.credentials_from_token(&token));
+    minted.set(CACHE, "k", "v").await.unwrap();
+
+    // A token altered in transit fails its signature.
+    let json = String::from_utf8(STANDARD.decode(&token).unwrap()).unwrap();
+    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let api_key = value["api_key"].as_str().unwrap();
+    let mut tampered = api_key.to_owned();
+    let last = tampered.pop().unwrap();
+    tampered.push(if last == 'A' { 'B' } else { 'A' });
+    let (code, _) = error_code(
+        local
+            .cache(local.credentials(&tampered))
+            .get(CACHE, "k")
+            .await,
+    );
+    assert_eq!(code, MomentoErrorCode::AuthenticationError);
+
+    // Tokens do not outlive the server that minted them.
+    let other = start_default().await;
+    let (code, details) = error_code(
+        other
+            .cache(other.credentials_from_token(&token))
+            .get(CACHE, "k")
+            .await,
+    );
+    assert_eq!(code, MomentoErrorCode::AuthenticationError);
+    assert!(details.contains("another momento-local run"), "{details}");
+    other.shutdown().await;
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn token_requests_are_validated() {
+    let local = start_default().await;
+    let mut tokens = TokenClient::new(local.channel().await);
+    let permissions = Some(momento_protos::permission_messages::Permissions {
+        kind: Some(
+            momento_protos::permission_messages::permissions::Kind::Explicit(
+                momento_protos::permission_messages::ExplicitPermissions {
+                    permissions: vec![],
+                },
+            ),
+        ),
+    });
+    let request = |valid_for_seconds: u32, token_id: &str| RawTokenRequest {
+        expires: Some(generate_disposable_token_request::Expires { valid_for_seconds }),
+        auth_token: "dev".into(),
+        permissions: permissions.clone(),
+        token_id: token_id.into(),
+    };
+    for (bad, why) in [
+        (request(0, ""), "zero lifetime"),
+        (request(25 * 3600 + 1, ""), "over 25 hours"),
+        (request(60, &"x".repeat(65)), "token id too long"),
+        (
+            RawTokenRequest {
+                permissions: None,
+                ..request(60, "")
+            },
+            "no permissions",
+        ),
+    ] {
+        let status = tokens.generate_disposable_token(bad).await.expect_err(why);
+        assert_eq!(status.code(), Code::InvalidArgument, "{why}: {status:?}");
+    }
+    let response = tokens
+        .generate_disposable_token(request(25 * 3600, &"x".repeat(64)))
+        .await
+        .unwrap()
+        .into_inner();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(response.valid_until >= now + 25 * 3600, "{response:?}");
+    // The SDKs build `base64({"endpoint", "api_key"})` with the standard
+    // alphabet and parse it with the URL-safe one: the key keeps to the
+    // characters both share.
+    assert!(
+        response
+            .api_key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)),
+        "{}",
+        response.api_key
+    );
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_which() {
+    let local = start_default().await;
+    let cache = local.cache(local.credentials("dev"));
+    let (code, details) = error_code(cache.dictionary_fetch(CACHE, "d").await);
+    assert_eq!(code, MomentoErrorCode::BadRequestError);
+    assert!(
+        details.contains("does not implement cache_client.Scs/DictionaryFetch"),
+        "{details}"
+    );
+    let (code, details) = error_code(cache.list_fetch(CACHE, "l").await);
+    assert_eq!(code, MomentoErrorCode::BadRequestError);
+    assert!(details.contains("cache_client.Scs/ListFetch"), "{details}");
+
+    let channel = local.channel().await;
+    let status: Status = ScsControlClient::new(channel.clone())
+        .create_signing_key(CreateSigningKeyRequest { ttl_minutes: 5 })
+        .await
+        .expect_err("signing keys are not served");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(
+        status
+            .message()
+            .contains("control_client.ScsControl/CreateSigningKey"),
+        "{status:?}"
+    );
+    let status = LeaderboardClient::new(channel)
+        .delete_leaderboard(with_key(
+            DeleteLeaderboardRequest {
+                leaderboard: "board".into(),
+            },
+            "dev",
+        ))
+        .await
+        .expect_err("leaderboards are not served");
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(
+        status
+            .message()
+            .contains("/leaderboard.Leaderboard/DeleteLeaderboard"),
+        "{status:?}"
+    );
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn grpc_web_serves_unary_calls_and_subscriptions() {
+    use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+    use tonic_web::GrpcWebClientService;
+
+    let local = start_default().await;
+    let http1 = Client::builder(TokioExecutor::new()).build_http();
+    let mut web = PubsubClient::with_origin(
+        GrpcWebClientService::new(http1),
+        local.url().parse().unwrap(),
+    );
+    let mut stream = web
+        .subscribe(SubscriptionRequest {
+            cache_name: CACHE.into(),
+            topic: "web".into(),
+            resume_at_topic_sequence_number: 0,
+            sequence_page: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    web.publish(PublishRequest {
+        cache_name: CACHE.into(),
+        topic: "web".into(),
+        value: Some(TopicValue {
+            kind: Some(topic_value::Kind::Text("over grpc-web".into())),
+        }),
+    })
+    .await
+    .unwrap();
+    match next_non_heartbeat(&mut stream).await {
+        Kind::Item(item) => {
+            assert_eq!(item.topic_sequence_number, 1);
+            assert_eq!(
+                item.value.and_then(|v| v.kind),
+                Some(topic_value::Kind::Text("over grpc-web".into()))
+            );
+        }
+        other => panic!("expected the item, got {other:?}"),
+    }
+    let status = web
+        .publish(PublishRequest {
+            cache_name: "nope".into(),
+            topic: "web".into(),
+            value: Some(TopicValue {
+                kind: Some(topic_value::Kind::Text("x".into())),
+            }),
+        })
+        .await
+        .expect_err("unknown cache");
+    assert_eq!(status.code(), Code::NotFound);
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn browsers_pass_the_cors_preflight() {
+    let local = start_default().await;
+    let mut tcp = TcpStream::connect(local.addr).await.unwrap();
+    let request = format!(
+        "OPTIONS /cache_client.pubsub.Pubsub/Subscribe HTTP/1.1\r\n\
+         Host: {}\r\n\
+         Origin: http://localhost:5173\r\n\
+         Access-Control-Request-Method: POST\r\n\
+         Access-Control-Request-Headers: authorization,content-type,x-grpc-web\r\n\
+         Connection: close\r\n\r\n",
+        local.addr
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tokio::time::timeout(DEADLINE, tcp.read_to_string(&mut response))
+        .await
+        .unwrap()
+        .unwrap();
+    let lower = response.to_ascii_lowercase();
+    assert!(lower.starts_with("http/1.1 200"), "{response}");
+    assert!(
+        lower.contains("access-control-allow-origin: *"),
+        "{response}"
+    );
+    assert!(
+        lower.contains("access-control-allow-headers: authorization,content-type,x-grpc-web"),
+        "{response}"
+    );
+    local.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutdown_ends_open_subscriptions() {
+    let local = start_default().await;
+    let mut client = local.raw_pubsub().await;
+    let mut stream = raw_subscribe(&mut client, "open", 0, 0).await;
+    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    local.shutdown().await;
+    let ended = tokio::time::timeout(DEADLINE, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status.code()),
+            }
+        }
+    })
+    .await
+    .expect("the subscription outlived the server");
+    assert!(matches!(ended, None | Some(Code::Unavailable)), "{ended:?}");
+}
+
+#[tokio::test]
+async fn unusable_settings_are_refused() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = MomentoLocalConfig {
+        topic_history: 0,
+        ..MomentoLocalConfig::default()
+    };
+    let result = serve(listener, config, std::future::pending()).await;
+    assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
+}
