@@ -27,6 +27,12 @@ pub(crate) struct OrderLabels {
     pub(crate) status: String,
 }
 
+/// Labels of per-symbol metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct SymbolLabels {
+    pub(crate) symbol: String,
+}
+
 /// Labels of streaming connections.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct KindLabels {
@@ -49,6 +55,8 @@ pub struct Metrics {
     pub(crate) conflations: Family<KindLabels, Counter>,
     pub(crate) slow_consumer_disconnects: Family<KindLabels, Counter>,
     pub(crate) orders: Family<OrderLabels, Counter>,
+    pub(crate) symbol_stale: Family<SymbolLabels, Gauge>,
+    pub(crate) symbol_sequence: Family<SymbolLabels, Gauge>,
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
 }
@@ -104,6 +112,18 @@ impl Default for Metrics {
             "Orders placed through the gateway by outcome",
             orders.clone(),
         );
+        let symbol_stale = Family::<SymbolLabels, Gauge>::default();
+        registry.register(
+            "symbol_stale",
+            "1 while a symbol's feed is stale (or has no rate yet)",
+            symbol_stale.clone(),
+        );
+        let symbol_sequence = Family::<SymbolLabels, Gauge>::default();
+        registry.register(
+            "symbol_sequence",
+            "Sequence of the latest rate per symbol",
+            symbol_sequence.clone(),
+        );
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "http_requests",
@@ -128,6 +148,8 @@ impl Default for Metrics {
             conflations,
             slow_consumer_disconnects,
             orders,
+            symbol_stale,
+            symbol_sequence,
             requests,
             request_seconds,
         }

@@ -266,6 +266,26 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, content_type = "text/plain")))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
+    // Feed health as the gateway sees it: per symbol, whether its latest rate
+    // is marked stale and its sequence.
+    for symbol in state.ticker.symbols() {
+        let labels = crate::metrics::SymbolLabels {
+            symbol: symbol.symbol.clone(),
+        };
+        let latest = state.ticker.latest(&symbol.symbol);
+        let stale = latest.as_ref().is_none_or(|t| t.rate.stale);
+        state
+            .metrics
+            .symbol_stale
+            .get_or_create(&labels)
+            .set(i64::from(stale));
+        let sequence = latest.map_or(0, |t| t.rate.sequence);
+        state
+            .metrics
+            .symbol_sequence
+            .get_or_create(&labels)
+            .set(sequence as i64);
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -417,6 +417,14 @@ async fn operations_endpoints() {
         .unwrap();
     assert!(metrics.contains("fxcast_gateway_http_requests_total{method=\"GET\",route=\"/v1/rates\",status=\"200\"} 1"), "{metrics}");
     assert!(metrics.contains("fxcast_gateway_ticks_received_total"));
+    assert!(
+        metrics.contains("fxcast_gateway_symbol_stale{symbol=\"USD_JPY\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("fxcast_gateway_symbol_sequence{symbol=\"USD_JPY\"} 1"),
+        "{metrics}"
+    );
 
     let ui = h.client.get(h.url("/")).send().await.unwrap();
     assert_eq!(ui.headers()["content-type"], "text/html; charset=utf-8");

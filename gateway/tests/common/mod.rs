@@ -138,9 +138,10 @@ impl Harness {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(response) = self.client.get(self.url("/readyz")).send().await
-                && response.status() == 200 {
-                    return;
-                }
+                && response.status() == 200
+            {
+                return;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
                 "gateway never became ready"
