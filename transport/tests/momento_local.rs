@@ -40,7 +40,7 @@ use momento_protos::{
     },
 };
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
     sync::oneshot,
     task::JoinHandle,
@@ -236,6 +236,12 @@ fn error_code<T>(result: Result<T, MomentoError>) -> (MomentoErrorCode, String) 
 async fn publish_and_subscribe_in_order_with_text_and_binary() {
     let local = start_default().await;
     let topics = local.topics(local.credentials("dev"));
+    // Published before anyone subscribed: a subscription without a resume
+    // point starts with the next message.
+    topics
+        .publish(CACHE, "rates.USD_JPY", "before")
+        .await
+        .unwrap();
     let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
 
     topics
@@ -257,14 +263,14 @@ async fn publish_and_subscribe_in_order_with_text_and_binary() {
         .unwrap();
 
     let first = next_value(&mut subscription).await;
-    assert_eq!((text(&first), first.topic_sequence_number), ("first", 1));
+    assert_eq!((text(&first), first.topic_sequence_number), ("first", 2));
     assert!(first.topic_sequence_page > 0, "{first:?}");
     assert_eq!(first.publisher_id, "", "API-key publishers have no id");
     let second = next_value(&mut subscription).await;
     assert_eq!(second.kind, ValueKind::Binary(vec![0, 255, 7]));
-    assert_eq!(second.topic_sequence_number, 2);
+    assert_eq!(second.topic_sequence_number, 3);
     let third = next_value(&mut subscription).await;
-    assert_eq!((text(&third), third.topic_sequence_number), ("third", 3));
+    assert_eq!((text(&third), third.topic_sequence_number), ("third", 4));
     assert_eq!(third.topic_sequence_page, first.topic_sequence_page);
 
     let mut other = topics
@@ -1187,6 +1193,141 @@ async fn grpc_web_serves_unary_calls_and_subscriptions() {
         .await
         .expect_err("unknown cache");
     assert_eq!(status.code(), Code::NotFound);
+    local.shutdown().await;
+}
+
+/// Sends one HTTP/1.1 request; returns the status line and headers, and a
+/// reader positioned at the chunked body.
+async fn http1_request(addr: SocketAddr, request: String) -> (String, BufReader<TcpStream>) {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut reader = BufReader::new(tcp);
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
+            .await
+            .unwrap()
+            .unwrap();
+        if line == "\r\n" || line.is_empty() {
+            return (head, reader);
+        }
+        head.push_str(&line);
+    }
+}
+
+/// The next chunk of a chunked HTTP/1.1 body; `None` at its end.
+async fn next_chunk(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut size = String::new();
+    tokio::time::timeout(DEADLINE, reader.read_line(&mut size))
+        .await
+        .unwrap()
+        .unwrap();
+    let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+    let mut chunk = vec![0u8; size + 2];
+    tokio::time::timeout(DEADLINE, reader.read_exact(&mut chunk))
+        .await
+        .unwrap()
+        .unwrap();
+    chunk.truncate(size);
+    (size > 0).then_some(chunk)
+}
+
+/// A gRPC-web text-mode frame: base64 of a length-prefixed message.
+fn web_text_frame(message: &impl prost::Message) -> String {
+    let message = message.encode_to_vec();
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    STANDARD.encode(frame)
+}
+
+/// The message in a base64 gRPC-web data frame.
+fn web_text_item(chunk: &[u8]) -> SubscriptionItem {
+    let frame = STANDARD.decode(chunk).unwrap();
+    assert_eq!(frame[0], 0, "expected a data frame: {frame:?}");
+    prost::Message::decode(&frame[5..]).unwrap()
+}
+
+/// gRPC-web text mode (base64 frames over HTTP/1.1), which the browser SDK
+/// speaks.
+#[tokio::test]
+async fn grpc_web_text_mode_serves_browsers() {
+    let local = start_default().await;
+    let post = |path: &str, body: String| {
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n\
+             Content-Type: application/grpc-web-text\r\nAccept: application/grpc-web-text\r\n\
+             X-Grpc-Web: 1\r\nAuthorization: dev\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n{body}",
+            local.addr,
+            body.len()
+        )
+    };
+    let subscribe = SubscriptionRequest {
+        cache_name: CACHE.into(),
+        topic: "browser".into(),
+        resume_at_topic_sequence_number: 0,
+        sequence_page: 0,
+    };
+    let (head, mut stream) = http1_request(
+        local.addr,
+        post(
+            "/cache_client.pubsub.Pubsub/Subscribe",
+            web_text_frame(&subscribe),
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/grpc-web-text"),
+        "{head}"
+    );
+    let first = web_text_item(&next_chunk(&mut stream).await.expect("a first frame"));
+    assert!(matches!(first.kind, Some(Kind::Heartbeat(_))), "{first:?}");
+
+    let publish = PublishRequest {
+        cache_name: CACHE.into(),
+        topic: "browser".into(),
+        value: Some(TopicValue {
+            kind: Some(topic_value::Kind::Text("from a browser".into())),
+        }),
+    };
+    let (head, mut reply) = http1_request(
+        local.addr,
+        post(
+            "/cache_client.pubsub.Pubsub/Publish",
+            web_text_frame(&publish),
+        ),
+    )
+    .await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut body = Vec::new();
+    while let Some(chunk) = next_chunk(&mut reply).await {
+        body.extend(STANDARD.decode(chunk).unwrap());
+    }
+    // The trailers frame carries the status.
+    assert!(
+        String::from_utf8_lossy(&body).contains("grpc-status:0"),
+        "{body:?}"
+    );
+
+    loop {
+        let chunk = next_chunk(&mut stream).await.expect("more frames");
+        match web_text_item(&chunk).kind {
+            Some(Kind::Heartbeat(_)) => continue,
+            Some(Kind::Item(item)) => {
+                assert_eq!(item.topic_sequence_number, 1);
+                assert_eq!(
+                    item.value.and_then(|v| v.kind),
+                    Some(topic_value::Kind::Text("from a browser".into()))
+                );
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
     local.shutdown().await;
 }
 

@@ -65,7 +65,7 @@ const READER_MMAP: i64 = 1 << 30;
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// WAL size (in 4 KiB frames, ~32 MiB) at which the writer completes a
 /// checkpoint itself so the WAL rewinds.
-const REWIND_FRAMES: i64 = if cfg!(test) { 6400000 } else { 8192 };
+const REWIND_FRAMES: i64 = if cfg!(test) { 64 } else { 8192 };
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -257,9 +257,14 @@ impl OrderJournal {
         // After the wal_autocheckpoint pragma, which would replace it.
         conn.wal_hook(Some(count_wal_frames));
         let (commands, receiver) = mpsc::channel(QUEUE);
+        // SQLite runs one checkpoint at a time and answers a second one
+        // "busy" at once; this gate makes the writer's rewind wait for a
+        // background checkpoint in progress instead of failing behind it.
+        let gate = Arc::new(Mutex::new(()));
+        let writer_gate = Arc::clone(&gate);
         thread::Builder::new()
             .name("order-journal".into())
-            .spawn(move || writer_loop(conn, receiver))
+            .spawn(move || writer_loop(conn, receiver, &writer_gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal writer".into(),
                 source,
@@ -268,7 +273,7 @@ impl OrderJournal {
         let checkpoint_conn = Connection::open(path).map_err(open_err("cannot open"))?;
         thread::Builder::new()
             .name("order-checkpoint".into())
-            .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped))
+            .spawn(move || checkpoint_loop(&checkpoint_conn, &stopped, &gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal checkpointer".into(),
                 source,
@@ -511,7 +516,7 @@ fn count_wal_frames(_wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
+fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate: &Mutex<()>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = commands.blocking_recv() {
         batch.push(first);
@@ -526,6 +531,7 @@ fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
             // Nothing is appended while this runs, so it can copy every
             // frame; RESTART then waits (briefly: reads are short) for
             // readers of the old frames, so the next commit rewinds.
+            let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
             match checkpoint(&conn, "RESTART") {
                 Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
                 Ok(_) => {}
@@ -660,9 +666,10 @@ fn finalize(conn: &Connection, order: &OrderRecord) -> rusqlite::Result<bool> {
     Ok(changed == 1)
 }
 
-fn checkpoint_loop(conn: &Connection, stop: &std_mpsc::Receiver<()>) {
+fn checkpoint_loop(conn: &Connection, stop: &std_mpsc::Receiver<()>, gate: &Mutex<()>) {
     while let Err(std_mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(CHECKPOINT_EVERY) {
-        // PASSIVE never blocks the writer.
+        // PASSIVE never blocks the writer (only its rewind, through the gate).
+        let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
         if let Err(err) = checkpoint(conn, "PASSIVE") {
             tracing::warn!(error = %err, "order journal checkpoint failed");
         }
@@ -910,7 +917,7 @@ mod tests {
             .map(|w| {
                 let journal = journal.clone();
                 tokio::spawn(async move {
-                    for i in 0..150 {
+                    for i in 0..300 {
                         // A reader too, as on the order path: readers pin snapshots.
                         journal.find("alice", "nobody").unwrap();
                         journal
@@ -931,19 +938,19 @@ mod tests {
             writer.await.unwrap();
         }
         let db = std::fs::metadata(&path).unwrap().len();
-        // Without rewinding, the WAL holds every frame written (several MiB).
+        // Without rewinding, the WAL holds every frame written (~30 MiB).
         assert!(
-            largest < 1024 * 1024,
+            largest < 8 << 20,
             "WAL grew to {largest} bytes (database {db})"
         );
         assert_eq!(
             journal
-                .list("alice", ListFilter::default(), None, 5000)
+                .list("alice", ListFilter::default(), None, 10_000)
                 .await
                 .unwrap()
                 .orders
                 .len(),
-            3000
+            6000
         );
     }
 

@@ -589,3 +589,24 @@ impl Scs for CacheService {
         sorted_set_union_store(SortedSetUnionStoreRequest) -> SortedSetUnionStoreResponse;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sweeping_drops_expired_items_only() {
+        let caches = Caches::default();
+        caches.create("c").unwrap();
+        let cache = caches.get("c").unwrap();
+        cache.set(b"old".to_vec(), b"x".to_vec(), Instant::now());
+        cache.set(
+            b"new".to_vec(),
+            b"y".to_vec(),
+            Instant::now() + Duration::from_secs(60),
+        );
+        caches.sweep(Duration::from_secs(600));
+        assert_eq!(cache.items().len(), 1);
+        assert_eq!(cache.get(b"new"), Some(b"y".to_vec()));
+    }
+}

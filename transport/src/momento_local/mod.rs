@@ -186,6 +186,18 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(limits: Limits, stopping: CancellationToken) -> Self {
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(1));
+        Self {
+            caches: Caches::default(),
+            limits,
+            stopping,
+            pages: AtomicU64::new(now_ms),
+        }
+    }
+
     fn next_page(&self) -> u64 {
         self.pages.fetch_add(1, Ordering::Relaxed)
     }
@@ -199,6 +211,19 @@ struct Limits {
     subscriber_buffer: usize,
     heartbeat_interval: Duration,
     topic_idle_timeout: Duration,
+}
+
+impl From<&MomentoLocalConfig> for Limits {
+    fn from(config: &MomentoLocalConfig) -> Self {
+        Self {
+            max_message_bytes: config.max_message_bytes,
+            max_item_bytes: config.max_item_bytes,
+            topic_history: config.topic_history,
+            subscriber_buffer: config.subscriber_buffer,
+            heartbeat_interval: config.heartbeat_interval,
+            topic_idle_timeout: config.topic_idle_timeout,
+        }
+    }
 }
 
 /// How often expired items and idle topics are swept away.
@@ -227,24 +252,7 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| local.ip().to_string());
     let stopping = CancellationToken::new();
-    let limits = Limits {
-        max_message_bytes: config.max_message_bytes,
-        max_item_bytes: config.max_item_bytes,
-        topic_history: config.topic_history,
-        subscriber_buffer: config.subscriber_buffer,
-        heartbeat_interval: config.heartbeat_interval,
-        topic_idle_timeout: config.topic_idle_timeout,
-    };
-    let shared = Arc::new(Shared {
-        caches: Caches::default(),
-        limits,
-        stopping: stopping.clone(),
-        pages: AtomicU64::new(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(1)),
-        ),
-    });
+    let shared = Arc::new(Shared::new(Limits::from(&config), stopping.clone()));
     for name in &config.caches {
         // A name given twice is created once.
         let _ = shared.caches.create(name);

@@ -414,3 +414,58 @@ fn subscription(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::momento_local::MomentoLocalConfig;
+
+    fn shared() -> Shared {
+        Shared::new(
+            Limits::from(&MomentoLocalConfig::default()),
+            CancellationToken::new(),
+        )
+    }
+
+    fn text(value: &str) -> TopicValue {
+        TopicValue {
+            kind: Some(topic_value::Kind::Text(value.into())),
+        }
+    }
+
+    #[test]
+    fn idle_topics_are_forgotten_and_start_over_on_a_greater_page() {
+        let shared = shared();
+        let topics = Topics::default();
+        let topic = topics.get_or_create("t", &shared);
+        topic.publish(text("a"), "");
+        let page = topic.page;
+
+        // Subscribed: kept however long it is quiet.
+        let attached = topic.attach(1, page);
+        assert_eq!(attached.replay.len(), 1);
+        topics.sweep(Duration::ZERO);
+        assert!(Arc::ptr_eq(&topics.get_or_create("t", &shared), &topic));
+
+        // Recently active: kept.
+        drop(attached);
+        topics.sweep(Duration::from_secs(600));
+        assert!(Arc::ptr_eq(&topics.get_or_create("t", &shared), &topic));
+
+        // Idle and unsubscribed: forgotten; its numbers no longer apply.
+        topics.sweep(Duration::ZERO);
+        let fresh = topics.get_or_create("t", &shared);
+        assert!(fresh.page > page);
+        let resumed = fresh.attach(1, page);
+        let d = resumed.discontinuity.expect("a discontinuity");
+        assert_eq!(
+            (
+                d.last_topic_sequence,
+                d.new_topic_sequence,
+                d.new_sequence_page
+            ),
+            (1, 1, fresh.page)
+        );
+        assert!(resumed.replay.is_empty());
+    }
+}
