@@ -370,7 +370,13 @@ async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
 async fn a_separate_gateway_serves_a_remote_upstream() {
     let served = serve(&["--symbols", "USD_JPY"]).await;
     let mut child = Command::new(BIN)
-        .args(["gateway", "--upstream", &format!("http://{}", served.grpc), "--http-listen", "127.0.0.1:0"])
+        .args([
+            "gateway",
+            "--upstream",
+            &format!("http://{}", served.grpc),
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
         .arg("--data-dir")
         .arg(&served.data)
         .env_remove("FXCAST_API_KEY")
@@ -386,7 +392,10 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
                 return line;
             }
         }
-        panic!("fxcast gateway exited before listening: {:?}", child.wait().await);
+        panic!(
+            "fxcast gateway exited before listening: {:?}",
+            child.wait().await
+        );
     })
     .await
     .unwrap();
@@ -396,12 +405,17 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
 
     let started = Instant::now();
     while http_get(&http, "/readyz").await.0 != 200 {
-        assert!(started.elapsed() < Duration::from_secs(10), "the gateway never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the gateway never became ready"
+        );
         tokio::task::yield_now().await;
     }
     // A browser token from the gateway works against the remote services.
     let mut stream = TcpStream::connect(&http).await.unwrap();
-    let request = format!("POST /v1/tokens HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "POST /v1/tokens HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();

@@ -14,14 +14,22 @@ use fxcast_services::auth::{AuthConfig, TokenAuthority};
 fn tokens(c: &mut Criterion) {
     let dir = tempfile::tempdir().expect("temp dir");
     let authority = TokenAuthority::open(dir.path(), AuthConfig::default()).expect("authority");
-    let scopes = "rates:subscribe=USD_JPY,EUR_USD orders:place orders:read".parse().expect("scopes");
+    let scopes = "rates:subscribe=USD_JPY,EUR_USD orders:place orders:read"
+        .parse()
+        .expect("scopes");
     let token = authority.issue("alice", scopes, None).expect("token").token;
     let header = format!("Bearer {token}");
 
     let mut group = c.benchmark_group("token");
-    group.bench_function("verify", |b| b.iter(|| authority.verify(black_box(&token)).expect("valid")));
+    group.bench_function("verify", |b| {
+        b.iter(|| authority.verify(black_box(&token)).expect("valid"))
+    });
     group.bench_function("authenticate_header", |b| {
-        b.iter(|| authority.authenticate(black_box(Some(header.as_str())), false).expect("valid"))
+        b.iter(|| {
+            authority
+                .authenticate(black_box(Some(header.as_str())), false)
+                .expect("valid")
+        })
     });
     group.bench_function("reject_bad_signature", |b| {
         let mut forged = token.clone();
@@ -30,7 +38,11 @@ fn tokens(c: &mut Criterion) {
         b.iter(|| authority.verify(black_box(&forged)).expect_err("forged"))
     });
     group.bench_function("issue", |b| {
-        b.iter(|| authority.issue("alice", "orders:place".parse().expect("scope"), None).expect("token"))
+        b.iter(|| {
+            authority
+                .issue("alice", "orders:place".parse().expect("scope"), None)
+                .expect("token")
+        })
     });
     group.finish();
 }

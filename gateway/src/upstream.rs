@@ -117,9 +117,10 @@ impl Upstream {
     pub async fn service_token(&self) -> Result<(String, SystemTime), Status> {
         let mut cached = self.service_token.lock().await;
         if let Some(token) = cached.as_ref()
-            && token.expires_at > SystemTime::now() + Duration::from_secs(60) {
-                return Ok((token.token.clone(), token.expires_at));
-            }
+            && token.expires_at > SystemTime::now() + Duration::from_secs(60)
+        {
+            return Ok((token.token.clone(), token.expires_at));
+        }
         let response = self
             .admin_tokens()?
             .issue_token(IssueTokenRequest {

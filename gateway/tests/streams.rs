@@ -193,8 +193,15 @@ async fn websocket_carries_the_callers_own_order_events() {
     let h = Harness::quiet().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
-    send_json(&mut ws, json!({"type": "subscribe", "symbols": [], "orders": true})).await;
-    assert_eq!(next_json(&mut ws).await, json!({"type": "subscribed", "symbols": []}));
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": [], "orders": true}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "subscribed", "symbols": []})
+    );
     send_json(&mut ws, json!({"type": "ping"})).await;
     next_heartbeat(&mut ws).await;
     let order = json!({"client_order_id": "ws1", "symbol": "USD_JPY", "side": "sell", "quantity": "1000", "price": "151.100"});

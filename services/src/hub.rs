@@ -176,10 +176,7 @@ impl RateHub {
                 .collect(),
         };
         let live = channel.sender.subscribe();
-        Ok(SymbolSubscription {
-            backlog,
-            live,
-        })
+        Ok(SymbolSubscription { backlog, live })
     }
 
     /// The newest tick the hub holds for `symbol`.

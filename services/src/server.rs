@@ -273,7 +273,9 @@ impl RatesCore {
             .add_service(reflection_v1alpha)
             .add_service(RateServiceServer::new(self.rate_service()))
             .add_service(OrderServiceServer::new(self.order_service()))
-            .add_service(TokenServiceServer::new(TokenServiceImpl::new(self.authority.clone())))
+            .add_service(TokenServiceServer::new(TokenServiceImpl::new(
+                self.authority.clone(),
+            )))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 health

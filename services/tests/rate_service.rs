@@ -18,13 +18,19 @@ fn symbols(list: &[&str]) -> Vec<String> {
 }
 
 fn stream_request(list: &[&str]) -> StreamRatesRequest {
-    StreamRatesRequest { symbols: symbols(list), ..Default::default() }
+    StreamRatesRequest {
+        symbols: symbols(list),
+        ..Default::default()
+    }
 }
 
 fn fast_simulated(list: &[&str]) -> Config {
     Config {
         symbols: symbols(list),
-        simulator: SimulatorConfig { tick_interval: Duration::from_millis(5), ..Default::default() },
+        simulator: SimulatorConfig {
+            tick_interval: Duration::from_millis(5),
+            ..Default::default()
+        },
         ..Default::default()
     }
 }
@@ -33,24 +39,50 @@ fn fast_simulated(list: &[&str]) -> Config {
 async fn live_stream_of_simulated_ticks_is_gap_free_per_symbol() {
     let server = TestServer::start(fast_simulated(&["USD_JPY", "EUR_USD", "BTC_JPY"])).await;
     let mut client = server.client().await;
-    let mut stream = client.stream_rates(stream_request(&["USD_JPY", "EUR_USD"])).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_rates(stream_request(&["USD_JPY", "EUR_USD"]))
+        .await
+        .unwrap()
+        .into_inner();
     let mut last: HashMap<String, u64> = HashMap::new();
     for _ in 0..60 {
         let rate = next_rate(&mut stream).await;
-        assert!(rate.symbol == "USD_JPY" || rate.symbol == "EUR_USD", "filter leaked {}", rate.symbol);
+        assert!(
+            rate.symbol == "USD_JPY" || rate.symbol == "EUR_USD",
+            "filter leaked {}",
+            rate.symbol
+        );
         if let Some(prev) = last.get(&rate.symbol) {
-            assert_eq!(rate.sequence, prev + 1, "{} jumped from {prev} to {}", rate.symbol, rate.sequence);
+            assert_eq!(
+                rate.sequence,
+                prev + 1,
+                "{} jumped from {prev} to {}",
+                rate.symbol,
+                rate.sequence
+            );
         }
         last.insert(rate.symbol.clone(), rate.sequence);
         let scale = if rate.symbol == "USD_JPY" { 3 } else { 5 };
         for price in [&rate.bid, &rate.ask] {
             let decimals = price.split('.').nth(1).map_or(0, str::len);
-            assert_eq!(decimals, scale, "{} price {price} not quoted with {scale} decimals", rate.symbol);
+            assert_eq!(
+                decimals, scale,
+                "{} price {price} not quoted with {scale} decimals",
+                rate.symbol
+            );
         }
         let (bid, ask): (f64, f64) = (rate.bid.parse().unwrap(), rate.ask.parse().unwrap());
         assert!(bid < ask, "crossed rate {rate:?}");
         assert!(rate.publish_time.is_some() && rate.source_time.is_some());
-        assert_eq!(rate.rate_id, format!("{}-{}-{}", rate.symbol, server.core.publisher().run_id(), rate.sequence));
+        assert_eq!(
+            rate.rate_id,
+            format!(
+                "{}-{}-{}",
+                rate.symbol,
+                server.core.publisher().run_id(),
+                rate.sequence
+            )
+        );
         assert_eq!(rate.source, "simulated");
     }
     assert_eq!(last.len(), 2, "both symbols should tick");
@@ -62,7 +94,11 @@ async fn a_new_stream_starts_with_the_latest_rate_then_goes_live() {
     server.publish("USD_JPY", "151.100", "151.110").await;
     let latest = server.publish("USD_JPY", "151.200", "151.210").await;
     let mut client = server.client().await;
-    let mut stream = client.stream_rates(stream_request(&[])).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_rates(stream_request(&[]))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(next_rate(&mut stream).await, latest);
     let live = server.publish("USD_JPY", "151.300", "151.310").await;
     assert_eq!(next_rate(&mut stream).await, live);
@@ -72,7 +108,13 @@ async fn a_new_stream_starts_with_the_latest_rate_then_goes_live() {
 async fn resume_replays_what_the_server_holds_then_goes_live() {
     let server = TestServer::quiet(&["USD_JPY", "EUR_USD"]).await;
     for i in 0..10 {
-        server.publish("USD_JPY", &format!("151.{:03}", 100 + i), &format!("151.{:03}", 110 + i)).await;
+        server
+            .publish(
+                "USD_JPY",
+                &format!("151.{:03}", 100 + i),
+                &format!("151.{:03}", 110 + i),
+            )
+            .await;
     }
     server.publish("EUR_USD", "1.08500", "1.08510").await;
     let mut client = server.client().await;
@@ -99,7 +141,10 @@ async fn resume_older_than_the_history_announces_the_gap() {
     let server = TestServer::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
-        hub: HubConfig { history: 5, ..Default::default() },
+        hub: HubConfig {
+            history: 5,
+            ..Default::default()
+        },
         ..Default::default()
     })
     .await;
@@ -107,11 +152,17 @@ async fn resume_older_than_the_history_announces_the_gap() {
         server.publish("USD_JPY", "151.100", "151.110").await;
     }
     let mut client = server.client().await;
-    let request = StreamRatesRequest { resume_after_sequence: Some(2), ..stream_request(&["USD_JPY"]) };
+    let request = StreamRatesRequest {
+        resume_after_sequence: Some(2),
+        ..stream_request(&["USD_JPY"])
+    };
     let mut stream = client.stream_rates(request).await.unwrap().into_inner();
     match next_event(&mut stream).await {
         Event::Gap(gap) => {
-            assert_eq!((gap.symbol.as_str(), gap.first_missing, gap.last_missing), ("USD_JPY", 3, 15));
+            assert_eq!(
+                (gap.symbol.as_str(), gap.first_missing, gap.last_missing),
+                ("USD_JPY", 3, 15)
+            );
             assert_eq!(gap.reason(), GapReason::ReplayUnavailable);
             assert!(gap.message.contains("3..=15"), "{}", gap.message);
         }
@@ -126,24 +177,53 @@ async fn resume_older_than_the_history_announces_the_gap() {
 async fn latest_rate_and_symbols_answer_at_once() {
     let server = TestServer::start(Config {
         markup: "0.002".parse().unwrap(),
-        ..Config { feed: FeedKind::None, symbols: symbols(&["USD_JPY", "EUR_USD"]), ..Default::default() }
+        ..Config {
+            feed: FeedKind::None,
+            symbols: symbols(&["USD_JPY", "EUR_USD"]),
+            ..Default::default()
+        }
     })
     .await;
     let mut client = server.client().await;
 
-    let err = client.get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() }).await.unwrap_err();
+    let err = client
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(err.message(), "no rate has been published for USD_JPY yet");
 
     server.publish("USD_JPY", "151.230", "151.238").await;
-    let rate = client.get_latest_rate(GetLatestRateRequest { symbol: "USD_JPY".into() }).await.unwrap().into_inner();
-    assert_eq!((rate.bid.as_str(), rate.ask.as_str(), rate.sequence), ("151.228", "151.240", 1));
+    let rate = client
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (rate.bid.as_str(), rate.ask.as_str(), rate.sequence),
+        ("151.228", "151.240", 1)
+    );
 
-    let list = client.list_symbols(ListSymbolsRequest {}).await.unwrap().into_inner();
+    let list = client
+        .list_symbols(ListSymbolsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = list.symbols.iter().map(|s| s.symbol.as_str()).collect();
     assert_eq!(names, ["EUR_USD", "USD_JPY"]);
     let usd_jpy = &list.symbols[1];
-    assert_eq!((usd_jpy.tick_size.as_str(), usd_jpy.price_scale, usd_jpy.markup.as_str()), ("0.001", 3, "0.002"));
+    assert_eq!(
+        (
+            usd_jpy.tick_size.as_str(),
+            usd_jpy.price_scale,
+            usd_jpy.markup.as_str()
+        ),
+        ("0.001", 3, "0.002")
+    );
     assert_eq!(usd_jpy.latest_sequence, 1);
 }
 
@@ -152,14 +232,30 @@ async fn invalid_requests_name_what_is_wrong() {
     let server = TestServer::quiet(&["USD_JPY"]).await;
     let mut client = server.client().await;
 
-    let err = client.get_latest_rate(GetLatestRateRequest { symbol: "XXX_YYY".into() }).await.unwrap_err();
+    let err = client
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "XXX_YYY".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "unknown symbol \"XXX_YYY\" (known: USD_JPY)");
 
-    let err = client.get_latest_rate(GetLatestRateRequest { symbol: String::new() }).await.unwrap_err();
-    assert_eq!((err.code(), err.message()), (Code::InvalidArgument, "symbol is required"));
+    let err = client
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (Code::InvalidArgument, "symbol is required")
+    );
 
-    let err = client.stream_rates(stream_request(&["USD_JPY", "NOPE"])).await.unwrap_err();
+    let err = client
+        .stream_rates(stream_request(&["USD_JPY", "NOPE"]))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("\"NOPE\""), "{}", err.message());
 
@@ -169,21 +265,44 @@ async fn invalid_requests_name_what_is_wrong() {
     };
     let err = client.stream_rates(request).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(err.message().contains("not among the streamed symbols"), "{}", err.message());
+    assert!(
+        err.message().contains("not among the streamed symbols"),
+        "{}",
+        err.message()
+    );
 
     let cases = [
         ("USD_JPY", "151.3", "151.2", "bid 151.3 is above ask 151.2"),
         ("USD_JPY", "-1", "151.2", "bid must be positive, got -1"),
         ("USD_JPY", "0", "151.2", "bid must be positive, got 0"),
-        ("USD_JPY", "151.2", "1e3", "ask \"1e3\" is not a decimal number"),
+        (
+            "USD_JPY",
+            "151.2",
+            "1e3",
+            "ask \"1e3\" is not a decimal number",
+        ),
         ("USD_JPY", "", "151.2", "bid is required"),
-        ("GBP_CHF", "1", "2", "unknown symbol \"GBP_CHF\" (known: USD_JPY)"),
+        (
+            "GBP_CHF",
+            "1",
+            "2",
+            "unknown symbol \"GBP_CHF\" (known: USD_JPY)",
+        ),
     ];
     for (symbol, bid, ask, expected) in cases {
-        let request = PublishRateRequest { symbol: symbol.into(), bid: bid.into(), ask: ask.into(), source_time: None };
+        let request = PublishRateRequest {
+            symbol: symbol.into(),
+            bid: bid.into(),
+            ask: ask.into(),
+            source_time: None,
+        };
         let err = client.publish_rate(request).await.unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{symbol} {bid} {ask}");
-        assert!(err.message().contains(expected), "{:?} should contain {expected:?}", err.message());
+        assert!(
+            err.message().contains(expected),
+            "{:?} should contain {expected:?}",
+            err.message()
+        );
     }
     // Nothing invalid was published.
     assert!(server.core.latest().get("USD_JPY").is_none());
@@ -193,11 +312,19 @@ async fn invalid_requests_name_what_is_wrong() {
 async fn publish_rate_applies_markup_and_reaches_streams() {
     let server = TestServer::start(Config {
         markup: "1bp".parse().unwrap(),
-        ..Config { feed: FeedKind::None, symbols: symbols(&["USD_JPY"]), ..Default::default() }
+        ..Config {
+            feed: FeedKind::None,
+            symbols: symbols(&["USD_JPY"]),
+            ..Default::default()
+        }
     })
     .await;
     let mut client = server.client().await;
-    let mut stream = client.stream_rates(stream_request(&["USD_JPY"])).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_rates(stream_request(&["USD_JPY"]))
+        .await
+        .unwrap()
+        .into_inner();
     let request = PublishRateRequest {
         symbol: "USD_JPY".into(),
         bid: "151.230".into(),
@@ -205,7 +332,10 @@ async fn publish_rate_applies_markup_and_reaches_streams() {
         source_time: None,
     };
     let published = client.publish_rate(request).await.unwrap().into_inner();
-    assert_eq!((published.bid.as_str(), published.ask.as_str()), ("151.214", "151.254"));
+    assert_eq!(
+        (published.bid.as_str(), published.ask.as_str()),
+        ("151.214", "151.254")
+    );
     assert_eq!(published.source, "external:tester");
     assert_eq!(next_rate(&mut stream).await, published);
 }
@@ -215,21 +345,41 @@ async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
     let server = TestServer::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
-        hub: HubConfig { history: 16, stream_buffer: 64 },
-        stream_limits: StreamLimits { max_lags: 1000, lag_window: Duration::from_secs(60) },
+        hub: HubConfig {
+            history: 16,
+            stream_buffer: 64,
+        },
+        stream_limits: StreamLimits {
+            max_lags: 1000,
+            lag_window: Duration::from_secs(60),
+        },
         ..Default::default()
     })
     .await;
     let mut client = server.client().await;
-    let mut slow = client.stream_rates(stream_request(&["USD_JPY"])).await.unwrap().into_inner();
-    let mut fast = client.stream_rates(stream_request(&["USD_JPY"])).await.unwrap().into_inner();
+    let mut slow = client
+        .stream_rates(stream_request(&["USD_JPY"]))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut fast = client
+        .stream_rates(stream_request(&["USD_JPY"]))
+        .await
+        .unwrap()
+        .into_inner();
 
     let total = 30_000u64;
     let mut fast_next = 1;
     for batch in 0..total / 50 {
         for i in 0..50 {
             let cents = 100 + (batch * 50 + i) % 800;
-            server.publish("USD_JPY", &format!("151.{cents:03}"), &format!("152.{cents:03}")).await;
+            server
+                .publish(
+                    "USD_JPY",
+                    &format!("151.{cents:03}"),
+                    &format!("152.{cents:03}"),
+                )
+                .await;
         }
         // The fast reader keeps up, and sees every sequence.
         while fast_next <= (batch + 1) * 50 {
@@ -251,13 +401,20 @@ async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
                 gaps += 1;
             }
             Event::Rate(rate) => {
-                assert!(rate.sequence > last, "went backwards: {} after {last}", rate.sequence);
+                assert!(
+                    rate.sequence > last,
+                    "went backwards: {} after {last}",
+                    rate.sequence
+                );
                 last = rate.sequence;
                 delivered += 1;
             }
         }
     }
-    assert!(gaps > 0, "a reader that stalled through {total} ticks must be conflated");
+    assert!(
+        gaps > 0,
+        "a reader that stalled through {total} ticks must be conflated"
+    );
     assert!(delivered < total, "conflation should have skipped ticks");
 }
 
@@ -266,13 +423,23 @@ async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
     let server = TestServer::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
-        hub: HubConfig { history: 16, stream_buffer: 16 },
-        stream_limits: StreamLimits { max_lags: 2, lag_window: Duration::from_secs(60) },
+        hub: HubConfig {
+            history: 16,
+            stream_buffer: 16,
+        },
+        stream_limits: StreamLimits {
+            max_lags: 2,
+            lag_window: Duration::from_secs(60),
+        },
         ..Default::default()
     })
     .await;
     let mut client = server.client().await;
-    let mut slow = client.stream_rates(stream_request(&["USD_JPY"])).await.unwrap().into_inner();
+    let mut slow = client
+        .stream_rates(stream_request(&["USD_JPY"]))
+        .await
+        .unwrap()
+        .into_inner();
     let status = loop {
         for _ in 0..20_000 {
             server.publish("USD_JPY", "151.100", "151.200").await;
@@ -280,7 +447,10 @@ async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
         // Read a little, then stall again.
         let mut outcome = None;
         for _ in 0..200 {
-            match tokio::time::timeout(Duration::from_secs(10), slow.message()).await.expect("stream stalled") {
+            match tokio::time::timeout(Duration::from_secs(10), slow.message())
+                .await
+                .expect("stream stalled")
+            {
                 Ok(Some(_)) => {}
                 Ok(None) => panic!("stream ended without a status"),
                 Err(status) => {
@@ -294,24 +464,45 @@ async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
         }
     };
     assert_eq!(status.code(), Code::ResourceExhausted);
-    assert!(status.message().starts_with("slow consumer: fell behind 2 times"), "{}", status.message());
+    assert!(
+        status
+            .message()
+            .starts_with("slow consumer: fell behind 2 times"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
 async fn shutdown_ends_streams_and_stops_the_server() {
     let server = TestServer::start(fast_simulated(&["USD_JPY"])).await;
     let mut client = server.client().await;
-    let mut stream = client.stream_rates(stream_request(&["USD_JPY"])).await.unwrap().into_inner();
+    let mut stream = client
+        .stream_rates(stream_request(&["USD_JPY"]))
+        .await
+        .unwrap()
+        .into_inner();
     next_rate(&mut stream).await;
     server.stop.cancel();
     let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("stream did not end") {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("stream did not end")
+        {
             Ok(Some(_)) => continue,
             Ok(None) => panic!("stream ended without telling the client why"),
             Err(status) => break status,
         }
     };
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(status.message().contains("shutting down"), "{}", status.message());
-    tokio::time::timeout(Duration::from_secs(10), server.handle).await.expect("server did not stop").unwrap().unwrap();
+    assert!(
+        status.message().contains("shutting down"),
+        "{}",
+        status.message()
+    );
+    tokio::time::timeout(Duration::from_secs(10), server.handle)
+        .await
+        .expect("server did not stop")
+        .unwrap()
+        .unwrap();
 }

@@ -1,11 +1,11 @@
 //! One module per subcommand.
 
+pub(crate) mod gateway;
 pub(crate) mod loadtest;
 pub(crate) mod momento_local;
 pub(crate) mod order;
-pub(crate) mod record;
-pub(crate) mod gateway;
 pub(crate) mod rates_load;
+pub(crate) mod record;
 pub(crate) mod serve;
 pub(crate) mod subscribe;
 pub(crate) mod token;

@@ -421,9 +421,9 @@ async fn sse_subscriber(
                     if let Some(at) = event.find("\"publish_time\":\"")
                         && let Some(publish) =
                             event[at + 16..].split('"').next().and_then(parse_time_us)
-                        {
-                            shared.record(&mut local, publish);
-                        }
+                    {
+                        shared.record(&mut local, publish);
+                    }
                 }
             }
             Some(Err(err)) => break Err(err.into()),
@@ -477,11 +477,12 @@ async fn grpc_subscriber(
         match message {
             Ok(Some(response)) => {
                 if let Some(Event::Rate(rate)) = response.event
-                    && let Some(ts) = rate.publish_time {
-                        let publish = (ts.seconds.max(0) as u64) * 1_000_000
-                            + (ts.nanos.max(0) as u64) / 1000;
-                        shared.record(&mut local, publish);
-                    }
+                    && let Some(ts) = rate.publish_time
+                {
+                    let publish =
+                        (ts.seconds.max(0) as u64) * 1_000_000 + (ts.nanos.max(0) as u64) / 1000;
+                    shared.record(&mut local, publish);
+                }
             }
             Ok(None) => break Err(anyhow::anyhow!("stream ended by the server")),
             Err(status) => break Err(super::status_error(&status)),

@@ -140,9 +140,10 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                     && matches!(
                         status.code(),
                         Code::InvalidArgument | Code::Unauthenticated | Code::PermissionDenied
-                    ) {
-                        return Err(status_error(status));
-                    }
+                    )
+                {
+                    return Err(status_error(status));
+                }
                 eprintln!("{err:#}; reconnecting in {backoff:?}");
             }
         }

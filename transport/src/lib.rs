@@ -11,6 +11,11 @@
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
+//! - [`momento`] (feature `momento`): [`momento::MomentoTransport`], topics
+//!   on Momento Topics, retained payloads in a Momento cache, disposable
+//!   subscriber tokens.
+//! - [`MirroredTransport`]: one transport as the primary, every message also
+//!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
 //! - [`momento_local`] (feature `momento-local`): a Momento-wire-compatible
 //!   server (`fxcast momento-local`) so the Momento path runs offline.
@@ -22,12 +27,18 @@ use std::{
     future::Future,
     pin::Pin,
     task::{Context, Poll},
+    time::{Duration, SystemTime},
 };
 
 use bytes::Bytes;
 use futures_util::Stream;
+use tokio::sync::watch;
 
 mod memory;
+mod mirror;
+
+#[cfg(feature = "momento")]
+pub mod momento;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
@@ -36,6 +47,7 @@ pub mod conformance;
 pub mod momento_local;
 
 pub use memory::{MemoryConfig, MemoryTransport};
+pub use mirror::MirroredTransport;
 
 /// A boxed future, so [`Transport`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -122,6 +134,56 @@ impl fmt::Display for Gap {
     }
 }
 
+/// Whether a backend can currently deliver messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransportHealth {
+    /// Subscriptions and publishes work.
+    Connected,
+    /// A subscription or publish failed and the backend is retrying with
+    /// backoff. Subscribers are told what they missed with a
+    /// [`Delivery::Gap`] once it reconnects.
+    Reconnecting {
+        /// What failed, for readiness checks and logs.
+        reason: String,
+    },
+}
+
+impl TransportHealth {
+    /// Whether this is [`TransportHealth::Connected`].
+    pub fn is_connected(&self) -> bool {
+        matches!(self, Self::Connected)
+    }
+}
+
+/// Credentials with which a client (a browser) subscribes to topics directly
+/// on the backend's service, bypassing fxcast.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SubscriberAccess {
+    /// The credential, as the backend's client SDKs take it (for Momento a
+    /// disposable token).
+    pub token: String,
+    /// When the credential stops working.
+    pub expires_at: SystemTime,
+    /// The namespace the topics live in (for Momento the cache name).
+    pub namespace: String,
+    /// The topics the credential may subscribe to, and nothing else.
+    pub topics: Vec<String>,
+    /// Where clients connect.
+    pub endpoint: String,
+}
+
+impl fmt::Debug for SubscriberAccess {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriberAccess")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .field("namespace", &self.namespace)
+            .field("topics", &self.topics)
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
 /// A pub/sub backend.
 ///
 /// Contract (checked by the conformance suite):
@@ -153,6 +215,52 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
 
     /// Number of live subscriptions to `topic` held in this process.
     fn local_subscribers(&self, topic: &str) -> usize;
+
+    /// The backend's connection state, updated as it changes (readiness and
+    /// gRPC health follow it). In-process backends are always connected.
+    fn health(&self) -> watch::Receiver<TransportHealth> {
+        watch::channel(TransportHealth::Connected).1
+    }
+
+    /// Keeps `payload` as the latest of `topic` in storage shared by every
+    /// process on the backend, so a process that starts later can read it
+    /// at once with [`Transport::retained`] (like MQTT's retained messages).
+    /// Backends without shared storage keep nothing: each process already
+    /// holds what it published or received.
+    ///
+    /// # Errors
+    /// [`Error::PayloadTooLarge`], [`Error::InvalidTopic`], or
+    /// [`Error::Unavailable`].
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = (topic, payload);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// The payload last retained for `topic` in shared storage, if the
+    /// backend has such storage and it still holds one.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`] or [`Error::Unavailable`].
+    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+        let _ = topic;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Mints a credential that may subscribe to `topics` on the backend's
+    /// service directly and do nothing else, valid for `valid_for`; `None`
+    /// when the backend has no service clients could reach.
+    ///
+    /// # Errors
+    /// [`Error::InvalidTopic`], [`Error::InvalidConfig`] for an unusable
+    /// lifetime, or [`Error::Unavailable`].
+    fn subscriber_access<'a>(
+        &'a self,
+        topics: &'a [String],
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+        let _ = (topics, valid_for);
+        Box::pin(std::future::ready(Ok(None)))
+    }
 }
 
 /// A live subscription to one topic; a [`Stream`] of [`Delivery`].

@@ -15,7 +15,11 @@ use super::{Scope, Scopes, SymbolSet};
 /// Scopes of an anonymous browser token: watch every rate, place and read
 /// its own orders. Never publish, never issue.
 pub fn browser_scopes() -> Scopes {
-    Scopes(vec![Scope::RatesSubscribe(SymbolSet::All), Scope::OrdersPlace, Scope::OrdersRead])
+    Scopes(vec![
+        Scope::RatesSubscribe(SymbolSet::All),
+        Scope::OrdersPlace,
+        Scope::OrdersRead,
+    ])
 }
 
 /// A fresh subject for one browser, `anon-<random>`.
@@ -36,7 +40,10 @@ pub struct PerAddressLimit {
 impl PerAddressLimit {
     /// A limit of `per_minute` per address.
     pub fn new(per_minute: u32) -> Self {
-        Self { per_minute, counts: Mutex::new(HashMap::new()) }
+        Self {
+            per_minute,
+            counts: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Counts one event for `ip`.

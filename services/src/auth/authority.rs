@@ -341,7 +341,12 @@ impl TokenAuthority {
             ));
         };
         self.inner.anonymous.check(ip)?;
-        self.issue(&anonymous_subject(), browser_scopes(), Some(config.anonymous_ttl)).map_err(Into::into)
+        self.issue(
+            &anonymous_subject(),
+            browser_scopes(),
+            Some(config.anonymous_ttl),
+        )
+        .map_err(Into::into)
     }
 
     /// Verifies a token and returns its caller.

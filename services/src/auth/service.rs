@@ -78,11 +78,12 @@ impl TokenService for TokenServiceImpl {
         }
         let ttl = parse_ttl(request.ttl)?;
         if let (Some(ttl), Some(expires)) = (ttl, caller.expires_at)
-            && std::time::SystemTime::now() + ttl > expires {
-                return Err(Status::invalid_argument(
-                    "ttl would outlive the issuing token; ask for a shorter ttl",
-                ));
-            }
+            && std::time::SystemTime::now() + ttl > expires
+        {
+            return Err(Status::invalid_argument(
+                "ttl would outlive the issuing token; ask for a shorter ttl",
+            ));
+        }
         let issued = self
             .authority
             .issue(&request.subject, scopes, ttl)
