@@ -24,7 +24,10 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
-use futures_util::{SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
+
+/// Most ticks written to one connection before a flush.
+const MAX_BATCH: usize = 32;
 use serde::Deserialize;
 use tokio_stream::{
     StreamMap,
@@ -91,7 +94,7 @@ pub(crate) async fn upgrade(
         // Small socket buffers keep per-connection memory bounded; the
         // broadcast rings hold the backlog once for everyone.
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(4096)
         .max_write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| async move { Connection::new(state, session).run(socket).await })
         .into_response())
@@ -107,6 +110,7 @@ struct Connection {
     session: Session,
     subscriptions: StreamMap<String, BroadcastStream<std::sync::Arc<RateTick>>>,
     last_sent: HashMap<String, u64>,
+    batching: bool,
     _guard: ConnectionGuard,
 }
 
@@ -120,6 +124,7 @@ impl Connection {
             session,
             subscriptions: StreamMap::new(),
             last_sent: HashMap::new(),
+            batching: false,
             _guard: guard,
         }
     }
@@ -157,12 +162,33 @@ impl Connection {
     }
 
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
-        match tokio::time::timeout(
-            self.state.config.ws.send_timeout,
-            sink.send(Message::Text(text)),
-        )
-        .await
-        {
+        let write = async {
+            if self.batching {
+                // Buffered; flushed once the ready ticks are all written.
+                sink.feed(Message::Text(text)).await
+            } else {
+                sink.send(Message::Text(text)).await
+            }
+        };
+        match tokio::time::timeout(self.state.config.ws.send_timeout, write).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Exit::ClientClosed),
+            Err(_) => {
+                self.state
+                    .metrics
+                    .slow_consumer_disconnects
+                    .get_or_create(&KindLabels { kind: "ws" })
+                    .inc();
+                Err(Exit::Close(
+                    close_code::AGAIN,
+                    "slow consumer: could not take a frame within the send timeout".into(),
+                ))
+            }
+        }
+    }
+
+    async fn flush(&self, sink: &mut Sink) -> Result<(), Exit> {
+        match tokio::time::timeout(self.state.config.ws.send_timeout, sink.flush()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::ClientClosed),
             Err(_) => {
@@ -267,10 +293,23 @@ impl Connection {
                     }
                 }
                 Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    match item {
-                        Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
-                        Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
+                    // Write every tick that is already waiting, then flush
+                    // once: one syscall for a burst instead of one per frame.
+                    self.batching = true;
+                    let mut next = Some((symbol, item));
+                    let mut written = 0;
+                    while let Some((symbol, item)) = next.take() {
+                        match item {
+                            Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
+                            Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
+                        }
+                        written += 1;
+                        if written < MAX_BATCH {
+                            next = self.subscriptions.next().now_or_never().flatten();
+                        }
                     }
+                    self.batching = false;
+                    self.flush(sink).await?;
                 }
             }
         }
