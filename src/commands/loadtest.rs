@@ -67,6 +67,9 @@ struct OrdersLoad {
     /// Quantity of every order
     #[arg(long, default_value = "1000")]
     quantity: String,
+    /// Print the result as JSON
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     credentials: Credentials,
 }
@@ -139,7 +142,7 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
         })
     };
 
-    println!(
+    eprintln!(
         "fxcast loadtest orders: {} {} x {}, {} in flight over {} connections, {:?} after {:?} warm-up",
         args.target,
         args.symbol,
@@ -248,6 +251,27 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
         .unwrap_or(u64::MAX)
         .max(1);
     let per_second = count * 1_000_000 / window_us;
+    if args.json {
+        let report = serde_json::json!({
+            "interface": "orders",
+            "concurrency": args.concurrency,
+            "connections": args.connections,
+            "duration_s": args.duration.as_secs_f64(),
+            "orders": count,
+            "orders_per_s": per_second,
+            "outcomes": total.outcomes,
+            "errors": total.errors,
+            "latency_us": {
+                "p50": percentile(&latencies, 500),
+                "p90": percentile(&latencies, 900),
+                "p99": percentile(&latencies, 990),
+                "p999": percentile(&latencies, 999),
+                "max": latencies[latencies.len() - 1],
+            },
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     println!(
         "orders      {count} in {:?} = {per_second} orders/s",
         args.duration

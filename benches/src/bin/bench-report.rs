@@ -1,0 +1,453 @@
+//! Builds `docs/BENCHMARKS.md` and its SVG plots from one run's results:
+//! criterion's `estimates.json` files and the `fxcast loadtest --json`
+//! outputs that `scripts/bench-report` collects.
+//!
+//! `bench-report --criterion target/criterion --results target/bench-results --out docs --commit <sha>`
+
+#![allow(missing_docs)]
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    path::{Path, PathBuf},
+};
+
+use plotters::prelude::*;
+use serde_json::Value;
+
+struct Args {
+    criterion: PathBuf,
+    results: PathBuf,
+    out: PathBuf,
+    commit: String,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut map = BTreeMap::new();
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        map.insert(flag, value);
+    }
+    let get = |k: &str, d: &str| map.get(k).cloned().unwrap_or_else(|| d.to_owned());
+    Ok(Args {
+        criterion: get("--criterion", "target/criterion").into(),
+        results: get("--results", "target/bench-results").into(),
+        out: get("--out", "docs").into(),
+        commit: get("--commit", "unknown"),
+    })
+}
+
+/// One criterion benchmark: group, id (function/parameter), median ns and bounds.
+struct Estimate {
+    group: String,
+    id: String,
+    median_ns: f64,
+    lower_ns: f64,
+    upper_ns: f64,
+}
+
+fn read_json(path: &Path) -> Option<Value> {
+    serde_json::from_str(&std::fs::read_to_string(path).ok()?).ok()
+}
+
+/// Walks target/criterion for `new/estimates.json` (ids may be nested one or two levels).
+fn criterion_estimates(root: &Path) -> Vec<Estimate> {
+    let mut found = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir()
+                && path
+                    .file_name()
+                    .is_some_and(|n| n != "report" && n != "base" && n != "change")
+            {
+                stack.push(path.clone());
+            }
+            if path.ends_with("new/estimates.json") {
+                let Some(json) = read_json(&path) else {
+                    continue;
+                };
+                let bench_dir = path
+                    .parent()
+                    .and_then(Path::parent)
+                    .expect("new/ has a parent");
+                let relative = bench_dir.strip_prefix(root).unwrap_or(bench_dir);
+                let mut parts = relative.iter().map(|p| p.to_string_lossy().into_owned());
+                let group = parts.next().unwrap_or_default();
+                let id = parts.collect::<Vec<_>>().join("/");
+                let median = &json["median"];
+                found.push(Estimate {
+                    group,
+                    id,
+                    median_ns: median["point_estimate"].as_f64().unwrap_or(f64::NAN),
+                    lower_ns: median["confidence_interval"]["lower_bound"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                    upper_ns: median["confidence_interval"]["upper_bound"]
+                        .as_f64()
+                        .unwrap_or(f64::NAN),
+                });
+            }
+        }
+    }
+    found.sort_by(|a, b| (&a.group, natural(&a.id)).cmp(&(&b.group, natural(&b.id))));
+    found
+}
+
+/// Sort key that orders `memory/100` after `memory/20`.
+fn natural(id: &str) -> (String, u64, String) {
+    let (head, tail) = id.rsplit_once('/').unwrap_or((id, ""));
+    match tail.parse::<u64>() {
+        Ok(n) => (head.to_owned(), n, String::new()),
+        Err(_) => (id.to_owned(), 0, String::new()),
+    }
+}
+
+fn human_ns(ns: f64) -> String {
+    if ns >= 1e6 {
+        format!("{:.2} ms", ns / 1e6)
+    } else if ns >= 1e3 {
+        format!("{:.2} µs", ns / 1e3)
+    } else {
+        format!("{ns:.0} ns")
+    }
+}
+
+fn human_us(us: u64) -> String {
+    if us >= 1000 {
+        format!("{:.1} ms", us as f64 / 1000.0)
+    } else {
+        format!("{us} µs")
+    }
+}
+
+/// Load-test results keyed by interface, then connections (or concurrency).
+fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let Some(json) = read_json(&path) else {
+            continue;
+        };
+        let interface = json["interface"].as_str().unwrap_or("unknown").to_owned();
+        let n = json["connections"]
+            .as_u64()
+            .or_else(|| json["concurrency"].as_u64())
+            .unwrap_or(0);
+        let key = if interface == "orders" {
+            json["concurrency"].as_u64().unwrap_or(n)
+        } else {
+            n
+        };
+        out.entry(interface).or_default().insert(key, json);
+    }
+    out
+}
+
+const COLORS: [RGBColor; 5] = [
+    RGBColor(76, 141, 222),
+    RGBColor(229, 83, 75),
+    RGBColor(63, 185, 127),
+    RGBColor(212, 167, 44),
+    RGBColor(150, 110, 200),
+];
+
+fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+    // Series per transport (function), x = subscribers.
+    let mut series: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for e in estimates
+        .iter()
+        .filter(|e| e.group == "transport_publish_to_receive")
+    {
+        let (name, param) = e.id.rsplit_once('/').unwrap_or((&e.id, ""));
+        if let Ok(n) = param.parse::<u64>() {
+            series
+                .entry(name.to_owned())
+                .or_default()
+                .push((n, e.median_ns / 1000.0));
+        }
+    }
+    if series.is_empty() {
+        return Ok(false);
+    }
+    let max_x = series
+        .values()
+        .flatten()
+        .map(|p| p.0)
+        .max()
+        .unwrap_or(1)
+        .max(2);
+    let max_y = series.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 2.0;
+    let min_y = series
+        .values()
+        .flatten()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01)
+        / 2.0;
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Transport publish → receive (all subscribers served), median",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("subscribers")
+        .y_desc("µs")
+        .draw()?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let mut points = points.clone();
+        points.sort_by_key(|p| p.0);
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn plot_connections(
+    loads: &BTreeMap<String, BTreeMap<u64, Value>>,
+    path: &Path,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    let streams: Vec<(&String, &BTreeMap<u64, Value>)> = loads
+        .iter()
+        .filter(|(k, _)| k.as_str() != "orders")
+        .collect();
+    if streams.is_empty() {
+        return Ok(false);
+    }
+    let points = |runs: &BTreeMap<u64, Value>, q: &str| -> Vec<(u64, f64)> {
+        runs.iter()
+            .filter_map(|(n, v)| Some((*n, v["latency_us"][q].as_u64()? as f64 / 1000.0)))
+            .collect()
+    };
+    let all: Vec<(u64, f64)> = streams
+        .iter()
+        .flat_map(|(_, r)| [points(r, "p50"), points(r, "p99")].concat())
+        .collect();
+    let max_x = all.iter().map(|p| p.0).max().unwrap_or(10).max(10);
+    let max_y = all.iter().map(|p| p.1).fold(1.0, f64::max) * 2.0;
+    let min_y = all
+        .iter()
+        .map(|p| p.1)
+        .fold(f64::INFINITY, f64::min)
+        .max(0.01)
+        / 2.0;
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(
+            "Delivery latency vs connections (solid p50, dashed p99)",
+            ("sans-serif", 18),
+        )
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc("connections")
+        .y_desc("ms (publish → receipt)")
+        .draw()?;
+    for (i, (name, runs)) in streams.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let p50 = points(runs, "p50");
+        let p99 = points(runs, "p99");
+        chart
+            .draw_series(LineSeries::new(p50.clone(), color.stroke_width(2)))?
+            .label(format!("{name} p50 / p99"))
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(p50.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
+        chart.draw_series(DashedLineSeries::new(
+            p99.clone(),
+            6,
+            4,
+            color.stroke_width(1),
+        ))?;
+        chart.draw_series(p99.iter().map(|p| Cross::new(*p, 4, color)))?;
+    }
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    let cores = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("processor"))
+        .count();
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_kib: u64 = meminfo
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    format!(
+        "{cores} × {model}, {:.1} GiB RAM",
+        mem_kib as f64 / 1_048_576.0
+    )
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse_args()?;
+    let estimates = criterion_estimates(&args.criterion);
+    let loads = loadtests(&args.results);
+    let plots = args.out.join("bench");
+    std::fs::create_dir_all(&plots)?;
+
+    let mut md = String::new();
+    writeln!(md, "# fxcast benchmarks\n")?;
+    writeln!(
+        md,
+        "Generated by `scripts/bench-report` (do not edit by hand; rerun it).\n"
+    )?;
+    writeln!(md, "- Commit: `{}`", args.commit)?;
+    writeln!(md, "- Machine: {}", machine())?;
+    writeln!(
+        md,
+        "- Server and load generators run on the same machine; latencies use one clock (same process for criterion, the system clock for load tests).\n"
+    )?;
+
+    if plot_transport(&estimates, &plots.join("transport.svg"))? {
+        writeln!(md, "![transport latency](bench/transport.svg)\n")?;
+    }
+    if plot_connections(&loads, &plots.join("connections.svg"))? {
+        writeln!(md, "![latency vs connections](bench/connections.svg)\n")?;
+    }
+
+    writeln!(md, "## Criterion (`cargo bench -p fxcast-benches`)\n")?;
+    writeln!(
+        md,
+        "Median time per iteration with criterion's 95% interval. For the transport and end-to-end groups an iteration is one publish until every subscriber has received it.\n"
+    )?;
+    let mut group = String::new();
+    for e in &estimates {
+        if e.group != group {
+            group.clone_from(&e.group);
+            writeln!(
+                md,
+                "\n### {group}\n\n| benchmark | median | interval |\n|---|---|---|"
+            )?;
+        }
+        writeln!(
+            md,
+            "| {} | {} | {} – {} |",
+            e.id,
+            human_ns(e.median_ns),
+            human_ns(e.lower_ns),
+            human_ns(e.upper_ns)
+        )?;
+    }
+    if estimates.is_empty() {
+        writeln!(
+            md,
+            "No criterion results found in {}.",
+            args.criterion.display()
+        )?;
+    }
+
+    writeln!(md, "\n## Load tests (`fxcast loadtest ...`)\n")?;
+    for (interface, runs) in &loads {
+        if interface == "orders" {
+            writeln!(
+                md,
+                "\n### orders (PlaceOrder, durable journal)\n\n| in flight | orders/s | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
+            )?;
+            for (n, v) in runs {
+                let l = &v["latency_us"];
+                let q = |k: &str| human_us(l[k].as_u64().unwrap_or(0));
+                writeln!(
+                    md,
+                    "| {n} | {} | {} | {} | {} | {} | {} |",
+                    v["orders_per_s"],
+                    q("p50"),
+                    q("p90"),
+                    q("p99"),
+                    q("p999"),
+                    q("max")
+                )?;
+            }
+        } else {
+            writeln!(
+                md,
+                "\n### {interface} subscribers\n\n| connections | connected | messages/s | p50 | p90 | p99 | p99.9 | max | server KiB/conn | disconnects |\n|---|---|---|---|---|---|---|---|---|---|"
+            )?;
+            for (n, v) in runs {
+                let l = &v["latency_us"];
+                let q = |k: &str| human_us(l[k].as_u64().unwrap_or(0));
+                let kib = v["server_kib_per_connection"]
+                    .as_f64()
+                    .map_or("–".to_owned(), |k| format!("{k:.1}"));
+                writeln!(
+                    md,
+                    "| {n} | {} | {:.0} | {} | {} | {} | {} | {} | {kib} | {} |",
+                    v["connected"],
+                    v["messages_per_s"].as_f64().unwrap_or(0.0),
+                    q("p50"),
+                    q("p90"),
+                    q("p99"),
+                    q("p999"),
+                    q("max"),
+                    v["disconnects"]
+                )?;
+            }
+        }
+    }
+    if loads.is_empty() {
+        writeln!(
+            md,
+            "No load-test results found in {}.",
+            args.results.display()
+        )?;
+    }
+    let extra = args.results.join("notes.md");
+    if let Ok(notes) = std::fs::read_to_string(&extra) {
+        writeln!(md, "\n{notes}")?;
+    }
+    std::fs::write(args.out.join("BENCHMARKS.md"), md)?;
+    eprintln!("wrote {}", args.out.join("BENCHMARKS.md").display());
+    Ok(())
+}
