@@ -9,7 +9,12 @@
 //! - `memory-1KiB/1`: the same with a 1,024-byte payload;
 //! - `memory-current-thread/{1,1000}`: a current-thread runtime; with one
 //!   subscriber the cheapest wake-up path, with 1,000 the single-threaded
-//!   baseline of the fan-out.
+//!   baseline of the fan-out;
+//! - `momento/{1,100}`: [`MomentoTransport`] through momento-local started
+//!   in the same runtime on loopback (Momento's gRPC protocol end to end:
+//!   SDK publish, server fan-out, the transport's one subscription per topic
+//!   fanned out locally), unpaced, 100-byte payload. Server and client share
+//!   the two cores, so this is the protocol's cost, not a network's.
 //!
 //! Every subscriber is its own spawned task reading its [`Subscription`]. One
 //! iteration is timed from just before `publish` until the *last* subscriber
@@ -34,7 +39,11 @@ use std::{
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use fxcast_benches::{LatencySummary, PercentilePass};
-use fxcast_transport::{Delivery, MemoryTransport, Subscription, Transport};
+use fxcast_transport::{
+    Delivery, MemoryTransport, Subscription, Transport,
+    momento::{MomentoConfig, MomentoTransport},
+    momento_local::{MomentoLocalConfig, serve},
+};
 use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
 
 const GROUP: &str = "transport_publish_to_receive";
@@ -102,6 +111,20 @@ const CASES: &[Case] = &[
         flavor: Flavor::CurrentThread,
         sample_size: 50,
     },
+    Case {
+        function: "momento",
+        subscribers: 1,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "momento",
+        subscribers: 100,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
 ];
 
 impl Case {
@@ -113,9 +136,29 @@ impl Case {
         format!("{GROUP}/{}/{}", self.function, self.subscribers)
     }
 
-    fn transport(&self) -> Arc<dyn Transport> {
-        // Every backend of a case is built here; only memory exists today.
-        Arc::new(MemoryTransport::default())
+    /// Every backend of a case is built here. Must run inside the runtime:
+    /// momento-local is served by it.
+    async fn transport(&self) -> Arc<dyn Transport> {
+        if !self.function.starts_with("momento") {
+            return Arc::new(MemoryTransport::default());
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind momento-local");
+        let addr = listener.local_addr().expect("momento-local address");
+        let config = MomentoLocalConfig {
+            caches: vec!["fxcast".to_owned()],
+            ..MomentoLocalConfig::default()
+        };
+        tokio::spawn(serve(listener, config, std::future::pending()));
+        let transport = MomentoTransport::connect(MomentoConfig {
+            api_key: "bench".to_owned(),
+            endpoint: Some(format!("http://{addr}")),
+            ..MomentoConfig::default()
+        })
+        .await
+        .expect("connect to momento-local");
+        Arc::new(transport)
     }
 }
 
@@ -242,11 +285,9 @@ fn bench_publish_to_receive(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     for case in CASES {
         let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(Fanout::start(
-            case.transport(),
-            case.subscribers,
-            case.payload,
-        )));
+        let fanout = Arc::new(rt.block_on(async {
+            Fanout::start(case.transport().await, case.subscribers, case.payload).await
+        }));
         group.sample_size(case.sample_size);
         group.bench_function(case.id(), |b| {
             b.iter_custom(|iters| run_rounds(&rt, &fanout, iters));
@@ -265,11 +306,9 @@ fn percentiles(pass: &PercentilePass) {
             continue;
         }
         let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(Fanout::start(
-            case.transport(),
-            case.subscribers,
-            case.payload,
-        )));
+        let fanout = Arc::new(rt.block_on(async {
+            Fanout::start(case.transport().await, case.subscribers, case.payload).await
+        }));
         let (warmup, samples) = (pass.warmup, pass.samples);
         let task_fanout = Arc::clone(&fanout);
         let mut latencies = rt

@@ -112,6 +112,27 @@ pub struct TokenJson {
     pub subject: String,
     /// What it allows.
     pub scopes: Vec<String>,
+    /// Direct subscription to the rates topics on Momento, when the server
+    /// runs on Momento (`--transport momento` or `--momento-bridge`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub momento: Option<MomentoAccessJson>,
+}
+
+/// A Momento disposable token that may only subscribe to the rates topics
+/// the fxcast token may see, for Momento's SDKs (`@gomomento/sdk-web`).
+/// Each topic message is one `fxcast.v1.Rate`, protobuf-encoded, binary.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MomentoAccessJson {
+    /// The disposable token (`CredentialProvider.fromString`).
+    pub token: String,
+    /// RFC 3339; at the latest when the fxcast token expires.
+    pub expires_at: Option<String>,
+    /// The cache the topics live in.
+    pub cache_name: String,
+    /// `rates.<SYMBOL>` topics it may subscribe to.
+    pub topics: Vec<String>,
+    /// The Momento topics endpoint.
+    pub endpoint: String,
 }
 
 /// Messages a WebSocket client sends.

@@ -9,8 +9,8 @@ use utoipa::{
 use crate::{
     error::{ErrorBody, ErrorDetail},
     json::{
-        ClientMessage, RateJson, RatesJson, ServerMessage, SymbolJson, SymbolsJson, TokenJson,
-        TokenRequestJson,
+        ClientMessage, MomentoAccessJson, RateJson, RatesJson, ServerMessage, SymbolJson,
+        SymbolsJson, TokenJson, TokenRequestJson,
     },
     orders,
     orders::{OrderJson, OrdersJson, PlaceOrderJson},
@@ -48,7 +48,7 @@ impl Modify for BearerScheme {
         rest::healthz, rest::readyz, rest::metrics
     ),
     components(schemas(
-        RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson, TokenRequestJson, ClientMessage, ServerMessage,
+        RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson, MomentoAccessJson, TokenRequestJson, ClientMessage, ServerMessage,
         ErrorBody, ErrorDetail, PlaceOrderJson, OrderJson, OrdersJson
     )),
     modifiers(&BearerScheme)

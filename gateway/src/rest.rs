@@ -17,8 +17,12 @@ use serde::de::DeserializeOwned;
 use crate::{
     AppState,
     error::{ApiError, ErrorBody},
-    json::{RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson, TokenRequestJson, rfc3339},
+    json::{
+        MomentoAccessJson, RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson,
+        TokenRequestJson, rfc3339,
+    },
     session::credential,
+    upstream::Bearer,
 };
 
 /// `Json` with errors in the API's own shape: 400 for malformed JSON, 413 for
@@ -163,6 +167,13 @@ fn token_json(issued: IssueTokenResponse) -> TokenJson {
         expires_at: rfc3339(issued.expires_at),
         subject: issued.subject,
         scopes: issued.scopes,
+        momento: issued.momento.map(|m| MomentoAccessJson {
+            token: m.token,
+            expires_at: rfc3339(m.expires_at),
+            cache_name: m.cache_name,
+            topics: m.topics,
+            endpoint: m.endpoint,
+        }),
     }
 }
 
@@ -231,10 +242,37 @@ pub(crate) async fn healthz() -> Response {
     Json(serde_json::json!({"status": "ok"})).into_response()
 }
 
-/// Readiness: every symbol has a rate.
+/// Why RateService is not serving, if it is not: its gRPC health follows
+/// the transport (a reconnecting Momento).
+async fn rate_service_not_serving(state: &AppState) -> Option<String> {
+    use tonic_health::pb::{
+        HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+    };
+    let mut health = HealthClient::new(state.upstream.with(Bearer::none()));
+    let request = HealthCheckRequest {
+        service: "fxcast.v1.RateService".to_owned(),
+    };
+    match health.check(request).await {
+        Ok(response) if response.get_ref().status() == ServingStatus::Serving => None,
+        Ok(response) => Some(format!(
+            "the rate service is {}: its transport is reconnecting (the server log says why)",
+            response.get_ref().status().as_str_name()
+        )),
+        Err(status) => Some(format!(
+            "the rate service cannot be reached: {}",
+            status.message()
+        )),
+    }
+}
+
+/// Readiness: the rate service and its transport serve, and every symbol
+/// has a rate.
 #[utoipa::path(get, path = "/readyz", tag = "operations",
     responses((status = 200), (status = 503, body = ErrorBody)))]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(reason) = rate_service_not_serving(&state).await {
+        return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "not_ready", reason).into_response();
+    }
     let missing = state.ticker.missing();
     // A symbol whose feed went quiet is re-published with `stale: true`.
     let stale: Vec<&str> = state

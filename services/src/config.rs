@@ -41,6 +41,10 @@ pub struct Config {
     /// Order execution: price policy, max price age, liquidity provider,
     /// journal durability.
     pub orders: OrdersConfig,
+    /// A local latest rate older than this is refreshed from the
+    /// transport's shared storage (Momento's cache) before `GetLatestRate`
+    /// answers or an order is priced.
+    pub latest_fresh_for: std::time::Duration,
 }
 
 impl Default for Config {
@@ -57,6 +61,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./fxcast-data"),
             auth: AuthConfig::default(),
             orders: OrdersConfig::default(),
+            latest_fresh_for: std::time::Duration::from_secs(1),
         }
     }
 }

@@ -102,6 +102,8 @@ impl RateHub {
             let topic = rates_topic(symbol);
             let mut subscription = transport.subscribe(&topic).await?;
             let hub = self.clone();
+            let transport = Arc::clone(transport);
+            let symbol = symbol.clone();
             tasks.spawn(async move {
                 while let Some(delivery) = subscription.next().await {
                     match delivery {
@@ -112,7 +114,11 @@ impl RateHub {
                             }
                         },
                         Delivery::Gap(gap) => {
-                            tracing::warn!(%topic, %gap, "transport gap on rate ingest")
+                            tracing::warn!(%topic, %gap, "transport gap on rate ingest");
+                            // Skip to the latest rate in shared storage, if
+                            // the transport has any; streams announce the
+                            // sequences in between as a gap.
+                            hub.recover(&transport, &symbol).await;
                         }
                     }
                 }
@@ -120,6 +126,32 @@ impl RateHub {
             });
         }
         Ok(())
+    }
+
+    /// Ingests the latest rate of every symbol that the transport holds in
+    /// shared storage (Momento's cache), so streams, `GetLatestRate` and the
+    /// order check have a rate before the next tick arrives.
+    pub async fn prime(&self, transport: &Arc<dyn Transport>) {
+        futures_util::future::join_all(
+            self.channels
+                .keys()
+                .map(|symbol| self.recover(transport, symbol)),
+        )
+        .await;
+    }
+
+    /// Ingests `symbol`'s retained rate, if the transport holds a newer one.
+    async fn recover(&self, transport: &Arc<dyn Transport>, symbol: &str) {
+        let topic = rates_topic(symbol);
+        match transport.retained(&topic).await {
+            Ok(Some(payload)) => match Tick::decode_retained(&topic, payload) {
+                Ok(tick) if tick.symbol() == symbol => self.ingest(Arc::new(tick)),
+                Ok(_) => tracing::warn!(%topic, "retained rate of another symbol; ignored"),
+                Err(err) => tracing::warn!(%topic, error = %err, "undecodable retained rate"),
+            },
+            Ok(None) => {}
+            Err(err) => tracing::warn!(%topic, error = %err, "cannot read the retained rate"),
+        }
     }
 
     /// Records a received tick and hands it to every local stream of its

@@ -176,12 +176,16 @@ impl RatePublisher {
             payload: payload.clone(),
             received_at: Instant::now(),
         });
-        inner
-            .transport
-            .publish(&rates_topic(tick.symbol()), payload)
-            .await?;
+        let topic = rates_topic(tick.symbol());
+        inner.transport.publish(&topic, payload.clone()).await?;
         *next = sequence;
         inner.latest.update(Arc::clone(&tick));
+        // The latest rate in shared storage (Momento's cache), for processes
+        // that start later; written in the background, so never a reason to
+        // fail a published rate.
+        if let Err(err) = inner.transport.retain(&topic, payload).await {
+            tracing::warn!(%topic, error = %err, "could not retain the latest rate");
+        }
         Ok(tick)
     }
 

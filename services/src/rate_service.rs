@@ -169,7 +169,11 @@ impl RateService for RateServiceImpl {
         }
         self.symbols.get(&symbol)?;
         caller.require_subscribe([symbol.as_str()])?;
-        let tick = self.latest.get(&symbol).ok_or(Error::NoRateYet(symbol))?;
+        let tick = self
+            .latest
+            .fresh(&symbol)
+            .await
+            .ok_or(Error::NoRateYet(symbol))?;
         Ok(Response::new(tick.rate.clone()))
     }
 

@@ -4,11 +4,12 @@ use std::{
     collections::HashMap,
     str::FromStr,
     sync::{Arc, RwLock},
-    time::Instant,
+    time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
 use fxcast_proto::v1::Rate;
+use fxcast_transport::Transport;
 use prost::Message;
 use rust_decimal::Decimal;
 
@@ -57,6 +58,31 @@ impl Tick {
         })
     }
 
+    /// Decodes a payload read from the transport's shared storage
+    /// ([`Transport::retained`]): its age counts from its `publish_time`,
+    /// not from now, so a rate that waited there is as old as it really is
+    /// (to the precision of the two machines' clocks).
+    ///
+    /// # Errors
+    /// As [`Tick::decode`].
+    pub fn decode_retained(topic: &str, payload: Bytes) -> Result<Self, Error> {
+        let mut tick = Self::decode(topic, payload)?;
+        let waited = tick
+            .rate
+            .publish_time
+            .and_then(|t| SystemTime::try_from(t).ok())
+            .and_then(|published| SystemTime::now().duration_since(published).ok())
+            .unwrap_or_default();
+        // Past the monotonic clock's origin (a machine up for less than the
+        // rate's age), a minute is older than any price check accepts.
+        tick.received_at = tick
+            .received_at
+            .checked_sub(waited)
+            .or_else(|| tick.received_at.checked_sub(Duration::from_secs(60)))
+            .unwrap_or(tick.received_at);
+        Ok(tick)
+    }
+
     /// Symbol of the rate.
     pub fn symbol(&self) -> &str {
         &self.rate.symbol
@@ -101,14 +127,94 @@ pub fn parse_price(field: &str, value: &str) -> Result<Decimal, Error> {
 /// Written by the rate publisher and by the transport ingest (so a process
 /// without a feed still knows the latest rates); read by `GetLatestRate` and
 /// the order price check.
+///
+/// With a transport that keeps the latest payloads in shared storage (the
+/// Momento cache), [`LatestRates::fresh`] reads that storage when the local
+/// copy is missing or older than `fresh_for`: a process that just started
+/// on another machine can price orders at once.
 #[derive(Debug, Clone, Default)]
 pub struct LatestRates {
     // std RwLock: reads vastly outnumber writes and no lock is held across
     // an await.
     inner: Arc<RwLock<HashMap<String, Arc<Tick>>>>,
+    shared: Option<SharedLatest>,
+}
+
+/// Where [`LatestRates::fresh`] looks when the local copy is not fresh.
+#[derive(Debug, Clone)]
+struct SharedLatest {
+    transport: Arc<dyn Transport>,
+    fresh_for: Duration,
+    /// When shared storage was last read per symbol: a quiet symbol costs
+    /// one read per `fresh_for` however often it is asked for (each read is
+    /// a metered Momento operation).
+    checked: Arc<std::sync::Mutex<HashMap<String, Instant>>>,
 }
 
 impl LatestRates {
+    /// A cache that falls back on `transport`'s retained payloads when its
+    /// own copy of a symbol is missing or older than `fresh_for`.
+    pub fn with_shared(transport: Arc<dyn Transport>, fresh_for: Duration) -> Self {
+        Self {
+            inner: Arc::default(),
+            shared: Some(SharedLatest {
+                transport,
+                fresh_for,
+                checked: Arc::default(),
+            }),
+        }
+    }
+
+    /// The latest tick of `symbol`: the local copy when it is fresh,
+    /// otherwise whichever is newer of it and the one in shared storage
+    /// (which is then kept locally). Shared storage that cannot be read
+    /// leaves the local copy.
+    pub async fn fresh(&self, symbol: &str) -> Option<Arc<Tick>> {
+        let local = self.get(symbol);
+        let Some(shared) = &self.shared else {
+            return local;
+        };
+        if local
+            .as_ref()
+            .is_some_and(|t| t.received_at.elapsed() <= shared.fresh_for)
+        {
+            return local;
+        }
+        {
+            let mut checked = shared.checked.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            match checked.get_mut(symbol) {
+                Some(at) if now.duration_since(*at) < shared.fresh_for => return local,
+                Some(at) => *at = now,
+                None => {
+                    checked.insert(symbol.to_owned(), now);
+                }
+            }
+        }
+        let topic = rates_topic(symbol);
+        match shared.transport.retained(&topic).await {
+            Ok(Some(payload)) => match Tick::decode_retained(&topic, payload) {
+                Ok(tick) if tick.symbol() == symbol => {
+                    self.update(Arc::new(tick));
+                    self.get(symbol)
+                }
+                Ok(tick) => {
+                    tracing::warn!(%topic, found = tick.symbol(), "retained rate of another symbol; ignored");
+                    local
+                }
+                Err(err) => {
+                    tracing::warn!(%topic, error = %err, "undecodable retained rate; ignored");
+                    local
+                }
+            },
+            Ok(None) => local,
+            Err(err) => {
+                tracing::warn!(%topic, error = %err, "cannot read the retained rate; using the local copy");
+                local
+            }
+        }
+    }
+
     /// Records `tick` unless a newer one of its symbol is already known.
     /// Returns whether it was recorded.
     pub fn update(&self, tick: Arc<Tick>) -> bool {
@@ -178,5 +284,92 @@ mod tests {
         assert!(!latest.update(tick(1)));
         assert_eq!(latest.get("USD_JPY").unwrap().sequence(), 2);
         assert!(latest.get("EUR_USD").is_none());
+    }
+
+    /// A transport whose shared storage holds one payload and counts reads.
+    #[derive(Debug)]
+    struct Stored {
+        payload: Bytes,
+        reads: std::sync::atomic::AtomicUsize,
+    }
+
+    impl Transport for Stored {
+        fn name(&self) -> &'static str {
+            "stored"
+        }
+
+        fn publish<'a>(
+            &'a self,
+            _: &'a str,
+            _: Bytes,
+        ) -> fxcast_transport::BoxFuture<'a, Result<(), fxcast_transport::Error>> {
+            unreachable!("not published to")
+        }
+
+        fn subscribe<'a>(
+            &'a self,
+            _: &'a str,
+        ) -> fxcast_transport::BoxFuture<
+            'a,
+            Result<fxcast_transport::Subscription, fxcast_transport::Error>,
+        > {
+            unreachable!("not subscribed to")
+        }
+
+        fn local_subscribers(&self, _: &str) -> usize {
+            0
+        }
+
+        fn retained<'a>(
+            &'a self,
+            topic: &'a str,
+        ) -> fxcast_transport::BoxFuture<'a, Result<Option<Bytes>, fxcast_transport::Error>>
+        {
+            self.reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let found = (topic == "rates.USD_JPY").then(|| self.payload.clone());
+            Box::pin(std::future::ready(Ok(found)))
+        }
+    }
+
+    fn encoded(sequence: u64, published: SystemTime) -> Bytes {
+        let rate = Rate {
+            symbol: "USD_JPY".into(),
+            bid: "151.230".into(),
+            ask: "151.238".into(),
+            sequence,
+            publish_time: Some(published.into()),
+            ..Default::default()
+        };
+        Bytes::from(rate.encode_to_vec())
+    }
+
+    #[tokio::test]
+    async fn a_rate_that_is_not_fresh_is_read_from_shared_storage() {
+        let stored = Arc::new(Stored {
+            payload: encoded(5, SystemTime::now() - Duration::from_secs(3)),
+            reads: Default::default(),
+        });
+        let reads = || stored.reads.load(std::sync::atomic::Ordering::SeqCst);
+        let latest = LatestRates::with_shared(stored.clone(), Duration::from_secs(1));
+
+        // Nothing local: the stored rate, as old as it really is.
+        let tick = latest.fresh("USD_JPY").await.expect("the stored rate");
+        assert_eq!(tick.sequence(), 5);
+        assert!(tick.received_at.elapsed() >= Duration::from_millis(2900));
+        assert_eq!(latest.get("USD_JPY").unwrap().sequence(), 5);
+        assert_eq!(reads(), 1);
+        // Still not fresh, but read once per `fresh_for` at most.
+        assert_eq!(latest.fresh("USD_JPY").await.unwrap().sequence(), 5);
+        assert_eq!(reads(), 1);
+        // A fresh local rate is used as is.
+        let local = Tick::decode("rates.USD_JPY", encoded(6, SystemTime::now())).unwrap();
+        latest.update(Arc::new(local));
+        assert_eq!(latest.fresh("USD_JPY").await.unwrap().sequence(), 6);
+        assert_eq!(reads(), 1);
+        // Nothing stored: nothing.
+        assert!(latest.fresh("EUR_USD").await.is_none());
+        assert_eq!(reads(), 2);
+        // Without shared storage, only the local copy.
+        assert!(LatestRates::default().fresh("USD_JPY").await.is_none());
     }
 }

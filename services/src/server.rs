@@ -70,10 +70,12 @@ impl RatesCore {
         let symbols =
             SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
         let authority = TokenAuthority::open(&config.data_dir, config.auth.clone())?;
-        let latest = LatestRates::default();
+        let latest = LatestRates::with_shared(Arc::clone(&transport), config.latest_fresh_for);
         let hub = RateHub::new(&symbols, latest.clone(), config.hub);
         let mut tasks = JoinSet::new();
         hub.connect(&transport, &mut tasks).await?;
+        // What other processes published before this one started.
+        hub.prime(&transport).await;
         let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
         let publisher = RatePublisher::new(
             Arc::clone(&transport),
@@ -203,11 +205,14 @@ impl RatesCore {
         &self.transport
     }
 
-    /// Ready once every symbol has a rate and none is stale.
+    /// Ready once every symbol has a rate, none is stale, and the transport
+    /// is connected.
     pub fn is_ready(&self) -> bool {
-        self.symbols
-            .names()
-            .all(|s| self.latest.get(s).is_some() && !self.feed_health.is_stale(s))
+        self.transport.health().borrow().is_connected()
+            && self
+                .symbols
+                .names()
+                .all(|s| self.latest.get(s).is_some() && !self.feed_health.is_stale(s))
     }
 
     /// Per-symbol liveness of the feed and its connection counters (for
@@ -262,6 +267,12 @@ impl RatesCore {
             .build_v1alpha()
             .map_err(|e| Error::Config(format!("reflection: {e}")))?;
 
+        // RateService (and the server as a whole, "") serve only while the
+        // transport is connected: a reconnecting Momento shows up here.
+        let transport_health = tokio::spawn(report_transport_health(
+            self.transport.health(),
+            health.clone(),
+        ));
         // Nagle's algorithm would hold small tick frames back for tens of ms.
         let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
         // One auth layer over every service; it exempts health and reflection
@@ -273,11 +284,15 @@ impl RatesCore {
             .add_service(reflection_v1alpha)
             .add_service(RateServiceServer::new(self.rate_service()))
             .add_service(OrderServiceServer::new(self.order_service()))
-            .add_service(TokenServiceServer::new(TokenServiceImpl::new(
-                self.authority.clone(),
-            )))
+            .add_service(TokenServiceServer::new(
+                TokenServiceImpl::new(self.authority.clone()).with_subscriber_access(
+                    Arc::clone(&self.transport),
+                    self.symbols.names().map(str::to_owned).collect(),
+                ),
+            ))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
+                transport_health.abort();
                 health
                     .set_not_serving::<RateServiceServer<RateServiceImpl>>()
                     .await;
@@ -287,6 +302,45 @@ impl RatesCore {
             })
             .await?;
         Ok(())
+    }
+}
+
+/// Keeps the gRPC health of `RateService` and of the server (`""`) in step
+/// with the transport's health.
+async fn report_transport_health(
+    mut transport: tokio::sync::watch::Receiver<fxcast_transport::TransportHealth>,
+    reporter: tonic_health::server::HealthReporter,
+) {
+    let mut was_connected = true;
+    loop {
+        let health = transport.borrow_and_update().clone();
+        let status = match &health {
+            fxcast_transport::TransportHealth::Connected => {
+                if !was_connected {
+                    tracing::info!("transport connected again; RateService serving");
+                }
+                tonic_health::ServingStatus::Serving
+            }
+            fxcast_transport::TransportHealth::Reconnecting { reason } => {
+                // Once per outage; the transport logs each failure itself.
+                if was_connected {
+                    tracing::warn!(%reason, "transport reconnecting; RateService not serving");
+                }
+                tonic_health::ServingStatus::NotServing
+            }
+        };
+        was_connected = health.is_connected();
+        reporter
+            .set_service_status(
+                <RateServiceServer<RateServiceImpl> as tonic::server::NamedService>::NAME,
+                status,
+            )
+            .await;
+        reporter.set_service_status("", status).await;
+        // An in-process transport never changes: its sender is gone.
+        if transport.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -24,7 +24,10 @@ use fxcast_services::{
     pricing::Markup,
     symbols::SymbolOverride,
 };
-use fxcast_transport::{MemoryTransport, Transport};
+use fxcast_transport::{
+    MemoryTransport, MirroredTransport, Transport,
+    momento::{MomentoConfig, MomentoTransport},
+};
 use serde::Deserialize;
 use tokio::net::TcpListener;
 
@@ -38,9 +41,28 @@ pub(crate) struct ServeArgs {
     /// HTTP gateway listen address [default: 127.0.0.1:8000]
     #[arg(long, env = "FXCAST_HTTP_LISTEN")]
     http_listen: Option<SocketAddr>,
-    /// Pub/sub transport: memory [default: memory]
+    /// Pub/sub transport: memory (in-process) or momento (Momento Topics; the API key comes
+    /// from MOMENTO_API_KEY) [default: memory]
     #[arg(long, env = "FXCAST_TRANSPORT")]
     transport: Option<String>,
+    /// Momento cache holding the topics and the latest rates [default: fxcast]
+    #[arg(long, env = "FXCAST_MOMENTO_CACHE")]
+    momento_cache: Option<String>,
+    /// Momento endpoint URL instead of the one the API key names, e.g. http://127.0.0.1:8080
+    /// for fxcast momento-local (http:// is plaintext)
+    #[arg(long, env = "FXCAST_MOMENTO_ENDPOINT")]
+    momento_endpoint: Option<String>,
+    /// With the memory transport: also mirror every rate, paced, to the Momento topics
+    /// rates.<SYMBOL>, for browsers and remote consumers
+    #[arg(long, env = "FXCAST_MOMENTO_BRIDGE")]
+    momento_bridge: bool,
+    /// Most publishes per second per Momento topic; faster rates are conflated, the latest
+    /// wins; 0 sends every rate [default: 10]
+    #[arg(long, env = "FXCAST_MOMENTO_PUBLISH_RATE")]
+    momento_publish_rate: Option<u32>,
+    /// How long the latest rates stay in the Momento cache [default: 5m]
+    #[arg(long, env = "FXCAST_MOMENTO_LATEST_TTL", value_parser = humantime::parse_duration)]
+    momento_latest_ttl: Option<Duration>,
     /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
     /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
     #[arg(long, env = "FXCAST_FEED")]
@@ -118,6 +140,12 @@ struct FileConfig {
     grpc_listen: Option<SocketAddr>,
     http_listen: Option<SocketAddr>,
     transport: Option<String>,
+    momento_cache: Option<String>,
+    momento_endpoint: Option<String>,
+    momento_bridge: Option<bool>,
+    momento_publish_rate: Option<u32>,
+    #[serde(default, with = "humantime_option")]
+    momento_latest_ttl: Option<Duration>,
     feed: Option<String>,
     bitflyer_endpoint: Option<String>,
     #[serde(default, with = "humantime_option")]
@@ -166,14 +194,80 @@ mod humantime_option {
     }
 }
 
+/// Which transport `serve` runs on.
+#[derive(Debug)]
+enum TransportChoice {
+    /// In-process only.
+    Memory,
+    /// Momento Topics for every rate and order event.
+    Momento(MomentoConfig),
+    /// In-process, with every rate mirrored to Momento.
+    Bridge(MomentoConfig),
+}
+
 /// Everything `serve` needs, resolved.
 #[derive(Debug)]
 pub(crate) struct Resolved {
     grpc_listen: SocketAddr,
     http_listen: SocketAddr,
     data_dir: PathBuf,
+    transport: TransportChoice,
     core: Config,
     gateway: GatewayConfig,
+}
+
+/// The Momento settings from flags, environment and file. The API key comes
+/// from `MOMENTO_API_KEY` only (flags show up in `ps`), a v2 key's endpoint
+/// from `MOMENTO_ENDPOINT`.
+fn momento_config(args: &ServeArgs, file: &FileConfig) -> anyhow::Result<MomentoConfig> {
+    let mut config = MomentoConfig {
+        endpoint: args
+            .momento_endpoint
+            .clone()
+            .or_else(|| file.momento_endpoint.clone()),
+        base_endpoint: std::env::var("MOMENTO_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty()),
+        ..MomentoConfig::default()
+    };
+    if let Some(cache) = args
+        .momento_cache
+        .clone()
+        .or_else(|| file.momento_cache.clone())
+    {
+        config.cache = cache;
+    }
+    config.api_key = match std::env::var("MOMENTO_API_KEY") {
+        Ok(key) if !key.is_empty() => key,
+        // Plaintext is for a local Momento-compatible server, which takes
+        // any key by default.
+        _ if config
+            .endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://")) =>
+        {
+            tracing::info!(
+                "MOMENTO_API_KEY is not set; using an empty key for the plaintext endpoint"
+            );
+            String::new()
+        }
+        _ => bail!(
+            "Momento needs an API key: set MOMENTO_API_KEY (from the Momento console; for \
+             fxcast momento-local any value works, with --momento-endpoint http://HOST:PORT)"
+        ),
+    };
+    let rate = args
+        .momento_publish_rate
+        .or(file.momento_publish_rate)
+        .unwrap_or(10);
+    config.max_publish_rate = std::num::NonZeroU32::new(rate);
+    if let Some(ttl) = args.momento_latest_ttl.or(file.momento_latest_ttl) {
+        if ttl < Duration::from_secs(1) {
+            bail!("--momento-latest-ttl must be at least 1s");
+        }
+        config.retain_ttl = ttl;
+    }
+    Ok(config)
 }
 
 fn load_file(path: &Path) -> anyhow::Result<FileConfig> {
@@ -188,18 +282,22 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         None => FileConfig::default(),
     };
     let mut core = Config::default();
-    match args
+    let bridge = args.momento_bridge || file.momento_bridge.unwrap_or(false);
+    let transport = match args
         .transport
-        .or(file.transport)
         .as_deref()
+        .or(file.transport.as_deref())
         .unwrap_or("memory")
     {
-        "memory" => {}
-        "momento" => {
-            bail!("--transport momento is not available in this build yet; use --transport memory")
-        }
-        other => bail!("unknown --transport {other:?}; expected memory"),
-    }
+        "memory" if bridge => TransportChoice::Bridge(momento_config(&args, &file)?),
+        "memory" => TransportChoice::Memory,
+        "momento" if bridge => bail!(
+            "--momento-bridge mirrors the memory transport to Momento; with --transport momento \
+             every rate goes through Momento already"
+        ),
+        "momento" => TransportChoice::Momento(momento_config(&args, &file)?),
+        other => bail!("unknown --transport {other:?}; expected memory or momento"),
+    };
     let feed = args.feed.or(file.feed);
     core.feed = match feed.as_deref().unwrap_or("simulated") {
         "simulated" => FeedKind::Simulated,
@@ -342,6 +440,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
             .unwrap_or(([127, 0, 0, 1], 50051).into()),
         http_listen,
         data_dir: core.data_dir.clone(),
+        transport,
         core,
         gateway,
     })
@@ -362,7 +461,21 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot bind HTTP listener on {}", resolved.http_listen))?;
     tracing::info!(data_dir = %resolved.data_dir.display(), "starting fxcast");
-    let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
+    let momento = |config: MomentoConfig| async move {
+        let cache = config.cache.clone();
+        MomentoTransport::connect(config)
+            .await
+            .with_context(|| format!("cannot use Momento (cache {cache:?})"))
+    };
+    let transport: Arc<dyn Transport> = match resolved.transport {
+        TransportChoice::Memory => Arc::new(MemoryTransport::default()),
+        TransportChoice::Momento(config) => Arc::new(momento(config).await?),
+        TransportChoice::Bridge(config) => Arc::new(MirroredTransport::new(
+            Arc::new(MemoryTransport::default()),
+            Arc::new(momento(config).await?),
+            "rates.",
+        )),
+    };
     fxcast_gateway::run(
         resolved.core,
         resolved.gateway,
@@ -462,6 +575,72 @@ mod tests {
             format!("{err:#}").contains("unknown field `colour`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn momento_settings_come_from_flags_and_the_file() {
+        let argv = [
+            "--transport",
+            "momento",
+            "--momento-endpoint",
+            "http://127.0.0.1:9",
+            "--momento-cache",
+            "prices",
+            "--momento-publish-rate",
+            "0",
+        ];
+        match resolve(parse(&argv)).unwrap().transport {
+            TransportChoice::Momento(config) => {
+                assert_eq!(config.cache, "prices");
+                assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+                assert_eq!(config.max_publish_rate, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            resolve(parse(&[])).unwrap().transport,
+            TransportChoice::Memory
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "momento_bridge = true\nmomento_endpoint = \"http://127.0.0.1:9\"\nmomento_latest_ttl = \"30s\"\n",
+        )
+        .unwrap();
+        match resolve(parse(&["--config", path.to_str().unwrap()]))
+            .unwrap()
+            .transport
+        {
+            TransportChoice::Bridge(config) => {
+                assert_eq!(config.cache, "fxcast");
+                assert_eq!(config.retain_ttl, Duration::from_secs(30));
+                assert_eq!(config.max_publish_rate, std::num::NonZeroU32::new(10));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let err = resolve(parse(&["--transport", "momento", "--momento-bridge"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--momento-bridge mirrors the memory transport"),
+            "{err}"
+        );
+        let err = resolve(parse(&[
+            "--transport",
+            "momento",
+            "--momento-endpoint",
+            "http://127.0.0.1:9",
+            "--momento-latest-ttl",
+            "10ms",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 1s"), "{err}");
+        if std::env::var_os("MOMENTO_API_KEY").is_none() {
+            let err = resolve(parse(&["--transport", "momento"])).unwrap_err();
+            assert!(err.to_string().contains("set MOMENTO_API_KEY"), "{err}");
+        }
     }
 
     #[test]

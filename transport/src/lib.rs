@@ -11,9 +11,9 @@
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
-//! - [`momento`] (feature `momento`): [`momento::MomentoTransport`], topics
-//!   on Momento Topics, retained payloads in a Momento cache, disposable
-//!   subscriber tokens.
+//! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
+//!   Topics, retained payloads in a Momento cache, disposable subscriber
+//!   tokens.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
 //!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.

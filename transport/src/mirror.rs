@@ -59,7 +59,7 @@ impl MirroredTransport {
         let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
         // The first failure, then every 100th: a mirror that is down must
         // not flood the log at the tick rate.
-        if failures == 1 || failures % 100 == 0 {
+        if failures == 1 || failures.is_multiple_of(100) {
             tracing::warn!(
                 backend = self.mirror.name(),
                 %topic,

@@ -1,36 +1,103 @@
 //! The tonic implementation of `fxcast.v1.TokenService`.
 
-use std::time::Duration;
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use fxcast_proto::v1::{
-    IssueTokenRequest, IssueTokenResponse, RevokeTokenRequest, RevokeTokenResponse,
+    IssueTokenRequest, IssueTokenResponse, MomentoAccess, RevokeTokenRequest, RevokeTokenResponse,
     token_service_server::TokenService,
 };
+use fxcast_transport::Transport;
 use tonic::{Request, Response, Status};
 
 use super::{Caller, IssuedToken, Scope, Scopes, TokenAuthority};
-use crate::Error;
+use crate::{Error, rates_topic};
 
 /// `TokenService` over a [`TokenAuthority`].
 #[derive(Debug, Clone)]
 pub struct TokenServiceImpl {
     authority: TokenAuthority,
+    direct: Option<DirectAccess>,
+}
+
+/// Where tokens that may subscribe to rates also get direct access.
+#[derive(Debug, Clone)]
+struct DirectAccess {
+    transport: Arc<dyn Transport>,
+    symbols: Arc<[String]>,
 }
 
 impl TokenServiceImpl {
     /// Creates the service.
     pub fn new(authority: TokenAuthority) -> Self {
-        Self { authority }
+        Self {
+            authority,
+            direct: None,
+        }
     }
-}
 
-fn response(issued: IssuedToken) -> IssueTokenResponse {
-    IssueTokenResponse {
-        token: issued.token,
-        token_id: issued.token_id,
-        expires_at: Some(issued.expires_at.into()),
-        subject: issued.subject,
-        scopes: issued.scopes.0.iter().map(ToString::to_string).collect(),
+    /// Also hands out, with every token that may subscribe to some of
+    /// `symbols`, a credential of `transport` that may subscribe to just
+    /// those rates topics, when the transport offers one (Momento: a
+    /// disposable token, so browsers subscribe with Momento's web SDK).
+    pub fn with_subscriber_access(
+        mut self,
+        transport: Arc<dyn Transport>,
+        symbols: Vec<String>,
+    ) -> Self {
+        self.direct = Some(DirectAccess {
+            transport,
+            symbols: symbols.into(),
+        });
+        self
+    }
+
+    async fn response(&self, issued: IssuedToken) -> IssueTokenResponse {
+        let momento = self.momento_access(&issued).await;
+        IssueTokenResponse {
+            token: issued.token,
+            token_id: issued.token_id,
+            expires_at: Some(issued.expires_at.into()),
+            subject: issued.subject,
+            scopes: issued.scopes.0.iter().map(ToString::to_string).collect(),
+            momento,
+        }
+    }
+
+    /// Direct access for `issued`, living as long as it at most. A failure
+    /// leaves the fxcast token usable without it.
+    async fn momento_access(&self, issued: &IssuedToken) -> Option<MomentoAccess> {
+        let direct = self.direct.as_ref()?;
+        let topics: Vec<String> = direct
+            .symbols
+            .iter()
+            .filter(|symbol| issued.scopes.may_subscribe(symbol))
+            .map(|symbol| rates_topic(symbol))
+            .collect();
+        if topics.is_empty() {
+            return None;
+        }
+        let valid_for = issued.expires_at.duration_since(SystemTime::now()).ok()?;
+        match direct.transport.subscriber_access(&topics, valid_for).await {
+            Ok(Some(access)) => Some(MomentoAccess {
+                token: access.token,
+                expires_at: Some(access.expires_at.into()),
+                cache_name: access.namespace,
+                topics: access.topics,
+                endpoint: access.endpoint,
+            }),
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(
+                    subject = %issued.subject,
+                    error = %err,
+                    "could not mint a subscriber token; issuing the token without one"
+                );
+                None
+            }
+        }
     }
 }
 
@@ -57,7 +124,7 @@ impl TokenService for TokenServiceImpl {
                 .authority
                 .issue_anonymous(request.remote_addr().map(|a| a.ip()))?;
             tracing::info!(subject = %issued.subject, token_id = %issued.token_id, "issued anonymous token");
-            return Ok(Response::new(response(issued)));
+            return Ok(Response::new(self.response(issued).await));
         };
         caller.require(&Scope::TokensIssue)?;
         let request = request.into_inner();
@@ -95,7 +162,7 @@ impl TokenService for TokenServiceImpl {
             scopes = %issued.scopes,
             "issued token"
         );
-        Ok(Response::new(response(issued)))
+        Ok(Response::new(self.response(issued).await))
     }
 
     async fn revoke_token(

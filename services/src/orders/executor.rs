@@ -323,6 +323,11 @@ impl OrderExecutor {
         if let Some(existing) = inner.journal.find(subject, &terms.client_order_id)? {
             return self.answer_existing(&existing, &terms);
         }
+        // A local rate that is not fresh is refreshed from the transport's
+        // shared storage (Momento's cache), if it has one.
+        if inner.symbols.get(&terms.symbol).is_ok() {
+            inner.latest.fresh(&terms.symbol).await;
+        }
         let created_at = model::now();
         let verdict = self.check(&terms)?;
         let order_id = new_order_id(

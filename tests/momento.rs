@@ -1,0 +1,684 @@
+//! `fxcast serve --transport momento` as users run it: the real binary
+//! against momento-local (in-process, or the `fxcast momento-local` binary
+//! where it must be killed), checked with fxcast's gRPC and HTTP APIs and
+//! with Momento's own SDKs (Rust here, Python through
+//! tests/python/momento_rates_subscriber.py).
+
+use std::{net::SocketAddr, process::Stdio, time::Duration};
+
+use fxcast_proto::v1::{
+    GapReason, GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, OrderStatus,
+    PlaceOrderRequest, PublishRateRequest, Rate, Side, StreamRatesRequest, StreamRatesResponse,
+    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+    stream_rates_response::Event, token_service_client::TokenServiceClient,
+};
+use fxcast_transport::momento_local::{MomentoLocalConfig, serve as serve_momento_local};
+use momento::{
+    CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
+    topics::{Subscription, ValueKind},
+};
+use prost::Message;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
+    net::{TcpListener, TcpStream},
+    process::{Child, ChildStdout, Command},
+};
+use tonic::{
+    Streaming,
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
+const API_KEY: &str = "momento-e2e-test-api-key-0123456789";
+const MOMENTO_KEY: &str = "momento-e2e-key";
+const CACHE: &str = "fxcast";
+/// How long any single expected event may take before a test fails.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// momento-local in this test's runtime, on an ephemeral port.
+async fn momento_local() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = MomentoLocalConfig {
+        caches: vec![CACHE.to_owned()],
+        ..MomentoLocalConfig::default()
+    };
+    tokio::spawn(serve_momento_local(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
+/// `fxcast momento-local` as a process (so it can be killed) on `listen`.
+async fn momento_local_process(listen: &str) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(["momento-local", "--listen", listen, "--cache", CACHE])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "momento-local listening").await;
+    let start = line.find("addr=").expect("no addr= in the log line") + 5;
+    let addr = line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr)
+}
+
+/// Reads `child`'s log until a line contains `marker`; keeps draining it
+/// afterwards so the child never blocks on a full pipe.
+async fn wait_for_line(child: &mut Child, marker: &str) -> String {
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains(marker) {
+                return line;
+            }
+        }
+        panic!("the process exited before logging {marker:?}");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {marker:?} in the log"));
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    line
+}
+
+struct Served {
+    _child: Child,
+    grpc: String,
+    http: String,
+    _data: tempfile::TempDir,
+}
+
+/// `fxcast serve` on ephemeral ports with `args`, once it logged them.
+async fn serve(args: &[&str]) -> Served {
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(args)
+        .env("FXCAST_API_KEY", API_KEY)
+        .env("MOMENTO_API_KEY", MOMENTO_KEY)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("FXCAST_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let line = wait_for_line(&mut child, "fxcast listening").await;
+    let field = |name: &str| {
+        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
+        line[start..].split_whitespace().next().unwrap().to_owned()
+    };
+    Served {
+        grpc: format!("http://{}", field("grpc")),
+        http: field("http"),
+        _child: child,
+        _data: data,
+    }
+}
+
+#[derive(Clone)]
+struct Bearer(AsciiMetadataValue);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+type Authed = InterceptedService<Channel, Bearer>;
+
+async fn channel(url: &str, credential: &str) -> Authed {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    InterceptedService::new(
+        channel,
+        Bearer(format!("Bearer {credential}").parse().unwrap()),
+    )
+}
+
+async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
+    let mut tokens = TokenServiceClient::new(channel(&served.grpc, API_KEY).await);
+    tokens
+        .issue_token(IssueTokenRequest {
+            subject: "trader".into(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn rates_client(served: &Served, token: &str) -> RateServiceClient<Authed> {
+    RateServiceClient::new(channel(&served.grpc, token).await)
+}
+
+async fn publish(
+    rates: &mut RateServiceClient<Authed>,
+    symbol: &str,
+    bid: &str,
+    ask: &str,
+) -> Rate {
+    rates
+        .publish_rate(PublishRateRequest {
+            symbol: symbol.into(),
+            bid: bid.into(),
+            ask: ask.into(),
+            source_time: None,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn stream(
+    rates: &mut RateServiceClient<Authed>,
+    symbol: &str,
+) -> Streaming<StreamRatesResponse> {
+    rates
+        .stream_rates(StreamRatesRequest {
+            symbols: vec![symbol.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+async fn next_event(stream: &mut Streaming<StreamRatesResponse>) -> Event {
+    tokio::time::timeout(DEADLINE, stream.message())
+        .await
+        .expect("no stream event within the deadline")
+        .unwrap()
+        .expect("stream ended")
+        .event
+        .unwrap()
+}
+
+async fn next_rate(stream: &mut Streaming<StreamRatesResponse>) -> Rate {
+    match next_event(stream).await {
+        Event::Rate(rate) => rate,
+        other => panic!("expected a rate, got {other:?}"),
+    }
+}
+
+/// Momento's Rust SDK pointed at momento-local with `token` (a v1 key or a
+/// disposable token as IssueToken returns it).
+fn sdk_credentials(url: &str, token: &str) -> CredentialProvider {
+    CredentialProvider::from_disposable_token(token)
+        .unwrap()
+        .insecure_endpoint_override(url)
+}
+
+fn v1_key(api_key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE.encode(format!(
+        r#"{{"endpoint":"127.0.0.1","api_key":"{api_key}"}}"#
+    ))
+}
+
+fn sdk_topics(credentials: CredentialProvider) -> TopicClient {
+    TopicClient::builder()
+        .configuration(momento::topics::configurations::Laptop::latest())
+        .credential_provider(credentials)
+        .build()
+        .unwrap()
+}
+
+async fn sdk_next_rate(subscription: &mut Subscription) -> Rate {
+    let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(subscription))
+        .await
+        .expect("no topic value within the deadline")
+        .expect("subscription ended");
+    match value.kind {
+        ValueKind::Binary(bytes) => Rate::decode(bytes.as_slice()).expect("a protobuf Rate"),
+        ValueKind::Text(text) => panic!("expected a binary Rate, got text {text:?}"),
+    }
+}
+
+/// Runs the Python SDK subscriber; returns once it is subscribed.
+async fn python_subscriber(
+    momento_url: &str,
+    token: &str,
+    topic: &str,
+    count: usize,
+) -> (Child, Lines<BufReader<ChildStdout>>) {
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/python/momento_rates_subscriber.py"
+    );
+    let port = momento_url.rsplit(':').next().unwrap();
+    let mut child = Command::new("python3")
+        .arg(script)
+        .env("MOMENTO_PORT", port)
+        .env("MOMENTO_TOKEN", token)
+        .env("MOMENTO_CACHE", CACHE)
+        .env("TOPIC", topic)
+        .env("COUNT", count.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is required: scripts/test installs what the tests need");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(DEADLINE, lines.next_line())
+        .await
+        .expect("the Python subscriber did not subscribe in time")
+        .unwrap();
+    if first.as_deref() != Some("subscribed") {
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .await
+            .unwrap();
+        panic!("the Python subscriber failed (scripts/test installs its SDK): {first:?}\n{stderr}");
+    }
+    (child, lines)
+}
+
+async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
+    let momento = momento_local().await;
+    let symbols = "USD_JPY,EUR_USD";
+    let momento_args = [
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        symbols,
+        "--feed",
+        "none",
+        // Every rate is sent, so every process sees every sequence.
+        "--momento-publish-rate",
+        "0",
+    ];
+    let first = serve(&momento_args).await;
+    let issued = issue(&first, &["rates:subscribe=*", "rates:publish"]).await;
+    let mut first_rates = rates_client(&first, &issued.token).await;
+    let opening = publish(&mut first_rates, "USD_JPY", "151.230", "151.238").await;
+    publish(&mut first_rates, "EUR_USD", "1.08410", "1.08420").await;
+
+    // A second process without a feed, started afterwards: the latest rates
+    // come from the Momento cache at once, and it prices orders on them.
+    let second = serve(&[&momento_args[..], &["--max-price-age", "60s"]].concat()).await;
+    let trader = issue(&second, &["rates:subscribe=*", "orders:place"]).await;
+    let mut second_rates = rates_client(&second, &trader.token).await;
+    let latest = second_rates
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest, opening);
+    let mut orders = OrderServiceClient::new(channel(&second.grpc, &trader.token).await);
+    let order = orders
+        .place_order(PlaceOrderRequest {
+            client_order_id: "momento-1".into(),
+            symbol: "USD_JPY".into(),
+            side: Side::Buy as i32,
+            quantity: "1000".into(),
+            price: "151.238".into(),
+            rate_id: opening.rate_id.clone(),
+            tolerance: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(order.status(), OrderStatus::Filled, "{order:?}");
+    assert_eq!(order.fill_price, "151.238");
+    assert_eq!(order.market_rate_id, opening.rate_id);
+
+    // Streams on both processes start with the opening rate, ...
+    let mut first_stream = stream(&mut first_rates, "USD_JPY").await;
+    let mut second_stream = stream(&mut second_rates, "USD_JPY").await;
+    assert_eq!(next_rate(&mut first_stream).await, opening);
+    assert_eq!(next_rate(&mut second_stream).await, opening);
+
+    // ... Momento's SDKs subscribe to rates.USD_JPY: Rust with an API key,
+    // Python with the disposable token IssueToken handed out, ...
+    let rust_topics = sdk_topics(sdk_credentials(&momento, &v1_key("rust-sdk")));
+    let mut rust_subscription = rust_topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+    let access = issued
+        .momento
+        .clone()
+        .expect("a Momento token with the fxcast token");
+    let (mut python, mut python_lines) =
+        python_subscriber(&momento, &access.token, "rates.USD_JPY", 3).await;
+
+    // ... and every one of them receives the next rates, unchanged.
+    let mut published = Vec::new();
+    for (bid, ask) in [
+        ("151.231", "151.239"),
+        ("151.232", "151.240"),
+        ("151.229", "151.237"),
+    ] {
+        published.push(publish(&mut first_rates, "USD_JPY", bid, ask).await);
+    }
+    for rate in &published {
+        assert_eq!(&next_rate(&mut first_stream).await, rate);
+        assert_eq!(&next_rate(&mut second_stream).await, rate);
+        assert_eq!(&sdk_next_rate(&mut rust_subscription).await, rate);
+        let line = tokio::time::timeout(DEADLINE, python_lines.next_line())
+            .await
+            .expect("the Python subscriber printed nothing")
+            .unwrap()
+            .expect("the Python subscriber ended early");
+        let seen: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(seen["symbol"], "USD_JPY", "{line}");
+        assert_eq!(seen["sequence"], rate.sequence, "{line}");
+        assert_eq!(seen["rate_id"], rate.rate_id.as_str(), "{line}");
+        assert_eq!(seen["bid"], rate.bid.as_str(), "{line}");
+        assert_eq!(seen["ask"], rate.ask.as_str(), "{line}");
+    }
+    let last = tokio::time::timeout(DEADLINE, python_lines.next_line())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(last.as_deref(), Some("publish refused"));
+    let status = tokio::time::timeout(DEADLINE, python.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "the Python subscriber failed: {status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issued_tokens_carry_a_subscribe_only_momento_token() {
+    let momento = momento_local().await;
+    let served = serve(&[
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        "USD_JPY,EUR_USD",
+        "--tick-interval",
+        "50ms",
+    ])
+    .await;
+
+    let issued = issue(&served, &["rates:subscribe=USD_JPY", "orders:place"]).await;
+    let access = issued.momento.expect("a Momento token");
+    assert_eq!(access.topics, ["rates.USD_JPY"]);
+    assert_eq!(access.cache_name, CACHE);
+    assert_eq!(access.endpoint, momento);
+    let expires = std::time::SystemTime::try_from(access.expires_at.unwrap()).unwrap();
+    let fxcast_expires = std::time::SystemTime::try_from(issued.expires_at.unwrap()).unwrap();
+    assert!(
+        expires <= fxcast_expires,
+        "it must not outlive the fxcast token"
+    );
+    assert!(
+        fxcast_expires.duration_since(expires).unwrap() < Duration::from_secs(5),
+        "{expires:?} vs {fxcast_expires:?}"
+    );
+
+    // It subscribes to the topic the fxcast token may see, ...
+    let credentials = sdk_credentials(&momento, &access.token);
+    let topics = sdk_topics(credentials.clone());
+    let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+    let rate = sdk_next_rate(&mut subscription).await;
+    assert_eq!(rate.symbol, "USD_JPY");
+    assert!(rate.rate_id.starts_with("USD_JPY-"), "{rate:?}");
+    // ... and can do nothing else.
+    let err = topics
+        .publish(CACHE, "rates.USD_JPY", "forged")
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    let err = topics
+        .subscribe(CACHE, "rates.EUR_USD")
+        .await
+        .err()
+        .expect("another symbol's topic is refused");
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    let cache = CacheClient::builder()
+        .default_ttl(Duration::from_secs(60))
+        .configuration(momento::cache::configurations::Laptop::latest())
+        .credential_provider(credentials)
+        .build()
+        .unwrap();
+    let err = cache.get(CACHE, "latest:rates.USD_JPY").await.unwrap_err();
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+
+    // A token that may not see rates gets no Momento token.
+    let orders_only = issue(&served, &["orders:place"]).await;
+    assert!(orders_only.momento.is_none());
+
+    // Browsers get it from POST /v1/tokens, for every symbol.
+    let (status, body) = http_request(&served.http, "POST", "/v1/tokens").await;
+    assert_eq!(status, 200, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        json["momento"]["topics"],
+        serde_json::json!(["rates.EUR_USD", "rates.USD_JPY"])
+    );
+    assert_eq!(json["momento"]["cache_name"], CACHE);
+    assert!(
+        json["momento"]["token"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_transport_offers_no_momento_token_and_the_bridge_does() {
+    let memory = serve(&["--symbols", "USD_JPY"]).await;
+    assert!(
+        issue(&memory, &["rates:subscribe=*"])
+            .await
+            .momento
+            .is_none()
+    );
+    let (_, body) = http_request(&memory.http, "POST", "/v1/tokens").await;
+    assert!(!body.contains("momento"), "{body}");
+
+    // The bridge: in-process transport, every rate mirrored to Momento.
+    let momento = momento_local().await;
+    let bridged = serve(&[
+        "--momento-bridge",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        "USD_JPY",
+        "--feed",
+        "none",
+        "--momento-publish-rate",
+        "0",
+    ])
+    .await;
+    let issued = issue(&bridged, &["rates:subscribe=*", "rates:publish"]).await;
+    let access = issued.momento.expect("the bridge offers Momento tokens");
+    let topics = sdk_topics(sdk_credentials(&momento, &access.token));
+    let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+    let mut rates = rates_client(&bridged, &issued.token).await;
+    let mut local = stream(&mut rates, "USD_JPY").await;
+    for (bid, ask) in [("151.230", "151.238"), ("151.231", "151.239")] {
+        let rate = publish(&mut rates, "USD_JPY", bid, ask).await;
+        assert_eq!(next_rate(&mut local).await, rate);
+        assert_eq!(sdk_next_rate(&mut subscription).await, rate);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_momento_local_mid_stream_reconnects_with_a_gap_and_no_duplicates() {
+    let (momento, addr) = momento_local_process("127.0.0.1:0").await;
+    let url = format!("http://{addr}");
+    let served = serve(&[
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &url,
+        "--symbols",
+        "USD_JPY",
+        // Slower than the publish pacing (10/s): nothing is conflated
+        // while Momento is up.
+        "--tick-interval",
+        "200ms",
+    ])
+    .await;
+    let issued = issue(&served, &["rates:subscribe=*"]).await;
+    let mut rates = rates_client(&served, &issued.token).await;
+    let mut health = HealthClient::new(
+        Channel::from_shared(served.grpc.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: "fxcast.v1.RateService".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    // Waits until RateService's health is `expected` (repeats are skipped).
+    let mut wait_status = async move |expected: ServingStatus| {
+        tokio::time::timeout(DEADLINE, async {
+            loop {
+                let status = watch.message().await.unwrap().unwrap().status();
+                if status == expected {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("RateService did not become {expected:?}"))
+    };
+    wait_status(ServingStatus::Serving).await;
+
+    // Ticks through Momento, contiguous.
+    let mut ticks = stream(&mut rates, "USD_JPY").await;
+    let mut last = next_rate(&mut ticks).await.sequence;
+    for _ in 0..3 {
+        let rate = next_rate(&mut ticks).await;
+        assert_eq!(rate.sequence, last + 1, "{rate:?}");
+        last = rate.sequence;
+    }
+
+    // kill -9: subscriptions break, publishes fail.
+    let mut momento = momento;
+    momento.start_kill().unwrap();
+    momento.wait().await.unwrap();
+    wait_status(ServingStatus::NotServing).await;
+    let (status, body) = http_request(&served.http, "GET", "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("reconnecting"), "{body}");
+    // Rates go on being published locally meanwhile; wait until two are
+    // lost for good.
+    tokio::time::timeout(DEADLINE, async {
+        loop {
+            let latest = rates
+                .get_latest_rate(GetLatestRateRequest {
+                    symbol: "USD_JPY".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            if latest.sequence >= last + 3 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the feed stopped while Momento was down");
+
+    // Back on the same port, with nothing it held before.
+    let (_momento, _) = momento_local_process(&addr.to_string()).await;
+    wait_status(ServingStatus::Serving).await;
+
+    // The stream continues: what was lost is announced as a gap, nothing
+    // is delivered twice, and ticks flow contiguously again.
+    let mut gaps = Vec::new();
+    let mut after_gap = 0;
+    while after_gap < 3 {
+        match next_event(&mut ticks).await {
+            Event::Rate(rate) => {
+                assert!(
+                    rate.sequence > last,
+                    "sequence {} delivered after {last}",
+                    rate.sequence
+                );
+                if rate.sequence != last + 1 {
+                    panic!(
+                        "sequences {}..{} skipped without a gap",
+                        last + 1,
+                        rate.sequence
+                    );
+                }
+                last = rate.sequence;
+                if !gaps.is_empty() {
+                    after_gap += 1;
+                }
+            }
+            Event::Gap(gap) => {
+                assert_eq!(gap.symbol, "USD_JPY");
+                assert_eq!(gap.reason(), GapReason::Transport, "{gap:?}");
+                assert_eq!(gap.first_missing, last + 1, "{gap:?}");
+                assert!(gap.last_missing >= gap.first_missing, "{gap:?}");
+                last = gap.last_missing;
+                gaps.push(gap);
+            }
+        }
+    }
+    assert!(!gaps.is_empty());
+    let (status, body) = http_request(&served.http, "GET", "/readyz").await;
+    assert_eq!(status, 200, "{body}");
+}

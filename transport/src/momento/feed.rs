@@ -1,0 +1,661 @@
+//! One Momento subscription per topic per process, fanned out locally.
+//!
+//! A topic's *feed* is a task holding the single Momento subscription and a
+//! `tokio::sync::broadcast` ring that every local [`Subscription`] of the
+//! topic reads (as in the memory backend: a payload is stored once, a slow
+//! local reader is told `Gap { cause: Lagged }` and memory stays bounded).
+//! The last local subscription to go ends the feed and its Momento
+//! subscription.
+//!
+//! The feed drives the generated `Pubsub` client itself rather than the
+//! SDK's `Subscription` (see the module documentation of `momento`), so it
+//! sees heartbeats, discontinuities and errors, and adds:
+//! - **dedupe** by (sequence page, sequence number): a resumed subscription
+//!   may repeat what was already delivered;
+//! - **gap detection**: a discontinuity, a jump within a page or a change of
+//!   page becomes a [`Delivery::Gap`]; right after a resubscription its
+//!   cause is [`GapCause::Reconnected`];
+//! - **reconnects** with capped exponential backoff and jitter, resuming at
+//!   the last (page, sequence) received, and the transport's health saying
+//!   which topic is reconnecting meanwhile.
+//!
+//! [`Subscription`]: crate::Subscription
+
+use std::{
+    collections::HashMap,
+    pin::Pin,
+    sync::{
+        Arc, Mutex, Weak,
+        atomic::{AtomicU64, AtomicUsize, Ordering},
+    },
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use momento_protos::cache_client::pubsub::{
+    Discontinuity, SubscriptionItem, SubscriptionRequest, pubsub_client::PubsubClient,
+    subscription_item::Kind, topic_value,
+};
+use tokio::sync::{broadcast, watch};
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    Status, Streaming, metadata::AsciiMetadataValue, service::Interceptor,
+    service::interceptor::InterceptedService, transport::Channel,
+};
+
+use super::health::{Backoff, HealthBoard, ReconnectPolicy};
+use crate::{Delivery, Error, Gap, GapCause, Subscription};
+
+/// Momento serves at most this many concurrent subscriptions on one HTTP/2
+/// connection (the SDK's `MAX_CONCURRENT_STREAMS_PER_CHANNEL`).
+pub(super) const STREAMS_PER_CONNECTION: usize = 100;
+
+/// Adds the credential (and the cache, as the SDKs do) to every call.
+#[derive(Clone)]
+pub(super) struct Credential {
+    authorization: AsciiMetadataValue,
+    cache: AsciiMetadataValue,
+}
+
+impl Credential {
+    pub(super) fn new(authorization: &str, cache: &str) -> Result<Self, Error> {
+        let invalid = |what: &str| {
+            Error::InvalidConfig(format!(
+                "momento: the {what} contains characters that cannot travel in a header"
+            ))
+        };
+        Ok(Self {
+            authorization: authorization.parse().map_err(|_| invalid("API key"))?,
+            cache: cache.parse().map_err(|_| invalid("cache name"))?,
+        })
+    }
+}
+
+impl Interceptor for Credential {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        let metadata = request.metadata_mut();
+        metadata.insert("authorization", self.authorization.clone());
+        metadata.insert("cache", self.cache.clone());
+        Ok(request)
+    }
+}
+
+type Client = PubsubClient<InterceptedService<Channel, Credential>>;
+
+/// The connections subscriptions are spread over, each used for at most
+/// [`STREAMS_PER_CONNECTION`] topics.
+pub(super) struct Connections {
+    clients: Vec<(Client, AtomicUsize)>,
+}
+
+/// A topic's claim on a connection, released when dropped.
+struct Lease {
+    connections: Arc<Connections>,
+    index: usize,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.connections.clients[self.index]
+            .1
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Connections {
+    pub(super) fn new(channels: Vec<Channel>, credential: &Credential) -> Self {
+        Self {
+            clients: channels
+                .into_iter()
+                .map(|channel| {
+                    let client =
+                        PubsubClient::new(InterceptedService::new(channel, credential.clone()));
+                    (client, AtomicUsize::new(0))
+                })
+                .collect(),
+        }
+    }
+
+    /// The least used connection, if one has room.
+    fn lease(self: &Arc<Self>) -> Option<(Client, Lease)> {
+        let (index, (client, count)) = self
+            .clients
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, (_, count))| count.load(Ordering::Relaxed))?;
+        if count.fetch_add(1, Ordering::Relaxed) >= STREAMS_PER_CONNECTION {
+            count.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some((
+            client.clone(),
+            Lease {
+                connections: Arc::clone(self),
+                index,
+            },
+        ))
+    }
+}
+
+/// What every feed needs. Holds no reference to the transport, so feeds do
+/// not keep it alive.
+#[derive(Clone)]
+pub(super) struct FeedContext {
+    pub(super) cache: String,
+    pub(super) connections: Arc<Connections>,
+    pub(super) buffer: usize,
+    pub(super) reconnect: ReconnectPolicy,
+    pub(super) request_timeout: Duration,
+    pub(super) health: HealthBoard,
+    /// Cancelled when the transport goes away.
+    pub(super) stop: CancellationToken,
+    pub(super) counters: Arc<FeedCounters>,
+}
+
+/// What the feeds of one transport have seen.
+#[derive(Debug, Default)]
+pub(super) struct FeedCounters {
+    pub(super) reconnects: AtomicU64,
+    pub(super) duplicates: AtomicU64,
+    pub(super) gaps: AtomicU64,
+}
+
+/// Whether a new feed has its Momento subscription yet.
+#[derive(Debug, Clone)]
+enum Establishing {
+    Pending,
+    Live,
+    Failed(String),
+}
+
+struct Feed {
+    id: u64,
+    sender: broadcast::Sender<Delivery>,
+    state: watch::Receiver<Establishing>,
+    stop: CancellationToken,
+}
+
+/// The feeds of one transport, by topic.
+#[derive(Default)]
+pub(super) struct Feeds {
+    // A std mutex: held for a map operation, never across an `.await`.
+    by_topic: Mutex<HashMap<String, Feed>>,
+    next_id: AtomicU64,
+}
+
+impl Feeds {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
+        self.by_topic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn local_subscribers(&self, topic: &str) -> usize {
+        self.lock()
+            .get(topic)
+            .map_or(0, |feed| feed.sender.receiver_count())
+    }
+
+    /// Forgets the feed `id` of `topic` (not a newer one of the same topic).
+    fn remove(&self, topic: &str, id: u64) {
+        let mut feeds = self.lock();
+        if feeds.get(topic).is_some_and(|feed| feed.id == id)
+            && let Some(feed) = feeds.remove(topic)
+        {
+            feed.stop.cancel();
+        }
+    }
+
+    /// A local subscription to `topic`, starting the topic's feed if this is
+    /// its first. Returns once the Momento subscription is established, so
+    /// every message published afterwards is received.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when Momento refuses or cannot be reached.
+    pub(super) async fn subscribe(
+        self: &Arc<Self>,
+        context: &FeedContext,
+        topic: &str,
+    ) -> Result<Subscription, Error> {
+        let (id, receiver, mut state) = {
+            let mut feeds = self.lock();
+            match feeds.get(topic) {
+                Some(feed) => (feed.id, feed.sender.subscribe(), feed.state.clone()),
+                None => {
+                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+                    let (sender, receiver) = broadcast::channel(context.buffer);
+                    let (state_tx, state) = watch::channel(Establishing::Pending);
+                    let stop = context.stop.child_token();
+                    feeds.insert(
+                        topic.to_owned(),
+                        Feed {
+                            id,
+                            sender: sender.clone(),
+                            state: state.clone(),
+                            stop: stop.clone(),
+                        },
+                    );
+                    let driver = Driver {
+                        context: context.clone(),
+                        topic: topic.to_owned(),
+                        sender,
+                        stop,
+                    };
+                    tokio::spawn(driver.run(state_tx, Arc::downgrade(self), id));
+                    (id, receiver, state)
+                }
+            }
+        };
+        // Built first, so a failed or cancelled wait unsubscribes.
+        let subscription = LocalSubscription {
+            inner: BroadcastStream::new(receiver),
+            topic: topic.to_owned(),
+            id,
+            feeds: Arc::downgrade(self),
+        };
+        let established = state
+            .wait_for(|s| !matches!(s, Establishing::Pending))
+            .await
+            .map(|s| s.clone());
+        match established {
+            Ok(Establishing::Live) => Ok(Subscription::new(subscription)),
+            Ok(Establishing::Failed(message)) => Err(Error::Unavailable {
+                backend: "momento",
+                message,
+            }),
+            _ => Err(Error::Unavailable {
+                backend: "momento",
+                message: format!("the subscription to {topic} ended while it was being set up"),
+            }),
+        }
+    }
+}
+
+/// A local reader of a topic's feed.
+struct LocalSubscription {
+    inner: BroadcastStream<Delivery>,
+    topic: String,
+    id: u64,
+    feeds: Weak<Feeds>,
+}
+
+impl Stream for LocalSubscription {
+    type Item = Delivery;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
+        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+            item.map(|result| match result {
+                Ok(delivery) => delivery,
+                Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
+                    missed: Some(n),
+                    cause: GapCause::Lagged,
+                }),
+            })
+        })
+    }
+}
+
+impl Drop for LocalSubscription {
+    fn drop(&mut self) {
+        // The last local reader ends the feed and its Momento subscription.
+        let Some(feeds) = self.feeds.upgrade() else {
+            return;
+        };
+        let mut by_topic = feeds.lock();
+        let last = by_topic
+            .get(&self.topic)
+            // Our own receiver is still alive while `drop` runs.
+            .is_some_and(|feed| feed.id == self.id && feed.sender.receiver_count() <= 1);
+        if last && let Some(feed) = by_topic.remove(&self.topic) {
+            feed.stop.cancel();
+        }
+    }
+}
+
+fn describe(status: &Status) -> String {
+    if status.message().is_empty() {
+        format!("{:?}", status.code())
+    } else {
+        format!("{:?}: {}", status.code(), status.message())
+    }
+}
+
+/// A position in a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Position {
+    page: u64,
+    sequence: u64,
+}
+
+/// Dedupe and gap detection over the items of successive subscriptions.
+#[derive(Debug, Default)]
+struct Tracker {
+    /// The last item delivered (or skipped past by a discontinuity).
+    last: Option<Position>,
+    /// No item or discontinuity since the latest resubscription.
+    resumed: bool,
+}
+
+impl Tracker {
+    /// Where a resubscription resumes: at the last item, inclusive (a
+    /// service that resumes after it is just as right; a repeat is dropped).
+    fn resume_point(&self) -> (u64, u64) {
+        self.last.map_or((0, 0), |p| (p.sequence, p.page))
+    }
+
+    fn cause(&self) -> GapCause {
+        if self.resumed {
+            GapCause::Reconnected
+        } else {
+            // The service skipped this subscription ahead mid-stream.
+            GapCause::Lagged
+        }
+    }
+
+    /// Deliveries for `item`, appended to `out`.
+    fn on_item(
+        &mut self,
+        item: SubscriptionItem,
+        counters: &FeedCounters,
+        out: &mut Vec<Delivery>,
+    ) {
+        match item.kind {
+            None | Some(Kind::Heartbeat(_)) => {}
+            Some(Kind::Discontinuity(Discontinuity {
+                new_topic_sequence,
+                new_sequence_page,
+                ..
+            })) => {
+                let missed = match self.last {
+                    Some(last) if last.page == new_sequence_page => {
+                        let missed = new_topic_sequence.saturating_sub(last.sequence + 1);
+                        (missed > 0).then_some(Some(missed))
+                    }
+                    _ => Some(None),
+                };
+                if let Some(missed) = missed {
+                    counters.gaps.fetch_add(1, Ordering::Relaxed);
+                    out.push(Delivery::Gap(Gap {
+                        missed,
+                        cause: self.cause(),
+                    }));
+                }
+                self.last = Some(Position {
+                    page: new_sequence_page,
+                    sequence: new_topic_sequence.saturating_sub(1),
+                });
+                self.resumed = false;
+            }
+            Some(Kind::Item(item)) => {
+                let at = Position {
+                    page: item.sequence_page,
+                    sequence: item.topic_sequence_number,
+                };
+                match self.last {
+                    Some(last) if last.page == at.page && at.sequence <= last.sequence => {
+                        counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                    Some(last) if last.page == at.page && at.sequence == last.sequence + 1 => {}
+                    Some(last) => {
+                        let missed =
+                            (last.page == at.page).then(|| at.sequence - last.sequence - 1);
+                        counters.gaps.fetch_add(1, Ordering::Relaxed);
+                        out.push(Delivery::Gap(Gap {
+                            missed,
+                            cause: self.cause(),
+                        }));
+                    }
+                    None => {}
+                }
+                self.last = Some(at);
+                self.resumed = false;
+                let payload = match item.value.and_then(|v| v.kind) {
+                    Some(topic_value::Kind::Binary(bytes)) => Bytes::from(bytes),
+                    Some(topic_value::Kind::Text(text)) => Bytes::from(text.into_bytes()),
+                    None => {
+                        tracing::warn!(
+                            sequence = at.sequence,
+                            "momento sent a topic item without a value; skipped"
+                        );
+                        return;
+                    }
+                };
+                out.push(Delivery::Message(payload));
+            }
+        }
+    }
+}
+
+/// The task behind one feed.
+struct Driver {
+    context: FeedContext,
+    topic: String,
+    sender: broadcast::Sender<Delivery>,
+    stop: CancellationToken,
+}
+
+enum Opened {
+    // Boxed: a stream is large, and one is opened per (re)subscription.
+    Stream(Box<Streaming<SubscriptionItem>>),
+    Failed(String),
+    Stopped,
+}
+
+impl Driver {
+    async fn open(&self, client: &mut Client, (sequence, page): (u64, u64)) -> Opened {
+        let request = SubscriptionRequest {
+            cache_name: self.context.cache.clone(),
+            topic: self.topic.clone(),
+            resume_at_topic_sequence_number: sequence,
+            sequence_page: page,
+        };
+        let call = tokio::time::timeout(self.context.request_timeout, client.subscribe(request));
+        tokio::select! {
+            biased;
+            () = self.stop.cancelled() => Opened::Stopped,
+            result = call => match result {
+                Ok(Ok(response)) => Opened::Stream(Box::new(response.into_inner())),
+                Ok(Err(status)) => Opened::Failed(describe(&status)),
+                Err(_) => Opened::Failed(format!(
+                    "no answer within {:?}",
+                    self.context.request_timeout
+                )),
+            },
+        }
+    }
+
+    async fn run(self, state: watch::Sender<Establishing>, feeds: Weak<Feeds>, id: u64) {
+        let fail = |message: String| {
+            if let Some(feeds) = feeds.upgrade() {
+                feeds.remove(&self.topic, id);
+            }
+            let _ = state.send(Establishing::Failed(message));
+        };
+        let Some((mut client, _lease)) = self.context.connections.lease() else {
+            let connections = self.context.connections.clients.len();
+            fail(format!(
+                "cannot subscribe to {}: all {connections} subscription connections carry \
+                 {STREAMS_PER_CONNECTION} topics each; raise `subscription_connections`",
+                self.topic
+            ));
+            return;
+        };
+        let mut stream = match self.open(&mut client, (0, 0)).await {
+            Opened::Stream(stream) => stream,
+            Opened::Failed(reason) => {
+                fail(format!("cannot subscribe to {}: {reason}", self.topic));
+                return;
+            }
+            Opened::Stopped => return,
+        };
+        let _ = state.send(Establishing::Live);
+        tracing::debug!(topic = %self.topic, "momento subscription established");
+
+        let health_key = format!("subscription to {}", self.topic);
+        let mut tracker = Tracker::default();
+        let mut backoff = Backoff::new(self.context.reconnect);
+        let mut out = Vec::with_capacity(2);
+        loop {
+            let reason = loop {
+                let next = tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    next = stream.message() => next,
+                };
+                match next {
+                    Ok(Some(item)) => {
+                        // The stream works: the next failure starts the
+                        // backoff from the beginning again.
+                        backoff.reset();
+                        tracker.on_item(item, &self.context.counters, &mut out);
+                        for delivery in out.drain(..) {
+                            // No receivers only means nobody reads right now.
+                            let _ = self.sender.send(delivery);
+                        }
+                    }
+                    Ok(None) => break "the service ended the subscription".to_owned(),
+                    Err(status) => break describe(&status),
+                }
+            };
+            tracing::warn!(topic = %self.topic, %reason, "momento subscription lost; reconnecting");
+            self.context.health.fail(&health_key, reason);
+            drop(stream);
+            stream = loop {
+                let delay = backoff.next_delay();
+                tokio::select! {
+                    biased;
+                    () = self.stop.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                match self.open(&mut client, tracker.resume_point()).await {
+                    Opened::Stream(stream) => break stream,
+                    Opened::Failed(reason) => {
+                        tracing::debug!(topic = %self.topic, %reason, ?delay, "momento resubscribe failed");
+                        self.context.health.fail(&health_key, reason);
+                    }
+                    Opened::Stopped => return,
+                }
+            };
+            self.context
+                .counters
+                .reconnects
+                .fetch_add(1, Ordering::Relaxed);
+            self.context.health.recover(&health_key);
+            tracker.resumed = true;
+            if tracker.last.is_none() {
+                // Nothing received yet, so nothing to resume from: whatever
+                // was published while disconnected is lost.
+                self.context.counters.gaps.fetch_add(1, Ordering::Relaxed);
+                let _ = self.sender.send(Delivery::Gap(Gap {
+                    missed: None,
+                    cause: GapCause::Reconnected,
+                }));
+            }
+            tracing::info!(topic = %self.topic, "momento subscription resumed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use momento_protos::cache_client::pubsub::{Heartbeat, TopicItem, TopicValue};
+
+    use super::*;
+
+    fn item(page: u64, sequence: u64) -> SubscriptionItem {
+        SubscriptionItem {
+            kind: Some(Kind::Item(TopicItem {
+                topic_sequence_number: sequence,
+                value: Some(TopicValue {
+                    kind: Some(topic_value::Kind::Binary(sequence.to_be_bytes().to_vec())),
+                }),
+                publisher_id: String::new(),
+                sequence_page: page,
+            })),
+        }
+    }
+
+    fn discontinuity(last: u64, new: u64, page: u64) -> SubscriptionItem {
+        SubscriptionItem {
+            kind: Some(Kind::Discontinuity(Discontinuity {
+                last_topic_sequence: last,
+                new_topic_sequence: new,
+                new_sequence_page: page,
+            })),
+        }
+    }
+
+    fn feed(tracker: &mut Tracker, items: Vec<SubscriptionItem>) -> Vec<Delivery> {
+        let counters = FeedCounters::default();
+        let mut out = Vec::new();
+        for item in items {
+            tracker.on_item(item, &counters, &mut out);
+        }
+        out
+    }
+
+    fn message(sequence: u64) -> Delivery {
+        Delivery::Message(Bytes::from(sequence.to_be_bytes().to_vec()))
+    }
+
+    fn gap(missed: Option<u64>, cause: GapCause) -> Delivery {
+        Delivery::Gap(Gap { missed, cause })
+    }
+
+    #[test]
+    fn repeats_after_a_resume_are_dropped() {
+        let mut tracker = Tracker::default();
+        let heartbeat = SubscriptionItem {
+            kind: Some(Kind::Heartbeat(Heartbeat {})),
+        };
+        let out = feed(&mut tracker, vec![heartbeat, item(7, 1), item(7, 2)]);
+        assert_eq!(out, [message(1), message(2)]);
+        assert_eq!(tracker.resume_point(), (2, 7));
+        tracker.resumed = true;
+        let out = feed(&mut tracker, vec![item(7, 2), item(7, 3)]);
+        assert_eq!(out, [message(3)]);
+    }
+
+    #[test]
+    fn jumps_and_page_changes_are_gaps() {
+        let mut tracker = Tracker::default();
+        feed(&mut tracker, vec![item(7, 1)]);
+        tracker.resumed = true;
+        let out = feed(&mut tracker, vec![item(7, 5), item(7, 9)]);
+        assert_eq!(
+            out,
+            [
+                gap(Some(3), GapCause::Reconnected),
+                message(5),
+                gap(Some(3), GapCause::Lagged),
+                message(9)
+            ]
+        );
+        let out = feed(&mut tracker, vec![item(8, 1)]);
+        assert_eq!(out, [gap(None, GapCause::Lagged), message(1)]);
+    }
+
+    #[test]
+    fn discontinuities_are_gaps_once() {
+        let mut tracker = Tracker::default();
+        feed(&mut tracker, vec![item(7, 10)]);
+        tracker.resumed = true;
+        // A restarted service: another page, its messages from 1.
+        let out = feed(
+            &mut tracker,
+            vec![discontinuity(10, 1, 9), item(9, 1), item(9, 2)],
+        );
+        assert_eq!(
+            out,
+            [gap(None, GapCause::Reconnected), message(1), message(2)]
+        );
+        // Skipped ahead on the same page: the count is known.
+        let out = feed(&mut tracker, vec![discontinuity(2, 6, 9), item(9, 6)]);
+        assert_eq!(out, [gap(Some(3), GapCause::Lagged), message(6)]);
+        // A discontinuity that skips nothing is not a gap.
+        let out = feed(&mut tracker, vec![discontinuity(6, 7, 9), item(9, 7)]);
+        assert_eq!(out, [message(7)]);
+    }
+}

@@ -1,0 +1,663 @@
+//! The Momento backend: topics on Momento Topics, retained payloads in a
+//! Momento cache, and disposable subscribe-only tokens for browsers.
+//!
+//! Several fxcast processes on different machines share one stream through
+//! Momento: each publishes on `<cache>/<topic>` and each holds one Momento
+//! subscription per topic, fanned out to its local subscribers.
+//!
+//! # What the SDK does, and what is done here
+//! Publishing uses the SDK's `TopicClient`, the retained payloads its
+//! `CacheClient`, and subscriber tokens its `AuthClient`. Subscriptions do
+//! *not* use the SDK's `Subscription`: it hides heartbeats and
+//! discontinuities, and on any stream error resubscribes immediately in a
+//! loop, without backoff and without telling its reader (it spins while the
+//! endpoint is down or a token has expired). Subscriptions therefore drive
+//! the generated `momento_protos` `Pubsub` client over their own
+//! connections (`feed`), which gives one subscription per topic per
+//! process, dedupe by (page, sequence), gaps from sequence numbers,
+//! reconnects with capped exponential backoff and jitter, and a health
+//! status ([`Transport::health`]).
+//!
+//! Momento meters every publish and every delivery and limits operations
+//! per second per account, so publishes can be paced per topic with
+//! conflation ([`MomentoConfig::max_publish_rate`], `pacing`). Retained
+//! payloads are always written in the background, conflated per key, so a
+//! publish never waits for the cache.
+//!
+//! # Layout
+//! - this file: [`MomentoConfig`], [`MomentoTransport`] and its
+//!   [`Transport`] implementation;
+//! - `credentials`: API key forms and endpoints;
+//! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
+//! - `pacing`: per-topic pacing with conflation;
+//! - `health`: the health board and backoff.
+
+use std::{
+    fmt,
+    num::NonZeroU32,
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use momento::{
+    AuthClient, CacheClient, MomentoError, MomentoErrorCode, TopicClient,
+    auth::{
+        CacheSelector, ExpiresIn, Permission, Permissions, TopicPermission, TopicRole,
+        TopicSelector,
+    },
+    cache::{CreateCacheResponse, GetResponse, SetRequest},
+};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+
+mod credentials;
+mod feed;
+mod health;
+mod pacing;
+
+pub use health::ReconnectPolicy;
+
+use crate::{
+    BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
+};
+use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
+use health::HealthBoard;
+use pacing::{Pacer, PacerConfig, SendFn};
+
+const BACKEND: &str = "momento";
+
+/// Momento's largest topic message.
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
+
+/// The SDKs refuse disposable tokens that live longer.
+const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Settings of [`MomentoTransport`].
+#[derive(Clone)]
+pub struct MomentoConfig {
+    /// The cache whose topics and items are used (`--momento-cache`).
+    pub cache: String,
+    /// The API key (`MOMENTO_API_KEY`): a v1 or v2 Momento key, or any key
+    /// of a Momento-compatible server given with [`MomentoConfig::endpoint`].
+    /// Never logged.
+    pub api_key: String,
+    /// The service endpoint of a v2 key (`MOMENTO_ENDPOINT`, e.g.
+    /// `cell-4-us-west-2-1.prod.a.momentohq.com`).
+    pub base_endpoint: Option<String>,
+    /// Where every connection goes instead (`--momento-endpoint`):
+    /// `http://127.0.0.1:8080` (plaintext, e.g. `fxcast momento-local`) or
+    /// an `https://` URL.
+    pub endpoint: Option<String>,
+    /// Create the cache at start if it does not exist (needs a key that may
+    /// manage caches).
+    pub create_cache: bool,
+    /// At most this many publishes per second per topic; what is published
+    /// faster is conflated (the newest wins). `None`: every publish is sent
+    /// at once and its outcome returned.
+    pub max_publish_rate: Option<NonZeroU32>,
+    /// Largest payload accepted; larger ones are refused before sending.
+    pub max_payload: usize,
+    /// How long a retained payload stays in the cache.
+    pub retain_ttl: Duration,
+    /// Messages buffered per topic for the slowest local subscriber.
+    pub buffer: usize,
+    /// How failed subscriptions and publishes are retried.
+    pub reconnect: ReconnectPolicy,
+    /// Deadline of a subscribe call and a cache read.
+    pub request_timeout: Duration,
+    /// Connections subscriptions are spread over, 100 topics each.
+    pub subscription_connections: usize,
+}
+
+impl fmt::Debug for MomentoConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MomentoConfig")
+            .field("cache", &self.cache)
+            .field("api_key", &"<redacted>")
+            .field("base_endpoint", &self.base_endpoint)
+            .field("endpoint", &self.endpoint)
+            .field("create_cache", &self.create_cache)
+            .field("max_publish_rate", &self.max_publish_rate)
+            .field("max_payload", &self.max_payload)
+            .field("retain_ttl", &self.retain_ttl)
+            .field("buffer", &self.buffer)
+            .field("reconnect", &self.reconnect)
+            .field("request_timeout", &self.request_timeout)
+            .field("subscription_connections", &self.subscription_connections)
+            .finish()
+    }
+}
+
+impl Default for MomentoConfig {
+    fn default() -> Self {
+        Self {
+            cache: "fxcast".to_owned(),
+            api_key: String::new(),
+            base_endpoint: None,
+            endpoint: None,
+            create_cache: true,
+            max_publish_rate: None,
+            max_payload: MAX_MESSAGE_BYTES,
+            retain_ttl: Duration::from_secs(5 * 60),
+            buffer: 1024,
+            reconnect: ReconnectPolicy::default(),
+            request_timeout: Duration::from_secs(5),
+            subscription_connections: 4,
+        }
+    }
+}
+
+impl MomentoConfig {
+    fn validate(&self) -> Result<(), Error> {
+        let invalid = |reason: &str| Err(Error::InvalidConfig(format!("momento: {reason}")));
+        let cache_ok = !self.cache.is_empty()
+            && self.cache.len() <= 255
+            && self
+                .cache
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !cache_ok {
+            return invalid("the cache name must be 1-255 characters of A-Z a-z 0-9 - _ .");
+        }
+        if self.max_payload == 0 || self.max_payload > MAX_MESSAGE_BYTES {
+            return invalid("max_payload must be 1 to 4096 bytes (Momento's message limit)");
+        }
+        if self.buffer == 0 || self.subscription_connections == 0 {
+            return invalid("buffer and subscription_connections must be positive");
+        }
+        if self.retain_ttl.is_zero() || self.request_timeout.is_zero() {
+            return invalid("retain_ttl and request_timeout must be positive");
+        }
+        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
+            return invalid(
+                "the reconnect delays must be positive, the maximum at least the first",
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Counters of a [`MomentoTransport`] since it connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MomentoStats {
+    /// Subscriptions re-established after they failed.
+    pub reconnects: u64,
+    /// Repeated messages dropped after a resume.
+    pub duplicates: u64,
+    /// Gaps signalled by subscriptions (discontinuities, jumps, new pages).
+    pub gaps: u64,
+    /// Publishes replaced by newer ones of their topic before being sent.
+    pub conflated: u64,
+    /// Paced publishes and retained writes that failed (and were retried).
+    pub failed_sends: u64,
+}
+
+/// Pub/sub over Momento Topics. A cheap `Clone` handle; the last handle to
+/// go ends every subscription and background task.
+#[derive(Clone)]
+pub struct MomentoTransport {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: MomentoConfig,
+    /// Where clients of [`Transport::subscriber_access`] connect.
+    url: String,
+    topics: TopicClient,
+    cache: CacheClient,
+    auth: AuthClient,
+    feeds: Arc<Feeds>,
+    feed_context: FeedContext,
+    publisher: Option<Pacer>,
+    retainer: Pacer,
+    health: HealthBoard,
+    stop: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl fmt::Debug for MomentoTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MomentoTransport")
+            .field("cache", &self.inner.config.cache)
+            .field("url", &self.inner.url)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, err: &MomentoError) -> Error {
+    Error::Unavailable {
+        backend: BACKEND,
+        message: format!("{what}: {} ({:?})", err.message, err.error_code),
+    }
+}
+
+fn channel(url: &str) -> Result<Channel, Error> {
+    let invalid = |e: tonic::transport::Error| {
+        Error::InvalidConfig(format!("momento: unusable endpoint {url:?}: {e}"))
+    };
+    let mut endpoint = Endpoint::from_shared(url.to_owned())
+        .map_err(invalid)?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        // Pings find a connection that died silently; heartbeats on a
+        // subscription are not guaranteed.
+        .http2_keep_alive_interval(Duration::from_secs(15))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true);
+    if url.starts_with("https://") {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .map_err(invalid)?;
+    }
+    Ok(endpoint.connect_lazy())
+}
+
+impl MomentoTransport {
+    /// Connects to Momento with `config`: checks the credentials, creates
+    /// the cache when it is missing and `config.create_cache` allows it.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`] for unusable settings or a malformed key;
+    /// [`Error::Unavailable`] when Momento cannot be reached, refuses the
+    /// key, or the cache is missing and cannot be created (the message says
+    /// what to do).
+    pub async fn connect(config: MomentoConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let resolved = credentials::resolve(
+            &config.api_key,
+            config.base_endpoint.as_deref(),
+            config.endpoint.as_deref(),
+        )?;
+        let sdk = |what: &str, e: MomentoError| {
+            Error::InvalidConfig(format!("momento: cannot build the {what}: {}", e.message))
+        };
+        let topics = TopicClient::builder()
+            .configuration(momento::topics::configurations::InRegion::latest())
+            .credential_provider(resolved.provider.clone())
+            .build()
+            .map_err(|e| sdk("topic client", e))?;
+        let cache = CacheClient::builder()
+            .default_ttl(config.retain_ttl)
+            .configuration(momento::cache::configurations::InRegion::latest())
+            .credential_provider(resolved.provider.clone())
+            .build()
+            .map_err(|e| sdk("cache client", e))?;
+        let auth = AuthClient::builder()
+            .credential_provider(resolved.provider)
+            .build()
+            .map_err(|e| sdk("auth client", e))?;
+        ensure_cache(&cache, &config).await?;
+
+        let credential = Credential::new(&resolved.authorization, &config.cache)?;
+        let channels = (0..config.subscription_connections)
+            .map(|_| channel(&resolved.url))
+            .collect::<Result<Vec<_>, _>>()?;
+        let stop = CancellationToken::new();
+        let health = HealthBoard::default();
+        let feed_context = FeedContext {
+            cache: config.cache.clone(),
+            connections: Arc::new(Connections::new(channels, &credential)),
+            buffer: config.buffer,
+            reconnect: config.reconnect,
+            request_timeout: config.request_timeout,
+            health: health.clone(),
+            stop: stop.clone(),
+            counters: Arc::new(FeedCounters::default()),
+        };
+        let interval = config
+            .max_publish_rate
+            .map_or(Duration::ZERO, |rate| Duration::from_secs(1) / rate.get());
+        let publisher = config.max_publish_rate.map(|_| {
+            Pacer::new(
+                PacerConfig {
+                    what: "publish",
+                    interval,
+                    reconnect: config.reconnect,
+                },
+                publish_fn(topics.clone(), config.cache.clone()),
+                health.clone(),
+                stop.clone(),
+            )
+        });
+        let retainer = Pacer::new(
+            PacerConfig {
+                what: "retain",
+                interval,
+                reconnect: config.reconnect,
+            },
+            retain_fn(cache.clone(), config.cache.clone(), config.retain_ttl),
+            health.clone(),
+            stop.clone(),
+        );
+        tracing::info!(
+            cache = %config.cache,
+            endpoint = %resolved.url,
+            max_publish_rate = ?config.max_publish_rate,
+            "momento transport connected"
+        );
+        Ok(Self {
+            inner: Arc::new(Inner {
+                url: resolved.url,
+                topics,
+                cache,
+                auth,
+                feeds: Arc::default(),
+                feed_context,
+                publisher,
+                retainer,
+                health,
+                stop,
+                config,
+            }),
+        })
+    }
+
+    /// The cache in use.
+    pub fn cache_name(&self) -> &str {
+        &self.inner.config.cache
+    }
+
+    /// The topics endpoint connections go to.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.url
+    }
+
+    /// What the transport has counted since it connected.
+    pub fn stats(&self) -> MomentoStats {
+        let counters = &self.inner.feed_context.counters;
+        let publisher = self.inner.publisher.as_ref();
+        MomentoStats {
+            reconnects: counters.reconnects.load(Ordering::Relaxed),
+            duplicates: counters.duplicates.load(Ordering::Relaxed),
+            gaps: counters.gaps.load(Ordering::Relaxed),
+            conflated: publisher.map_or(0, Pacer::conflated),
+            failed_sends: publisher.map_or(0, Pacer::failed) + self.inner.retainer.failed(),
+        }
+    }
+
+    fn check_payload(&self, topic: &str, payload: &Bytes) -> Result<(), Error> {
+        validate_topic(topic)?;
+        let limit = self.inner.config.max_payload;
+        if payload.len() > limit {
+            return Err(Error::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+                backend: BACKEND,
+            });
+        }
+        Ok(())
+    }
+
+    async fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
+        send_publish(&self.inner.topics, &self.inner.config.cache, topic, payload).await
+    }
+}
+
+/// Makes sure the cache exists, creating it when allowed.
+async fn ensure_cache(cache: &CacheClient, config: &MomentoConfig) -> Result<(), Error> {
+    let name = &config.cache;
+    let unreachable = |e: &MomentoError| {
+        let hint = match e.error_code {
+            MomentoErrorCode::AuthenticationError => {
+                " (check MOMENTO_API_KEY; for fxcast momento-local any key works unless it was \
+                 started with --api-key)"
+            }
+            MomentoErrorCode::ServerUnavailable | MomentoErrorCode::TimeoutError => {
+                " (is the endpoint right and reachable? for fxcast momento-local pass \
+                 --momento-endpoint http://HOST:PORT)"
+            }
+            _ => "",
+        };
+        Error::Unavailable {
+            backend: BACKEND,
+            message: format!(
+                "cannot reach the Momento cache {name:?}: {} ({:?}){hint}",
+                e.message, e.error_code
+            ),
+        }
+    };
+    if config.create_cache {
+        match cache.create_cache(name.as_str()).await {
+            Ok(CreateCacheResponse::Created) => {
+                tracing::info!(cache = %name, "created the momento cache");
+                return Ok(());
+            }
+            Ok(CreateCacheResponse::AlreadyExists) => return Ok(()),
+            // The key may not manage caches; the cache may exist anyway.
+            Err(e) if e.error_code == MomentoErrorCode::PermissionError => {}
+            Err(e) => return Err(unreachable(&e)),
+        }
+    }
+    match cache.get(name.as_str(), "fxcast:probe").await {
+        Ok(_) => Ok(()),
+        Err(e) if e.error_code == MomentoErrorCode::CacheNotFoundError => {
+            let why = if config.create_cache {
+                " and this API key may not create caches"
+            } else {
+                ""
+            };
+            Err(Error::Unavailable {
+                backend: BACKEND,
+                message: format!(
+                    "the Momento cache {name:?} does not exist{why}: create it in the Momento \
+                     console or with the Momento CLI (`momento cache create {name}`), or name an \
+                     existing one with --momento-cache"
+                ),
+            })
+        }
+        Err(e) => Err(unreachable(&e)),
+    }
+}
+
+async fn send_publish(
+    topics: &TopicClient,
+    cache: &str,
+    topic: &str,
+    payload: Bytes,
+) -> Result<(), Error> {
+    topics
+        .publish(cache, topic, Vec::from(payload))
+        .await
+        .map(drop)
+        .map_err(|e| unavailable(&format!("publish to {topic}"), &e))
+}
+
+fn publish_fn(topics: TopicClient, cache: String) -> SendFn {
+    Arc::new(move |topic, payload| {
+        let topics = topics.clone();
+        let cache = cache.clone();
+        Box::pin(async move { send_publish(&topics, &cache, &topic, payload).await })
+    })
+}
+
+/// The cache key of `topic`'s retained payload.
+fn retained_key(topic: &str) -> String {
+    format!("latest:{topic}")
+}
+
+fn retain_fn(cache_client: CacheClient, cache: String, ttl: Duration) -> SendFn {
+    Arc::new(move |topic, payload| {
+        let cache_client = cache_client.clone();
+        let request =
+            SetRequest::new(cache.clone(), retained_key(&topic), Vec::from(payload)).ttl(ttl);
+        Box::pin(async move {
+            cache_client
+                .send_request(request)
+                .await
+                .map(drop)
+                .map_err(|e| unavailable(&format!("retain {topic}"), &e))
+        })
+    })
+}
+
+impl Transport for MomentoTransport {
+    fn name(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.check_payload(topic, &payload)?;
+            match &self.inner.publisher {
+                Some(pacer) => {
+                    pacer.offer(topic, payload);
+                    Ok(())
+                }
+                None => self.publish_now(topic, payload).await,
+            }
+        })
+    }
+
+    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+        Box::pin(async move {
+            validate_topic(topic)?;
+            self.inner
+                .feeds
+                .subscribe(&self.inner.feed_context, topic)
+                .await
+        })
+    }
+
+    fn local_subscribers(&self, topic: &str) -> usize {
+        self.inner.feeds.local_subscribers(topic)
+    }
+
+    fn health(&self) -> watch::Receiver<TransportHealth> {
+        self.inner.health.subscribe()
+    }
+
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            self.check_payload(topic, &payload)?;
+            self.inner.retainer.offer(topic, payload);
+            Ok(())
+        })
+    }
+
+    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+        Box::pin(async move {
+            validate_topic(topic)?;
+            let inner = &*self.inner;
+            let get = inner
+                .cache
+                .get(inner.config.cache.as_str(), retained_key(topic));
+            match tokio::time::timeout(inner.config.request_timeout, get).await {
+                Ok(Ok(GetResponse::Hit { value })) => Ok(Some(Bytes::from(Vec::<u8>::from(value)))),
+                Ok(Ok(GetResponse::Miss)) => Ok(None),
+                Ok(Err(e)) => Err(unavailable(&format!("read the retained {topic}"), &e)),
+                Err(_) => Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "read the retained {topic}: no answer within {:?}",
+                        inner.config.request_timeout
+                    ),
+                }),
+            }
+        })
+    }
+
+    fn subscriber_access<'a>(
+        &'a self,
+        topics: &'a [String],
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+        Box::pin(async move {
+            for topic in topics {
+                validate_topic(topic)?;
+            }
+            if topics.is_empty() {
+                return Ok(None);
+            }
+            if valid_for < Duration::from_secs(1) {
+                return Err(Error::InvalidConfig(
+                    "momento: subscriber tokens must live at least one second".to_owned(),
+                ));
+            }
+            let inner = &*self.inner;
+            // Subscribe-only, on exactly these topics of this cache: never
+            // publish, never the cache's items, never other caches.
+            let permissions = Permissions {
+                permissions: topics
+                    .iter()
+                    .map(|topic| {
+                        Permission::TopicPermission(TopicPermission {
+                            role: TopicRole::SubscribeOnly,
+                            cache: CacheSelector::CacheName {
+                                name: inner.config.cache.clone(),
+                            },
+                            topic: TopicSelector::TopicName {
+                                name: topic.clone(),
+                            },
+                        })
+                    })
+                    .collect(),
+            };
+            let seconds = valid_for.min(MAX_TOKEN_LIFETIME).as_secs();
+            let minted = inner
+                .auth
+                .generate_disposable_token(permissions.into(), ExpiresIn::seconds(seconds))
+                .await
+                .map_err(|e| unavailable("mint a subscriber token", &e))?;
+            let expires_at = UNIX_EPOCH + Duration::from_secs(minted.clone().expires_at().epoch());
+            Ok(Some(SubscriberAccess {
+                token: minted.auth_token(),
+                expires_at: expires_at.min(SystemTime::now() + valid_for),
+                namespace: inner.config.cache.clone(),
+                topics: topics.to_vec(),
+                endpoint: inner.url.clone(),
+            }))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let ok = MomentoConfig::default();
+        assert!(ok.validate().is_ok());
+        for (config, message) in [
+            (
+                MomentoConfig {
+                    cache: "no spaces".into(),
+                    ..MomentoConfig::default()
+                },
+                "cache name",
+            ),
+            (
+                MomentoConfig {
+                    max_payload: 5000,
+                    ..MomentoConfig::default()
+                },
+                "max_payload",
+            ),
+            (
+                MomentoConfig {
+                    buffer: 0,
+                    ..MomentoConfig::default()
+                },
+                "buffer",
+            ),
+        ] {
+            let err = config.validate().unwrap_err().to_string();
+            assert!(err.contains(message), "{err}");
+        }
+        let debug = format!(
+            "{:?}",
+            MomentoConfig {
+                api_key: "top-secret".into(),
+                ..MomentoConfig::default()
+            }
+        );
+        assert!(!debug.contains("top-secret"), "{debug}");
+    }
+}

@@ -1,0 +1,554 @@
+//! The Momento backend beyond the shared conformance suite, against
+//! momento-local started in-process on ephemeral ports: pacing and
+//! conflation, the payload limit, reconnects after a cut connection and
+//! after a server restart (resume, dedupe, gaps, health), retained payloads,
+//! subscribe-only tokens checked with Momento's own Rust SDK, and what
+//! happens when the cache or the endpoint is missing.
+
+use std::{
+    net::SocketAddr,
+    num::NonZeroU32,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use fxcast_transport::{
+    Delivery, Error, Gap, GapCause, Subscription, Transport, TransportHealth,
+    momento::{MomentoConfig, MomentoTransport, ReconnectPolicy},
+    momento_local::{MomentoLocalConfig, serve},
+};
+use momento::{
+    CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
+    cache::{GetResponse, ItemGetTtlResponse},
+    topics::ValueKind,
+};
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{oneshot, watch},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+/// How long any single expected event may take before a test fails.
+const DEADLINE: Duration = Duration::from_secs(20);
+
+const CACHE: &str = "fxcast";
+
+/// momento-local on `addr`, stoppable and restartable on the same port.
+struct Local {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    server: JoinHandle<Result<(), Error>>,
+}
+
+impl Local {
+    async fn start() -> Self {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), vec![CACHE.to_owned()]).await
+    }
+
+    async fn start_on(addr: SocketAddr, caches: Vec<String>) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let config = MomentoLocalConfig {
+            caches,
+            ..MomentoLocalConfig::default()
+        };
+        let server = tokio::spawn(serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            stop: Some(stop),
+            server,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server (open subscriptions end) and waits until it is gone.
+    async fn stop(mut self) -> SocketAddr {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(DEADLINE, self.server)
+            .await
+            .expect("momento-local did not stop")
+            .unwrap()
+            .unwrap();
+        self.addr
+    }
+
+    fn sdk_credentials(&self, token: &str) -> CredentialProvider {
+        CredentialProvider::from_disposable_token(token)
+            .unwrap()
+            .insecure_endpoint_override(&self.url())
+    }
+}
+
+fn config(url: String) -> MomentoConfig {
+    MomentoConfig {
+        api_key: "test-key".into(),
+        endpoint: Some(url),
+        // Fast retries, so reconnect tests finish quickly.
+        reconnect: ReconnectPolicy {
+            initial: Duration::from_millis(20),
+            max: Duration::from_millis(200),
+        },
+        ..MomentoConfig::default()
+    }
+}
+
+async fn connect(url: String) -> MomentoTransport {
+    MomentoTransport::connect(config(url)).await.unwrap()
+}
+
+fn numbered(n: u64) -> Bytes {
+    Bytes::copy_from_slice(&n.to_be_bytes())
+}
+
+async fn next(subscription: &mut Subscription) -> Delivery {
+    tokio::time::timeout(DEADLINE, subscription.next())
+        .await
+        .expect("no delivery within the deadline")
+        .expect("subscription ended")
+}
+
+async fn next_number(subscription: &mut Subscription) -> u64 {
+    match next(subscription).await {
+        Delivery::Message(bytes) => u64::from_be_bytes(bytes[..].try_into().unwrap()),
+        Delivery::Gap(gap) => panic!("unexpected gap: {gap}"),
+    }
+}
+
+async fn wait_health(
+    health: &mut watch::Receiver<TransportHealth>,
+    connected: bool,
+) -> TransportHealth {
+    tokio::time::timeout(DEADLINE, health.wait_for(|h| h.is_connected() == connected))
+        .await
+        .expect("health did not change within the deadline")
+        .unwrap()
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_are_paced_per_topic_and_the_latest_wins() {
+    let local = Local::start().await;
+    let transport = MomentoTransport::connect(MomentoConfig {
+        max_publish_rate: NonZeroU32::new(5),
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+    let mut subscription = transport.subscribe("rates.USD_JPY").await.unwrap();
+    for n in 0..50 {
+        transport
+            .publish("rates.USD_JPY", numbered(n))
+            .await
+            .unwrap();
+    }
+    let mut received = Vec::new();
+    while received.last() != Some(&49) {
+        match next(&mut subscription).await {
+            Delivery::Message(bytes) => {
+                received.push(u64::from_be_bytes(bytes[..].try_into().unwrap()))
+            }
+            // The skipped payloads are not a transport gap: the publisher
+            // chose to conflate, and the rate sequence numbers show it.
+            Delivery::Gap(gap) => panic!("unexpected gap: {gap}"),
+        }
+    }
+    assert!(
+        received.windows(2).all(|w| w[0] < w[1]),
+        "something older was sent after something newer: {received:?}"
+    );
+    assert!(received.len() < 50, "nothing was conflated: {received:?}");
+    assert_eq!(transport.stats().conflated, 50 - received.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_limit_are_refused_before_sending() {
+    let local = Local::start().await;
+    let transport = connect(local.url()).await;
+    let mut subscription = transport.subscribe("rates.big").await.unwrap();
+    let err = transport
+        .publish("rates.big", Bytes::from(vec![1u8; 4097]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::PayloadTooLarge {
+                size: 4097,
+                limit: 4096,
+                backend: "momento"
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "payload of 4097 bytes exceeds the 4096-byte limit of the momento transport"
+    );
+    let err = transport
+        .retain("rates.big", Bytes::from(vec![1u8; 5000]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
+    // Exactly at the limit goes through, and is the first thing received.
+    transport
+        .publish("rates.big", Bytes::from(vec![2u8; 4096]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut subscription).await,
+        Delivery::Message(Bytes::from(vec![2u8; 4096]))
+    );
+}
+
+/// A TCP proxy whose connections can be cut (and new ones refused) until
+/// restored: a network failure between fxcast and Momento.
+struct Proxy {
+    addr: SocketAddr,
+    open: Arc<AtomicBool>,
+    connections: Arc<Mutex<CancellationToken>>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = Self {
+            addr: listener.local_addr().unwrap(),
+            open: Arc::new(AtomicBool::new(true)),
+            connections: Arc::new(Mutex::new(CancellationToken::new())),
+        };
+        let open = Arc::clone(&proxy.open);
+        let connections = Arc::clone(&proxy.connections);
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !open.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let cut = connections.lock().unwrap().clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = cut.cancelled() => {}
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Drops every connection and refuses new ones.
+    fn cut(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        let old = std::mem::take(&mut *self.connections.lock().unwrap());
+        old.cancel();
+    }
+
+    fn restore(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_resumes_without_loss_or_duplicates() {
+    let local = Local::start().await;
+    let proxy = Proxy::start(local.addr).await;
+    let publisher = connect(local.url()).await;
+    // The subscriber reaches Momento only through the proxy.
+    let subscriber = MomentoTransport::connect(MomentoConfig {
+        create_cache: false,
+        ..config(proxy.url())
+    })
+    .await
+    .unwrap();
+    let mut health = subscriber.health();
+    let mut subscription = subscriber.subscribe("rates.EUR_USD").await.unwrap();
+    for n in 1..=3 {
+        publisher
+            .publish("rates.EUR_USD", numbered(n))
+            .await
+            .unwrap();
+        assert_eq!(next_number(&mut subscription).await, n);
+    }
+
+    proxy.cut();
+    let TransportHealth::Reconnecting { reason } = wait_health(&mut health, false).await else {
+        unreachable!()
+    };
+    assert!(
+        reason.starts_with("subscription to rates.EUR_USD: "),
+        "{reason}"
+    );
+    // Published while the subscriber is cut off: held by Momento.
+    for n in 4..=6 {
+        publisher
+            .publish("rates.EUR_USD", numbered(n))
+            .await
+            .unwrap();
+    }
+    proxy.restore();
+    wait_health(&mut health, true).await;
+    publisher
+        .publish("rates.EUR_USD", numbered(7))
+        .await
+        .unwrap();
+
+    // Resumed at the last message received: the repeat is dropped and
+    // nothing is missing, so there is no gap.
+    for n in 4..=7 {
+        assert_eq!(next_number(&mut subscription).await, n);
+    }
+    let stats = subscriber.stats();
+    assert!(stats.reconnects >= 1, "{stats:?}");
+    assert!(stats.duplicates >= 1, "{stats:?}");
+    assert_eq!(stats.gaps, 0, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_server_gives_a_reconnect_and_a_gap_without_duplicates() {
+    let local = Local::start().await;
+    let transport = connect(local.url()).await;
+    let mut health = transport.health();
+    let mut subscription = transport.subscribe("rates.GBP_USD").await.unwrap();
+    let mut other = transport.subscribe("rates.GBP_USD").await.unwrap();
+    for n in 1..=3 {
+        transport
+            .publish("rates.GBP_USD", numbered(n))
+            .await
+            .unwrap();
+        assert_eq!(next_number(&mut subscription).await, n);
+        assert_eq!(next_number(&mut other).await, n);
+    }
+
+    let addr = local.stop().await;
+    wait_health(&mut health, false).await;
+    let err = transport
+        .publish("rates.GBP_USD", numbered(99))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
+    // Everything it held is gone, as after a crash.
+    let _local = Local::start_on(addr, vec![CACHE.to_owned()]).await;
+    wait_health(&mut health, true).await;
+    for n in 4..=6 {
+        transport
+            .publish("rates.GBP_USD", numbered(n))
+            .await
+            .unwrap();
+    }
+
+    for sub in [&mut subscription, &mut other] {
+        assert_eq!(
+            next(sub).await,
+            Delivery::Gap(Gap {
+                missed: None,
+                cause: GapCause::Reconnected
+            })
+        );
+        for n in 4..=6 {
+            assert_eq!(next_number(sub).await, n);
+        }
+    }
+    let stats = transport.stats();
+    assert_eq!(
+        stats.reconnects, 1,
+        "one Momento subscription for both: {stats:?}"
+    );
+    assert_eq!(stats.gaps, 1, "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_payloads_reach_a_process_that_starts_later() {
+    let local = Local::start().await;
+    let first = MomentoTransport::connect(MomentoConfig {
+        retain_ttl: Duration::from_secs(90),
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+    first.retain("rates.AUD_USD", numbered(1)).await.unwrap();
+    first.retain("rates.AUD_USD", numbered(2)).await.unwrap();
+
+    let later = connect(local.url()).await;
+    assert_eq!(later.retained("rates.NONE").await.unwrap(), None);
+    // Written in the background: read until the newest is there.
+    let retained = tokio::time::timeout(DEADLINE, async {
+        loop {
+            if let Some(payload) = later.retained("rates.AUD_USD").await.unwrap()
+                && payload == numbered(2)
+            {
+                return payload;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the retained payload never arrived");
+    assert_eq!(retained, numbered(2));
+
+    // Stored with the configured time to live.
+    let cache = CacheClient::builder()
+        .default_ttl(Duration::from_secs(60))
+        .configuration(momento::cache::configurations::Laptop::latest())
+        .credential_provider(local.sdk_credentials(&v1_token("any")))
+        .build()
+        .unwrap();
+    let ItemGetTtlResponse::Hit { remaining_ttl } = cache
+        .item_get_ttl(CACHE, "latest:rates.AUD_USD")
+        .await
+        .unwrap()
+    else {
+        panic!("no retained item");
+    };
+    assert!(
+        remaining_ttl > Duration::from_secs(60) && remaining_ttl <= Duration::from_secs(90),
+        "{remaining_ttl:?}"
+    );
+}
+
+fn v1_token(api_key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE.encode(format!(
+        r#"{{"endpoint":"127.0.0.1","api_key":"{api_key}"}}"#
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_tokens_may_only_subscribe_to_their_topics() {
+    let local = Local::start().await;
+    let transport = connect(local.url()).await;
+    let topics = vec!["rates.USD_JPY".to_owned(), "rates.EUR_USD".to_owned()];
+    let access = transport
+        .subscriber_access(&topics, Duration::from_secs(600))
+        .await
+        .unwrap()
+        .expect("momento offers subscriber access");
+    assert_eq!(access.namespace, CACHE);
+    assert_eq!(access.topics, topics);
+    assert_eq!(access.endpoint, local.url());
+    let left = access
+        .expires_at
+        .duration_since(std::time::SystemTime::now())
+        .unwrap();
+    assert!(
+        left > Duration::from_secs(590) && left <= Duration::from_secs(600),
+        "{left:?}"
+    );
+    assert!(!format!("{access:?}").contains(&access.token));
+
+    // Momento's own SDK with the token: it subscribes and receives ...
+    let topic_client = TopicClient::builder()
+        .configuration(momento::topics::configurations::Laptop::latest())
+        .credential_provider(local.sdk_credentials(&access.token))
+        .build()
+        .unwrap();
+    let mut subscription = topic_client
+        .subscribe(CACHE, "rates.USD_JPY")
+        .await
+        .unwrap();
+    transport
+        .publish("rates.USD_JPY", Bytes::from_static(b"tick"))
+        .await
+        .unwrap();
+    let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut subscription))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(value.kind, ValueKind::Binary(b"tick".to_vec()));
+
+    // ... but cannot publish, reach other topics, or read the cache.
+    let err = topic_client
+        .publish(CACHE, "rates.USD_JPY", "forged")
+        .await
+        .unwrap_err();
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    let err = topic_client
+        .subscribe(CACHE, "orders.alice")
+        .await
+        .err()
+        .expect("subscribing to another topic is refused");
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    let cache = CacheClient::builder()
+        .default_ttl(Duration::from_secs(60))
+        .configuration(momento::cache::configurations::Laptop::latest())
+        .credential_provider(local.sdk_credentials(&access.token))
+        .build()
+        .unwrap();
+    let err = cache
+        .get(CACHE, "latest:rates.USD_JPY")
+        .await
+        .map(|r: GetResponse| r)
+        .unwrap_err();
+    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+
+    // Nothing to subscribe to, nothing issued.
+    assert!(
+        transport
+            .subscriber_access(&[], Duration::from_secs(60))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cache_is_created_or_explained() {
+    let local = Local::start_on("127.0.0.1:0".parse().unwrap(), Vec::new()).await;
+    let err = MomentoTransport::connect(MomentoConfig {
+        cache: "prices".into(),
+        create_cache: false,
+        ..config(local.url())
+    })
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains("the Momento cache \"prices\" does not exist")
+            && err.contains("momento cache create prices"),
+        "{err}"
+    );
+    let transport = MomentoTransport::connect(MomentoConfig {
+        cache: "prices".into(),
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+    assert_eq!(transport.cache_name(), "prices");
+    // Created once, found the next time.
+    MomentoTransport::connect(MomentoConfig {
+        cache: "prices".into(),
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+
+    let addr = local.stop().await;
+    let err = MomentoTransport::connect(config(format!("http://{addr}")))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("cannot reach the Momento cache"), "{err}");
+    assert!(
+        !err.contains("test-key"),
+        "the key must never be shown: {err}"
+    );
+}
