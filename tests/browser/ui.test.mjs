@@ -11,7 +11,7 @@ import { createInterface } from "node:readline";
 import { chromium } from "playwright-core";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const binary = process.env.FXCAST_BIN || join(root, "target", "debug", "fxcast");
+const binary = process.env.FXCAST_BIN || join(process.env.CARGO_TARGET_DIR || join(root, "target"), "debug", "fxcast");
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 
 let server, base, browser, page;
@@ -32,6 +32,7 @@ function startServer() {
         resolve({ child, base: `http://${match[1]}` });
       }
     });
+    child.on("error", (error) => reject(new Error(`cannot start ${binary}: ${error.message}`)));
     child.on("exit", (code) => reject(new Error(`fxcast serve exited with ${code}`)));
   });
 }
