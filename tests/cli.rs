@@ -1,13 +1,15 @@
 //! The `fxcast` binary as a user runs it: `serve` on ephemeral ports, the
 //! `subscribe` client against it, health over HTTP, and a clean SIGTERM exit.
 
+mod common;
+
 use std::{
     process::Stdio,
     time::{Duration, Instant},
 };
 
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     process::{Child, Command},
 };
@@ -46,19 +48,7 @@ async fn serve(extra: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("fxcast listening") {
-                return line;
-            }
-        }
-        panic!("fxcast serve exited before listening");
-    })
-    .await
-    .expect("fxcast serve did not log its addresses");
-    // Keep draining the log so the child never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let line = common::wait_for_line(&mut child, "fxcast listening").await;
     let field = |name: &str| {
         let start = line
             .find(&format!("{name}="))
@@ -385,21 +375,7 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("fxcast gateway listening") {
-                return line;
-            }
-        }
-        panic!(
-            "fxcast gateway exited before listening: {:?}",
-            child.wait().await
-        );
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let line = common::wait_for_line(&mut child, "fxcast gateway listening").await;
     let start = line.find("http=").unwrap() + 5;
     let http = line[start..].split_whitespace().next().unwrap().to_owned();
 

@@ -2,11 +2,12 @@
 //! stand-in for bitFlyer's realtime API, `fxcast serve --feed bitflyer` and
 //! `--feed replay:FILE`, watched with `fxcast subscribe`.
 
+mod common;
+
 use std::{process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     net::TcpListener,
     process::{Child, Command},
 };
@@ -43,18 +44,7 @@ async fn serve(extra: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("fxcast listening") {
-                return line;
-            }
-        }
-        panic!("fxcast serve exited before listening");
-    })
-    .await
-    .expect("fxcast serve did not log its addresses");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let line = common::wait_for_line(&mut child, "fxcast listening").await;
     let start = line.find("grpc=").expect("grpc= in the log") + "grpc=".len();
     let grpc = line[start..].split_whitespace().next().unwrap().to_owned();
     Served {

@@ -4,6 +4,8 @@
 //! with Momento's own SDKs (Rust here, Python through
 //! tests/python/momento_rates_subscriber.py).
 
+mod common;
+
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use fxcast_proto::v1::{
@@ -67,7 +69,7 @@ async fn momento_local_process(listen: &str) -> (Child, SocketAddr) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = wait_for_line(&mut child, "momento-local listening").await;
+    let line = common::wait_for_line(&mut child, "momento-local listening").await;
     let start = line.find("addr=").expect("no addr= in the log line") + 5;
     let addr = line[start..]
         .split_whitespace()
@@ -76,24 +78,6 @@ async fn momento_local_process(listen: &str) -> (Child, SocketAddr) {
         .parse()
         .unwrap();
     (child, addr)
-}
-
-/// Reads `child`'s log until a line contains `marker`; keeps draining it
-/// afterwards so the child never blocks on a full pipe.
-async fn wait_for_line(child: &mut Child, marker: &str) -> String {
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(DEADLINE, async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains(marker) {
-                return line;
-            }
-        }
-        panic!("the process exited before logging {marker:?}");
-    })
-    .await
-    .unwrap_or_else(|_| panic!("no {marker:?} in the log"));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    line
 }
 
 struct Served {
@@ -127,7 +111,7 @@ async fn serve(args: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = wait_for_line(&mut child, "fxcast listening").await;
+    let line = common::wait_for_line(&mut child, "fxcast listening").await;
     let field = |name: &str| {
         let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
         line[start..].split_whitespace().next().unwrap().to_owned()

@@ -3,6 +3,8 @@
 //! retry of any client_order_id returns the one order it names (never a
 //! second fill), and `fxcast order` retries across the restart too.
 
+mod common;
+
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
@@ -16,7 +18,6 @@ use fxcast_proto::v1::{
     rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
 };
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
     sync::mpsc,
 };
@@ -73,18 +74,7 @@ async fn serve(data: &Path) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("fxcast listening") {
-                return line;
-            }
-        }
-        panic!("fxcast serve exited before listening");
-    })
-    .await
-    .expect("fxcast serve did not log its addresses");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let line = common::wait_for_line(&mut child, "fxcast listening").await;
     let start = line.find("grpc=").expect("no grpc= in the log line") + 5;
     let addr = line[start..].split_whitespace().next().unwrap();
     Served {
