@@ -16,6 +16,12 @@
 //!   fanned out locally), unpaced, 100-byte payload. Server and client share
 //!   the two cores, so this is the protocol's cost, not a network's.
 //!
+//! - `nats/{1,100,1000}`: an existing broker for comparison — a local
+//!   `nats-server` (Debian's package, started by the bench on a free loopback
+//!   port) through the official `async-nats` client, adapted to the same
+//!   [`Transport`] trait in this file (one publishing connection, subscribers
+//!   spread over four connections), so the same harness times it.
+//!
 //! Every subscriber is its own spawned task reading its [`Subscription`]. One
 //! iteration is timed from just before `publish` until the *last* subscriber
 //! has received that message: each subscriber task increments a shared
@@ -125,6 +131,27 @@ const CASES: &[Case] = &[
         flavor: Flavor::MultiThread2,
         sample_size: 50,
     },
+    Case {
+        function: "nats",
+        subscribers: 1,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "nats",
+        subscribers: 100,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "nats",
+        subscribers: 1000,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 20,
+    },
 ];
 
 impl Case {
@@ -139,6 +166,9 @@ impl Case {
     /// Every backend of a case is built here. Must run inside the runtime:
     /// momento-local is served by it.
     async fn transport(&self) -> Arc<dyn Transport> {
+        if self.function == "nats" {
+            return Arc::new(nats::NatsTransport::start().await);
+        }
         if !self.function.starts_with("momento") {
             return Arc::new(MemoryTransport::default());
         }
@@ -227,15 +257,18 @@ impl Fanout {
         start.elapsed()
     }
 
-    /// Drops the transport (which ends every subscription) and joins the
-    /// subscriber tasks.
+    /// Drops the transport and ends the subscriber tasks.
     async fn stop(self) {
         let Self {
             transport, tasks, ..
         } = self;
         drop(transport);
+        // A broker client's subscriptions may outlive the transport handle
+        // (async-nats keeps its connection while a subscriber exists), so end
+        // the tasks rather than wait for their streams to close.
         for task in tasks {
-            task.await.expect("subscriber task");
+            task.abort();
+            let _ = task.await;
         }
     }
 }
@@ -336,5 +369,136 @@ fn main() {
     criterion.final_summary();
     if let Some(pass) = PercentilePass::from_env_and_args() {
         percentiles(&pass);
+    }
+}
+
+/// NATS behind the [`Transport`] trait, for comparison only.
+mod nats {
+    use std::{
+        process::Stdio,
+        sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        },
+        time::Duration,
+    };
+
+    use bytes::Bytes;
+    use futures_util::StreamExt;
+    use fxcast_transport::{BoxFuture, Delivery, Error, Subscription, Transport};
+    use tokio::process::{Child, Command};
+
+    fn unavailable(e: impl std::fmt::Display) -> Error {
+        Error::Unavailable {
+            backend: "nats",
+            message: e.to_string(),
+        }
+    }
+
+    pub(super) struct NatsTransport {
+        publisher: async_nats::Client,
+        subscribers: Vec<async_nats::Client>,
+        next: AtomicUsize,
+        live: Arc<AtomicUsize>,
+        _server: Child,
+    }
+
+    impl std::fmt::Debug for NatsTransport {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("NatsTransport")
+        }
+    }
+
+    impl NatsTransport {
+        /// Starts `nats-server` on a free loopback port and connects to it.
+        pub(super) async fn start() -> Self {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free port")
+                .port();
+            let server = Command::new("nats-server")
+                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("nats-server is not installed: apt-get install nats-server (scripts/bench-report does)");
+            let url = format!("nats://127.0.0.1:{port}");
+            let mut attempt = Duration::from_millis(10);
+            let publisher = loop {
+                match async_nats::connect(&url).await {
+                    Ok(client) => break client,
+                    Err(_) if attempt < Duration::from_secs(5) => {
+                        tokio::time::sleep(attempt).await;
+                        attempt *= 2;
+                    }
+                    Err(e) => panic!("cannot connect to nats-server at {url}: {e}"),
+                }
+            };
+            let mut subscribers = Vec::new();
+            for _ in 0..4 {
+                subscribers.push(async_nats::connect(&url).await.expect("connect"));
+            }
+            Self {
+                publisher,
+                subscribers,
+                next: AtomicUsize::new(0),
+                live: Arc::new(AtomicUsize::new(0)),
+                _server: server,
+            }
+        }
+    }
+
+    impl Transport for NatsTransport {
+        fn name(&self) -> &'static str {
+            "nats"
+        }
+
+        fn publish<'a>(
+            &'a self,
+            topic: &'a str,
+            payload: Bytes,
+        ) -> BoxFuture<'a, Result<(), Error>> {
+            Box::pin(async move {
+                self.publisher
+                    .publish(topic.to_owned(), payload)
+                    .await
+                    .map_err(unavailable)?;
+                // Hand the message to the socket now rather than when the
+                // client's write loop next wakes.
+                self.publisher.flush().await.map_err(unavailable)
+            })
+        }
+
+        fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+            Box::pin(async move {
+                let client = &self.subscribers
+                    [self.next.fetch_add(1, Ordering::Relaxed) % self.subscribers.len()];
+                let subscriber = client
+                    .subscribe(topic.to_owned())
+                    .await
+                    .map_err(unavailable)?;
+                // The round trip guarantees the server has the subscription.
+                client.flush().await.map_err(unavailable)?;
+                self.live.fetch_add(1, Ordering::Relaxed);
+                let guard = LiveGuard(Arc::clone(&self.live));
+                Ok(Subscription::new(subscriber.map(move |message| {
+                    let _keep = &guard;
+                    Delivery::Message(message.payload)
+                })))
+            })
+        }
+
+        fn local_subscribers(&self, _topic: &str) -> usize {
+            self.live.load(Ordering::Relaxed)
+        }
+    }
+
+    struct LiveGuard(Arc<AtomicUsize>);
+
+    impl Drop for LiveGuard {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }

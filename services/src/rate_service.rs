@@ -255,14 +255,19 @@ impl RateService for RateServiceImpl {
             let mut live = select_all(lives);
             let mut lags: VecDeque<Instant> = VecDeque::new();
             let mut out = Vec::with_capacity(2);
+            // Built once, not per tick: each would register a timer and a
+            // waiter every time round the loop.
+            let cancelled = shutdown.cancelled();
+            let expired = sleep_until_opt(expiry);
+            tokio::pin!(cancelled, expired);
             loop {
                 let next = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => {
+                    () = &mut cancelled => {
                         yield Err(Status::unavailable("server is shutting down; reconnect with resume_after to continue"));
                         break;
                     }
-                    () = sleep_until_opt(expiry) => {
+                    () = &mut expired => {
                         yield Err(Status::unauthenticated("token expired; reconnect with a fresh token and resume_after to continue"));
                         break;
                     }

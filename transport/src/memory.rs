@@ -83,8 +83,17 @@ impl MemoryTransport {
 
     fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
         validate_topic(topic)?;
-        let topics = self.shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = topics.get(topic) {
+        // Take the sender (a refcount) and release the map before sending:
+        // waking a thousand subscribers must not block other topics'
+        // publishes, subscribes and unsubscribes.
+        let sender = self
+            .shared
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(topic)
+            .cloned();
+        if let Some(sender) = sender {
             // An error only means every receiver went away meanwhile.
             let _ = sender.send(payload);
         }
