@@ -10,7 +10,7 @@
 //! - `memory-current-thread/{1,1000}`: a current-thread runtime; with one
 //!   subscriber the cheapest wake-up path, with 1,000 the single-threaded
 //!   baseline of the fan-out;
-//! - `momento/{1,100}`: [`MomentoTransport`] through momento-local started
+//! - `momento/{1,100,1000}`: [`MomentoTransport`] through momento-local started
 //!   in the same runtime on loopback (Momento's gRPC protocol end to end:
 //!   SDK publish, server fan-out, the transport's one subscription per topic
 //!   fanned out locally), unpaced, 100-byte payload. Server and client share
@@ -130,6 +130,13 @@ const CASES: &[Case] = &[
         payload: 100,
         flavor: Flavor::MultiThread2,
         sample_size: 50,
+    },
+    Case {
+        function: "momento",
+        subscribers: 1000,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 20,
     },
     Case {
         function: "nats",
