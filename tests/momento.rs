@@ -25,12 +25,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     process::{Child, ChildStdout, Command},
 };
-use tonic::{
-    Streaming,
-    metadata::AsciiMetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -124,37 +119,8 @@ async fn serve(args: &[&str]) -> Served {
     }
 }
 
-#[derive(Clone)]
-struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
-
-async fn channel(url: &str, credential: &str) -> Authed {
-    let channel = Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    InterceptedService::new(
-        channel,
-        Bearer(format!("Bearer {credential}").parse().unwrap()),
-    )
-}
-
 async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
-    let mut tokens = TokenServiceClient::new(channel(&served.grpc, API_KEY).await);
+    let mut tokens = TokenServiceClient::new(common::channel(&served.grpc, API_KEY).await);
     tokens
         .issue_token(IssueTokenRequest {
             subject: "trader".into(),
@@ -166,12 +132,12 @@ async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
         .into_inner()
 }
 
-async fn rates_client(served: &Served, token: &str) -> RateServiceClient<Authed> {
-    RateServiceClient::new(channel(&served.grpc, token).await)
+async fn rates_client(served: &Served, token: &str) -> RateServiceClient<common::Authed> {
+    RateServiceClient::new(common::channel(&served.grpc, token).await)
 }
 
 async fn publish(
-    rates: &mut RateServiceClient<Authed>,
+    rates: &mut RateServiceClient<common::Authed>,
     symbol: &str,
     bid: &str,
     ask: &str,
@@ -189,7 +155,7 @@ async fn publish(
 }
 
 async fn stream(
-    rates: &mut RateServiceClient<Authed>,
+    rates: &mut RateServiceClient<common::Authed>,
     symbol: &str,
 ) -> Streaming<StreamRatesResponse> {
     rates
@@ -349,7 +315,7 @@ async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
         .unwrap()
         .into_inner();
     assert_eq!(latest, opening);
-    let mut orders = OrderServiceClient::new(channel(&second.grpc, &trader.token).await);
+    let mut orders = OrderServiceClient::new(common::channel(&second.grpc, &trader.token).await);
     let order = orders
         .place_order(PlaceOrderRequest {
             client_order_id: "momento-1".into(),

@@ -21,31 +21,9 @@ use tokio::{
     process::{Child, Command},
     sync::mpsc,
 };
-use tonic::{
-    metadata::AsciiMetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
 const API_KEY: &str = "orders-restart-test-api-key-0123456789";
-
-#[derive(Clone)]
-struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Authed = InterceptedService<Channel, Bearer>;
 
 struct Served {
     child: Child,
@@ -83,20 +61,8 @@ async fn serve(data: &Path) -> Served {
     }
 }
 
-async fn channel(url: &str, credential: &str) -> Authed {
-    let channel = Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    InterceptedService::new(
-        channel,
-        Bearer(format!("Bearer {credential}").parse().unwrap()),
-    )
-}
-
 async fn trader_token(url: &str) -> String {
-    let mut tokens = TokenServiceClient::new(channel(url, API_KEY).await);
+    let mut tokens = TokenServiceClient::new(common::channel(url, API_KEY).await);
     let request = IssueTokenRequest {
         subject: "trader".into(),
         scopes: vec!["orders:place".into(), "rates:subscribe=USD_JPY".into()],
@@ -112,7 +78,7 @@ async fn trader_token(url: &str) -> String {
 
 /// A buy (even n) or sell (odd n) at the current rate, quoting its rate_id.
 async fn at_market(
-    rates: &mut RateServiceClient<Authed>,
+    rates: &mut RateServiceClient<common::Authed>,
     id: String,
     n: usize,
 ) -> PlaceOrderRequest {
@@ -139,7 +105,7 @@ async fn at_market(
     }
 }
 
-async fn all_orders(orders: &mut OrderServiceClient<Authed>) -> Vec<Order> {
+async fn all_orders(orders: &mut OrderServiceClient<common::Authed>) -> Vec<Order> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -162,7 +128,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let data = tempfile::tempdir().unwrap();
     let mut first = serve(data.path()).await;
     let token = trader_token(&first.url).await;
-    let authed = channel(&first.url, &token).await;
+    let authed = common::channel(&first.url, &token).await;
     let mut rates = RateServiceClient::new(authed.clone());
     let mut orders = OrderServiceClient::new(authed.clone());
 
@@ -228,7 +194,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     // Restart on the same data directory.
     let second = serve(data.path()).await;
     let token = trader_token(&second.url).await;
-    let authed = channel(&second.url, &token).await;
+    let authed = common::channel(&second.url, &token).await;
     let mut orders = OrderServiceClient::new(authed.clone());
 
     for (id, before) in &acked {

@@ -8,6 +8,11 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Child,
 };
+use tonic::{
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::Channel,
+};
 
 /// How long a child may take to log that it is ready.
 pub const STARTUP: Duration = Duration::from_secs(30);
@@ -43,4 +48,36 @@ pub fn log_field(line: &str, name: &str) -> String {
         .next()
         .expect("a value")
         .to_owned()
+}
+
+/// Adds `authorization: Bearer <credential>` to every call.
+#[derive(Clone)]
+pub struct Bearer(AsciiMetadataValue);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// A channel that carries a credential.
+pub type Authed = InterceptedService<Channel, Bearer>;
+
+/// Connects to `url` sending `credential` (a token or the API key) on every call.
+pub async fn channel(url: &str, credential: &str) -> Authed {
+    let channel = Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    InterceptedService::new(
+        channel,
+        Bearer(format!("Bearer {credential}").parse().unwrap()),
+    )
 }
