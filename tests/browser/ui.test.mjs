@@ -1,6 +1,6 @@
 // The fxcast UI in a real headless Chromium against a real `fxcast serve`:
 // prices tick, a Buy fills, a far-off order is rejected with its reason.
-import { test, before, after } from "node:test";
+import { test, before, after, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -15,6 +15,7 @@ const binary = process.env.FXCAST_BIN || join(process.env.CARGO_TARGET_DIR || jo
 const chromiumPath = process.env.CHROMIUM || "/usr/bin/chromium";
 
 let server, base, browser, page;
+const pageErrors = [];
 
 function startServer() {
   const dataDir = mkdtempSync(join(tmpdir(), "fxcast-ui-"));
@@ -45,8 +46,12 @@ before(async () => {
       "--disable-component-update", "--disable-sync"],
   });
   page = await browser.newPage({ viewport: { width: 1280, height: 620 } });
-  page.on("pageerror", (error) => { throw error; });
+  page.on("pageerror", (error) => pageErrors.push(error));
   await page.goto(base + "/");
+});
+
+afterEach(() => {
+  assert.deepEqual(pageErrors.map(String), [], "the page raised no errors");
 });
 
 after(async () => {
@@ -56,10 +61,11 @@ after(async () => {
 
 test("the board shows prices ticking within a second", async () => {
   const bid = page.getByTestId("bid-USD_JPY");
-  await page.waitForFunction(() => /^\d+\.\d{3}$/.test(document.querySelector("[data-testid=bid-USD_JPY]").textContent), null, { timeout: 5000 });
+  // The board's rows appear once the symbol list has loaded; until then the cell does not exist.
+  await page.waitForFunction(() => /^\d+\.\d{3}$/.test(document.querySelector("[data-testid=bid-USD_JPY]")?.textContent ?? ""), null, { timeout: 5000 });
   const seq = () => page.locator("tr[data-symbol=USD_JPY] td.seq").textContent();
   const first = Number(await seq());
-  await page.waitForFunction((s) => Number(document.querySelector("tr[data-symbol=USD_JPY] td.seq").textContent) > s, first, { timeout: 2000 });
+  await page.waitForFunction((s) => Number(document.querySelector("tr[data-symbol=USD_JPY] td.seq")?.textContent ?? 0) > s, first, { timeout: 2000 });
   assert.match(await bid.textContent(), /^\d+\.\d{3}$/);
   assert.equal(await page.locator("#status .text").textContent(), "live");
 });
