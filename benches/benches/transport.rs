@@ -14,13 +14,14 @@
 //!   in the same runtime on loopback (Momento's gRPC protocol end to end:
 //!   SDK publish, server fan-out, the transport's one subscription per topic
 //!   fanned out locally), unpaced, 100-byte payload. Server and client share
-//!   the two cores, so this is the protocol's cost, not a network's.
-//!
+//!   the two cores, so this is the protocol's cost, not a network's;
+//! - `momento-1KiB/1`: the same with a 1,024-byte payload;
 //! - `nats/{1,100,1000}`: an existing broker for comparison — a local
 //!   `nats-server` (Debian's package, started by the bench on a free loopback
 //!   port) through the official `async-nats` client, adapted to the same
 //!   [`Transport`] trait in this file (one publishing connection, subscribers
-//!   spread over four connections), so the same harness times it.
+//!   spread over four connections), so the same harness times it;
+//! - `nats-1KiB/1`: the same with a 1,024-byte payload.
 //!
 //! Every subscriber is its own spawned task reading its [`Subscription`]. One
 //! iteration is timed from just before `publish` until the *last* subscriber
@@ -125,6 +126,13 @@ const CASES: &[Case] = &[
         sample_size: 50,
     },
     Case {
+        function: "momento-1KiB",
+        subscribers: 1,
+        payload: 1024,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
         function: "momento",
         subscribers: 100,
         payload: 100,
@@ -142,6 +150,13 @@ const CASES: &[Case] = &[
         function: "nats",
         subscribers: 1,
         payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "nats-1KiB",
+        subscribers: 1,
+        payload: 1024,
         flavor: Flavor::MultiThread2,
         sample_size: 50,
     },
@@ -173,7 +188,7 @@ impl Case {
     /// Every backend of a case is built here. Must run inside the runtime:
     /// momento-local is served by it.
     async fn transport(&self) -> Arc<dyn Transport> {
-        if self.function == "nats" {
+        if self.function.starts_with("nats") {
             return Arc::new(nats::NatsTransport::start().await);
         }
         if !self.function.starts_with("momento") {

@@ -126,6 +126,65 @@ fn human_us(us: u64) -> String {
     }
 }
 
+/// One case of a bench's percentile pass: full id and quantiles in µs.
+struct Percentiles {
+    id: String,
+    samples: u64,
+    /// `(label, µs)` for p50, p90, p99, p99.9 and max, in that order.
+    quantiles: Vec<(&'static str, f64)>,
+}
+
+const QUANTILES: [(&str, &str); 5] = [
+    ("p50", "p50"),
+    ("p90", "p90"),
+    ("p99", "p99"),
+    ("p99.9", "p99.9"),
+    ("max", "max"),
+];
+
+/// The `percentiles <id> n=… p50=1.23µs …` lines the bench binaries print
+/// after criterion (captured by `scripts/bench-report` in `criterion.txt`).
+fn percentile_lines(path: &Path) -> Vec<Percentiles> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut out: Vec<Percentiles> = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("percentiles") {
+            continue;
+        }
+        let Some(id) = words.next() else { continue };
+        let fields: BTreeMap<&str, &str> = words.filter_map(|w| w.split_once('=')).collect();
+        let micros = |key: &str| {
+            fields
+                .get(key)
+                .and_then(|v| v.strip_suffix("µs"))
+                .and_then(|v| v.parse::<f64>().ok())
+        };
+        let quantiles: Option<Vec<(&'static str, f64)>> = QUANTILES
+            .iter()
+            .map(|&(label, key)| micros(key).map(|v| (label, v)))
+            .collect();
+        let (Some(quantiles), Some(samples)) = (
+            quantiles,
+            fields.get("n").and_then(|n| n.parse::<u64>().ok()),
+        ) else {
+            continue;
+        };
+        // A later run of the same case replaces an earlier one.
+        out.retain(|p| p.id != id);
+        out.push(Percentiles {
+            id: id.to_owned(),
+            samples,
+            quantiles,
+        });
+    }
+    out
+}
+
+fn human_micros(us: f64) -> String {
+    human_ns(us * 1000.0)
+}
+
 /// Load-test results keyed by interface, then connections (or concurrency).
 fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
     let mut out: BTreeMap<String, BTreeMap<u64, Value>> = BTreeMap::new();
@@ -305,6 +364,101 @@ fn plot_connections(
     Ok(true)
 }
 
+/// Latency percentiles (x: p50 … max) of several cases, one line each.
+fn plot_percentiles(
+    title: &str,
+    cases: &[(String, &Percentiles)],
+    path: &Path,
+) -> Result<bool, Box<dyn std::error::Error>> {
+    if cases.is_empty() {
+        return Ok(false);
+    }
+    let values = || {
+        cases
+            .iter()
+            .flat_map(|(_, p)| p.quantiles.iter().map(|q| q.1))
+    };
+    // Whole decades, so the log axis labels every one of them.
+    let max_y = 10f64.powf(values().fold(1.0, f64::max).log10().ceil());
+    let min_y = 10f64.powf(
+        values()
+            .fold(f64::INFINITY, f64::min)
+            .max(0.01)
+            .log10()
+            .floor(),
+    );
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(
+            (0..QUANTILES.len() - 1).into_segmented(),
+            (min_y..max_y).log_scale(),
+        )?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(QUANTILES.len())
+        .x_label_formatter(&|x| match x {
+            SegmentValue::CenterOf(i) | SegmentValue::Exact(i) => {
+                QUANTILES.get(*i).map_or(String::new(), |q| q.0.to_owned())
+            }
+            SegmentValue::Last => String::new(),
+        })
+        .x_desc("percentile of individually timed iterations")
+        .y_labels(16)
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_desc("µs")
+        .draw()?;
+    for (i, (name, case)) in cases.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let points: Vec<(SegmentValue<usize>, f64)> = case
+            .quantiles
+            .iter()
+            .enumerate()
+            .map(|(x, q)| (SegmentValue::CenterOf(x), q.1))
+            .collect();
+        chart
+            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+            });
+        chart.draw_series(
+            points
+                .into_iter()
+                .map(|p| Circle::new(p, 4, color.filled())),
+        )?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+/// The percentile cases of `group` whose id passes `keep`, named by the id
+/// without the group.
+fn cases_of<'a>(
+    percentiles: &'a [Percentiles],
+    group: &str,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(String, &'a Percentiles)> {
+    percentiles
+        .iter()
+        .filter_map(|p| {
+            let id = p.id.strip_prefix(group)?.strip_prefix('/')?;
+            keep(id).then(|| (id.to_owned(), p))
+        })
+        .collect()
+}
+
 fn machine() -> String {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
@@ -335,6 +489,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = parse_args()?;
     let estimates = criterion_estimates(&args.criterion);
     let loads = loadtests(&args.results);
+    let percentiles = percentile_lines(&args.results.join("criterion.txt"));
     let plots = args.out.join("bench");
     std::fs::create_dir_all(&plots)?;
 
@@ -353,6 +508,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if plot_transport(&estimates, &plots.join("transport.svg"))? {
         writeln!(md, "![transport latency](bench/transport.svg)\n")?;
+    }
+    let transport_1 = cases_of(&percentiles, "transport_publish_to_receive", |id| {
+        id.ends_with("/1") && !id.contains("current-thread")
+    });
+    if plot_percentiles(
+        "Transport publish → receive, 1 subscriber: latency percentiles",
+        &transport_1,
+        &plots.join("transport-percentiles.svg"),
+    )? {
+        writeln!(
+            md,
+            "![transport latency percentiles](bench/transport-percentiles.svg)\n"
+        )?;
+    }
+    let interfaces_1 = cases_of(&percentiles, "tick_to_client_e2e", |id| id.ends_with("/1"));
+    if plot_percentiles(
+        "Tick → client end to end, 1 client: latency percentiles per interface",
+        &interfaces_1,
+        &plots.join("interfaces-percentiles.svg"),
+    )? {
+        writeln!(
+            md,
+            "![interface latency percentiles](bench/interfaces-percentiles.svg)\n"
+        )?;
     }
     if plot_connections(&loads, &plots.join("connections.svg"))? {
         writeln!(md, "![latency vs connections](bench/connections.svg)\n")?;
@@ -387,6 +566,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "No criterion results found in {}.",
             args.criterion.display()
         )?;
+    }
+
+    if !percentiles.is_empty() {
+        writeln!(
+            md,
+            "\n## Latency percentiles (`cargo bench`, per-iteration pass)\n\nAfter criterion each bench binary times every case's iterations one by one (see `benches/src/lib.rs`); these are the distributions behind the medians above.\n"
+        )?;
+        let mut group = "";
+        for p in &percentiles {
+            let (this, id) = p.id.split_once('/').unwrap_or(("", &p.id));
+            if this != group {
+                group = this;
+                writeln!(
+                    md,
+                    "\n### {group}\n\n| case | samples | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
+                )?;
+            }
+            write!(md, "| {id} | {} |", p.samples)?;
+            for (_, us) in &p.quantiles {
+                write!(md, " {} |", human_micros(*us))?;
+            }
+            writeln!(md)?;
+        }
     }
 
     writeln!(md, "\n## Load tests (`fxcast loadtest ...`)\n")?;

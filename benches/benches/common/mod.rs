@@ -1,0 +1,182 @@
+//! The whole fxcast stack in the bench process, as `fxcast serve` runs it: a
+//! rate core (no feed, memory transport, data directory in a fresh temporary
+//! directory) serving gRPC on `127.0.0.1:0`, and the gateway serving HTTP on
+//! `127.0.0.1:0`, talking to the core over loopback gRPC.
+//!
+//! Shared by the end-to-end benches (`tick_to_client`, `place_order`); each
+//! includes it with `mod common;` and uses what it needs.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use fxcast_gateway::{GatewayConfig, Upstream, serve_gateway};
+use fxcast_proto::v1::Rate;
+use fxcast_services::{Config, FeedKind, RatesCore, auth::Scopes, feed::Quote};
+use fxcast_transport::{MemoryTransport, Transport};
+use rust_decimal::Decimal;
+use tempfile::TempDir;
+use tokio::{net::TcpListener, runtime::Runtime, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+
+/// The one symbol every bench uses.
+pub const SYMBOL: &str = "USD_JPY";
+/// Long enough for any run; streams end when their token expires.
+pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// The runtime every end-to-end bench uses: two workers (this machine has
+/// two cores) shared by server, gateway, clients and the timing task.
+pub fn runtime() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime")
+}
+
+/// Rate core, gRPC server and gateway on loopback.
+pub struct Stack {
+    pub core: Arc<RatesCore>,
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+    pub shutdown: CancellationToken,
+    grpc_task: JoinHandle<Result<(), fxcast_services::Error>>,
+    http_task: JoinHandle<Result<(), fxcast_gateway::Error>>,
+    quotes: AtomicU64,
+    /// Keys, API key, revocation store and order journal of this run;
+    /// removed on drop.
+    _data_dir: TempDir,
+}
+
+impl Stack {
+    /// Starts the stack with `config` (its feed, symbols and data directory
+    /// are set here) and waits until the gateway is ready, which needs one
+    /// published rate.
+    pub async fn start(mut config: Config) -> Self {
+        let data_dir = tempfile::tempdir().expect("temporary data directory");
+        config.feed = FeedKind::None;
+        config.symbols = vec![SYMBOL.into()];
+        config.data_dir = data_dir.path().to_owned();
+        let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
+        let shutdown = CancellationToken::new();
+        let core = Arc::new(
+            RatesCore::start(config, transport, shutdown.child_token())
+                .await
+                .expect("rate core"),
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
+        let grpc = listener.local_addr().expect("gRPC address");
+        let grpc_task = tokio::spawn({
+            let core = Arc::clone(&core);
+            let shutdown = shutdown.clone();
+            async move { core.serve_grpc(listener, shutdown.cancelled_owned()).await }
+        });
+        // As `fxcast serve` connects its gateway to its own gRPC server.
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
+            .expect("gRPC endpoint")
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let upstream = Upstream::new(channel, core.authority().api_key());
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
+        let http = listener.local_addr().expect("HTTP address");
+        let http_task = tokio::spawn(serve_gateway(
+            upstream,
+            GatewayConfig::default(),
+            listener,
+            shutdown.clone(),
+        ));
+        let stack = Self {
+            core,
+            grpc,
+            http,
+            shutdown,
+            grpc_task,
+            http_task,
+            quotes: AtomicU64::new(0),
+            _data_dir: data_dir,
+        };
+        stack.publish().await;
+        stack.wait_ready().await;
+        stack
+    }
+
+    /// A token for `scopes`, issued by the core's authority.
+    pub fn token(&self, scopes: &str) -> String {
+        let scopes: Scopes = scopes.parse().expect("scopes");
+        self.core
+            .authority()
+            .issue("bench", scopes, Some(TOKEN_TTL))
+            .expect("issue token")
+            .token
+    }
+
+    /// `http://<gateway><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http)
+    }
+
+    /// Publishes the next quote (3 decimals, prices walking within a small
+    /// range, bid < ask) and returns the published rate.
+    pub async fn publish(&self) -> Rate {
+        let n = self.quotes.fetch_add(1, Ordering::Relaxed);
+        let bid = Decimal::new(151_500 + (n % 97) as i64, 3);
+        let ask = bid + Decimal::new(8 + (n % 3) as i64, 3);
+        self.publish_quote(bid, ask).await
+    }
+
+    /// Publishes `bid`/`ask` and returns the published rate.
+    pub async fn publish_quote(&self, bid: Decimal, ask: Decimal) -> Rate {
+        let quote = Quote {
+            symbol: SYMBOL.into(),
+            bid,
+            ask,
+            source_time: SystemTime::now(),
+        };
+        self.core
+            .publisher()
+            .publish(quote, "bench")
+            .await
+            .expect("publish")
+            .rate
+            .clone()
+    }
+
+    /// Waits until `/readyz` answers 200: the gateway's upstream stream is
+    /// open and it holds a rate for the symbol.
+    async fn wait_ready(&self) {
+        let client = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(response) = client.get(self.url("/readyz")).send().await
+                && response.status() == 200
+            {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the gateway was not ready within 30 s"
+            );
+            // Polling a readiness endpoint: there is nothing to await instead.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Ends the streams and both servers.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let (grpc, http) = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(self.grpc_task, self.http_task)
+        })
+        .await
+        .expect("servers stop within 10 s");
+        grpc.expect("gRPC task").expect("gRPC server");
+        http.expect("gateway task").expect("gateway");
+    }
+}

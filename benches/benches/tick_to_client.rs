@@ -1,0 +1,532 @@
+//! End-to-end latency of a tick from the publisher to a client, over each
+//! interface a client can use: gRPC `StreamRates`, the gateway's WebSocket
+//! (`/v1/stream`) and its SSE stream (`/v1/rates/stream`), on loopback.
+//!
+//! Group `tick_to_client_e2e`, one id per interface and client count so the
+//! interfaces sit side by side:
+//!
+//! - `grpc/1`, `ws/1`, `sse/1`: one streaming client;
+//! - `grpc/10`, `ws/10`, `sse/10`: ten clients, each on its own connection
+//!   and in its own task; timed until all ten have the rate.
+//!
+//! The stack is the one `fxcast serve` runs (see `common`): a rate core on
+//! the memory transport serving gRPC, and the gateway talking to it over
+//! loopback gRPC. gRPC clients connect to the core; WebSocket and SSE clients
+//! connect to the gateway, so their path contains one more hop (core ->
+//! gateway over gRPC, one upstream stream shared by every browser) plus JSON.
+//! Every client holds a bearer token (`rates:subscribe=USD_JPY`, one hour)
+//! checked once when its stream opens.
+//!
+//! One iteration is timed from just before `RatePublisher::publish` until the
+//! client has read and decoded that rate (protobuf for gRPC, JSON for the
+//! WebSocket and SSE; the sequence is checked). The timed path is: markup,
+//! sequencing, protobuf encoding, transport publish, the hub's ingest task,
+//! the stream task, framing, loopback TCP, and client decoding; for WebSocket
+//! and SSE also the gateway's decoding, its one JSON encoding per tick and
+//! its per-connection writers.
+//!
+//! Server, gateway, clients and the timing task share one 2-worker runtime.
+//! With one client the timing task *is* the client; with ten, the last client
+//! task wakes the timing task through a [`Notify`], so that case also
+//! contains one extra cross-task wake-up.
+//!
+//! After criterion, a percentile pass (see `fxcast_benches`) times 10,000
+//! individual iterations per case and prints p50/p90/p99/max.
+
+mod common;
+
+use std::{
+    pin::Pin,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use common::{Stack, runtime};
+use criterion::{BenchmarkId, Criterion};
+use futures_util::{SinkExt, Stream, StreamExt};
+use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_proto::v1::{
+    Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
+    stream_rates_response::Event,
+};
+use fxcast_services::Config;
+use tokio::{
+    net::TcpStream,
+    sync::{Mutex, Notify},
+    task::JoinHandle,
+};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tonic::{Request, Streaming, transport::Channel};
+
+const GROUP: &str = "tick_to_client_e2e";
+const CLIENT_COUNTS: &[usize] = &[1, 10];
+
+/// How a client receives rates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Interface {
+    Grpc,
+    Ws,
+    Sse,
+}
+
+impl Interface {
+    const ALL: [Self; 3] = [Self::Grpc, Self::Ws, Self::Sse];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Grpc => "grpc",
+            Self::Ws => "ws",
+            Self::Sse => "sse",
+        }
+    }
+}
+
+fn full_id(interface: Interface, clients: usize) -> String {
+    format!("{GROUP}/{}/{clients}", interface.name())
+}
+
+/// What a client saw of one rate.
+#[derive(Debug, PartialEq, Eq)]
+struct Seen {
+    sequence: u64,
+    bid: String,
+    ask: String,
+}
+
+impl From<&Rate> for Seen {
+    fn from(rate: &Rate) -> Self {
+        Self {
+            sequence: rate.sequence,
+            bid: rate.bid.clone(),
+            ask: rate.ask.clone(),
+        }
+    }
+}
+
+impl Seen {
+    /// From a `{"type":"rate",...}` JSON message (WebSocket frame or SSE data).
+    fn from_json(text: &str) -> Result<Self, String> {
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("invalid JSON {text:?}: {e}"))?;
+        let field = |name: &str| value[name].as_str().map(str::to_owned);
+        match (value["sequence"].as_u64(), field("bid"), field("ask")) {
+            (Some(sequence), Some(bid), Some(ask)) => Ok(Self { sequence, bid, ask }),
+            _ => Err(format!("not a rate: {text}")),
+        }
+    }
+}
+
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
+
+/// One client's open stream of `USD_JPY` rates.
+enum Reader {
+    Grpc(Streaming<StreamRatesResponse>),
+    Ws(Box<Ws>),
+    Sse { body: Body, buffer: Vec<u8> },
+}
+
+impl Reader {
+    /// Connects a new client (its own connection) and opens a stream of the
+    /// symbol. The server-side subscription is live on return.
+    async fn open(stack: &Stack, interface: Interface, token: &str) -> Self {
+        match interface {
+            Interface::Grpc => {
+                let mut client: RateServiceClient<Channel> =
+                    RateServiceClient::connect(format!("http://{}", stack.grpc))
+                        .await
+                        .expect("connect");
+                let mut request = Request::new(StreamRatesRequest {
+                    symbols: vec![common::SYMBOL.into()],
+                    ..Default::default()
+                });
+                request.metadata_mut().insert(
+                    "authorization",
+                    format!("Bearer {token}").parse().expect("ascii token"),
+                );
+                let stream = client
+                    .stream_rates(request)
+                    .await
+                    .expect("stream_rates")
+                    .into_inner();
+                Self::Grpc(stream)
+            }
+            Interface::Ws => {
+                let url = format!("ws://{}/v1/stream?token={token}", stack.http);
+                let (mut ws, _) = tokio_tungstenite::connect_async(url)
+                    .await
+                    .expect("WebSocket connect");
+                let subscribe =
+                    serde_json::json!({"type": "subscribe", "symbols": [common::SYMBOL]});
+                ws.send(Message::Text(subscribe.to_string().into()))
+                    .await
+                    .expect("send subscribe");
+                // The acknowledgement comes once the subscription is live.
+                loop {
+                    match ws.next().await {
+                        Some(Ok(Message::Text(text))) if text.contains("\"subscribed\"") => break,
+                        Some(Ok(Message::Text(text))) if text.contains("\"heartbeat\"") => {}
+                        other => panic!("expected the subscribe acknowledgement, got {other:?}"),
+                    }
+                }
+                Self::Ws(Box::new(ws))
+            }
+            Interface::Sse => {
+                let response = reqwest::Client::new()
+                    .get(stack.url(&format!("/v1/rates/stream?symbols={}", common::SYMBOL)))
+                    .bearer_auth(token)
+                    .send()
+                    .await
+                    .expect("SSE request");
+                assert_eq!(response.status(), 200, "SSE stream refused");
+                // The gateway subscribes before it answers with the headers.
+                Self::Sse {
+                    body: Box::pin(response.bytes_stream()),
+                    buffer: Vec::new(),
+                }
+            }
+        }
+    }
+
+    /// The next rate; `Ok(None)` when the stream ended, `Err` for anything
+    /// other than a rate or a heartbeat (a gap, an error, a broken stream).
+    async fn next_rate(&mut self) -> Result<Option<Seen>, String> {
+        match self {
+            Self::Grpc(stream) => match stream.message().await {
+                Ok(Some(StreamRatesResponse {
+                    event: Some(Event::Rate(rate)),
+                })) => Ok(Some(Seen::from(&rate))),
+                Ok(None) => Ok(None),
+                other => Err(format!("{other:?}")),
+            },
+            Self::Ws(ws) => loop {
+                match ws.next().await {
+                    Some(Ok(Message::Text(text))) => {
+                        if text.starts_with("{\"type\":\"heartbeat\"") {
+                            continue;
+                        }
+                        return Seen::from_json(&text).map(Some);
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => return Ok(None),
+                    other => return Err(format!("{other:?}")),
+                }
+            },
+            Self::Sse { body, buffer } => loop {
+                if let Some(end) = buffer.windows(2).position(|w| w == b"\n\n") {
+                    let event: Vec<u8> = buffer.drain(..end + 2).collect();
+                    let event = std::str::from_utf8(&event).map_err(|e| e.to_string())?;
+                    let mut kind = "message";
+                    let mut data = None;
+                    for line in event.lines() {
+                        if let Some(value) = line.strip_prefix("event:") {
+                            kind = value.trim_start();
+                        } else if let Some(value) = line.strip_prefix("data:") {
+                            data = Some(value.trim_start());
+                        }
+                    }
+                    match (kind, data) {
+                        ("rate", Some(data)) => return Seen::from_json(data).map(Some),
+                        // Keep-alive comments and heartbeats.
+                        (_, None) | ("heartbeat", _) => continue,
+                        (kind, Some(data)) => return Err(format!("SSE {kind}: {data}")),
+                    }
+                }
+                match body.next().await {
+                    Some(Ok(bytes)) => buffer.extend_from_slice(&bytes),
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Ok(None),
+                }
+            },
+        }
+    }
+
+    /// The next event, which must be a rate.
+    async fn expect_rate(&mut self) -> Seen {
+        match self.next_rate().await {
+            Ok(Some(seen)) => seen,
+            other => panic!("expected a rate on the stream, got {other:?}"),
+        }
+    }
+}
+
+/// A stack and a token for streaming clients.
+struct Server {
+    stack: Stack,
+    token: String,
+}
+
+impl Server {
+    async fn start() -> Self {
+        let stack = Stack::start(Config::default()).await;
+        let token = stack.token(&format!("rates:subscribe={}", common::SYMBOL));
+        Self { stack, token }
+    }
+
+    async fn open(&self, interface: Interface) -> Reader {
+        Reader::open(&self.stack, interface, &self.token).await
+    }
+
+    async fn publish(&self) -> Rate {
+        self.stack.publish().await
+    }
+}
+
+/// Publishes one rate and reads every stream up to it, discarding whatever
+/// came first (the snapshot of the latest rate a new stream starts with).
+/// Returns the synchronised sequence.
+async fn sync(server: &Server, readers: &mut [Reader]) -> u64 {
+    let target = server.publish().await.sequence;
+    for reader in readers {
+        loop {
+            let seen = reader.expect_rate().await;
+            if seen.sequence == target {
+                break;
+            }
+            assert!(
+                seen.sequence < target,
+                "stream ran ahead of the sync rate: {} > {target}",
+                seen.sequence
+            );
+        }
+    }
+    target
+}
+
+/// One streaming client whose reader is the timing task itself.
+struct OneClient {
+    server: Server,
+    reader: Mutex<Reader>,
+}
+
+impl OneClient {
+    async fn start(interface: Interface) -> Self {
+        let server = Server::start().await;
+        let mut readers = [server.open(interface).await];
+        sync(&server, &mut readers).await;
+        let [reader] = readers;
+        Self {
+            server,
+            reader: Mutex::new(reader),
+        }
+    }
+
+    async fn round(&self, reader: &mut Reader) -> Duration {
+        let start = Instant::now();
+        let published = self.server.publish().await;
+        let received = reader.expect_rate().await;
+        let elapsed = start.elapsed();
+        assert_eq!(
+            received,
+            Seen::from(&published),
+            "the stream delivered a different rate than the one just published"
+        );
+        elapsed
+    }
+
+    async fn stop(self) {
+        drop(self.reader);
+        self.server.stack.stop().await;
+    }
+}
+
+/// Several streaming clients, each reading in its own task; the last one to
+/// receive a rate wakes the timing task.
+struct ManyClients {
+    server: Server,
+    received: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl ManyClients {
+    async fn start(interface: Interface, clients: usize) -> Self {
+        let server = Server::start().await;
+        let mut readers = Vec::with_capacity(clients);
+        for _ in 0..clients {
+            readers.push(server.open(interface).await);
+        }
+        let synced = sync(&server, &mut readers).await;
+        let received = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(Notify::new());
+        let tasks = readers
+            .into_iter()
+            .map(|reader| {
+                tokio::spawn(client_reader(
+                    reader,
+                    synced,
+                    clients,
+                    Arc::clone(&received),
+                    Arc::clone(&done),
+                    server.stack.shutdown.clone(),
+                ))
+            })
+            .collect();
+        Self {
+            server,
+            received,
+            done,
+            tasks,
+        }
+    }
+
+    async fn round(&self) -> Duration {
+        // The previous round's last increment happened before its notify.
+        self.received.store(0, Ordering::Relaxed);
+        let start = Instant::now();
+        self.server.publish().await;
+        self.done.notified().await;
+        start.elapsed()
+    }
+
+    async fn stop(self) {
+        // Cancelling the shutdown token ends every stream, which ends the
+        // readers.
+        self.server.stack.shutdown.cancel();
+        for task in self.tasks {
+            task.await.expect("client task");
+        }
+        self.server.stack.stop().await;
+    }
+}
+
+async fn client_reader(
+    mut reader: Reader,
+    mut last: u64,
+    clients: usize,
+    received: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        match reader.next_rate().await {
+            Ok(Some(seen)) if seen.sequence == last + 1 => {
+                last = seen.sequence;
+                if received.fetch_add(1, Ordering::AcqRel) + 1 == clients {
+                    done.notify_one();
+                }
+            }
+            Ok(None) => return,
+            _ if shutdown.is_cancelled() => return,
+            // A gap, a rate out of order or an error mid-benchmark: the
+            // round would never complete, so fail loudly.
+            other => {
+                eprintln!("client expected rate {} and got {other:?}", last + 1);
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "one fixture per case, created once and held in an Arc"
+)]
+enum Fixture {
+    One(OneClient),
+    Many(ManyClients),
+}
+
+impl Fixture {
+    async fn start(interface: Interface, clients: usize) -> Self {
+        if clients == 1 {
+            Self::One(OneClient::start(interface).await)
+        } else {
+            Self::Many(ManyClients::start(interface, clients).await)
+        }
+    }
+
+    /// Runs `iters` rounds and returns each round's time to `record`.
+    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration)) {
+        match self {
+            Self::One(one) => {
+                let mut reader = one.reader.lock().await;
+                for _ in 0..iters {
+                    record(one.round(&mut reader).await);
+                }
+            }
+            Self::Many(many) => {
+                for _ in 0..iters {
+                    record(many.round().await);
+                }
+            }
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            Self::One(one) => one.stop().await,
+            Self::Many(many) => many.stop().await,
+        }
+    }
+}
+
+fn bench_tick_to_client(c: &mut Criterion) {
+    let mut group = c.benchmark_group(GROUP);
+    group.warm_up_time(Duration::from_secs(2));
+    group.measurement_time(Duration::from_secs(5));
+    let rt = runtime();
+    for &clients in CLIENT_COUNTS {
+        for interface in Interface::ALL {
+            let id = BenchmarkId::new(interface.name(), clients);
+            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
+            group.bench_function(id, |b| {
+                b.iter_custom(|iters| {
+                    let fixture = Arc::clone(&fixture);
+                    rt.block_on(rt.spawn(async move {
+                        let mut total = Duration::ZERO;
+                        fixture.rounds(iters, |d| total += d).await;
+                        total
+                    }))
+                    .expect("bench task")
+                });
+            });
+            let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
+            rt.block_on(fixture.stop());
+        }
+    }
+    group.finish();
+}
+
+fn percentiles(pass: &PercentilePass) {
+    pass.print_heading(GROUP);
+    let rt = runtime();
+    for &clients in CLIENT_COUNTS {
+        for interface in Interface::ALL {
+            let id = full_id(interface, clients);
+            if !pass.wants(&id) {
+                continue;
+            }
+            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
+            let (warmup, samples) = (pass.warmup as u64, pass.samples);
+            let task_fixture = Arc::clone(&fixture);
+            let mut latencies = rt
+                .block_on(rt.spawn(async move {
+                    task_fixture.rounds(warmup, drop).await;
+                    let mut latencies = Vec::with_capacity(samples);
+                    task_fixture
+                        .rounds(samples as u64, |d| latencies.push(d))
+                        .await;
+                    latencies
+                }))
+                .expect("percentile task");
+            let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
+            pass.print(&id, &summary);
+            let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
+            rt.block_on(fixture.stop());
+        }
+    }
+}
+
+fn main() {
+    let mut criterion = Criterion::default().configure_from_args();
+    bench_tick_to_client(&mut criterion);
+    criterion.final_summary();
+    if let Some(pass) = PercentilePass::from_env_and_args() {
+        percentiles(&pass);
+    }
+}
