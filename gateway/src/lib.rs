@@ -20,6 +20,7 @@ mod metrics;
 mod openapi;
 pub mod orders;
 mod rest;
+mod revocations;
 mod session;
 mod sse;
 mod ticker;
@@ -116,6 +117,7 @@ pub(crate) struct AppState {
     pub(crate) config: Arc<GatewayConfig>,
     pub(crate) anonymous_limit: Arc<PerAddressLimit>,
     pub(crate) stop: CancellationToken,
+    pub(crate) revocations: revocations::Revocations,
 }
 
 /// Runs fxcast all in one: rate core with its feed, gRPC on `grpc`, and the
@@ -186,6 +188,8 @@ pub async fn serve_gateway(
         ticker = start_ticker(&upstream, &config, &metrics, &stop) => ticker?,
         () = stop.cancelled() => return Ok(()),
     };
+    let revocations = revocations::Revocations::default();
+    tokio::spawn(revocations.clone().follow(upstream.clone(), stop.clone()));
     let state = AppState {
         upstream,
         ticker,
@@ -193,6 +197,7 @@ pub async fn serve_gateway(
         anonymous_limit: Arc::new(PerAddressLimit::new(config.anonymous_per_minute)),
         config: Arc::new(config),
         stop: stop.clone(),
+        revocations,
     };
     axum::serve(
         http,

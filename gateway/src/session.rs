@@ -44,6 +44,8 @@ pub(crate) struct Session {
     pub(crate) allowed: BTreeSet<String>,
     /// When the credential expires (the stream is closed then).
     pub(crate) expires_at: Option<SystemTime>,
+    /// The token's id (the stream is closed when it is revoked).
+    pub(crate) token_id: Option<String>,
 }
 
 impl Session {
@@ -61,11 +63,26 @@ impl Session {
             .into_inner()
             .symbols;
         let allowed = symbols.into_iter().map(|s| s.symbol).collect();
+        let claims = raw_token.and_then(claims_of);
+        let claim = |name: &str| claims.as_ref().and_then(|c| c.get(name));
         Ok(Self {
             bearer,
             allowed,
-            expires_at: raw_token.and_then(expiry_of),
+            expires_at: claim("exp")
+                .and_then(serde_json::Value::as_u64)
+                .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+            token_id: claim("jti")
+                .and_then(serde_json::Value::as_str)
+                .map(str::to_owned),
         })
+    }
+
+    /// Completes when the token is revoked upstream.
+    pub(crate) fn revoked(
+        &self,
+        revocations: &crate::revocations::Revocations,
+    ) -> impl std::future::Future<Output = ()> + Send + 'static {
+        revocations.revoked(self.token_id.as_deref())
     }
 
     /// Seconds until expiry as a deadline on tokio's clock.
@@ -86,10 +103,9 @@ pub(crate) fn bearer_token(headers: &HeaderMap, query_token: Option<&str>) -> Op
     }
 }
 
-/// The `exp` claim of a JWT the upstream has already verified.
-fn expiry_of(token: &str) -> Option<SystemTime> {
+/// The claims of a JWT the upstream has already verified (not an API key).
+fn claims_of(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    Some(UNIX_EPOCH + Duration::from_secs(claims.get("exp")?.as_u64()?))
+    serde_json::from_slice(&bytes).ok()
 }

@@ -139,7 +139,21 @@ pub(crate) async fn stream(
     let metrics = state.metrics.clone();
     let ticker = state.ticker.clone();
     let stop = state.stop.clone();
+    // The stream ends with an `error` event when the token expires or is
+    // revoked.
     let expiry = session.deadline();
+    let revoked = session.revoked(&state.revocations);
+    let ended = async move {
+        tokio::select! {
+            () = async {
+                match expiry {
+                    Some(deadline) => tokio::time::sleep_until(deadline).await,
+                    None => std::future::pending().await,
+                }
+            } => ServerMessage::error("token_expired", "token expired: reconnect with a fresh token"),
+            () = revoked => ServerMessage::error("token_revoked", "token revoked: reconnect with another token"),
+        }
+    };
     let stream = async_stream_events(
         backlog,
         select_all(lives),
@@ -148,7 +162,7 @@ pub(crate) async fn stream(
         metrics,
         ticker,
         stop,
-        expiry,
+        ended,
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -196,7 +210,7 @@ fn async_stream_events(
     metrics: crate::metrics::Metrics,
     ticker: crate::ticker::Ticker,
     stop: tokio_util::sync::CancellationToken,
-    expiry: Option<tokio::time::Instant>,
+    ended: impl Future<Output = ServerMessage> + Send + 'static,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let guard = ConnectionGuard::new(&metrics, "sse");
     let deliveries = metrics
@@ -209,6 +223,7 @@ fn async_stream_events(
         .clone();
     async_stream::stream! {
         let _guard = guard;
+        tokio::pin!(ended);
         for tick in &backlog {
             for event in rate_event(tick, &mut cursor, single) {
                 deliveries.inc();
@@ -218,8 +233,7 @@ fn async_stream_events(
         loop {
             let next = tokio::select! {
                 () = stop.cancelled() => break,
-                () = async { match expiry { Some(d) => tokio::time::sleep_until(d).await, None => std::future::pending().await } } => {
-                    let error = ServerMessage::error("token_expired", "token expired: reconnect with a fresh token");
+                error = &mut ended => {
                     yield Ok(Event::default().event("error").data(error.to_text()));
                     break;
                 }

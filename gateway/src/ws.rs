@@ -255,6 +255,8 @@ impl Connection {
         let idle = tokio::time::sleep(limits.idle_timeout);
         tokio::pin!(idle);
         let expiry = self.session.deadline();
+        let revoked = self.session.revoked(&self.state.revocations);
+        tokio::pin!(revoked);
         let stop = self.state.stop.clone();
         let mut order_events: Option<tokio::sync::mpsc::Receiver<OrderJson>> = None;
         loop {
@@ -262,6 +264,9 @@ impl Connection {
                 () = stop.cancelled() => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
                 () = sleep_until_opt(expiry) => {
                     return Ok(Exit::Close(close_code::POLICY, "token expired: reconnect with a fresh token".into()));
+                }
+                () = &mut revoked => {
+                    return Ok(Exit::Close(close_code::POLICY, "token revoked: reconnect with another token".into()));
                 }
                 () = &mut idle => return Ok(Exit::Close(close_code::AWAY, "idle timeout: no frames from the client".into())),
                 _ = heartbeat.tick() => {

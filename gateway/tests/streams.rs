@@ -493,3 +493,77 @@ async fn sse_refuses_bad_requests() {
         .unwrap();
     assert_eq!(response.status(), 400);
 }
+
+#[tokio::test]
+async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
+    let h = Harness::quiet().await;
+    let issued = h
+        .core
+        .authority()
+        .issue("alice", "rates:subscribe=*".parse().unwrap(), None)
+        .unwrap();
+    let mut ws = h.ws(&issued.token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    assert_eq!(next_json(&mut ws).await["type"], "rate");
+    let sse = h
+        .client
+        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sse.status(), 200);
+    // Someone else's connection stays open.
+    let other = h.browser_token().await;
+    let mut bystander = h.ws(&other).await;
+    send_json(
+        &mut bystander,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut bystander).await["type"], "subscribed");
+
+    h.core.authority().revoke(&issued.token_id).unwrap();
+
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = ws.next().await {
+            if let Message::Close(frame) = message.unwrap() {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the WebSocket is closed after the revocation")
+    .expect("with a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
+    assert_eq!(close.reason, "token revoked: reconnect with another token");
+
+    let events = sse_events(sse, 2).await;
+    let (event, _, data) = events.last().unwrap();
+    assert_eq!(event, "error", "{events:?}");
+    let error: Value = serde_json::from_str(data).unwrap();
+    assert_eq!(error["code"], "token_revoked");
+
+    let published = h.publish("USD_JPY", "151.300", "151.310").await;
+    loop {
+        let message = next_json(&mut bystander).await;
+        if message["sequence"] == published.sequence {
+            break;
+        }
+    }
+    // The revoked token cannot open a new stream either.
+    let response = h
+        .client
+        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}

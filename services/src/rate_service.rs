@@ -18,7 +18,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick,
-    auth::{Caller, Scope},
+    auth::{Caller, Scope, TokenAuthority},
     feed::Quote,
     rates::parse_price,
 };
@@ -51,11 +51,13 @@ pub struct RateServiceImpl {
     publisher: RatePublisher,
     limits: StreamLimits,
     shutdown: CancellationToken,
+    authority: TokenAuthority,
 }
 
 impl RateServiceImpl {
     /// Creates the service. Streams end with `UNAVAILABLE` when `shutdown` is
-    /// cancelled, so a graceful server shutdown never waits on them.
+    /// cancelled, so a graceful server shutdown never waits on them, and with
+    /// `UNAUTHENTICATED` when their token expires or `authority` revokes it.
     pub fn new(
         symbols: SymbolTable,
         latest: LatestRates,
@@ -63,6 +65,7 @@ impl RateServiceImpl {
         publisher: RatePublisher,
         limits: StreamLimits,
         shutdown: CancellationToken,
+        authority: TokenAuthority,
     ) -> Self {
         Self {
             symbols,
@@ -71,14 +74,8 @@ impl RateServiceImpl {
             publisher,
             limits,
             shutdown,
+            authority,
         }
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 
@@ -242,12 +239,10 @@ impl RateService for RateServiceImpl {
         let hub = self.hub.clone();
         let limits = self.limits;
         let shutdown = self.shutdown.clone();
-        // The stream ends when its credential does; clients reconnect with a
-        // fresh token (and resume_after, so nothing is lost).
-        let expiry = caller.expires_at.map(|at| {
-            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
-            tokio::time::Instant::now() + left
-        });
+        // The stream ends when its credential does (expiry or revocation);
+        // clients reconnect with a fresh token (and resume_after, so nothing
+        // is lost).
+        let credential_end = self.authority.credential_end(&caller);
         let stream = async_stream::stream! {
             for event in backlog_events {
                 yield Ok(event);
@@ -258,8 +253,7 @@ impl RateService for RateServiceImpl {
             // Built once, not per tick: each would register a timer and a
             // waiter every time round the loop.
             let cancelled = shutdown.cancelled();
-            let expired = sleep_until_opt(expiry);
-            tokio::pin!(cancelled, expired);
+            tokio::pin!(cancelled, credential_end);
             loop {
                 let next = tokio::select! {
                     biased;
@@ -267,8 +261,8 @@ impl RateService for RateServiceImpl {
                         yield Err(Status::unavailable("server is shutting down; reconnect with resume_after to continue"));
                         break;
                     }
-                    () = &mut expired => {
-                        yield Err(Status::unauthenticated("token expired; reconnect with a fresh token and resume_after to continue"));
+                    end = &mut credential_end => {
+                        yield Err(end.status(" and resume_after to continue"));
                         break;
                     }
                     next = live.next() => next,

@@ -230,12 +230,13 @@ impl RatesCore {
             self.publisher.clone(),
             self.config.stream_limits,
             self.shutdown.clone(),
+            self.authority.clone(),
         )
     }
 
     /// The `OrderService` implementation over this core.
     pub fn order_service(&self) -> OrderServiceImpl {
-        OrderServiceImpl::new(self.orders.clone())
+        OrderServiceImpl::new(self.orders.clone(), self.authority.clone())
     }
 
     /// Serves gRPC (RateService, OrderService, TokenService, health,
@@ -285,10 +286,12 @@ impl RatesCore {
             .add_service(RateServiceServer::new(self.rate_service()))
             .add_service(OrderServiceServer::new(self.order_service()))
             .add_service(TokenServiceServer::new(
-                TokenServiceImpl::new(self.authority.clone()).with_subscriber_access(
-                    Arc::clone(&self.transport),
-                    self.symbols.names().map(str::to_owned).collect(),
-                ),
+                TokenServiceImpl::new(self.authority.clone())
+                    .with_subscriber_access(
+                        Arc::clone(&self.transport),
+                        self.symbols.names().map(str::to_owned).collect(),
+                    )
+                    .with_shutdown(self.shutdown.clone()),
             ))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;

@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use common::{ALL_SCOPES, Bearer, TestServer, next_rate};
 use fxcast_proto::v1::{
     GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, PublishRateRequest,
-    RevokeTokenRequest, StreamRatesRequest, rate_service_client::RateServiceClient,
+    RevokeTokenRequest, StreamOrderEventsRequest, StreamRatesRequest, WatchRevocationsRequest,
+    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
     token_service_client::TokenServiceClient,
 };
 use fxcast_services::{Config, FeedKind, auth::keys::KeyFile};
@@ -422,6 +423,158 @@ async fn a_stream_ends_when_its_token_expires() {
         status.message(),
         "token expired; reconnect with a fresh token and resume_after to continue"
     );
+}
+
+/// The status that ends `stream`, skipping the messages before it.
+async fn end_status<T>(stream: &mut tonic::Streaming<T>) -> Status {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("the stream outlived its credential")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("stream ended without a status"),
+            Err(status) => break status,
+        }
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_token_ends_its_open_streams_at_once() {
+    let server = quiet().await;
+    let issued = server
+        .core
+        .authority()
+        .issue("alice", ALL_SCOPES.parse().unwrap(), None)
+        .unwrap();
+    let other = server.token("bob", ALL_SCOPES);
+    let channel = server.authed_channel(&issued.token).await;
+    let mut rates = RateServiceClient::new(channel.clone())
+        .stream_rates(StreamRatesRequest {
+            symbols: vec!["USD_JPY".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next_rate(&mut rates).await;
+    let mut orders = OrderServiceClient::new(channel)
+        .stream_order_events(StreamOrderEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bobs = RateServiceClient::new(server.authed_channel(&other).await)
+        .stream_rates(StreamRatesRequest {
+            symbols: vec!["USD_JPY".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    next_rate(&mut bobs).await;
+
+    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    admin
+        .revoke_token(RevokeTokenRequest {
+            token_id: issued.token_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    let status = end_status(&mut rates).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "token revoked; reconnect with another token and resume_after to continue"
+        )
+    );
+    let status = end_status(&mut orders).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "token revoked; reconnect with another token, then reload with ListOrders"
+        )
+    );
+    // Another token's stream goes on.
+    let published = server.publish("USD_JPY", "151.200", "151.210").await;
+    loop {
+        if next_rate(&mut bobs).await.sequence == published.sequence {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_order_event_stream_ends_when_its_token_expires() {
+    let server = quiet().await;
+    let token = sign(
+        &server,
+        serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": "orders:read", "jti": "short-orders", "iat": now(), "exp": now() + 1}),
+    );
+    let mut stream = OrderServiceClient::new(server.authed_channel(&token).await)
+        .stream_order_events(StreamOrderEventsRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let status = end_status(&mut stream).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (
+            Code::Unauthenticated,
+            "token expired; reconnect with a fresh token, then reload with ListOrders"
+        )
+    );
+}
+
+#[tokio::test]
+async fn watch_revocations_sends_those_in_force_then_each_new_one() {
+    let server = quiet().await;
+    let authority = server.core.authority();
+    let earlier = authority
+        .issue("alice", "orders:read".parse().unwrap(), None)
+        .unwrap();
+    authority.revoke(&earlier.token_id).unwrap();
+
+    // Needs tokens:issue.
+    let mut reader = TokenServiceClient::new(
+        server
+            .authed_channel(&server.token("carol", "rates:subscribe=*"))
+            .await,
+    );
+    let err = reader
+        .watch_revocations(WatchRevocationsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+
+    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    let mut watch = admin
+        .watch_revocations(WatchRevocationsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let first = watch.message().await.unwrap().unwrap();
+    assert_eq!(first.token_id, earlier.token_id);
+    let lapses = first.expires_at.unwrap().seconds as u64;
+    assert!(lapses > now(), "a revocation in force lapses in the future");
+
+    let later = authority
+        .issue("bob", "orders:read".parse().unwrap(), None)
+        .unwrap();
+    admin
+        .revoke_token(RevokeTokenRequest {
+            token_id: later.token_id.clone(),
+        })
+        .await
+        .unwrap();
+    let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
+        .await
+        .expect("the new revocation arrives")
+        .unwrap()
+        .unwrap();
+    assert_eq!(next.token_id, later.token_id);
 }
 
 #[tokio::test]

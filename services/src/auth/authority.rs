@@ -20,6 +20,7 @@ use super::{
     anonymous::{PerAddressLimit, anonymous_subject, browser_scopes},
     keys::{KeyFile, unix, write_secret_file},
     revocations::Revocations,
+    revocations::Revoked,
 };
 use crate::Error;
 
@@ -180,6 +181,32 @@ impl KeyState {
             decoding,
             encoding,
         })
+    }
+}
+
+/// The `token_id` of a caller authenticated by the admin API key.
+pub const API_KEY_ID: &str = "api-key";
+
+/// Why a credential stopped being valid while a stream was open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialEnd {
+    /// The token reached its expiry.
+    Expired,
+    /// The token was revoked.
+    Revoked,
+}
+
+impl CredentialEnd {
+    /// `UNAUTHENTICATED` saying what happened and, after `then`, what to do.
+    pub fn status(self, then: &str) -> tonic::Status {
+        match self {
+            Self::Expired => tonic::Status::unauthenticated(format!(
+                "token expired; reconnect with a fresh token{then}"
+            )),
+            Self::Revoked => tonic::Status::unauthenticated(format!(
+                "token revoked; reconnect with another token{then}"
+            )),
+        }
     }
 }
 
@@ -418,7 +445,7 @@ impl TokenAuthority {
             return if allow_api_key {
                 Ok(Caller {
                     subject: "admin".into(),
-                    token_id: "api-key".into(),
+                    token_id: API_KEY_ID.into(),
                     scopes: Scopes::admin(),
                     expires_at: None,
                 })
@@ -444,6 +471,69 @@ impl TokenAuthority {
         self.inner
             .revocations
             .revoke(token_id, SystemTime::now() + self.inner.config.max_ttl)
+    }
+
+    /// Every revocation still in force.
+    pub fn revocations(&self) -> Vec<Revoked> {
+        self.inner.revocations.entries()
+    }
+
+    /// Each revocation from now on; a receiver that lags should re-read
+    /// [`revocations`](Self::revocations).
+    pub fn watch_revocations(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.inner.revocations.subscribe()
+    }
+
+    /// Completes when `caller`'s credential ends: it expires, or its token is
+    /// revoked. Long-lived streams select on it and end with
+    /// `UNAUTHENTICATED`. Starts watching at once (not when first polled),
+    /// so a revocation after this call is never missed. The admin API key
+    /// neither expires nor can be revoked by id.
+    pub fn credential_end(
+        &self,
+        caller: &Caller,
+    ) -> impl Future<Output = CredentialEnd> + Send + 'static {
+        let mut news = self.inner.revocations.subscribe();
+        let revocations = self.inner.revocations.clone();
+        let token_id = (caller.token_id != API_KEY_ID).then(|| caller.token_id.clone());
+        let expiry = caller.expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
+        let revoked = async move {
+            let Some(token_id) = token_id else {
+                return std::future::pending().await;
+            };
+            if revocations.is_revoked(&token_id) {
+                return;
+            }
+            loop {
+                match news.recv().await {
+                    Ok(revoked) if *revoked.token_id == *token_id => return,
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if revocations.is_revoked(&token_id) {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return std::future::pending().await;
+                    }
+                }
+            }
+        };
+        async move {
+            let expired = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = revoked => CredentialEnd::Revoked,
+                () = expired => CredentialEnd::Expired,
+            }
+        }
     }
 
     fn reload_keys(&self) {

@@ -20,7 +20,22 @@ pub(super) struct Revocations {
     // would have expired anyway.
     memory: Arc<RwLock<HashMap<String, u64>>>,
     db: Arc<Mutex<Connection>>,
+    /// Each new revocation, for streams that must end when their token is
+    /// revoked.
+    news: tokio::sync::broadcast::Sender<Revoked>,
 }
+
+/// One revocation: the token id and when it lapses (Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Revoked {
+    /// The revoked token id.
+    pub token_id: Arc<str>,
+    /// When the token would have expired anyway (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// Revocations buffered per listener before it lags (and re-reads the set).
+const NEWS_CAPACITY: usize = 256;
 
 impl std::fmt::Debug for Revocations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +90,7 @@ impl Revocations {
         Ok(Self {
             memory: Arc::new(RwLock::new(memory)),
             db: Arc::new(Mutex::new(db)),
+            news: tokio::sync::broadcast::Sender::new(NEWS_CAPACITY),
         })
     }
 
@@ -97,10 +113,38 @@ impl Revocations {
             db.execute("DELETE FROM revoked_tokens WHERE expires_at < ?1", [now])
                 .map_err(db_err("prune"))?;
         }
-        let mut memory = self.memory.write().unwrap_or_else(|e| e.into_inner());
-        memory.retain(|_, e| *e >= now);
-        memory.insert(token_id.to_owned(), exp);
+        {
+            let mut memory = self.memory.write().unwrap_or_else(|e| e.into_inner());
+            memory.retain(|_, e| *e >= now);
+            memory.insert(token_id.to_owned(), exp);
+        }
+        // In memory first: a listener that subscribes and then checks the
+        // set never misses a revocation. No listener is not an error.
+        let _ = self.news.send(Revoked {
+            token_id: token_id.into(),
+            expires_at: exp,
+        });
         Ok(())
+    }
+
+    /// Every revocation still in force.
+    pub(super) fn entries(&self) -> Vec<Revoked> {
+        let now = unix(SystemTime::now());
+        self.memory
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, exp)| **exp >= now)
+            .map(|(id, exp)| Revoked {
+                token_id: id.as_str().into(),
+                expires_at: *exp,
+            })
+            .collect()
+    }
+
+    /// Revocations from now on.
+    pub(super) fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Revoked> {
+        self.news.subscribe()
     }
 
     /// Whether `token_id` is revoked.

@@ -5,11 +5,16 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use std::pin::Pin;
+
+use futures_util::Stream;
 use fxcast_proto::v1::{
-    IssueTokenRequest, IssueTokenResponse, MomentoAccess, RevokeTokenRequest, RevokeTokenResponse,
-    token_service_server::TokenService,
+    IssueTokenRequest, IssueTokenResponse, MomentoAccess, Revocation, RevokeTokenRequest,
+    RevokeTokenResponse, WatchRevocationsRequest, token_service_server::TokenService,
 };
 use fxcast_transport::Transport;
+use tokio::sync::broadcast::error::RecvError;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
 use super::{Caller, IssuedToken, Scope, Scopes, TokenAuthority};
@@ -20,6 +25,7 @@ use crate::{Error, rates_topic};
 pub struct TokenServiceImpl {
     authority: TokenAuthority,
     direct: Option<DirectAccess>,
+    shutdown: CancellationToken,
 }
 
 /// Where tokens that may subscribe to rates also get direct access.
@@ -35,7 +41,15 @@ impl TokenServiceImpl {
         Self {
             authority,
             direct: None,
+            shutdown: CancellationToken::new(),
         }
+    }
+
+    /// Ends `WatchRevocations` streams with `UNAVAILABLE` when `shutdown` is
+    /// cancelled, so a graceful server shutdown never waits on them.
+    pub fn with_shutdown(mut self, shutdown: CancellationToken) -> Self {
+        self.shutdown = shutdown;
+        self
     }
 
     /// Also hands out, with every token that may subscribe to some of
@@ -112,8 +126,22 @@ fn parse_ttl(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>, Sta
     .transpose()
 }
 
+fn revocation(revoked: &super::Revoked) -> Revocation {
+    Revocation {
+        token_id: revoked.token_id.to_string(),
+        expires_at: Some(fxcast_proto::Timestamp {
+            seconds: i64::try_from(revoked.expires_at).unwrap_or(i64::MAX),
+            nanos: 0,
+        }),
+    }
+}
+
+type RevocationStream = Pin<Box<dyn Stream<Item = Result<Revocation, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl TokenService for TokenServiceImpl {
+    type WatchRevocationsStream = RevocationStream;
+
     async fn issue_token(
         &self,
         request: Request<IssueTokenRequest>,
@@ -181,5 +209,45 @@ impl TokenService for TokenServiceImpl {
         })?;
         tracing::info!(by = %caller.subject, %token_id, "revoked token");
         Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn watch_revocations(
+        &self,
+        request: Request<WatchRevocationsRequest>,
+    ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
+        let caller = Caller::of(&request)?.clone();
+        caller.require(&Scope::TokensIssue)?;
+        // Subscribe before reading the set: nothing falls between the two.
+        let mut news = self.authority.watch_revocations();
+        let authority = self.authority.clone();
+        let shutdown = self.shutdown.clone();
+        tracing::info!(subject = %caller.subject, "revocation watcher connected");
+        let stream = async_stream::stream! {
+            for revoked in authority.revocations() {
+                yield Ok(revocation(&revoked));
+            }
+            loop {
+                let next = tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => {
+                        yield Err(Status::unavailable("server is shutting down; reconnect to keep watching"));
+                        break;
+                    }
+                    next = news.recv() => next,
+                };
+                match next {
+                    Ok(revoked) => yield Ok(revocation(&revoked)),
+                    // Missed some: send the whole set again (watchers apply
+                    // revocations idempotently).
+                    Err(RecvError::Lagged(_)) => {
+                        for revoked in authority.revocations() {
+                            yield Ok(revocation(&revoked));
+                        }
+                    }
+                    Err(RecvError::Closed) => break,
+                }
+            }
+        };
+        Ok(Response::new(Box::pin(stream)))
     }
 }

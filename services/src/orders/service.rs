@@ -16,7 +16,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
-use crate::auth::{Caller, Scope};
+use crate::auth::{Caller, Scope, TokenAuthority};
 
 /// Orders per ListOrders page when the request does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -27,12 +27,17 @@ const MAX_PAGE_SIZE: usize = 1000;
 #[derive(Debug, Clone)]
 pub struct OrderServiceImpl {
     executor: OrderExecutor,
+    authority: TokenAuthority,
 }
 
 impl OrderServiceImpl {
-    /// Creates the service.
-    pub fn new(executor: OrderExecutor) -> Self {
-        Self { executor }
+    /// Creates the service. Event streams end with `UNAUTHENTICATED` when
+    /// their token expires or `authority` revokes it.
+    pub fn new(executor: OrderExecutor, authority: TokenAuthority) -> Self {
+        Self {
+            executor,
+            authority,
+        }
     }
 }
 
@@ -207,16 +212,22 @@ impl OrderService for OrderServiceImpl {
         for symbol in &symbols {
             self.executor.symbols().get(symbol)?;
         }
+        let credential_end = self.authority.credential_end(caller);
         let (feed, mut receiver) = self.executor.subscribe_events(&caller.subject).await?;
         let shutdown = self.executor.shutdown().clone();
         let stream = async_stream::stream! {
             // Holding the feed keeps the transport subscription alive.
             let _feed = feed;
+            tokio::pin!(credential_end);
             loop {
                 let item = tokio::select! {
                     biased;
                     () = shutdown.cancelled() => {
                         yield Err(Status::unavailable("server is shutting down; reconnect, then reload with ListOrders"));
+                        break;
+                    }
+                    end = &mut credential_end => {
+                        yield Err(end.status(", then reload with ListOrders"));
                         break;
                     }
                     item = receiver.recv() => item,
