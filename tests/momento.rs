@@ -632,3 +632,59 @@ async fn killing_momento_local_mid_stream_reconnects_with_a_gap_and_no_duplicate
     let (status, body) = http_request(&served.http, "GET", "/readyz").await;
     assert_eq!(status, 200, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publisher_restarted_elsewhere_continues_the_sequence_and_peers_keep_following() {
+    let momento = momento_local().await;
+    let args = [
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        "USD_JPY",
+        "--feed",
+        "none",
+        "--momento-publish-rate",
+        "0",
+        "--max-price-age",
+        "60s",
+    ];
+    let publisher = serve(&args).await;
+    let issued = issue(&publisher, &["rates:subscribe=*", "rates:publish"]).await;
+    let mut rates = rates_client(&publisher, &issued.token).await;
+    publish(&mut rates, "USD_JPY", "151.230", "151.238").await;
+    let before = publish(&mut rates, "USD_JPY", "151.231", "151.239").await;
+
+    let peer = serve(&args).await;
+    let watcher = issue(&peer, &["rates:subscribe=*"]).await;
+    let mut peer_rates = rates_client(&peer, &watcher.token).await;
+    let mut peer_stream = stream(&mut peer_rates, "USD_JPY").await;
+    assert_eq!(next_rate(&mut peer_stream).await, before);
+
+    // The publisher dies (no clean stop) and starts again on another machine:
+    // a fresh data directory, so only the Momento cache knows where it was.
+    drop(rates);
+    drop(publisher);
+    let publisher = serve(&args).await;
+    let issued = issue(&publisher, &["rates:subscribe=*", "rates:publish"]).await;
+    let mut rates = rates_client(&publisher, &issued.token).await;
+    let after = publish(&mut rates, "USD_JPY", "151.240", "151.248").await;
+    assert_eq!(
+        after.sequence,
+        before.sequence + 1,
+        "the new run continues after the rate in the cache"
+    );
+    assert_ne!(after.rate_id, before.rate_id);
+
+    // The peer follows the new run at once: nothing is ignored as old.
+    assert_eq!(next_rate(&mut peer_stream).await, after);
+    let latest = peer_rates
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(latest, after);
+}

@@ -167,6 +167,11 @@ pub async fn run(
     }
     stop.cancel();
     let (grpc_result, http_result) = tokio::join!(grpc_server, gateway_server);
+    // Where every symbol's sequence continues next time: a clean restart
+    // leaves no gap.
+    if let Err(err) = core.publisher().checkpoint().await {
+        tracing::warn!(error = %err, "could not record the sequences; the next run skips ahead");
+    }
     grpc_result.map_err(|e| Error::Http(std::io::Error::other(e)))??;
     http_result.map_err(|e| Error::Http(std::io::Error::other(e)))??;
     tracing::info!("stopped");

@@ -30,6 +30,7 @@ pub mod pricing;
 mod publisher;
 mod rate_service;
 mod rates;
+mod sequences;
 mod server;
 pub mod symbols;
 
@@ -41,5 +42,6 @@ pub use orders::{OrderExecutor, OrderJournal, OrderServiceImpl, OrdersConfig};
 pub use publisher::RatePublisher;
 pub use rate_service::{RateServiceImpl, StreamLimits};
 pub use rates::{LatestRates, Tick, parse_price, rates_topic};
+pub use sequences::{BLOCK as SEQUENCE_BLOCK, SEQUENCES_FILE};
 pub use server::{FeedKind, RatesCore};
 pub use symbols::{SymbolSpec, SymbolTable};

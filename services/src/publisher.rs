@@ -12,7 +12,9 @@ use fxcast_transport::Transport;
 use prost::Message;
 use tokio::sync::{Mutex, mpsc};
 
-use crate::{Error, LatestRates, SymbolTable, Tick, feed::Quote, rates_topic};
+use crate::{
+    Error, LatestRates, SymbolTable, Tick, feed::Quote, rates_topic, sequences::SequenceStore,
+};
 
 /// A marked-up price ready to be numbered and published.
 struct Priced {
@@ -39,10 +41,12 @@ struct Inner {
     latest: LatestRates,
     symbols: SymbolTable,
     run_id: String,
-    // The next sequence per symbol. A tokio mutex held across the publish so
-    // topic order always equals sequence order, even with concurrent
-    // publishers of one symbol.
+    // The last published sequence per symbol. A tokio mutex held across the
+    // publish so topic order always equals sequence order, even with
+    // concurrent publishers of one symbol.
     sequences: HashMap<String, Mutex<u64>>,
+    // Where sequences continue after a restart (none: they start at 1).
+    store: Option<SequenceStore>,
 }
 
 impl std::fmt::Debug for RatePublisher {
@@ -54,17 +58,45 @@ impl std::fmt::Debug for RatePublisher {
 }
 
 impl RatePublisher {
-    /// Creates a publisher. `run_id` distinguishes this run's `rate_id`s from
-    /// those of earlier runs (sequences restart at 1 on every start).
+    /// Creates a publisher whose sequences start at 1. `run_id`
+    /// distinguishes this run's `rate_id`s from those of other runs.
     pub fn new(
         transport: Arc<dyn Transport>,
         latest: LatestRates,
         symbols: SymbolTable,
         run_id: String,
     ) -> Self {
+        Self::build(transport, latest, symbols, run_id, None)
+    }
+
+    /// Creates a publisher whose sequences continue where the last run's
+    /// ended: after the floors in `store`, and after the latest rate already
+    /// in `latest` (primed from the transport's shared storage, so a
+    /// publisher that moved to another machine continues too).
+    pub(crate) fn durable(
+        transport: Arc<dyn Transport>,
+        latest: LatestRates,
+        symbols: SymbolTable,
+        run_id: String,
+        store: SequenceStore,
+    ) -> Self {
+        Self::build(transport, latest, symbols, run_id, Some(store))
+    }
+
+    fn build(
+        transport: Arc<dyn Transport>,
+        latest: LatestRates,
+        symbols: SymbolTable,
+        run_id: String,
+        store: Option<SequenceStore>,
+    ) -> Self {
         let sequences = symbols
             .names()
-            .map(|s| (s.to_owned(), Mutex::new(0)))
+            .map(|symbol| {
+                let floor = store.as_ref().map_or(1, |store| store.floor(symbol));
+                let primed = latest.get(symbol).map_or(0, |tick| tick.sequence());
+                (symbol.to_owned(), Mutex::new((floor - 1).max(primed)))
+            })
             .collect();
         Self {
             inner: Arc::new(Inner {
@@ -73,8 +105,28 @@ impl RatePublisher {
                 symbols,
                 run_id,
                 sequences,
+                store,
             }),
         }
+    }
+
+    /// Records, for every symbol, exactly where the next run continues (one
+    /// past the last published sequence), so a clean restart leaves no gap.
+    /// Publishing after this is still safe: it reserves again.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when the floors cannot be written.
+    pub async fn checkpoint(&self) -> Result<(), Error> {
+        let Some(store) = &self.inner.store else {
+            return Ok(());
+        };
+        for (symbol, last) in &self.inner.sequences {
+            let last = last.lock().await;
+            if *last > 0 {
+                store.set(symbol, *last + 1).await?;
+            }
+        }
+        Ok(())
     }
 
     /// This run's identifier, part of every `rate_id`.
@@ -157,6 +209,9 @@ impl RatePublisher {
             stale,
         } = priced;
         let sequence = *next + 1;
+        if let Some(store) = &inner.store {
+            store.reserve(&symbol, sequence).await?;
+        }
         let rate = Rate {
             rate_id: format!("{symbol}-{}-{sequence}", inner.run_id),
             bid: bid.to_string(),

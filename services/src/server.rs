@@ -19,6 +19,7 @@ use crate::{
         BitflyerConfig, BitflyerFeed, Feed, FeedHealth, ReplayConfig, ReplayFeed, SimulatedFeed,
     },
     orders::{JOURNAL_FILE, OrderExecutor, OrderJournal, OrderServiceImpl},
+    sequences::{SEQUENCES_FILE, SequenceStore},
 };
 
 /// Which upstream feed drives the publisher.
@@ -77,11 +78,14 @@ impl RatesCore {
         // What other processes published before this one started.
         hub.prime(&transport).await;
         let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
-        let publisher = RatePublisher::new(
+        // The authority has created the data directory.
+        let sequences = SequenceStore::open(&config.data_dir.join(SEQUENCES_FILE))?;
+        let publisher = RatePublisher::durable(
             Arc::clone(&transport),
             latest.clone(),
             symbols.clone(),
             run_id,
+            sequences,
         );
         // The authority has created the data directory.
         let journal = OrderJournal::open(

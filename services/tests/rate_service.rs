@@ -506,3 +506,83 @@ async fn shutdown_ends_streams_and_stops_the_server() {
         .unwrap()
         .unwrap();
 }
+
+async fn restartable(data_dir: &std::path::Path) -> TestServer {
+    TestServer::start(Config {
+        feed: FeedKind::None,
+        symbols: symbols(&["USD_JPY"]),
+        data_dir: data_dir.to_owned(),
+        ..Default::default()
+    })
+    .await
+}
+
+async fn stop(server: TestServer) {
+    server.stop.cancel();
+    server.handle.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn sequences_continue_across_a_clean_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = restartable(dir.path()).await;
+    for n in 1..=3u64 {
+        assert_eq!(
+            server
+                .publish("USD_JPY", "151.100", "151.110")
+                .await
+                .sequence,
+            n
+        );
+    }
+    // What `fxcast serve` does when it stops.
+    server.core.publisher().checkpoint().await.unwrap();
+    stop(server).await;
+
+    let server = restartable(dir.path()).await;
+    assert_eq!(
+        server
+            .publish("USD_JPY", "151.120", "151.130")
+            .await
+            .sequence,
+        4,
+        "a clean restart continues without a gap"
+    );
+}
+
+#[tokio::test]
+async fn after_a_crash_sequences_skip_ahead_and_resuming_clients_see_the_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = restartable(dir.path()).await;
+    server.publish("USD_JPY", "151.100", "151.110").await;
+    server.publish("USD_JPY", "151.100", "151.110").await;
+    // No checkpoint: as if the process had been killed.
+    stop(server).await;
+
+    let server = restartable(dir.path()).await;
+    let mut client = server.client().await;
+    let mut stream = client
+        .stream_rates(StreamRatesRequest {
+            symbols: symbols(&["USD_JPY"]),
+            resume_after_sequence: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let published = server.publish("USD_JPY", "151.120", "151.130").await;
+    let first = fxcast_services::SEQUENCE_BLOCK + 1;
+    assert_eq!(
+        published.sequence, first,
+        "the run continues after the reserved block"
+    );
+    match next_event(&mut stream).await {
+        Event::Gap(gap) => assert_eq!(
+            (gap.first_missing, gap.last_missing),
+            (3, first - 1),
+            "{gap:?}"
+        ),
+        other => panic!("expected a gap before the new run's first rate, got {other:?}"),
+    }
+    assert_eq!(next_rate(&mut stream).await.sequence, first);
+}
