@@ -169,6 +169,18 @@ async fn publishes_are_paced_per_topic_and_the_latest_wins() {
     );
     assert!(received.len() < 50, "nothing was conflated: {received:?}");
     assert_eq!(transport.stats().conflated, 50 - received.len() as u64);
+
+    // Order events are not prices: every one is sent, in order, unpaced.
+    let mut orders = transport.subscribe("orders.alice").await.unwrap();
+    for n in 0..50 {
+        transport
+            .publish("orders.alice", numbered(n))
+            .await
+            .unwrap();
+    }
+    for n in 0..50 {
+        assert_eq!(next_number(&mut orders).await, n);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

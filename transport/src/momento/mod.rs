@@ -95,8 +95,13 @@ pub struct MomentoConfig {
     pub create_cache: bool,
     /// At most this many publishes per second per topic; what is published
     /// faster is conflated (the newest wins). `None`: every publish is sent
-    /// at once and its outcome returned.
+    /// at once and its outcome returned. Applies only to topics starting
+    /// with [`MomentoConfig::paced_prefix`].
     pub max_publish_rate: Option<NonZeroU32>,
+    /// Topics that may be paced and conflated (default `rates.`: only the
+    /// latest price matters). Every other topic, such as `orders.<subject>`
+    /// where each event matters, is always sent at once and in order.
+    pub paced_prefix: String,
     /// Largest payload accepted; larger ones are refused before sending.
     pub max_payload: usize,
     /// How long a retained payload stays in the cache.
@@ -120,6 +125,7 @@ impl fmt::Debug for MomentoConfig {
             .field("endpoint", &self.endpoint)
             .field("create_cache", &self.create_cache)
             .field("max_publish_rate", &self.max_publish_rate)
+            .field("paced_prefix", &self.paced_prefix)
             .field("max_payload", &self.max_payload)
             .field("retain_ttl", &self.retain_ttl)
             .field("buffer", &self.buffer)
@@ -139,6 +145,7 @@ impl Default for MomentoConfig {
             endpoint: None,
             create_cache: true,
             max_publish_rate: None,
+            paced_prefix: "rates.".to_owned(),
             max_payload: MAX_MESSAGE_BYTES,
             retain_ttl: Duration::from_secs(5 * 60),
             buffer: 1024,
@@ -506,11 +513,11 @@ impl Transport for MomentoTransport {
         Box::pin(async move {
             self.check_payload(topic, &payload)?;
             match &self.inner.publisher {
-                Some(pacer) => {
+                Some(pacer) if topic.starts_with(&self.inner.config.paced_prefix) => {
                     pacer.offer(topic, payload);
                     Ok(())
                 }
-                None => self.publish_now(topic, payload).await,
+                _ => self.publish_now(topic, payload).await,
             }
         })
     }
