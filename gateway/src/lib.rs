@@ -314,6 +314,10 @@ fn router(state: AppState) -> Router {
         .layer(DefaultBodyLimit::max(state.config.max_body))
         .layer(middleware::from_fn_with_state(metrics, record_request))
         .layer(cors)
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: WebSocket/SSE URLs and signed URLs carry
+        // the token in the query, and secrets never go into logs.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            tracing::debug_span!("request", method = %request.method(), path = %request.uri().path())
+        }))
         .with_state(state)
 }

@@ -80,6 +80,18 @@ test("Buy at the shown price fills", async () => {
   assert.match(await row.locator("td").nth(8).textContent(), /ms$/, "the round trip is shown");
 });
 
+test("what the user types is shown as text, never run as HTML", async () => {
+  await page.getByTestId("price-override").fill('<img src=x onerror="window.__xss = 1">');
+  await page.getByTestId("buy-USD_JPY").click();
+  const row = page.locator("#orders tr").first();
+  await row.locator("td[data-testid=order-status]", { hasText: "ERROR" }).waitFor({ timeout: 5000 });
+  assert.equal(await row.locator("td").nth(4).textContent(), '<img src=x onerror="window.__xss = 1">');
+  assert.match(await row.getByTestId("order-reason").textContent(), /price/);
+  assert.equal(await page.locator("#orders img").count(), 0, "no element was injected");
+  assert.equal(await page.evaluate(() => window.__xss), undefined, "no script ran");
+  await page.getByTestId("price-override").fill("");
+});
+
 test("a far-off price is rejected with its reason", async () => {
   await page.getByTestId("price-override").fill("100.000");
   await page.getByTestId("buy-USD_JPY").click();

@@ -203,15 +203,27 @@ function quantityFor(info) {
   return info.price_scale <= 2 ? String(amount / 100000) : String(amount);
 }
 
+// Cells of an order row. Built as text nodes, never as HTML: prices the user
+// typed and messages quoting them come back in orders and errors.
 function orderCells(order, rtt) {
   const time = (order.created_at || new Date().toISOString()).slice(11, 23);
   const status = (order.status || "pending").toUpperCase();
   const reason = order.reject_reason ? `${order.reject_reason.toUpperCase()}: ${order.message}` : order.message || "";
-  return `<td>${time}</td><td>${order.symbol}</td><td>${order.side.toUpperCase()}</td>` +
-    `<td class="num">${order.quantity}</td><td class="num">${order.price}</td>` +
-    `<td class="${status}" data-testid="order-status">${status}</td><td class="num">${order.fill_price || ""}</td>` +
-    `<td class="reason" data-testid="order-reason" title="${reason.replace(/"/g, "&quot;")}">${reason}</td>` +
-    `<td class="num">${rtt == null ? "" : rtt.toFixed(1) + " ms"}</td>`;
+  const cell = (text, className, testid) => {
+    const td = document.createElement("td");
+    td.textContent = text == null ? "" : String(text);
+    if (className) td.className = className;
+    if (testid) td.dataset.testid = testid;
+    return td;
+  };
+  const reasonCell = cell(reason, "reason", "order-reason");
+  reasonCell.title = reason;
+  return [
+    cell(time), cell(order.symbol), cell(String(order.side || "").toUpperCase()),
+    cell(order.quantity, "num"), cell(order.price, "num"),
+    cell(status, status, "order-status"), cell(order.fill_price || "", "num"),
+    reasonCell, cell(rtt == null ? "" : rtt.toFixed(1) + " ms", "num"),
+  ];
 }
 
 function upsertOrder(order, rtt) {
@@ -224,7 +236,7 @@ function upsertOrder(order, rtt) {
     rtt = Number(tr.dataset.rtt);
   }
   if (rtt != null) tr.dataset.rtt = rtt;
-  tr.innerHTML = orderCells(order, rtt);
+  tr.replaceChildren(...orderCells(order, rtt));
 }
 
 async function placeOrder(row, side) {
