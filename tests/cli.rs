@@ -398,3 +398,60 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"subject\":\"anon-"), "{response}");
 }
+
+#[tokio::test]
+async fn servers_sharing_a_signing_keys_file_accept_each_others_tokens() {
+    let shared = tempfile::tempdir().unwrap();
+    let keys = shared.path().join("keys.json");
+    let keys = keys.to_str().unwrap();
+    let first = serve(&["--symbols", "USD_JPY", "--signing-keys", keys]).await;
+    let second = serve(&["--symbols", "USD_JPY", "--signing-keys", keys]).await;
+    let alone = serve(&["--symbols", "USD_JPY"]).await;
+    // Minted offline with the shared keys (the first server created the file).
+    let url = stdout(
+        &fxcast(&[
+            "token",
+            "--url",
+            "http://127.0.0.1:8000/v1/rates/stream",
+            "--symbols",
+            "USD_JPY",
+            "--signing-keys",
+            keys,
+            "--data-dir",
+            shared.path().to_str().unwrap(),
+        ])
+        .await,
+    );
+    let token = url.split("token=").nth(1).unwrap().trim().to_owned();
+    let subscribe = |served: &Served| {
+        let server = format!("http://{}", served.grpc);
+        let token = token.clone();
+        async move {
+            fxcast(&[
+                "subscribe",
+                "--server",
+                &server,
+                "--symbols",
+                "USD_JPY",
+                "--count",
+                "1",
+                "--token",
+                &token,
+            ])
+            .await
+        }
+    };
+    for served in [&first, &second] {
+        assert!(stdout(&subscribe(served).await).contains("USD_JPY"));
+    }
+    let refused = subscribe(&alone).await;
+    assert!(
+        !refused.status.success(),
+        "a server with other keys must refuse the token"
+    );
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("unknown key"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+}

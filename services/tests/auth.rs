@@ -616,3 +616,57 @@ async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
         "too many anonymous tokens for 127.0.0.1: at most 3 per minute"
     );
 }
+
+#[tokio::test]
+async fn an_issued_token_never_outlives_the_token_that_issued_it() {
+    let server = quiet().await;
+    let issuer = server
+        .core
+        .authority()
+        .issue(
+            "desk",
+            "tokens:issue rates:subscribe=*".parse().unwrap(),
+            Some(Duration::from_secs(300)),
+        )
+        .unwrap();
+    let issuer_expiry = issuer
+        .expires_at
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut tokens = TokenServiceClient::new(server.authed_channel(&issuer.token).await);
+    let err = tokens
+        .issue_token(IssueTokenRequest {
+            subject: "alice".into(),
+            scopes: vec!["rates:subscribe=USD_JPY".into()],
+            ttl: Some(fxcast_proto::Duration {
+                seconds: 600,
+                nanos: 0,
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::InvalidArgument,
+            "ttl would outlive the issuing token; ask for a shorter ttl"
+        )
+    );
+    // No ttl asked: the 15-minute default is shortened to the issuer's life.
+    let issued = tokens
+        .issue_token(IssueTokenRequest {
+            subject: "alice".into(),
+            scopes: vec!["rates:subscribe=USD_JPY".into()],
+            ttl: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let expiry = issued.expires_at.unwrap().seconds as u64;
+    assert!(
+        expiry <= issuer_expiry,
+        "issued token expires at {expiry}, after its issuer ({issuer_expiry})"
+    );
+    assert!(expiry + 5 >= issuer_expiry, "and not much earlier");
+}

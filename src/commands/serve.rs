@@ -108,6 +108,10 @@ pub(crate) struct ServeArgs {
     /// Longest token lifetime a request may ask for [default: 24h]
     #[arg(long, env = "FXCAST_MAX_TOKEN_TTL", value_parser = humantime::parse_duration)]
     max_token_ttl: Option<Duration>,
+    /// Signing keys file, shared by every server that must accept the same
+    /// tokens (created on first start if missing) [default: <data-dir>/signing-keys.json]
+    #[arg(long, env = "FXCAST_SIGNING_KEYS")]
+    signing_keys: Option<PathBuf>,
     /// Origins allowed to call the HTTP API from browsers (comma-separated; default: same origin only)
     #[arg(long, env = "FXCAST_CORS_ORIGINS")]
     cors_origins: Option<String>,
@@ -164,6 +168,7 @@ struct FileConfig {
     token_ttl: Option<Duration>,
     #[serde(default, with = "humantime_option")]
     max_token_ttl: Option<Duration>,
+    signing_keys: Option<PathBuf>,
     cors_origins: Option<Vec<String>>,
     price_policy: Option<String>,
     #[serde(default, with = "humantime_option")]
@@ -396,6 +401,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
     if let Some(ttl) = args.max_token_ttl.or(file.max_token_ttl) {
         core.auth.max_ttl = ttl;
     }
+    core.auth.signing_keys = args.signing_keys.or(file.signing_keys);
     if core.auth.default_ttl.is_zero() || core.auth.default_ttl > core.auth.max_ttl {
         bail!("--token-ttl must be positive and at most --max-token-ttl");
     }

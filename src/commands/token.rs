@@ -41,6 +41,9 @@ pub(crate) struct TokenArgs {
     /// Add a new signing key (offline); tokens signed by older keys keep working until they expire
     #[arg(long)]
     rotate_key: bool,
+    /// The servers' signing keys file, for --url / --rotate-key [default: <data-dir>/signing-keys.json]
+    #[arg(long, env = "FXCAST_SIGNING_KEYS")]
+    signing_keys: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: TokenArgs) -> anyhow::Result<()> {
@@ -94,7 +97,11 @@ fn prost_types_duration(d: Duration) -> fxcast_proto::Duration {
 }
 
 fn keys_path(args: &TokenArgs) -> PathBuf {
-    AuthConfig::default().signing_keys_path(&args.data_dir)
+    AuthConfig {
+        signing_keys: args.signing_keys.clone(),
+        ..AuthConfig::default()
+    }
+    .signing_keys_path(&args.data_dir)
 }
 
 fn signed_url(args: &TokenArgs, url: &str) -> anyhow::Result<()> {

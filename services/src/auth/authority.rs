@@ -224,7 +224,14 @@ struct Inner {
     revocations: Revocations,
     validation: Validation,
     anonymous: PerAddressLimit,
+    /// When the key file was last re-read for an unknown key id: at most
+    /// once per [`KEY_RELOAD_INTERVAL`], so tokens with made-up key ids
+    /// cannot make every request read the disk.
+    last_reload: std::sync::Mutex<Option<std::time::Instant>>,
 }
+
+/// Shortest time between two re-reads of the signing keys file.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for TokenAuthority {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -303,6 +310,7 @@ impl TokenAuthority {
                 revocations,
                 validation,
                 anonymous,
+                last_reload: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -537,6 +545,17 @@ impl TokenAuthority {
     }
 
     fn reload_keys(&self) {
+        {
+            let mut last = self
+                .inner
+                .last_reload
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if last.is_some_and(|at| at.elapsed() < KEY_RELOAD_INTERVAL) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
         match KeyFile::load(&self.inner.keys_path).and_then(KeyState::new) {
             Ok(state) => *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = state,
             Err(err) => tracing::warn!(error = %err, "cannot reload signing keys"),
@@ -742,6 +761,30 @@ mod tests {
             auth.verify(&stranger.token).unwrap_err(),
             AuthError::UnknownKey
         );
+    }
+
+    #[test]
+    fn unknown_key_ids_reread_the_key_file_at_most_once_a_second() {
+        let dir = temp();
+        let auth = authority(&dir);
+        let stranger = authority(&temp())
+            .issue("mallory", Scopes::admin(), None)
+            .unwrap();
+        assert_eq!(
+            auth.verify(&stranger.token).unwrap_err(),
+            AuthError::UnknownKey
+        );
+        // A key rotated in right after that re-read is not seen yet...
+        let path = auth.signing_keys_path().to_owned();
+        let mut file = KeyFile::load(&path).unwrap();
+        file.rotate(SystemTime::now(), Duration::from_secs(24 * 3600));
+        file.save(&path).unwrap();
+        let new = authority(&dir).issue("bob", Scopes::admin(), None).unwrap();
+        assert_eq!(auth.verify(&new.token).unwrap_err(), AuthError::UnknownKey);
+        // ... until the interval has passed.
+        *auth.inner.last_reload.lock().unwrap() =
+            Some(std::time::Instant::now() - KEY_RELOAD_INTERVAL);
+        assert!(auth.verify(&new.token).is_ok());
     }
 
     #[test]

@@ -171,13 +171,22 @@ impl TokenService for TokenServiceImpl {
                 caller.scopes
             )));
         }
-        let ttl = parse_ttl(request.ttl)?;
-        if let (Some(ttl), Some(expires)) = (ttl, caller.expires_at)
-            && std::time::SystemTime::now() + ttl > expires
-        {
-            return Err(Status::invalid_argument(
-                "ttl would outlive the issuing token; ask for a shorter ttl",
-            ));
+        let mut ttl = parse_ttl(request.ttl)?;
+        // A token never outlives the token that issued it: a ttl asked for is
+        // refused when it would; the default is shortened to fit.
+        if let Some(expires) = caller.expires_at {
+            let left = expires
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            match ttl {
+                Some(asked) if asked > left => {
+                    return Err(Status::invalid_argument(
+                        "ttl would outlive the issuing token; ask for a shorter ttl",
+                    ));
+                }
+                None if self.authority.config().default_ttl > left => ttl = Some(left),
+                _ => {}
+            }
         }
         let issued = self
             .authority
