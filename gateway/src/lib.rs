@@ -16,6 +16,7 @@
 
 mod error;
 pub mod json;
+mod lag;
 mod metrics;
 mod openapi;
 pub mod orders;
@@ -46,6 +47,7 @@ use axum::{
 pub use error::ApiError;
 use fxcast_services::{Config, RatesCore, auth::PerAddressLimit};
 use fxcast_transport::Transport;
+pub use lag::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -87,6 +89,9 @@ pub struct GatewayConfig {
     pub history: usize,
     /// Ticks buffered per symbol for the slowest connection before it is conflated.
     pub stream_buffer: usize,
+    /// How often a WebSocket or SSE connection may be conflated before it is
+    /// closed as a slow consumer.
+    pub lag_limit: LagLimit,
     /// Origins allowed by CORS (empty: same origin only).
     pub cors_origins: Vec<String>,
     /// Largest request body, in bytes.
@@ -102,6 +107,7 @@ impl Default for GatewayConfig {
             ws: WsLimits::default(),
             history: 1024,
             stream_buffer: 256,
+            lag_limit: LagLimit::default(),
             cors_origins: Vec::new(),
             max_body: 16 * 1024,
         }

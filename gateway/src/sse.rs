@@ -25,6 +25,7 @@ use crate::{
     AppState,
     error::ApiError,
     json::ServerMessage,
+    lag::LagCounter,
     metrics::{ConnectionGuard, KindLabels},
     session::{Session, bearer_token, credential},
     ticker::RateTick,
@@ -163,6 +164,7 @@ pub(crate) async fn stream(
         ticker,
         stop,
         ended,
+        LagCounter::new(state.config.lag_limit),
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
@@ -211,6 +213,7 @@ fn async_stream_events(
     ticker: crate::ticker::Ticker,
     stop: tokio_util::sync::CancellationToken,
     ended: impl Future<Output = ServerMessage> + Send + 'static,
+    mut lags: LagCounter,
 ) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
     let guard = ConnectionGuard::new(&metrics, "sse");
     let deliveries = metrics
@@ -219,6 +222,10 @@ fn async_stream_events(
         .clone();
     let conflations = metrics
         .conflations
+        .get_or_create(&KindLabels { kind: "sse" })
+        .clone();
+    let slow_disconnects = metrics
+        .slow_consumer_disconnects
         .get_or_create(&KindLabels { kind: "sse" })
         .clone();
     async_stream::stream! {
@@ -244,6 +251,12 @@ fn async_stream_events(
                 Ok(tick) => tick,
                 Err(BroadcastStreamRecvError::Lagged(_)) => {
                     conflations.inc();
+                    if let Some(reason) = lags.lagged() {
+                        slow_disconnects.inc();
+                        let error = ServerMessage::error("slow_consumer", reason);
+                        yield Ok(Event::default().event("error").data(error.to_text()));
+                        break;
+                    }
                     match ticker.latest(&symbol) {
                         Some(tick) => tick,
                         None => continue,

@@ -38,6 +38,7 @@ use crate::{
     AppState,
     error::ApiError,
     json::{ClientMessage, ServerMessage},
+    lag::LagCounter,
     metrics::{ConnectionGuard, KindLabels},
     orders::{OrderJson, OrderMessage},
     session::{Session, bearer_token, credential},
@@ -111,6 +112,7 @@ struct Connection {
     subscriptions: StreamMap<String, BroadcastStream<std::sync::Arc<RateTick>>>,
     last_sent: HashMap<String, u64>,
     batching: bool,
+    lags: LagCounter,
     _guard: ConnectionGuard,
 }
 
@@ -119,12 +121,14 @@ type Sink = SplitSink<WebSocket, Message>;
 impl Connection {
     fn new(state: AppState, session: Session) -> Self {
         let guard = ConnectionGuard::new(&state.metrics, "ws");
+        let lags = LagCounter::new(state.config.lag_limit);
         Self {
             state,
             session,
             subscriptions: StreamMap::new(),
             last_sent: HashMap::new(),
             batching: false,
+            lags,
             _guard: guard,
         }
     }
@@ -136,9 +140,11 @@ impl Connection {
             .metrics
             .subscriptions
             .dec_by(self.subscriptions.len() as i64);
-        match exit {
-            Ok(Exit::ClientClosed) | Err(_) => {}
-            Ok(Exit::Close(code, reason)) => {
+        // `Err` is an exit from inside a send (a slow consumer), `Ok` one
+        // from the loop itself; both close the same way.
+        match exit.unwrap_or_else(|exit| exit) {
+            Exit::ClientClosed => {}
+            Exit::Close(code, reason) => {
                 let error = ServerMessage::error(
                     if code == close_code::AGAIN {
                         "slow_consumer"
@@ -147,16 +153,29 @@ impl Connection {
                     },
                     &reason,
                 );
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let _ = sink.send(Message::Text(error.to_text().into())).await;
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: reason.into(),
-                        })))
-                        .await;
+                let sent = tokio::time::timeout(Duration::from_secs(1), async {
+                    sink.send(Message::Text(error.to_text().into())).await?;
+                    sink.send(Message::Close(Some(CloseFrame {
+                        code,
+                        reason: reason.into(),
+                    })))
+                    .await
                 })
                 .await;
+                // The closing handshake: wait (briefly) for the client's
+                // close, reading what it still sends. Closing the socket
+                // with unread input would reset the connection, and the
+                // client could lose the close frame and its reason.
+                if matches!(sent, Ok(Ok(()))) {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                        while let Some(Ok(frame)) = inbound.next().await {
+                            if matches!(frame, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
+                }
             }
         }
     }
@@ -360,6 +379,14 @@ impl Connection {
             .conflations
             .get_or_create(&KindLabels { kind: "ws" })
             .inc();
+        if let Some(reason) = self.lags.lagged() {
+            self.state
+                .metrics
+                .slow_consumer_disconnects
+                .get_or_create(&KindLabels { kind: "ws" })
+                .inc();
+            return Err(Exit::Close(close_code::AGAIN, reason));
+        }
         if let Some(tick) = self.state.ticker.latest(symbol) {
             self.deliver(sink, &tick, "slow_consumer").await?;
         }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use common::{Harness, next_json, send_json};
 use futures_util::StreamExt;
-use fxcast_gateway::{GatewayConfig, WsLimits};
+use fxcast_gateway::{GatewayConfig, LagLimit, WsLimits};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
@@ -322,6 +322,11 @@ async fn a_slow_websocket_reader_is_conflated_with_a_gap_message() {
     let h = Harness::quiet_with(GatewayConfig {
         anonymous_tokens: true,
         stream_buffer: 8,
+        // Conflated as often as it takes: this test is about the gap message.
+        lag_limit: LagLimit {
+            max_lags: usize::MAX,
+            ..LagLimit::default()
+        },
         ..Default::default()
     })
     .await;
@@ -566,4 +571,131 @@ async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
+}
+
+/// A gateway whose connections are closed on their second conflation.
+async fn impatient() -> Harness {
+    Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        stream_buffer: 8,
+        lag_limit: LagLimit {
+            max_lags: 2,
+            window: Duration::from_secs(60),
+        },
+        ..Default::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_websocket_that_keeps_falling_behind_is_closed() {
+    let h = impatient().await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    let mut gaps = 0;
+    let mut last_text = String::new();
+    for _ in 0..50 {
+        // A burst far beyond the per-symbol buffer, then read what came.
+        let mut last = 0;
+        for _ in 0..2_000 {
+            last = h.publish("USD_JPY", "151.100", "151.110").await.sequence;
+        }
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("no message within 10 s")
+                .expect("closed without a close frame")
+                .unwrap_or_else(|e| panic!("{e} after {gaps} gaps, last {last_text}"));
+            let text = match message {
+                Message::Close(frame) => {
+                    let frame = frame.expect("a close frame with a reason");
+                    assert_eq!(frame.code, CloseCode::Again);
+                    assert!(
+                        frame
+                            .reason
+                            .starts_with("slow consumer: fell behind 2 times"),
+                        "{}",
+                        frame.reason
+                    );
+                    assert!(gaps >= 1, "it was conflated before it was closed");
+                    assert!(
+                        h.metric("fxcast_gateway_slow_consumer_disconnects_total{kind=\"ws\"}")
+                            .await
+                            >= 1.0
+                    );
+                    return;
+                }
+                Message::Text(text) => text,
+                _ => continue,
+            };
+            let message: Value = serde_json::from_str(&text).unwrap();
+            last_text = text.to_string();
+            match message["type"].as_str() {
+                Some("gap") => gaps += 1,
+                Some("rate") if message["sequence"] == last => break,
+                _ => {}
+            }
+        }
+    }
+    panic!("the connection fell behind in 50 bursts and was never closed");
+}
+
+#[tokio::test]
+async fn an_sse_stream_that_keeps_falling_behind_ends_with_an_error() {
+    let h = impatient().await;
+    let token = h.browser_token().await;
+    let response = h
+        .client
+        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.bytes_stream();
+    let mut buffer = String::new();
+    for _ in 0..50 {
+        let mut last = 0;
+        for _ in 0..2_000 {
+            last = h.publish("USD_JPY", "151.100", "151.110").await.sequence;
+        }
+        let caught_up = format!("id: {last}\n");
+        loop {
+            let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
+                .await
+                .expect("no event within 10 s");
+            let Some(chunk) = chunk else {
+                panic!("the stream ended without an error event: {buffer}");
+            };
+            buffer.push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+            if let Some(at) = buffer.find("event: error") {
+                let data = buffer[at..].lines().nth(1).unwrap();
+                let error: Value =
+                    serde_json::from_str(data.strip_prefix("data: ").unwrap()).unwrap();
+                assert_eq!(error["code"], "slow_consumer");
+                assert!(
+                    tokio::time::timeout(Duration::from_secs(10), body.next())
+                        .await
+                        .expect("the stream ends after the error")
+                        .is_none()
+                );
+                return;
+            }
+            if buffer.contains(&caught_up) {
+                buffer.clear();
+                break;
+            }
+            // Keep only the tail: an id line may span two chunks.
+            if buffer.len() > 4096 {
+                buffer.drain(..buffer.len() - 256);
+            }
+        }
+    }
+    panic!("the stream fell behind in 50 bursts and was never ended");
 }
