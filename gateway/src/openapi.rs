@@ -13,8 +13,8 @@ use crate::{
         SymbolsJson, TokenJson, TokenRequestJson,
     },
     orders,
-    orders::{OrderJson, OrdersJson, PlaceOrderJson},
-    rest,
+    orders::{OrderJson, OrderStatusJson, OrdersJson, PlaceOrderJson, SideJson},
+    rest, sse, ws,
 };
 
 struct BearerScheme;
@@ -45,11 +45,11 @@ impl Modify for BearerScheme {
     ),
     paths(
         rest::symbols, rest::rates, rest::rate, rest::issue_token, orders::place, orders::get, orders::list,
-        rest::healthz, rest::readyz, rest::metrics
+        ws::upgrade, sse::stream, rest::healthz, rest::readyz, rest::metrics
     ),
     components(schemas(
         RateJson, RatesJson, SymbolJson, SymbolsJson, TokenJson, MomentoAccessJson, TokenRequestJson, ClientMessage, ServerMessage,
-        ErrorBody, ErrorDetail, PlaceOrderJson, OrderJson, OrdersJson
+        ErrorBody, ErrorDetail, PlaceOrderJson, OrderJson, OrdersJson, SideJson, OrderStatusJson
     )),
     modifiers(&BearerScheme)
 )]

@@ -31,6 +31,7 @@ pub struct PlaceOrderJson {
     /// e.g. `USD_JPY`.
     pub symbol: String,
     /// `buy` or `sell`.
+    #[schema(value_type = SideJson)]
     pub side: String,
     /// Decimal string, e.g. `"1000"`.
     pub quantity: String,
@@ -42,6 +43,33 @@ pub struct PlaceOrderJson {
     /// A tighter tolerance than the server's, e.g. `"0.005"` or `"2bp"` (optional).
     #[serde(default)]
     pub tolerance: Option<String>,
+}
+
+/// Side of an order (documentation only: requests are checked by hand so
+/// the error can say what was wrong).
+#[derive(Debug, ToSchema)]
+#[schema(as = Side)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum SideJson {
+    /// Buy at the ask.
+    Buy,
+    /// Sell at the bid.
+    Sell,
+}
+
+/// Status of an order (documentation only).
+#[derive(Debug, ToSchema)]
+#[schema(as = OrderStatus)]
+#[serde(rename_all = "lowercase")]
+#[allow(dead_code)]
+pub(crate) enum OrderStatusJson {
+    /// Filled at `fill_price`.
+    Filled,
+    /// Not filled; `reject_reason` and `message` say why.
+    Rejected,
+    /// Sent to the liquidity provider; the outcome is not known yet.
+    Pending,
 }
 
 /// An order and its outcome.
@@ -56,12 +84,14 @@ pub struct OrderJson {
     /// Symbol.
     pub symbol: String,
     /// `buy` or `sell`.
+    #[schema(value_type = SideJson)]
     pub side: String,
     /// Quantity.
     pub quantity: String,
     /// The price the client saw.
     pub price: String,
     /// `filled`, `rejected` or `pending`.
+    #[schema(value_type = OrderStatusJson)]
     pub status: String,
     /// Why it was rejected (`price_moved`, `stale_price`, `unknown_rate`, `lp_rejected`, `duplicate_order_id`).
     pub reject_reason: Option<String>,
@@ -138,6 +168,10 @@ pub(crate) struct ListQuery {
     symbol: Option<String>,
     /// Only `filled`, `rejected` or `pending`.
     status: Option<String>,
+    /// Only orders created at or after this time (RFC 3339, e.g. `2026-11-29T09:00:00Z`).
+    created_after: Option<String>,
+    /// Only orders created before this time (RFC 3339).
+    created_before: Option<String>,
     /// Page size (default and maximum are the server's).
     page_size: Option<u32>,
     /// From a previous response.
@@ -239,12 +273,27 @@ pub(crate) async fn list(
                 })?
         }
     };
+    let time = |name: &str, value: Option<&str>| {
+        value
+            .map(|text| {
+                humantime::parse_rfc3339_weak(text)
+                    .map(fxcast_proto::Timestamp::from)
+                    .map_err(|e| {
+                        ApiError::bad_request(format!(
+                            "{name} must be an RFC 3339 time such as 2026-11-29T09:00:00Z, got {text:?}: {e}"
+                        ))
+                    })
+            })
+            .transpose()
+    };
+    let created_after = time("created_after", query.created_after.as_deref())?;
+    let created_before = time("created_before", query.created_before.as_deref())?;
     let response = client(&state, bearer)
         .list_orders(ListOrdersRequest {
             symbol: query.symbol.unwrap_or_default(),
             status: status as i32,
-            created_after: None,
-            created_before: None,
+            created_after,
+            created_before,
             page_size: query.page_size.unwrap_or(0),
             page_token: query.page_token.unwrap_or_default(),
         })

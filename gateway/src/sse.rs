@@ -24,6 +24,7 @@ use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use crate::{
     AppState,
     error::ApiError,
+    error::ErrorBody,
     json::ServerMessage,
     lag::LagCounter,
     metrics::{ConnectionGuard, KindLabels},
@@ -76,6 +77,19 @@ fn event_id(cursor: &BTreeMap<String, u64>, single: bool) -> String {
     }
 }
 
+/// The SSE stream of rates.
+#[utoipa::path(get, path = "/v1/rates/stream", tag = "streams",
+    description = "Server-sent events: `event: rate` with `RateJson` data and `id:` the sequence (or \
+        `SYMBOL:SEQ,...` for several symbols); `event: gap` when sequences were skipped; `event: error` \
+        (`ServerMessage`) before the stream ends (token expired or revoked, slow consumer). Reconnecting \
+        with `Last-Event-ID` resumes after that id.",
+    params(
+        ("symbols" = Option<String>, Query, description = "Comma-separated symbols (default: every symbol the token may read)"),
+        ("token" = Option<String>, Query, description = "The token, for EventSource (which cannot set headers)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses((status = 200, content_type = "text/event-stream", description = "The event stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn stream(
     State(state): State<AppState>,
     headers: HeaderMap,

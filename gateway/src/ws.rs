@@ -37,6 +37,7 @@ use tokio_stream::{
 use crate::{
     AppState,
     error::ApiError,
+    error::ErrorBody,
     json::{ClientMessage, ServerMessage},
     lag::LagCounter,
     metrics::{ConnectionGuard, KindLabels},
@@ -78,6 +79,17 @@ pub(crate) struct StreamQuery {
     token: Option<String>,
 }
 
+/// The WebSocket stream (documented here; the handler is below).
+#[utoipa::path(get, path = "/v1/stream", tag = "streams",
+    description = "Upgrades to a WebSocket. The client sends `ClientMessage`s (subscribe, unsubscribe, ping); \
+        the server answers with `ServerMessage`s and sends each rate as `RateJson` with `\"type\":\"rate\"` \
+        (and, after `\"orders\":true` in a subscribe, the caller's order events as `OrderJson` with \
+        `\"type\":\"order\"`). Messages over 4096 bytes close the connection with 1009; a slow consumer is \
+        conflated, then closed with 1013; an expired or revoked token closes it with 1008.",
+    params(("token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
+    responses((status = 101, description = "Switching Protocols: the WebSocket is open"),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
 pub(crate) async fn upgrade(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -89,9 +101,13 @@ pub(crate) async fn upgrade(
     let raw = bearer_token(&headers, query.token.as_deref());
     let session = Session::open(&state.upstream, bearer, raw.as_deref()).await?;
     let limits = state.config.ws;
+    // Messages up to four times the limit are read whole and refused with a
+    // close frame (1009) the client can read; only beyond that does the
+    // WebSocket layer give up mid-message, which may reset the connection.
+    let hard_limit = limits.max_message_size.saturating_mul(4);
     Ok(ws
-        .max_message_size(limits.max_message_size)
-        .max_frame_size(limits.max_message_size)
+        .max_message_size(hard_limit)
+        .max_frame_size(hard_limit)
         // Small socket buffers keep per-connection memory bounded; the
         // broadcast rings hold the backlog once for everyone.
         .read_buffer_size(4096)
@@ -146,10 +162,10 @@ impl Connection {
             Exit::ClientClosed => {}
             Exit::Close(code, reason) => {
                 let error = ServerMessage::error(
-                    if code == close_code::AGAIN {
-                        "slow_consumer"
-                    } else {
-                        "closing"
+                    match code {
+                        close_code::AGAIN => "slow_consumer",
+                        close_code::SIZE => "message_too_big",
+                        _ => "closing",
                     },
                     &reason,
                 );
@@ -302,8 +318,20 @@ impl Connection {
                 frame = inbound.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                     match frame {
+                        Some(Err(err)) if too_big(&err) => {
+                            return Ok(Exit::Close(
+                                close_code::SIZE,
+                                format!("message too big: at most {} bytes", limits.max_message_size),
+                            ));
+                        }
                         None | Some(Err(_)) => return Ok(Exit::ClientClosed),
                         Some(Ok(Message::Close(_))) => return Ok(Exit::ClientClosed),
+                        Some(Ok(Message::Text(text))) if text.len() > limits.max_message_size => {
+                            return Ok(Exit::Close(
+                                close_code::SIZE,
+                                format!("message too big: at most {} bytes", limits.max_message_size),
+                            ));
+                        }
                         Some(Ok(Message::Text(text))) => {
                             if self.on_client_message(sink, text.as_str()).await? && order_events.is_none() {
                                 order_events = Some(self.order_events());
@@ -519,6 +547,15 @@ impl Connection {
         }
         Ok(())
     }
+}
+
+/// Whether an inbound error is a message over the size limit (the
+/// connection itself is still usable to say so).
+fn too_big(err: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(err)
+        .and_then(|source| source.downcast_ref::<Error>())
+        .is_some_and(|err| matches!(err, Error::Capacity(_)))
 }
 
 async fn send_ping(sink: &mut Sink) -> Result<(), Exit> {

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::Harness;
 use fxcast_gateway::GatewayConfig;
 use serde_json::{Value, json};
@@ -262,6 +264,46 @@ async fn orders_fill_and_reject_through_rest() {
     assert_eq!(list["orders"].as_array().unwrap().len(), 1);
     assert_eq!(list["orders"][0]["client_order_id"], "r2");
 
+    // Time filters: both orders were created before now and after an hour ago.
+    let list_at = |query: String| {
+        let request = h
+            .client
+            .get(h.url(&format!("/v1/orders?{query}")))
+            .bearer_auth(&token);
+        async move { request.send().await.unwrap() }
+    };
+    let now = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(1));
+    let hour_ago =
+        humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600));
+    let ids = |list: Value| -> Vec<String> {
+        list["orders"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|o| o["client_order_id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let recent: Value = list_at(format!("created_after={hour_ago}&created_before={now}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(recent), ["r2", "r1"], "newest first");
+    let future: Value = list_at(format!("created_after={now}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(future).is_empty());
+    let (status, _, message) = error_of(list_at("created_after=yesterday".into()).await).await;
+    assert_eq!(status, 400);
+    assert!(
+        message.starts_with(
+            "created_after must be an RFC 3339 time such as 2026-11-29T09:00:00Z, got \"yesterday\""
+        ),
+        "{message}"
+    );
+
     // Another browser cannot read it.
     let other = h.browser_token().await;
     let response = h
@@ -398,6 +440,17 @@ async fn operations_endpoints() {
     assert!(
         doc["components"]["schemas"]["PlaceOrderJson"]["properties"]["client_order_id"].is_object()
     );
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["Side"]["enum"],
+        json!(["buy", "sell"]),
+        "{}",
+        schemas["Side"]
+    );
+    assert_eq!(
+        schemas["OrderStatus"]["enum"],
+        json!(["filled", "rejected", "pending"])
+    );
 
     let token = h.browser_token().await;
     h.client
@@ -433,6 +486,43 @@ async fn operations_endpoints() {
             .await
             .unwrap()
             .contains("<script src=\"/app.js\">")
+    );
+
+    // Every documented operation exists on the server: no 404 or 405.
+    let mut operations = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let concrete = path
+            .replace("{symbol}", "USD_JPY")
+            .replace("{order_id}", "no-such-order");
+        for method in item.as_object().unwrap().keys() {
+            let method: reqwest::Method = method.to_uppercase().parse().unwrap();
+            let mut request = h
+                .client
+                .request(method.clone(), h.url(&concrete))
+                .bearer_auth(&token);
+            if concrete == "/v1/rates/stream" {
+                request = request.query(&[("symbols", "USD_JPY")]);
+            }
+            let status = request.send().await.unwrap().status().as_u16();
+            assert!(
+                status != 404 || concrete.contains("no-such-order"),
+                "{method} {path} is documented but not served"
+            );
+            assert_ne!(status, 405, "{method} {path} is documented but not served");
+            operations += 1;
+        }
+    }
+    assert!(operations >= 12, "only {operations} operations documented");
+    for path in ["/v1/stream", "/v1/rates/stream"] {
+        assert!(
+            doc["paths"][path]["get"].is_object(),
+            "{path} is not documented"
+        );
+    }
+    // Unknown fields are refused, as the document says.
+    assert_eq!(
+        schemas["PlaceOrderJson"]["additionalProperties"],
+        json!(false)
     );
 }
 

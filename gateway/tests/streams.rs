@@ -121,22 +121,99 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
         )
     );
 
-    // An oversized message closes the connection (policy), as documented.
+    // An oversized message closes the connection with 1009 and the limit.
     let limit = WsLimits::default().max_message_size;
     let huge = json!({"type": "subscribe", "symbols": ["X".repeat(limit)]}).to_string();
     let mut ws = h.ws(&token).await;
     ws.send_text(&huge).await;
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(Ok(message)) = ws.next().await {
-            if matches!(message, Message::Close(_)) {
-                return true;
+    let error = next_json(&mut ws).await;
+    assert_eq!(error["code"], "message_too_big", "{error}");
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Size);
+    assert_eq!(
+        frame.reason,
+        format!("message too big: at most {limit} bytes")
+    );
+}
+
+/// The close frame that ends `ws`, skipping what comes before it.
+async fn close_frame(ws: &mut common::Ws) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(message) = ws.next().await {
+            if let Message::Close(frame) = message.expect("a clean close") {
+                return frame.expect("a close frame with a code and reason");
             }
         }
-        true
+        panic!("the connection ended without a close frame");
     })
     .await
-    .unwrap();
-    assert!(closed);
+    .expect("no close frame within 10 s")
+}
+
+#[tokio::test]
+async fn websocket_subscriptions_are_capped_per_connection() {
+    let h = Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        ws: WsLimits {
+            max_subscriptions: 1,
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY", "EUR_USD"]}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "error", "code": "too_many_subscriptions", "message": "at most 1 symbols per connection"})
+    );
+    // Nothing was subscribed, and the connection is still usable.
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
+    )
+    .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "subscribed", "symbols": ["EUR_USD"]})
+    );
+    send_json(
+        &mut ws,
+        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
+    )
+    .await;
+    // The EUR_USD snapshot may come first.
+    loop {
+        let message = next_json(&mut ws).await;
+        if message["type"] == "error" {
+            assert_eq!(message["code"], "too_many_subscriptions");
+            break;
+        }
+        assert_eq!(message["symbol"], "EUR_USD", "{message}");
+    }
+}
+
+#[tokio::test]
+async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
+    let h = Harness::quiet_with(GatewayConfig {
+        anonymous_tokens: true,
+        ws: WsLimits {
+            idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let token = h.browser_token().await;
+    let mut ws = h.ws(&token).await;
+    let frame = close_frame(&mut ws).await;
+    assert_eq!(frame.code, CloseCode::Away);
+    assert_eq!(frame.reason, "idle timeout: no frames from the client");
 }
 
 trait SendText {
