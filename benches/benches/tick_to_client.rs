@@ -157,9 +157,14 @@ impl Reader {
             }
             Interface::Ws => {
                 let url = format!("ws://{}/v1/stream?token={token}", stack.http);
-                let (mut ws, _) = tokio_tungstenite::connect_async(url)
-                    .await
-                    .expect("WebSocket connect");
+                // A small read buffer, as the load generator uses:
+                // tungstenite zero-fills its default 128 KiB one per read.
+                let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .read_buffer_size(4096);
+                let (mut ws, _) =
+                    tokio_tungstenite::connect_async_with_config(url, Some(config), true)
+                        .await
+                        .expect("WebSocket connect");
                 let subscribe =
                     serde_json::json!({"type": "subscribe", "symbols": [common::SYMBOL]});
                 ws.send(Message::Text(subscribe.to_string().into()))

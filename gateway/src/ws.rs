@@ -129,6 +129,9 @@ struct Connection {
     last_sent: HashMap<String, u64>,
     batching: bool,
     lags: LagCounter,
+    /// This connection's handle on the deliveries counter (looked up once,
+    /// not per frame).
+    deliveries: prometheus_client::metrics::counter::Counter,
     _guard: ConnectionGuard,
 }
 
@@ -138,6 +141,11 @@ impl Connection {
     fn new(state: AppState, session: Session) -> Self {
         let guard = ConnectionGuard::new(&state.metrics, "ws");
         let lags = LagCounter::new(state.config.lag_limit);
+        let deliveries = state
+            .metrics
+            .deliveries
+            .get_or_create(&KindLabels { kind: "ws" })
+            .clone();
         Self {
             state,
             session,
@@ -145,6 +153,7 @@ impl Connection {
             last_sent: HashMap::new(),
             batching: false,
             lags,
+            deliveries,
             _guard: guard,
         }
     }
@@ -197,15 +206,23 @@ impl Connection {
     }
 
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
-        let write = async {
-            if self.batching {
-                // Buffered; flushed once the ready ticks are all written.
-                sink.feed(Message::Text(text)).await
-            } else {
-                sink.send(Message::Text(text)).await
-            }
-        };
-        match tokio::time::timeout(self.state.config.ws.send_timeout, write).await {
+        if self.batching {
+            // Buffered; flushed (with the send timeout) once the ready ticks
+            // are all written. A batch starts with an empty write buffer
+            // (the last flush completed) and is at most MAX_BATCH small
+            // frames, far below the buffer's limit, so this never waits:
+            // no timer per frame.
+            return sink
+                .feed(Message::Text(text))
+                .await
+                .map_err(|_| Exit::ClientClosed);
+        }
+        match tokio::time::timeout(
+            self.state.config.ws.send_timeout,
+            sink.send(Message::Text(text)),
+        )
+        .await
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::ClientClosed),
             Err(_) => {
@@ -268,12 +285,13 @@ impl Connection {
             }
         }
         self.send(sink, tick.json.clone()).await?;
-        self.last_sent.insert(symbol.clone(), seq);
-        self.state
-            .metrics
-            .deliveries
-            .get_or_create(&KindLabels { kind: "ws" })
-            .inc();
+        match self.last_sent.get_mut(symbol) {
+            Some(last) => *last = seq,
+            None => {
+                self.last_sent.insert(symbol.clone(), seq);
+            }
+        }
+        self.deliveries.inc();
         Ok(())
     }
 
@@ -294,10 +312,38 @@ impl Connection {
         tokio::pin!(revoked);
         let stop = self.state.stop.clone();
         let mut order_events: Option<tokio::sync::mpsc::Receiver<OrderJson>> = None;
+        // Built once, not per wake-up: each would register a timer or a
+        // waiter again for every tick.
+        let cancelled = stop.cancelled();
+        let expired = sleep_until_opt(expiry);
+        tokio::pin!(cancelled, expired);
         loop {
             tokio::select! {
-                () = stop.cancelled() => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
-                () = sleep_until_opt(expiry) => {
+                // In order: ticks are by far the most frequent wake-up, and
+                // polling every other branch on each would cost more than the
+                // write. The others are polled whenever no tick is waiting.
+                biased;
+                () = &mut cancelled => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
+                Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                    // Write every tick that is already waiting, then flush
+                    // once: one syscall for a burst instead of one per frame.
+                    self.batching = true;
+                    let mut next = Some((symbol, item));
+                    let mut written = 0;
+                    while let Some((symbol, item)) = next.take() {
+                        match item {
+                            Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
+                            Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
+                        }
+                        written += 1;
+                        if written < MAX_BATCH {
+                            next = self.subscriptions.next().now_or_never().flatten();
+                        }
+                    }
+                    self.batching = false;
+                    self.flush(sink).await?;
+                }
+                () = &mut expired => {
                     return Ok(Exit::Close(close_code::POLICY, "token expired: reconnect with a fresh token".into()));
                 }
                 () = &mut revoked => {
@@ -343,25 +389,6 @@ impl Connection {
                         // Pings are answered by the WebSocket layer itself.
                         Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
                     }
-                }
-                Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    // Write every tick that is already waiting, then flush
-                    // once: one syscall for a burst instead of one per frame.
-                    self.batching = true;
-                    let mut next = Some((symbol, item));
-                    let mut written = 0;
-                    while let Some((symbol, item)) = next.take() {
-                        match item {
-                            Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
-                            Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
-                        }
-                        written += 1;
-                        if written < MAX_BATCH {
-                            next = self.subscriptions.next().now_or_never().flatten();
-                        }
-                    }
-                    self.batching = false;
-                    self.flush(sink).await?;
                 }
             }
         }

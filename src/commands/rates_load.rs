@@ -126,29 +126,90 @@ fn find_server() -> Option<u32> {
         })
 }
 
+/// Histogram shards: subscribers record into one of these (a few at a time,
+/// see [`Recorder`]), so 10,000 connections neither hold 10,000 histograms
+/// (hundreds of KiB each) nor contend on one lock.
+const SHARDS: usize = 64;
+/// Latencies a subscriber buffers before taking its shard's lock.
+const PENDING: usize = 64;
+
 struct Shared {
-    histogram: Mutex<Histogram<u64>>,
+    shards: Vec<Mutex<Histogram<u64>>>,
+    next_shard: std::sync::atomic::AtomicUsize,
     messages: AtomicU64,
     disconnects: AtomicU64,
     measuring: std::sync::atomic::AtomicBool,
 }
 
 impl Shared {
-    fn record(&self, local: &mut Histogram<u64>, publish_us: u64) {
-        if !self.measuring.load(Ordering::Relaxed) {
-            return;
+    fn new() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(new_histogram())).collect(),
+            next_shard: std::sync::atomic::AtomicUsize::new(0),
+            messages: AtomicU64::new(0),
+            disconnects: AtomicU64::new(0),
+            measuring: std::sync::atomic::AtomicBool::new(false),
         }
-        let latency = now_us().saturating_sub(publish_us);
-        let _ = local.record(latency.max(1));
-        self.messages.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn merge(&self, local: &Histogram<u64>) {
-        let _ = self
-            .histogram
+    /// A recorder for one subscriber.
+    fn recorder(&self) -> Recorder<'_> {
+        Recorder {
+            shared: self,
+            shard: self.next_shard.fetch_add(1, Ordering::Relaxed) % SHARDS,
+            pending: Vec::with_capacity(PENDING),
+        }
+    }
+
+    /// Every shard merged.
+    fn histogram(&self) -> Histogram<u64> {
+        let mut total = new_histogram();
+        for shard in &self.shards {
+            let _ = total.add(&*shard.lock().unwrap_or_else(|e| e.into_inner()));
+        }
+        total
+    }
+}
+
+/// One subscriber's latencies on their way to its shard.
+struct Recorder<'a> {
+    shared: &'a Shared,
+    shard: usize,
+    pending: Vec<u64>,
+}
+
+impl Recorder<'_> {
+    /// Records a message published at `publish_us` (while measuring).
+    fn record(&mut self, publish_us: u64) {
+        if !self.shared.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        self.pending
+            .push(now_us().saturating_sub(publish_us).max(1));
+        if self.pending.len() >= PENDING {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let count = self.pending.len() as u64;
+        let mut histogram = self.shared.shards[self.shard]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .add(local);
+            .unwrap_or_else(|e| e.into_inner());
+        for latency in self.pending.drain(..) {
+            let _ = histogram.record(latency);
+        }
+        drop(histogram);
+        self.shared.messages.fetch_add(count, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Recorder<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 
@@ -200,12 +261,7 @@ pub(crate) async fn run(interface: Interface, args: RatesLoad) -> anyhow::Result
     };
     let server_pid = args.server_pid.or_else(find_server);
     let rss_before = server_pid.and_then(rss_kib);
-    let shared = Arc::new(Shared {
-        histogram: Mutex::new(new_histogram()),
-        messages: AtomicU64::new(0),
-        disconnects: AtomicU64::new(0),
-        measuring: std::sync::atomic::AtomicBool::new(false),
-    });
+    let shared = Arc::new(Shared::new());
     let stop = tokio_util::sync::CancellationToken::new();
 
     eprintln!(
@@ -265,11 +321,7 @@ pub(crate) async fn run(interface: Interface, args: RatesLoad) -> anyhow::Result
     stop.cancel();
     while tasks.join_next().await.is_some() {}
 
-    let histogram = shared
-        .histogram
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let histogram = shared.histogram();
     let messages = shared.messages.load(Ordering::Relaxed);
     let per_connection = match (rss_before, rss_connected) {
         (Some(before), Some(after)) if connected > 0 => {
@@ -341,13 +393,20 @@ async fn ws_subscriber(
         "{}/v1/stream?token={token}",
         target.trim_end_matches('/').replacen("http", "ws", 1)
     );
-    let (mut ws, _) = match tokio_tungstenite::connect_async(&url).await {
-        Ok(ok) => ok,
-        Err(err) => {
-            let _ = ready.send(false).await;
-            return Err(err.into());
-        }
-    };
+    // tungstenite's default 128 KiB read buffer is zero-filled on every
+    // read: with thousands of connections that memset, not the WebSocket
+    // work, would dominate the load generator (and so the latencies).
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(0);
+    let (mut ws, _) =
+        match tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await {
+            Ok(ok) => ok,
+            Err(err) => {
+                let _ = ready.send(false).await;
+                return Err(err.into());
+            }
+        };
     ws.send(Message::Text(
         serde_json::json!({"type": "subscribe", "symbols": symbols})
             .to_string()
@@ -355,7 +414,7 @@ async fn ws_subscriber(
     ))
     .await?;
     let _ = ready.send(true).await;
-    let mut local = new_histogram();
+    let mut recorder = shared.recorder();
     let result = loop {
         let message = tokio::select! {
             () = stop.cancelled() => break Ok(()),
@@ -367,7 +426,7 @@ async fn ws_subscriber(
                 if let Some(at) = text.find("\"publish_time\":\"") {
                     let rest = &text[at + 16..];
                     if let Some(publish) = rest.split('"').next().and_then(parse_time_us) {
-                        shared.record(&mut local, publish);
+                        recorder.record(publish);
                     }
                 }
             }
@@ -376,7 +435,7 @@ async fn ws_subscriber(
             None => break Err(anyhow::anyhow!("closed by the server")),
         }
     };
-    shared.merge(&local);
+    drop(recorder);
     result
 }
 
@@ -407,7 +466,7 @@ async fn sse_subscriber(
     let _ = ready.send(true).await;
     let mut body = response.bytes_stream();
     let mut buffer = String::new();
-    let mut local = new_histogram();
+    let mut recorder = shared.recorder();
     let result = loop {
         let chunk = tokio::select! {
             () = stop.cancelled() => break Ok(()),
@@ -422,7 +481,7 @@ async fn sse_subscriber(
                         && let Some(publish) =
                             event[at + 16..].split('"').next().and_then(parse_time_us)
                     {
-                        shared.record(&mut local, publish);
+                        recorder.record(publish);
                     }
                 }
             }
@@ -430,7 +489,7 @@ async fn sse_subscriber(
             None => break Err(anyhow::anyhow!("closed by the server")),
         }
     };
-    shared.merge(&local);
+    drop(recorder);
     result
 }
 
@@ -468,7 +527,7 @@ async fn grpc_subscriber(
         }
     };
     let _ = ready.send(true).await;
-    let mut local = new_histogram();
+    let mut recorder = shared.recorder();
     let result = loop {
         let message = tokio::select! {
             () = stop.cancelled() => break Ok(()),
@@ -481,13 +540,13 @@ async fn grpc_subscriber(
                 {
                     let publish =
                         (ts.seconds.max(0) as u64) * 1_000_000 + (ts.nanos.max(0) as u64) / 1000;
-                    shared.record(&mut local, publish);
+                    recorder.record(publish);
                 }
             }
             Ok(None) => break Err(anyhow::anyhow!("stream ended by the server")),
             Err(status) => break Err(super::status_error(&status)),
         }
     };
-    shared.merge(&local);
+    drop(recorder);
     result
 }
