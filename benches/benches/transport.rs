@@ -38,7 +38,7 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -55,6 +55,9 @@ use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
 
 const GROUP: &str = "transport_publish_to_receive";
 const TOPIC: &str = "rates.USD_JPY";
+/// A round that takes longer lost its message (checked by a watchdog, so
+/// rounds carry no timer of their own).
+const ROUND_DEADLINE: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Flavor {
@@ -235,6 +238,10 @@ struct Fanout {
     received: Arc<AtomicUsize>,
     done: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
+    /// Completed rounds and whether one is in flight, watched by `watchdog`.
+    rounds: Arc<AtomicU64>,
+    in_flight: Arc<AtomicBool>,
+    watchdog: JoinHandle<()>,
 }
 
 impl Fanout {
@@ -255,12 +262,24 @@ impl Fanout {
             )));
         }
         assert_eq!(transport.local_subscribers(TOPIC), subscribers);
+        let rounds = Arc::new(AtomicU64::new(0));
+        let in_flight = Arc::new(AtomicBool::new(false));
+        let watchdog = tokio::spawn(watchdog(
+            transport.name(),
+            subscribers,
+            Arc::clone(&rounds),
+            Arc::clone(&in_flight),
+            Arc::clone(&received),
+        ));
         Self {
             transport,
             payload: Bytes::from(vec![0x5a; payload_len]),
             received,
             done,
             tasks,
+            rounds,
+            in_flight,
+            watchdog,
         }
     }
 
@@ -270,20 +289,28 @@ impl Fanout {
         // The previous round's last increment happened before its notify, so
         // no subscriber touches the counter concurrently with this reset.
         self.received.store(0, Ordering::Relaxed);
+        self.in_flight.store(true, Ordering::Relaxed);
         let start = Instant::now();
         self.transport
             .publish(TOPIC, self.payload.clone())
             .await
             .expect("publish");
         self.done.notified().await;
-        start.elapsed()
+        let elapsed = start.elapsed();
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.store(false, Ordering::Relaxed);
+        elapsed
     }
 
     /// Drops the transport and ends the subscriber tasks.
     async fn stop(self) {
         let Self {
-            transport, tasks, ..
+            transport,
+            tasks,
+            watchdog,
+            ..
         } = self;
+        watchdog.abort();
         drop(transport);
         // A broker client's subscriptions may outlive the transport handle
         // (async-nats keeps its connection while a subscriber exists), so end
@@ -292,6 +319,40 @@ impl Fanout {
             task.abort();
             let _ = task.await;
         }
+    }
+}
+
+/// Ends the process when no round completes within [`ROUND_DEADLINE`]
+/// while the bench runs: a lost message would otherwise hang it silently.
+/// Between criterion's batches no round is in flight, so pauses there are
+/// not mistaken for a loss.
+async fn watchdog(
+    transport: &'static str,
+    subscribers: usize,
+    rounds: Arc<AtomicU64>,
+    in_flight: Arc<AtomicBool>,
+    received: Arc<AtomicUsize>,
+) {
+    let mut seen = rounds.load(Ordering::Relaxed);
+    // Checks in a row that found a round in flight and none completed: two
+    // mean a round has been stuck for at least one whole deadline.
+    let mut stuck = 0;
+    loop {
+        tokio::time::sleep(ROUND_DEADLINE).await;
+        let now = rounds.load(Ordering::Relaxed);
+        stuck = if now == seen && in_flight.load(Ordering::Relaxed) {
+            stuck + 1
+        } else {
+            0
+        };
+        if stuck >= 2 {
+            let partial = received.load(Ordering::Relaxed);
+            eprintln!(
+                "{partial} of {subscribers} subscribers received the last message and no round completed for {ROUND_DEADLINE:?}: the {transport} transport lost it"
+            );
+            std::process::exit(1);
+        }
+        seen = now;
     }
 }
 
@@ -500,8 +561,26 @@ mod nats {
                     .subscribe(topic.to_owned())
                     .await
                     .map_err(unavailable)?;
-                // The round trip guarantees the server has the subscription.
+                // `flush` only writes SUB to the socket; the server may not
+                // have processed it when the publisher's next message
+                // arrives on another connection, and core NATS would drop
+                // that message. A message to a fresh inbox on this same
+                // connection comes back only after the server has handled
+                // everything sent before it, SUB included.
+                let inbox = client.new_inbox();
+                let mut probe = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
+                client
+                    .publish(inbox, Bytes::new())
+                    .await
+                    .map_err(unavailable)?;
                 client.flush().await.map_err(unavailable)?;
+                tokio::time::timeout(Duration::from_secs(10), probe.next())
+                    .await
+                    .map_err(|_| {
+                        unavailable("nats-server did not confirm the subscription within 10 s")
+                    })?
+                    .ok_or_else(|| unavailable("the connection closed while subscribing"))?;
+                drop(probe);
                 self.live.fetch_add(1, Ordering::Relaxed);
                 let guard = LiveGuard(Arc::clone(&self.live));
                 Ok(Subscription::new(subscriber.map(move |message| {
