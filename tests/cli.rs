@@ -455,3 +455,101 @@ async fn servers_sharing_a_signing_keys_file_accept_each_others_tokens() {
         String::from_utf8_lossy(&refused.stderr)
     );
 }
+
+#[tokio::test]
+async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
+    let served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
+    let pid = served.child.id().unwrap().to_string();
+    let grpc = format!("http://{}", served.grpc);
+    let http = format!("http://{}", served.http);
+    let data = served.data.to_str().unwrap();
+    let json = |output: std::process::Output| -> serde_json::Value {
+        serde_json::from_str(&stdout(&output)).unwrap()
+    };
+
+    // Closed loop: four orders in flight.
+    let closed = json(
+        fxcast(&[
+            "loadtest",
+            "orders",
+            "--target",
+            &grpc,
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--data-dir",
+            data,
+            "--server-pid",
+            &pid,
+            "--json",
+        ])
+        .await,
+    );
+    assert_eq!(closed["mode"], "closed_loop", "{closed}");
+    assert!(closed["orders"].as_u64().unwrap() > 0, "{closed}");
+    assert!(
+        closed["outcomes"]["FILLED"].as_u64().unwrap() > 0,
+        "{closed}"
+    );
+    let p50 = closed["latency_us"]["p50"].as_u64().unwrap();
+    let max = closed["latency_us"]["max"].as_u64().unwrap();
+    assert!(0 < p50 && p50 <= max, "{closed}");
+    assert!(
+        closed["server_rss_after_kib"].as_u64().unwrap() > 0,
+        "{closed}"
+    );
+
+    // Open loop at 100 orders/s for 1 s: about 100 orders, measured from
+    // their intended send times.
+    let open = json(
+        fxcast(&[
+            "loadtest",
+            "orders",
+            "--target",
+            &grpc,
+            "--rate",
+            "100",
+            "--duration",
+            "1s",
+            "--warmup",
+            "0s",
+            "--data-dir",
+            data,
+            "--json",
+        ])
+        .await,
+    );
+    assert_eq!(open["mode"], "open_loop", "{open}");
+    let orders = open["orders"].as_u64().unwrap();
+    assert!(
+        (80..=101).contains(&orders),
+        "{orders} orders at 100/s for 1 s: {open}"
+    );
+
+    // Twenty WebSocket subscribers through the gateway.
+    let ws = json(
+        fxcast(&[
+            "loadtest",
+            "ws",
+            "--target",
+            &http,
+            "--connections",
+            "20",
+            "--duration",
+            "1s",
+            "--symbols",
+            "USD_JPY",
+            "--server-pid",
+            &pid,
+            "--json",
+        ])
+        .await,
+    );
+    assert_eq!(ws["connected"], 20, "{ws}");
+    assert_eq!(ws["disconnects"], 0, "{ws}");
+    assert!(ws["messages"].as_u64().unwrap() > 0, "{ws}");
+    assert!(ws["latency_us"]["p99"].as_u64().unwrap() > 0, "{ws}");
+}

@@ -6,6 +6,13 @@
 //! `rate_id`), for `--warmup` and then `--duration`, and reports what
 //! completed in the measured window. Every order goes through the server's
 //! whole pipeline, including the durable journal.
+//!
+//! Closed loop by default: each worker sends its next order when the last
+//! one is answered, which measures throughput at that concurrency. With
+//! `--rate R` it is open loop: order i is due at `start + i/R` and its
+//! latency counts from that intended time, so a server that falls behind
+//! shows the queueing delay instead of hiding it (no coordinated omission);
+//! `--concurrency` then caps the orders in flight.
 
 use std::{
     collections::BTreeMap,
@@ -19,6 +26,7 @@ use fxcast_proto::v1::{
     GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, Side,
     order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
 };
+use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
 
 use super::{AuthedChannel, Credentials, client_token, connect, status_error};
@@ -67,6 +75,13 @@ struct OrdersLoad {
     /// Quantity of every order
     #[arg(long, default_value = "1000")]
     quantity: String,
+    /// Open loop: send this many orders per second on a fixed schedule and
+    /// measure each from its intended send time (default: closed loop)
+    #[arg(long)]
+    rate: Option<u32>,
+    /// Server process whose memory to report (default: a local `fxcast serve`)
+    #[arg(long)]
+    server_pid: Option<u32>,
     /// Print the result as JSON
     #[arg(long)]
     json: bool,
@@ -84,24 +99,27 @@ pub(crate) async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
 }
 
 /// What one worker saw in the measured window.
-#[derive(Default)]
 struct Tally {
-    latencies_us: Vec<u64>,
+    latencies_us: Histogram<u64>,
     outcomes: BTreeMap<String, u64>,
     errors: BTreeMap<String, u64>,
+}
+
+impl Default for Tally {
+    fn default() -> Self {
+        Self {
+            // 1 µs to 60 s at 3 significant digits.
+            latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds"),
+            outcomes: BTreeMap::new(),
+            errors: BTreeMap::new(),
+        }
+    }
 }
 
 /// `12.345ms` from microseconds, without floating point.
 fn ms(us: u64) -> String {
     format!("{}.{:03}ms", us / 1000, us % 1000)
-}
-
-/// Nearest-rank percentile of sorted samples, `per_mille` in 1..=1000.
-fn percentile(sorted: &[u64], per_mille: usize) -> u64 {
-    let rank = (sorted.len() * per_mille)
-        .div_ceil(1000)
-        .clamp(1, sorted.len());
-    sorted[rank - 1]
 }
 
 async fn latest(channel: &AuthedChannel, symbol: &str) -> anyhow::Result<Rate> {
@@ -156,19 +174,44 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
+    let server_pid = args.server_pid.or_else(super::rates_load::find_server);
+    let rss_before = server_pid.and_then(super::rates_load::rss_kib);
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    // Open loop: the next order's number, shared by the workers; order i is
+    // due at start + i × interval.
+    let schedule = args.rate.map(|rate| {
+        (
+            Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            Duration::from_secs(1) / rate.max(1),
+        )
+    });
     let mut workers = JoinSet::new();
     for worker in 0..args.concurrency {
         let mut client = OrderServiceClient::new(channels[worker % channels.len()].clone());
         let rate = Arc::clone(&rate);
         let (symbol, quantity) = (args.symbol.clone(), args.quantity.clone());
+        let schedule = schedule.clone();
         workers.spawn(async move {
             let mut tally = Tally::default();
             let mut n = 0u64;
             while Instant::now() < end {
                 n += 1;
+                // When this order should leave: now (closed loop), or its
+                // slot in the schedule (open loop), waiting for it if early.
+                let intended = match &schedule {
+                    None => Instant::now(),
+                    Some((next, interval)) => {
+                        let slot = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let due = start + *interval * u32::try_from(slot).unwrap_or(u32::MAX);
+                        if due >= end {
+                            break;
+                        }
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
                 let side = if (n + worker as u64).is_multiple_of(2) {
                     Side::Buy
                 } else {
@@ -192,15 +235,14 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
                     rate_id,
                     tolerance: String::new(),
                 };
-                let sent = Instant::now();
                 let result = client.place_order(request).await;
                 let done = Instant::now();
                 if done < measure_from || done > end {
                     continue;
                 }
                 let micros =
-                    u64::try_from(done.duration_since(sent).as_micros()).unwrap_or(u64::MAX);
-                tally.latencies_us.push(micros);
+                    u64::try_from(done.duration_since(intended).as_micros()).unwrap_or(u64::MAX);
+                tally.latencies_us.saturating_record(micros.max(1));
                 match result {
                     Ok(order) => {
                         let order = order.into_inner();
@@ -231,7 +273,10 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     let mut total = Tally::default();
     while let Some(tally) = workers.join_next().await {
         let tally = tally.context("a load worker failed")?;
-        total.latencies_us.extend(tally.latencies_us);
+        total
+            .latencies_us
+            .add(&tally.latencies_us)
+            .context("merging latency histograms")?;
         for (k, v) in tally.outcomes {
             *total.outcomes.entry(k).or_default() += v;
         }
@@ -241,33 +286,38 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     }
     refresher.abort();
 
-    let mut latencies = total.latencies_us;
+    let rss_after = server_pid.and_then(super::rates_load::rss_kib);
+    let latencies = total.latencies_us;
     if latencies.is_empty() {
         bail!("no order completed within the measured window");
     }
-    latencies.sort_unstable();
-    let count = latencies.len() as u64;
+    let count = latencies.len();
     let window_us = u64::try_from(args.duration.as_micros())
         .unwrap_or(u64::MAX)
         .max(1);
     let per_second = count * 1_000_000 / window_us;
+    let q = |quantile: f64| latencies.value_at_quantile(quantile);
     if args.json {
         let report = serde_json::json!({
             "interface": "orders",
             "concurrency": args.concurrency,
             "connections": args.connections,
             "duration_s": args.duration.as_secs_f64(),
+            "mode": if args.rate.is_some() { "open_loop" } else { "closed_loop" },
+            "target_rate_per_s": args.rate,
             "orders": count,
             "orders_per_s": per_second,
             "outcomes": total.outcomes,
             "errors": total.errors,
             "latency_us": {
-                "p50": percentile(&latencies, 500),
-                "p90": percentile(&latencies, 900),
-                "p99": percentile(&latencies, 990),
-                "p999": percentile(&latencies, 999),
-                "max": latencies[latencies.len() - 1],
+                "p50": q(0.5),
+                "p90": q(0.9),
+                "p99": q(0.99),
+                "p999": q(0.999),
+                "max": latencies.max(),
             },
+            "server_rss_before_kib": rss_before,
+            "server_rss_after_kib": rss_after,
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
@@ -283,13 +333,21 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
         .collect();
     println!("outcomes    {}", outcomes.join("  "));
     println!(
-        "latency     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}",
-        ms(percentile(&latencies, 500)),
-        ms(percentile(&latencies, 900)),
-        ms(percentile(&latencies, 990)),
-        ms(percentile(&latencies, 999)),
-        ms(latencies[latencies.len() - 1]),
+        "latency     p50 {}  p90 {}  p99 {}  p99.9 {}  max {}{}",
+        ms(q(0.5)),
+        ms(q(0.9)),
+        ms(q(0.99)),
+        ms(q(0.999)),
+        ms(latencies.max()),
+        if args.rate.is_some() {
+            " (from each order's intended send time)"
+        } else {
+            ""
+        },
     );
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        println!("server RSS  {before} KiB before, {after} KiB after");
+    }
     if !total.errors.is_empty() {
         for (error, n) in &total.errors {
             println!("error       {n} x {error}");
@@ -304,13 +362,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_nearest_rank() {
-        let samples: Vec<u64> = (1..=1000).collect();
-        assert_eq!(percentile(&samples, 500), 500);
-        assert_eq!(percentile(&samples, 990), 990);
-        assert_eq!(percentile(&samples, 1000), 1000);
-        assert_eq!(percentile(&[7], 990), 7);
+    fn milliseconds_are_printed_exactly() {
         assert_eq!(ms(12_345), "12.345ms");
         assert_eq!(ms(7), "0.007ms");
+    }
+
+    #[test]
+    fn tallies_merge_into_one_distribution() {
+        let mut total = Tally::default();
+        for worker in 0..4u64 {
+            let mut tally = Tally::default();
+            for n in 1..=250 {
+                tally.latencies_us.record(worker * 250 + n).unwrap();
+            }
+            total.latencies_us.add(&tally.latencies_us).unwrap();
+        }
+        assert_eq!(total.latencies_us.len(), 1000);
+        assert_eq!(total.latencies_us.value_at_quantile(0.5), 500);
+        assert_eq!(total.latencies_us.max(), 1000);
     }
 }

@@ -99,14 +99,14 @@ fn parse_time_us(text: &str) -> Option<u64> {
 }
 
 /// Resident memory of a process, from /proc (Linux).
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// The pid of a running `fxcast serve` or `fxcast gateway` other than us.
-fn find_server() -> Option<u32> {
+pub(crate) fn find_server() -> Option<u32> {
     let me = std::process::id();
     std::fs::read_dir("/proc")
         .ok()?

@@ -200,6 +200,16 @@ fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
             continue;
         };
         let interface = json["interface"].as_str().unwrap_or("unknown").to_owned();
+        // Open-loop order runs are keyed by their target rate, in a table of
+        // their own.
+        if interface == "orders"
+            && let Some(rate) = json["target_rate_per_s"].as_u64()
+        {
+            out.entry("orders-open".to_owned())
+                .or_default()
+                .insert(rate, json);
+            continue;
+        }
         let n = json["connections"]
             .as_u64()
             .or_else(|| json["concurrency"].as_u64())
@@ -298,7 +308,7 @@ fn plot_connections(
 ) -> Result<bool, Box<dyn std::error::Error>> {
     let streams: Vec<(&String, &BTreeMap<u64, Value>)> = loads
         .iter()
-        .filter(|(k, _)| k.as_str() != "orders")
+        .filter(|(k, _)| !k.starts_with("orders"))
         .collect();
     if streams.is_empty() {
         return Ok(false);
@@ -593,17 +603,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     writeln!(md, "\n## Load tests (`fxcast loadtest ...`)\n")?;
     for (interface, runs) in &loads {
-        if interface == "orders" {
+        if interface.starts_with("orders") {
+            let open = interface == "orders-open";
             writeln!(
                 md,
-                "\n### orders (PlaceOrder, durable journal)\n\n| in flight | orders/s | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
+                "\n### {}\n\n| {} | orders/s | p50 | p90 | p99 | p99.9 | max | server RSS after |\n|---|---|---|---|---|---|---|---|",
+                if open {
+                    "orders, open loop (PlaceOrder on a fixed schedule; latency from each order's intended send time)"
+                } else {
+                    "orders, closed loop (PlaceOrder, durable journal; a fixed number in flight)"
+                },
+                if open { "target orders/s" } else { "in flight" },
             )?;
             for (n, v) in runs {
                 let l = &v["latency_us"];
                 let q = |k: &str| human_us(l[k].as_u64().unwrap_or(0));
+                let rss = v["server_rss_after_kib"]
+                    .as_u64()
+                    .map_or("–".to_owned(), |k| {
+                        format!("{:.0} MiB", k as f64 / 1024.0)
+                    });
                 writeln!(
                     md,
-                    "| {n} | {} | {} | {} | {} | {} | {} |",
+                    "| {n} | {} | {} | {} | {} | {} | {} | {rss} |",
                     v["orders_per_s"],
                     q("p50"),
                     q("p90"),
