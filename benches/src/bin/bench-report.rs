@@ -224,12 +224,15 @@ fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
     out
 }
 
-const COLORS: [RGBColor; 5] = [
+const COLORS: [RGBColor; 8] = [
     RGBColor(76, 141, 222),
     RGBColor(229, 83, 75),
     RGBColor(63, 185, 127),
     RGBColor(212, 167, 44),
     RGBColor(150, 110, 200),
+    RGBColor(40, 40, 40),
+    RGBColor(230, 120, 180),
+    RGBColor(120, 180, 220),
 ];
 
 fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool, Box<dyn std::error::Error>> {
