@@ -10,9 +10,10 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use fxcast_proto::v1::{
     GapReason, GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, OrderStatus,
-    PlaceOrderRequest, PublishRateRequest, Rate, Side, StreamRatesRequest, StreamRatesResponse,
-    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
-    stream_rates_response::Event, token_service_client::TokenServiceClient,
+    PlaceOrderRequest, PublishRateRequest, Rate, RevokeTokenRequest, Side, StreamRatesRequest,
+    StreamRatesResponse, order_service_client::OrderServiceClient,
+    rate_service_client::RateServiceClient, stream_rates_response::Event,
+    token_service_client::TokenServiceClient,
 };
 use fxcast_transport::momento_local::{MomentoLocalConfig, serve as serve_momento_local};
 use momento::{
@@ -687,4 +688,68 @@ async fn a_publisher_restarted_elsewhere_continues_the_sequence_and_peers_keep_f
         .unwrap()
         .into_inner();
     assert_eq!(latest, after);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
+    let momento = momento_local().await;
+    let shared = tempfile::tempdir().unwrap();
+    let keys = shared.path().join("signing-keys.json");
+    let args = [
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        "USD_JPY",
+        "--feed",
+        "none",
+        "--momento-publish-rate",
+        "0",
+        "--signing-keys",
+        keys.to_str().unwrap(),
+    ];
+    let first = serve(&args).await;
+    let second = serve(&args).await;
+    let publisher = issue(&first, &["rates:publish"]).await;
+    let mut first_rates = rates_client(&first, &publisher.token).await;
+    publish(&mut first_rates, "USD_JPY", "151.230", "151.238").await;
+
+    // A token issued by the first server, streaming from the second.
+    let issued = issue(&first, &["rates:subscribe=*"]).await;
+    let mut second_rates = rates_client(&second, &issued.token).await;
+    let mut stream = stream(&mut second_rates, "USD_JPY").await;
+    next_rate(&mut stream).await;
+
+    let mut tokens = TokenServiceClient::new(common::channel(&first.grpc, API_KEY).await);
+    tokens
+        .revoke_token(RevokeTokenRequest {
+            token_id: issued.token_id.clone(),
+        })
+        .await
+        .unwrap();
+
+    // The second server learns it through Momento and ends the stream.
+    let status = loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .expect("the stream outlived the revocation")
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(status.message().starts_with("token revoked"), "{status:?}");
+    let refused = second_rates
+        .get_latest_rate(GetLatestRateRequest {
+            symbol: "USD_JPY".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::Unauthenticated, "token revoked")
+    );
 }

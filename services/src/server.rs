@@ -103,6 +103,13 @@ impl RatesCore {
         )
         .await?;
 
+        // Revocations made by other servers sharing the transport (and the
+        // signing keys) apply here too.
+        tasks.spawn(crate::auth::follow_shared_revocations(
+            Arc::clone(&transport),
+            authority.clone(),
+            shutdown.clone(),
+        ));
         let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {
             symbols,
@@ -295,7 +302,8 @@ impl RatesCore {
                         Arc::clone(&self.transport),
                         self.symbols.names().map(str::to_owned).collect(),
                     )
-                    .with_shutdown(self.shutdown.clone()),
+                    .with_shutdown(self.shutdown.clone())
+                    .with_shared_revocations(Arc::clone(&self.transport)),
             ))
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;

@@ -184,6 +184,10 @@ impl KeyState {
     }
 }
 
+/// Transport topic on which servers sharing signing keys tell each other
+/// about revocations (JSON `{"token_id", "expires_at"}`, Unix seconds).
+pub const REVOCATIONS_TOPIC: &str = "tokens.revoked";
+
 /// The `token_id` of a caller authenticated by the admin API key.
 pub const API_KEY_ID: &str = "api-key";
 
@@ -479,6 +483,25 @@ impl TokenAuthority {
         self.inner
             .revocations
             .revoke(token_id, SystemTime::now() + self.inner.config.max_ttl)
+    }
+
+    /// Records a revocation made by another server sharing this one's
+    /// tokens (received on [`REVOCATIONS_TOPIC`]), valid until `expires_at`.
+    /// Idempotent.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a malformed id, [`Error::Io`] when it
+    /// cannot be stored.
+    pub fn apply_revocation(&self, token_id: &str, expires_at: SystemTime) -> Result<(), Error> {
+        if token_id.is_empty() || token_id.len() > 64 {
+            return Err(Error::InvalidArgument(
+                "token_id must be 1-64 characters".into(),
+            ));
+        }
+        if expires_at <= SystemTime::now() {
+            return Ok(());
+        }
+        self.inner.revocations.revoke(token_id, expires_at)
     }
 
     /// Every revocation still in force.

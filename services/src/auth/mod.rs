@@ -19,11 +19,12 @@ mod service;
 
 pub use anonymous::{PerAddressLimit, anonymous_subject, browser_scopes};
 pub use authority::{
-    API_KEY_ID, AuthConfig, AuthError, CredentialEnd, IssuedToken, TokenAuthority, api_key_path,
-    issue_offline, validate_subject,
+    API_KEY_ID, AuthConfig, AuthError, CredentialEnd, IssuedToken, REVOCATIONS_TOPIC,
+    TokenAuthority, api_key_path, issue_offline, validate_subject,
 };
 pub use caller::Caller;
 pub use layer::{AuthLayer, AuthService};
 pub use revocations::Revoked;
 pub use scope::{ParseScopeError, Scope, Scopes, SymbolSet};
 pub use service::TokenServiceImpl;
+pub use service::{RevocationMessage, follow_shared_revocations};

@@ -26,6 +26,59 @@ pub struct TokenServiceImpl {
     authority: TokenAuthority,
     direct: Option<DirectAccess>,
     shutdown: CancellationToken,
+    /// Where revocations are announced to other servers.
+    shared_revocations: Option<Arc<dyn Transport>>,
+}
+
+/// A revocation as announced on [`REVOCATIONS_TOPIC`](super::REVOCATIONS_TOPIC).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RevocationMessage {
+    /// The revoked token id.
+    pub token_id: String,
+    /// When the revocation lapses (Unix seconds).
+    pub expires_at: u64,
+}
+
+/// Applies the revocations other servers announce on `transport` to
+/// `authority` until `shutdown`, so a token revoked on one server sharing
+/// the signing keys is refused by all of them (and their open streams end).
+pub async fn follow_shared_revocations(
+    transport: Arc<dyn Transport>,
+    authority: TokenAuthority,
+    shutdown: CancellationToken,
+) {
+    let mut subscription = match transport.subscribe(super::REVOCATIONS_TOPIC).await {
+        Ok(subscription) => subscription,
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot follow other servers' revocations");
+            return;
+        }
+    };
+    loop {
+        let delivery = tokio::select! {
+            () = shutdown.cancelled() => return,
+            delivery = subscription.next() => delivery,
+        };
+        match delivery {
+            Some(fxcast_transport::Delivery::Message(payload)) => {
+                match serde_json::from_slice::<RevocationMessage>(&payload) {
+                    Ok(message) => {
+                        let until = std::time::UNIX_EPOCH + Duration::from_secs(message.expires_at);
+                        if let Err(err) = authority.apply_revocation(&message.token_id, until) {
+                            tracing::warn!(token_id = %message.token_id, error = %err, "cannot apply a shared revocation");
+                        }
+                    }
+                    Err(err) => {
+                        tracing::warn!(error = %err, "ignoring a malformed revocation message")
+                    }
+                }
+            }
+            Some(fxcast_transport::Delivery::Gap(gap)) => {
+                tracing::warn!(%gap, "missed revocations announced by other servers");
+            }
+            None => return,
+        }
+    }
 }
 
 /// Where tokens that may subscribe to rates also get direct access.
@@ -42,7 +95,16 @@ impl TokenServiceImpl {
             authority,
             direct: None,
             shutdown: CancellationToken::new(),
+            shared_revocations: None,
         }
+    }
+
+    /// Announces every revocation on `transport`'s
+    /// [`REVOCATIONS_TOPIC`](super::REVOCATIONS_TOPIC), for the other servers
+    /// that accept the same tokens.
+    pub fn with_shared_revocations(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.shared_revocations = Some(transport);
+        self
     }
 
     /// Ends `WatchRevocations` streams with `UNAVAILABLE` when `shutdown` is
@@ -217,6 +279,23 @@ impl TokenService for TokenServiceImpl {
             }
         })?;
         tracing::info!(by = %caller.subject, %token_id, "revoked token");
+        if let Some(transport) = &self.shared_revocations {
+            let message = RevocationMessage {
+                token_id: token_id.clone(),
+                expires_at: SystemTime::now()
+                    .checked_add(self.authority.config().max_ttl)
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(u64::MAX, |d| d.as_secs()),
+            };
+            let payload = serde_json::to_vec(&message).expect("a revocation serialises");
+            // Revoked here whatever happens; other servers may miss it.
+            if let Err(err) = transport
+                .publish(super::REVOCATIONS_TOPIC, payload.into())
+                .await
+            {
+                tracing::warn!(%token_id, error = %err, "could not announce the revocation to other servers");
+            }
+        }
         Ok(Response::new(RevokeTokenResponse {}))
     }
 
