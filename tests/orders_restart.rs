@@ -14,8 +14,9 @@ use std::{
 
 use fxcast_proto::v1::{
     GetLatestRateRequest, GetOrderRequest, IssueTokenRequest, ListOrdersRequest, Order,
-    OrderStatus, PlaceOrderRequest, Side, order_service_client::OrderServiceClient,
-    rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
+    OrderStatus, PlaceOrderRequest, Side, StreamRatesRequest,
+    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+    token_service_client::TokenServiceClient,
 };
 use tokio::{
     process::{Child, Command},
@@ -131,6 +132,20 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let authed = common::channel(&first.url, &token).await;
     let mut rates = RateServiceClient::new(authed.clone());
     let mut orders = OrderServiceClient::new(authed.clone());
+    // The server may not have published its first rate yet: wait for one.
+    let mut first_tick = rates
+        .stream_rates(StreamRatesRequest {
+            symbols: vec!["USD_JPY".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::timeout(Duration::from_secs(30), first_tick.message())
+        .await
+        .expect("no rate within 30 s")
+        .unwrap();
+    drop(first_tick);
 
     // Sequential orders, all acknowledged.
     let mut requests: HashMap<String, PlaceOrderRequest> = HashMap::new();

@@ -23,8 +23,9 @@ use std::{
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use fxcast_proto::v1::{
-    GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, Side,
+    GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, Side, StreamRatesRequest,
     order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+    stream_rates_response,
 };
 use hdrhistogram::Histogram;
 use tokio::task::JoinSet;
@@ -132,6 +133,30 @@ async fn latest(channel: &AuthedChannel, symbol: &str) -> anyhow::Result<Rate> {
         .into_inner())
 }
 
+/// The current rate of `symbol`, or the first one published when the
+/// server has none yet (a server that has just started).
+async fn first_rate(channel: &AuthedChannel, symbol: &str) -> anyhow::Result<Rate> {
+    let mut stream = RateServiceClient::new(channel.clone())
+        .stream_rates(StreamRatesRequest {
+            symbols: vec![symbol.to_owned()],
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| status_error(&s).context("cannot stream the current rate"))?
+        .into_inner();
+    let wait = Duration::from_secs(30);
+    loop {
+        let message = tokio::time::timeout(wait, stream.message())
+            .await
+            .map_err(|_| anyhow::anyhow!("no rate of {symbol} was published within {wait:?}"))?
+            .map_err(|s| status_error(&s).context("the rate stream failed"))?
+            .ok_or_else(|| anyhow::anyhow!("the server ended the rate stream"))?;
+        if let Some(stream_rates_response::Event::Rate(rate)) = message.event {
+            return Ok(rate);
+        }
+    }
+}
+
 async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     if args.concurrency == 0 || args.connections == 0 || args.duration.is_zero() {
         bail!("--concurrency, --connections and --duration must be positive");
@@ -147,7 +172,7 @@ async fn orders(args: OrdersLoad) -> anyhow::Result<()> {
     for _ in 0..args.connections {
         channels.push(connect(&args.target, &token).await?);
     }
-    let rate = Arc::new(RwLock::new(latest(&channels[0], &args.symbol).await?));
+    let rate = Arc::new(RwLock::new(first_rate(&channels[0], &args.symbol).await?));
     let refresher = {
         let (rate, channel, symbol) = (Arc::clone(&rate), channels[0].clone(), args.symbol.clone());
         tokio::spawn(async move {
