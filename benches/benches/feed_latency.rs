@@ -34,9 +34,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{bench_case, percentile_case, runtime};
 use criterion::{BenchmarkId, Criterion};
 use futures_util::{SinkExt, StreamExt};
-use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_benches::PercentilePass;
 use fxcast_proto::v1::{
     Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
     stream_rates_response::Event,
@@ -50,7 +53,6 @@ use fxcast_transport::{MemoryTransport, Transport};
 use tempfile::TempDir;
 use tokio::{
     net::{TcpListener, TcpStream},
-    runtime::Runtime,
     sync::Mutex,
     task::JoinHandle,
 };
@@ -63,14 +65,6 @@ const SYMBOL: &str = "BTC_JPY";
 /// Long enough for any run: nothing goes stale, pings and idle checks stay
 /// out of the measurement.
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
 
 fn full_id() -> String {
     format!("{GROUP}/ticker/1")
@@ -204,12 +198,6 @@ impl Fixture {
         start.elapsed()
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration)) {
-        for _ in 0..iters {
-            record(self.round().await);
-        }
-    }
-
     async fn stop(self) {
         drop(self.stream);
         drop(self.upstream);
@@ -220,6 +208,14 @@ impl Fixture {
             .expect("server stops within 10 s")
             .expect("server task")
             .expect("server");
+    }
+}
+
+impl common::Rounds for Fixture {
+    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
+        for _ in 0..iters {
+            record(self.round().await);
+        }
     }
 }
 
@@ -241,17 +237,7 @@ fn bench_feed_latency(c: &mut Criterion) {
     group.measurement_time(Duration::from_secs(5));
     let rt = runtime();
     let fixture = Arc::new(rt.block_on(Fixture::start()));
-    group.bench_function(BenchmarkId::new("ticker", 1), |b| {
-        b.iter_custom(|iters| {
-            let fixture = Arc::clone(&fixture);
-            rt.block_on(rt.spawn(async move {
-                let mut total = Duration::ZERO;
-                fixture.rounds(iters, |d| total += d).await;
-                total
-            }))
-            .expect("bench task")
-        });
-    });
+    bench_case(&mut group, BenchmarkId::new("ticker", 1), &rt, &fixture);
     group.finish();
     let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
     rt.block_on(fixture.stop());
@@ -265,20 +251,7 @@ fn percentiles(pass: &PercentilePass) {
     pass.print_heading(GROUP);
     let rt = runtime();
     let fixture = Arc::new(rt.block_on(Fixture::start()));
-    let (warmup, samples) = (pass.warmup as u64, pass.samples);
-    let task_fixture = Arc::clone(&fixture);
-    let mut latencies = rt
-        .block_on(rt.spawn(async move {
-            task_fixture.rounds(warmup, drop).await;
-            let mut latencies = Vec::with_capacity(samples);
-            task_fixture
-                .rounds(samples as u64, |d| latencies.push(d))
-                .await;
-            latencies
-        }))
-        .expect("percentile task");
-    let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-    pass.print(&id, &summary);
+    percentile_case(&rt, pass, &id, &fixture);
     let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
     rt.block_on(fixture.stop());
 }

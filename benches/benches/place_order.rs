@@ -38,9 +38,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Stack, runtime};
+use common::{Stack, bench_case, percentile_case, runtime};
 use criterion::{BenchmarkId, Criterion};
-use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_benches::PercentilePass;
 use fxcast_proto::v1::{
     OrderStatus, PlaceOrderRequest, Side, order_service_client::OrderServiceClient,
 };
@@ -196,18 +196,20 @@ impl Fixture {
         }
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration)) {
-        for _ in 0..iters {
-            record(self.place().await);
-        }
-    }
-
     async fn stop(self) {
         self.stack.shutdown.cancel();
         self.refresher.await.expect("refresher");
         drop((self.grpc, self.http));
         let stack = Arc::into_inner(self.stack).expect("nothing else holds the stack");
         stack.stop().await;
+    }
+}
+
+impl common::Rounds for Fixture {
+    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
+        for _ in 0..iters {
+            record(self.place().await);
+        }
     }
 }
 
@@ -219,17 +221,12 @@ fn bench_place_order(c: &mut Criterion) {
     for &(interface, sync) in CASES {
         let (function, parameter) = names(interface, sync);
         let fixture = Arc::new(rt.block_on(Fixture::start(interface, sync)));
-        group.bench_function(BenchmarkId::new(function, parameter), |b| {
-            b.iter_custom(|iters| {
-                let fixture = Arc::clone(&fixture);
-                rt.block_on(rt.spawn(async move {
-                    let mut total = Duration::ZERO;
-                    fixture.rounds(iters, |d| total += d).await;
-                    total
-                }))
-                .expect("bench task")
-            });
-        });
+        bench_case(
+            &mut group,
+            BenchmarkId::new(function, parameter),
+            &rt,
+            &fixture,
+        );
         let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
         rt.block_on(fixture.stop());
     }
@@ -245,20 +242,7 @@ fn percentiles(pass: &PercentilePass) {
             continue;
         }
         let fixture = Arc::new(rt.block_on(Fixture::start(interface, sync)));
-        let (warmup, samples) = (pass.warmup as u64, pass.samples);
-        let task_fixture = Arc::clone(&fixture);
-        let mut latencies = rt
-            .block_on(rt.spawn(async move {
-                task_fixture.rounds(warmup, drop).await;
-                let mut latencies = Vec::with_capacity(samples);
-                task_fixture
-                    .rounds(samples as u64, |d| latencies.push(d))
-                    .await;
-                latencies
-            }))
-            .expect("percentile task");
-        let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-        pass.print(&id, &summary);
+        percentile_case(&rt, pass, &id, &fixture);
         let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
         rt.block_on(fixture.stop());
     }

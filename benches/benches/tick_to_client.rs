@@ -45,10 +45,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Stack, runtime};
+use common::{Stack, bench_case, percentile_case, runtime};
 use criterion::{BenchmarkId, Criterion};
 use futures_util::{SinkExt, Stream, StreamExt};
-use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_benches::PercentilePass;
 use fxcast_proto::v1::{
     Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
     stream_rates_response::Event,
@@ -445,8 +445,16 @@ impl Fixture {
         }
     }
 
-    /// Runs `iters` rounds and returns each round's time to `record`.
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration)) {
+    async fn stop(self) {
+        match self {
+            Self::One(one) => one.stop().await,
+            Self::Many(many) => many.stop().await,
+        }
+    }
+}
+
+impl common::Rounds for Fixture {
+    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
         match self {
             Self::One(one) => {
                 let mut reader = one.reader.lock().await;
@@ -461,13 +469,6 @@ impl Fixture {
             }
         }
     }
-
-    async fn stop(self) {
-        match self {
-            Self::One(one) => one.stop().await,
-            Self::Many(many) => many.stop().await,
-        }
-    }
 }
 
 fn bench_tick_to_client(c: &mut Criterion) {
@@ -479,17 +480,7 @@ fn bench_tick_to_client(c: &mut Criterion) {
         for interface in Interface::ALL {
             let id = BenchmarkId::new(interface.name(), clients);
             let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            group.bench_function(id, |b| {
-                b.iter_custom(|iters| {
-                    let fixture = Arc::clone(&fixture);
-                    rt.block_on(rt.spawn(async move {
-                        let mut total = Duration::ZERO;
-                        fixture.rounds(iters, |d| total += d).await;
-                        total
-                    }))
-                    .expect("bench task")
-                });
-            });
+            bench_case(&mut group, id, &rt, &fixture);
             let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
             rt.block_on(fixture.stop());
         }
@@ -507,20 +498,7 @@ fn percentiles(pass: &PercentilePass) {
                 continue;
             }
             let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            let (warmup, samples) = (pass.warmup as u64, pass.samples);
-            let task_fixture = Arc::clone(&fixture);
-            let mut latencies = rt
-                .block_on(rt.spawn(async move {
-                    task_fixture.rounds(warmup, drop).await;
-                    let mut latencies = Vec::with_capacity(samples);
-                    task_fixture
-                        .rounds(samples as u64, |d| latencies.push(d))
-                        .await;
-                    latencies
-                }))
-                .expect("percentile task");
-            let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-            pass.print(&id, &summary);
+            percentile_case(&rt, pass, &id, &fixture);
             let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
             rt.block_on(fixture.stop());
         }
