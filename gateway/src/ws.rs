@@ -205,13 +205,48 @@ impl Connection {
         }
     }
 
+    /// Writes every tick that is already waiting (at most `MAX_BATCH`),
+    /// then flushes once: one syscall for a burst instead of one per frame.
+    /// Untimed: the caller bounds the whole batch with the send timeout.
+    async fn write_batch(
+        &mut self,
+        sink: &mut Sink,
+        symbol: String,
+        item: Result<std::sync::Arc<RateTick>, BroadcastStreamRecvError>,
+    ) -> Result<(), Exit> {
+        self.batching = true;
+        let mut next = Some((symbol, item));
+        let mut written = 0;
+        while let Some((symbol, item)) = next.take() {
+            match item {
+                Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
+                Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
+            }
+            written += 1;
+            if written < MAX_BATCH {
+                next = self.subscriptions.next().now_or_never().flatten();
+            }
+        }
+        self.batching = false;
+        sink.flush().await.map_err(|_| Exit::ClientClosed)
+    }
+
+    /// The exit of a connection that could not take its frames in time.
+    fn too_slow(&self) -> Exit {
+        self.state
+            .metrics
+            .slow_consumer_disconnects
+            .get_or_create(&KindLabels { kind: "ws" })
+            .inc();
+        Exit::Close(
+            close_code::AGAIN,
+            "slow consumer: could not take a frame within the send timeout".into(),
+        )
+    }
+
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
         if self.batching {
-            // Buffered; flushed (with the send timeout) once the ready ticks
-            // are all written. A batch starts with an empty write buffer
-            // (the last flush completed) and is at most MAX_BATCH small
-            // frames, far below the buffer's limit, so this never waits:
-            // no timer per frame.
+            // Inside `write_batch`, which is timed as a whole.
             return sink
                 .feed(Message::Text(text))
                 .await
@@ -225,35 +260,7 @@ impl Connection {
         {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Exit::ClientClosed),
-            Err(_) => {
-                self.state
-                    .metrics
-                    .slow_consumer_disconnects
-                    .get_or_create(&KindLabels { kind: "ws" })
-                    .inc();
-                Err(Exit::Close(
-                    close_code::AGAIN,
-                    "slow consumer: could not take a frame within the send timeout".into(),
-                ))
-            }
-        }
-    }
-
-    async fn flush(&self, sink: &mut Sink) -> Result<(), Exit> {
-        match tokio::time::timeout(self.state.config.ws.send_timeout, sink.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::ClientClosed),
-            Err(_) => {
-                self.state
-                    .metrics
-                    .slow_consumer_disconnects
-                    .get_or_create(&KindLabels { kind: "ws" })
-                    .inc();
-                Err(Exit::Close(
-                    close_code::AGAIN,
-                    "slow consumer: could not take a frame within the send timeout".into(),
-                ))
-            }
+            Err(_) => Err(self.too_slow()),
         }
     }
 
@@ -325,23 +332,13 @@ impl Connection {
                 biased;
                 () = &mut cancelled => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
                 Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
-                    // Write every tick that is already waiting, then flush
-                    // once: one syscall for a burst instead of one per frame.
-                    self.batching = true;
-                    let mut next = Some((symbol, item));
-                    let mut written = 0;
-                    while let Some((symbol, item)) = next.take() {
-                        match item {
-                            Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
-                            Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
-                        }
-                        written += 1;
-                        if written < MAX_BATCH {
-                            next = self.subscriptions.next().now_or_never().flatten();
-                        }
+                    // One timer for the whole batch: a frame may wait for
+                    // the socket mid-batch once the write buffer fills.
+                    let timeout = self.state.config.ws.send_timeout;
+                    match tokio::time::timeout(timeout, self.write_batch(sink, symbol, item)).await {
+                        Ok(result) => result?,
+                        Err(_) => return Err(self.too_slow()),
                     }
-                    self.batching = false;
-                    self.flush(sink).await?;
                 }
                 () = &mut expired => {
                     return Ok(Exit::Close(close_code::POLICY, "token expired: reconnect with a fresh token".into()));

@@ -7,8 +7,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use common::{Harness, next_json, send_json};
-use serde_json::json;
+use common::{Harness, subscribe};
 
 /// A log sink the test can read back.
 #[derive(Clone, Default)]
@@ -49,12 +48,7 @@ async fn tokens_in_urls_and_headers_never_reach_the_logs() {
     assert_eq!(response.status(), 200);
     drop(response);
     let mut ws = h.ws(&token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    subscribe(&mut ws, &["USD_JPY"]).await;
     let response = h
         .client
         .get(h.url("/v1/rates"))

@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Harness, next_json, send_json};
+use common::{Harness, next_json, send_json, subscribe};
 use futures_util::StreamExt;
 use fxcast_gateway::{GatewayConfig, LagLimit, WsLimits};
 use serde_json::{Value, json};
@@ -152,12 +152,8 @@ async fn close_frame(ws: &mut common::Ws) -> tokio_tungstenite::tungstenite::pro
 
 #[tokio::test]
 async fn websocket_subscriptions_are_capped_per_connection() {
-    let h = Harness::quiet_with(GatewayConfig {
-        anonymous_tokens: true,
-        ws: WsLimits {
-            max_subscriptions: 1,
-            ..Default::default()
-        },
+    let h = Harness::with_ws(WsLimits {
+        max_subscriptions: 1,
         ..Default::default()
     })
     .await;
@@ -200,12 +196,8 @@ async fn websocket_subscriptions_are_capped_per_connection() {
 
 #[tokio::test]
 async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
-    let h = Harness::quiet_with(GatewayConfig {
-        anonymous_tokens: true,
-        ws: WsLimits {
-            idle_timeout: Duration::from_millis(300),
-            ..Default::default()
-        },
+    let h = Harness::with_ws(WsLimits {
+        idle_timeout: Duration::from_millis(300),
         ..Default::default()
     })
     .await;
@@ -318,12 +310,8 @@ async fn next_heartbeat(ws: &mut common::Ws) {
 
 #[tokio::test]
 async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
-    let h = Harness::quiet_with(GatewayConfig {
-        anonymous_tokens: true,
-        ws: WsLimits {
-            send_timeout: Duration::from_millis(500),
-            ..Default::default()
-        },
+    let h = Harness::with_ws(WsLimits {
+        send_timeout: Duration::from_millis(500),
         ..Default::default()
     })
     .await;
@@ -335,12 +323,7 @@ async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
     )
     .await;
     let mut reader = h.ws(&token).await;
-    send_json(
-        &mut reader,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut reader).await["type"], "subscribed");
+    subscribe(&mut reader, &["USD_JPY"]).await;
     assert_eq!(next_json(&mut reader).await["sequence"], 1);
 
     // Publish in steps the reader keeps up with; the stalled client's socket
@@ -409,12 +392,7 @@ async fn a_slow_websocket_reader_is_conflated_with_a_gap_message() {
     .await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    subscribe(&mut ws, &["USD_JPY"]).await;
     assert_eq!(next_json(&mut ws).await["sequence"], 1);
     // A burst far beyond the per-symbol buffer while the client is not reading.
     for _ in 0..5_000 {
@@ -585,12 +563,7 @@ async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
         .issue("alice", "rates:subscribe=*".parse().unwrap(), None)
         .unwrap();
     let mut ws = h.ws(&issued.token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    subscribe(&mut ws, &["USD_JPY"]).await;
     assert_eq!(next_json(&mut ws).await["type"], "rate");
     let sse = h
         .client
@@ -603,12 +576,7 @@ async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
     // Someone else's connection stays open.
     let other = h.browser_token().await;
     let mut bystander = h.ws(&other).await;
-    send_json(
-        &mut bystander,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut bystander).await["type"], "subscribed");
+    subscribe(&mut bystander, &["USD_JPY"]).await;
 
     h.core.authority().revoke(&issued.token_id).unwrap();
 
@@ -669,12 +637,7 @@ async fn a_websocket_that_keeps_falling_behind_is_closed() {
     let h = impatient().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
-    assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+    subscribe(&mut ws, &["USD_JPY"]).await;
     let mut gaps = 0;
     let mut last_text = String::new();
     for _ in 0..50 {

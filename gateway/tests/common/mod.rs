@@ -70,6 +70,16 @@ impl Harness {
         .await
     }
 
+    /// As [`Harness::quiet`], with these WebSocket limits.
+    pub async fn with_ws(ws: fxcast_gateway::WsLimits) -> Self {
+        Self::quiet_with(GatewayConfig {
+            anonymous_tokens: true,
+            ws,
+            ..Default::default()
+        })
+        .await
+    }
+
     pub async fn quiet_with(gateway: GatewayConfig) -> Self {
         let config = Config {
             feed: FeedKind::None,
@@ -181,6 +191,17 @@ pub async fn send_json(ws: &mut Ws, value: serde_json::Value) {
     ws.send(Message::Text(value.to_string().into()))
         .await
         .unwrap();
+}
+
+/// Subscribes `ws` to `symbols` and checks the acknowledgement.
+pub async fn subscribe(ws: &mut Ws, symbols: &[&str]) {
+    send_json(
+        ws,
+        serde_json::json!({"type": "subscribe", "symbols": symbols}),
+    )
+    .await;
+    let ack = next_json(ws).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
 }
 
 /// Next JSON text message (skipping heartbeats unless asked for).
