@@ -28,6 +28,10 @@ impl Default for LagLimit {
     }
 }
 
+/// Conflations this close together count as one (a stall lags every
+/// subscribed symbol at once).
+const DEBOUNCE: Duration = Duration::from_secs(1);
+
 /// One connection's recent conflations.
 #[derive(Debug)]
 pub(crate) struct LagCounter {
@@ -44,9 +48,17 @@ impl LagCounter {
     }
 
     /// Records a conflation now; `Some(message)` when the connection must
-    /// be closed.
+    /// be closed. Lags within [`DEBOUNCE`] of the last one counted are one
+    /// stall: each symbol of a connection reports it separately.
     pub(crate) fn lagged(&mut self) -> Option<String> {
         let now = Instant::now();
+        if self
+            .recent
+            .back()
+            .is_some_and(|last| now.duration_since(*last) < DEBOUNCE)
+        {
+            return None;
+        }
         self.recent.push_back(now);
         while self
             .recent
@@ -69,27 +81,44 @@ impl LagCounter {
 mod tests {
     use super::*;
 
+    fn counter(max_lags: usize) -> LagCounter {
+        LagCounter::new(LagLimit {
+            max_lags,
+            window: Duration::from_secs(60),
+        })
+    }
+
+    /// Pretends the lags counted so far happened `ago` earlier.
+    fn age(counter: &mut LagCounter, ago: Duration) {
+        for at in &mut counter.recent {
+            *at -= ago;
+        }
+    }
+
     #[test]
     fn closes_on_the_lag_that_reaches_the_limit_within_the_window() {
-        let mut counter = LagCounter::new(LagLimit {
-            max_lags: 3,
-            window: Duration::from_secs(60),
-        });
+        let mut counter = counter(3);
         assert_eq!(counter.lagged(), None);
+        age(&mut counter, DEBOUNCE);
         assert_eq!(counter.lagged(), None);
+        age(&mut counter, DEBOUNCE);
         let message = counter.lagged().expect("third lag closes");
         assert!(message.starts_with("slow consumer: fell behind 3 times within 60s"));
     }
 
     #[test]
+    fn one_stall_across_many_symbols_counts_once() {
+        let mut counter = counter(2);
+        for _ in 0..20 {
+            assert_eq!(counter.lagged(), None, "lags of one stall are one");
+        }
+    }
+
+    #[test]
     fn old_lags_fall_out_of_the_window() {
-        let mut counter = LagCounter::new(LagLimit {
-            max_lags: 2,
-            window: Duration::ZERO,
-        });
-        // Each earlier lag is already outside a zero-length window.
-        counter.lagged();
-        std::thread::sleep(Duration::from_millis(2));
+        let mut counter = counter(2);
         assert_eq!(counter.lagged(), None);
+        age(&mut counter, Duration::from_secs(61));
+        assert_eq!(counter.lagged(), None, "the first lag is out of the window");
     }
 }

@@ -326,10 +326,9 @@ impl Connection {
         tokio::pin!(cancelled, expired);
         loop {
             tokio::select! {
-                // In order: ticks are by far the most frequent wake-up, and
-                // polling every other branch on each would cost more than the
-                // write. The others are polled whenever no tick is waiting.
-                biased;
+                // Not biased: with ticks arriving without pause, a fixed
+                // order would starve the client's frames, expiry and
+                // revocation.
                 () = &mut cancelled => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
                 Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
                     // One timer for the whole batch: a frame may wait for

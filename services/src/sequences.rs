@@ -98,18 +98,24 @@ impl SequenceStore {
     /// [`Error::Io`] when the file cannot be written.
     pub(crate) async fn set(&self, symbol: &str, floor: u64) -> Result<(), Error> {
         let _writer = self.writer.lock().await;
-        let snapshot = {
-            let mut floors = self.floors.lock().unwrap_or_else(|e| e.into_inner());
-            floors.insert(symbol.to_owned(), floor);
-            floors.clone()
-        };
+        let mut snapshot = self
+            .floors
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        snapshot.insert(symbol.to_owned(), floor);
         let path = Arc::clone(&self.path);
-        tokio::task::spawn_blocking(move || write_synced(&path, &snapshot))
+        let written = snapshot.clone();
+        tokio::task::spawn_blocking(move || write_synced(&path, &written))
             .await
             .map_err(|e| Error::Io {
                 context: "sequence floor writer".into(),
                 source: std::io::Error::other(e),
-            })?
+            })??;
+        // Only once it is on disk: a failed write must leave the floor where
+        // it was, so the next sequence tries to reserve again.
+        *self.floors.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        Ok(())
     }
 }
 
@@ -155,6 +161,14 @@ mod tests {
         assert_eq!(store.floor("USD_JPY"), 1 + 2 * BLOCK);
 
         store.set("EUR_USD", 42).await.unwrap();
+
+        // A floor that cannot be written is not raised: the next sequence
+        // tries again (and fails) instead of being published unreserved.
+        let blocked =
+            SequenceStore::open(&dir.path().join("missing-dir").join(SEQUENCES_FILE)).unwrap();
+        assert!(blocked.reserve("USD_JPY", 1).await.is_err());
+        assert_eq!(blocked.floor("USD_JPY"), 1);
+        assert!(blocked.reserve("USD_JPY", 1).await.is_err());
         let reopened = SequenceStore::open(&path).unwrap();
         assert_eq!(reopened.floor("USD_JPY"), 1 + 2 * BLOCK);
         assert_eq!(reopened.floor("EUR_USD"), 42);

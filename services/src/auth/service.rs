@@ -63,7 +63,12 @@ pub async fn follow_shared_revocations(
             Some(fxcast_transport::Delivery::Message(payload)) => {
                 match serde_json::from_slice::<RevocationMessage>(&payload) {
                     Ok(message) => {
-                        let until = std::time::UNIX_EPOCH + Duration::from_secs(message.expires_at);
+                        // Never beyond the longest a token can live from now
+                        // (and no overflow from a hostile value).
+                        let longest = SystemTime::now() + authority.config().max_ttl;
+                        let until = std::time::UNIX_EPOCH
+                            .checked_add(Duration::from_secs(message.expires_at))
+                            .map_or(longest, |until| until.min(longest));
                         if let Err(err) = authority.apply_revocation(&message.token_id, until) {
                             tracing::warn!(token_id = %message.token_id, error = %err, "cannot apply a shared revocation");
                         }
