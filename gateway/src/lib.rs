@@ -161,6 +161,11 @@ pub async fn run(
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
         .map_err(|e| Error::UpstreamAddress(e.to_string()))?
         .tcp_nodelay(true)
+        // Long-lived streams (ticks, revocations) notice a dead upstream
+        // connection within half a minute even when nothing is sent.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     let upstream = Upstream::new(channel, core.authority().api_key());
     let gateway_stop = stop.clone();

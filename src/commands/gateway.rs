@@ -39,6 +39,11 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let channel = tonic::transport::Endpoint::from_shared(args.upstream.clone())
         .with_context(|| format!("invalid --upstream {:?}", args.upstream))?
         .tcp_nodelay(true)
+        // Long-lived streams (ticks, revocations) notice a dead upstream
+        // connection within half a minute even when nothing is sent.
+        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
+        .keep_alive_timeout(std::time::Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .connect_lazy();
     let http = TcpListener::bind(args.http_listen)
         .await
