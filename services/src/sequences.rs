@@ -36,6 +36,8 @@ pub(crate) struct SequenceStore {
     floors: Arc<Mutex<BTreeMap<String, u64>>>,
     /// Serialises writers, so an older snapshot never overwrites a newer one.
     writer: Arc<tokio::sync::Mutex<()>>,
+    /// Symbols whose next block is being reserved in the background.
+    raising: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 fn io_error(context: String) -> impl FnOnce(std::io::Error) -> Error {
@@ -63,6 +65,7 @@ impl SequenceStore {
             path: Arc::new(path.to_owned()),
             floors: Arc::new(Mutex::new(floors)),
             writer: Arc::default(),
+            raising: Arc::default(),
         })
     }
 
@@ -85,10 +88,47 @@ impl SequenceStore {
     /// [`Error::Io`] when the file cannot be written; the sequence must then
     /// not be published.
     pub(crate) async fn reserve(&self, symbol: &str, sequence: u64) -> Result<(), Error> {
-        if sequence < self.floor(symbol) {
+        let floor = self.floor(symbol);
+        if sequence >= floor {
+            return self.set(symbol, sequence.saturating_add(BLOCK)).await;
+        }
+        // Half the block used: raise the floor in the background, so the
+        // synced write is rarely on a tick's path.
+        if sequence >= floor.saturating_sub(BLOCK / 2) && self.claim_background(symbol) {
+            let (store, symbol) = (self.clone(), symbol.to_owned());
+            tokio::spawn(async move {
+                // Never lowers: only raises past what is reserved now.
+                let next = store.floor(&symbol).max(floor).saturating_add(BLOCK);
+                if let Err(err) = store.raise(&symbol, next).await {
+                    tracing::warn!(%symbol, error = %err, "could not reserve the next sequence block ahead");
+                }
+                store.release_background(&symbol);
+            });
+        }
+        Ok(())
+    }
+
+    /// Raises `symbol`'s floor to `floor` unless it is already there.
+    async fn raise(&self, symbol: &str, floor: u64) -> Result<(), Error> {
+        if self.floor(symbol) >= floor {
             return Ok(());
         }
-        self.set(symbol, sequence.saturating_add(BLOCK)).await
+        self.set(symbol, floor).await
+    }
+
+    /// Whether this caller may start the background raise of `symbol`.
+    fn claim_background(&self, symbol: &str) -> bool {
+        self.raising
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(symbol.to_owned())
+    }
+
+    fn release_background(&self, symbol: &str) {
+        self.raising
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(symbol);
     }
 
     /// Sets `symbol`'s floor to exactly `floor` (after a clean stop: one past
@@ -153,10 +193,13 @@ mod tests {
         assert_eq!(store.floor("USD_JPY"), 1);
         store.reserve("USD_JPY", 1).await.unwrap();
         assert_eq!(store.floor("USD_JPY"), 1 + BLOCK);
-        // Within the block: no write.
+        // Early in the block: no write.
         std::fs::remove_file(&path).unwrap();
-        store.reserve("USD_JPY", BLOCK).await.unwrap();
-        assert!(!path.exists(), "a sequence inside the block must not write");
+        store.reserve("USD_JPY", BLOCK / 4).await.unwrap();
+        assert!(
+            !path.exists(),
+            "a sequence early in the block must not write"
+        );
         store.reserve("USD_JPY", 1 + BLOCK).await.unwrap();
         assert_eq!(store.floor("USD_JPY"), 1 + 2 * BLOCK);
 
@@ -173,6 +216,28 @@ mod tests {
         assert_eq!(reopened.floor("USD_JPY"), 1 + 2 * BLOCK);
         assert_eq!(reopened.floor("EUR_USD"), 42);
         assert_eq!(reopened.floor("GBP_USD"), 1);
+    }
+
+    #[tokio::test]
+    async fn the_next_block_is_reserved_ahead_in_the_background() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SequenceStore::open(&dir.path().join(SEQUENCES_FILE)).unwrap();
+        store.reserve("USD_JPY", 1).await.unwrap();
+        assert_eq!(store.floor("USD_JPY"), 1 + BLOCK);
+        // Past half the block: returns at once, the floor rises soon after.
+        store.reserve("USD_JPY", 1 + BLOCK / 2).await.unwrap();
+        let mut waited = 0;
+        while store.floor("USD_JPY") != 1 + 2 * BLOCK {
+            // The raise runs on a blocking thread; yield until it is done.
+            tokio::task::yield_now().await;
+            waited += 1;
+            assert!(
+                waited < 1_000_000,
+                "the background reservation never landed"
+            );
+        }
+        let reopened = SequenceStore::open(&dir.path().join(SEQUENCES_FILE)).unwrap();
+        assert_eq!(reopened.floor("USD_JPY"), 1 + 2 * BLOCK);
     }
 
     #[test]

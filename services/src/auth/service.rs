@@ -47,11 +47,20 @@ pub async fn follow_shared_revocations(
     authority: TokenAuthority,
     shutdown: CancellationToken,
 ) {
-    let mut subscription = match transport.subscribe(super::REVOCATIONS_TOPIC).await {
-        Ok(subscription) => subscription,
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot follow other servers' revocations");
-            return;
+    // Retried with capped backoff: a transport that is down at start comes
+    // back, and revocations must not be ignored for the rest of the run.
+    let mut backoff = Duration::from_millis(100);
+    let mut subscription = loop {
+        match transport.subscribe(super::REVOCATIONS_TOPIC).await {
+            Ok(subscription) => break subscription,
+            Err(err) => {
+                tracing::warn!(error = %err, retry_in = ?backoff, "cannot follow other servers' revocations yet");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
         }
     };
     loop {
@@ -249,6 +258,11 @@ impl TokenService for TokenServiceImpl {
                 Some(asked) if asked > left => {
                     return Err(Status::invalid_argument(
                         "ttl would outlive the issuing token; ask for a shorter ttl",
+                    ));
+                }
+                None if left < Duration::from_secs(1) => {
+                    return Err(Status::invalid_argument(
+                        "the issuing token expires in under a second; issue with a fresh one",
                     ));
                 }
                 None if self.authority.config().default_ttl > left => ttl = Some(left),
