@@ -226,15 +226,15 @@ mod tests {
         assert_eq!(store.floor("USD_JPY"), 1 + BLOCK);
         // Past half the block: returns at once, the floor rises soon after.
         store.reserve("USD_JPY", 1 + BLOCK / 2).await.unwrap();
-        let mut waited = 0;
+        // The raise syncs on a blocking thread (slow on a busy disk): yield
+        // until it has landed, within a generous deadline.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while store.floor("USD_JPY") != 1 + 2 * BLOCK {
-            // The raise runs on a blocking thread; yield until it is done.
-            tokio::task::yield_now().await;
-            waited += 1;
             assert!(
-                waited < 1_000_000,
+                std::time::Instant::now() < deadline,
                 "the background reservation never landed"
             );
+            tokio::task::yield_now().await;
         }
         let reopened = SequenceStore::open(&dir.path().join(SEQUENCES_FILE)).unwrap();
         assert_eq!(reopened.floor("USD_JPY"), 1 + 2 * BLOCK);
