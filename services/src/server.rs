@@ -105,10 +105,20 @@ impl RatesCore {
 
         // Revocations made by other servers sharing the transport (and the
         // signing keys) apply here too.
+        // Subscribed before the core reports started, so a revocation
+        // announced once this server is up is never missed.
+        let subscribed = match transport.subscribe(crate::auth::REVOCATIONS_TOPIC).await {
+            Ok(subscription) => Some(subscription),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot follow other servers' revocations yet; retrying");
+                None
+            }
+        };
         tasks.spawn(crate::auth::follow_shared_revocations(
             Arc::clone(&transport),
             authority.clone(),
             shutdown.clone(),
+            subscribed,
         ));
         let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {

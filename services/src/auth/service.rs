@@ -42,24 +42,33 @@ pub struct RevocationMessage {
 /// Applies the revocations other servers announce on `transport` to
 /// `authority` until `shutdown`, so a token revoked on one server sharing
 /// the signing keys is refused by all of them (and their open streams end).
+///
+/// `subscribed` is the topic's subscription when the caller already holds
+/// one (so nothing announced after its start is missed); otherwise this
+/// subscribes, retrying with backoff.
 pub async fn follow_shared_revocations(
     transport: Arc<dyn Transport>,
     authority: TokenAuthority,
     shutdown: CancellationToken,
+    subscribed: Option<fxcast_transport::Subscription>,
 ) {
     // Retried with capped backoff: a transport that is down at start comes
     // back, and revocations must not be ignored for the rest of the run.
     let mut backoff = Duration::from_millis(100);
-    let mut subscription = loop {
-        match transport.subscribe(super::REVOCATIONS_TOPIC).await {
-            Ok(subscription) => break subscription,
-            Err(err) => {
-                tracing::warn!(error = %err, retry_in = ?backoff, "cannot follow other servers' revocations yet");
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(backoff) => {}
+    let mut subscription = if let Some(subscription) = subscribed {
+        subscription
+    } else {
+        loop {
+            match transport.subscribe(super::REVOCATIONS_TOPIC).await {
+                Ok(subscription) => break subscription,
+                Err(err) => {
+                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot follow other servers' revocations yet");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     };
