@@ -83,6 +83,26 @@ struct Served {
     _data: tempfile::TempDir,
 }
 
+/// `serve` arguments for a process without a feed on Momento at `endpoint`,
+/// then `extra`. Every rate is sent unpaced, so every process sees every
+/// sequence.
+fn on_momento<'a>(endpoint: &'a str, symbols: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec![
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        endpoint,
+        "--symbols",
+        symbols,
+        "--feed",
+        "none",
+        "--momento-publish-rate",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// `fxcast serve` on ephemeral ports with `args`, once it logged them.
 async fn serve(args: &[&str]) -> Served {
     let data = tempfile::tempdir().unwrap();
@@ -283,20 +303,7 @@ async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
     let momento = momento_local().await;
-    let symbols = "USD_JPY,EUR_USD";
-    let momento_args = [
-        "--transport",
-        "momento",
-        "--momento-endpoint",
-        &momento,
-        "--symbols",
-        symbols,
-        "--feed",
-        "none",
-        // Every rate is sent, so every process sees every sequence.
-        "--momento-publish-rate",
-        "0",
-    ];
+    let momento_args = on_momento(&momento, "USD_JPY,EUR_USD", &[]);
     let first = serve(&momento_args).await;
     let issued = issue(&first, &["rates:subscribe=*", "rates:publish"]).await;
     let mut first_rates = rates_client(&first, &issued.token).await;
@@ -637,20 +644,7 @@ async fn killing_momento_local_mid_stream_reconnects_with_a_gap_and_no_duplicate
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_publisher_restarted_elsewhere_continues_the_sequence_and_peers_keep_following() {
     let momento = momento_local().await;
-    let args = [
-        "--transport",
-        "momento",
-        "--momento-endpoint",
-        &momento,
-        "--symbols",
-        "USD_JPY",
-        "--feed",
-        "none",
-        "--momento-publish-rate",
-        "0",
-        "--max-price-age",
-        "60s",
-    ];
+    let args = on_momento(&momento, "USD_JPY", &["--max-price-age", "60s"]);
     let publisher = serve(&args).await;
     let issued = issue(&publisher, &["rates:subscribe=*", "rates:publish"]).await;
     let mut rates = rates_client(&publisher, &issued.token).await;
@@ -695,20 +689,11 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
     let momento = momento_local().await;
     let shared = tempfile::tempdir().unwrap();
     let keys = shared.path().join("signing-keys.json");
-    let args = [
-        "--transport",
-        "momento",
-        "--momento-endpoint",
+    let args = on_momento(
         &momento,
-        "--symbols",
         "USD_JPY",
-        "--feed",
-        "none",
-        "--momento-publish-rate",
-        "0",
-        "--signing-keys",
-        keys.to_str().unwrap(),
-    ];
+        &["--signing-keys", keys.to_str().unwrap()],
+    );
     let first = serve(&args).await;
     let second = serve(&args).await;
     let publisher = issue(&first, &["rates:publish"]).await;
