@@ -224,6 +224,17 @@ fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
     out
 }
 
+/// The y range of a log axis holding `values`: whole decades, so the axis
+/// labels every one of them.
+fn log_range(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (min, max) = values.fold((f64::INFINITY, 1.0f64), |(min, max), v| {
+        (min.min(v), max.max(v))
+    });
+    let low = 10f64.powf(min.max(0.01).log10().floor());
+    let high = 10f64.powf(max.log10().ceil());
+    (low, if high > low { high } else { low * 10.0 })
+}
+
 const COLORS: [RGBColor; 8] = [
     RGBColor(76, 141, 222),
     RGBColor(229, 83, 75),
@@ -260,14 +271,7 @@ fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool, Box<dyn s
         .max()
         .unwrap_or(1)
         .max(2);
-    let max_y = series.values().flatten().map(|p| p.1).fold(1.0, f64::max) * 2.0;
-    let min_y = series
-        .values()
-        .flatten()
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min)
-        .max(0.01)
-        / 2.0;
+    let (min_y, max_y) = log_range(series.values().flatten().map(|p| p.1));
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -326,13 +330,7 @@ fn plot_connections(
         .flat_map(|(_, r)| [points(r, "p50"), points(r, "p99")].concat())
         .collect();
     let max_x = all.iter().map(|p| p.0).max().unwrap_or(10).max(10);
-    let max_y = all.iter().map(|p| p.1).fold(1.0, f64::max) * 2.0;
-    let min_y = all
-        .iter()
-        .map(|p| p.1)
-        .fold(f64::INFINITY, f64::min)
-        .max(0.01)
-        / 2.0;
+    let (min_y, max_y) = log_range(all.iter().map(|p| p.1));
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
@@ -391,15 +389,7 @@ fn plot_percentiles(
             .iter()
             .flat_map(|(_, p)| p.quantiles.iter().map(|q| q.1))
     };
-    // Whole decades, so the log axis labels every one of them.
-    let max_y = 10f64.powf(values().fold(1.0, f64::max).log10().ceil());
-    let min_y = 10f64.powf(
-        values()
-            .fold(f64::INFINITY, f64::min)
-            .max(0.01)
-            .log10()
-            .floor(),
-    );
+    let (min_y, max_y) = log_range(values());
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(&root)
