@@ -191,6 +191,20 @@ impl Recorder<'_> {
         }
     }
 
+    /// Records the rate in a JSON message (WebSocket frame or SSE event),
+    /// found by a cheap scan for its publish time instead of a full parse.
+    fn record_json(&mut self, text: &str) {
+        const KEY: &str = "\"publish_time\":\"";
+        if let Some(at) = text.find(KEY)
+            && let Some(publish) = text[at + KEY.len()..]
+                .split('"')
+                .next()
+                .and_then(parse_time_us)
+        {
+            self.record(publish);
+        }
+    }
+
     fn flush(&mut self) {
         if self.pending.is_empty() {
             return;
@@ -422,13 +436,7 @@ async fn ws_subscriber(
         };
         match message {
             Some(Ok(Message::Text(text))) => {
-                // Cheap scan for the publish time instead of a full parse.
-                if let Some(at) = text.find("\"publish_time\":\"") {
-                    let rest = &text[at + 16..];
-                    if let Some(publish) = rest.split('"').next().and_then(parse_time_us) {
-                        recorder.record(publish);
-                    }
-                }
+                recorder.record_json(&text);
             }
             Some(Ok(_)) => {}
             Some(Err(err)) => break Err(err.into()),
@@ -477,12 +485,7 @@ async fn sse_subscriber(
                 buffer.push_str(&String::from_utf8_lossy(&bytes));
                 while let Some(end) = buffer.find("\n\n") {
                     let event: String = buffer.drain(..end + 2).collect();
-                    if let Some(at) = event.find("\"publish_time\":\"")
-                        && let Some(publish) =
-                            event[at + 16..].split('"').next().and_then(parse_time_us)
-                    {
-                        recorder.record(publish);
-                    }
+                    recorder.record_json(&event);
                 }
             }
             Some(Err(err)) => break Err(err.into()),
