@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run everything: feed, publisher, gRPC services and the HTTP gateway.
-    Serve(Box<commands::serve::ServeArgs>),
+    Serve(Box<fxcast_app::Settings>),
     /// Run the HTTP gateway alone, in front of a (remote) fxcast gRPC server.
     Gateway(commands::gateway::GatewayArgs),
     /// Stream live rates to the terminal.

@@ -1,8 +1,6 @@
 //! The `fxcast` binary as a user runs it: `serve` on ephemeral ports, the
 //! `subscribe` client against it, health over HTTP, and a clean SIGTERM exit.
 
-mod common;
-
 use std::{
     process::Stdio,
     time::{Duration, Instant},
@@ -48,7 +46,7 @@ async fn serve(extra: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "fxcast listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
     let field = |name: &str| {
         let start = line
             .find(&format!("{name}="))
@@ -375,7 +373,7 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "fxcast gateway listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast gateway listening").await;
     let start = line.find("http=").unwrap() + 5;
     let http = line[start..].split_whitespace().next().unwrap().to_owned();
 

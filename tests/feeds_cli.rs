@@ -2,8 +2,6 @@
 //! stand-in for bitFlyer's realtime API, `fxcast serve --feed bitflyer` and
 //! `--feed replay:FILE`, watched with `fxcast subscribe`.
 
-mod common;
-
 use std::{process::Stdio, time::Duration};
 
 use futures_util::{SinkExt, StreamExt};
@@ -44,7 +42,7 @@ async fn serve(extra: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "fxcast listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
     let start = line.find("grpc=").expect("grpc= in the log") + "grpc=".len();
     let grpc = line[start..].split_whitespace().next().unwrap().to_owned();
     Served {

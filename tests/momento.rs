@@ -4,8 +4,6 @@
 //! with Momento's own SDKs (Rust here, Python through
 //! tests/python/momento_rates_subscriber.py).
 
-mod common;
-
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use fxcast_proto::v1::{
@@ -65,7 +63,7 @@ async fn momento_local_process(listen: &str) -> (Child, SocketAddr) {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "momento-local listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "momento-local listening").await;
     let start = line.find("addr=").expect("no addr= in the log line") + 5;
     let addr = line[start..]
         .split_whitespace()
@@ -127,7 +125,7 @@ async fn serve(args: &[&str]) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "fxcast listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
     let field = |name: &str| {
         let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
         line[start..].split_whitespace().next().unwrap().to_owned()
@@ -141,7 +139,7 @@ async fn serve(args: &[&str]) -> Served {
 }
 
 async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
-    let mut tokens = TokenServiceClient::new(common::channel(&served.grpc, API_KEY).await);
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, API_KEY).await);
     tokens
         .issue_token(IssueTokenRequest {
             subject: "trader".into(),
@@ -153,12 +151,12 @@ async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
         .into_inner()
 }
 
-async fn rates_client(served: &Served, token: &str) -> RateServiceClient<common::Authed> {
-    RateServiceClient::new(common::channel(&served.grpc, token).await)
+async fn rates_client(served: &Served, token: &str) -> RateServiceClient<fxcast_testkit::Authed> {
+    RateServiceClient::new(fxcast_testkit::channel(&served.grpc, token).await)
 }
 
 async fn publish(
-    rates: &mut RateServiceClient<common::Authed>,
+    rates: &mut RateServiceClient<fxcast_testkit::Authed>,
     symbol: &str,
     bid: &str,
     ask: &str,
@@ -176,7 +174,7 @@ async fn publish(
 }
 
 async fn stream(
-    rates: &mut RateServiceClient<common::Authed>,
+    rates: &mut RateServiceClient<fxcast_testkit::Authed>,
     symbol: &str,
 ) -> Streaming<StreamRatesResponse> {
     rates
@@ -323,7 +321,8 @@ async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
         .unwrap()
         .into_inner();
     assert_eq!(latest, opening);
-    let mut orders = OrderServiceClient::new(common::channel(&second.grpc, &trader.token).await);
+    let mut orders =
+        OrderServiceClient::new(fxcast_testkit::channel(&second.grpc, &trader.token).await);
     let order = orders
         .place_order(PlaceOrderRequest {
             client_order_id: "momento-1".into(),
@@ -706,7 +705,7 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
     let mut stream = stream(&mut second_rates, "USD_JPY").await;
     next_rate(&mut stream).await;
 
-    let mut tokens = TokenServiceClient::new(common::channel(&first.grpc, API_KEY).await);
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&first.grpc, API_KEY).await);
     tokens
         .revoke_token(RevokeTokenRequest {
             token_id: issued.token_id.clone(),

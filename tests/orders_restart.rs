@@ -3,8 +3,6 @@
 //! retry of any client_order_id returns the one order it names (never a
 //! second fill), and `fxcast order` retries across the restart too.
 
-mod common;
-
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
@@ -53,7 +51,7 @@ async fn serve(data: &Path) -> Served {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let line = common::wait_for_line(&mut child, "fxcast listening").await;
+    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
     let start = line.find("grpc=").expect("no grpc= in the log line") + 5;
     let addr = line[start..].split_whitespace().next().unwrap();
     Served {
@@ -63,7 +61,7 @@ async fn serve(data: &Path) -> Served {
 }
 
 async fn trader_token(url: &str) -> String {
-    let mut tokens = TokenServiceClient::new(common::channel(url, API_KEY).await);
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(url, API_KEY).await);
     let request = IssueTokenRequest {
         subject: "trader".into(),
         scopes: vec!["orders:place".into(), "rates:subscribe=USD_JPY".into()],
@@ -79,7 +77,7 @@ async fn trader_token(url: &str) -> String {
 
 /// A buy (even n) or sell (odd n) at the current rate, quoting its rate_id.
 async fn at_market(
-    rates: &mut RateServiceClient<common::Authed>,
+    rates: &mut RateServiceClient<fxcast_testkit::Authed>,
     id: String,
     n: usize,
 ) -> PlaceOrderRequest {
@@ -106,7 +104,7 @@ async fn at_market(
     }
 }
 
-async fn all_orders(orders: &mut OrderServiceClient<common::Authed>) -> Vec<Order> {
+async fn all_orders(orders: &mut OrderServiceClient<fxcast_testkit::Authed>) -> Vec<Order> {
     let mut all = Vec::new();
     let mut page_token = String::new();
     loop {
@@ -129,7 +127,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let data = tempfile::tempdir().unwrap();
     let mut first = serve(data.path()).await;
     let token = trader_token(&first.url).await;
-    let authed = common::channel(&first.url, &token).await;
+    let authed = fxcast_testkit::channel(&first.url, &token).await;
     let mut rates = RateServiceClient::new(authed.clone());
     let mut orders = OrderServiceClient::new(authed.clone());
     // The server may not have published its first rate yet: wait for one.
@@ -209,7 +207,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     // Restart on the same data directory.
     let second = serve(data.path()).await;
     let token = trader_token(&second.url).await;
-    let authed = common::channel(&second.url, &token).await;
+    let authed = fxcast_testkit::channel(&second.url, &token).await;
     let mut orders = OrderServiceClient::new(authed.clone());
 
     for (id, before) in &acked {

@@ -1,12 +1,14 @@
-//! The fxcast HTTP gateway, and the all-in-one `serve` assembly.
+//! The fxcast HTTP gateway: REST, WebSocket, SSE and the browser UI over
+//! an upstream fxcast gRPC server.
 //!
 //! The gateway talks to the services only through their gRPC clients — over
-//! loopback inside `fxcast serve`, or to a remote server with `fxcast gateway
-//! --upstream` — so gateways can run on other machines. Clients' own
-//! credentials are forwarded, so the services decide what each may do.
+//! loopback inside `fxcast serve` (assembled by `fxcast-app`), or to a remote
+//! server with `fxcast gateway --upstream` — so gateways can run on other
+//! machines. Clients' own credentials are forwarded, so the services decide
+//! what each may do.
 //!
 //! # Layout
-//! - [`run`]: rate core + gRPC + gateway in one process; [`serve_gateway`]: the gateway alone.
+//! - [`serve_gateway`]: the gateway on a listener until stopped; [`upstream_endpoint`]: the channel settings towards the services.
 //! - `rest`: REST handlers; `ws`: the WebSocket; `sse`: Server-Sent Events.
 //! - `ticker`: the gateway's single upstream rate stream, serialised once and shared.
 //! - `upstream`, `session`: credentials towards the services.
@@ -30,8 +32,7 @@ mod upstream;
 mod ws;
 
 use std::{
-    future::Future,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -45,8 +46,7 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
-use fxcast_services::{Config, RatesCore, auth::PerAddressLimit};
-use fxcast_transport::Transport;
+use fxcast_services::auth::PerAddressLimit;
 pub use lag::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
@@ -54,15 +54,12 @@ use tokio_util::sync::CancellationToken;
 use tower_http::{
     compression::CompressionLayer, cors::CorsLayer, timeout::TimeoutLayer, trace::TraceLayer,
 };
-pub use upstream::{Authed, Bearer, Upstream};
+pub use upstream::{Authed, Bearer, Upstream, upstream_endpoint};
 pub use ws::WsLimits;
 
 /// Errors of the gateway and the assembly.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The rate core or gRPC server failed.
-    #[error(transparent)]
-    Services(#[from] fxcast_services::Error),
     /// The upstream refused the gateway.
     #[error("upstream refused the gateway: {0}")]
     Upstream(#[from] tonic::Status),
@@ -124,69 +121,6 @@ pub(crate) struct AppState {
     pub(crate) anonymous_limit: Arc<PerAddressLimit>,
     pub(crate) stop: CancellationToken,
     pub(crate) revocations: revocations::Revocations,
-}
-
-/// Runs fxcast all in one: rate core with its feed, gRPC on `grpc`, and the
-/// gateway on `http` talking to that gRPC server over loopback, until
-/// `shutdown` completes; then closes streams and drains both servers.
-///
-/// # Errors
-/// When the core cannot start or a server fails.
-pub async fn run(
-    config: Config,
-    gateway: GatewayConfig,
-    transport: Arc<dyn Transport>,
-    grpc: TcpListener,
-    http: TcpListener,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), Error> {
-    let stop = CancellationToken::new();
-    let core = Arc::new(RatesCore::start(config, transport, stop.child_token()).await?);
-    let mut grpc_addr = grpc.local_addr().map_err(Error::Http)?;
-    // Logged once the core is up (keys and API key exist), so whoever reads
-    // this line can connect and authenticate at once.
-    tracing::info!(grpc = %grpc_addr, http = %http.local_addr().map_err(Error::Http)?, "fxcast listening");
-    if grpc_addr.ip().is_unspecified() {
-        grpc_addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    }
-
-    let grpc_stop = stop.clone();
-    let grpc_core = Arc::clone(&core);
-    let grpc_server = tokio::spawn(async move {
-        grpc_core
-            .serve_grpc(grpc, grpc_stop.cancelled_owned())
-            .await
-    });
-
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
-        .map_err(|e| Error::UpstreamAddress(e.to_string()))?
-        .tcp_nodelay(true)
-        // Long-lived streams (ticks, revocations) notice a dead upstream
-        // connection within half a minute even when nothing is sent.
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .keep_alive_while_idle(true)
-        .connect_lazy();
-    let upstream = Upstream::new(channel, core.authority().api_key());
-    let gateway_stop = stop.clone();
-    let gateway_server =
-        tokio::spawn(async move { serve_gateway(upstream, gateway, http, gateway_stop).await });
-
-    tokio::select! {
-        () = shutdown => tracing::info!("shutting down"),
-        () = stop.cancelled() => {}
-    }
-    stop.cancel();
-    let (grpc_result, http_result) = tokio::join!(grpc_server, gateway_server);
-    // Where every symbol's sequence continues next time: a clean restart
-    // leaves no gap.
-    if let Err(err) = core.publisher().checkpoint().await {
-        tracing::warn!(error = %err, "could not record the sequences; the next run skips ahead");
-    }
-    grpc_result.map_err(|e| Error::Http(std::io::Error::other(e)))??;
-    http_result.map_err(|e| Error::Http(std::io::Error::other(e)))??;
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Serves the gateway on `http` against `upstream` until `stop` is cancelled.

@@ -45,31 +45,71 @@ pub struct PlaceOrderJson {
     pub tolerance: Option<String>,
 }
 
-/// Side of an order (documentation only: requests are checked by hand so
-/// the error can say what was wrong).
-#[derive(Debug, ToSchema)]
+/// Side of an order. Requests carry it as a string checked by hand
+/// (case-insensitive, and the error says what was wrong); answers carry
+/// this enum.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[schema(as = Side)]
 #[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub(crate) enum SideJson {
+pub enum SideJson {
     /// Buy at the ask.
     Buy,
     /// Sell at the bid.
     Sell,
+    /// Never on a stored order (validation refuses it); kept so an
+    /// upstream bug shows as such instead of a wrong side. Not in the
+    /// OpenAPI schema.
+    #[serde(skip_deserializing)]
+    Unspecified,
 }
 
-/// Status of an order (documentation only).
-#[derive(Debug, ToSchema)]
+impl From<Side> for SideJson {
+    fn from(side: Side) -> Self {
+        match side {
+            Side::Buy => Self::Buy,
+            Side::Sell => Self::Sell,
+            Side::Unspecified => Self::Unspecified,
+        }
+    }
+}
+
+/// Status of an order.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 #[schema(as = OrderStatus)]
 #[serde(rename_all = "lowercase")]
-#[allow(dead_code)]
-pub(crate) enum OrderStatusJson {
+pub enum OrderStatusJson {
     /// Filled at `fill_price`.
     Filled,
     /// Not filled; `reject_reason` and `message` say why.
     Rejected,
     /// Sent to the liquidity provider; the outcome is not known yet.
     Pending,
+    /// Never on a stored order. Not in the OpenAPI schema.
+    #[serde(skip_deserializing)]
+    Unspecified,
+}
+
+impl OrderStatusJson {
+    /// The name as serialised (`filled`), e.g. for metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Filled => "filled",
+            Self::Rejected => "rejected",
+            Self::Pending => "pending",
+            Self::Unspecified => "unspecified",
+        }
+    }
+}
+
+impl From<OrderStatus> for OrderStatusJson {
+    fn from(status: OrderStatus) -> Self {
+        match status {
+            OrderStatus::Filled => Self::Filled,
+            OrderStatus::Rejected => Self::Rejected,
+            OrderStatus::Pending => Self::Pending,
+            OrderStatus::Unspecified => Self::Unspecified,
+        }
+    }
 }
 
 /// An order and its outcome.
@@ -84,15 +124,13 @@ pub struct OrderJson {
     /// Symbol.
     pub symbol: String,
     /// `buy` or `sell`.
-    #[schema(value_type = SideJson)]
-    pub side: String,
+    pub side: SideJson,
     /// Quantity.
     pub quantity: String,
     /// The price the client saw.
     pub price: String,
     /// `filled`, `rejected` or `pending`.
-    #[schema(value_type = OrderStatusJson)]
-    pub status: String,
+    pub status: OrderStatusJson,
     /// Why it was rejected (`price_moved`, `stale_price`, `unknown_rate`, `lp_rejected`, `duplicate_order_id`).
     pub reject_reason: Option<String>,
     /// Human explanation with the numbers compared.
@@ -121,18 +159,13 @@ fn snake(name: &str, prefix: &str) -> String {
 
 impl From<Order> for OrderJson {
     fn from(order: Order) -> Self {
-        let side = match order.side() {
-            Side::Buy => "buy",
-            Side::Sell => "sell",
-            Side::Unspecified => "unspecified",
-        };
         let reason = match order.reject_reason() {
             RejectReason::Unspecified => None,
             other => Some(snake(other.as_str_name(), "REJECT_REASON_")),
         };
         Self {
-            status: snake(order.status().as_str_name(), "ORDER_STATUS_"),
-            side: side.to_owned(),
+            status: order.status().into(),
+            side: order.side().into(),
             reject_reason: reason,
             order_id: order.order_id,
             client_order_id: order.client_order_id,
@@ -222,7 +255,7 @@ pub(crate) async fn place(
         .metrics
         .orders
         .get_or_create(&OrderLabels {
-            status: order.status.clone(),
+            status: order.status.as_str().to_owned(),
         })
         .inc();
     Ok(Json(order))

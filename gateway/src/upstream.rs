@@ -11,50 +11,25 @@ use fxcast_proto::v1::{
     IssueTokenRequest, rate_service_client::RateServiceClient,
     token_service_client::TokenServiceClient,
 };
+pub use fxcast_proto::{Authed, Bearer};
 use tokio::sync::Mutex;
-use tonic::{
-    Request, Status,
-    metadata::AsciiMetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
-};
+use tonic::{Status, transport::Channel};
 
-/// Adds one `authorization` value to every call.
-#[derive(Clone, Debug)]
-pub struct Bearer(Option<AsciiMetadataValue>);
-
-impl Bearer {
-    /// Forwards an HTTP `authorization` header value as is.
-    pub fn header(value: &str) -> Result<Self, Status> {
-        value.parse().map(|v| Self(Some(v))).map_err(|_| {
-            Status::unauthenticated("malformed authorization header: expected `Bearer <token>`")
-        })
-    }
-
-    /// `Bearer <token>`.
-    pub fn token(token: &str) -> Result<Self, Status> {
-        Self::header(&format!("Bearer {token}"))
-    }
-
-    /// No credentials.
-    pub fn none() -> Self {
-        Self(None)
-    }
+/// The endpoint of the upstream services at `url`, as every gateway
+/// connects to it: no Nagle delay on small tick frames, and HTTP/2
+/// keepalives so long-lived streams (ticks, revocations) notice a dead
+/// connection within half a minute even when nothing is sent.
+///
+/// # Errors
+/// [`crate::Error::UpstreamAddress`] when `url` is not a usable URI.
+pub fn upstream_endpoint(url: &str) -> Result<tonic::transport::Endpoint, crate::Error> {
+    Ok(tonic::transport::Endpoint::from_shared(url.to_owned())
+        .map_err(|e| crate::Error::UpstreamAddress(format!("{url:?}: {e}")))?
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
 }
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
-/// A channel with credentials.
-pub type Authed = InterceptedService<Channel, Bearer>;
 
 #[derive(Debug)]
 struct CachedToken {
@@ -88,7 +63,7 @@ impl Upstream {
 
     /// A channel carrying `bearer`.
     pub fn with(&self, bearer: Bearer) -> Authed {
-        InterceptedService::new(self.channel.clone(), bearer)
+        fxcast_proto::authed(self.channel.clone(), bearer)
     }
 
     /// RateService as the caller identified by `bearer`.

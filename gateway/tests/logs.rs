@@ -1,13 +1,11 @@
 //! Secrets never reach the logs, even at the most verbose level.
 
-mod common;
-
 use std::{
     io::Write,
     sync::{Arc, Mutex},
 };
 
-use common::{Harness, subscribe};
+use fxcast_testkit::{Stack, subscribe};
 
 /// A log sink the test can read back.
 #[derive(Clone, Default)]
@@ -37,7 +35,7 @@ async fn tokens_in_urls_and_headers_never_reach_the_logs() {
         .finish();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let response = h
         .client

@@ -1,11 +1,9 @@
 //! REST through a real HTTP client: what a web developer sees.
 
-mod common;
-
 use std::time::Duration;
 
-use common::Harness;
 use fxcast_gateway::GatewayConfig;
+use fxcast_testkit::Stack;
 use serde_json::{Value, json};
 
 async fn error_of(response: reqwest::Response) -> (u16, String, String) {
@@ -20,7 +18,7 @@ async fn error_of(response: reqwest::Response) -> (u16, String, String) {
 
 #[tokio::test]
 async fn rates_and_symbols_with_a_browser_token() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let symbols: Value = h
         .client
@@ -76,7 +74,7 @@ async fn rates_and_symbols_with_a_browser_token() {
 
 #[tokio::test]
 async fn bad_input_gets_a_precise_status_and_message() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let get = |path: &str| h.client.get(h.url(path));
 
@@ -212,7 +210,7 @@ async fn bad_input_gets_a_precise_status_and_message() {
 
 #[tokio::test]
 async fn orders_fill_and_reject_through_rest() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let place = |body: Value| {
         h.client
@@ -318,7 +316,7 @@ async fn orders_fill_and_reject_through_rest() {
 
 #[tokio::test]
 async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
-    let closed = Harness::quiet_with(GatewayConfig::default()).await;
+    let closed = Stack::desk_with(GatewayConfig::default()).await;
     let (status, code, _) = error_of(
         closed
             .client
@@ -361,7 +359,7 @@ async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
         )
     );
 
-    let open = Harness::quiet_with(GatewayConfig {
+    let open = Stack::desk_with(GatewayConfig {
         anonymous_tokens: true,
         anonymous_per_minute: 2,
         ..Default::default()
@@ -400,7 +398,7 @@ async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
 
 #[tokio::test]
 async fn operations_endpoints() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let health: Value = h
         .client
         .get(h.url("/healthz"))
@@ -533,7 +531,7 @@ async fn not_ready_until_every_symbol_has_a_rate() {
         symbols: vec!["USD_JPY".into(), "EUR_USD".into()],
         ..Default::default()
     };
-    let h = Harness::start(config, GatewayConfig::default()).await;
+    let h = Stack::start_with(config, GatewayConfig::default()).await;
     let response = h.client.get(h.url("/readyz")).send().await.unwrap();
     let (status, code, message) = error_of(response).await;
     assert_eq!(

@@ -1,18 +1,16 @@
 //! WebSocket and SSE through real clients.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Harness, next_json, send_json, subscribe};
 use futures_util::StreamExt;
 use fxcast_gateway::{GatewayConfig, LagLimit, WsLimits};
+use fxcast_testkit::{Stack, next_json, send_json, subscribe};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 #[tokio::test]
 async fn websocket_subscribe_stream_unsubscribe() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
     send_json(
@@ -66,7 +64,7 @@ async fn websocket_subscribe_stream_unsubscribe() {
 
 #[tokio::test]
 async fn websocket_refuses_bad_input_without_dropping_the_connection() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
     send_json(&mut ws, json!({"type": "subscribe", "symbols": ["NOPE"]})).await;
@@ -137,7 +135,9 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
 }
 
 /// The close frame that ends `ws`, skipping what comes before it.
-async fn close_frame(ws: &mut common::Ws) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
+async fn close_frame(
+    ws: &mut fxcast_testkit::Ws,
+) -> tokio_tungstenite::tungstenite::protocol::CloseFrame {
     tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(message) = ws.next().await {
             if let Message::Close(frame) = message.expect("a clean close") {
@@ -152,7 +152,7 @@ async fn close_frame(ws: &mut common::Ws) -> tokio_tungstenite::tungstenite::pro
 
 #[tokio::test]
 async fn websocket_subscriptions_are_capped_per_connection() {
-    let h = Harness::with_ws(WsLimits {
+    let h = Stack::with_ws(WsLimits {
         max_subscriptions: 1,
         ..Default::default()
     })
@@ -196,7 +196,7 @@ async fn websocket_subscriptions_are_capped_per_connection() {
 
 #[tokio::test]
 async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
-    let h = Harness::with_ws(WsLimits {
+    let h = Stack::with_ws(WsLimits {
         idle_timeout: Duration::from_millis(300),
         ..Default::default()
     })
@@ -212,7 +212,7 @@ trait SendText {
     async fn send_text(&mut self, text: &str);
 }
 
-impl SendText for common::Ws {
+impl SendText for fxcast_testkit::Ws {
     async fn send_text(&mut self, text: &str) {
         use futures_util::SinkExt;
         self.send(Message::Text(text.into())).await.unwrap();
@@ -221,7 +221,7 @@ impl SendText for common::Ws {
 
 #[tokio::test]
 async fn websocket_needs_a_valid_token_before_upgrading() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let err = tokio_tungstenite::connect_async(h.ws_url("/v1/stream"))
         .await
         .unwrap_err();
@@ -240,7 +240,7 @@ async fn websocket_needs_a_valid_token_before_upgrading() {
 
 #[tokio::test]
 async fn websocket_resumes_after_a_sequence() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     for _ in 0..9 {
         h.publish("USD_JPY", "151.100", "151.110").await;
     }
@@ -259,7 +259,7 @@ async fn websocket_resumes_after_a_sequence() {
 
 #[tokio::test]
 async fn websocket_carries_the_callers_own_order_events() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
     send_json(
@@ -295,7 +295,7 @@ async fn websocket_carries_the_callers_own_order_events() {
     assert_eq!(event["status"], "filled");
 }
 
-async fn next_heartbeat(ws: &mut common::Ws) {
+async fn next_heartbeat(ws: &mut fxcast_testkit::Ws) {
     loop {
         let message = tokio::time::timeout(Duration::from_secs(5), ws.next())
             .await
@@ -310,7 +310,7 @@ async fn next_heartbeat(ws: &mut common::Ws) {
 
 #[tokio::test]
 async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
-    let h = Harness::with_ws(WsLimits {
+    let h = Stack::with_ws(WsLimits {
         send_timeout: Duration::from_millis(500),
         ..Default::default()
     })
@@ -379,7 +379,7 @@ async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
 
 #[tokio::test]
 async fn a_slow_websocket_reader_is_conflated_with_a_gap_message() {
-    let h = Harness::quiet_with(GatewayConfig {
+    let h = Stack::desk_with(GatewayConfig {
         anonymous_tokens: true,
         stream_buffer: 8,
         // Conflated as often as it takes: this test is about the gap message.
@@ -470,7 +470,7 @@ async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, S
 
 #[tokio::test]
 async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     for _ in 0..4 {
         h.publish("USD_JPY", "151.100", "151.110").await;
@@ -525,7 +525,7 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
 
 #[tokio::test]
 async fn sse_refuses_bad_requests() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let token = h.browser_token().await;
     let status = |path: String| {
         let client = h.client.clone();
@@ -556,7 +556,7 @@ async fn sse_refuses_bad_requests() {
 
 #[tokio::test]
 async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
-    let h = Harness::quiet().await;
+    let h = Stack::desk().await;
     let issued = h
         .core
         .authority()
@@ -619,8 +619,8 @@ async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
 }
 
 /// A gateway whose connections are closed on their second conflation.
-async fn impatient() -> Harness {
-    Harness::quiet_with(GatewayConfig {
+async fn impatient() -> Stack {
+    Stack::desk_with(GatewayConfig {
         anonymous_tokens: true,
         stream_buffer: 8,
         lag_limit: LagLimit {

@@ -3,11 +3,19 @@
 //!
 //! Prices travel as decimal strings (`"151.234"`) so no binary floating point
 //! ever touches money; times are `google.protobuf.Timestamp`.
+//!
+//! # Layout
+//! - [`v1`]: the generated messages, clients and servers.
+//! - `bearer`: [`Bearer`], the interceptor every client authenticates with.
 
 #![forbid(unsafe_code)]
-#![allow(missing_docs, unreachable_pub)] // generated code
+
+mod bearer;
+
+pub use bearer::{Authed, Bearer, authed};
 
 /// Package `fxcast.v1`.
+#[allow(missing_docs, unreachable_pub)] // generated code
 pub mod v1 {
     tonic::include_proto!("fxcast.v1");
 }

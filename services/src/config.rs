@@ -4,8 +4,8 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use crate::{
-    HubConfig, StreamLimits, auth::AuthConfig, feed::SimulatorConfig, orders::OrdersConfig,
-    pricing::Markup, server::FeedKind, symbols::SymbolOverride,
+    HubConfig, StreamLimits, auth::AuthConfig, feed::FeedKind, feed::SimulatorConfig,
+    orders::OrdersConfig, pricing::Markup, symbols::SymbolOverride,
 };
 
 /// The symbols served when none are configured.

@@ -36,6 +36,7 @@ pub mod symbols;
 
 pub use config::{Config, DEFAULT_SYMBOLS};
 pub use error::Error;
+pub use feed::FeedKind;
 pub use fxcast_transport::BoxFuture;
 pub use hub::{HubConfig, RateHub, SymbolSubscription};
 pub use orders::{OrderExecutor, OrderJournal, OrderServiceImpl, OrdersConfig};
@@ -43,5 +44,5 @@ pub use publisher::RatePublisher;
 pub use rate_service::{RateServiceImpl, StreamLimits};
 pub use rates::{LatestRates, Tick, parse_price, rates_topic};
 pub use sequences::{BLOCK as SEQUENCE_BLOCK, SEQUENCES_FILE};
-pub use server::{FeedKind, RatesCore};
+pub use server::RatesCore;
 pub use symbols::{SymbolSpec, SymbolTable};

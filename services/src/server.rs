@@ -15,27 +15,10 @@ use tonic::transport::server::TcpIncoming;
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
     auth::{AuthLayer, TokenAuthority, TokenServiceImpl},
-    feed::{
-        BitflyerConfig, BitflyerFeed, Feed, FeedHealth, ReplayConfig, ReplayFeed, SimulatedFeed,
-    },
+    feed::{Feed, FeedHealth},
     orders::{JOURNAL_FILE, OrderExecutor, OrderJournal, OrderServiceImpl},
     sequences::{SEQUENCES_FILE, SequenceStore},
 };
-
-/// Which upstream feed drives the publisher.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FeedKind {
-    /// The built-in seeded random walk.
-    Simulated,
-    /// No feed: rates arrive through `PublishRate` or from other processes
-    /// over the transport.
-    None,
-    /// bitFlyer Lightning's realtime ticker; the symbols are its product
-    /// codes.
-    Bitflyer(BitflyerConfig),
-    /// A recorded bitFlyer session played back.
-    Replay(ReplayConfig),
-}
 
 /// The running rate core: symbols, latest-rate cache, local fan-out and the
 /// publisher with its feed. Everything the services and the gateway share.
@@ -134,28 +117,12 @@ impl RatesCore {
             shutdown,
             tasks,
         };
-        match core.config.feed {
-            FeedKind::Simulated => {
-                let feed = SimulatedFeed::new(&core.symbols, core.config.simulator.clone());
-                core.spawn_feed(Box::new(feed));
-            }
-            FeedKind::None => {}
-            FeedKind::Bitflyer(ref bitflyer) => {
-                let feed = BitflyerFeed::new(
-                    bitflyer.clone(),
-                    core.symbols.names(),
-                    core.feed_health.clone(),
-                )?;
-                core.spawn_feed(Box::new(feed));
-            }
-            FeedKind::Replay(ref replay) => {
-                let feed = ReplayFeed::open(
-                    replay.clone(),
-                    core.symbols.names(),
-                    core.feed_health.clone(),
-                )?;
-                core.spawn_feed(Box::new(feed));
-            }
+        if let Some(feed) =
+            core.config
+                .feed
+                .build(&core.config.simulator, &core.symbols, &core.feed_health)?
+        {
+            core.spawn_feed(feed);
         }
         tracing::info!(
             symbols = %core.symbols,

@@ -1,11 +1,8 @@
 //! Authentication and authorisation through the real gRPC clients: every
 //! refusal has the exact status code and a clear message.
 
-mod common;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::{ALL_SCOPES, Bearer, TestServer, next_rate};
 use fxcast_proto::v1::{
     GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, PublishRateRequest,
     RevokeTokenRequest, StreamOrderEventsRequest, StreamRatesRequest, WatchRevocationsRequest,
@@ -13,16 +10,17 @@ use fxcast_proto::v1::{
     token_service_client::TokenServiceClient,
 };
 use fxcast_services::{Config, FeedKind, auth::keys::KeyFile};
-use tonic::{Code, Status, service::interceptor::InterceptedService};
+use fxcast_testkit::{ALL_SCOPES, Bearer, Stack, next_rate};
+use tonic::{Code, Status};
 
-async fn quiet() -> TestServer {
-    let server = TestServer::quiet(&["USD_JPY", "EUR_USD"]).await;
+async fn quiet() -> Stack {
+    let server = Stack::quiet(&["USD_JPY", "EUR_USD"]).await;
     server.publish("USD_JPY", "151.100", "151.110").await;
     server.publish("EUR_USD", "1.08500", "1.08510").await;
     server
 }
 
-async fn latest_with(server: &TestServer, token: &str) -> Result<(), Status> {
+async fn latest_with(server: &Stack, token: &str) -> Result<(), Status> {
     let mut client = RateServiceClient::new(server.authed_channel(token).await);
     client
         .get_latest_rate(GetLatestRateRequest {
@@ -38,7 +36,7 @@ fn assert_status(result: Result<(), Status>, code: Code, message: &str) {
 }
 
 /// Signs arbitrary claims with the server's own active key.
-fn sign(server: &TestServer, claims: serde_json::Value) -> String {
+fn sign(server: &Stack, claims: serde_json::Value) -> String {
     let file = KeyFile::load(&server.data_dir.join("signing-keys.json")).unwrap();
     let key = file.active();
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
@@ -102,7 +100,7 @@ async fn bad_credentials_are_unauthenticated_with_a_reason() {
         "invalid token signature",
     );
 
-    let other = TestServer::quiet(&["USD_JPY"]).await;
+    let other = Stack::quiet(&["USD_JPY"]).await;
     let foreign = other.token("alice", ALL_SCOPES);
     assert_status(
         latest_with(&server, &foreign).await,
@@ -135,8 +133,8 @@ async fn bad_credentials_are_unauthenticated_with_a_reason() {
 async fn malformed_authorization_headers_are_refused() {
     let server = quiet().await;
     for header in ["Basic abc", "Bearer", "Bearer ", "token-without-scheme"] {
-        let value = tonic::metadata::MetadataValue::try_from(header).unwrap();
-        let channel = InterceptedService::new(server.channel().await, Bearer(value));
+        let channel =
+            fxcast_testkit::authed(server.channel().await, Bearer::header(header).unwrap());
         let err = RateServiceClient::new(channel)
             .get_latest_rate(GetLatestRateRequest {
                 symbol: "USD_JPY".into(),
@@ -586,7 +584,7 @@ async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
     };
     config.auth.anonymous_tokens = true;
     config.auth.anonymous_per_minute = 3;
-    let server = TestServer::start(config).await;
+    let server = Stack::start(config).await;
     server.publish("USD_JPY", "151.100", "151.110").await;
     let mut nobody = TokenServiceClient::new(server.channel().await);
     let mut subjects = Vec::new();

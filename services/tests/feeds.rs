@@ -2,7 +2,6 @@
 //! (served by a local fake on `127.0.0.1:0` that speaks the real protocol),
 //! outages and recovery, recording and replay.
 
-mod common;
 #[path = "common/bitflyer.rs"]
 mod fake_bitflyer;
 
@@ -12,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use common::{TestServer, next_event};
 use fake_bitflyer::{FakeBitflyer, Ticker};
 use fxcast_proto::v1::{
     GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, RejectReason, Side,
@@ -27,6 +25,7 @@ use fxcast_services::{
     },
     symbols::SymbolOverride,
 };
+use fxcast_testkit::{Stack, next_event};
 use tonic::Streaming;
 
 const BTC: &str = "lightning_ticker_BTC_JPY";
@@ -63,7 +62,7 @@ fn markups() -> BTreeMap<String, SymbolOverride> {
 
 /// A stream of every symbol from sequence 1, so nothing published before
 /// the stream was opened is missed.
-async fn stream_all(server: &TestServer) -> Streaming<StreamRatesResponse> {
+async fn stream_all(server: &Stack) -> Streaming<StreamRatesResponse> {
     let request = StreamRatesRequest {
         resume_after_sequence: Some(0),
         ..Default::default()
@@ -85,7 +84,7 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn new(server: &TestServer) -> Self {
+    async fn new(server: &Stack) -> Self {
         Self {
             stream: stream_all(server).await,
             last: HashMap::new(),
@@ -135,7 +134,7 @@ fn prices(rate: &Rate) -> (&str, &str, &str) {
     (rate.symbol.as_str(), rate.bid.as_str(), rate.ask.as_str())
 }
 
-async fn order_client(server: &TestServer) -> OrderServiceClient<common::AuthedChannel> {
+async fn order_client(server: &Stack) -> OrderServiceClient<fxcast_testkit::Authed> {
     OrderServiceClient::new(
         server
             .authed_channel(&server.token("trader", "orders:place"))
@@ -186,7 +185,7 @@ const BTC_2: Ticker = Ticker {
 #[tokio::test]
 async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     let mut fake = FakeBitflyer::start().await;
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::Bitflyer(bitflyer_config(&fake)),
         symbols: symbols(&["BTC_JPY", "ETH_JPY", "FX_BTC_JPY"]),
         symbol_overrides: markups(),
@@ -396,7 +395,7 @@ async fn prices_keep_every_digit_a_float_would_lose() {
             ..Default::default()
         },
     )]);
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::Bitflyer(bitflyer_config(&fake)),
         symbols: symbols(&["BTC_JPY"]),
         symbol_overrides: overrides,
@@ -478,7 +477,7 @@ const SESSION_PRICES: [(&str, &str, &str); 6] = [
 ];
 
 async fn replay(path: &Path, speed: ReplaySpeed, looped: bool, count: usize) -> Vec<Rate> {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::Replay(ReplayConfig {
             path: path.to_owned(),
             speed,
@@ -553,7 +552,7 @@ async fn a_recorded_session_replays_to_the_same_published_prices_deterministical
     let mut fake = FakeBitflyer::start().await;
     let ticks = session();
     // The live feed and the recorder watch the same session.
-    let live = TestServer::start(Config {
+    let live = Stack::start(Config {
         feed: FeedKind::Bitflyer(bitflyer_config(&fake)),
         symbols: symbols(&["BTC_JPY", "ETH_JPY"]),
         symbol_overrides: markups(),

@@ -1,8 +1,6 @@
 //! Health and reflection work as grpcurl and grpc-health-probe expect.
 
-mod common;
-
-use common::TestServer;
+use fxcast_testkit::Stack;
 use tokio_stream::StreamExt;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -10,7 +8,7 @@ use tonic_health::pb::{
 
 #[tokio::test]
 async fn health_reports_serving() {
-    let server = TestServer::quiet(&["USD_JPY"]).await;
+    let server = Stack::quiet(&["USD_JPY"]).await;
     let mut health = HealthClient::new(server.channel().await);
     for service in ["", "fxcast.v1.RateService"] {
         let response = health
@@ -41,7 +39,7 @@ async fn reflection_v1_lists_every_service() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let server = TestServer::quiet(&["USD_JPY"]).await;
+    let server = Stack::quiet(&["USD_JPY"]).await;
     let mut client = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -93,7 +91,7 @@ async fn reflection_v1alpha_is_served_for_older_tools() {
         ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
-    let server = TestServer::quiet(&["USD_JPY"]).await;
+    let server = Stack::quiet(&["USD_JPY"]).await;
     let mut client = ServerReflectionClient::new(server.channel().await);
     let request = ServerReflectionRequest {
         host: String::new(),

@@ -1,8 +1,6 @@
 //! OrderService through the real tonic client against a real server on an
 //! ephemeral port: what a trading client sees.
 
-mod common;
-
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
     sync::{
@@ -12,7 +10,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{AuthedChannel, TestServer};
 use fxcast_proto::v1::{
     GetOrderRequest, ListOrdersRequest, Order, OrderEvent, OrderStatus, PlaceOrderRequest, Rate,
     RejectReason, Side, StreamOrderEventsRequest, order_service_client::OrderServiceClient,
@@ -24,10 +21,11 @@ use fxcast_services::{
     },
     symbols::SymbolOverride,
 };
+use fxcast_testkit::{Authed, Stack};
 use prost::Message;
 use tonic::{Code, Status, Streaming};
 
-type Client = OrderServiceClient<AuthedChannel>;
+type Client = OrderServiceClient<Authed>;
 
 const TRADER: &str = "orders:place";
 
@@ -42,18 +40,18 @@ fn config(orders: OrdersConfig) -> Config {
 
 /// A quiet server (no feed) with USD_JPY 151.222/151.230 and EUR_USD
 /// 1.08500/1.08508 published.
-async fn desk_with(config: Config) -> TestServer {
-    let server = TestServer::start(config).await;
+async fn desk_with(config: Config) -> Stack {
+    let server = Stack::start(config).await;
     server.publish("USD_JPY", "151.222", "151.230").await;
     server.publish("EUR_USD", "1.08500", "1.08508").await;
     server
 }
 
-async fn desk() -> TestServer {
+async fn desk() -> Stack {
     desk_with(config(OrdersConfig::default())).await
 }
 
-async fn client(server: &TestServer, subject: &str, scopes: &str) -> Client {
+async fn client(server: &Stack, subject: &str, scopes: &str) -> Client {
     OrderServiceClient::new(server.authed_channel(&server.token(subject, scopes)).await)
 }
 
@@ -293,7 +291,7 @@ async fn stale_prices_are_rejected() {
             ..Default::default()
         },
     );
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         symbol_overrides: overrides,
         ..config(OrdersConfig::default())
     })
@@ -380,7 +378,7 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
             ..Default::default()
         },
     );
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         symbol_overrides: overrides,
         ..config(OrdersConfig::default())
     })

@@ -1,16 +1,14 @@
 //! RateService through the real tonic client against a real server on an
 //! ephemeral port: what a gRPC user sees.
 
-mod common;
-
 use std::{collections::HashMap, time::Duration};
 
-use common::{TestServer, next_event, next_rate};
 use fxcast_proto::v1::{
     GapReason, GetLatestRateRequest, ListSymbolsRequest, PublishRateRequest, StreamRatesRequest,
     stream_rates_response::Event,
 };
 use fxcast_services::{Config, FeedKind, HubConfig, StreamLimits, feed::SimulatorConfig};
+use fxcast_testkit::{Stack, next_event, next_rate};
 use tonic::Code;
 
 fn symbols(list: &[&str]) -> Vec<String> {
@@ -37,7 +35,7 @@ fn fast_simulated(list: &[&str]) -> Config {
 
 #[tokio::test]
 async fn live_stream_of_simulated_ticks_is_gap_free_per_symbol() {
-    let server = TestServer::start(fast_simulated(&["USD_JPY", "EUR_USD", "BTC_JPY"])).await;
+    let server = Stack::start(fast_simulated(&["USD_JPY", "EUR_USD", "BTC_JPY"])).await;
     let mut client = server.client().await;
     let mut stream = client
         .stream_rates(stream_request(&["USD_JPY", "EUR_USD"]))
@@ -90,7 +88,7 @@ async fn live_stream_of_simulated_ticks_is_gap_free_per_symbol() {
 
 #[tokio::test]
 async fn a_new_stream_starts_with_the_latest_rate_then_goes_live() {
-    let server = TestServer::quiet(&["USD_JPY"]).await;
+    let server = Stack::quiet(&["USD_JPY"]).await;
     server.publish("USD_JPY", "151.100", "151.110").await;
     let latest = server.publish("USD_JPY", "151.200", "151.210").await;
     let mut client = server.client().await;
@@ -106,7 +104,7 @@ async fn a_new_stream_starts_with_the_latest_rate_then_goes_live() {
 
 #[tokio::test]
 async fn resume_replays_what_the_server_holds_then_goes_live() {
-    let server = TestServer::quiet(&["USD_JPY", "EUR_USD"]).await;
+    let server = Stack::quiet(&["USD_JPY", "EUR_USD"]).await;
     for i in 0..10 {
         server
             .publish(
@@ -138,7 +136,7 @@ async fn resume_replays_what_the_server_holds_then_goes_live() {
 
 #[tokio::test]
 async fn resume_older_than_the_history_announces_the_gap() {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
         hub: HubConfig {
@@ -175,7 +173,7 @@ async fn resume_older_than_the_history_announces_the_gap() {
 
 #[tokio::test]
 async fn latest_rate_and_symbols_answer_at_once() {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         markup: "0.002".parse().unwrap(),
         ..Config {
             feed: FeedKind::None,
@@ -229,7 +227,7 @@ async fn latest_rate_and_symbols_answer_at_once() {
 
 #[tokio::test]
 async fn invalid_requests_name_what_is_wrong() {
-    let server = TestServer::quiet(&["USD_JPY"]).await;
+    let server = Stack::quiet(&["USD_JPY"]).await;
     let mut client = server.client().await;
 
     let err = client
@@ -310,7 +308,7 @@ async fn invalid_requests_name_what_is_wrong() {
 
 #[tokio::test]
 async fn publish_rate_applies_markup_and_reaches_streams() {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         markup: "1bp".parse().unwrap(),
         ..Config {
             feed: FeedKind::None,
@@ -342,7 +340,7 @@ async fn publish_rate_applies_markup_and_reaches_streams() {
 
 #[tokio::test]
 async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
         hub: HubConfig {
@@ -420,7 +418,7 @@ async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
 
 #[tokio::test]
 async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
-    let server = TestServer::start(Config {
+    let server = Stack::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
         hub: HubConfig {
@@ -475,7 +473,7 @@ async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
 
 #[tokio::test]
 async fn shutdown_ends_streams_and_stops_the_server() {
-    let server = TestServer::start(fast_simulated(&["USD_JPY"])).await;
+    let server = Stack::start(fast_simulated(&["USD_JPY"])).await;
     let mut client = server.client().await;
     let mut stream = client
         .stream_rates(stream_request(&["USD_JPY"]))
@@ -507,8 +505,8 @@ async fn shutdown_ends_streams_and_stops_the_server() {
         .unwrap();
 }
 
-async fn restartable(data_dir: &std::path::Path) -> TestServer {
-    TestServer::start(Config {
+async fn restartable(data_dir: &std::path::Path) -> Stack {
+    Stack::start(Config {
         feed: FeedKind::None,
         symbols: symbols(&["USD_JPY"]),
         data_dir: data_dir.to_owned(),
@@ -517,7 +515,7 @@ async fn restartable(data_dir: &std::path::Path) -> TestServer {
     .await
 }
 
-async fn stop(server: TestServer) {
+async fn stop(server: Stack) {
     server.stop.cancel();
     server.handle.await.unwrap().unwrap();
 }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Args;
-use fxcast_gateway::{GatewayConfig, Upstream, serve_gateway};
+use fxcast_gateway::{GatewayConfig, Upstream, serve_gateway, upstream_endpoint};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -36,14 +36,8 @@ pub(crate) struct GatewayArgs {
 
 pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let key = api_key(&args.data_dir)?;
-    let channel = tonic::transport::Endpoint::from_shared(args.upstream.clone())
-        .with_context(|| format!("invalid --upstream {:?}", args.upstream))?
-        .tcp_nodelay(true)
-        // Long-lived streams (ticks, revocations) notice a dead upstream
-        // connection within half a minute even when nothing is sent.
-        .http2_keep_alive_interval(std::time::Duration::from_secs(20))
-        .keep_alive_timeout(std::time::Duration::from_secs(10))
-        .keep_alive_while_idle(true)
+    let channel = upstream_endpoint(&args.upstream)
+        .context("--upstream")?
         .connect_lazy();
     let http = TcpListener::bind(args.http_listen)
         .await

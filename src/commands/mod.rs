@@ -60,34 +60,8 @@ pub(crate) fn api_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
     Ok(key.trim().to_owned())
 }
 
-/// Adds `authorization: Bearer <token>` to every call of a client.
-#[derive(Clone)]
-pub(crate) struct Bearer(tonic::metadata::AsciiMetadataValue);
-
-impl Bearer {
-    pub(crate) fn new(token: &str) -> anyhow::Result<Self> {
-        let value = format!("Bearer {token}").parse().map_err(|_| {
-            anyhow::anyhow!("the token contains characters not allowed in a header")
-        })?;
-        Ok(Self(value))
-    }
-}
-
-impl tonic::service::Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A channel to `server` carrying a bearer credential.
-pub(crate) type AuthedChannel =
-    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, Bearer>;
+/// A channel to a server carrying a bearer credential.
+pub(crate) type AuthedChannel = fxcast_proto::Authed;
 
 /// Connects to `server` with `credential` (a token or the API key).
 pub(crate) async fn connect(server: &str, credential: &str) -> anyhow::Result<AuthedChannel> {
@@ -97,10 +71,9 @@ pub(crate) async fn connect(server: &str, credential: &str) -> anyhow::Result<Au
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
-    Ok(tonic::service::interceptor::InterceptedService::new(
-        channel,
-        Bearer::new(credential)?,
-    ))
+    let bearer = fxcast_proto::Bearer::token(credential)
+        .map_err(|_| anyhow::anyhow!("the token contains characters not allowed in a header"))?;
+    Ok(fxcast_proto::authed(channel, bearer))
 }
 
 /// The token a client command uses: `--token`/`FXCAST_TOKEN`, or one issued

@@ -24,13 +24,10 @@ use std::{
 
 use criterion::{BenchmarkGroup, BenchmarkId, measurement::WallTime};
 use fxcast_benches::{LatencySummary, PercentilePass};
-use fxcast_gateway::{GatewayConfig, Upstream, serve_gateway};
 use fxcast_proto::v1::Rate;
 use fxcast_services::{Config, FeedKind, RatesCore, auth::Scopes, feed::Quote};
-use fxcast_transport::{MemoryTransport, Transport};
 use rust_decimal::Decimal;
-use tempfile::TempDir;
-use tokio::{net::TcpListener, runtime::Runtime, task::JoinHandle};
+use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
 
 /// The one symbol every bench uses.
@@ -96,69 +93,34 @@ pub fn percentile_case<F: Rounds>(rt: &Runtime, pass: &PercentilePass, id: &str,
     pass.print(id, &summary);
 }
 
-/// Rate core, gRPC server and gateway on loopback.
+/// Rate core, gRPC server and gateway on loopback (the testkit's stack),
+/// with the bench's quote walk.
 pub struct Stack {
     pub core: Arc<RatesCore>,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
     pub shutdown: CancellationToken,
-    grpc_task: JoinHandle<Result<(), fxcast_services::Error>>,
-    http_task: JoinHandle<Result<(), fxcast_gateway::Error>>,
+    stack: fxcast_testkit::Stack,
     quotes: AtomicU64,
-    /// Keys, API key, revocation store and order journal of this run;
-    /// removed on drop.
-    _data_dir: TempDir,
 }
 
 impl Stack {
-    /// Starts the stack with `config` (its feed, symbols and data directory
-    /// are set here) and waits until the gateway is ready, which needs one
-    /// published rate.
+    /// Starts the stack with `config` (its feed and symbols are set here)
+    /// and waits until the gateway is ready, which needs one published rate.
     pub async fn start(mut config: Config) -> Self {
-        let data_dir = tempfile::tempdir().expect("temporary data directory");
         config.feed = FeedKind::None;
         config.symbols = vec![SYMBOL.into()];
-        config.data_dir = data_dir.path().to_owned();
-        let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
-        let shutdown = CancellationToken::new();
-        let core = Arc::new(
-            RatesCore::start(config, transport, shutdown.child_token())
-                .await
-                .expect("rate core"),
-        );
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind gRPC");
-        let grpc = listener.local_addr().expect("gRPC address");
-        let grpc_task = tokio::spawn({
-            let core = Arc::clone(&core);
-            let shutdown = shutdown.clone();
-            async move { core.serve_grpc(listener, shutdown.cancelled_owned()).await }
-        });
-        // As `fxcast serve` connects its gateway to its own gRPC server.
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))
-            .expect("gRPC endpoint")
-            .tcp_nodelay(true)
-            .connect_lazy();
-        let upstream = Upstream::new(channel, core.authority().api_key());
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind HTTP");
-        let http = listener.local_addr().expect("HTTP address");
-        let http_task = tokio::spawn(serve_gateway(
-            upstream,
-            GatewayConfig::default(),
-            listener,
-            shutdown.clone(),
-        ));
+        let stack = fxcast_testkit::Stack::start(config).await;
         let stack = Self {
-            core,
-            grpc,
-            http,
-            shutdown,
-            grpc_task,
-            http_task,
+            core: Arc::clone(&stack.core),
+            grpc: stack.addr,
+            http: stack.http,
+            shutdown: stack.stop.clone(),
+            stack,
             quotes: AtomicU64::new(0),
-            _data_dir: data_dir,
         };
         stack.publish().await;
-        stack.wait_ready().await;
+        stack.stack.wait_ready().await;
         stack
     }
 
@@ -203,35 +165,13 @@ impl Stack {
             .clone()
     }
 
-    /// Waits until `/readyz` answers 200: the gateway's upstream stream is
-    /// open and it holds a rate for the symbol.
-    async fn wait_ready(&self) {
-        let client = reqwest::Client::new();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = client.get(self.url("/readyz")).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the gateway was not ready within 30 s"
-            );
-            // Polling a readiness endpoint: there is nothing to await instead.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-
     /// Ends the streams and both servers.
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let (grpc, http) = tokio::time::timeout(Duration::from_secs(10), async {
-            tokio::join!(self.grpc_task, self.http_task)
-        })
-        .await
-        .expect("servers stop within 10 s");
-        grpc.expect("gRPC task").expect("gRPC server");
-        http.expect("gateway task").expect("gateway");
+        tokio::time::timeout(Duration::from_secs(10), self.stack.handle)
+            .await
+            .expect("servers stop within 10 s")
+            .expect("server task")
+            .expect("servers");
     }
 }

@@ -41,6 +41,51 @@ pub struct Quote {
     pub source_time: SystemTime,
 }
 
+/// Which upstream feed drives the publisher.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedKind {
+    /// The built-in seeded random walk.
+    Simulated,
+    /// No feed: rates arrive through `PublishRate` or from other processes
+    /// over the transport.
+    None,
+    /// bitFlyer Lightning's realtime ticker; the symbols are its product
+    /// codes.
+    Bitflyer(BitflyerConfig),
+    /// A recorded bitFlyer session played back.
+    Replay(ReplayConfig),
+}
+
+impl FeedKind {
+    /// The feed this kind names over `symbols`, reporting into `health`
+    /// (the simulator runs with `simulator`); `None` for [`FeedKind::None`].
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] when the feed's settings are unusable (a
+    /// replay file that cannot be opened, a bad endpoint).
+    pub fn build(
+        &self,
+        simulator: &SimulatorConfig,
+        symbols: &crate::SymbolTable,
+        health: &FeedHealth,
+    ) -> Result<Option<Box<dyn Feed>>, crate::Error> {
+        Ok(match self {
+            Self::None => None,
+            Self::Simulated => Some(Box::new(SimulatedFeed::new(symbols, simulator.clone()))),
+            Self::Bitflyer(config) => Some(Box::new(BitflyerFeed::new(
+                config.clone(),
+                symbols.names(),
+                health.clone(),
+            )?)),
+            Self::Replay(config) => Some(Box::new(ReplayFeed::open(
+                config.clone(),
+                symbols.names(),
+                health.clone(),
+            )?)),
+        })
+    }
+}
+
 /// A source of quotes.
 pub trait Feed: Send + 'static {
     /// Short name, used as the rates' `source` (`"simulated"`, `"bitflyer"`).

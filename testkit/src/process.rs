@@ -1,17 +1,10 @@
-//! Helpers shared by the tests that run the real `fxcast` binary.
-
-#![allow(dead_code, unreachable_pub)]
+//! Driving the real `fxcast` binary: reading what it logs.
 
 use std::time::Duration;
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Child,
-};
-use tonic::{
-    metadata::AsciiMetadataValue,
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
 };
 
 /// How long a child may take to log that it is ready.
@@ -48,36 +41,4 @@ pub fn log_field(line: &str, name: &str) -> String {
         .next()
         .expect("a value")
         .to_owned()
-}
-
-/// Adds `authorization: Bearer <credential>` to every call.
-#[derive(Clone)]
-pub struct Bearer(AsciiMetadataValue);
-
-impl Interceptor for Bearer {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        request
-            .metadata_mut()
-            .insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-/// A channel that carries a credential.
-pub type Authed = InterceptedService<Channel, Bearer>;
-
-/// Connects to `url` sending `credential` (a token or the API key) on every call.
-pub async fn channel(url: &str, credential: &str) -> Authed {
-    let channel = Channel::from_shared(url.to_owned())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    InterceptedService::new(
-        channel,
-        Bearer(format!("Bearer {credential}").parse().unwrap()),
-    )
 }

@@ -1,0 +1,551 @@
+//! The typed configuration of a running fxcast: each crate's own `Config`,
+//! built from [`Settings`] with the defaults and the checks that span
+//! several settings.
+
+use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
+
+use fxcast_gateway::GatewayConfig;
+use fxcast_services::{
+    FeedKind,
+    feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, ReplayConfig, SimulatorConfig},
+    orders::{LpConfig, SimulatedLpConfig},
+};
+use fxcast_transport::{Transport, momento::MomentoConfig};
+
+use crate::{
+    Error,
+    settings::{FeedName, Settings, TransportKind},
+};
+
+/// Where secrets come from: the process environment in `fxcast serve`, a
+/// map in tests. Secrets are never flags (flags show up in `ps`).
+pub type Lookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// The process environment as a [`Lookup`], empty values as unset.
+pub fn environment(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// Which transport the application runs on.
+#[derive(Clone)]
+pub enum TransportConfig {
+    /// In-process only.
+    Memory,
+    /// Momento Topics for every rate and order event.
+    Momento(MomentoConfig),
+    /// In-process, with every rate mirrored to Momento (`--momento-bridge`).
+    Bridge(MomentoConfig),
+    /// A transport built by the caller (tests sharing one between servers).
+    Given(Arc<dyn Transport>),
+}
+
+impl std::fmt::Debug for TransportConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::Momento(c) => f.debug_tuple("Momento").field(c).finish(),
+            Self::Bridge(c) => f.debug_tuple("Bridge").field(c).finish(),
+            Self::Given(t) => write!(f, "Given({})", t.name()),
+        }
+    }
+}
+
+/// Everything a running fxcast needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// gRPC listen address (`127.0.0.1:0` picks a free port).
+    pub grpc_listen: SocketAddr,
+    /// HTTP listen address of the gateway.
+    pub http_listen: SocketAddr,
+    /// The pub/sub transport.
+    pub transport: TransportConfig,
+    /// The rate core: symbols, feed, auth, orders, data directory.
+    pub core: fxcast_services::Config,
+    /// The HTTP gateway.
+    pub gateway: GatewayConfig,
+}
+
+impl Default for Config {
+    /// The design's defaults: loopback ports 50051 and 8000, memory
+    /// transport, simulated feed.
+    fn default() -> Self {
+        Self {
+            grpc_listen: ([127, 0, 0, 1], 50051).into(),
+            http_listen: ([127, 0, 0, 1], 8000).into(),
+            transport: TransportConfig::Memory,
+            core: fxcast_services::Config::default(),
+            gateway: GatewayConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The configuration `settings` describe, with secrets from `env`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting that is wrong and why.
+    pub fn from_settings(settings: Settings, env: Lookup<'_>) -> Result<Self, Error> {
+        let mut config = Self {
+            transport: transport(&settings, env)?,
+            ..Self::default()
+        };
+        if let Some(addr) = settings.grpc_listen {
+            config.grpc_listen = addr;
+        }
+        if let Some(addr) = settings.http_listen {
+            config.http_listen = addr;
+        }
+        config.core.feed = feed(&settings);
+        apply_market(&mut config, &settings)?;
+        apply_auth(&mut config, &settings, env)?;
+        apply_orders(&mut config.core, &settings)?;
+        if let Some(path) = settings.data_dir {
+            config.core.data_dir = path;
+        }
+        Ok(config)
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &PathBuf {
+        &self.core.data_dir
+    }
+}
+
+fn positive(value: Option<humantime::Duration>, flag: &str) -> Result<Option<Duration>, Error> {
+    match value.map(Duration::from) {
+        Some(d) if d.is_zero() => Err(Error::Config(format!("{flag} must be positive"))),
+        other => Ok(other),
+    }
+}
+
+fn transport(settings: &Settings, env: Lookup<'_>) -> Result<TransportConfig, Error> {
+    let bridge = settings.momento_bridge.unwrap_or(false);
+    Ok(match settings.transport.unwrap_or(TransportKind::Memory) {
+        TransportKind::Memory if bridge => TransportConfig::Bridge(momento(settings, env)?),
+        TransportKind::Memory => TransportConfig::Memory,
+        TransportKind::Momento if bridge => {
+            return Err(Error::Config(
+                "--momento-bridge mirrors the memory transport to Momento; with --transport \
+                     momento every rate goes through Momento already"
+                    .into(),
+            ));
+        }
+        TransportKind::Momento => TransportConfig::Momento(momento(settings, env)?),
+    })
+}
+
+/// The Momento settings. The API key comes from `MOMENTO_API_KEY` only, a
+/// v2 key's endpoint from `MOMENTO_ENDPOINT`.
+fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error> {
+    let mut config = MomentoConfig {
+        endpoint: settings.momento_endpoint.clone(),
+        base_endpoint: env("MOMENTO_ENDPOINT"),
+        ..MomentoConfig::default()
+    };
+    if let Some(cache) = &settings.momento_cache {
+        config.cache.clone_from(cache);
+    }
+    let plaintext = config
+        .endpoint
+        .as_deref()
+        .is_some_and(|e| e.starts_with("http://"));
+    config.api_key = match env("MOMENTO_API_KEY") {
+        Some(key) => key,
+        // Plaintext is for a local Momento-compatible server, which takes
+        // any key by default.
+        None if plaintext => {
+            tracing::info!(
+                "MOMENTO_API_KEY is not set; using an empty key for the plaintext endpoint"
+            );
+            String::new()
+        }
+        None => {
+            return Err(Error::Config(
+                "Momento needs an API key: set MOMENTO_API_KEY (from the Momento console; for \
+                 fxcast momento-local any value works, with --momento-endpoint http://HOST:PORT)"
+                    .into(),
+            ));
+        }
+    };
+    config.max_publish_rate = NonZeroU32::new(settings.momento_publish_rate.unwrap_or(10));
+    if let Some(ttl) = settings.momento_latest_ttl.map(Duration::from) {
+        if ttl < Duration::from_secs(1) {
+            return Err(Error::Config(
+                "--momento-latest-ttl must be at least 1s".into(),
+            ));
+        }
+        config.retain_ttl = ttl;
+    }
+    Ok(config)
+}
+
+fn feed(settings: &Settings) -> FeedKind {
+    match settings.feed.clone().unwrap_or(FeedName::Simulated) {
+        FeedName::Simulated => FeedKind::Simulated,
+        FeedName::None => FeedKind::None,
+        FeedName::Bitflyer => FeedKind::Bitflyer(BitflyerConfig {
+            endpoint: settings
+                .bitflyer_endpoint
+                .clone()
+                .unwrap_or_else(|| BitflyerConfig::default().endpoint),
+            ..BitflyerConfig::default()
+        }),
+        FeedName::Replay(path) => FeedKind::Replay(ReplayConfig {
+            path,
+            speed: settings.replay_speed.unwrap_or_default(),
+            looped: settings.replay_loop.unwrap_or(false),
+        }),
+    }
+}
+
+/// Symbols, markup, staleness, the simulator and stream history.
+fn apply_market(config: &mut Config, settings: &Settings) -> Result<(), Error> {
+    let core = &mut config.core;
+    if let Some(symbols) = &settings.symbols {
+        core.symbols.clone_from(&symbols.0);
+    } else if matches!(core.feed, FeedKind::Bitflyer(_) | FeedKind::Replay(_)) {
+        // bitFlyer has no FX pairs: its product codes are the symbols.
+        core.symbols = BITFLYER_DEFAULT_PRODUCTS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    }
+    if let Some(stale_after) = positive(settings.stale_after, "--stale-after")? {
+        core.stale_after = stale_after;
+    }
+    if let Some(markup) = &settings.markup {
+        core.markup = markup.clone();
+    }
+    core.symbol_overrides.clone_from(&settings.symbol);
+    core.simulator = SimulatorConfig {
+        seed: settings.seed.unwrap_or(42),
+        tick_interval: positive(settings.tick_interval, "--tick-interval")?
+            .unwrap_or(Duration::from_millis(250)),
+        max_quotes: None,
+    };
+    if core.feed == FeedKind::Simulated && core.simulator.tick_interval >= core.stale_after {
+        return Err(Error::Config(format!(
+            "--tick-interval {} must be shorter than --stale-after {}, or every symbol goes stale between ticks",
+            humantime::format_duration(core.simulator.tick_interval),
+            humantime::format_duration(core.stale_after)
+        )));
+    }
+    if let Some(history) = settings.stream_history {
+        if history == 0 {
+            return Err(Error::Config("--stream-history must be positive".into()));
+        }
+        core.hub.history = history;
+        config.gateway.history = history;
+    }
+    if let Some(origins) = &settings.cors_origins {
+        config.gateway.cors_origins.clone_from(&origins.0);
+    }
+    Ok(())
+}
+
+/// Tokens: the API key from the environment, lifetimes, anonymous tokens.
+fn apply_auth(config: &mut Config, settings: &Settings, env: Lookup<'_>) -> Result<(), Error> {
+    let auth = &mut config.core.auth;
+    auth.api_key = env("FXCAST_API_KEY");
+    auth.anonymous_tokens =
+        config.http_listen.ip().is_loopback() || settings.allow_anonymous_tokens.unwrap_or(false);
+    if let Some(ttl) = settings.token_ttl {
+        auth.default_ttl = ttl.into();
+    }
+    if let Some(ttl) = settings.max_token_ttl {
+        auth.max_ttl = ttl.into();
+    }
+    auth.signing_keys.clone_from(&settings.signing_keys);
+    if auth.default_ttl.is_zero() || auth.default_ttl > auth.max_ttl {
+        return Err(Error::Config(
+            "--token-ttl must be positive and at most --max-token-ttl".into(),
+        ));
+    }
+    config.gateway.anonymous_tokens = auth.anonymous_tokens;
+    config.gateway.anonymous_ttl = auth.anonymous_ttl;
+    config.gateway.anonymous_per_minute = auth.anonymous_per_minute;
+    Ok(())
+}
+
+/// Price checks, the simulated liquidity provider and journal durability.
+fn apply_orders(core: &mut fxcast_services::Config, settings: &Settings) -> Result<(), Error> {
+    let orders = &mut core.orders;
+    if let Some(policy) = settings.price_policy {
+        orders.policy = policy;
+    }
+    if let Some(age) = positive(settings.max_price_age, "--max-price-age")? {
+        orders.max_price_age = age;
+    }
+    let mut lp = SimulatedLpConfig::default();
+    if let Some(latency) = settings.lp_latency {
+        lp.latency = latency.into();
+    }
+    if let Some(rate) = settings.lp_reject_rate {
+        lp.reject_rate = rate.0;
+    }
+    if let Some(seed) = settings.lp_seed {
+        lp.seed = seed;
+    }
+    orders.lp = LpConfig::Simulated(lp);
+    if let Some(sync) = settings.journal_sync {
+        orders.journal_sync = sync;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use clap::Parser;
+    use fxcast_services::{
+        FeedKind,
+        feed::{BitflyerConfig, ReplayConfig},
+        orders::{JournalSync, LpConfig, PricePolicy},
+    };
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Wrapper {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    /// `fxcast serve ARGV` as settings; a clap error is a config error.
+    fn parse(argv: &[&str]) -> Result<Settings, Error> {
+        Wrapper::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
+            .map(|w| w.settings)
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The configuration, with an empty environment.
+    fn resolve(settings: Result<Settings, Error>) -> Result<Config, Error> {
+        Config::from_settings(settings?.with_file()?, &|_| None)
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let r = resolve(parse(&[])).unwrap();
+        assert_eq!(r.grpc_listen.to_string(), "127.0.0.1:50051");
+        assert_eq!(r.http_listen.to_string(), "127.0.0.1:8000");
+        assert_eq!(r.core.data_dir, PathBuf::from("./fxcast-data"));
+        assert_eq!(r.core.feed, FeedKind::Simulated);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "symbols = [\"USD_JPY\", \"XAU_USD\"]\nseed = 9\ntick_interval = \"20ms\"\nmarkup = \"1bp\"\n\
+             [symbol.XAU_USD]\nprice_scale = 2\nstart_mid = \"2300.00\"\nmarkup = \"0.10\"\n",
+        )
+        .unwrap();
+        let r = resolve(parse(&["--config", path.to_str().unwrap(), "--seed", "5"])).unwrap();
+        assert_eq!(r.core.symbols, ["USD_JPY", "XAU_USD"]);
+        assert_eq!(r.core.simulator.seed, 5);
+        assert_eq!(r.core.simulator.tick_interval, Duration::from_millis(20));
+        assert_eq!(r.core.markup.to_string(), "1bp");
+        assert_eq!(r.core.symbol_overrides["XAU_USD"].price_scale, Some(2));
+    }
+
+    #[test]
+    fn bad_settings_say_what_is_wrong() {
+        let err = resolve(parse(&["--transport", "carrier-pigeon"])).unwrap_err();
+        assert!(err.to_string().contains("unknown --transport"), "{err}");
+        let err = resolve(parse(&["--markup", "lots"])).unwrap_err();
+        assert!(format!("{err:#}").contains("invalid markup"), "{err:#}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "colour = \"blue\"\n").unwrap();
+        let err = resolve(parse(&["--config", path.to_str().unwrap()])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `colour`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn momento_settings_come_from_flags_and_the_file() {
+        let argv = [
+            "--transport",
+            "momento",
+            "--momento-endpoint",
+            "http://127.0.0.1:9",
+            "--momento-cache",
+            "prices",
+            "--momento-publish-rate",
+            "0",
+        ];
+        match resolve(parse(&argv)).unwrap().transport {
+            TransportConfig::Momento(config) => {
+                assert_eq!(config.cache, "prices");
+                assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9"));
+                assert_eq!(config.max_publish_rate, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            resolve(parse(&[])).unwrap().transport,
+            TransportConfig::Memory
+        ));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "momento_bridge = true\nmomento_endpoint = \"http://127.0.0.1:9\"\nmomento_latest_ttl = \"30s\"\n",
+        )
+        .unwrap();
+        match resolve(parse(&["--config", path.to_str().unwrap()]))
+            .unwrap()
+            .transport
+        {
+            TransportConfig::Bridge(config) => {
+                assert_eq!(config.cache, "fxcast");
+                assert_eq!(config.retain_ttl, Duration::from_secs(30));
+                assert_eq!(config.max_publish_rate, std::num::NonZeroU32::new(10));
+            }
+            other => panic!("{other:?}"),
+        }
+
+        let err = resolve(parse(&["--transport", "momento", "--momento-bridge"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--momento-bridge mirrors the memory transport"),
+            "{err}"
+        );
+        let err = resolve(parse(&[
+            "--transport",
+            "momento",
+            "--momento-endpoint",
+            "http://127.0.0.1:9",
+            "--momento-latest-ttl",
+            "10ms",
+        ]))
+        .unwrap_err();
+        assert!(err.to_string().contains("at least 1s"), "{err}");
+        let err = resolve(parse(&["--transport", "momento"])).unwrap_err();
+        assert!(err.to_string().contains("set MOMENTO_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn order_settings_come_from_flags_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "price_policy = \"adverse-only\"\nlp_latency = \"3ms\"\nlp_reject_rate = \"0.25\"\n\
+             [symbol.USD_JPY]\ntolerance = \"0.005\"\nmax_price_age = \"1s\"\n",
+        )
+        .unwrap();
+        let argv = [
+            "--config",
+            path.to_str().unwrap(),
+            "--max-price-age",
+            "500ms",
+            "--journal-sync",
+            "normal",
+        ];
+        let r = resolve(parse(&argv)).unwrap();
+        assert_eq!(r.core.orders.policy, PricePolicy::AdverseOnly);
+        assert_eq!(r.core.orders.max_price_age, Duration::from_millis(500));
+        assert_eq!(r.core.orders.journal_sync, JournalSync::Normal);
+        match &r.core.orders.lp {
+            LpConfig::Simulated(lp) => {
+                assert_eq!(lp.latency, Duration::from_millis(3));
+                assert_eq!(lp.reject_rate.to_string(), "0.25");
+            }
+            other => panic!("unexpected LP {other:?}"),
+        }
+        assert_eq!(
+            r.core.symbol_overrides["USD_JPY"].tolerance.as_deref(),
+            Some("0.005")
+        );
+
+        let err = resolve(parse(&["--price-policy", "lenient"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown price policy \"lenient\""),
+            "{err:#}"
+        );
+        let err = resolve(parse(&["--lp-reject-rate", "1.5"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("must be a decimal from 0 to 1"),
+            "{err:#}"
+        );
+        let err = resolve(parse(&["--journal-sync", "sometimes"])).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown journal sync"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn feed_settings_come_from_flags_and_the_file() {
+        let r = resolve(parse(&["--feed", "bitflyer"])).unwrap();
+        assert_eq!(r.core.feed, FeedKind::Bitflyer(BitflyerConfig::default()));
+        assert_eq!(r.core.symbols, ["BTC_JPY", "ETH_JPY", "FX_BTC_JPY"]);
+        assert_eq!(r.core.stale_after, Duration::from_secs(5));
+        let argv = [
+            "--feed",
+            "bitflyer",
+            "--bitflyer-endpoint",
+            "ws://127.0.0.1:9/json-rpc",
+            "--symbols",
+            "BTC_JPY",
+            "--stale-after",
+            "750ms",
+        ];
+        let r = resolve(parse(&argv)).unwrap();
+        match &r.core.feed {
+            FeedKind::Bitflyer(config) => assert_eq!(config.endpoint, "ws://127.0.0.1:9/json-rpc"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.core.symbols, ["BTC_JPY"]);
+        assert_eq!(r.core.stale_after, Duration::from_millis(750));
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "feed = \"replay:session.jsonl\"\nreplay_speed = \"max\"\nloop = true\nstale_after = \"2s\"\n",
+        )
+        .unwrap();
+        let r = resolve(parse(&[
+            "--config",
+            path.to_str().unwrap(),
+            "--replay-speed",
+            "10",
+        ]))
+        .unwrap();
+        let expected = ReplayConfig {
+            path: "session.jsonl".into(),
+            speed: "10".parse().unwrap(),
+            looped: true,
+        };
+        assert_eq!(r.core.feed, FeedKind::Replay(expected));
+        assert_eq!(r.core.stale_after, Duration::from_secs(2));
+
+        for (argv, message) in [
+            (
+                &["--feed", "carrier-pigeon"][..],
+                "expected simulated, bitflyer, replay:<FILE> or none",
+            ),
+            (&["--feed", "replay:"], "needs a file"),
+            (
+                &["--feed", "replay:x.jsonl", "--replay-speed", "fast"],
+                "invalid replay speed",
+            ),
+            (&["--stale-after", "0s"], "--stale-after must be positive"),
+            (
+                &["--tick-interval", "5s"],
+                "must be shorter than --stale-after",
+            ),
+        ] {
+            let err = resolve(parse(argv)).unwrap_err();
+            assert!(format!("{err:#}").contains(message), "{argv:?}: {err:#}");
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Every `fxcast serve` setting, declared once.
+//!
+//! [`Settings`] is at the same time the clap argument group (each field a
+//! `--flag` with its `FXCAST_<NAME>` environment variable) and the serde
+//! shape of the `--config` TOML file (each field a key of the same name).
+//! Every field is optional, so a layer says only what it sets; [`Settings::over`]
+//! lays one layer over another field by field. Precedence is therefore
+//! written once: flag, then environment (clap reads both), then the file,
+//! then the default applied in [`crate::Config::from_settings`].
+//!
+//! Adding a setting is adding one field here (and reading it where the typed
+//! configuration is built).
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use clap::builder::BoolishValueParser;
+use fxcast_services::{
+    orders::{JournalSync, PricePolicy},
+    pricing::Markup,
+    symbols::SymbolOverride,
+};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Deserializer, de};
+
+/// Declares the settings struct and its field-wise merge from one list of
+/// fields, so a field can never be forgotten in the merge.
+macro_rules! settings {
+    ($(#[$meta:meta])* pub struct $name:ident { $($(#[$fmeta:meta])* $field:ident: $ty:ty,)* }) => {
+        $(#[$meta])*
+        pub struct $name { $($(#[$fmeta])* pub $field: $ty,)* }
+
+        impl $name {
+            /// This layer's values where it has them, `lower`'s elsewhere.
+            #[must_use]
+            pub fn over(self, lower: Self) -> Self {
+                Self { $($field: Layer::over(self.$field, lower.$field),)* }
+            }
+        }
+    };
+}
+
+/// A value that one configuration layer may set over another.
+trait Layer {
+    fn over(self, lower: Self) -> Self;
+}
+
+impl<T> Layer for Option<T> {
+    fn over(self, lower: Self) -> Self {
+        self.or(lower)
+    }
+}
+
+impl<V> Layer for BTreeMap<String, V> {
+    fn over(mut self, lower: Self) -> Self {
+        for (key, value) in lower {
+            self.entry(key).or_insert(value);
+        }
+        self
+    }
+}
+
+settings! {
+    /// The settings of `fxcast serve`, from flags, environment or the TOML file.
+    #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct Settings {
+        /// gRPC listen address [default: 127.0.0.1:50051]
+        #[arg(long, env = "FXCAST_GRPC_LISTEN")]
+        grpc_listen: Option<SocketAddr>,
+        /// HTTP gateway listen address [default: 127.0.0.1:8000]
+        #[arg(long, env = "FXCAST_HTTP_LISTEN")]
+        http_listen: Option<SocketAddr>,
+        /// Pub/sub transport: memory (in-process) or momento (Momento Topics; the API key comes
+        /// from MOMENTO_API_KEY) [default: memory]
+        #[arg(long, env = "FXCAST_TRANSPORT")]
+        #[serde(deserialize_with = "parsed")]
+        transport: Option<TransportKind>,
+        /// Momento cache holding the topics and the latest rates [default: fxcast]
+        #[arg(long, env = "FXCAST_MOMENTO_CACHE")]
+        momento_cache: Option<String>,
+        /// Momento endpoint URL instead of the one the API key names, e.g. http://127.0.0.1:8080
+        /// for fxcast momento-local (http:// is plaintext)
+        #[arg(long, env = "FXCAST_MOMENTO_ENDPOINT")]
+        momento_endpoint: Option<String>,
+        /// With the memory transport: also mirror every rate, paced, to the Momento topics
+        /// rates.<SYMBOL>, for browsers and remote consumers
+        #[arg(long, env = "FXCAST_MOMENTO_BRIDGE", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        momento_bridge: Option<bool>,
+        /// Most publishes per second per Momento topic; faster rates are conflated, the latest
+        /// wins; 0 sends every rate [default: 10]
+        #[arg(long, env = "FXCAST_MOMENTO_PUBLISH_RATE")]
+        momento_publish_rate: Option<u32>,
+        /// How long the latest rates stay in the Momento cache [default: 5m]
+        #[arg(long, env = "FXCAST_MOMENTO_LATEST_TTL")]
+        #[serde(deserialize_with = "parsed")]
+        momento_latest_ttl: Option<humantime::Duration>,
+        /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
+        /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
+        #[arg(long, env = "FXCAST_FEED")]
+        #[serde(deserialize_with = "parsed")]
+        feed: Option<FeedName>,
+        /// bitFlyer realtime WebSocket endpoint [default: wss://ws.lightstream.bitflyer.com/json-rpc]
+        #[arg(long, env = "FXCAST_BITFLYER_ENDPOINT")]
+        bitflyer_endpoint: Option<String>,
+        /// A symbol whose feed has not ticked for this long is stale: its rate is re-published
+        /// with stale=true, /readyz fails and orders on it are rejected [default: 5s]
+        #[arg(long, env = "FXCAST_STALE_AFTER")]
+        #[serde(deserialize_with = "parsed")]
+        stale_after: Option<humantime::Duration>,
+        /// Replay pace: 1 (real time), a factor such as 10 or 0.5, or max [default: 1]
+        #[arg(long, env = "FXCAST_REPLAY_SPEED")]
+        #[serde(deserialize_with = "parsed")]
+        replay_speed: Option<fxcast_services::feed::ReplaySpeed>,
+        /// Replay the file over and over
+        #[arg(long = "loop", env = "FXCAST_LOOP", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        #[serde(rename = "loop")]
+        replay_loop: Option<bool>,
+        /// Comma-separated symbols [default: USD_JPY,EUR_USD,GBP_USD,EUR_JPY,AUD_USD,BTC_JPY;
+        /// with bitflyer or replay: BTC_JPY,ETH_JPY,FX_BTC_JPY]
+        #[arg(long, env = "FXCAST_SYMBOLS")]
+        symbols: Option<List>,
+        /// Directory for durable state [default: ./fxcast-data]
+        #[arg(long, env = "FXCAST_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+        /// TOML configuration file (flags and environment override it)
+        #[arg(long, env = "FXCAST_CONFIG")]
+        #[serde(skip)]
+        config: Option<PathBuf>,
+        /// Seed of the simulated feed [default: 42]
+        #[arg(long, env = "FXCAST_SEED")]
+        seed: Option<u64>,
+        /// Time between simulated ticks, e.g. 250ms [default: 250ms]
+        #[arg(long, env = "FXCAST_TICK_INTERVAL")]
+        #[serde(deserialize_with = "parsed")]
+        tick_interval: Option<humantime::Duration>,
+        /// Markup per side for every symbol: a price (0.002) or basis points (1.5bp) [default: 0]
+        #[arg(long, env = "FXCAST_MARKUP")]
+        #[serde(deserialize_with = "parsed")]
+        markup: Option<Markup>,
+        /// Ticks held per symbol for resuming streams (gRPC resume_after_sequence, WebSocket
+        /// resume_after) [default: 4096]
+        #[arg(long, env = "FXCAST_STREAM_HISTORY")]
+        stream_history: Option<usize>,
+        /// Issue anonymous browser tokens even when the HTTP listener is not on loopback
+        #[arg(long, env = "FXCAST_ALLOW_ANONYMOUS_TOKENS", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        allow_anonymous_tokens: Option<bool>,
+        /// Default token lifetime [default: 15m]
+        #[arg(long, env = "FXCAST_TOKEN_TTL")]
+        #[serde(deserialize_with = "parsed")]
+        token_ttl: Option<humantime::Duration>,
+        /// Longest token lifetime a request may ask for [default: 24h]
+        #[arg(long, env = "FXCAST_MAX_TOKEN_TTL")]
+        #[serde(deserialize_with = "parsed")]
+        max_token_ttl: Option<humantime::Duration>,
+        /// Signing keys file, shared by every server that must accept the same
+        /// tokens (created on first start if missing) [default: <data-dir>/signing-keys.json]
+        #[arg(long, env = "FXCAST_SIGNING_KEYS")]
+        signing_keys: Option<PathBuf>,
+        /// Origins allowed to call the HTTP API from browsers (comma-separated; default: same origin only)
+        #[arg(long, env = "FXCAST_CORS_ORIGINS")]
+        cors_origins: Option<List>,
+        /// Order price check: symmetric or adverse-only [default: symmetric]
+        #[arg(long, env = "FXCAST_PRICE_POLICY")]
+        #[serde(deserialize_with = "parsed")]
+        price_policy: Option<PricePolicy>,
+        /// Orders are rejected as STALE_PRICE when the latest rate is older than this
+        /// (per symbol: max_price_age in [symbol.X]) [default: 2s]
+        #[arg(long, env = "FXCAST_MAX_PRICE_AGE")]
+        #[serde(deserialize_with = "parsed")]
+        max_price_age: Option<humantime::Duration>,
+        /// Answer time of the simulated liquidity provider, e.g. 2ms [default: 0s]
+        #[arg(long, env = "FXCAST_LP_LATENCY")]
+        #[serde(deserialize_with = "parsed")]
+        lp_latency: Option<humantime::Duration>,
+        /// Fraction of orders the simulated liquidity provider declines, 0 to 1 [default: 0]
+        #[arg(long, env = "FXCAST_LP_REJECT_RATE")]
+        #[serde(deserialize_with = "parsed")]
+        lp_reject_rate: Option<Fraction>,
+        /// Seed of the simulated liquidity provider's decisions [default: 42]
+        #[arg(long, env = "FXCAST_LP_SEED")]
+        lp_seed: Option<u64>,
+        /// Order journal durability: full (every commit synced) or normal (survives
+        /// kill -9, not a power loss) [default: full]
+        #[arg(long, env = "FXCAST_JOURNAL_SYNC")]
+        #[serde(deserialize_with = "parsed")]
+        journal_sync: Option<JournalSync>,
+        /// Per-symbol conventions, from the file only: `[symbol.USD_JPY] markup = "0.003"`.
+        #[arg(skip)]
+        symbol: BTreeMap<String, SymbolOverride>,
+    }
+}
+
+impl Settings {
+    /// These settings over the `--config` file they name, if any.
+    ///
+    /// # Errors
+    /// [`crate::Error::ConfigFile`] when the file cannot be read or parsed.
+    pub fn with_file(self) -> Result<Self, crate::Error> {
+        let Some(path) = self.config.clone() else {
+            return Ok(self);
+        };
+        let file_error = |message: String| crate::Error::ConfigFile {
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(&path).map_err(|e| file_error(e.to_string()))?;
+        let file: Self = toml::from_str(&text).map_err(|e| file_error(e.to_string()))?;
+        Ok(self.over(file))
+    }
+}
+
+/// Which transport carries the rates (`--transport`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransportKind {
+    /// In-process broadcast (the embedded default).
+    Memory,
+    /// Momento Topics, latest rates in a Momento cache.
+    Momento,
+}
+
+impl FromStr for TransportKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "memory" => Ok(Self::Memory),
+            "momento" => Ok(Self::Momento),
+            other => Err(format!(
+                "unknown --transport {other:?}; expected memory or momento"
+            )),
+        }
+    }
+}
+
+/// Which feed drives the publisher (`--feed`), before its own settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedName {
+    /// The seeded simulator.
+    Simulated,
+    /// bitFlyer Lightning's realtime API.
+    Bitflyer,
+    /// A recording played back.
+    Replay(PathBuf),
+    /// No feed: rates arrive through `PublishRate` or the transport.
+    None,
+}
+
+impl FromStr for FeedName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "simulated" => Ok(Self::Simulated),
+            "bitflyer" => Ok(Self::Bitflyer),
+            "none" => Ok(Self::None),
+            other => match other.strip_prefix("replay:") {
+                Some("") => {
+                    Err("--feed replay:<FILE> needs a file, e.g. replay:session.jsonl".into())
+                }
+                Some(path) => Ok(Self::Replay(PathBuf::from(path))),
+                None => Err(format!(
+                    "unknown --feed {other:?}; expected simulated, bitflyer, replay:<FILE> or none"
+                )),
+            },
+        }
+    }
+}
+
+/// A list: comma-separated on the command line, an array in the file.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct List(pub Vec<String>);
+
+impl FromStr for List {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(
+            s.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ))
+    }
+}
+
+impl<'de> Deserialize<'de> for List {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Vec::<String>::deserialize(d).map(Self)
+    }
+}
+
+/// A decimal from 0 to 1 (`--lp-reject-rate`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fraction(pub Decimal);
+
+impl FromStr for Fraction {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Decimal::from_str_exact(s)
+            .ok()
+            .filter(|r| !r.is_sign_negative() && *r <= Decimal::ONE)
+            .map(Self)
+            .ok_or_else(|| format!("{s:?} must be a decimal from 0 to 1, e.g. 0.02"))
+    }
+}
+
+/// A file value written as its command-line string (`"250ms"`, `"1bp"`).
+fn parsed<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    Option::<String>::deserialize(d)?
+        .map(|s| {
+            s.parse()
+                .map_err(|e| de::Error::custom(format!("{s:?}: {e}")))
+        })
+        .transpose()
+}

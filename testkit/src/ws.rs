@@ -1,0 +1,45 @@
+//! The gateway's WebSocket as a test drives it.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+
+/// A client WebSocket.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Sends `value` as a text frame.
+pub async fn send_json(ws: &mut Ws, value: serde_json::Value) {
+    ws.send(Message::Text(value.to_string().into()))
+        .await
+        .unwrap();
+}
+
+/// Subscribes `ws` to `symbols` and checks the acknowledgement.
+pub async fn subscribe(ws: &mut Ws, symbols: &[&str]) {
+    send_json(
+        ws,
+        serde_json::json!({"type": "subscribe", "symbols": symbols}),
+    )
+    .await;
+    let ack = next_json(ws).await;
+    assert_eq!(ack["type"], "subscribed", "{ack}");
+}
+
+/// Next JSON text message, skipping heartbeats.
+pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("no WebSocket message within 10 s")
+            .expect("WebSocket closed")
+            .expect("WebSocket error");
+        if let Message::Text(text) = message {
+            let value: serde_json::Value = serde_json::from_str(&text).unwrap();
+            if value["type"] != "heartbeat" {
+                return value;
+            }
+        }
+    }
+}
