@@ -54,6 +54,13 @@ impl ApiError {
     }
 }
 
+impl From<fxcast_services::auth::AuthError> for ApiError {
+    /// The same status a gRPC client gets for the same refusal.
+    fn from(err: fxcast_services::auth::AuthError) -> Self {
+        tonic::Status::from(err).into()
+    }
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let (http, code) = match status.code() {

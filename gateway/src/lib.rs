@@ -46,7 +46,7 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
-use fxcast_services::auth::PerAddressLimit;
+use fxcast_services::auth::AnonymousPolicy;
 pub use lag::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
@@ -118,7 +118,7 @@ pub(crate) struct AppState {
     pub(crate) ticker: ticker::Ticker,
     pub(crate) metrics: Metrics,
     pub(crate) config: Arc<GatewayConfig>,
-    pub(crate) anonymous_limit: Arc<PerAddressLimit>,
+    pub(crate) anonymous: Arc<AnonymousPolicy>,
     pub(crate) stop: CancellationToken,
     pub(crate) revocations: revocations::Revocations,
 }
@@ -144,7 +144,10 @@ pub async fn serve_gateway(
         upstream,
         ticker,
         metrics,
-        anonymous_limit: Arc::new(PerAddressLimit::new(config.anonymous_per_minute)),
+        anonymous: Arc::new(AnonymousPolicy::new(
+            config.anonymous_ttl,
+            config.anonymous_per_minute,
+        )),
         config: Arc::new(config),
         stop: stop.clone(),
         revocations,

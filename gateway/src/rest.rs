@@ -213,16 +213,12 @@ pub(crate) async fn issue_token(
             "missing credentials: POST /v1/tokens needs `authorization: Bearer <API key>` (anonymous browser tokens are off on this address)",
         ));
     }
-    state.anonymous_limit.check(client.ip())?;
+    let grant = state.anonymous.grant(client.ip())?;
     let request = IssueTokenRequest {
-        subject: fxcast_services::auth::anonymous_subject(),
-        scopes: fxcast_services::auth::browser_scopes()
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect(),
+        subject: grant.subject,
+        scopes: grant.scopes.0.iter().map(ToString::to_string).collect(),
         ttl: Some(fxcast_proto::Duration {
-            seconds: state.config.anonymous_ttl.as_secs() as i64,
+            seconds: grant.ttl.as_secs() as i64,
             nanos: 0,
         }),
     };

@@ -63,11 +63,15 @@ pub enum Error {
     /// whose outcome the liquidity provider has not confirmed yet).
     #[error("{0}")]
     Unavailable(String),
+    /// A credential was refused or lacks a scope.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 impl From<Error> for Status {
     fn from(err: Error) -> Self {
         let code = match &err {
+            Error::Auth(auth) => return auth.clone().into(),
             Error::UnknownSymbol { .. } | Error::InvalidArgument(_) => Code::InvalidArgument,
             Error::NoRateYet(_) => Code::Unavailable,
             Error::Transport(fxcast_transport::Error::PayloadTooLarge { .. }) => {

@@ -17,7 +17,7 @@ use subtle::ConstantTimeEq;
 
 use super::{
     Caller, Scopes,
-    anonymous::{PerAddressLimit, anonymous_subject, browser_scopes},
+    anonymous::AnonymousPolicy,
     keys::{KeyFile, unix, write_secret_file},
     revocations::Revocations,
     revocations::Revoked,
@@ -115,11 +115,43 @@ pub enum AuthError {
         "the API key only issues tokens: call TokenService/IssueToken (or POST /v1/tokens) and use the token"
     )]
     ApiKeyNotAccepted,
+    /// Anonymous tokens are not issued here; the message says how to
+    /// authenticate instead.
+    #[error("{0}")]
+    AnonymousOff(&'static str),
+    /// A valid credential without the scope a call needs.
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Too many anonymous tokens for one client address.
+    #[error("too many anonymous tokens for {client}: at most {per_minute} per minute")]
+    TooManyAnonymous {
+        /// The client's address.
+        client: std::net::IpAddr,
+        /// The limit.
+        per_minute: u32,
+    },
+}
+
+impl AuthError {
+    /// Whether the credential itself was refused (as opposed to the call
+    /// being out of its scope or over a limit).
+    pub fn is_unauthenticated(&self) -> bool {
+        !matches!(
+            self,
+            Self::PermissionDenied(_) | Self::TooManyAnonymous { .. }
+        )
+    }
 }
 
 impl From<AuthError> for tonic::Status {
     fn from(err: AuthError) -> Self {
-        tonic::Status::unauthenticated(err.to_string())
+        match err {
+            AuthError::PermissionDenied(_) => tonic::Status::permission_denied(err.to_string()),
+            AuthError::TooManyAnonymous { .. } => {
+                tonic::Status::resource_exhausted(err.to_string())
+            }
+            _ => tonic::Status::unauthenticated(err.to_string()),
+        }
     }
 }
 
@@ -227,7 +259,7 @@ struct Inner {
     api_key: String,
     revocations: Revocations,
     validation: Validation,
-    anonymous: PerAddressLimit,
+    anonymous: AnonymousPolicy,
     /// When the key file was last re-read for an unknown key id: at most
     /// once per [`KEY_RELOAD_INTERVAL`], so tokens with made-up key ids
     /// cannot make every request read the disk.
@@ -299,7 +331,7 @@ impl TokenAuthority {
         } else {
             tracing::info!(path = %api_key_path(data_dir).display(), "admin API key file");
         }
-        let anonymous = PerAddressLimit::new(config.anonymous_per_minute);
+        let anonymous = AnonymousPolicy::new(config.anonymous_ttl, config.anonymous_per_minute);
         let revocations = Revocations::open(&data_dir.join("tokens.sqlite3"))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
@@ -370,22 +402,19 @@ impl TokenAuthority {
     /// client, at most `anonymous_per_minute` per address.
     ///
     /// # Errors
-    /// `PERMISSION_DENIED` when anonymous tokens are off or the client is not
-    /// on loopback; `RESOURCE_EXHAUSTED` over the rate limit.
-    pub fn issue_anonymous(&self, client: Option<IpAddr>) -> Result<IssuedToken, tonic::Status> {
-        let config = &self.inner.config;
-        let Some(ip) = client.filter(|ip| config.anonymous_tokens && ip.is_loopback()) else {
-            return Err(tonic::Status::unauthenticated(
+    /// [`AuthError::AnonymousOff`] (`UNAUTHENTICATED`) when anonymous tokens
+    /// are off or the client is not on loopback;
+    /// [`AuthError::TooManyAnonymous`] over the rate limit.
+    pub fn issue_anonymous(&self, client: Option<IpAddr>) -> Result<IssuedToken, crate::Error> {
+        let Some(ip) = client.filter(|ip| self.inner.config.anonymous_tokens && ip.is_loopback())
+        else {
+            return Err(AuthError::AnonymousOff(
                 "missing credentials: IssueToken needs `authorization: Bearer <API key>` (anonymous browser tokens are only issued to loopback clients when the gateway listens on loopback)",
-            ));
+            )
+            .into());
         };
-        self.inner.anonymous.check(ip)?;
-        self.issue(
-            &anonymous_subject(),
-            browser_scopes(),
-            Some(config.anonymous_ttl),
-        )
-        .map_err(Into::into)
+        let grant = self.inner.anonymous.grant(ip)?;
+        self.issue(&grant.subject, grant.scopes, Some(grant.ttl))
     }
 
     /// Verifies a token and returns its caller.

@@ -2,9 +2,12 @@
 
 use std::time::SystemTime;
 
-use tonic::{Request, Status};
+use tonic::Request;
 
-use super::scope::{Scope, Scopes};
+use super::{
+    AuthError,
+    scope::{Scope, Scopes},
+};
 
 /// The authenticated caller of a request, as a request extension.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,22 +26,23 @@ impl Caller {
     /// The caller of `request`.
     ///
     /// # Errors
-    /// `UNAUTHENTICATED` when no auth layer put a caller on the request.
-    pub fn of<T>(request: &Request<T>) -> Result<&Caller, Status> {
-        request.extensions().get::<Caller>().ok_or_else(|| {
-            Status::unauthenticated("missing credentials: send `authorization: Bearer <token>`")
-        })
+    /// [`AuthError::Missing`] when no auth layer put a caller on the request.
+    pub fn of<T>(request: &Request<T>) -> Result<&Caller, AuthError> {
+        request
+            .extensions()
+            .get::<Caller>()
+            .ok_or(AuthError::Missing)
     }
 
     /// Checks an argument-less scope.
     ///
     /// # Errors
-    /// `PERMISSION_DENIED` naming the missing scope.
-    pub fn require(&self, scope: &Scope) -> Result<(), Status> {
+    /// [`AuthError::PermissionDenied`] naming the missing scope.
+    pub fn require(&self, scope: &Scope) -> Result<(), AuthError> {
         if self.scopes.has(scope) {
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
+            Err(AuthError::PermissionDenied(format!(
                 "this token lacks the {scope} scope"
             )))
         }
@@ -47,14 +51,15 @@ impl Caller {
     /// Checks that rates of every symbol in `symbols` may be read.
     ///
     /// # Errors
-    /// `PERMISSION_DENIED` naming the first symbol outside the token's scope.
+    /// [`AuthError::PermissionDenied`] naming the first symbol outside the
+    /// token's scope.
     pub fn require_subscribe<'a>(
         &self,
         symbols: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), Status> {
+    ) -> Result<(), AuthError> {
         for symbol in symbols {
             if !self.scopes.may_subscribe(symbol) {
-                return Err(Status::permission_denied(format!(
+                return Err(AuthError::PermissionDenied(format!(
                     "this token may not read rates of {symbol} (needs rates:subscribe={symbol} or rates:subscribe=*)"
                 )));
             }

@@ -17,7 +17,7 @@ mod revocations;
 mod scope;
 mod service;
 
-pub use anonymous::{PerAddressLimit, anonymous_subject, browser_scopes};
+pub use anonymous::{AnonymousGrant, AnonymousPolicy, browser_scopes};
 pub use authority::{
     API_KEY_ID, AuthConfig, AuthError, CredentialEnd, IssuedToken, REVOCATIONS_TOPIC,
     TokenAuthority, api_key_path, issue_offline, validate_subject,
