@@ -418,7 +418,7 @@ fn subscription(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::momento_local::MomentoLocalConfig;
+    use crate::MomentoLocalConfig;
 
     fn shared() -> Shared {
         Shared::new(

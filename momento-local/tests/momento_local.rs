@@ -14,10 +14,7 @@ use std::{
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
-use fxcast_transport::{
-    Error,
-    momento_local::{AcceptedKeys, MomentoLocalConfig, serve},
-};
+use fxcast_momento_local::{AcceptedKeys, Error, MomentoLocalConfig, serve};
 use momento::{
     AuthClient, CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
     auth::{DisposableTokenScopes, ExpiresIn, GenerateDisposableTokenRequest, PermissionScopes},
