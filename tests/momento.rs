@@ -6,6 +6,7 @@
 
 use std::{net::SocketAddr, process::Stdio, time::Duration};
 
+use fxcast_momento_local::{MomentoLocalConfig, serve as serve_momento_local};
 use fxcast_proto::v1::{
     GapReason, GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, OrderStatus,
     PlaceOrderRequest, PublishRateRequest, Rate, RevokeTokenRequest, Side, StreamRatesRequest,
@@ -13,7 +14,6 @@ use fxcast_proto::v1::{
     rate_service_client::RateServiceClient, stream_rates_response::Event,
     token_service_client::TokenServiceClient,
 };
-use fxcast_transport::momento_local::{MomentoLocalConfig, serve as serve_momento_local};
 use momento::{
     CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
     topics::{Subscription, ValueKind},

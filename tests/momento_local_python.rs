@@ -1,5 +1,5 @@
 //! `fxcast momento-local` as another language's official Momento SDK sees
-//! it: runs transport/tests/python/test_momento_local.py, which starts this
+//! it: runs momento-local/tests/python/test_momento_local.py, which starts this
 //! binary on an ephemeral port and drives it with the Python `momento`
 //! package (installed by scripts/test).
 
@@ -12,7 +12,7 @@ const PYTHON_SDK: &str = "momento==1.29.1";
 fn python_sdk_publishes_subscribes_and_caches_through_momento_local() {
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/transport/tests/python/test_momento_local.py"
+        "/momento-local/tests/python/test_momento_local.py"
     );
     let output = Command::new("python3")
         .arg(script)

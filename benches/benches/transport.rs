@@ -46,10 +46,10 @@ use std::{
 use bytes::Bytes;
 use criterion::{BenchmarkId, Criterion};
 use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, MemoryTransport, Subscription, Transport,
     momento::{MomentoConfig, MomentoTransport},
-    momento_local::{MomentoLocalConfig, serve},
 };
 use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
 

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Args;
-use fxcast_transport::momento_local::{AcceptedKeys, MomentoLocalConfig, serve};
+use fxcast_momento_local::{AcceptedKeys, MomentoLocalConfig, serve};
 use tokio::net::TcpListener;
 
 use super::serve::shutdown_signal;

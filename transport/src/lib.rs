@@ -17,8 +17,9 @@
 //! - [`MirroredTransport`]: one transport as the primary, every message also
 //!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
-//! - [`momento_local`] (feature `momento-local`): a Momento-wire-compatible
-//!   server (`fxcast momento-local`) so the Momento path runs offline.
+//!
+//! The Momento-wire-compatible server the Momento backend is tested against
+//! (`fxcast momento-local`) is its own crate, `fxcast-momento-local`.
 
 #![forbid(unsafe_code)]
 
@@ -42,9 +43,6 @@ pub mod momento;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
-
-#[cfg(feature = "momento-local")]
-pub mod momento_local;
 
 pub use memory::{MemoryConfig, MemoryTransport};
 pub use mirror::MirroredTransport;
@@ -85,10 +83,6 @@ pub enum Error {
     /// A setting is out of range; the message says which.
     #[error("invalid configuration: {0}")]
     InvalidConfig(String),
-    /// The momento-local server failed while serving.
-    #[cfg(feature = "momento-local")]
-    #[error("momento-local server failed")]
-    Server(#[source] tonic::transport::Error),
 }
 
 /// What a subscription yields.

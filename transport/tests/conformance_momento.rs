@@ -2,10 +2,10 @@
 //! momento-local started in-process on an ephemeral port (the same server
 //! `fxcast momento-local` runs), with Momento's own wire protocol between.
 
+use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     conformance::Limits,
     momento::{MomentoConfig, MomentoTransport},
-    momento_local::{MomentoLocalConfig, serve},
 };
 use tokio::net::TcpListener;
 

@@ -16,10 +16,10 @@ use std::{
 };
 
 use bytes::Bytes;
+use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, Error, Gap, GapCause, Subscription, Transport, TransportHealth,
     momento::{MomentoConfig, MomentoTransport, ReconnectPolicy},
-    momento_local::{MomentoLocalConfig, serve},
 };
 use momento::{
     CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
@@ -42,7 +42,7 @@ const CACHE: &str = "fxcast";
 struct Local {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), Error>>,
+    server: JoinHandle<Result<(), fxcast_momento_local::Error>>,
 }
 
 impl Local {

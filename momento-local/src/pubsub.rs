@@ -232,13 +232,13 @@ fn discontinuity(discontinuity: Discontinuity) -> SubscriptionItem {
     }
 }
 
-/// Checks a topic name: non-empty.
-fn validate_topic_name(topic: &str) -> Result<(), Status> {
+/// Checks the topic name (non-empty), then that `caller` may `access` the
+/// topic.
+fn authorize(caller: &Caller, cache: &str, topic: &str, access: TopicAccess) -> Result<(), Status> {
     if topic.is_empty() {
-        Err(Status::invalid_argument("topic name is empty"))
-    } else {
-        Ok(())
+        return Err(Status::invalid_argument("topic name is empty"));
     }
+    caller.require_topic(cache, topic, access)
 }
 
 /// `cache_client.pubsub.Pubsub`.
@@ -250,6 +250,25 @@ pub(super) struct PubsubService {
 impl PubsubService {
     pub(super) fn new(shared: Arc<Shared>) -> Self {
         Self { shared }
+    }
+
+    /// # Errors
+    /// `INVALID_ARGUMENT` without a value, `RESOURCE_EXHAUSTED` for a value
+    /// over the message limit.
+    fn check_size(&self, value: Option<&TopicValue>) -> Result<(), Status> {
+        let size = match value.and_then(|v| v.kind.as_ref()) {
+            Some(topic_value::Kind::Text(text)) => text.len(),
+            Some(topic_value::Kind::Binary(bytes)) => bytes.len(),
+            None => return Err(Status::invalid_argument("value is required")),
+        };
+        let limit = self.shared.limits.max_message_bytes;
+        if size > limit {
+            return Err(limit_exceeded(
+                "request_size_limit_exceeded",
+                format!("topic message of {size} bytes exceeds the {limit}-byte limit"),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -268,20 +287,8 @@ impl Pubsub for PubsubService {
             topic,
             value,
         } = request.into_inner();
-        validate_topic_name(&topic)?;
-        caller.require_topic(&cache_name, &topic, TopicAccess::Publish)?;
-        let size = match value.as_ref().and_then(|v| v.kind.as_ref()) {
-            Some(topic_value::Kind::Text(text)) => text.len(),
-            Some(topic_value::Kind::Binary(bytes)) => bytes.len(),
-            None => return Err(Status::invalid_argument("value is required")),
-        };
-        let limit = self.shared.limits.max_message_bytes;
-        if size > limit {
-            return Err(limit_exceeded(
-                "request_size_limit_exceeded",
-                format!("topic message of {size} bytes exceeds the {limit}-byte limit"),
-            ));
-        }
+        authorize(&caller, &cache_name, &topic, TopicAccess::Publish)?;
+        self.check_size(value.as_ref())?;
         let cache = self.shared.caches.get(&cache_name)?;
         let value = value.unwrap_or_default();
         cache
@@ -304,8 +311,7 @@ impl Pubsub for PubsubService {
             resume_at_topic_sequence_number,
             sequence_page,
         } = request.into_inner();
-        validate_topic_name(&topic)?;
-        caller.require_topic(&cache_name, &topic, TopicAccess::Subscribe)?;
+        authorize(&caller, &cache_name, &topic, TopicAccess::Subscribe)?;
         let cache = self.shared.caches.get(&cache_name)?;
         let topic = cache.topics.get_or_create(&topic, &self.shared);
         let attached = topic.attach(resume_at_topic_sequence_number, sequence_page);
@@ -418,7 +424,7 @@ fn subscription(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::momento_local::MomentoLocalConfig;
+    use crate::MomentoLocalConfig;
 
     fn shared() -> Shared {
         Shared::new(

@@ -1,4 +1,4 @@
-//! `momento-local`: a server that speaks Momento's own gRPC protocol, so the
+//! momento-local: a server that speaks Momento's own gRPC protocol, so the
 //! official Momento SDKs (Rust, Python, Node, and `@gomomento/sdk-web` in a
 //! browser) talk to it unchanged — offline, without an account.
 //!
@@ -23,12 +23,19 @@
 //!
 //! Every other RPC answers `UNIMPLEMENTED` with a message naming it.
 //!
+//! It stands beside `fxcast-transport` rather than inside it: the Momento
+//! backend is tested against it, but nothing here knows about transports.
+//!
 //! # Layout
-//! - this file: [`MomentoLocalConfig`], [`serve`], routing, CORS, the sweeper;
-//! - `auth`: accepted API keys, disposable tokens, permission checks, `Token`;
+//! - this file: [`MomentoLocalConfig`], [`serve`], [`Error`], routing, CORS,
+//!   the sweeper;
+//! - `auth`: [`AcceptedKeys`], disposable tokens, permission checks, the
+//!   `Token` service;
 //! - `pubsub`: topics and the `Pubsub` service;
 //! - `cache`: caches, items and the `Scs` service;
 //! - `control`: the `ScsControl` service.
+
+#![forbid(unsafe_code)]
 
 use std::{
     future::Future,
@@ -47,8 +54,6 @@ use tonic::{
     transport::server::TcpIncoming,
 };
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
-
-use crate::Error;
 
 /// Implements RPCs momento-local does not serve: each answers
 /// `UNIMPLEMENTED` naming itself. The methods are written out in the shape
@@ -71,7 +76,7 @@ macro_rules! unimplemented_rpcs {
             {
                 let rpc = stringify!($request).trim_end_matches("Request");
                 Box::pin(::std::future::ready(Err(
-                    $crate::momento_local::unimplemented_rpc($service, rpc),
+                    $crate::unimplemented_rpc($service, rpc),
                 )))
             }
         )*
@@ -95,6 +100,18 @@ use momento_protos::{
     control_client::scs_control_server::ScsControlServer,
     token::token_server::TokenServer,
 };
+
+/// Errors momento-local reports.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A setting is unusable; the message says which.
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+    /// The server failed while serving.
+    #[error("momento-local server failed")]
+    Server(#[source] tonic::transport::Error),
+}
 
 /// Settings of the momento-local server.
 #[derive(Debug, Clone)]

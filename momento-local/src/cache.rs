@@ -411,15 +411,10 @@ impl Scs for CacheService {
         &self,
         request: Request<GetBatchRequest>,
     ) -> Result<Response<Self::GetBatchStream>, Status> {
-        let keys = request
-            .get_ref()
-            .items
-            .iter()
-            .map(|i| i.cache_key.as_slice());
+        let items = &request.get_ref().items;
+        let keys = items.iter().map(|i| i.cache_key.as_slice());
         let cache = self.target(&request, keys, ItemAccess::Read)?;
-        let responses = request
-            .get_ref()
-            .items
+        let responses = items
             .iter()
             .map(|item| Self::get_one(&cache, &item.cache_key))
             .collect();
@@ -427,18 +422,10 @@ impl Scs for CacheService {
     }
 
     async fn set(&self, request: Request<SetRequest>) -> Result<Response<SetResponse>, Status> {
-        let cache = self.target(
-            &request,
-            [request.get_ref().cache_key.as_slice()],
-            ItemAccess::Write,
-        )?;
-        let SetRequest {
-            cache_key,
-            cache_body,
-            ttl_milliseconds,
-        } = request.into_inner();
-        self.check_size(&cache_body)?;
-        cache.set(cache_key, cache_body, expiry(ttl_milliseconds)?);
+        let cache = self.target(&request, [&*request.get_ref().cache_key], ItemAccess::Write)?;
+        let set = request.into_inner();
+        self.check_size(&set.cache_body)?;
+        cache.set(set.cache_key, set.cache_body, expiry(set.ttl_milliseconds)?);
         Ok(Response::new(set_ok()))
     }
 
@@ -501,17 +488,10 @@ impl Scs for CacheService {
         &self,
         request: Request<IncrementRequest>,
     ) -> Result<Response<IncrementResponse>, Status> {
-        let cache = self.target(
-            &request,
-            [request.get_ref().cache_key.as_slice()],
-            ItemAccess::ReadWrite,
-        )?;
-        let IncrementRequest {
-            cache_key,
-            amount,
-            ttl_milliseconds,
-        } = request.into_inner();
-        let value = cache.increment(cache_key, amount, expiry(ttl_milliseconds)?)?;
+        let key = &*request.get_ref().cache_key;
+        let cache = self.target(&request, [key], ItemAccess::ReadWrite)?;
+        let add = request.into_inner();
+        let value = cache.increment(add.cache_key, add.amount, expiry(add.ttl_milliseconds)?)?;
         Ok(Response::new(IncrementResponse { value }))
     }
 

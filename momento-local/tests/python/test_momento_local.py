@@ -9,7 +9,7 @@ returns. Exits non-zero on the first failure; stops the server with SIGTERM and
 checks that it exits cleanly.
 
 The test command (scripts/test) installs the pinned SDK; the Rust test
-`tests/momento_local_python.rs` runs this script during `cargo test`.
+`tests/momento_local_python.rs` (root package) runs this script during `cargo test`.
 """
 
 from __future__ import annotations

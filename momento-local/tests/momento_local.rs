@@ -9,27 +9,30 @@
 use std::{
     collections::HashMap,
     net::SocketAddr,
+    ops::RangeInclusive,
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 use futures_util::StreamExt;
-use fxcast_transport::{
-    Error,
-    momento_local::{AcceptedKeys, MomentoLocalConfig, serve},
-};
+use fxcast_momento_local::{AcceptedKeys, Error, MomentoLocalConfig, serve};
 use momento::{
-    AuthClient, CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
+    AuthClient, CacheClient, CredentialProvider, MomentoError, MomentoErrorCode,
+    MomentoErrorCode::{
+        AuthenticationError, BadRequestError, CacheNotFoundError, FailedPreconditionError,
+        InvalidArgumentError, LimitExceededError, PermissionError,
+    },
+    TopicClient,
     auth::{DisposableTokenScopes, ExpiresIn, GenerateDisposableTokenRequest, PermissionScopes},
     cache::{
         CreateCacheResponse, DecreaseTtlResponse, GetResponse, IncreaseTtlResponse,
         ItemGetTtlResponse, SetRequest,
     },
-    topics::{SubscribeRequest, Subscription, SubscriptionValue, ValueKind},
+    topics::{IntoTopicValue, SubscribeRequest, Subscription, SubscriptionValue, ValueKind},
 };
 use momento_protos::{
     cache_client::pubsub::{
-        PublishRequest, SubscriptionItem, SubscriptionRequest, TopicValue,
+        PublishRequest, SubscriptionItem, SubscriptionRequest, TopicItem, TopicValue,
         pubsub_client::PubsubClient, subscription_item::Kind, topic_value,
     },
     control_client::{CreateSigningKeyRequest, scs_control_client::ScsControlClient},
@@ -73,6 +76,13 @@ async fn start(mut config: MomentoLocalConfig) -> Local {
         stop: Some(stop),
         server,
     }
+}
+
+/// Starts momento-local with the default settings but what `change` sets.
+async fn start_with(change: impl FnOnce(&mut MomentoLocalConfig)) -> Local {
+    let mut config = MomentoLocalConfig::default();
+    change(&mut config);
+    start(config).await
 }
 
 async fn start_default() -> Local {
@@ -194,6 +204,72 @@ async fn next_non_heartbeat(stream: &mut Streaming<SubscriptionItem>) -> Kind {
     }
 }
 
+/// The item `kind` must be.
+fn expect_item(kind: Kind) -> TopicItem {
+    match kind {
+        Kind::Item(item) => item,
+        other => panic!("expected an item, got {other:?}"),
+    }
+}
+
+/// `item` must be the text `text` numbered `sequence`.
+fn assert_text_item(item: TopicItem, sequence: u64, text: &str) {
+    assert_eq!(item.topic_sequence_number, sequence);
+    assert_eq!(item.value.and_then(|v| v.kind), Some(text_value(text)));
+}
+
+/// The next item of a raw subscription, which must be a heartbeat.
+async fn expect_heartbeat(stream: &mut Streaming<SubscriptionItem>) {
+    let kind = next_raw(stream).await;
+    assert!(
+        matches!(kind, Kind::Heartbeat(_)),
+        "expected a heartbeat, got {kind:?}"
+    );
+}
+
+/// The TTL `key` in [`CACHE`] has left; it must exist.
+async fn remaining_ttl(cache: &CacheClient, key: &str) -> Duration {
+    let response = cache.item_get_ttl(CACHE, key).await.unwrap();
+    response.try_into().unwrap()
+}
+
+/// The status a raw subscription ends with; it must end with one.
+async fn end_status(stream: &mut Streaming<SubscriptionItem>) -> Status {
+    loop {
+        match tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .unwrap()
+        {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("ended without saying why"),
+            Err(status) => return status,
+        }
+    }
+}
+
+/// A subscription to `topic` in [`CACHE`] from `resume_at` on `page` (0, 0:
+/// live only).
+fn subscription_request(topic: &str, resume_at: u64, page: u64) -> SubscriptionRequest {
+    SubscriptionRequest {
+        cache_name: CACHE.into(),
+        topic: topic.into(),
+        resume_at_topic_sequence_number: resume_at,
+        sequence_page: page,
+    }
+}
+
+fn publish_request(cache: &str, topic: &str, value: topic_value::Kind) -> PublishRequest {
+    PublishRequest {
+        cache_name: cache.into(),
+        topic: topic.into(),
+        value: Some(TopicValue { kind: Some(value) }),
+    }
+}
+
+fn text_value(text: &str) -> topic_value::Kind {
+    topic_value::Kind::Text(text.into())
+}
+
 async fn raw_subscribe(
     client: &mut PubsubClient<Channel>,
     topic: &str,
@@ -201,12 +277,7 @@ async fn raw_subscribe(
     page: u64,
 ) -> Streaming<SubscriptionItem> {
     client
-        .subscribe(SubscriptionRequest {
-            cache_name: CACHE.into(),
-            topic: topic.into(),
-            resume_at_topic_sequence_number: resume_at,
-            sequence_page: page,
-        })
+        .subscribe(subscription_request(topic, resume_at, page))
         .await
         .unwrap()
         .into_inner()
@@ -214,22 +285,56 @@ async fn raw_subscribe(
 
 async fn raw_publish(client: &mut PubsubClient<Channel>, topic: &str, value: topic_value::Kind) {
     client
-        .publish(PublishRequest {
-            cache_name: CACHE.into(),
-            topic: topic.into(),
-            value: Some(TopicValue { kind: Some(value) }),
-        })
+        .publish(publish_request(CACHE, topic, value))
         .await
         .unwrap();
 }
 
-fn error_code<T>(result: Result<T, MomentoError>) -> (MomentoErrorCode, String) {
+/// Publishes `value` to `topic` in [`CACHE`] through the SDK.
+async fn publish(topics: &TopicClient, topic: &str, value: impl IntoTopicValue + Send) {
+    topics.publish(CACHE, topic, value).await.unwrap();
+}
+
+/// Subscribes to `topic` in [`CACHE`] through the SDK, resuming at `at`
+/// on `page`.
+async fn resume(topics: &TopicClient, topic: &str, at: u64, page: Option<u64>) -> Subscription {
+    let request = SubscribeRequest::new(CACHE, topic, Some(at), page);
+    topics.send_request(request).await.unwrap()
+}
+
+/// Publishes `m{n}` for every `n` in `numbers`.
+async fn publish_numbered(topics: &TopicClient, topic: &str, numbers: RangeInclusive<u64>) {
+    for n in numbers {
+        publish(topics, topic, format!("m{n}")).await;
+    }
+}
+
+/// Receives `m{n}` numbered `n` for every `n` in `numbers`.
+async fn expect_numbered(subscription: &mut Subscription, numbers: RangeInclusive<u64>) {
+    for n in numbers {
+        let value = next_value(subscription).await;
+        assert_eq!(value.topic_sequence_number, n);
+        assert_eq!(text(&value), format!("m{n}"));
+    }
+}
+
+/// The server's own message in `result`, which must be an error with
+/// `code`.
+fn expect_error<T>(result: Result<T, MomentoError>, code: MomentoErrorCode) -> String {
     let Err(error) = result else {
         panic!("expected an error");
     };
+    assert_eq!(error.error_code, code, "{error:?}");
     // The server's own message, under the SDK's generic one.
-    let server_message = error.details().map(|d| d.message).unwrap_or_default();
-    (error.error_code, server_message)
+    error.details().map(|d| d.message).unwrap_or_default()
+}
+
+/// The `api_key` inside a disposable token as the SDK returns it
+/// (base64 of `{"endpoint", "api_key"}`).
+fn api_key_in(token: &str) -> String {
+    let json = STANDARD.decode(token).unwrap();
+    let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
+    value["api_key"].as_str().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -238,29 +343,14 @@ async fn publish_and_subscribe_in_order_with_text_and_binary() {
     let topics = local.topics(local.credentials("dev"));
     // Published before anyone subscribed: a subscription without a resume
     // point starts with the next message.
-    topics
-        .publish(CACHE, "rates.USD_JPY", "before")
-        .await
-        .unwrap();
+    publish(&topics, "rates.USD_JPY", "before").await;
     let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
 
-    topics
-        .publish(CACHE, "rates.USD_JPY", "first")
-        .await
-        .unwrap();
-    topics
-        .publish(CACHE, "rates.USD_JPY", vec![0u8, 255, 7])
-        .await
-        .unwrap();
-    topics
-        .publish(CACHE, "rates.USD_JPY", "third")
-        .await
-        .unwrap();
+    publish(&topics, "rates.USD_JPY", "first").await;
+    publish(&topics, "rates.USD_JPY", vec![0u8, 255, 7]).await;
+    publish(&topics, "rates.USD_JPY", "third").await;
     // Another topic has its own numbering.
-    topics
-        .publish(CACHE, "rates.EUR_USD", "other")
-        .await
-        .unwrap();
+    publish(&topics, "rates.EUR_USD", "other").await;
 
     let first = next_value(&mut subscription).await;
     assert_eq!((text(&first), first.topic_sequence_number), ("first", 2));
@@ -273,10 +363,7 @@ async fn publish_and_subscribe_in_order_with_text_and_binary() {
     assert_eq!((text(&third), third.topic_sequence_number), ("third", 4));
     assert_eq!(third.topic_sequence_page, first.topic_sequence_page);
 
-    let mut other = topics
-        .send_request(SubscribeRequest::new(CACHE, "rates.EUR_USD", Some(1), None))
-        .await
-        .unwrap();
+    let mut other = resume(&topics, "rates.EUR_USD", 1, None).await;
     let value = next_value(&mut other).await;
     assert_eq!((text(&value), value.topic_sequence_number), ("other", 1));
     assert_ne!(value.topic_sequence_page, first.topic_sequence_page);
@@ -291,18 +378,9 @@ async fn every_subscriber_gets_every_message() {
     for _ in 0..8 {
         subscriptions.push(topics.subscribe(CACHE, "fanout").await.unwrap());
     }
-    for n in 1..=50 {
-        topics
-            .publish(CACHE, "fanout", format!("m{n}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&topics, "fanout", 1..=50).await;
     for subscription in &mut subscriptions {
-        for n in 1..=50u64 {
-            let value = next_value(subscription).await;
-            assert_eq!(value.topic_sequence_number, n);
-            assert_eq!(text(&value), format!("m{n}"));
-        }
+        expect_numbered(subscription, 1..=50).await;
     }
     local.shutdown().await;
 }
@@ -312,12 +390,7 @@ async fn resume_after_a_reconnect_replays_from_the_sequence_number() {
     let local = start_default().await;
     let topics = local.topics(local.credentials("dev"));
     let mut subscription = topics.subscribe(CACHE, "resume").await.unwrap();
-    for n in 1..=5 {
-        topics
-            .publish(CACHE, "resume", format!("m{n}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&topics, "resume", 1..=5).await;
     let mut last = None;
     for _ in 1..=5 {
         last = Some(next_value(&mut subscription).await);
@@ -326,43 +399,19 @@ async fn resume_after_a_reconnect_replays_from_the_sequence_number() {
     drop(subscription);
 
     // Published while disconnected.
-    for n in 6..=8 {
-        topics
-            .publish(CACHE, "resume", format!("m{n}"))
-            .await
-            .unwrap();
-    }
+    publish_numbered(&topics, "resume", 6..=8).await;
     // Resuming at a sequence number replays from it, inclusive, as Momento
     // does (the SDK resumes at the last number it saw).
-    let mut resumed = topics
-        .send_request(SubscribeRequest::new(
-            CACHE,
-            "resume",
-            Some(last.topic_sequence_number),
-            Some(last.topic_sequence_page),
-        ))
-        .await
-        .unwrap();
-    for n in 5..=8u64 {
-        let value = next_value(&mut resumed).await;
-        assert_eq!(value.topic_sequence_number, n);
-        assert_eq!(text(&value), format!("m{n}"));
-    }
-    topics.publish(CACHE, "resume", "m9").await.unwrap();
+    let (at, page) = (last.topic_sequence_number, last.topic_sequence_page);
+    let mut resumed = resume(&topics, "resume", at, Some(page)).await;
+    expect_numbered(&mut resumed, 5..=8).await;
+    publish(&topics, "resume", "m9").await;
     let live = next_value(&mut resumed).await;
     assert_eq!((text(&live), live.topic_sequence_number), ("m9", 9));
 
     // A page this topic never had: its numbers no longer apply, so all
     // that is held is replayed from the start of the current page.
-    let mut stale = topics
-        .send_request(SubscribeRequest::new(
-            CACHE,
-            "resume",
-            Some(300),
-            Some(last.topic_sequence_page + 12345),
-        ))
-        .await
-        .unwrap();
+    let mut stale = resume(&topics, "resume", 300, Some(page + 12345)).await;
     for n in 1..=9u64 {
         assert_eq!(next_value(&mut stale).await.topic_sequence_number, n);
     }
@@ -371,33 +420,20 @@ async fn resume_after_a_reconnect_replays_from_the_sequence_number() {
 
 #[tokio::test]
 async fn resume_beyond_the_history_announces_a_discontinuity() {
-    let local = start(MomentoLocalConfig {
-        topic_history: 4,
-        ..MomentoLocalConfig::default()
-    })
-    .await;
+    let local = start_with(|config| config.topic_history = 4).await;
     let mut client = local.raw_pubsub().await;
     for n in 1..=10 {
-        raw_publish(
-            &mut client,
-            "short",
-            topic_value::Kind::Text(format!("m{n}")),
-        )
-        .await;
+        raw_publish(&mut client, "short", text_value(&format!("m{n}"))).await;
     }
     // The first message names the page.
     let mut probe = raw_subscribe(&mut client, "short", 10, 0).await;
-    let Kind::Item(item) = next_non_heartbeat(&mut probe).await else {
-        panic!("expected the held item 10");
-    };
+    let item = expect_item(next_non_heartbeat(&mut probe).await);
     assert_eq!(item.topic_sequence_number, 10);
     let page = item.sequence_page;
 
     let mut stream = raw_subscribe(&mut client, "short", 2, page).await;
-    assert!(
-        matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)),
-        "a subscription starts with a heartbeat"
-    );
+    // A subscription starts with a heartbeat.
+    expect_heartbeat(&mut stream).await;
     match next_raw(&mut stream).await {
         Kind::Discontinuity(d) => {
             assert_eq!(
@@ -412,10 +448,10 @@ async fn resume_beyond_the_history_announces_a_discontinuity() {
         other => panic!("expected a discontinuity, got {other:?}"),
     }
     for n in 7..=10 {
-        match next_raw(&mut stream).await {
-            Kind::Item(item) => assert_eq!(item.topic_sequence_number, n),
-            other => panic!("expected item {n}, got {other:?}"),
-        }
+        assert_eq!(
+            expect_item(next_raw(&mut stream).await).topic_sequence_number,
+            n
+        );
     }
     local.shutdown().await;
 }
@@ -432,11 +468,7 @@ async fn flood(local: &Local, topic: &str, count: u64) {
 
 #[tokio::test]
 async fn a_lagging_subscriber_gets_a_discontinuity_then_newer_messages() {
-    let local = start(MomentoLocalConfig {
-        subscriber_buffer: 16,
-        ..MomentoLocalConfig::default()
-    })
-    .await;
+    let local = start_with(|config| config.subscriber_buffer = 16).await;
     // Small HTTP/2 windows: the stalled reader stops the server quickly.
     let channel = tonic::transport::Endpoint::from_shared(local.url())
         .unwrap()
@@ -447,7 +479,7 @@ async fn a_lagging_subscriber_gets_a_discontinuity_then_newer_messages() {
         .unwrap();
     let mut slow = PubsubClient::new(channel);
     let mut stream = raw_subscribe(&mut slow, "flood", 0, 0).await;
-    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    expect_heartbeat(&mut stream).await;
 
     let total = 3000;
     flood(&local, "flood", total).await;
@@ -490,11 +522,7 @@ async fn a_lagging_subscriber_gets_a_discontinuity_then_newer_messages() {
 
 #[tokio::test]
 async fn the_sdk_skips_ahead_when_its_subscription_lags() {
-    let local = start(MomentoLocalConfig {
-        subscriber_buffer: 16,
-        ..MomentoLocalConfig::default()
-    })
-    .await;
+    let local = start_with(|config| config.subscriber_buffer = 16).await;
     let topics = local.topics(local.credentials("dev"));
     let mut subscription = topics.subscribe(CACHE, "flood").await.unwrap();
     // Larger than the SDK's HTTP/2 windows (2 MiB per stream).
@@ -518,26 +546,15 @@ async fn the_sdk_skips_ahead_when_its_subscription_lags() {
 
 #[tokio::test]
 async fn idle_subscriptions_get_heartbeats() {
-    let local = start(MomentoLocalConfig {
-        heartbeat_interval: Duration::from_millis(50),
-        ..MomentoLocalConfig::default()
-    })
-    .await;
+    let local = start_with(|config| config.heartbeat_interval = Duration::from_millis(50)).await;
     let mut client = local.raw_pubsub().await;
     let mut stream = raw_subscribe(&mut client, "quiet", 0, 0).await;
     for _ in 0..3 {
-        assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+        expect_heartbeat(&mut stream).await;
     }
-    raw_publish(
-        &mut client,
-        "quiet",
-        topic_value::Kind::Text("hello".into()),
-    )
-    .await;
-    match next_non_heartbeat(&mut stream).await {
-        Kind::Item(item) => assert_eq!(item.topic_sequence_number, 1),
-        other => panic!("expected the item, got {other:?}"),
-    }
+    raw_publish(&mut client, "quiet", text_value("hello")).await;
+    let item = expect_item(next_non_heartbeat(&mut stream).await);
+    assert_eq!(item.topic_sequence_number, 1);
     local.shutdown().await;
 }
 
@@ -558,8 +575,7 @@ async fn messages_over_the_payload_limit_are_refused() {
         error.message,
         "Request size limit exceeded for this account"
     );
-    let (code, details) = error_code(Err::<(), _>(error));
-    assert_eq!(code, MomentoErrorCode::LimitExceededError);
+    let details = expect_error(Err::<(), _>(error), LimitExceededError);
     assert!(
         details.contains("4097 bytes exceeds the 4096-byte limit"),
         "{details}"
@@ -573,13 +589,10 @@ async fn unknown_caches_are_not_found() {
     let credentials = local.credentials("dev");
     let topics = local.topics(credentials.clone());
     let cache = local.cache(credentials);
-    let (code, details) = error_code(topics.publish("nope", "t", "x").await);
-    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    let details = expect_error(topics.publish("nope", "t", "x").await, CacheNotFoundError);
     assert!(details.contains("\"nope\""), "{details}");
-    let (code, _) = error_code(topics.subscribe("nope", "t").await);
-    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
-    let (code, details) = error_code(cache.get("nope", "k").await);
-    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    expect_error(topics.subscribe("nope", "t").await, CacheNotFoundError);
+    let details = expect_error(cache.get("nope", "k").await, CacheNotFoundError);
     assert!(details.contains("\"nope\""), "{details}");
     local.shutdown().await;
 }
@@ -589,22 +602,13 @@ async fn deleting_a_cache_ends_its_subscriptions() {
     let local = start_default().await;
     let mut client = local.raw_pubsub().await;
     let mut stream = raw_subscribe(&mut client, "doomed", 0, 0).await;
-    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    expect_heartbeat(&mut stream).await;
     local
         .cache(local.credentials("dev"))
         .delete_cache(CACHE)
         .await
         .unwrap();
-    let status = loop {
-        match tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .unwrap()
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("ended without saying why"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut stream).await;
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains(CACHE), "{status:?}");
     local.shutdown().await;
@@ -620,51 +624,20 @@ async fn cache_items_set_get_delete_and_expire() {
     assert_eq!(got, "v");
     assert_eq!(cache.get(CACHE, "absent").await.unwrap(), GetResponse::Miss);
 
-    let remaining: Duration = cache
-        .item_get_ttl(CACHE, "k")
-        .await
-        .unwrap()
-        .try_into()
-        .unwrap();
+    let secs = Duration::from_secs;
+    let remaining = remaining_ttl(&cache, "k").await;
     assert!(
-        remaining <= Duration::from_secs(60) && remaining > Duration::from_secs(50),
+        remaining <= secs(60) && remaining > secs(50),
         "{remaining:?}"
     );
-    assert_eq!(
-        cache
-            .increase_ttl(CACHE, "k", Duration::from_secs(30))
-            .await
-            .unwrap(),
-        IncreaseTtlResponse::NotSet
-    );
-    assert_eq!(
-        cache
-            .increase_ttl(CACHE, "k", Duration::from_secs(600))
-            .await
-            .unwrap(),
-        IncreaseTtlResponse::Set
-    );
-    assert_eq!(
-        cache
-            .decrease_ttl(CACHE, "k", Duration::from_secs(900))
-            .await
-            .unwrap(),
-        DecreaseTtlResponse::NotSet
-    );
-    assert_eq!(
-        cache
-            .decrease_ttl(CACHE, "k", Duration::from_secs(20))
-            .await
-            .unwrap(),
-        DecreaseTtlResponse::Set
-    );
-    let remaining: Duration = cache
-        .item_get_ttl(CACHE, "k")
-        .await
-        .unwrap()
-        .try_into()
-        .unwrap();
-    assert!(remaining <= Duration::from_secs(20), "{remaining:?}");
+    let increase = |ttl| cache.increase_ttl(CACHE, "k", secs(ttl));
+    assert_eq!(increase(30).await.unwrap(), IncreaseTtlResponse::NotSet);
+    assert_eq!(increase(600).await.unwrap(), IncreaseTtlResponse::Set);
+    let decrease = |ttl| cache.decrease_ttl(CACHE, "k", secs(ttl));
+    assert_eq!(decrease(900).await.unwrap(), DecreaseTtlResponse::NotSet);
+    assert_eq!(decrease(20).await.unwrap(), DecreaseTtlResponse::Set);
+    let remaining = remaining_ttl(&cache, "k").await;
+    assert!(remaining <= secs(20), "{remaining:?}");
     assert_eq!(
         cache.item_get_ttl(CACHE, "absent").await.unwrap(),
         ItemGetTtlResponse::Miss
@@ -717,21 +690,21 @@ async fn increment_counts_and_refuses_non_integers() {
     let stored: String = cache.get(CACHE, "n").await.unwrap().try_into().unwrap();
     assert_eq!(stored, "3");
     cache.set(CACHE, "word", "abc").await.unwrap();
-    let (code, _) = error_code(cache.increment(CACHE, "word", 1).await);
-    assert_eq!(code, MomentoErrorCode::FailedPreconditionError);
+    expect_error(
+        cache.increment(CACHE, "word", 1).await,
+        FailedPreconditionError,
+    );
     cache.set(CACHE, "max", i64::MAX.to_string()).await.unwrap();
-    let (code, _) = error_code(cache.increment(CACHE, "max", 1).await);
-    assert_eq!(code, MomentoErrorCode::FailedPreconditionError);
+    expect_error(
+        cache.increment(CACHE, "max", 1).await,
+        FailedPreconditionError,
+    );
     local.shutdown().await;
 }
 
 #[tokio::test]
 async fn items_over_the_size_limit_are_refused() {
-    let local = start(MomentoLocalConfig {
-        max_item_bytes: 1000,
-        ..MomentoLocalConfig::default()
-    })
-    .await;
+    let local = start_with(|config| config.max_item_bytes = 1000).await;
     let cache = local.cache(local.credentials("dev"));
     cache.set(CACHE, "ok", vec![0u8; 1000]).await.unwrap();
     let error = cache
@@ -739,8 +712,7 @@ async fn items_over_the_size_limit_are_refused() {
         .await
         .expect_err("over the item limit");
     assert_eq!(error.message, "Item size limit exceeded for this account");
-    let (code, details) = error_code(Err::<(), _>(error));
-    assert_eq!(code, MomentoErrorCode::LimitExceededError);
+    let details = expect_error(Err::<(), _>(error), LimitExceededError);
     assert!(details.contains("1001 bytes"), "{details}");
     local.shutdown().await;
 }
@@ -768,10 +740,8 @@ async fn caches_are_created_listed_flushed_and_deleted() {
     assert_eq!(cache.get("orders", "k").await.unwrap(), GetResponse::Miss);
 
     cache.delete_cache("orders").await.unwrap();
-    let (code, _) = error_code(cache.delete_cache("orders").await);
-    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
-    let (code, _) = error_code(cache.get("orders", "k").await);
-    assert_eq!(code, MomentoErrorCode::CacheNotFoundError);
+    expect_error(cache.delete_cache("orders").await, CacheNotFoundError);
+    expect_error(cache.get("orders", "k").await, CacheNotFoundError);
     let names: Vec<_> = cache
         .list_caches()
         .await
@@ -781,13 +751,24 @@ async fn caches_are_created_listed_flushed_and_deleted() {
         .map(|c| c.name)
         .collect();
     assert_eq!(names, vec![CACHE.to_owned()]);
-    let (code, _) = error_code(cache.create_cache("").await);
-    assert_eq!(code, MomentoErrorCode::InvalidArgumentError);
+    expect_error(cache.create_cache("").await, InvalidArgumentError);
     local.shutdown().await;
 }
 
-/// Mints a disposable token with `scope` through the SDK.
+/// Mints a disposable token with `scope` for five minutes through the SDK.
 async fn mint(
+    local: &Local,
+    scope: impl Into<momento::auth::DisposableTokenScope>,
+    token_id: Option<&str>,
+) -> String {
+    mint_expiring(local, scope, ExpiresIn::minutes(5), token_id)
+        .await
+        .0
+}
+
+/// Mints a disposable token with `scope` through the SDK; returns it and
+/// when it expires, in seconds since the epoch.
+async fn mint_expiring(
     local: &Local,
     scope: impl Into<momento::auth::DisposableTokenScope>,
     expires: ExpiresIn,
@@ -807,28 +788,25 @@ async fn mint(
 #[tokio::test]
 async fn a_subscribe_only_token_can_subscribe_but_not_publish_or_read_the_cache() {
     let local = start_default().await;
-    let (token, _) = mint(
-        &local,
-        PermissionScopes::topic_subscribe_only(CACHE, "rates.USD_JPY"),
-        ExpiresIn::minutes(5),
-        Some("browser-1"),
-    )
-    .await;
+    let scope = PermissionScopes::topic_subscribe_only(CACHE, "rates.USD_JPY");
+    let token = mint(&local, scope, Some("browser-1")).await;
     let limited = local.credentials_from_token(&token);
     let topics = local.topics(limited.clone());
     let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
 
-    let (code, details) = error_code(topics.publish(CACHE, "rates.USD_JPY", "x").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
+    let details = expect_error(
+        topics.publish(CACHE, "rates.USD_JPY", "x").await,
+        PermissionError,
+    );
     assert!(details.contains("publish to topic"), "{details}");
-    let (code, _) = error_code(topics.subscribe(CACHE, "rates.EUR_USD").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
+    expect_error(
+        topics.subscribe(CACHE, "rates.EUR_USD").await,
+        PermissionError,
+    );
     let cache = local.cache(limited.clone());
-    let (code, _) = error_code(cache.get(CACHE, "k").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
-    let (code, _) = error_code(cache.create_cache("mine").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
-    let (code, _) = error_code(
+    expect_error(cache.get(CACHE, "k").await, PermissionError);
+    expect_error(cache.create_cache("mine").await, PermissionError);
+    expect_error(
         local
             .auth(limited)
             .generate_disposable_token(
@@ -836,17 +814,12 @@ async fn a_subscribe_only_token_can_subscribe_but_not_publish_or_read_the_cache(
                 ExpiresIn::minutes(1),
             )
             .await,
+        PermissionError,
     );
-    assert_eq!(code, MomentoErrorCode::PermissionError);
 
     // A publishing token's id is the publisher id subscribers see.
-    let (publisher, _) = mint(
-        &local,
-        PermissionScopes::topic_publish_only(CACHE, "rates.USD_JPY"),
-        ExpiresIn::minutes(5),
-        Some("feed-7"),
-    )
-    .await;
+    let scope = PermissionScopes::topic_publish_only(CACHE, "rates.USD_JPY");
+    let publisher = mint(&local, scope, Some("feed-7")).await;
     local
         .topics(local.credentials_from_token(&publisher))
         .publish(CACHE, "rates.USD_JPY", "151.234")
@@ -864,13 +837,8 @@ async fn a_key_scoped_token_reaches_only_its_key() {
     let cache = local.cache(local.credentials("dev"));
     cache.set(CACHE, "user:1", "alice").await.unwrap();
     cache.set(CACHE, "user:2", "bob").await.unwrap();
-    let (token, _) = mint(
-        &local,
-        DisposableTokenScopes::cache_key_read_only(CACHE, "user:1"),
-        ExpiresIn::minutes(5),
-        None,
-    )
-    .await;
+    let scope = DisposableTokenScopes::cache_key_read_only(CACHE, "user:1");
+    let token = mint(&local, scope, None).await;
     let scoped = local.cache(local.credentials_from_token(&token));
     let got: String = scoped
         .get(CACHE, "user:1")
@@ -879,18 +847,14 @@ async fn a_key_scoped_token_reaches_only_its_key() {
         .try_into()
         .unwrap();
     assert_eq!(got, "alice");
-    let (code, _) = error_code(scoped.get(CACHE, "user:2").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
-    let (code, _) = error_code(scoped.set(CACHE, "user:1", "mallory").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
+    expect_error(scoped.get(CACHE, "user:2").await, PermissionError);
+    expect_error(
+        scoped.set(CACHE, "user:1", "mallory").await,
+        PermissionError,
+    );
 
-    let (token, _) = mint(
-        &local,
-        DisposableTokenScopes::cache_key_prefix_read_write(CACHE, "user:"),
-        ExpiresIn::minutes(5),
-        None,
-    )
-    .await;
+    let scope = DisposableTokenScopes::cache_key_prefix_read_write(CACHE, "user:");
+    let token = mint(&local, scope, None).await;
     let prefixed = local.cache(local.credentials_from_token(&token));
     prefixed.set(CACHE, "user:3", "carol").await.unwrap();
     assert_eq!(
@@ -901,52 +865,30 @@ async fn a_key_scoped_token_reaches_only_its_key() {
             .value(),
         1
     );
-    let (code, _) = error_code(prefixed.set(CACHE, "admin", "x").await);
-    assert_eq!(code, MomentoErrorCode::PermissionError);
+    expect_error(prefixed.set(CACHE, "admin", "x").await, PermissionError);
     local.shutdown().await;
 }
 
 #[tokio::test]
 async fn an_expired_token_is_refused_and_ends_its_subscription() {
     let local = start_default().await;
-    let (token, expires_at) = mint(
+    let (token, expires_at) = mint_expiring(
         &local,
         PermissionScopes::topic_publish_subscribe(CACHE, "ticks"),
         ExpiresIn::seconds(1),
         None,
     )
     .await;
-    let api_key = {
-        let json = STANDARD.decode(&token).unwrap();
-        let value: serde_json::Value = serde_json::from_slice(&json).unwrap();
-        value["api_key"].as_str().unwrap().to_owned()
-    };
+    let api_key = api_key_in(&token);
     let mut client = local.raw_pubsub().await;
     let mut stream = client
-        .subscribe(with_key(
-            SubscriptionRequest {
-                cache_name: CACHE.into(),
-                topic: "ticks".into(),
-                resume_at_topic_sequence_number: 0,
-                sequence_page: 0,
-            },
-            &api_key,
-        ))
+        .subscribe(with_key(subscription_request("ticks", 0, 0), &api_key))
         .await
         .expect("a fresh token may subscribe")
         .into_inner();
-    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    expect_heartbeat(&mut stream).await;
 
-    let status = loop {
-        match tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .unwrap()
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("ended without saying why"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut stream).await;
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     assert!(
         SystemTime::now()
@@ -964,35 +906,28 @@ async fn an_expired_token_is_refused_and_ends_its_subscription() {
         tokio::time::sleep(left).await;
     }
     let topics = local.topics(local.credentials_from_token(&token));
-    let (code, details) = error_code(topics.publish(CACHE, "ticks", "late").await);
-    assert_eq!(code, MomentoErrorCode::AuthenticationError);
+    let details = expect_error(
+        topics.publish(CACHE, "ticks", "late").await,
+        AuthenticationError,
+    );
     assert!(details.contains("expired"), "{details}");
     local.shutdown().await;
 }
 
 #[tokio::test]
 async fn configured_keys_are_the_only_keys_accepted() {
-    let local = start(MomentoLocalConfig {
-        accepted_keys: AcceptedKeys::Only(vec!["s3cret-key".into()]),
-        ..MomentoLocalConfig::default()
-    })
-    .await;
-    let (code, _) = error_code(
+    let keys = AcceptedKeys::Only(vec!["s3cret-key".into()]);
+    let local = start_with(|config| config.accepted_keys = keys).await;
+    expect_error(
         local
             .cache(local.credentials("guess"))
             .get(CACHE, "k")
             .await,
+        AuthenticationError,
     );
-    assert_eq!(code, MomentoErrorCode::AuthenticationError);
     let mut client = local.raw_pubsub().await;
     let status = client
-        .publish(PublishRequest {
-            cache_name: CACHE.into(),
-            topic: "t".into(),
-            value: Some(TopicValue {
-                kind: Some(topic_value::Kind::Text("x".into())),
-            }),
-        })
+        .publish(publish_request(CACHE, "t", text_value("x")))
         .await
         .expect_err("no key at all");
     assert_eq!(status.code(), Code::Unauthenticated);
@@ -1010,29 +945,26 @@ async fn configured_keys_are_the_only_keys_accepted() {
     minted.set(CACHE, "k", "v").await.unwrap();
 
     // A token altered in transit fails its signature.
-    let json = String::from_utf8(STANDARD.decode(&token).unwrap()).unwrap();
-    let value: serde_json::Value = serde_json::from_str(&json).unwrap();
-    let api_key = value["api_key"].as_str().unwrap();
-    let mut tampered = api_key.to_owned();
+    let mut tampered = api_key_in(&token);
     let last = tampered.pop().unwrap();
     tampered.push(if last == 'A' { 'B' } else { 'A' });
-    let (code, _) = error_code(
+    expect_error(
         local
             .cache(local.credentials(&tampered))
             .get(CACHE, "k")
             .await,
+        AuthenticationError,
     );
-    assert_eq!(code, MomentoErrorCode::AuthenticationError);
 
     // Tokens do not outlive the server that minted them.
     let other = start_default().await;
-    let (code, details) = error_code(
+    let details = expect_error(
         other
             .cache(other.credentials_from_token(&token))
             .get(CACHE, "k")
             .await,
+        AuthenticationError,
     );
-    assert_eq!(code, MomentoErrorCode::AuthenticationError);
     assert!(details.contains("another momento-local run"), "{details}");
     other.shutdown().await;
     local.shutdown().await;
@@ -1096,18 +1028,21 @@ async fn token_requests_are_validated() {
     local.shutdown().await;
 }
 
+fn assert_unimplemented(status: &Status, rpc: &str) {
+    assert_eq!(status.code(), Code::Unimplemented);
+    assert!(status.message().contains(rpc), "{status:?}");
+}
+
 #[tokio::test]
 async fn unimplemented_rpcs_say_which() {
     let local = start_default().await;
     let cache = local.cache(local.credentials("dev"));
-    let (code, details) = error_code(cache.dictionary_fetch(CACHE, "d").await);
-    assert_eq!(code, MomentoErrorCode::BadRequestError);
+    let details = expect_error(cache.dictionary_fetch(CACHE, "d").await, BadRequestError);
     assert!(
         details.contains("does not implement cache_client.Scs/DictionaryFetch"),
         "{details}"
     );
-    let (code, details) = error_code(cache.list_fetch(CACHE, "l").await);
-    assert_eq!(code, MomentoErrorCode::BadRequestError);
+    let details = expect_error(cache.list_fetch(CACHE, "l").await, BadRequestError);
     assert!(details.contains("cache_client.Scs/ListFetch"), "{details}");
 
     let channel = local.channel().await;
@@ -1115,13 +1050,7 @@ async fn unimplemented_rpcs_say_which() {
         .create_signing_key(CreateSigningKeyRequest { ttl_minutes: 5 })
         .await
         .expect_err("signing keys are not served");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status
-            .message()
-            .contains("control_client.ScsControl/CreateSigningKey"),
-        "{status:?}"
-    );
+    assert_unimplemented(&status, "control_client.ScsControl/CreateSigningKey");
     let status = LeaderboardClient::new(channel)
         .delete_leaderboard(with_key(
             DeleteLeaderboardRequest {
@@ -1131,13 +1060,7 @@ async fn unimplemented_rpcs_say_which() {
         ))
         .await
         .expect_err("leaderboards are not served");
-    assert_eq!(status.code(), Code::Unimplemented);
-    assert!(
-        status
-            .message()
-            .contains("/leaderboard.Leaderboard/DeleteLeaderboard"),
-        "{status:?}"
-    );
+    assert_unimplemented(&status, "/leaderboard.Leaderboard/DeleteLeaderboard");
     local.shutdown().await;
 }
 
@@ -1153,47 +1076,28 @@ async fn grpc_web_serves_unary_calls_and_subscriptions() {
         local.url().parse().unwrap(),
     );
     let mut stream = web
-        .subscribe(SubscriptionRequest {
-            cache_name: CACHE.into(),
-            topic: "web".into(),
-            resume_at_topic_sequence_number: 0,
-            sequence_page: 0,
-        })
+        .subscribe(subscription_request("web", 0, 0))
         .await
         .unwrap()
         .into_inner();
-    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
-    web.publish(PublishRequest {
-        cache_name: CACHE.into(),
-        topic: "web".into(),
-        value: Some(TopicValue {
-            kind: Some(topic_value::Kind::Text("over grpc-web".into())),
-        }),
-    })
-    .await
-    .unwrap();
-    match next_non_heartbeat(&mut stream).await {
-        Kind::Item(item) => {
-            assert_eq!(item.topic_sequence_number, 1);
-            assert_eq!(
-                item.value.and_then(|v| v.kind),
-                Some(topic_value::Kind::Text("over grpc-web".into()))
-            );
-        }
-        other => panic!("expected the item, got {other:?}"),
-    }
+    expect_heartbeat(&mut stream).await;
+    web.publish(publish_request(CACHE, "web", text_value("over grpc-web")))
+        .await
+        .unwrap();
+    let item = expect_item(next_non_heartbeat(&mut stream).await);
+    assert_text_item(item, 1, "over grpc-web");
     let status = web
-        .publish(PublishRequest {
-            cache_name: "nope".into(),
-            topic: "web".into(),
-            value: Some(TopicValue {
-                kind: Some(topic_value::Kind::Text("x".into())),
-            }),
-        })
+        .publish(publish_request("nope", "web", text_value("x")))
         .await
         .expect_err("unknown cache");
     assert_eq!(status.code(), Code::NotFound);
     local.shutdown().await;
+}
+
+/// What the socket operation `io` returns; it must succeed within the
+/// deadline.
+async fn within<T>(io: impl Future<Output = std::io::Result<T>>) -> T {
+    tokio::time::timeout(DEADLINE, io).await.unwrap().unwrap()
 }
 
 /// Sends one HTTP/1.1 request; returns the status line and headers, and a
@@ -1205,10 +1109,7 @@ async fn http1_request(addr: SocketAddr, request: String) -> (String, BufReader<
     let mut head = String::new();
     loop {
         let mut line = String::new();
-        tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
-            .await
-            .unwrap()
-            .unwrap();
+        within(reader.read_line(&mut line)).await;
         if line == "\r\n" || line.is_empty() {
             return (head, reader);
         }
@@ -1219,16 +1120,10 @@ async fn http1_request(addr: SocketAddr, request: String) -> (String, BufReader<
 /// The next chunk of a chunked HTTP/1.1 body; `None` at its end.
 async fn next_chunk(reader: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
     let mut size = String::new();
-    tokio::time::timeout(DEADLINE, reader.read_line(&mut size))
-        .await
-        .unwrap()
-        .unwrap();
+    within(reader.read_line(&mut size)).await;
     let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
     let mut chunk = vec![0u8; size + 2];
-    tokio::time::timeout(DEADLINE, reader.read_exact(&mut chunk))
-        .await
-        .unwrap()
-        .unwrap();
+    within(reader.read_exact(&mut chunk)).await;
     chunk.truncate(size);
     (size > 0).then_some(chunk)
 }
@@ -1255,29 +1150,19 @@ fn web_text_item(chunk: &[u8]) -> SubscriptionItem {
 async fn grpc_web_text_mode_serves_browsers() {
     let local = start_default().await;
     let post = |path: &str, body: String| {
-        format!(
+        let request = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\n\
              Content-Type: application/grpc-web-text\r\nAccept: application/grpc-web-text\r\n\
              X-Grpc-Web: 1\r\nAuthorization: dev\r\nContent-Length: {}\r\n\
              Connection: close\r\n\r\n{body}",
             local.addr,
             body.len()
-        )
+        );
+        http1_request(local.addr, request)
     };
-    let subscribe = SubscriptionRequest {
-        cache_name: CACHE.into(),
-        topic: "browser".into(),
-        resume_at_topic_sequence_number: 0,
-        sequence_page: 0,
-    };
-    let (head, mut stream) = http1_request(
-        local.addr,
-        post(
-            "/cache_client.pubsub.Pubsub/Subscribe",
-            web_text_frame(&subscribe),
-        ),
-    )
-    .await;
+    let subscribe = subscription_request("browser", 0, 0);
+    let frame = web_text_frame(&subscribe);
+    let (head, mut stream) = post("/cache_client.pubsub.Pubsub/Subscribe", frame).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -1287,21 +1172,9 @@ async fn grpc_web_text_mode_serves_browsers() {
     let first = web_text_item(&next_chunk(&mut stream).await.expect("a first frame"));
     assert!(matches!(first.kind, Some(Kind::Heartbeat(_))), "{first:?}");
 
-    let publish = PublishRequest {
-        cache_name: CACHE.into(),
-        topic: "browser".into(),
-        value: Some(TopicValue {
-            kind: Some(topic_value::Kind::Text("from a browser".into())),
-        }),
-    };
-    let (head, mut reply) = http1_request(
-        local.addr,
-        post(
-            "/cache_client.pubsub.Pubsub/Publish",
-            web_text_frame(&publish),
-        ),
-    )
-    .await;
+    let publish = publish_request(CACHE, "browser", text_value("from a browser"));
+    let frame = web_text_frame(&publish);
+    let (head, mut reply) = post("/cache_client.pubsub.Pubsub/Publish", frame).await;
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut body = Vec::new();
     while let Some(chunk) = next_chunk(&mut reply).await {
@@ -1318,11 +1191,7 @@ async fn grpc_web_text_mode_serves_browsers() {
         match web_text_item(&chunk).kind {
             Some(Kind::Heartbeat(_)) => continue,
             Some(Kind::Item(item)) => {
-                assert_eq!(item.topic_sequence_number, 1);
-                assert_eq!(
-                    item.value.and_then(|v| v.kind),
-                    Some(topic_value::Kind::Text("from a browser".into()))
-                );
+                assert_text_item(item, 1, "from a browser");
                 break;
             }
             other => panic!("unexpected {other:?}"),
@@ -1346,10 +1215,7 @@ async fn browsers_pass_the_cors_preflight() {
     );
     tcp.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
-    tokio::time::timeout(DEADLINE, tcp.read_to_string(&mut response))
-        .await
-        .unwrap()
-        .unwrap();
+    within(tcp.read_to_string(&mut response)).await;
     let lower = response.to_ascii_lowercase();
     assert!(lower.starts_with("http/1.1 200"), "{response}");
     assert!(
@@ -1368,7 +1234,7 @@ async fn shutdown_ends_open_subscriptions() {
     let local = start_default().await;
     let mut client = local.raw_pubsub().await;
     let mut stream = raw_subscribe(&mut client, "open", 0, 0).await;
-    assert!(matches!(next_raw(&mut stream).await, Kind::Heartbeat(_)));
+    expect_heartbeat(&mut stream).await;
     local.shutdown().await;
     let ended = tokio::time::timeout(DEADLINE, async {
         loop {

@@ -23,7 +23,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use momento_protos::{
     permission_messages::{
-        CacheRole, Permissions, TopicRole, permissions, permissions_type,
+        CacheRole, Permissions, permissions, permissions_type,
         permissions_type::{
             cache_item_selector, cache_permissions, cache_selector, topic_permissions,
             topic_selector,
@@ -253,18 +253,19 @@ pub(super) struct Grant {
     rules: Vec<Rule>,
 }
 
+/// What a disposable token grants on the caches or topics it selects.
 #[derive(Debug)]
-enum Rule {
-    Cache {
-        role: Role,
-        cache: CacheSel,
-        item: ItemSel,
-    },
-    Topic {
-        role: Role,
-        cache: CacheSel,
-        topic: TopicSel,
-    },
+struct Rule {
+    role: Role,
+    cache: CacheSel,
+    target: Target,
+}
+
+/// What a [`Rule`] selects within a cache.
+#[derive(Debug)]
+enum Target {
+    Items(ItemSel),
+    Topics(TopicSel),
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -348,6 +349,21 @@ impl TopicSel {
     }
 }
 
+/// A cache or topic permission's `cache` oneof (two generated enums of one
+/// shape) as a [`CacheSel`]; `None` when it names no cache.
+macro_rules! cache_sel {
+    ($cache:expr, $permissions:ident) => {
+        match $cache {
+            Some($permissions::Cache::AllCaches(_)) => Some(CacheSel::All),
+            Some($permissions::Cache::CacheSelector(s)) => match &s.kind {
+                Some(cache_selector::Kind::CacheName(name)) => Some(CacheSel::Name(name.clone())),
+                None => None,
+            },
+            None => None,
+        }
+    };
+}
+
 /// The rules `permissions` grant, or why they cannot be used.
 fn rules_from(permissions: &Permissions) -> Result<Vec<Rule>, String> {
     let explicit = match &permissions.kind {
@@ -359,71 +375,77 @@ fn rules_from(permissions: &Permissions) -> Result<Vec<Rule>, String> {
     };
     let mut rules = Vec::new();
     for permission in &explicit.permissions {
-        match &permission.kind {
-            Some(permissions_type::Kind::CachePermissions(p)) => {
-                let role = match CacheRole::try_from(p.role) {
-                    Ok(CacheRole::CachePermitNone) => continue,
-                    Ok(CacheRole::CacheReadWrite) => Role::READ_WRITE,
-                    Ok(CacheRole::CacheReadOnly) => Role::READ,
-                    Ok(CacheRole::CacheWriteOnly) => Role::WRITE,
-                    Err(_) => return Err(format!("unknown cache role {}", p.role)),
-                };
-                let cache = match &p.cache {
-                    Some(cache_permissions::Cache::AllCaches(_)) => CacheSel::All,
-                    Some(cache_permissions::Cache::CacheSelector(s)) => match &s.kind {
-                        Some(cache_selector::Kind::CacheName(name)) => CacheSel::Name(name.clone()),
-                        None => return Err("a cache permission names no cache".into()),
-                    },
-                    None => return Err("a cache permission names no cache".into()),
-                };
-                let item = match &p.cache_item {
-                    // Permissions without an item selector cover the cache.
-                    None | Some(cache_permissions::CacheItem::AllItems(_)) => ItemSel::All,
-                    Some(cache_permissions::CacheItem::ItemSelector(s)) => match &s.kind {
-                        Some(cache_item_selector::Kind::Key(key)) => ItemSel::Key(key.clone()),
-                        Some(cache_item_selector::Kind::KeyPrefix(prefix)) => {
-                            ItemSel::Prefix(prefix.clone())
-                        }
-                        None => return Err("a cache item selector names no key".into()),
-                    },
-                };
-                rules.push(Rule::Cache { role, cache, item });
-            }
-            Some(permissions_type::Kind::TopicPermissions(p)) => {
-                let role = match TopicRole::try_from(p.role) {
-                    Ok(TopicRole::TopicPermitNone) => continue,
-                    Ok(TopicRole::TopicReadWrite) => Role::READ_WRITE,
-                    Ok(TopicRole::TopicReadOnly) => Role::READ,
-                    Ok(TopicRole::TopicWriteOnly) => Role::WRITE,
-                    Err(_) => return Err(format!("unknown topic role {}", p.role)),
-                };
-                let cache = match &p.cache {
-                    Some(topic_permissions::Cache::AllCaches(_)) => CacheSel::All,
-                    Some(topic_permissions::Cache::CacheSelector(s)) => match &s.kind {
-                        Some(cache_selector::Kind::CacheName(name)) => CacheSel::Name(name.clone()),
-                        None => return Err("a topic permission names no cache".into()),
-                    },
-                    None => return Err("a topic permission names no cache".into()),
-                };
-                let topic = match &p.topic {
-                    Some(topic_permissions::Topic::AllTopics(_)) => TopicSel::All,
-                    Some(topic_permissions::Topic::TopicSelector(s)) => match &s.kind {
-                        Some(topic_selector::Kind::TopicName(name)) => TopicSel::Name(name.clone()),
-                        Some(topic_selector::Kind::TopicNamePrefix(prefix)) => {
-                            TopicSel::Prefix(prefix.clone())
-                        }
-                        None => return Err("a topic permission names no topic".into()),
-                    },
-                    None => return Err("a topic permission names no topic".into()),
-                };
-                rules.push(Rule::Topic { role, cache, topic });
-            }
+        let (role, what, cache, target) = match &permission.kind {
+            Some(permissions_type::Kind::CachePermissions(p)) => (
+                p.role,
+                "cache",
+                cache_sel!(&p.cache, cache_permissions),
+                item_sel(p.cache_item.as_ref()).map(Target::Items),
+            ),
+            Some(permissions_type::Kind::TopicPermissions(p)) => (
+                p.role,
+                "topic",
+                cache_sel!(&p.cache, topic_permissions),
+                topic_sel(p.topic.as_ref()).map(Target::Topics),
+            ),
             // Functions are not served here: such a permission grants nothing.
-            Some(permissions_type::Kind::FunctionPermissions(_)) => {}
+            Some(permissions_type::Kind::FunctionPermissions(_)) => continue,
             None => return Err("a permission is empty".into()),
-        }
+        };
+        let Some(role) = granted_role(role, what)? else {
+            continue;
+        };
+        let cache = cache.ok_or_else(|| format!("a {what} permission names no cache"))?;
+        rules.push(Rule {
+            role,
+            cache,
+            target: target?,
+        });
     }
     Ok(rules)
+}
+
+/// What a cache or topic permission's role grants: `None` for "permit
+/// none". `CacheRole` and `TopicRole` number their roles alike (a test
+/// checks), so topic roles are read as cache roles.
+fn granted_role(role: i32, what: &str) -> Result<Option<Role>, String> {
+    match CacheRole::try_from(role) {
+        Ok(CacheRole::CachePermitNone) => Ok(None),
+        Ok(CacheRole::CacheReadWrite) => Ok(Some(Role::READ_WRITE)),
+        Ok(CacheRole::CacheReadOnly) => Ok(Some(Role::READ)),
+        Ok(CacheRole::CacheWriteOnly) => Ok(Some(Role::WRITE)),
+        Err(_) => Err(format!("unknown {what} role {role}")),
+    }
+}
+
+/// The items a cache permission covers; permissions without an item
+/// selector cover the whole cache.
+fn item_sel(item: Option<&cache_permissions::CacheItem>) -> Result<ItemSel, String> {
+    match item {
+        None | Some(cache_permissions::CacheItem::AllItems(_)) => Ok(ItemSel::All),
+        Some(cache_permissions::CacheItem::ItemSelector(s)) => match &s.kind {
+            Some(cache_item_selector::Kind::Key(key)) => Ok(ItemSel::Key(key.clone())),
+            Some(cache_item_selector::Kind::KeyPrefix(prefix)) => {
+                Ok(ItemSel::Prefix(prefix.clone()))
+            }
+            None => Err("a cache item selector names no key".into()),
+        },
+    }
+}
+
+/// The topics a topic permission covers.
+fn topic_sel(topic: Option<&topic_permissions::Topic>) -> Result<TopicSel, String> {
+    match topic {
+        Some(topic_permissions::Topic::AllTopics(_)) => Ok(TopicSel::All),
+        Some(topic_permissions::Topic::TopicSelector(s)) => match &s.kind {
+            Some(topic_selector::Kind::TopicName(name)) => Ok(TopicSel::Name(name.clone())),
+            Some(topic_selector::Kind::TopicNamePrefix(prefix)) => {
+                Ok(TopicSel::Prefix(prefix.clone()))
+            }
+            None => Err("a topic permission names no topic".into()),
+        },
+        None => Err("a topic permission names no topic".into()),
+    }
 }
 
 /// The authenticated caller of a request.
@@ -502,32 +524,14 @@ impl Caller {
         topic: &str,
         access: TopicAccess,
     ) -> Result<(), Status> {
-        let Caller::Token(grant) = self else {
-            return Ok(());
-        };
-        let granted = grant
-            .rules
-            .iter()
-            .filter_map(|rule| match rule {
-                Rule::Topic {
-                    role,
-                    cache: c,
-                    topic: t,
-                } if c.matches(cache) && t.matches(topic) => Some(*role),
-                _ => None,
-            })
-            .fold(Role::default(), Role::union);
         let (needed, verb) = match access {
             TopicAccess::Publish => (Role::WRITE, "publish to"),
             TopicAccess::Subscribe => (Role::READ, "subscribe to"),
         };
-        if granted.covers(needed) {
-            Ok(())
-        } else {
-            Err(Status::permission_denied(format!(
-                "this disposable token may not {verb} topic {topic:?} in cache {cache:?}"
-            )))
-        }
+        let selects = |target: &Target| matches!(target, Target::Topics(t) if t.matches(topic));
+        self.require(cache, selects, needed, || {
+            format!("{verb} topic {topic:?} in cache {cache:?}")
+        })
     }
 
     /// # Errors
@@ -538,32 +542,47 @@ impl Caller {
         key: &[u8],
         access: ItemAccess,
     ) -> Result<(), Status> {
+        let (needed, verb) = match access {
+            ItemAccess::Read => (Role::READ, "read"),
+            ItemAccess::Write => (Role::WRITE, "write"),
+            ItemAccess::ReadWrite => (Role::READ_WRITE, "read and write"),
+        };
+        let selects = |target: &Target| matches!(target, Target::Items(i) if i.matches(key));
+        self.require(cache, selects, needed, || {
+            format!(
+                "{verb} key {:?} in cache {cache:?}",
+                String::from_utf8_lossy(key)
+            )
+        })
+    }
+
+    /// Allows API keys, and tokens whose rules for `cache` and what
+    /// `selects` picks grant together at least `needed`.
+    ///
+    /// # Errors
+    /// `PERMISSION_DENIED` saying the token may not do `what()`.
+    fn require(
+        &self,
+        cache: &str,
+        selects: impl Fn(&Target) -> bool,
+        needed: Role,
+        what: impl FnOnce() -> String,
+    ) -> Result<(), Status> {
         let Caller::Token(grant) = self else {
             return Ok(());
         };
         let granted = grant
             .rules
             .iter()
-            .filter_map(|rule| match rule {
-                Rule::Cache {
-                    role,
-                    cache: c,
-                    item,
-                } if c.matches(cache) && item.matches(key) => Some(*role),
-                _ => None,
-            })
+            .filter(|rule| rule.cache.matches(cache) && selects(&rule.target))
+            .map(|rule| rule.role)
             .fold(Role::default(), Role::union);
-        let (needed, verb) = match access {
-            ItemAccess::Read => (Role::READ, "read"),
-            ItemAccess::Write => (Role::WRITE, "write"),
-            ItemAccess::ReadWrite => (Role::READ_WRITE, "read and write"),
-        };
         if granted.covers(needed) {
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
-                "this disposable token may not {verb} key {:?} in cache {cache:?}",
-                String::from_utf8_lossy(key)
+                "this disposable token may not {}",
+                what()
             )))
         }
     }
@@ -624,5 +643,23 @@ impl Token for TokenService {
                 .require_api_key(ACTION)?;
         }
         self.authority.mint(body).map(Response::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use momento_protos::permission_messages::{CacheRole, TopicRole};
+
+    #[test]
+    fn cache_and_topic_roles_are_numbered_alike() {
+        let pairs = [
+            (CacheRole::CachePermitNone, TopicRole::TopicPermitNone),
+            (CacheRole::CacheReadWrite, TopicRole::TopicReadWrite),
+            (CacheRole::CacheReadOnly, TopicRole::TopicReadOnly),
+            (CacheRole::CacheWriteOnly, TopicRole::TopicWriteOnly),
+        ];
+        for (cache, topic) in pairs {
+            assert_eq!(cache as i32, topic as i32, "{cache:?} vs {topic:?}");
+        }
     }
 }
