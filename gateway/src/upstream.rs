@@ -35,6 +35,8 @@ pub fn upstream_endpoint(url: &str) -> Result<tonic::transport::Endpoint, crate:
 struct CachedToken {
     token: String,
     expires_at: SystemTime,
+    /// When a quarter of its life is left.
+    renew_at: SystemTime,
 }
 
 /// The upstream gRPC services. A cheap `Clone` handle.
@@ -92,7 +94,7 @@ impl Upstream {
     pub async fn service_token(&self) -> Result<(String, SystemTime), Status> {
         let mut cached = self.service_token.lock().await;
         if let Some(token) = cached.as_ref()
-            && token.expires_at > SystemTime::now() + Duration::from_secs(60)
+            && SystemTime::now() < token.renew_at
         {
             return Ok((token.token.clone(), token.expires_at));
         }
@@ -108,13 +110,16 @@ impl Upstream {
             })
             .await?
             .into_inner();
+        let now = SystemTime::now();
         let expires_at = response
             .expires_at
             .and_then(|t| SystemTime::try_from(t).ok())
-            .unwrap_or_else(|| SystemTime::now() + Duration::from_secs(3600));
+            .unwrap_or_else(|| now + Duration::from_secs(3600));
+        let life = expires_at.duration_since(now).unwrap_or_default();
         *cached = Some(CachedToken {
             token: response.token.clone(),
             expires_at,
+            renew_at: now + life * 3 / 4,
         });
         Ok((response.token, expires_at))
     }
