@@ -60,16 +60,8 @@ impl RatesCore {
         hub.connect(&transport, &mut tasks).await?;
         // What other processes published before this one started.
         hub.prime(&transport).await;
-        let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
         // The authority has created the data directory.
-        let sequences = SequenceStore::open(&config.data_dir.join(SEQUENCES_FILE))?;
-        let publisher = RatePublisher::durable(
-            Arc::clone(&transport),
-            latest.clone(),
-            symbols.clone(),
-            run_id,
-            sequences,
-        );
+        let publisher = durable_publisher(&config, &transport, &latest, &symbols)?;
         // The authority has created the data directory.
         let journal = OrderJournal::open(
             &config.data_dir.join(JOURNAL_FILE),
@@ -86,23 +78,7 @@ impl RatesCore {
         )
         .await?;
 
-        // Revocations made by other servers sharing the transport (and the
-        // signing keys) apply here too.
-        // Subscribed before the core reports started, so a revocation
-        // announced once this server is up is never missed.
-        let subscribed = match transport.subscribe(crate::auth::REVOCATIONS_TOPIC).await {
-            Ok(subscription) => Some(subscription),
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot follow other servers' revocations yet; retrying");
-                None
-            }
-        };
-        tasks.spawn(crate::auth::follow_shared_revocations(
-            Arc::clone(&transport),
-            authority.clone(),
-            shutdown.clone(),
-            subscribed,
-        ));
+        follow_revocations(&transport, &authority, &shutdown, &mut tasks).await;
         let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {
             symbols,
@@ -295,6 +271,50 @@ impl RatesCore {
             .await?;
         Ok(())
     }
+}
+
+/// A publisher whose sequences continue where the last run in `config`'s
+/// data directory left them.
+fn durable_publisher(
+    config: &Config,
+    transport: &Arc<dyn Transport>,
+    latest: &LatestRates,
+    symbols: &SymbolTable,
+) -> Result<RatePublisher, Error> {
+    let run_id = format!("{:08x}", StdRng::from_os_rng().random::<u32>());
+    let sequences = SequenceStore::open(&config.data_dir.join(SEQUENCES_FILE))?;
+    Ok(RatePublisher::durable(
+        Arc::clone(transport),
+        latest.clone(),
+        symbols.clone(),
+        run_id,
+        sequences,
+    ))
+}
+
+/// Applies revocations made by other servers sharing the transport (and
+/// the signing keys). Subscribed before the core reports started, so a
+/// revocation announced once this server is up is never missed; a failed
+/// subscription is retried by the follower.
+async fn follow_revocations(
+    transport: &Arc<dyn Transport>,
+    authority: &TokenAuthority,
+    shutdown: &CancellationToken,
+    tasks: &mut JoinSet<()>,
+) {
+    let subscribed = match transport.subscribe(crate::auth::REVOCATIONS_TOPIC).await {
+        Ok(subscription) => Some(subscription),
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot follow other servers' revocations yet; retrying");
+            None
+        }
+    };
+    tasks.spawn(crate::auth::follow_shared_revocations(
+        Arc::clone(transport),
+        authority.clone(),
+        shutdown.clone(),
+        subscribed,
+    ));
 }
 
 /// Keeps the gRPC health of `RateService` and of the server (`""`) in step
