@@ -25,40 +25,12 @@ struct Served {
 /// from its log.
 async fn serve(extra: &[&str]) -> Served {
     let data = tempfile::tempdir().unwrap().keep();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--tick-interval",
-            "20ms",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(extra)
-        .env_remove("FXCAST_API_KEY")
-        .env("RUST_LOG", "info")
-        .env_remove("FXCAST_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
-    let field = |name: &str| {
-        let start = line
-            .find(&format!("{name}="))
-            .unwrap_or_else(|| panic!("no {name}= in {line}"))
-            + name.len()
-            + 1;
-        line[start..].split_whitespace().next().unwrap().to_owned()
-    };
+    let args = [&["--tick-interval", "20ms"], extra].concat();
+    let served = fxcast_testkit::spawn_serve(BIN, &data, &args, &[]).await;
     Served {
-        grpc: field("grpc"),
-        http: field("http"),
-        child,
+        grpc: served.grpc,
+        http: served.http,
+        child: served.child,
         data,
     }
 }

@@ -2,7 +2,7 @@
 //! stand-in for bitFlyer's realtime API, `fxcast serve --feed bitflyer` and
 //! `--feed replay:FILE`, watched with `fxcast subscribe`.
 
-use std::{process::Stdio, time::Duration};
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::{
@@ -23,31 +23,10 @@ struct Served {
 /// its log.
 async fn serve(extra: &[&str]) -> Served {
     let data = tempfile::tempdir().unwrap().keep();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(&data)
-        .args(extra)
-        .env_remove("FXCAST_API_KEY")
-        .env_remove("FXCAST_CONFIG")
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
-    let start = line.find("grpc=").expect("grpc= in the log") + "grpc=".len();
-    let grpc = line[start..].split_whitespace().next().unwrap().to_owned();
+    let served = fxcast_testkit::spawn_serve(BIN, &data, extra, &[]).await;
     Served {
-        _child: child,
-        grpc,
+        _child: served.child,
+        grpc: served.grpc,
         data,
     }
 }

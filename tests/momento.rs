@@ -104,36 +104,15 @@ fn on_momento<'a>(endpoint: &'a str, symbols: &'a str, extra: &[&'a str]) -> Vec
 /// `fxcast serve` on ephemeral ports with `args`, once it logged them.
 async fn serve(args: &[&str]) -> Served {
     let data = tempfile::tempdir().unwrap();
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
-        .arg(data.path())
-        .args(args)
-        .env("FXCAST_API_KEY", API_KEY)
-        .env("MOMENTO_API_KEY", MOMENTO_KEY)
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("FXCAST_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
-    let field = |name: &str| {
-        let start = line.find(&format!("{name}=")).unwrap() + name.len() + 1;
-        line[start..].split_whitespace().next().unwrap().to_owned()
-    };
+    let env = [
+        ("FXCAST_API_KEY", API_KEY),
+        ("MOMENTO_API_KEY", MOMENTO_KEY),
+    ];
+    let served = fxcast_testkit::spawn_serve(BIN, data.path(), args, &env).await;
     Served {
-        grpc: format!("http://{}", field("grpc")),
-        http: field("http"),
-        _child: child,
+        grpc: format!("http://{}", served.grpc),
+        http: served.http,
+        _child: served.child,
         _data: data,
     }
 }

@@ -6,7 +6,6 @@
 use std::{
     collections::{HashMap, HashSet},
     path::Path,
-    process::Stdio,
     time::Duration,
 };
 
@@ -32,31 +31,16 @@ struct Served {
 /// Starts `fxcast serve` on `data` with ephemeral ports; returns once it
 /// logged the address it bound.
 async fn serve(data: &Path) -> Served {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .args(["--symbols", "USD_JPY", "--tick-interval", "20ms"])
-        .arg("--data-dir")
-        .arg(data)
-        .env("FXCAST_API_KEY", API_KEY)
-        .env("RUST_LOG", "info")
-        .env_remove("FXCAST_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast listening").await;
-    let start = line.find("grpc=").expect("no grpc= in the log line") + 5;
-    let addr = line[start..].split_whitespace().next().unwrap();
+    let served = fxcast_testkit::spawn_serve(
+        BIN,
+        data,
+        &["--symbols", "USD_JPY", "--tick-interval", "20ms"],
+        &[("FXCAST_API_KEY", API_KEY)],
+    )
+    .await;
     Served {
-        child,
-        url: format!("http://{addr}"),
+        child: served.child,
+        url: format!("http://{}", served.grpc),
     }
 }
 

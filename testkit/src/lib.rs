@@ -10,7 +10,7 @@
 //! - [`channel`]: a gRPC channel carrying a credential.
 //! - `streams`: the next event of a gRPC rate stream ([`next_event`], [`next_rate`]).
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
-//! - `process`: driving the real binary ([`wait_for_line`], [`log_field`]).
+//! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -21,7 +21,7 @@ mod streams;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
-pub use process::{STARTUP, log_field, wait_for_line};
+pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
 pub use stack::{ALL_SCOPES, Stack};
 pub use streams::{next_event, next_rate};
 pub use ws::{Ws, next_json, send_json, subscribe};

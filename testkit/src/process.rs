@@ -42,3 +42,51 @@ pub fn log_field(line: &str, name: &str) -> String {
         .expect("a value")
         .to_owned()
 }
+
+/// A running `fxcast serve` child process and the addresses it logged.
+pub struct ServeProcess {
+    /// The process (killed on drop).
+    pub child: Child,
+    /// `host:port` of its gRPC listener.
+    pub grpc: String,
+    /// `host:port` of its HTTP listener.
+    pub http: String,
+}
+
+/// Starts `<bin> serve` on ephemeral ports with `data_dir` and `args`, the
+/// environment cleared of fxcast settings and then given `env`; returns
+/// once it logged the addresses it bound.
+pub async fn spawn_serve(
+    bin: &str,
+    data_dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ServeProcess {
+    let mut command = tokio::process::Command::new(bin);
+    command
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(args)
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("the fxcast binary starts");
+    let line = wait_for_line(&mut child, "fxcast listening").await;
+    ServeProcess {
+        grpc: log_field(&line, "grpc"),
+        http: log_field(&line, "http"),
+        child,
+    }
+}
