@@ -457,15 +457,7 @@ async fn operations_endpoints() {
         .send()
         .await
         .unwrap();
-    let metrics = h
-        .client
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = h.metrics_text().await;
     assert!(metrics.contains("fxcast_gateway_http_requests_total{method=\"GET\",route=\"/v1/rates\",status=\"200\"} 1"), "{metrics}");
     assert!(metrics.contains("fxcast_gateway_ticks_received_total"));
     assert!(

@@ -236,18 +236,23 @@ impl Stack {
         ws
     }
 
-    /// The current value of the gateway metric line starting with `prefix`.
-    pub async fn metric(&self, prefix: &str) -> f64 {
-        let text = self
-            .client
+    /// The gateway's `/metrics` page.
+    pub async fn metrics_text(&self) -> String {
+        self.client
             .get(self.url("/metrics"))
             .send()
             .await
             .unwrap()
             .text()
             .await
-            .unwrap();
-        text.lines()
+            .unwrap()
+    }
+
+    /// The current value of the gateway metric line starting with `prefix`.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        self.metrics_text()
+            .await
+            .lines()
             .find(|l| l.starts_with(prefix))
             .and_then(|l| l.rsplit(' ').next())
             .and_then(|v| v.parse().ok())
