@@ -158,6 +158,7 @@ pub async fn serve_gateway(
         revocations,
     };
     let listener = fxcast_listener::Listener::new("HTTP", http, state.config.connections);
+    let _ = state.metrics.listener.set(listener.stats());
     server::serve_http(listener, router(state), stop).await;
     Ok(())
 }

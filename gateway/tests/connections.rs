@@ -156,5 +156,7 @@ async fn a_flood_beyond_the_cap_waits_without_spinning() {
         logs.contains("listener=\"HTTP\"") || logs.contains("listener=HTTP"),
         "{logs}"
     );
+    assert!(h.metric("fxcast_gateway_listener_cap_reached_total").await >= 1.0);
+    assert!(h.metric("fxcast_gateway_listener_timed_out_total").await >= 1.0);
     drop(idle);
 }
