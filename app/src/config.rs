@@ -95,6 +95,9 @@ impl Config {
         if let Some(addr) = settings.http_listen {
             config.http_listen = addr;
         }
+        let connections = connections(&settings)?;
+        config.core.connections = connections;
+        config.gateway.connections = connections;
         config.core.feed = feed(&settings);
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
@@ -116,6 +119,24 @@ fn positive(value: Option<humantime::Duration>, flag: &str) -> Result<Option<Dur
         Some(d) if d.is_zero() => Err(Error::Config(format!("{flag} must be positive"))),
         other => Ok(other),
     }
+}
+
+/// The connection cap and timeouts, the same on both listeners.
+fn connections(settings: &Settings) -> Result<fxcast_listener::ListenerConfig, Error> {
+    let mut connections = fxcast_listener::ListenerConfig::default();
+    if let Some(max) = settings.max_connections {
+        if max == 0 {
+            return Err(Error::Config("--max-connections must be at least 1".into()));
+        }
+        connections.max_connections = max;
+    }
+    if let Some(timeout) = positive(settings.header_timeout, "--header-timeout")? {
+        connections.header_timeout = timeout;
+    }
+    if let Some(timeout) = positive(settings.idle_timeout, "--idle-timeout")? {
+        connections.idle_timeout = timeout;
+    }
+    Ok(connections)
 }
 
 fn transport(settings: &Settings, env: Lookup<'_>) -> Result<TransportConfig, Error> {

@@ -70,6 +70,20 @@ settings! {
         /// HTTP gateway listen address [default: 127.0.0.1:8000]
         #[arg(long, env = "FXCAST_HTTP_LISTEN")]
         http_listen: Option<SocketAddr>,
+        /// Most connections open at once on each listener (gRPC, HTTP); further clients wait
+        /// until one closes [default: half the open-files limit less 128, per listener]
+        #[arg(long, env = "FXCAST_MAX_CONNECTIONS")]
+        max_connections: Option<usize>,
+        /// A new connection must send its first bytes, and an HTTP/1 request its whole header,
+        /// within this long; also how long an HTTP/2 ping may go unanswered [default: 10s]
+        #[arg(long, env = "FXCAST_HEADER_TIMEOUT")]
+        #[serde(deserialize_with = "parsed")]
+        header_timeout: Option<humantime::Duration>,
+        /// A connection that neither reads nor writes for this long is closed; HTTP/2
+        /// connections are pinged every half of it [default: 2m]
+        #[arg(long, env = "FXCAST_IDLE_TIMEOUT")]
+        #[serde(deserialize_with = "parsed")]
+        idle_timeout: Option<humantime::Duration>,
         /// Pub/sub transport: memory (in-process) or momento (Momento Topics; the API key comes
         /// from MOMENTO_API_KEY) [default: memory]
         #[arg(long, env = "FXCAST_TRANSPORT")]

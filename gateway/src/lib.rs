@@ -9,6 +9,7 @@
 //!
 //! # Layout
 //! - [`serve_gateway`]: the gateway on a listener until stopped; [`upstream_endpoint`]: the channel settings towards the services.
+//! - `server`: hyper under the router, on an `fxcast_listener::Listener`.
 //! - `rest`: REST handlers; `ws`: the WebSocket; `sse`: Server-Sent Events.
 //! - `ticker`: the gateway's single upstream rate stream, serialised once and shared.
 //! - `upstream`, `session`: credentials towards the services.
@@ -24,6 +25,7 @@ mod openapi;
 pub mod orders;
 mod rest;
 mod revocations;
+mod server;
 mod session;
 mod sse;
 mod ticker;
@@ -32,7 +34,6 @@ mod upstream;
 mod ws;
 
 use std::{
-    net::SocketAddr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -93,6 +94,8 @@ pub struct GatewayConfig {
     pub cors_origins: Vec<String>,
     /// Largest request body, in bytes.
     pub max_body: usize,
+    /// Connection cap and header/idle timeouts of the HTTP listener.
+    pub connections: fxcast_listener::ListenerConfig,
 }
 
 impl Default for GatewayConfig {
@@ -107,6 +110,7 @@ impl Default for GatewayConfig {
             lag_limit: LagLimit::default(),
             cors_origins: Vec::new(),
             max_body: 16 * 1024,
+            connections: fxcast_listener::ListenerConfig::default(),
         }
     }
 }
@@ -124,6 +128,7 @@ pub(crate) struct AppState {
 }
 
 /// Serves the gateway on `http` against `upstream` until `stop` is cancelled.
+/// Connections are capped and timed out by [`GatewayConfig::connections`].
 ///
 /// # Errors
 /// When the upstream refuses the gateway's credentials or the server fails.
@@ -152,13 +157,10 @@ pub async fn serve_gateway(
         stop: stop.clone(),
         revocations,
     };
-    axum::serve(
-        http,
-        router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop.cancelled_owned())
-    .await
-    .map_err(Error::Http)
+    let listener = fxcast_listener::Listener::new("HTTP", http, state.config.connections);
+    let _ = state.metrics.listener.set(listener.stats());
+    server::serve_http(listener, router(state), stop).await;
+    Ok(())
 }
 
 /// Waits for the upstream to answer (it may still be starting), then starts

@@ -59,6 +59,11 @@ pub struct Metrics {
     pub(crate) symbol_sequence: Family<SymbolLabels, Gauge>,
     pub(crate) requests: Family<RequestLabels, Counter>,
     pub(crate) request_seconds: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// The HTTP listener's counters, copied into the three below on render.
+    pub(crate) listener: Arc<std::sync::OnceLock<Arc<fxcast_listener::ListenerStats>>>,
+    listener_open: Gauge,
+    listener_cap_reached: Counter,
+    listener_timed_out: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,8 +144,30 @@ impl Default for Metrics {
             "HTTP request latency",
             request_seconds.clone(),
         );
+        let listener_open = Gauge::default();
+        registry.register(
+            "listener_connections",
+            "TCP connections open on the HTTP listener",
+            listener_open.clone(),
+        );
+        let listener_cap_reached = Counter::default();
+        registry.register(
+            "listener_cap_reached",
+            "Times the HTTP listener's connection cap (--max-connections) was reached",
+            listener_cap_reached.clone(),
+        );
+        let listener_timed_out = Counter::default();
+        registry.register(
+            "listener_timed_out",
+            "HTTP connections closed by the header or idle timeout",
+            listener_timed_out.clone(),
+        );
         Self {
             registry: Arc::new(registry),
+            listener: Arc::default(),
+            listener_open,
+            listener_cap_reached,
+            listener_timed_out,
             ticks_received,
             connections,
             subscriptions,
@@ -159,6 +186,15 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
+        if let Some(stats) = self.listener.get() {
+            self.listener_open
+                .set(i64::try_from(stats.open()).unwrap_or(i64::MAX));
+            let catch_up = |counter: &Counter, total: u64| {
+                counter.inc_by(total.saturating_sub(counter.get()));
+            };
+            catch_up(&self.listener_cap_reached, stats.cap_reached());
+            catch_up(&self.listener_timed_out, stats.timed_out());
+        }
         let mut out = String::new();
         encode(&mut out, &self.registry).expect("writing to a String cannot fail");
         out

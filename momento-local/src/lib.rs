@@ -51,7 +51,6 @@ use tokio_util::sync::CancellationToken;
 use tonic::{
     codegen::http::{self, HeaderName, Method},
     service::Routes,
-    transport::server::TcpIncoming,
 };
 use tower_http::cors::{AllowHeaders, AllowMethods, AllowOrigin, CorsLayer};
 
@@ -139,6 +138,8 @@ pub struct MomentoLocalConfig {
     /// A topic without subscribers and without publishes for this long is
     /// forgotten; when used again it starts over on a new sequence page.
     pub topic_idle_timeout: Duration,
+    /// Connection cap and header/idle timeouts of the listener.
+    pub connections: fxcast_listener::ListenerConfig,
 }
 
 impl Default for MomentoLocalConfig {
@@ -154,6 +155,7 @@ impl Default for MomentoLocalConfig {
             subscriber_buffer: 1024,
             heartbeat_interval: Duration::from_secs(1),
             topic_idle_timeout: Duration::from_secs(10 * 60),
+            connections: fxcast_listener::ListenerConfig::default(),
         }
     }
 }
@@ -175,6 +177,9 @@ impl MomentoLocalConfig {
         if self.heartbeat_interval.is_zero() || self.topic_idle_timeout.is_zero() {
             return invalid("heartbeat interval and topic idle timeout must be positive");
         }
+        self.connections
+            .validate()
+            .or_else(|reason| invalid(&reason))?;
         if let AcceptedKeys::Only(keys) = &self.accepted_keys
             && (keys.is_empty() || keys.iter().any(String::is_empty))
         {
@@ -250,7 +255,8 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 ///
 /// The caller binds the socket (so tests bind `127.0.0.1:0` and read the
 /// port) and owns shutdown. When `shutdown` completes, open subscriptions
-/// end with `UNAVAILABLE` and in-flight calls are drained.
+/// end with `UNAVAILABLE` and in-flight calls are drained. Connections are
+/// capped and timed out by [`MomentoLocalConfig::connections`].
 ///
 /// # Errors
 /// [`Error::InvalidConfig`] for an unusable `config`, [`Error::Server`] when
@@ -300,9 +306,14 @@ pub async fn serve(
     let routes = Routes::from(routes.into_axum_router().fallback(unknown_rpc));
 
     let sweeper = tokio::spawn(sweep(shared.clone()));
-    // Nagle's algorithm would hold small topic frames back for tens of ms.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    let connections = config.connections;
+    // TCP_NODELAY, keepalive, the connection cap and the timeouts.
+    let incoming =
+        fxcast_listener::Listener::new("momento-local", listener, connections).into_incoming();
     let served = tonic::transport::Server::builder()
+        // Closes HTTP/2 peers that stop answering pings.
+        .http2_keepalive_interval(Some(connections.http2_keepalive_interval()))
+        .http2_keepalive_timeout(Some(connections.http2_keepalive_timeout()))
         // gRPC-web arrives over HTTP/1.1 from browsers.
         .accept_http1(true)
         .layer(cors())

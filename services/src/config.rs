@@ -45,6 +45,8 @@ pub struct Config {
     /// transport's shared storage (Momento's cache) before `GetLatestRate`
     /// answers or an order is priced.
     pub latest_fresh_for: std::time::Duration,
+    /// Connection cap and timeouts of the gRPC listener.
+    pub connections: fxcast_listener::ListenerConfig,
 }
 
 impl Default for Config {
@@ -62,6 +64,7 @@ impl Default for Config {
             auth: AuthConfig::default(),
             orders: OrdersConfig::default(),
             latest_fresh_for: std::time::Duration::from_secs(1),
+            connections: fxcast_listener::ListenerConfig::default(),
         }
     }
 }

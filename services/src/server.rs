@@ -10,7 +10,6 @@ use fxcast_transport::Transport;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
@@ -207,6 +206,10 @@ impl RatesCore {
     /// reflection v1 and v1alpha) on
     /// `listener` until `shutdown` completes, then drains connections.
     ///
+    /// The listener is capped and timed out by [`Config::connections`]
+    /// (see `fxcast-listener`); HTTP/2 keepalive pings close peers that
+    /// stop answering.
+    ///
     /// # Errors
     /// [`Error::Server`] when the server fails.
     pub async fn serve_grpc(
@@ -238,11 +241,15 @@ impl RatesCore {
             self.transport.health(),
             health.clone(),
         ));
-        // Nagle's algorithm would hold small tick frames back for tens of ms.
-        let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+        let connections = self.config.connections;
+        // TCP_NODELAY, keepalive, the cap and the timeouts.
+        let incoming =
+            fxcast_listener::Listener::new("gRPC", listener, connections).into_incoming();
         // One auth layer over every service; it exempts health and reflection
         // by path and puts the caller on each request for the handlers.
         tonic::transport::Server::builder()
+            .http2_keepalive_interval(Some(connections.http2_keepalive_interval()))
+            .http2_keepalive_timeout(Some(connections.http2_keepalive_timeout()))
             .layer(AuthLayer::new(self.authority.clone()))
             .add_service(health_service)
             .add_service(reflection_v1)

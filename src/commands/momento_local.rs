@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::Args;
+use fxcast_listener::ListenerConfig;
 use fxcast_momento_local::{AcceptedKeys, MomentoLocalConfig, serve};
 use tokio::net::TcpListener;
 
@@ -32,6 +33,17 @@ pub(crate) struct MomentoLocalArgs {
     /// several (browser SDKs cannot create caches)
     #[arg(long = "cache", env = "FXCAST_MOMENTO_CACHES", value_delimiter = ',')]
     caches: Vec<String>,
+    /// Most connections open at once; further clients wait until one closes
+    /// [default: half the open-files limit less 128]
+    #[arg(long, env = "FXCAST_MOMENTO_MAX_CONNECTIONS")]
+    max_connections: Option<usize>,
+    /// A new connection must send its first bytes within this long; also how
+    /// long an HTTP/2 ping may go unanswered
+    #[arg(long, env = "FXCAST_MOMENTO_HEADER_TIMEOUT", default_value = "10s")]
+    header_timeout: humantime::Duration,
+    /// A connection that neither reads nor writes for this long is closed
+    #[arg(long, env = "FXCAST_MOMENTO_IDLE_TIMEOUT", default_value = "2m")]
+    idle_timeout: humantime::Duration,
 }
 
 fn accepted_keys(keys: &[String]) -> anyhow::Result<AcceptedKeys> {
@@ -54,6 +66,13 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
     let config = MomentoLocalConfig {
         accepted_keys: accepted_keys(&args.api_keys)?,
         caches: args.caches.clone(),
+        connections: ListenerConfig {
+            max_connections: args
+                .max_connections
+                .unwrap_or_else(fxcast_listener::default_max_connections),
+            header_timeout: args.header_timeout.into(),
+            idle_timeout: args.idle_timeout.into(),
+        },
         ..MomentoLocalConfig::default()
     };
     config.validate()?;

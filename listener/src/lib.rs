@@ -1,0 +1,281 @@
+//! Connection hygiene shared by every fxcast listener: the gRPC server, the
+//! HTTP gateway and momento-local.
+//!
+//! [`Listener`] wraps a bound [`TcpListener`] with
+//! - a cap on concurrent connections (a semaphore: at the cap it stops
+//!   accepting, so new clients wait in the kernel's backlog instead of
+//!   taking file descriptors), logged once and counted in [`ListenerStats`];
+//! - an accept loop that backs off (10 ms doubling to 1 s) on fd exhaustion
+//!   (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) and logs it once, instead of
+//!   spinning a core on the same error;
+//! - `TCP_NODELAY` and TCP keepalive on every accepted socket.
+//!
+//! Each accepted [`Conn`] carries a watchdog: a connection that sends
+//! nothing within [`ListenerConfig::header_timeout`] of being accepted, or
+//! then neither reads nor writes for [`ListenerConfig::idle_timeout`], fails
+//! its next read or write with `TimedOut`, so the server drops it. That
+//! covers what the protocol layers cannot see: a silent socket, a partial
+//! HTTP/2 preface, a partial HTTP/1 header on a gRPC port. The protocol
+//! layers add their own: hyper's HTTP/1 header-read timeout and HTTP/2
+//! keepalive pings ([`ListenerConfig::http2_keepalive_interval`]), which
+//! close an HTTP/2 peer that stops answering even while the server writes.
+//!
+//! It is its own crate because momento-local stands beside the fxcast
+//! crates and must not depend on them; this one knows nothing of fxcast.
+//!
+//! # Layout
+//! - this file: [`ListenerConfig`], [`Listener`], [`ListenerStats`];
+//! - `conn`: [`Conn`], the accepted socket with its watchdog.
+
+#![forbid(unsafe_code)]
+
+mod conn;
+
+use std::{
+    io,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+pub use conn::Conn;
+use futures_util::Stream;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{OwnedSemaphorePermit, Semaphore},
+};
+
+/// File descriptors kept free of connections for everything else a
+/// process opens (the journal, transports, outgoing clients).
+const RESERVED_FDS: u64 = 128;
+
+/// Connection limits and timeouts of one listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// Most connections open at once; further clients wait in the backlog.
+    pub max_connections: usize,
+    /// A new connection must send its first bytes (and an HTTP/1 request
+    /// its whole header) within this long.
+    pub header_timeout: Duration,
+    /// A connection that neither reads nor writes for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ListenerConfig {
+    /// [`default_max_connections`], a 10 s header timeout, a 2 min idle
+    /// timeout.
+    fn default() -> Self {
+        Self {
+            max_connections: default_max_connections(),
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+impl ListenerConfig {
+    /// How often an HTTP/2 connection is pinged: half the idle timeout, so
+    /// a live peer answers before it would count as idle.
+    pub fn http2_keepalive_interval(&self) -> Duration {
+        self.idle_timeout / 2
+    }
+
+    /// How long an HTTP/2 ping may go unanswered before the connection is
+    /// closed: the header timeout.
+    pub fn http2_keepalive_timeout(&self) -> Duration {
+        self.header_timeout
+    }
+
+    /// How long a TCP connection may be silent before the kernel probes
+    /// it: the idle timeout.
+    pub fn tcp_keepalive(&self) -> Duration {
+        self.idle_timeout
+    }
+
+    /// Checks the settings before a port is bound.
+    ///
+    /// # Errors
+    /// A message naming the unusable setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_connections == 0 {
+            return Err("max connections must be at least 1".into());
+        }
+        if self.header_timeout.is_zero() || self.idle_timeout.is_zero() {
+            return Err("header and idle timeouts must be positive".into());
+        }
+        Ok(())
+    }
+}
+
+/// The default connection cap of a listener: half of the open-files limit
+/// (as raised at start) less a reserve, so two listeners together cannot
+/// exhaust it; at least 16.
+pub fn default_max_connections() -> usize {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft);
+    let per_listener = soft.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(per_listener).unwrap_or(usize::MAX).max(16)
+}
+
+/// Counters of one listener, shared with whoever reports them.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    cap_reached: AtomicU64,
+    fd_exhausted: AtomicU64,
+    timed_out: AtomicU64,
+    warned_cap: AtomicBool,
+    warned_fds: AtomicBool,
+}
+
+impl ListenerStats {
+    /// Connections open now.
+    pub fn open(&self) -> u64 {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections accepted since start.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Times the accept loop found every connection slot taken.
+    pub fn cap_reached(&self) -> u64 {
+        self.cap_reached.load(Ordering::Relaxed)
+    }
+
+    /// Times accepting failed for want of file descriptors.
+    pub fn fd_exhausted(&self) -> u64 {
+        self.fd_exhausted.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed by the header or idle timeout.
+    pub fn timed_out(&self) -> u64 {
+        self.timed_out.load(Ordering::Relaxed)
+    }
+}
+
+/// A bound listener with a connection cap, a backing-off accept loop and
+/// per-connection timeouts.
+#[derive(Debug)]
+pub struct Listener {
+    name: &'static str,
+    inner: TcpListener,
+    config: ListenerConfig,
+    slots: Arc<Semaphore>,
+    stats: Arc<ListenerStats>,
+}
+
+impl Listener {
+    /// Wraps `inner`; `name` (`gRPC`, `HTTP`, `momento-local`) labels its
+    /// log lines.
+    pub fn new(name: &'static str, inner: TcpListener, config: ListenerConfig) -> Self {
+        Self {
+            name,
+            inner,
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            config,
+            stats: Arc::default(),
+        }
+    }
+
+    /// The address bound.
+    ///
+    /// # Errors
+    /// The socket's error.
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.inner.local_addr()
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &ListenerConfig {
+        &self.config
+    }
+
+    /// This listener's counters.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        Arc::clone(&self.stats)
+    }
+
+    /// The next connection, once a slot is free. Never fails: transient
+    /// accept errors are retried, fd exhaustion with a backoff.
+    pub async fn accept(&self) -> Conn {
+        let permit = self.slot().await;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            match self.inner.accept().await {
+                Ok((stream, remote)) => return self.admit(stream, remote, permit),
+                Err(err) if is_fd_exhaustion(&err) => {
+                    self.stats.fd_exhausted.fetch_add(1, Ordering::Relaxed);
+                    if !self.stats.warned_fds.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(listener = self.name, error = %err, "out of file descriptors: accepting with a backoff (lower --max-connections or raise the open-files limit)");
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                // The peer reset before the accept (ECONNABORTED) and the like.
+                Err(err) => tracing::debug!(listener = self.name, error = %err, "accept failed"),
+            }
+        }
+    }
+
+    /// The connections as a stream, for `tonic`'s `serve_with_incoming*`.
+    /// It never yields an error.
+    pub fn into_incoming(self) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
+        futures_util::stream::unfold(self, |listener| async move {
+            let conn = listener.accept().await;
+            Some((Ok(conn), listener))
+        })
+    }
+
+    async fn slot(&self) -> OwnedSemaphorePermit {
+        if let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() {
+            return permit;
+        }
+        self.stats.cap_reached.fetch_add(1, Ordering::Relaxed);
+        if self.stats.warned_cap.swap(true, Ordering::Relaxed) {
+            tracing::debug!(listener = self.name, "connection cap reached");
+        } else {
+            tracing::warn!(
+                listener = self.name,
+                max_connections = self.config.max_connections,
+                "connection cap reached: new clients wait until a connection closes (logged once; see --max-connections)"
+            );
+        }
+        // The semaphore is never closed.
+        match Arc::clone(&self.slots).acquire_owned().await {
+            Ok(permit) => permit,
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn admit(&self, stream: TcpStream, remote: SocketAddr, permit: OwnedSemaphorePermit) -> Conn {
+        // Nagle's algorithm would hold small frames (ticks) back for tens of ms.
+        if let Err(err) = stream.set_nodelay(true) {
+            tracing::debug!(error = %err, "cannot set TCP_NODELAY");
+        }
+        let keepalive = socket2::TcpKeepalive::new().with_time(self.config.tcp_keepalive());
+        if let Err(err) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+            tracing::debug!(error = %err, "cannot set TCP keepalive");
+        }
+        self.stats.accepted.fetch_add(1, Ordering::Relaxed);
+        Conn::new(
+            stream,
+            remote,
+            &self.config,
+            conn::Slot {
+                _permit: permit,
+                stats: Arc::clone(&self.stats),
+            },
+        )
+    }
+}
+
+fn is_fd_exhaustion(err: &io::Error) -> bool {
+    // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
+    matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
+        || err.kind() == io::ErrorKind::OutOfMemory
+}
