@@ -16,7 +16,6 @@
 
 mod error;
 pub mod json;
-mod lag;
 mod metrics;
 mod openapi;
 pub mod orders;
@@ -45,9 +44,9 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
+pub use fxcast_services::stream::LagLimit;
 use fxcast_services::{Config, RatesCore, auth::PerAddressLimit};
 use fxcast_transport::Transport;
-pub use lag::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
