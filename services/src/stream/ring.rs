@@ -200,12 +200,6 @@ impl<T: Sequenced> SymbolRings<T> {
             .map(|(symbol, ring)| (symbol.as_str(), ring))
     }
 
-    /// Holds and broadcasts `tick` in its symbol's ring; whether it was new
-    /// (`false` also for a symbol without a ring).
-    pub fn push(&self, tick: Arc<T>) -> bool {
-        self.get(tick.symbol()).is_some_and(|ring| ring.push(tick))
-    }
-
     /// The newest held tick of `symbol`.
     pub fn latest(&self, symbol: &str) -> Option<Arc<T>> {
         self.get(symbol)?.latest()
@@ -239,8 +233,12 @@ mod tests {
         symbol: &'static str,
         sequences: impl IntoIterator<Item = u64>,
     ) {
+        let ring = rings.get(symbol).unwrap();
         for sequence in sequences {
-            rings.push(tick(symbol, sequence));
+            assert!(
+                ring.push(tick(symbol, sequence)),
+                "{symbol} {sequence} is new"
+            );
         }
     }
 
@@ -252,10 +250,10 @@ mod tests {
     fn holds_the_newest_ticks_in_order_and_refuses_old_ones() {
         let rings = rings(3, 8);
         push(&rings, "A", 1..=5);
-        assert!(!rings.push(tick("A", 5)), "a repeat is not new");
-        assert!(!rings.push(tick("A", 2)), "an older one is not new");
-        assert!(!rings.push(tick("C", 1)), "no ring for C");
         let ring = rings.get("A").unwrap();
+        assert!(!ring.push(tick("A", 5)), "a repeat is not new");
+        assert!(!ring.push(tick("A", 2)), "an older one is not new");
+        assert!(rings.get("C").is_none(), "no ring for C");
         assert_eq!(ring.latest().unwrap().1, 5);
         assert_eq!(ring.get(3).unwrap().1, 3);
         assert_eq!(ring.get(2), None, "fell out of the ring");
