@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use fxcast_proto::v1::Rate;
+use fxcast_proto::v1::{Rate, SymbolInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -68,6 +68,18 @@ pub struct SymbolJson {
     pub markup: String,
     /// Sequence of the latest rate (0: none yet).
     pub latest_sequence: u64,
+}
+
+impl From<SymbolInfo> for SymbolJson {
+    fn from(info: SymbolInfo) -> Self {
+        Self {
+            symbol: info.symbol,
+            tick_size: info.tick_size,
+            price_scale: info.price_scale,
+            markup: info.markup,
+            latest_sequence: info.latest_sequence,
+        }
+    }
 }
 
 /// `GET /v1/symbols`.

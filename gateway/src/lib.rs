@@ -19,7 +19,6 @@
 
 mod error;
 pub mod json;
-mod lag;
 mod metrics;
 mod openapi;
 pub mod orders;
@@ -47,8 +46,8 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
+pub use fxcast_services::stream::LagLimit;
 use fxcast_services::auth::AnonymousPolicy;
-pub use lag::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;

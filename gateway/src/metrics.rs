@@ -201,24 +201,38 @@ impl Metrics {
     }
 }
 
-/// Decrements a connection gauge when dropped.
-pub(crate) struct ConnectionGuard {
-    gauge: Gauge,
+/// One streaming connection's handles on its kind's metrics, looked up once
+/// rather than per frame. Counts the connection as open while it lives.
+pub(crate) struct ConnectionMetrics {
+    /// Rates delivered.
+    pub(crate) deliveries: Counter,
+    /// Lags (skips to the latest rate).
+    pub(crate) conflations: Counter,
+    /// Closes for staying behind.
+    pub(crate) slow_consumer_disconnects: Counter,
+    open: Gauge,
 }
 
-impl ConnectionGuard {
+impl ConnectionMetrics {
+    /// The metrics of a connection of `kind` (`ws`, `sse`), now open.
     pub(crate) fn new(metrics: &Metrics, kind: &'static str) -> Self {
-        let gauge = metrics
-            .connections
-            .get_or_create(&KindLabels { kind })
-            .clone();
-        gauge.inc();
-        Self { gauge }
+        let labels = KindLabels { kind };
+        let open = metrics.connections.get_or_create(&labels).clone();
+        open.inc();
+        Self {
+            deliveries: metrics.deliveries.get_or_create(&labels).clone(),
+            conflations: metrics.conflations.get_or_create(&labels).clone(),
+            slow_consumer_disconnects: metrics
+                .slow_consumer_disconnects
+                .get_or_create(&labels)
+                .clone(),
+            open,
+        }
     }
 }
 
-impl Drop for ConnectionGuard {
+impl Drop for ConnectionMetrics {
     fn drop(&mut self) {
-        self.gauge.dec();
+        self.open.dec();
     }
 }

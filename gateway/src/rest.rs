@@ -102,16 +102,7 @@ pub(crate) async fn symbols(
         .await?
         .into_inner()
         .symbols;
-    let symbols = symbols
-        .into_iter()
-        .map(|s| SymbolJson {
-            symbol: s.symbol,
-            tick_size: s.tick_size,
-            price_scale: s.price_scale,
-            markup: s.markup,
-            latest_sequence: s.latest_sequence,
-        })
-        .collect();
+    let symbols = symbols.into_iter().map(SymbolJson::from).collect();
     Ok(Json(SymbolsJson { symbols }))
 }
 

@@ -9,6 +9,7 @@ use std::{
 use axum::http::{HeaderMap, header::AUTHORIZATION};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use fxcast_proto::v1::ListSymbolsRequest;
+use fxcast_services::stream::SlowConsumer;
 
 use crate::{
     error::ApiError,
@@ -108,4 +109,10 @@ fn claims_of(token: &str) -> Option<serde_json::Value> {
     let payload = token.split('.').nth(1)?;
     let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Why a connection that kept falling behind is closed: the WebSocket close
+/// reason, the SSE `error` event's message.
+pub(crate) fn slow_consumer_reason(slow: &SlowConsumer) -> String {
+    format!("{slow}; reconnect (resuming from the last sequence) to continue")
 }

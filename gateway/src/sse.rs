@@ -17,18 +17,18 @@ use axum::{
         sse::{Event, KeepAlive, Sse},
     },
 };
-use futures_util::{StreamExt, stream::select_all};
+use futures_util::{Stream, StreamExt, stream::select_all};
+use fxcast_services::stream::{Delivery, GapCause, LagCounter, Live, StreamCursor};
 use serde::Deserialize;
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+use tokio_util::sync::CancellationToken;
 
 use crate::{
     AppState,
     error::ApiError,
     error::ErrorBody,
     json::ServerMessage,
-    lag::LagCounter,
-    metrics::{ConnectionGuard, KindLabels},
-    session::{Session, bearer_token, credential},
+    metrics::ConnectionMetrics,
+    session::{Session, bearer_token, credential, slow_consumer_reason},
     ticker::RateTick,
 };
 
@@ -61,45 +61,30 @@ fn parse_last_event_id(value: &str, symbols: &[String]) -> Result<BTreeMap<Strin
         .collect()
 }
 
-fn event_id(cursor: &BTreeMap<String, u64>, single: bool) -> String {
+fn event_id(cursor: &StreamCursor, single: bool) -> String {
     if single {
         cursor
-            .values()
+            .positions()
             .next()
-            .map(u64::to_string)
+            .map(|(_, seq)| seq.to_string())
             .unwrap_or_default()
     } else {
         cursor
-            .iter()
+            .positions()
             .map(|(s, q)| format!("{s}:{q}"))
             .collect::<Vec<_>>()
             .join(",")
     }
 }
 
-/// The SSE stream of rates.
-#[utoipa::path(get, path = "/v1/rates/stream", tag = "streams",
-    description = "Server-sent events: `event: rate` with `RateJson` data and `id:` the sequence (or \
-        `SYMBOL:SEQ,...` for several symbols); `event: gap` when sequences were skipped; `event: error` \
-        (`ServerMessage`) before the stream ends (token expired or revoked, slow consumer). Reconnecting \
-        with `Last-Event-ID` resumes after that id.",
-    params(
-        ("symbols" = Option<String>, Query, description = "Comma-separated symbols (default: every symbol the token may read)"),
-        ("token" = Option<String>, Query, description = "The token, for EventSource (which cannot set headers)"),
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
-    responses((status = 200, content_type = "text/event-stream", description = "The event stream"),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
-    security(("bearer" = [])))]
-pub(crate) async fn stream(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Query(query): Query<SseQuery>,
-) -> Result<Response, ApiError> {
-    let bearer = credential(&headers, query.token.as_deref())?;
-    let raw = bearer_token(&headers, query.token.as_deref());
-    let session = Session::open(&state.upstream, bearer, raw.as_deref()).await?;
-
-    let mut symbols: Vec<String> = match query.symbols.as_deref() {
+/// The symbols a request streams, sorted: `symbols=` or every one the
+/// token may read.
+fn streamed_symbols(
+    state: &AppState,
+    session: &Session,
+    query: Option<&str>,
+) -> Result<Vec<String>, ApiError> {
+    let mut symbols: Vec<String> = match query {
         Some(list) => list
             .split(',')
             .map(str::trim)
@@ -127,38 +112,18 @@ pub(crate) async fn stream(
             ));
         }
     }
-    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
-        Some(value) => parse_last_event_id(value, &symbols)?,
-        None => BTreeMap::new(),
-    };
+    Ok(symbols)
+}
 
-    let single = symbols.len() == 1;
-    let mut cursor: BTreeMap<String, u64> = BTreeMap::new();
-    let mut backlog: Vec<Arc<RateTick>> = Vec::new();
-    let mut lives = Vec::new();
-    for symbol in &symbols {
-        let after = resume.get(symbol).copied();
-        if let Some(after) = after {
-            cursor.insert(symbol.clone(), after);
-        }
-        let Some(sub) = state.ticker.subscribe(symbol, after) else {
-            continue;
-        };
-        backlog.extend(sub.backlog);
-        lives.push(BroadcastStream::new(sub.live).map({
-            let symbol = symbol.clone();
-            move |item| (symbol.clone(), item)
-        }));
-    }
-
-    let metrics = state.metrics.clone();
-    let ticker = state.ticker.clone();
-    let stop = state.stop.clone();
-    // The stream ends with an `error` event when the token expires or is
-    // revoked.
+/// Completes, with the `error` event to send, when the session's token
+/// expires or is revoked.
+fn session_end(
+    state: &AppState,
+    session: &Session,
+) -> impl Future<Output = ServerMessage> + Send + 'static {
     let expiry = session.deadline();
     let revoked = session.revoked(&state.revocations);
-    let ended = async move {
+    async move {
         tokio::select! {
             () = async {
                 match expiry {
@@ -168,87 +133,129 @@ pub(crate) async fn stream(
             } => ServerMessage::error("token_expired", "token expired: reconnect with a fresh token"),
             () = revoked => ServerMessage::error("token_revoked", "token revoked: reconnect with another token"),
         }
+    }
+}
+
+/// The SSE stream of rates.
+#[utoipa::path(get, path = "/v1/rates/stream", tag = "streams",
+    description = "Server-sent events: `event: rate` with `RateJson` data and `id:` the sequence (or \
+        `SYMBOL:SEQ,...` for several symbols); `event: gap` when sequences were skipped; `event: error` \
+        (`ServerMessage`) before the stream ends (token expired or revoked, slow consumer). Reconnecting \
+        with `Last-Event-ID` resumes after that id.",
+    params(
+        ("symbols" = Option<String>, Query, description = "Comma-separated symbols (default: every symbol the token may read)"),
+        ("token" = Option<String>, Query, description = "The token, for EventSource (which cannot set headers)"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this id")),
+    responses((status = 200, content_type = "text/event-stream", description = "The event stream"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<SseQuery>,
+) -> Result<Response, ApiError> {
+    let bearer = credential(&headers, query.token.as_deref())?;
+    let raw = bearer_token(&headers, query.token.as_deref());
+    let session = Session::open(&state.upstream, bearer, raw.as_deref()).await?;
+    let symbols = streamed_symbols(&state, &session, query.symbols.as_deref())?;
+    let resume = match headers.get("last-event-id").and_then(|v| v.to_str().ok()) {
+        Some(value) => parse_last_event_id(value, &symbols)?,
+        None => BTreeMap::new(),
     };
-    let stream = async_stream_events(
+
+    let mut reader = Reader {
+        cursor: StreamCursor::new(),
+        lags: LagCounter::new(state.config.lag_limit),
+        single: symbols.len() == 1,
+        metrics: ConnectionMetrics::new(&state.metrics, "sse"),
+    };
+    let mut backlog: Vec<Arc<RateTick>> = Vec::new();
+    let mut lives = Vec::new();
+    for symbol in &symbols {
+        let after = resume.get(symbol).copied();
+        if let Some(after) = after {
+            reader.cursor.resume(symbol, after);
+        }
+        let Some(sub) = state.ticker.subscribe(symbol, after) else {
+            continue;
+        };
+        backlog.extend(sub.backlog);
+        lives.push(sub.live);
+    }
+    let ended = session_end(&state, &session);
+    let stream = events(
+        reader,
         backlog,
         select_all(lives),
-        cursor,
-        single,
-        metrics,
-        ticker,
-        stop,
+        state.stop.clone(),
         ended,
-        LagCounter::new(state.config.lag_limit),
     );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
 }
 
-fn rate_event(tick: &RateTick, cursor: &mut BTreeMap<String, u64>, single: bool) -> Vec<Event> {
-    let mut events = Vec::with_capacity(2);
-    let symbol = &tick.rate.symbol;
-    let seq = tick.rate.sequence;
-    if let Some(&last) = cursor.get(symbol) {
-        if seq <= last {
-            return events;
-        }
-        if seq > last + 1 {
-            let gap = ServerMessage::Gap {
-                symbol: symbol.clone(),
-                first_missing: last + 1,
-                last_missing: seq - 1,
-                reason: "not_held".into(),
-            };
-            events.push(Event::default().event("gap").data(gap.to_text()));
-        }
-    }
-    cursor.insert(symbol.clone(), seq);
-    events.push(
-        Event::default()
-            .event("rate")
-            .id(event_id(cursor, single))
-            .data(tick.json.as_str()),
-    );
-    events
+/// One SSE stream's position, lag count and metrics.
+struct Reader {
+    cursor: StreamCursor,
+    lags: LagCounter,
+    /// One symbol: the event id is its bare sequence.
+    single: bool,
+    metrics: ConnectionMetrics,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn async_stream_events(
+impl Reader {
+    /// The events of one delivery: `gap` if sequences were skipped, then
+    /// `rate` with the shared JSON and the id to resume from.
+    fn events(&self, delivery: Delivery<RateTick>) -> impl Iterator<Item = Event> + use<> {
+        let tick = delivery.tick;
+        let gap = delivery.gap.map(|gap| {
+            let gap = ServerMessage::Gap {
+                symbol: tick.rate.symbol.clone(),
+                first_missing: gap.first_missing,
+                last_missing: gap.last_missing,
+                reason: "not_held".into(),
+            };
+            Event::default().event("gap").data(gap.to_text())
+        });
+        let rate = Event::default()
+            .event("rate")
+            .id(event_id(&self.cursor, self.single))
+            .data(tick.json.as_str());
+        self.metrics.deliveries.inc();
+        gap.into_iter().chain([rate])
+    }
+
+    /// What one live item sends; `Err` with the `error` event for a stream
+    /// that keeps falling behind.
+    fn read(&mut self, item: Live<RateTick>) -> Result<Option<Delivery<RateTick>>, Event> {
+        if matches!(item, Live::Lagged(_)) {
+            self.metrics.conflations.inc();
+        }
+        self.cursor.live(item, &mut self.lags).map_err(|slow| {
+            self.metrics.slow_consumer_disconnects.inc();
+            let error = ServerMessage::error("slow_consumer", slow_consumer_reason(&slow));
+            Event::default().event("error").data(error.to_text())
+        })
+    }
+}
+
+/// The event stream: the backlog, then live ticks until the server stops,
+/// the session ends or the client falls behind for good.
+fn events(
+    mut reader: Reader,
     backlog: Vec<Arc<RateTick>>,
-    mut live: impl futures_util::Stream<
-        Item = (String, Result<Arc<RateTick>, BroadcastStreamRecvError>),
-    > + Unpin
-    + Send
-    + 'static,
-    mut cursor: BTreeMap<String, u64>,
-    single: bool,
-    metrics: crate::metrics::Metrics,
-    ticker: crate::ticker::Ticker,
-    stop: tokio_util::sync::CancellationToken,
+    mut live: impl Stream<Item = Live<RateTick>> + Unpin + Send + 'static,
+    stop: CancellationToken,
     ended: impl Future<Output = ServerMessage> + Send + 'static,
-    mut lags: LagCounter,
-) -> impl futures_util::Stream<Item = Result<Event, Infallible>> + Send + 'static {
-    let guard = ConnectionGuard::new(&metrics, "sse");
-    let deliveries = metrics
-        .deliveries
-        .get_or_create(&KindLabels { kind: "sse" })
-        .clone();
-    let conflations = metrics
-        .conflations
-        .get_or_create(&KindLabels { kind: "sse" })
-        .clone();
-    let slow_disconnects = metrics
-        .slow_consumer_disconnects
-        .get_or_create(&KindLabels { kind: "sse" })
-        .clone();
+) -> impl Stream<Item = Result<Event, Infallible>> + Send + 'static {
     async_stream::stream! {
-        let _guard = guard;
         tokio::pin!(ended);
-        for tick in &backlog {
-            for event in rate_event(tick, &mut cursor, single) {
-                deliveries.inc();
-                yield Ok(event);
+        for tick in backlog {
+            if let Some(delivery) = reader.cursor.advance(tick, GapCause::NotHeld) {
+                for event in reader.events(delivery) {
+                    yield Ok(event);
+                }
             }
         }
         loop {
@@ -260,26 +267,18 @@ fn async_stream_events(
                 }
                 next = live.next() => next,
             };
-            let Some((symbol, item)) = next else { break };
-            let tick = match item {
-                Ok(tick) => tick,
-                Err(BroadcastStreamRecvError::Lagged(_)) => {
-                    conflations.inc();
-                    if let Some(reason) = lags.lagged() {
-                        slow_disconnects.inc();
-                        let error = ServerMessage::error("slow_consumer", reason);
-                        yield Ok(Event::default().event("error").data(error.to_text()));
-                        break;
-                    }
-                    match ticker.latest(&symbol) {
-                        Some(tick) => tick,
-                        None => continue,
+            let Some(item) = next else { break };
+            match reader.read(item) {
+                Ok(Some(delivery)) => {
+                    for event in reader.events(delivery) {
+                        yield Ok(event);
                     }
                 }
-            };
-            for event in rate_event(&tick, &mut cursor, single) {
-                deliveries.inc();
-                yield Ok(event);
+                Ok(None) => {}
+                Err(error) => {
+                    yield Ok(error);
+                    break;
+                }
             }
         }
     }
@@ -303,7 +302,9 @@ mod tests {
         );
         assert!(parse_last_event_id("42", &two).is_err());
         assert!(parse_last_event_id("USD_JPY:x", &two).is_err());
-        let cursor = BTreeMap::from([("EUR_USD".to_owned(), 7), ("USD_JPY".to_owned(), 42)]);
+        let mut cursor = StreamCursor::new();
+        cursor.resume("USD_JPY", 42);
+        cursor.resume("EUR_USD", 7);
         assert_eq!(event_id(&cursor, false), "EUR_USD:7,USD_JPY:42");
     }
 }

@@ -4,15 +4,11 @@
 //! token), reconnecting with `resume_after` so nothing is missed. Each tick is
 //! serialised to JSON once; WebSocket and SSE connections share those bytes.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
-    time::Duration,
-};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use axum::extract::ws::Utf8Bytes;
 use fxcast_proto::v1::{ListSymbolsRequest, StreamRatesRequest, stream_rates_response::Event};
-use tokio::sync::broadcast;
+use fxcast_services::stream::{RingSubscription, Sequenced, SymbolRings};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -30,28 +26,21 @@ pub(crate) struct RateTick {
     pub(crate) json: Utf8Bytes,
 }
 
-struct SymbolChannel {
-    // Held while pushing and broadcasting, and while a new reader takes its
-    // snapshot and subscribes, so readers see each tick exactly once.
-    history: Mutex<VecDeque<Arc<RateTick>>>,
-    sender: broadcast::Sender<Arc<RateTick>>,
-}
+impl Sequenced for RateTick {
+    fn symbol(&self) -> &str {
+        &self.rate.symbol
+    }
 
-/// What a new reader of one symbol starts from.
-#[derive(Debug)]
-pub(crate) struct TickSubscription {
-    /// Held ticks after the resume point (or the latest one), oldest first.
-    pub(crate) backlog: Vec<Arc<RateTick>>,
-    /// Live ticks.
-    pub(crate) live: broadcast::Receiver<Arc<RateTick>>,
+    fn sequence(&self) -> u64 {
+        self.rate.sequence
+    }
 }
 
 /// Per-symbol history and broadcast of ticks. A cheap `Clone` handle.
 #[derive(Clone)]
 pub(crate) struct Ticker {
     symbols: Arc<Vec<SymbolJson>>,
-    channels: Arc<HashMap<String, SymbolChannel>>,
-    history: usize,
+    rings: SymbolRings<RateTick>,
     metrics: Metrics,
 }
 
@@ -84,31 +73,12 @@ impl Ticker {
             .into_inner()
             .symbols
             .into_iter()
-            .map(|s| SymbolJson {
-                symbol: s.symbol,
-                tick_size: s.tick_size,
-                price_scale: s.price_scale,
-                markup: s.markup,
-                latest_sequence: s.latest_sequence,
-            })
+            .map(SymbolJson::from)
             .collect::<Vec<_>>();
-        let channels = symbols
-            .iter()
-            .map(|s| {
-                let (sender, _) = broadcast::channel(buffer.max(1));
-                (
-                    s.symbol.clone(),
-                    SymbolChannel {
-                        history: Mutex::new(VecDeque::new()),
-                        sender,
-                    },
-                )
-            })
-            .collect();
+        let rings = SymbolRings::new(symbols.iter().map(|s| s.symbol.as_str()), history, buffer);
         let ticker = Self {
             symbols: Arc::new(symbols),
-            channels: Arc::new(channels),
-            history: history.max(1),
+            rings,
             metrics,
         };
         tokio::spawn(ticker.clone().follow(upstream, stop));
@@ -122,33 +92,21 @@ impl Ticker {
 
     /// Whether the symbol exists.
     pub(crate) fn knows(&self, symbol: &str) -> bool {
-        self.channels.contains_key(symbol)
+        self.rings.get(symbol).is_some()
     }
 
     /// Symbols without a rate yet.
     pub(crate) fn missing(&self) -> Vec<String> {
         self.symbols
             .iter()
-            .filter(|s| {
-                self.channels[&s.symbol]
-                    .history
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .is_empty()
-            })
+            .filter(|s| self.rings.latest(&s.symbol).is_none())
             .map(|s| s.symbol.clone())
             .collect()
     }
 
     /// The newest tick of `symbol`.
     pub(crate) fn latest(&self, symbol: &str) -> Option<Arc<RateTick>> {
-        self.channels
-            .get(symbol)?
-            .history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .back()
-            .cloned()
+        self.rings.latest(symbol)
     }
 
     /// Starts reading `symbol`: without `resume_after` the backlog is the
@@ -157,25 +115,12 @@ impl Ticker {
         &self,
         symbol: &str,
         resume_after: Option<u64>,
-    ) -> Option<TickSubscription> {
-        let channel = self.channels.get(symbol)?;
-        let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        let backlog = match resume_after {
-            None => history.back().cloned().into_iter().collect(),
-            Some(after) => history
-                .iter()
-                .filter(|t| t.rate.sequence > after)
-                .cloned()
-                .collect(),
-        };
-        Some(TickSubscription {
-            backlog,
-            live: channel.sender.subscribe(),
-        })
+    ) -> Option<RingSubscription<RateTick>> {
+        self.rings.subscribe(symbol, resume_after)
     }
 
     fn ingest(&self, rate: RateJson) {
-        let Some(channel) = self.channels.get(&rate.symbol) else {
+        let Some(ring) = self.rings.get(&rate.symbol) else {
             return;
         };
         let json = serde_json::to_string(&RateMessage {
@@ -187,33 +132,15 @@ impl Ticker {
             rate,
             json: Utf8Bytes::from(json),
         });
-        let mut history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history
-            .back()
-            .is_some_and(|last| last.rate.sequence >= tick.rate.sequence)
-        {
-            return;
+        if ring.push(tick) {
+            self.metrics.ticks_received.inc();
         }
-        if history.len() == self.history {
-            history.pop_front();
-        }
-        history.push_back(Arc::clone(&tick));
-        let _ = channel.sender.send(tick);
-        self.metrics.ticks_received.inc();
     }
 
     fn resume_points(&self) -> HashMap<String, u64> {
-        self.channels
+        self.rings
             .iter()
-            .filter_map(|(symbol, c)| {
-                let last = c
-                    .history
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .back()
-                    .map(|t| t.rate.sequence)?;
-                Some((symbol.clone(), last))
-            })
+            .filter_map(|(symbol, ring)| Some((symbol.to_owned(), ring.latest()?.rate.sequence)))
             .collect()
     }
 

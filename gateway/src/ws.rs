@@ -11,10 +11,7 @@
 //! Memory per connection stays bounded: the rings are shared, and the
 //! socket's own write buffer is capped.
 
-use std::{
-    collections::{BTreeSet, HashMap},
-    time::Duration,
-};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use axum::{
     extract::{
@@ -25,24 +22,21 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use futures_util::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
+use fxcast_services::stream::{Delivery, GapCause, LagCounter, Live, LiveTicks, StreamCursor};
 
 /// Most ticks written to one connection before a flush.
 const MAX_BATCH: usize = 32;
 use serde::Deserialize;
-use tokio_stream::{
-    StreamMap,
-    wrappers::{BroadcastStream, errors::BroadcastStreamRecvError},
-};
+use tokio_stream::StreamMap;
 
 use crate::{
     AppState,
     error::ApiError,
     error::ErrorBody,
     json::{ClientMessage, ServerMessage},
-    lag::LagCounter,
-    metrics::{ConnectionGuard, KindLabels},
+    metrics::ConnectionMetrics,
     orders::{OrderJson, OrderMessage},
-    session::{Session, bearer_token, credential},
+    session::{Session, bearer_token, credential, slow_consumer_reason},
     ticker::RateTick,
 };
 
@@ -125,36 +119,29 @@ enum Exit {
 struct Connection {
     state: AppState,
     session: Session,
-    subscriptions: StreamMap<String, BroadcastStream<std::sync::Arc<RateTick>>>,
-    last_sent: HashMap<String, u64>,
+    // Keyed by `Arc<str>`: the map hands out a clone of the key with every
+    // tick, and that must not allocate.
+    subscriptions: StreamMap<Arc<str>, LiveTicks<RateTick>>,
+    cursor: StreamCursor,
     batching: bool,
     lags: LagCounter,
-    /// This connection's handle on the deliveries counter (looked up once,
-    /// not per frame).
-    deliveries: prometheus_client::metrics::counter::Counter,
-    _guard: ConnectionGuard,
+    metrics: ConnectionMetrics,
 }
 
 type Sink = SplitSink<WebSocket, Message>;
 
 impl Connection {
     fn new(state: AppState, session: Session) -> Self {
-        let guard = ConnectionGuard::new(&state.metrics, "ws");
+        let metrics = ConnectionMetrics::new(&state.metrics, "ws");
         let lags = LagCounter::new(state.config.lag_limit);
-        let deliveries = state
-            .metrics
-            .deliveries
-            .get_or_create(&KindLabels { kind: "ws" })
-            .clone();
         Self {
             state,
             session,
             subscriptions: StreamMap::new(),
-            last_sent: HashMap::new(),
+            cursor: StreamCursor::new(),
             batching: false,
             lags,
-            deliveries,
-            _guard: guard,
+            metrics,
         }
     }
 
@@ -208,23 +195,20 @@ impl Connection {
     /// Writes every tick that is already waiting (at most `MAX_BATCH`),
     /// then flushes once: one syscall for a burst instead of one per frame.
     /// Untimed: the caller bounds the whole batch with the send timeout.
-    async fn write_batch(
-        &mut self,
-        sink: &mut Sink,
-        symbol: String,
-        item: Result<std::sync::Arc<RateTick>, BroadcastStreamRecvError>,
-    ) -> Result<(), Exit> {
+    async fn write_batch(&mut self, sink: &mut Sink, item: Live<RateTick>) -> Result<(), Exit> {
         self.batching = true;
-        let mut next = Some((symbol, item));
+        let mut next = Some(item);
         let mut written = 0;
-        while let Some((symbol, item)) = next.take() {
-            match item {
-                Ok(tick) => self.deliver(sink, &tick, "upstream").await?,
-                Err(BroadcastStreamRecvError::Lagged(_)) => self.conflate(sink, &symbol).await?,
-            }
+        while let Some(item) = next.take() {
+            self.read(sink, item).await?;
             written += 1;
             if written < MAX_BATCH {
-                next = self.subscriptions.next().now_or_never().flatten();
+                next = self
+                    .subscriptions
+                    .next()
+                    .now_or_never()
+                    .flatten()
+                    .map(|(_, item)| item);
             }
         }
         self.batching = false;
@@ -233,11 +217,7 @@ impl Connection {
 
     /// The exit of a connection that could not take its frames in time.
     fn too_slow(&self) -> Exit {
-        self.state
-            .metrics
-            .slow_consumer_disconnects
-            .get_or_create(&KindLabels { kind: "ws" })
-            .inc();
+        self.metrics.slow_consumer_disconnects.inc();
         Exit::Close(
             close_code::AGAIN,
             "slow consumer: could not take a frame within the send timeout".into(),
@@ -268,37 +248,40 @@ impl Connection {
         self.send(sink, message.to_text().into()).await
     }
 
-    /// Sends `tick` unless already sent, announcing any skipped sequences.
-    async fn deliver(
-        &mut self,
-        sink: &mut Sink,
-        tick: &RateTick,
-        reason: &str,
-    ) -> Result<(), Exit> {
-        let symbol = &tick.rate.symbol;
-        let seq = tick.rate.sequence;
-        if let Some(&last) = self.last_sent.get(symbol) {
-            if seq <= last {
-                return Ok(());
+    /// Sends what one live item delivers (see [`StreamCursor::live`]), or
+    /// closes a connection that keeps falling behind.
+    async fn read(&mut self, sink: &mut Sink, item: Live<RateTick>) -> Result<(), Exit> {
+        if matches!(item, Live::Lagged(_)) {
+            self.metrics.conflations.inc();
+        }
+        match self.cursor.live(item, &mut self.lags) {
+            Ok(Some(delivery)) => self.deliver(sink, delivery).await,
+            Ok(None) => Ok(()),
+            Err(slow) => {
+                self.metrics.slow_consumer_disconnects.inc();
+                Err(Exit::Close(close_code::AGAIN, slow_consumer_reason(&slow)))
             }
-            if seq > last + 1 {
-                let gap = ServerMessage::Gap {
-                    symbol: symbol.clone(),
-                    first_missing: last + 1,
-                    last_missing: seq - 1,
-                    reason: reason.to_owned(),
-                };
-                self.send_message(sink, &gap).await?;
-            }
+        }
+    }
+
+    /// Sends a delivery: its gap message, if any, then the shared rate bytes.
+    async fn deliver(&self, sink: &mut Sink, delivery: Delivery<RateTick>) -> Result<(), Exit> {
+        let tick = delivery.tick;
+        if let Some(gap) = delivery.gap {
+            let gap = ServerMessage::Gap {
+                symbol: tick.rate.symbol.clone(),
+                first_missing: gap.first_missing,
+                last_missing: gap.last_missing,
+                reason: match gap.cause {
+                    GapCause::SlowConsumer => "slow_consumer",
+                    GapCause::NotHeld | GapCause::Upstream => "upstream",
+                }
+                .to_owned(),
+            };
+            self.send_message(sink, &gap).await?;
         }
         self.send(sink, tick.json.clone()).await?;
-        match self.last_sent.get_mut(symbol) {
-            Some(last) => *last = seq,
-            None => {
-                self.last_sent.insert(symbol.clone(), seq);
-            }
-        }
-        self.deliveries.inc();
+        self.metrics.deliveries.inc();
         Ok(())
     }
 
@@ -330,11 +313,11 @@ impl Connection {
                 // order would starve the client's frames, expiry and
                 // revocation.
                 () = &mut cancelled => return Ok(Exit::Close(close_code::AWAY, "server is shutting down".into())),
-                Some((symbol, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
+                Some((_, item)) = self.subscriptions.next(), if !self.subscriptions.is_empty() => {
                     // One timer for the whole batch: a frame may wait for
                     // the socket mid-batch once the write buffer fills.
                     let timeout = self.state.config.ws.send_timeout;
-                    match tokio::time::timeout(timeout, self.write_batch(sink, symbol, item)).await {
+                    match tokio::time::timeout(timeout, self.write_batch(sink, item)).await {
                         Ok(result) => result?,
                         Err(_) => return Err(self.too_slow()),
                     }
@@ -359,35 +342,51 @@ impl Connection {
                 }
                 frame = inbound.next() => {
                     idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
-                    match frame {
-                        Some(Err(err)) if too_big(&err) => {
-                            return Ok(Exit::Close(
-                                close_code::SIZE,
-                                format!("message too big: at most {} bytes", limits.max_message_size),
-                            ));
-                        }
-                        None | Some(Err(_)) => return Ok(Exit::ClientClosed),
-                        Some(Ok(Message::Close(_))) => return Ok(Exit::ClientClosed),
-                        Some(Ok(Message::Text(text))) if text.len() > limits.max_message_size => {
-                            return Ok(Exit::Close(
-                                close_code::SIZE,
-                                format!("message too big: at most {} bytes", limits.max_message_size),
-                            ));
-                        }
-                        Some(Ok(Message::Text(text))) => {
-                            if self.on_client_message(sink, text.as_str()).await? && order_events.is_none() {
-                                order_events = Some(self.order_events());
-                            }
-                        }
-                        Some(Ok(Message::Binary(_))) => {
-                            self.send_message(sink, &ServerMessage::error("invalid_message", "binary frames are not supported; send JSON text")).await?;
-                        }
-                        // Pings are answered by the WebSocket layer itself.
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                    if let Some(exit) = self.on_frame(sink, frame, &mut order_events).await? {
+                        return Ok(exit);
                     }
                 }
             }
         }
+    }
+
+    /// Handles one inbound frame (`None`: the client went away); `Some`
+    /// exit when the connection ends with it.
+    async fn on_frame(
+        &mut self,
+        sink: &mut Sink,
+        frame: Option<Result<Message, axum::Error>>,
+        order_events: &mut Option<tokio::sync::mpsc::Receiver<OrderJson>>,
+    ) -> Result<Option<Exit>, Exit> {
+        let max = self.state.config.ws.max_message_size;
+        let too_big = || {
+            Exit::Close(
+                close_code::SIZE,
+                format!("message too big: at most {max} bytes"),
+            )
+        };
+        match frame {
+            Some(Err(err)) if too_big_error(&err) => return Ok(Some(too_big())),
+            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
+                return Ok(Some(Exit::ClientClosed));
+            }
+            Some(Ok(Message::Text(text))) if text.len() > max => return Ok(Some(too_big())),
+            Some(Ok(Message::Text(text))) => {
+                if self.on_client_message(sink, text.as_str()).await? && order_events.is_none() {
+                    *order_events = Some(self.order_events());
+                }
+            }
+            Some(Ok(Message::Binary(_))) => {
+                let error = ServerMessage::error(
+                    "invalid_message",
+                    "binary frames are not supported; send JSON text",
+                );
+                self.send_message(sink, &error).await?;
+            }
+            // Pings are answered by the WebSocket layer itself.
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+        }
+        Ok(None)
     }
 
     /// The caller's own order events, from the upstream, for as long as the
@@ -422,26 +421,6 @@ impl Connection {
             }
         });
         rx
-    }
-
-    async fn conflate(&mut self, sink: &mut Sink, symbol: &str) -> Result<(), Exit> {
-        self.state
-            .metrics
-            .conflations
-            .get_or_create(&KindLabels { kind: "ws" })
-            .inc();
-        if let Some(reason) = self.lags.lagged() {
-            self.state
-                .metrics
-                .slow_consumer_disconnects
-                .get_or_create(&KindLabels { kind: "ws" })
-                .inc();
-            return Err(Exit::Close(close_code::AGAIN, reason));
-        }
-        if let Some(tick) = self.state.ticker.latest(symbol) {
-            self.deliver(sink, &tick, "slow_consumer").await?;
-        }
-        Ok(())
     }
 
     /// Handles one client message; true when it asks for order events.
@@ -479,9 +458,9 @@ impl Connection {
             }
             ClientMessage::Unsubscribe { symbols } => {
                 for symbol in &symbols {
-                    if self.subscriptions.remove(symbol).is_some() {
+                    if self.subscriptions.remove(symbol.as_str()).is_some() {
                         self.state.metrics.subscriptions.dec();
-                        self.last_sent.remove(symbol);
+                        self.cursor.forget(symbol);
                     }
                 }
                 let now = self.subscribed();
@@ -493,7 +472,7 @@ impl Connection {
     }
 
     fn subscribed(&self) -> Vec<String> {
-        let mut list: Vec<String> = self.subscriptions.keys().cloned().collect();
+        let mut list: Vec<String> = self.subscriptions.keys().map(|s| s.to_string()).collect();
         list.sort();
         list
     }
@@ -538,7 +517,7 @@ impl Connection {
         }
         let new: Vec<&String> = requested
             .iter()
-            .filter(|s| !self.subscriptions.contains_key(*s))
+            .filter(|s| !self.subscriptions.contains_key(s.as_str()))
             .collect();
         let limit = self.state.config.ws.max_subscriptions;
         if self.subscriptions.len() + new.len() > limit {
@@ -555,18 +534,20 @@ impl Connection {
                 continue;
             };
             if let Some(after) = resume {
-                self.last_sent.insert(symbol.clone(), after);
+                self.cursor.resume(symbol, after);
             }
             backlog.extend(sub.backlog);
             self.subscriptions
-                .insert(symbol.clone(), BroadcastStream::new(sub.live));
+                .insert(Arc::from(symbol.as_str()), sub.live);
             self.state.metrics.subscriptions.inc();
         }
         let now = self.subscribed();
         self.send_message(sink, &ServerMessage::Subscribed { symbols: now })
             .await?;
         for tick in backlog {
-            self.deliver(sink, &tick, "upstream").await?;
+            if let Some(delivery) = self.cursor.advance(tick, GapCause::NotHeld) {
+                self.deliver(sink, delivery).await?;
+            }
         }
         Ok(())
     }
@@ -574,7 +555,7 @@ impl Connection {
 
 /// Whether an inbound error is a message over the size limit (the
 /// connection itself is still usable to say so).
-fn too_big(err: &axum::Error) -> bool {
+fn too_big_error(err: &axum::Error) -> bool {
     use tokio_tungstenite::tungstenite::Error;
     std::error::Error::source(err)
         .and_then(|source| source.downcast_ref::<Error>())

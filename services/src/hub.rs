@@ -6,15 +6,15 @@
 //! in a bounded per-symbol history for resumption, and broadcast to local
 //! streams.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use fxcast_transport::{Delivery, Transport};
-use tokio::{sync::broadcast, task::JoinSet};
+use tokio::task::JoinSet;
 
-use crate::{Error, LatestRates, SymbolTable, Tick, rates_topic};
+use crate::{
+    Error, LatestRates, SymbolTable, Tick, rates_topic,
+    stream::{RingSubscription, SymbolRings},
+};
 
 /// Settings of [`RateHub`].
 #[derive(Debug, Clone, Copy)]
@@ -34,35 +34,20 @@ impl Default for HubConfig {
     }
 }
 
-struct SymbolChannel {
-    // Held while pushing history *and* broadcasting, and while a new stream
-    // snapshots history and subscribes: so a stream sees every tick exactly
-    // once, either in its snapshot or live.
-    history: Mutex<VecDeque<Arc<Tick>>>,
-    sender: broadcast::Sender<Arc<Tick>>,
-}
-
 /// What a new local stream of one symbol starts from.
-#[derive(Debug)]
-pub struct SymbolSubscription {
-    /// Ticks to deliver first, oldest first.
-    pub backlog: Vec<Arc<Tick>>,
-    /// Live ticks after the backlog.
-    pub live: broadcast::Receiver<Arc<Tick>>,
-}
+pub type SymbolSubscription = RingSubscription<Tick>;
 
 /// Per-symbol history and broadcast of received ticks. A cheap `Clone` handle.
 #[derive(Clone)]
 pub struct RateHub {
-    channels: Arc<HashMap<String, SymbolChannel>>,
+    rings: SymbolRings<Tick>,
     latest: LatestRates,
-    history: usize,
 }
 
 impl std::fmt::Debug for RateHub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RateHub")
-            .field("symbols", &self.channels.len())
+            .field("symbols", &self.rings.iter().count())
             .finish_non_exhaustive()
     }
 }
@@ -70,21 +55,9 @@ impl std::fmt::Debug for RateHub {
 impl RateHub {
     /// Creates the hub for `symbols`; ticks it receives also update `latest`.
     pub fn new(symbols: &SymbolTable, latest: LatestRates, config: HubConfig) -> Self {
-        let channels = symbols
-            .names()
-            .map(|name| {
-                let (sender, _) = broadcast::channel(config.stream_buffer.max(1));
-                let channel = SymbolChannel {
-                    history: Mutex::new(VecDeque::new()),
-                    sender,
-                };
-                (name.to_owned(), channel)
-            })
-            .collect();
         Self {
-            channels: Arc::new(channels),
+            rings: SymbolRings::new(symbols.names(), config.history, config.stream_buffer),
             latest,
-            history: config.history.max(1),
         }
     }
 
@@ -98,12 +71,12 @@ impl RateHub {
         transport: &Arc<dyn Transport>,
         tasks: &mut JoinSet<()>,
     ) -> Result<(), Error> {
-        for symbol in self.channels.keys() {
+        for (symbol, _) in self.rings.iter() {
             let topic = rates_topic(symbol);
             let mut subscription = transport.subscribe(&topic).await?;
             let hub = self.clone();
             let transport = Arc::clone(transport);
-            let symbol = symbol.clone();
+            let symbol = symbol.to_owned();
             tasks.spawn(async move {
                 while let Some(delivery) = subscription.next().await {
                     match delivery {
@@ -133,9 +106,9 @@ impl RateHub {
     /// order check have a rate before the next tick arrives.
     pub async fn prime(&self, transport: &Arc<dyn Transport>) {
         futures_util::future::join_all(
-            self.channels
-                .keys()
-                .map(|symbol| self.recover(transport, symbol)),
+            self.rings
+                .iter()
+                .map(|(symbol, _)| self.recover(transport, symbol)),
         )
         .await;
     }
@@ -158,7 +131,7 @@ impl RateHub {
     /// symbol. Ticks of unknown symbols or older than the newest held are
     /// ignored.
     pub fn ingest(&self, tick: Arc<Tick>) {
-        let Some(channel) = self.channels.get(tick.symbol()) else {
+        let Some(ring) = self.rings.get(tick.symbol()) else {
             tracing::warn!(
                 symbol = tick.symbol(),
                 "ignoring tick of an unconfigured symbol"
@@ -166,19 +139,7 @@ impl RateHub {
             return;
         };
         self.latest.update(Arc::clone(&tick));
-        let mut history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        if history
-            .back()
-            .is_some_and(|last| last.sequence() >= tick.sequence())
-        {
-            return;
-        }
-        if history.len() == self.history {
-            history.pop_front();
-        }
-        history.push_back(Arc::clone(&tick));
-        // No receivers is fine: nobody streams this symbol right now.
-        let _ = channel.sender.send(tick);
+        ring.push(tick);
     }
 
     /// Starts a local stream of `symbol`. Without `resume_after` the backlog
@@ -191,55 +152,35 @@ impl RateHub {
         symbol: &str,
         resume_after: Option<u64>,
     ) -> Result<SymbolSubscription, Error> {
-        let channel = self
-            .channels
-            .get(symbol)
+        self.rings
+            .subscribe(symbol, resume_after)
             .ok_or_else(|| Error::UnknownSymbol {
                 symbol: symbol.to_owned(),
-                known: self.channels.keys().cloned().collect::<Vec<_>>().join(", "),
-            })?;
-        let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        let backlog = match resume_after {
-            None => history.back().cloned().into_iter().collect(),
-            Some(after) => history
-                .iter()
-                .filter(|t| t.sequence() > after)
-                .cloned()
-                .collect(),
-        };
-        let live = channel.sender.subscribe();
-        Ok(SymbolSubscription { backlog, live })
+                known: self
+                    .rings
+                    .iter()
+                    .map(|(symbol, _)| symbol)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
     }
 
     /// The newest tick the hub holds for `symbol`.
     pub fn latest(&self, symbol: &str) -> Option<Arc<Tick>> {
-        let channel = self.channels.get(symbol)?;
-        channel
-            .history
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .back()
-            .cloned()
+        self.rings.latest(symbol)
     }
 
     /// The held tick of `symbol` whose `rate_id` is `rate_id`, if the hub
     /// still holds it (the order check of a quoted rate).
     pub fn find(&self, symbol: &str, rate_id: &str) -> Option<Arc<Tick>> {
-        // rate_id is `<SYMBOL>-<run id>-<sequence>`; history is in sequence order.
+        // rate_id is `<SYMBOL>-<run id>-<sequence>`.
         let sequence: u64 = rate_id.rsplit('-').next()?.parse().ok()?;
-        let channel = self.channels.get(symbol)?;
-        let history = channel.history.lock().unwrap_or_else(|e| e.into_inner());
-        let index = history
-            .binary_search_by_key(&sequence, |t| t.sequence())
-            .ok()?;
-        let tick = &history[index];
-        (tick.rate.rate_id == rate_id).then(|| Arc::clone(tick))
+        let tick = self.rings.get(symbol)?.get(sequence)?;
+        (tick.rate.rate_id == rate_id).then_some(tick)
     }
 
     /// Number of local streams of `symbol`.
     pub fn stream_count(&self, symbol: &str) -> usize {
-        self.channels
-            .get(symbol)
-            .map_or(0, |c| c.sender.receiver_count())
+        self.rings.get(symbol).map_or(0, |ring| ring.reader_count())
     }
 }

@@ -12,6 +12,8 @@
 //!   realtime ticker, recording and replay, and per-symbol feed health
 //!   (stale marking).
 //! - `rates`, `publisher`, `hub`: ticks, the latest-rate cache, publishing and fan-out.
+//! - [`stream`]: what every streaming interface (gRPC here, WebSocket and SSE
+//!   in the gateway) shares: history rings, the stream cursor, the lag limit.
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
 //! - [`auth`]: scopes and the authenticated [`Caller`](auth::Caller) of a request.
@@ -32,6 +34,7 @@ mod rate_service;
 mod rates;
 mod sequences;
 mod server;
+pub mod stream;
 pub mod symbols;
 
 pub use config::{Config, DEFAULT_SYMBOLS};

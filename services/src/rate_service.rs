@@ -1,9 +1,8 @@
 //! The tonic implementation of `fxcast.v1.RateService`.
 
 use std::{
-    collections::VecDeque,
     pin::Pin,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use futures_util::{Stream, StreamExt, stream::select_all};
@@ -12,7 +11,6 @@ use fxcast_proto::v1::{
     PublishRateRequest, Rate, StreamRatesRequest, StreamRatesResponse, SymbolInfo,
     rate_service_server::RateService, stream_rates_response,
 };
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
@@ -21,13 +19,16 @@ use crate::{
     auth::{Caller, Scope, TokenAuthority},
     feed::Quote,
     rates::parse_price,
+    stream::{self, Delivery, GapCause, LagCounter, LagLimit, LiveTicks, StreamCursor},
 };
 
 /// Limits that keep one slow streaming client from costing others anything.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamLimits {
     /// A stream that lags (and is conflated) this many times within
-    /// `lag_window` is closed with `RESOURCE_EXHAUSTED`.
+    /// `lag_window` is closed with `RESOURCE_EXHAUSTED`. Lags within a
+    /// second of the last one counted are one stall
+    /// ([`LAG_DEBOUNCE`](crate::stream::LAG_DEBOUNCE)).
     pub max_lags: usize,
     /// Window over which lags are counted.
     pub lag_window: Duration,
@@ -35,9 +36,24 @@ pub struct StreamLimits {
 
 impl Default for StreamLimits {
     fn default() -> Self {
+        LagLimit::default().into()
+    }
+}
+
+impl From<LagLimit> for StreamLimits {
+    fn from(limit: LagLimit) -> Self {
         Self {
-            max_lags: 5,
-            lag_window: Duration::from_secs(60),
+            max_lags: limit.max_lags,
+            lag_window: limit.window,
+        }
+    }
+}
+
+impl From<StreamLimits> for LagLimit {
+    fn from(limits: StreamLimits) -> Self {
+        Self {
+            max_lags: limits.max_lags,
+            window: limits.lag_window,
         }
     }
 }
@@ -87,11 +103,18 @@ fn rate_event(tick: &Tick) -> StreamRatesResponse {
     }
 }
 
-fn gap_event(symbol: &str, first: u64, last: u64, reason: GapReason) -> StreamRatesResponse {
-    let why = match reason {
-        GapReason::ReplayUnavailable => "the server no longer holds them for replay",
-        GapReason::SlowConsumer => "the client read too slowly; skipped to the latest rate",
-        _ => "the transport lost them",
+fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
+    let (first, last) = (gap.first_missing, gap.last_missing);
+    let (reason, why) = match gap.cause {
+        GapCause::NotHeld => (
+            GapReason::ReplayUnavailable,
+            "the server no longer holds them for replay",
+        ),
+        GapCause::SlowConsumer => (
+            GapReason::SlowConsumer,
+            "the client read too slowly; skipped to the latest rate",
+        ),
+        GapCause::Upstream => (GapReason::Transport, "the transport lost them"),
     };
     let range = if first == last {
         format!("sequence {first}")
@@ -109,28 +132,98 @@ fn gap_event(symbol: &str, first: u64, last: u64, reason: GapReason) -> StreamRa
     }
 }
 
-/// Per-symbol delivery state of one stream.
-struct Cursor {
-    symbol: String,
-    last_sent: Option<u64>,
+/// The events of one delivery: the gap before the tick, if any, then the tick.
+fn events(delivery: &Delivery<Tick>) -> impl Iterator<Item = StreamRatesResponse> + use<> {
+    let gap = delivery
+        .gap
+        .map(|gap| gap_event(delivery.tick.symbol(), gap));
+    gap.into_iter().chain([rate_event(&delivery.tick)])
 }
 
-impl Cursor {
-    /// Events to send for `tick`: nothing if already sent, else an optional
-    /// gap announcement followed by the rate.
-    fn advance(&mut self, tick: &Tick, reason: GapReason, out: &mut Vec<StreamRatesResponse>) {
-        let seq = tick.sequence();
-        if let Some(last) = self.last_sent {
-            if seq <= last {
-                return;
+impl RateServiceImpl {
+    /// The symbols a `StreamRates` request streams, sorted: the requested
+    /// ones, or every one the caller may see.
+    fn streamed_symbols(
+        &self,
+        caller: &Caller,
+        request: &StreamRatesRequest,
+    ) -> Result<Vec<String>, Status> {
+        let mut symbols: Vec<String> = if request.symbols.is_empty() {
+            let visible: Vec<String> = self
+                .symbols
+                .names()
+                .filter(|s| caller.scopes.may_subscribe(s))
+                .map(str::to_owned)
+                .collect();
+            if visible.is_empty() {
+                return Err(Status::permission_denied(
+                    "this token has no rates:subscribe scope",
+                ));
             }
-            if seq > last + 1 {
-                out.push(gap_event(&self.symbol, last + 1, seq - 1, reason));
+            visible
+        } else {
+            request.symbols.clone()
+        };
+        symbols.sort();
+        symbols.dedup();
+        for symbol in &symbols {
+            self.symbols.get(symbol)?;
+        }
+        caller.require_subscribe(symbols.iter().map(String::as_str))?;
+        for symbol in request.resume_after.keys() {
+            if !symbols.contains(symbol) {
+                return Err(Status::invalid_argument(format!(
+                    "resume_after names {symbol:?}, which is not among the streamed symbols"
+                )));
             }
         }
-        out.push(rate_event(tick));
-        self.last_sent = Some(seq);
+        Ok(symbols)
     }
+
+    /// Subscribes to each symbol's ring and reads the backlogs.
+    fn open_rings(
+        &self,
+        symbols: &[String],
+        request: &StreamRatesRequest,
+    ) -> Result<OpenStream, Status> {
+        // Subscribe before reading the backlog (inside `hub.subscribe`), so
+        // nothing published in between is lost; the cursor drops duplicates.
+        let mut backlog = Vec::new();
+        let mut cursor = StreamCursor::new();
+        let mut lives = Vec::with_capacity(symbols.len());
+        for symbol in symbols {
+            let resume = request
+                .resume_after
+                .get(symbol)
+                .copied()
+                .or(request.resume_after_sequence);
+            let sub = self.hub.subscribe(symbol, resume)?;
+            if let Some(after) = resume {
+                cursor.resume(symbol, after);
+            }
+            for tick in sub.backlog {
+                if let Some(delivery) = cursor.advance(tick, GapCause::NotHeld) {
+                    backlog.extend(events(&delivery));
+                }
+            }
+            lives.push(sub.live);
+        }
+        Ok(OpenStream {
+            backlog,
+            lives,
+            cursor,
+        })
+    }
+}
+
+/// A `StreamRates` stream as it starts.
+struct OpenStream {
+    /// The backlogs' events, to send first.
+    backlog: Vec<StreamRatesResponse>,
+    /// Each symbol's live ticks.
+    lives: Vec<LiveTicks<Tick>>,
+    /// Where the stream stands after the backlog.
+    cursor: StreamCursor,
 }
 
 #[tonic::async_trait]
@@ -182,74 +275,23 @@ impl RateService for RateServiceImpl {
     ) -> Result<Response<RateStream>, Status> {
         let caller = Caller::of(&request)?.clone();
         let request = request.into_inner();
-        let mut symbols: Vec<String> = if request.symbols.is_empty() {
-            // Every symbol the caller may see.
-            let visible: Vec<String> = self
-                .symbols
-                .names()
-                .filter(|s| caller.scopes.may_subscribe(s))
-                .map(str::to_owned)
-                .collect();
-            if visible.is_empty() {
-                return Err(Status::permission_denied(
-                    "this token has no rates:subscribe scope",
-                ));
-            }
-            visible
-        } else {
-            request.symbols
-        };
-        symbols.sort();
-        symbols.dedup();
-        for symbol in &symbols {
-            self.symbols.get(symbol)?;
-        }
-        caller.require_subscribe(symbols.iter().map(String::as_str))?;
-        for symbol in request.resume_after.keys() {
-            if !symbols.contains(symbol) {
-                return Err(Status::invalid_argument(format!(
-                    "resume_after names {symbol:?}, which is not among the streamed symbols"
-                )));
-            }
-        }
-
-        // Subscribe before reading the backlog (inside `hub.subscribe`), so
-        // nothing published in between is lost; the cursors drop duplicates.
-        let mut backlog_events = Vec::new();
-        let mut cursors = Vec::with_capacity(symbols.len());
-        let mut lives = Vec::with_capacity(symbols.len());
-        for (index, symbol) in symbols.iter().enumerate() {
-            let resume = request
-                .resume_after
-                .get(symbol)
-                .copied()
-                .or(request.resume_after_sequence);
-            let sub = self.hub.subscribe(symbol, resume)?;
-            let mut cursor = Cursor {
-                symbol: symbol.clone(),
-                last_sent: resume,
-            };
-            for tick in &sub.backlog {
-                cursor.advance(tick, GapReason::ReplayUnavailable, &mut backlog_events);
-            }
-            cursors.push(cursor);
-            lives.push(BroadcastStream::new(sub.live).map(move |item| (index, item)));
-        }
-
-        let hub = self.hub.clone();
-        let limits = self.limits;
+        let symbols = self.streamed_symbols(&caller, &request)?;
+        let OpenStream {
+            backlog,
+            lives,
+            mut cursor,
+        } = self.open_rings(&symbols, &request)?;
+        let mut lags = LagCounter::new(self.limits.into());
         let shutdown = self.shutdown.clone();
         // The stream ends when its credential does (expiry or revocation);
         // clients reconnect with a fresh token (and resume_after, so nothing
         // is lost).
         let credential_end = self.authority.credential_end(&caller);
         let stream = async_stream::stream! {
-            for event in backlog_events {
+            for event in backlog {
                 yield Ok(event);
             }
             let mut live = select_all(lives);
-            let mut lags: VecDeque<Instant> = VecDeque::new();
-            let mut out = Vec::with_capacity(2);
             // Built once, not per tick: each would register a timer and a
             // waiter every time round the loop.
             let cancelled = shutdown.cancelled();
@@ -267,31 +309,20 @@ impl RateService for RateServiceImpl {
                     }
                     next = live.next() => next,
                 };
-                let Some((index, item)) = next else { break };
-                let cursor = &mut cursors[index];
-                match item {
-                    Ok(tick) => cursor.advance(&tick, GapReason::Transport, &mut out),
-                    Err(BroadcastStreamRecvError::Lagged(_)) => {
-                        let now = Instant::now();
-                        lags.push_back(now);
-                        while lags.front().is_some_and(|t| now.duration_since(*t) > limits.lag_window) {
-                            lags.pop_front();
-                        }
-                        if lags.len() >= limits.max_lags {
-                            yield Err(Status::resource_exhausted(format!(
-                                "slow consumer: fell behind {} times within {:?}; reconnect with resume_after to continue",
-                                lags.len(), limits.lag_window
-                            )));
-                            break;
-                        }
-                        // Conflate: skip straight to the newest rate.
-                        if let Some(tick) = hub.latest(&cursor.symbol) {
-                            cursor.advance(&tick, GapReason::SlowConsumer, &mut out);
+                let Some(item) = next else { break };
+                match cursor.live(item, &mut lags) {
+                    Ok(Some(delivery)) => {
+                        for event in events(&delivery) {
+                            yield Ok(event);
                         }
                     }
-                }
-                for event in out.drain(..) {
-                    yield Ok(event);
+                    Ok(None) => {}
+                    Err(slow) => {
+                        yield Err(Status::resource_exhausted(format!(
+                            "{slow}; reconnect with resume_after to continue"
+                        )));
+                        break;
+                    }
                 }
             }
         };

@@ -94,6 +94,16 @@ impl Tick {
     }
 }
 
+impl crate::stream::Sequenced for Tick {
+    fn symbol(&self) -> &str {
+        Tick::symbol(self)
+    }
+
+    fn sequence(&self) -> u64 {
+        Tick::sequence(self)
+    }
+}
+
 /// Parses a decimal price string: positive, plain notation, at most 28 digits.
 ///
 /// # Errors
