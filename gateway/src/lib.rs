@@ -46,8 +46,8 @@ use axum::{
     routing::{get, post},
 };
 pub use error::ApiError;
-pub use fxcast_services::stream::LagLimit;
 use fxcast_services::auth::AnonymousPolicy;
+pub use fxcast_services::stream::LagLimit;
 pub use metrics::Metrics;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
