@@ -2,7 +2,7 @@
 
 use std::{
     future::Future,
-    net::{IpAddr, Ipv4Addr, SocketAddr},
+    net::SocketAddr,
     sync::Arc,
 };
 
@@ -57,16 +57,17 @@ impl App {
         tracing::info!(grpc = %grpc_addr, http = %http_addr, "fxcast listening");
 
         let grpc_core = Arc::clone(&core);
+        let (connector, local) = fxcast_listener::local();
         let grpc_stop = stop.clone();
         // Either server ending ends the application: no half-running process.
         let grpc_task = tokio::spawn(async move {
             let result = grpc_core
-                .serve_grpc(grpc, grpc_stop.clone().cancelled_owned())
+                .serve_grpc_with_local(grpc, Some(local), grpc_stop.clone().cancelled_owned())
                 .await;
             grpc_stop.cancel();
             result
         });
-        let upstream = Upstream::new(loopback_channel(grpc_addr)?, core.authority().api_key());
+        let upstream = Upstream::new(in_process_channel(connector)?, core.authority().api_key());
         let http_stop = stop.clone();
         let http_task = tokio::spawn(async move {
             let result = serve_gateway(upstream, config.gateway, http, http_stop.clone()).await;
@@ -180,10 +181,15 @@ async fn connect(config: TransportConfig) -> Result<Arc<dyn Transport>, Error> {
     })
 }
 
-/// The gateway's channel to this process's own gRPC server.
-fn loopback_channel(mut addr: SocketAddr) -> Result<tonic::transport::Channel, Error> {
-    if addr.ip().is_unspecified() {
-        addr.set_ip(IpAddr::V4(Ipv4Addr::LOCALHOST));
-    }
-    Ok(fxcast_gateway::upstream_endpoint(&format!("http://{addr}"))?.connect_lazy())
+/// The gateway's channel to this process's own gRPC server: in-process
+/// pipes rather than loopback sockets, so it needs no TLS, no client
+/// certificate and no slot under the gRPC listener's connection cap.
+fn in_process_channel(
+    connector: fxcast_listener::LocalConnector,
+) -> Result<tonic::transport::Channel, Error> {
+    let connect = tower::service_fn(move |_: tonic::transport::Uri| {
+        let pipe = connector.connect().map(hyper_util::rt::TokioIo::new);
+        std::future::ready(pipe)
+    });
+    Ok(fxcast_gateway::upstream_endpoint("http://in-process")?.connect_with_connector_lazy(connect))
 }

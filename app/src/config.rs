@@ -98,6 +98,7 @@ impl Config {
         let connections = connections(&settings)?;
         config.core.connections = connections;
         config.gateway.connections = connections;
+        (config.core.tls, config.gateway.tls) = tls(&settings)?;
         config.core.feed = feed(&settings);
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
@@ -119,6 +120,36 @@ fn positive(value: Option<humantime::Duration>, flag: &str) -> Result<Option<Dur
         Some(d) if d.is_zero() => Err(Error::Config(format!("{flag} must be positive"))),
         other => Ok(other),
     }
+}
+
+/// TLS of the gRPC and the HTTP listener: one certificate, each listener
+/// with its own ALPN; client certificates on the gRPC port only.
+fn tls(
+    settings: &Settings,
+) -> Result<(Option<fxcast_listener::Tls>, Option<fxcast_listener::Tls>), Error> {
+    use fxcast_listener::{Tls, TlsFiles, tls};
+    let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
+        (None, None) if settings.tls_client_ca.is_some() => {
+            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
+        }
+        (None, None) => return Ok((None, None)),
+        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
+        _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
+    };
+    let unusable = |err: tls::TlsError| Error::Config(format!("TLS: {err}"));
+    let http = TlsFiles {
+        cert,
+        key,
+        client_ca: None,
+    };
+    let grpc = TlsFiles {
+        client_ca: settings.tls_client_ca.clone(),
+        ..http.clone()
+    };
+    Ok((
+        Some(Tls::load(grpc, tls::ALPN_GRPC).map_err(unusable)?),
+        Some(Tls::load(http, tls::ALPN_HTTP).map_err(unusable)?),
+    ))
 }
 
 /// The connection cap and timeouts, the same on both listeners.

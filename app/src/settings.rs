@@ -84,6 +84,17 @@ settings! {
         #[arg(long, env = "FXCAST_IDLE_TIMEOUT")]
         #[serde(deserialize_with = "parsed")]
         idle_timeout: Option<humantime::Duration>,
+        /// PEM certificate chain: serve gRPC and HTTP over TLS (with --tls-key); the files are
+        /// re-read when they change, so certificates rotate without a restart
+        #[arg(long, env = "FXCAST_TLS_CERT", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// PEM private key of --tls-cert
+        #[arg(long, env = "FXCAST_TLS_KEY", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+        /// PEM CA certificates: gRPC clients must present a certificate signed by one of them
+        /// (needs --tls-cert)
+        #[arg(long, env = "FXCAST_TLS_CLIENT_CA", requires = "tls_cert")]
+        tls_client_ca: Option<PathBuf>,
         /// Pub/sub transport: memory (in-process) or momento (Momento Topics; the API key comes
         /// from MOMENTO_API_KEY) [default: memory]
         #[arg(long, env = "FXCAST_TRANSPORT")]

@@ -95,6 +95,8 @@ pub struct GatewayConfig {
     pub max_body: usize,
     /// Connection cap and header/idle timeouts of the HTTP listener.
     pub connections: fxcast_listener::ListenerConfig,
+    /// TLS of the HTTP listener (plaintext when `None`).
+    pub tls: Option<fxcast_listener::Tls>,
 }
 
 impl Default for GatewayConfig {
@@ -110,6 +112,7 @@ impl Default for GatewayConfig {
             cors_origins: Vec::new(),
             max_body: 16 * 1024,
             connections: fxcast_listener::ListenerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -156,7 +159,12 @@ pub async fn serve_gateway(
         stop: stop.clone(),
         revocations,
     };
-    let listener = fxcast_listener::Listener::new("HTTP", http, state.config.connections);
+    let listener = fxcast_listener::Listener::new(
+        "HTTP",
+        http,
+        state.config.connections,
+        state.config.tls.clone(),
+    );
     let _ = state.metrics.listener.set(listener.stats());
     server::serve_http(listener, router(state), stop).await;
     Ok(())

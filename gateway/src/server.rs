@@ -1,7 +1,7 @@
 //! The HTTP server under the router: hyper directly, because
 //! `axum::serve` exposes neither hyper's HTTP/1 header-read timeout nor its
 //! HTTP/2 keepalive. Connections come from an `fxcast_listener::Listener`
-//! (cap, fd-exhaustion backoff, idle and header timeouts).
+//! (cap, fd-exhaustion backoff, idle and header timeouts, TLS).
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -30,13 +30,14 @@ pub(crate) async fn serve_http(listener: Listener, router: Router, stop: Cancell
         .timer(TokioTimer::new())
         .keep_alive_interval(config.http2_keepalive_interval())
         .keep_alive_timeout(config.http2_keepalive_timeout());
+    let builder = std::sync::Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
-        let conn = tokio::select! {
-            conn = listener.accept() => conn,
+        let handshake = tokio::select! {
+            handshake = listener.accept_handshake() => handshake,
             () = stop.cancelled() => break,
         };
-        let remote = conn.remote_addr();
+        let remote = handshake.remote_addr();
         // What `into_make_service_with_connect_info` would insert.
         let service = router
             .clone()
@@ -47,12 +48,21 @@ pub(crate) async fn serve_http(listener: Listener, router: Router, stop: Cancell
                 request
             })
             .map_err(|never: Infallible| match never {});
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(conn), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = std::sync::Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        // The TLS handshake (if any) in the connection's own task.
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let stream = match handshake.establish().await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(peer = %remote, error = %err, "TLS handshake failed");
+                    return;
+                }
+            };
+            let connection = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                .into_owned();
+            if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(peer = %remote, error = %err, "HTTP connection ended");
             }
         });

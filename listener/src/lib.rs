@@ -23,13 +23,24 @@
 //! It is its own crate because momento-local stands beside the fxcast
 //! crates and must not depend on them; this one knows nothing of fxcast.
 //!
+//! With [`Tls`] a listener serves TLS (rustls): the handshake runs in each
+//! connection's task within the header timeout, and the certificate is
+//! reloaded when its files change. A plaintext listener bound beyond
+//! loopback says so in a warning at start: bearer tokens would cross the
+//! network in the clear.
+//!
 //! # Layout
 //! - this file: [`ListenerConfig`], [`Listener`], [`ListenerStats`];
-//! - `conn`: [`Conn`], the accepted socket with its watchdog.
+//! - `conn`: [`Conn`], the accepted socket with its watchdog;
+//! - `stream`: [`Handshake`] and [`Stream`], a connection before and after
+//!   its TLS handshake;
+//! - `tls`: [`Tls`], the certificate, key and client CA, reloaded on change.
 
 #![forbid(unsafe_code)]
 
 mod conn;
+mod stream;
+pub mod tls;
 
 use std::{
     io,
@@ -42,7 +53,8 @@ use std::{
 };
 
 pub use conn::Conn;
-use futures_util::Stream;
+pub use stream::{Handshake, LocalConnector, LocalIncoming, Stream, local};
+pub use tls::{Tls, TlsFiles};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::{OwnedSemaphorePermit, Semaphore},
@@ -167,19 +179,42 @@ pub struct Listener {
     config: ListenerConfig,
     slots: Arc<Semaphore>,
     stats: Arc<ListenerStats>,
+    tls: Option<Tls>,
 }
 
 impl Listener {
-    /// Wraps `inner`; `name` (`gRPC`, `HTTP`, `momento-local`) labels its
-    /// log lines.
-    pub fn new(name: &'static str, inner: TcpListener, config: ListenerConfig) -> Self {
+    /// Wraps `inner`, serving TLS when `tls` is given; `name` (`gRPC`,
+    /// `HTTP`, `momento-local`) labels its log lines. Warns when a
+    /// plaintext listener is reachable beyond loopback.
+    pub fn new(
+        name: &'static str,
+        inner: TcpListener,
+        config: ListenerConfig,
+        tls: Option<Tls>,
+    ) -> Self {
+        if tls.is_none()
+            && let Ok(addr) = inner.local_addr()
+            && !addr.ip().is_loopback()
+        {
+            tracing::warn!(
+                listener = name,
+                %addr,
+                "plaintext listener reachable beyond loopback: tokens and API keys cross the network in the clear (see --tls-cert/--tls-key)"
+            );
+        }
         Self {
             name,
             inner,
             slots: Arc::new(Semaphore::new(config.max_connections)),
             config,
             stats: Arc::default(),
+            tls,
         }
+    }
+
+    /// Whether connections are TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The address bound.
@@ -222,13 +257,67 @@ impl Listener {
         }
     }
 
-    /// The connections as a stream, for `tonic`'s `serve_with_incoming*`.
-    /// It never yields an error.
-    pub fn into_incoming(self) -> impl Stream<Item = io::Result<Conn>> + Send + 'static {
-        futures_util::stream::unfold(self, |listener| async move {
-            let conn = listener.accept().await;
-            Some((Ok(conn), listener))
-        })
+    /// The next connection, its TLS handshake still to run (in the
+    /// connection's own task: [`Handshake::establish`]).
+    pub async fn accept_handshake(&self) -> Handshake {
+        let conn = self.accept().await;
+        Handshake {
+            conn,
+            tls: self.tls.as_ref().map(Tls::acceptor),
+            timeout: self.config.header_timeout,
+        }
+    }
+
+    /// The established connections as a stream, for `tonic`'s
+    /// `serve_with_incoming*`. TLS handshakes run concurrently in tasks of
+    /// their own; one that fails is logged and dropped, so the stream never
+    /// yields an error. Accepting stops when the stream is dropped.
+    pub fn into_incoming(self) -> impl futures_util::Stream<Item = io::Result<Stream>> + Send + 'static {
+        self.into_incoming_with(None)
+    }
+
+    /// [`Listener::into_incoming`], plus the in-process connections of
+    /// `local`.
+    pub fn into_incoming_with(
+        self,
+        local: Option<LocalIncoming>,
+    ) -> impl futures_util::Stream<Item = io::Result<Stream>> + Send + 'static {
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        if let Some(mut local) = local {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while let Some(pipe) = local.rx.recv().await {
+                    if tx.send(Ok(Stream::Local(pipe))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+        tokio::spawn(async move {
+            loop {
+                let handshake = tokio::select! {
+                    handshake = self.accept_handshake() => handshake,
+                    () = tx.closed() => return,
+                };
+                let tx = tx.clone();
+                let name = self.name;
+                let establish = async move {
+                    let peer = handshake.remote_addr();
+                    match handshake.establish().await {
+                        Ok(stream) => {
+                            let _ = tx.send(Ok(stream)).await;
+                        }
+                        Err(err) => tracing::debug!(listener = name, %peer, error = %err, "TLS handshake failed"),
+                    }
+                };
+                if self.tls.is_some() {
+                    tokio::spawn(establish);
+                } else {
+                    establish.await;
+                }
+            }
+        });
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
     }
 
     async fn slot(&self) -> OwnedSemaphorePermit {

@@ -140,6 +140,9 @@ pub struct MomentoLocalConfig {
     pub topic_idle_timeout: Duration,
     /// Connection cap and header/idle timeouts of the listener.
     pub connections: fxcast_listener::ListenerConfig,
+    /// TLS of the listener (plaintext, as Momento SDKs' local-development
+    /// settings expect, when `None`).
+    pub tls: Option<fxcast_listener::Tls>,
 }
 
 impl Default for MomentoLocalConfig {
@@ -156,6 +159,7 @@ impl Default for MomentoLocalConfig {
             heartbeat_interval: Duration::from_secs(1),
             topic_idle_timeout: Duration::from_secs(10 * 60),
             connections: fxcast_listener::ListenerConfig::default(),
+            tls: None,
         }
     }
 }
@@ -309,7 +313,8 @@ pub async fn serve(
     let connections = config.connections;
     // TCP_NODELAY, keepalive, the connection cap and the timeouts.
     let incoming =
-        fxcast_listener::Listener::new("momento-local", listener, connections).into_incoming();
+        fxcast_listener::Listener::new("momento-local", listener, connections, config.tls.clone())
+            .into_incoming();
     let served = tonic::transport::Server::builder()
         // Closes HTTP/2 peers that stop answering pings.
         .http2_keepalive_interval(Some(connections.http2_keepalive_interval()))

@@ -47,6 +47,8 @@ pub struct Config {
     pub latest_fresh_for: std::time::Duration,
     /// Connection cap and timeouts of the gRPC listener.
     pub connections: fxcast_listener::ListenerConfig,
+    /// TLS of the gRPC listener (plaintext when `None`).
+    pub tls: Option<fxcast_listener::Tls>,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             orders: OrdersConfig::default(),
             latest_fresh_for: std::time::Duration::from_secs(1),
             connections: fxcast_listener::ListenerConfig::default(),
+            tls: None,
         }
     }
 }

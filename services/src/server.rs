@@ -217,6 +217,21 @@ impl RatesCore {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        self.serve_grpc_with_local(listener, None, shutdown).await
+    }
+
+    /// [`RatesCore::serve_grpc`], also serving the in-process connections
+    /// of `local` (the all-in-one gateway's, which need neither TLS nor a
+    /// connection slot).
+    ///
+    /// # Errors
+    /// [`Error::Server`] when the server fails.
+    pub async fn serve_grpc_with_local(
+        &self,
+        listener: TcpListener,
+        local: Option<fxcast_listener::LocalIncoming>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), Error> {
         let (health, health_service) = tonic_health::server::health_reporter();
         health
             .set_serving::<RateServiceServer<RateServiceImpl>>()
@@ -243,8 +258,13 @@ impl RatesCore {
         ));
         let connections = self.config.connections;
         // TCP_NODELAY, keepalive, the cap and the timeouts.
-        let incoming =
-            fxcast_listener::Listener::new("gRPC", listener, connections).into_incoming();
+        let incoming = fxcast_listener::Listener::new(
+            "gRPC",
+            listener,
+            connections,
+            self.config.tls.clone(),
+        )
+        .into_incoming_with(local);
         // One auth layer over every service; it exempts health and reflection
         // by path and puts the caller on each request for the handlers.
         tonic::transport::Server::builder()
