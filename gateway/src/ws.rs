@@ -7,9 +7,11 @@
 //! Slow consumers: rates come from per-symbol broadcast rings shared by every
 //! connection; a connection that falls behind skips to the latest rate of the
 //! symbol and is sent a `gap` first (conflation). One that cannot take a
-//! frame within the send timeout is closed with code 1013 and a reason.
-//! Memory per connection stays bounded: the rings are shared, and the
-//! socket's own write buffer is capped.
+//! frame within the send timeout is closed with code 1013 and a reason; the
+//! rest of the frame it was sent and the close get the send timeout again,
+//! so a client that resumes reading in that time reads whole frames, then
+//! the close. Memory per connection stays bounded: the rings are shared, and
+//! the socket's own write buffer is capped.
 //!
 //! Closing (RFC 6455 section 7; docs/WEBSOCKET.md lists the Autobahn cases
 //! the tests drive): a client's close is echoed (tungstenite queues the
@@ -174,7 +176,9 @@ impl Connection {
             .metrics
             .subscriptions
             .dec_by(self.subscriptions.len() as i64);
-        let patience = Duration::from_secs(1);
+        // What is still owed to the client gets the patience any frame
+        // gets: a client stalled past the send timeout may yet read it.
+        let patience = self.state.config.ws.send_timeout;
         // `Err` is an exit from inside a send (a slow consumer), `Ok` one
         // from the loop itself; both close the same way.
         match exit.unwrap_or_else(|exit| exit) {

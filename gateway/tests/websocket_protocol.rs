@@ -1,8 +1,8 @@
 //! RFC 6455 on the wire, with a raw-socket client: the Autobahn
 //! testsuite's cases of sections 1-7 (framing, pings and pongs, reserved
 //! bits, opcodes, fragmentation, UTF-8, close handling) driven against the
-//! real gateway, plus the size limit and unmasked frames. docs/WEBSOCKET.md
-//! lists which case each test covers.
+//! real gateway, plus the size limit, unmasked frames and the slow-consumer
+//! close. docs/WEBSOCKET.md lists which case each test covers.
 //!
 //! Autobahn's cases assume an echo server; the gateway speaks JSON, so "the
 //! message is echoed" becomes "the server answers it": a subscribe to an
@@ -11,12 +11,13 @@
 
 use std::time::Duration;
 
+use fxcast_gateway::{GatewayConfig, LagLimit, WsLimits};
 use fxcast_testkit::Stack;
 use serde_json::Value;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::{
-        TcpStream,
+        TcpSocket, TcpStream,
         tcp::{OwnedReadHalf, OwnedWriteHalf},
     },
 };
@@ -32,6 +33,7 @@ const NORMAL: u16 = 1000;
 const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_PAYLOAD: u16 = 1007;
 const TOO_BIG: u16 = 1009;
+const TRY_AGAIN: u16 = 1013;
 
 /// Longest wait for anything the server is expected to do.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -1278,4 +1280,68 @@ async fn s7_malformed_closes_fail_the_connection() {
         frame(PING, b""),
     ];
     ws.refused_as_too_big(&frames.concat(), usize::MAX).await;
+}
+
+// The slow consumer's close (README: "one that cannot take a frame for 5 s
+// is closed with code 1013 and the reason").
+
+#[tokio::test]
+async fn a_stalled_reader_reads_whole_frames_then_close_1013_with_the_reason() {
+    let send_timeout = Duration::from_secs(4);
+    let h = Stack::desk_with(GatewayConfig {
+        anonymous_tokens: true,
+        ws: WsLimits {
+            send_timeout,
+            ..WsLimits::default()
+        },
+        // Closed for taking too long, not for falling behind.
+        lag_limit: LagLimit {
+            max_lags: usize::MAX,
+            ..LagLimit::default()
+        },
+        ..GatewayConfig::default()
+    })
+    .await;
+    let g = Gateway::with(h).await;
+    // A small receive window: the server's writes block early.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut ws = Raw::upgrade(&g, socket.connect(g.h.http).await.unwrap()).await;
+    ws.send(&frame(TEXT, &subscribe_to(b"USD_JPY"))).await;
+    // The client reads nothing until the server has given up on it.
+    let slow = "fxcast_gateway_slow_consumer_disconnects_total{kind=\"ws\"}";
+    while g.h.metric(slow).await < 1.0 {
+        for _ in 0..32 {
+            g.h.publish("USD_JPY", "151.100", "151.110").await;
+        }
+    }
+    // And stays stalled a while longer, as a busy browser tab would (this
+    // sleep is the client's stall, not a wait for the server): the close is
+    // owed to a client that resumes within the send timeout.
+    tokio::time::sleep(send_timeout / 2).await;
+    // Everything it then reads is whole frames: the acknowledgement, rates,
+    // the error saying why, and the close with the reason.
+    let mut last = 0;
+    loop {
+        let message = ws.json().await;
+        match message["type"].as_str() {
+            Some("subscribed") => assert_eq!(last, 0),
+            Some("rate") => {
+                let sequence = message["sequence"].as_u64().unwrap();
+                assert!(sequence > last, "{message}");
+                last = sequence;
+            }
+            Some("error") => {
+                assert_eq!(message["code"], "slow_consumer", "{message}");
+                break;
+            }
+            _ => panic!("unexpected {message}"),
+        }
+    }
+    assert!(last >= 1, "no rate before the close");
+    let reason = ws.closed_with(TRY_AGAIN).await;
+    assert_eq!(
+        reason,
+        "slow consumer: could not take a frame within the send timeout"
+    );
 }
