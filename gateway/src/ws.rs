@@ -7,9 +7,21 @@
 //! Slow consumers: rates come from per-symbol broadcast rings shared by every
 //! connection; a connection that falls behind skips to the latest rate of the
 //! symbol and is sent a `gap` first (conflation). One that cannot take a
-//! frame within the send timeout is closed with code 1013 and a reason.
-//! Memory per connection stays bounded: the rings are shared, and the
-//! socket's own write buffer is capped.
+//! frame within the send timeout is closed with code 1013 and a reason; the
+//! rest of the frame it was sent and the close get the send timeout again,
+//! so a client that resumes reading in that time reads whole frames, then
+//! the close. Memory per connection stays bounded: the rings are shared, and
+//! the socket's own write buffer is capped.
+//!
+//! Closing (RFC 6455 section 7; docs/WEBSOCKET.md lists the Autobahn cases
+//! the tests drive): a client's close is echoed (tungstenite queues the
+//! echo, the connection flushes it). A protocol error fails the connection
+//! with the close frame alone: 1002, or 1007 for invalid UTF-8 (module
+//! `close` picks the code). The server's own closes (1001, 1008, 1009 for a
+//! message over the limit, 1013) follow an `error` message saying why, and
+//! wait briefly for the client's close.
+
+mod close;
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -21,7 +33,10 @@ use axum::{
     http::HeaderMap,
     response::{IntoResponse, Response},
 };
-use futures_util::{FutureExt, SinkExt, StreamExt, stream::SplitSink};
+use futures_util::{
+    FutureExt, SinkExt, StreamExt,
+    stream::{SplitSink, SplitStream},
+};
 use fxcast_services::stream::{Delivery, GapCause, LagCounter, Live, LiveTicks, StreamCursor};
 
 /// Most ticks written to one connection before a flush.
@@ -29,6 +44,7 @@ const MAX_BATCH: usize = 32;
 use serde::Deserialize;
 use tokio_stream::StreamMap;
 
+use self::close::Inbound;
 use crate::{
     AppState,
     error::ApiError,
@@ -79,7 +95,8 @@ pub(crate) struct StreamQuery {
         the server answers with `ServerMessage`s and sends each rate as `RateJson` with `\"type\":\"rate\"` \
         (and, after `\"orders\":true` in a subscribe, the caller's order events as `OrderJson` with \
         `\"type\":\"order\"`). Messages over 4096 bytes close the connection with 1009; a slow consumer is \
-        conflated, then closed with 1013; an expired or revoked token closes it with 1008.",
+        conflated, then closed with 1013; an expired or revoked token closes it with 1008; a protocol \
+        error with 1002 (1007 for text that is not UTF-8). A client's close is echoed.",
     params(("token" = Option<String>, Query, description = "The token, for clients that cannot set headers")),
     responses((status = 101, description = "Switching Protocols: the WebSocket is open"),
         (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
@@ -112,8 +129,15 @@ pub(crate) async fn upgrade(
 }
 
 enum Exit {
+    /// The client went away, or its socket failed: nothing can be sent.
+    Gone,
+    /// The client sent a close frame; tungstenite has queued the echo.
     ClientClosed,
+    /// A close of ours: an `error` message saying why, then the close frame.
     Close(u16, String),
+    /// The client broke the protocol: the close frame alone, as no data
+    /// frame may follow the failure (RFC 6455 section 7.1.7).
+    Fail(u16, String),
 }
 
 struct Connection {
@@ -152,10 +176,15 @@ impl Connection {
             .metrics
             .subscriptions
             .dec_by(self.subscriptions.len() as i64);
+        // What is still owed to the client gets the patience any frame
+        // gets: a client stalled past the send timeout may yet read it.
+        let patience = self.state.config.ws.send_timeout;
         // `Err` is an exit from inside a send (a slow consumer), `Ok` one
         // from the loop itself; both close the same way.
         match exit.unwrap_or_else(|exit| exit) {
-            Exit::ClientClosed => {}
+            Exit::Gone => {}
+            // Flushing writes the echo; the stream then ends.
+            Exit::ClientClosed => drop(tokio::time::timeout(patience, sink.flush()).await),
             Exit::Close(code, reason) => {
                 let error = ServerMessage::error(
                     match code {
@@ -165,29 +194,10 @@ impl Connection {
                     },
                     &reason,
                 );
-                let sent = tokio::time::timeout(Duration::from_secs(1), async {
-                    sink.send(Message::Text(error.to_text().into())).await?;
-                    sink.send(Message::Close(Some(CloseFrame {
-                        code,
-                        reason: reason.into(),
-                    })))
-                    .await
-                })
-                .await;
-                // The closing handshake: wait (briefly) for the client's
-                // close, reading what it still sends. Closing the socket
-                // with unread input would reset the connection, and the
-                // client could lose the close frame and its reason.
-                if matches!(sent, Ok(Ok(()))) {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), async {
-                        while let Some(Ok(frame)) = inbound.next().await {
-                            if matches!(frame, Message::Close(_)) {
-                                break;
-                            }
-                        }
-                    })
-                    .await;
-                }
+                close(&mut sink, &mut inbound, patience, Some(error), code, reason).await;
+            }
+            Exit::Fail(code, reason) => {
+                close(&mut sink, &mut inbound, patience, None, code, reason).await;
             }
         }
     }
@@ -212,7 +222,7 @@ impl Connection {
             }
         }
         self.batching = false;
-        sink.flush().await.map_err(|_| Exit::ClientClosed)
+        sink.flush().await.map_err(|_| Exit::Gone)
     }
 
     /// The exit of a connection that could not take its frames in time.
@@ -227,10 +237,7 @@ impl Connection {
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
         if self.batching {
             // Inside `write_batch`, which is timed as a whole.
-            return sink
-                .feed(Message::Text(text))
-                .await
-                .map_err(|_| Exit::ClientClosed);
+            return sink.feed(Message::Text(text)).await.map_err(|_| Exit::Gone);
         }
         match tokio::time::timeout(
             self.state.config.ws.send_timeout,
@@ -239,7 +246,7 @@ impl Connection {
         .await
         {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(_)) => Err(Exit::ClientClosed),
+            Ok(Err(_)) => Err(Exit::Gone),
             Err(_) => Err(self.too_slow()),
         }
     }
@@ -288,7 +295,7 @@ impl Connection {
     async fn serve(
         &mut self,
         sink: &mut Sink,
-        inbound: &mut futures_util::stream::SplitStream<WebSocket>,
+        inbound: &mut SplitStream<WebSocket>,
     ) -> Result<Exit, Exit> {
         let limits = self.state.config.ws;
         let mut heartbeat = tokio::time::interval_at(
@@ -366,10 +373,15 @@ impl Connection {
             )
         };
         match frame {
-            Some(Err(err)) if too_big_error(&err) => return Ok(Some(too_big())),
-            None | Some(Err(_)) | Some(Ok(Message::Close(_))) => {
-                return Ok(Some(Exit::ClientClosed));
+            None => return Ok(Some(Exit::Gone)),
+            Some(Err(err)) => {
+                return Ok(Some(match Inbound::of(&err) {
+                    Inbound::Gone => Exit::Gone,
+                    Inbound::TooBig => too_big(),
+                    Inbound::Violation(code, reason) => Exit::Fail(code, reason),
+                }));
             }
+            Some(Ok(Message::Close(_))) => return Ok(Some(Exit::ClientClosed)),
             Some(Ok(Message::Text(text))) if text.len() > max => return Ok(Some(too_big())),
             Some(Ok(Message::Text(text))) => {
                 if self.on_client_message(sink, text.as_str()).await? && order_events.is_none() {
@@ -553,13 +565,40 @@ impl Connection {
     }
 }
 
-/// Whether an inbound error is a message over the size limit (the
-/// connection itself is still usable to say so).
-fn too_big_error(err: &axum::Error) -> bool {
-    use tokio_tungstenite::tungstenite::Error;
-    std::error::Error::source(err)
-        .and_then(|source| source.downcast_ref::<Error>())
-        .is_some_and(|err| matches!(err, Error::Capacity(_)))
+/// Sends `error` (if any) and the close frame, then waits briefly for the
+/// client's close, reading what it still sends: closing the socket with
+/// unread input would reset the connection, and the client could lose the
+/// close frame. After a protocol error the stream has already ended, so
+/// this returns as soon as the close is written.
+async fn close(
+    sink: &mut Sink,
+    inbound: &mut SplitStream<WebSocket>,
+    patience: Duration,
+    error: Option<ServerMessage>,
+    code: u16,
+    reason: String,
+) {
+    let sent = tokio::time::timeout(patience, async {
+        if let Some(error) = error {
+            sink.send(Message::Text(error.to_text().into())).await?;
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        })))
+        .await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), async {
+            while let Some(Ok(frame)) = inbound.next().await {
+                if matches!(frame, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
 }
 
 async fn send_ping(sink: &mut Sink) -> Result<(), Exit> {
@@ -570,7 +609,7 @@ async fn send_ping(sink: &mut Sink) -> Result<(), Exit> {
     .await
     {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(Exit::ClientClosed),
+        Ok(Err(_)) => Err(Exit::Gone),
         Err(_) => Err(Exit::Close(
             close_code::AGAIN,
             "slow consumer: could not take a ping".into(),
