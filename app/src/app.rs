@@ -1,10 +1,6 @@
 //! The running application: `build` -> handles -> `shutdown`.
 
-use std::{
-    future::Future,
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use fxcast_gateway::{Upstream, serve_gateway};
 use fxcast_services::RatesCore;
@@ -191,5 +187,8 @@ fn in_process_channel(
         let pipe = connector.connect().map(hyper_util::rt::TokioIo::new);
         std::future::ready(pipe)
     });
-    Ok(fxcast_gateway::upstream_endpoint("http://in-process")?.connect_with_connector_lazy(connect))
+    Ok(
+        fxcast_gateway::upstream_endpoint("http://in-process")?
+            .connect_with_connector_lazy(connect),
+    )
 }

@@ -130,7 +130,9 @@ fn tls(
     use fxcast_listener::{Tls, TlsFiles, tls};
     let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
         (None, None) if settings.tls_client_ca.is_some() => {
-            return Err(Error::Config("--tls-client-ca needs --tls-cert and --tls-key".into()));
+            return Err(Error::Config(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            ));
         }
         (None, None) => return Ok((None, None)),
         (Some(cert), Some(key)) => (cert.clone(), key.clone()),

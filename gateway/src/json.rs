@@ -196,7 +196,9 @@ pub enum ServerMessage {
         first_missing: u64,
         /// Last sequence skipped.
         last_missing: u64,
-        /// `slow_consumer`, `upstream`.
+        /// `slow_consumer`, `upstream` (WebSocket) or `not_held` (SSE), or
+        /// `resume_ahead`: the resume point is ahead of the stream, which
+        /// restarts from the rate that follows (`first_missing` - 1).
         reason: String,
     },
     /// Sent every few seconds and in answer to a ping.

@@ -166,7 +166,8 @@ pub async fn serve_gateway(
         state.config.tls.clone(),
     );
     let _ = state.metrics.listener.set(listener.stats());
-    server::serve_http(listener, router(state), stop).await;
+    let max_body = state.config.max_body;
+    server::serve_http(listener, router(state), max_body, stop).await;
     Ok(())
 }
 

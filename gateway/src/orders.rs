@@ -9,6 +9,7 @@ use fxcast_proto::v1::{
     GetOrderRequest, ListOrdersRequest, Order, OrderStatus, PlaceOrderRequest, RejectReason, Side,
     order_service_client::OrderServiceClient,
 };
+use fxcast_services::quote::{bound_quoted_spans, quoted};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -232,7 +233,8 @@ pub(crate) async fn place(
         "sell" => Side::Sell,
         other => {
             return Err(ApiError::bad_request(format!(
-                "side must be \"buy\" or \"sell\", got {other:?}"
+                "side must be \"buy\" or \"sell\", got {}",
+                quoted(other)
             )));
         }
     };
@@ -292,7 +294,8 @@ pub(crate) async fn list(
     headers: HeaderMap,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<OrdersJson>, ApiError> {
-    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let Query(query) =
+        query.map_err(|e| ApiError::bad_request(bound_quoted_spans(&e.body_text())))?;
     let bearer = credential(&headers, None)?;
     let status = match query.status.as_deref() {
         None => OrderStatus::Unspecified,
@@ -301,7 +304,8 @@ pub(crate) async fn list(
                 .filter(|s| *s != OrderStatus::Unspecified)
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
-                        "status must be filled, rejected or pending, got {name:?}"
+                        "status must be filled, rejected or pending, got {}",
+                        quoted(name)
                     ))
                 })?
         }
@@ -313,7 +317,8 @@ pub(crate) async fn list(
                     .map(fxcast_proto::Timestamp::from)
                     .map_err(|e| {
                         ApiError::bad_request(format!(
-                            "{name} must be an RFC 3339 time such as 2026-11-29T09:00:00Z, got {text:?}: {e}"
+                            "{name} must be an RFC 3339 time such as 2026-11-29T09:00:00Z, got {}: {e}",
+                            quoted(text)
                         ))
                     })
             })

@@ -5,13 +5,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use axum::{
     Json,
-    extract::{ConnectInfo, FromRequest, Path, Request, State, rejection::JsonRejection},
+    body::Bytes,
+    extract::{ConnectInfo, FromRequest, Path, Request, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
 };
 use fxcast_proto::v1::{
     GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, ListSymbolsRequest,
 };
+use fxcast_services::quote::{QUOTE_LIMIT, bound_quoted_spans, quoted};
 use serde::de::DeserializeOwned;
 
 use crate::{
@@ -27,16 +29,78 @@ use crate::{
 
 /// `Json` with errors in the API's own shape: 400 for malformed JSON, 413 for
 /// an oversized body, 415 without a JSON content type, 422 for wrong fields.
+/// Messages name the field and quote what serde quotes bounded
+/// ([`bound_quoted_spans`]), so they never grow with the body.
 pub(crate) struct ApiJson<T>(pub(crate) T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
-        match Json::<T>::from_request(request, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        if !json_content_type(request.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "Expected request with `Content-Type: application/json`",
+            ));
         }
+        let body = Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| {
+                let status = rejection.status();
+                let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "payload_too_large"
+                } else {
+                    "malformed_json"
+                };
+                ApiError::new(status, code, rejection.body_text())
+            })?;
+        parse_json(&body).map(Self)
+    }
+}
+
+/// `application/json` or `application/<anything>+json`.
+fn json_content_type(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || essence
+            .get(.."application/".len())
+            .is_some_and(|p| p.eq_ignore_ascii_case("application/"))
+            && essence.to_ascii_lowercase().ends_with("+json")
+}
+
+/// Deserialises a JSON body: 400 `malformed_json` for what is not JSON,
+/// 422 `invalid_field` for JSON of the wrong shape, naming the field.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
+        let path = err.path().to_string();
+        body_error(&path, &err.into_inner())
+    })?;
+    deserializer.end().map_err(|err| body_error(".", &err))?;
+    Ok(value)
+}
+
+/// The refusal of a body serde could not take at `path` (`.`: the whole).
+fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
+    let detail = bound_quoted_spans(&err.to_string()).into_owned();
+    // The path is made of the body's own keys: quoted when long.
+    let message = match path {
+        "." => detail,
+        short if short.len() <= QUOTE_LIMIT => format!("{short}: {detail}"),
+        long => format!("{}: {detail}", quoted(long)),
+    };
+    match err.classify() {
+        serde_json::error::Category::Data => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+        }
+        _ => ApiError::new(StatusCode::BAD_REQUEST, "malformed_json", message),
     }
 }
 
@@ -67,23 +131,6 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
             .await
             .map(|ApiJson(v)| Self(Some(v)))
     }
-}
-
-fn json_rejection(rejection: JsonRejection) -> ApiError {
-    let status = rejection.status();
-    let code = match status {
-        StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
-        StatusCode::UNPROCESSABLE_ENTITY => "invalid_field",
-        _ => "malformed_json",
-    };
-    let message = match &rejection {
-        JsonRejection::BytesRejection(_) if status == StatusCode::PAYLOAD_TOO_LARGE => {
-            "request body is too large".to_owned()
-        }
-        _ => rejection.body_text(),
-    };
-    ApiError::new(status, code, message)
 }
 
 /// The symbols the caller may see.
@@ -326,7 +373,11 @@ pub(crate) async fn not_found(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
         "not_found",
-        format!("no route for {} {}", request.method(), request.uri().path()),
+        format!(
+            "no route for {} {}",
+            request.method(),
+            quoted(request.uri().path())
+        ),
     )
 }
 

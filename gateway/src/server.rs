@@ -1,7 +1,10 @@
 //! The HTTP server under the router: hyper directly, because
 //! `axum::serve` exposes neither hyper's HTTP/1 header-read timeout nor its
 //! HTTP/2 keepalive. Connections come from an `fxcast_listener::Listener`
-//! (cap, fd-exhaustion backoff, idle and header timeouts, TLS).
+//! (cap, fd-exhaustion backoff, idle and header timeouts, TLS). Every
+//! request passes `guard` (head and body limits, JSON error bodies) first.
+
+mod guard;
 
 use std::{convert::Infallible, net::SocketAddr};
 
@@ -16,20 +19,42 @@ use hyper_util::{
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt;
 
+/// hyper's own limits on a request head: above `guard`'s, so that those
+/// answer (in JSON) first.
+const HEAD_BUFFER: usize = 64 * 1024;
+const HEAD_FIELDS: usize = 256;
+
 /// Serves `router` on `listener` until `stop` is cancelled, then waits for
-/// open connections to finish (streams end on `stop` themselves).
-pub(crate) async fn serve_http(listener: Listener, router: Router, stop: CancellationToken) {
+/// open connections to finish (streams end on `stop` themselves). Request
+/// bodies are at most `max_body` bytes and must arrive within the
+/// listener's header timeout.
+pub(crate) async fn serve_http(
+    listener: Listener,
+    router: Router,
+    max_body: usize,
+    stop: CancellationToken,
+) {
     let config = *listener.config();
+    let router = guard::guarded(
+        router,
+        guard::RequestLimits {
+            max_body,
+            body_timeout: config.header_timeout,
+        },
+    );
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout);
+        .header_read_timeout(config.header_timeout)
+        .max_buf_size(HEAD_BUFFER)
+        .max_headers(HEAD_FIELDS);
     builder
         .http2()
         .timer(TokioTimer::new())
         .keep_alive_interval(config.http2_keepalive_interval())
-        .keep_alive_timeout(config.http2_keepalive_timeout());
+        .keep_alive_timeout(config.http2_keepalive_timeout())
+        .max_header_list_size(HEAD_BUFFER as u32);
     let builder = std::sync::Arc::new(builder);
     let graceful = GracefulShutdown::new();
     loop {
@@ -60,7 +85,10 @@ pub(crate) async fn serve_http(listener: Listener, router: Router, stop: Cancell
                 }
             };
             let connection = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
                 .into_owned();
             if let Err(err) = watcher.watch(connection).await {
                 tracing::debug!(peer = %remote, error = %err, "HTTP connection ended");

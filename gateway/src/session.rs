@@ -69,9 +69,15 @@ impl Session {
         Ok(Self {
             bearer,
             allowed,
-            expires_at: claim("exp")
+            // The exact expiry (milliseconds), else JWT's whole seconds.
+            expires_at: claim("exp_ms")
                 .and_then(serde_json::Value::as_u64)
-                .map(|exp| UNIX_EPOCH + Duration::from_secs(exp)),
+                .map(|ms| UNIX_EPOCH + Duration::from_millis(ms))
+                .or_else(|| {
+                    claim("exp")
+                        .and_then(serde_json::Value::as_u64)
+                        .map(|exp| UNIX_EPOCH + Duration::from_secs(exp))
+                }),
             token_id: claim("jti")
                 .and_then(serde_json::Value::as_str)
                 .map(str::to_owned),

@@ -18,7 +18,10 @@ use axum::{
     },
 };
 use futures_util::{Stream, StreamExt, stream::select_all};
-use fxcast_services::stream::{Delivery, GapCause, LagCounter, Live, StreamCursor};
+use fxcast_services::{
+    quote::quoted,
+    stream::{Delivery, GapCause, LagCounter, Live, StreamCursor},
+};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
@@ -41,7 +44,8 @@ pub(crate) struct SseQuery {
 fn parse_last_event_id(value: &str, symbols: &[String]) -> Result<BTreeMap<String, u64>, ApiError> {
     let bad = || {
         ApiError::bad_request(format!(
-            "Last-Event-ID {value:?} is not a sequence or SYMBOL:SEQ list"
+            "Last-Event-ID {} is not a sequence or SYMBOL:SEQ list",
+            quoted(value)
         ))
     };
     if let Ok(seq) = value.trim().parse::<u64>() {
@@ -102,7 +106,10 @@ fn streamed_symbols(
     }
     for symbol in &symbols {
         if !state.ticker.knows(symbol) {
-            return Err(ApiError::bad_request(format!("unknown symbol {symbol:?}")));
+            return Err(ApiError::bad_request(format!(
+                "unknown symbol {}",
+                quoted(symbol)
+            )));
         }
         if !session.allowed.contains(symbol) {
             return Err(ApiError::new(
@@ -214,7 +221,11 @@ impl Reader {
                 symbol: tick.rate.symbol.clone(),
                 first_missing: gap.first_missing,
                 last_missing: gap.last_missing,
-                reason: "not_held".into(),
+                reason: match gap.cause {
+                    GapCause::ResumeAhead => "resume_ahead",
+                    _ => "not_held",
+                }
+                .into(),
             };
             Event::default().event("gap").data(gap.to_text())
         });

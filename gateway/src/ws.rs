@@ -282,6 +282,7 @@ impl Connection {
                 reason: match gap.cause {
                     GapCause::SlowConsumer => "slow_consumer",
                     GapCause::NotHeld | GapCause::Upstream => "upstream",
+                    GapCause::ResumeAhead => "resume_ahead",
                 }
                 .to_owned(),
             };

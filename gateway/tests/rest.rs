@@ -1,10 +1,18 @@
 //! REST through a real HTTP client: what a web developer sees.
 
-use std::time::Duration;
+use std::{
+    net::SocketAddr,
+    time::{Duration, Instant},
+};
 
 use fxcast_gateway::GatewayConfig;
+use fxcast_listener::ListenerConfig;
 use fxcast_testkit::Stack;
 use serde_json::{Value, json};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+};
 
 async fn error_of(response: reqwest::Response) -> (u16, String, String) {
     let status = response.status().as_u16();
@@ -127,7 +135,7 @@ async fn bad_input_gets_a_precise_status_and_message() {
         (
             404,
             "not_found".into(),
-            "no route for GET /v1/nowhere".into()
+            "no route for GET \"/v1/nowhere\"".into()
         )
     );
 
@@ -178,7 +186,7 @@ async fn bad_input_gets_a_precise_status_and_message() {
         (
             413,
             "payload_too_large".into(),
-            "request body is too large".into()
+            "the request body is 65558 bytes (Content-Length); at most 16384 are allowed".into()
         )
     );
     let body =
@@ -302,7 +310,8 @@ async fn orders_fill_and_reject_through_rest() {
         "{message}"
     );
 
-    // Another browser cannot read it.
+    // Another browser cannot read it, nor tell it exists: by id as by
+    // client_order_id, it has no such order.
     let other = h.browser_token().await;
     let response = h
         .client
@@ -311,7 +320,14 @@ async fn orders_fill_and_reject_through_rest() {
         .send()
         .await
         .unwrap();
-    assert_eq!(error_of(response).await.0, 403);
+    assert_eq!(
+        error_of(response).await,
+        (
+            404,
+            "not_found".into(),
+            format!("you have no order with order_id \"{id}\"")
+        )
+    );
 }
 
 #[tokio::test]
@@ -537,4 +553,322 @@ async fn not_ready_until_every_symbol_has_a_rate() {
     h.publish("USD_JPY", "151.100", "151.110").await;
     h.publish("EUR_USD", "1.08500", "1.08510").await;
     h.wait_ready().await;
+}
+
+/// What a raw HTTP/1.1 exchange got back: the status, the headers (names
+/// lowercased) and the body, read until the server closed the connection,
+/// and how long that took.
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Value,
+    took: Duration,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error(&self) -> (u16, &str, &str) {
+        (
+            self.status,
+            self.body["error"]["code"].as_str().unwrap_or_default(),
+            self.body["error"]["message"].as_str().unwrap_or_default(),
+        )
+    }
+}
+
+/// Sends `request` as is (no library fixes it up) and reads the answer
+/// until the server closes, within 15 s.
+async fn raw(addr: SocketAddr, request: &[u8]) -> RawResponse {
+    let started = Instant::now();
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(15), socket.read_to_end(&mut answer))
+        .await
+        .expect("the server neither answered nor closed within 15 s")
+        .unwrap();
+    let took = started.elapsed();
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .expect("a complete response head");
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    RawResponse {
+        status,
+        headers,
+        body: serde_json::from_str(body).unwrap_or(Value::Null),
+        took,
+    }
+}
+
+/// A desk whose HTTP listener waits `header_timeout` for request heads
+/// (and bodies).
+async fn desk_with_header_timeout(header_timeout: Duration) -> Stack {
+    Stack::desk_with(GatewayConfig {
+        anonymous_tokens: true,
+        connections: ListenerConfig {
+            header_timeout,
+            ..ListenerConfig::default()
+        },
+        ..GatewayConfig::default()
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_at_once_with_413() {
+    // The body would have 10 s to arrive: the refusal must not wait for it.
+    let h = desk_with_header_timeout(Duration::from_secs(10)).await;
+    let token = h.browser_token().await;
+    let head = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
+    );
+    let response = raw(h.http, head.as_bytes()).await;
+    assert_eq!(
+        response.error(),
+        (
+            413,
+            "payload_too_large",
+            "the request body is 20000 bytes (Content-Length); at most 16384 are allowed"
+        )
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+    assert!(
+        response.took < Duration::from_secs(3),
+        "answered after {:?}",
+        response.took
+    );
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
+    let timeout = Duration::from_millis(500);
+    let h = desk_with_header_timeout(timeout).await;
+    let token = h.browser_token().await;
+    let request = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"client_o"
+    );
+    let response = raw(h.http, request.as_bytes()).await;
+    assert_eq!(
+        response.error(),
+        (
+            408,
+            "request_timeout",
+            "the request body did not arrive within 500ms (10 bytes of 100 received)"
+        )
+    );
+    assert_eq!(response.header("connection"), Some("close"));
+    assert!(
+        response.took >= timeout && response.took < Duration::from_secs(5),
+        "answered after {:?}",
+        response.took
+    );
+}
+
+#[tokio::test]
+async fn every_error_the_router_produces_is_json() {
+    let h = Stack::desk().await;
+    let token = h.browser_token().await;
+
+    // 405 keeps its Allow header.
+    let response = h.client.post(h.url("/v1/symbols")).send().await.unwrap();
+    assert_eq!(
+        response.headers()["allow"].to_str().unwrap(),
+        "GET,HEAD",
+        "{response:?}"
+    );
+    assert_eq!(
+        error_of(response).await,
+        (
+            405,
+            "method_not_allowed".into(),
+            "POST is not allowed on \"/v1/symbols\" (allowed: GET,HEAD)".into()
+        )
+    );
+
+    // A path that is not UTF-8 once decoded.
+    let response = h
+        .client
+        .get(h.url("/v1/orders/%ff"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            400,
+            "invalid_argument".into(),
+            "Invalid URL: Invalid UTF-8 in `order_id`".into()
+        )
+    );
+
+    // 404 for an unknown path; 414 and 431 for heads over the limits, as
+    // raw requests (a client library might refuse to send them).
+    let response = raw(
+        h.http,
+        b"GET /v2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(
+        response.error(),
+        (404, "not_found", "no route for GET \"/v2\"")
+    );
+    let long_path = format!("/v1/rates/{}", "A".repeat(10_000));
+    let request = format!("GET {long_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let response = raw(h.http, request.as_bytes()).await;
+    assert_eq!(
+        response.error(),
+        (
+            414,
+            "uri_too_long",
+            "the request URI is 10010 bytes long; at most 8192 are allowed"
+        )
+    );
+    let request = format!(
+        "GET /v1/symbols HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Padding: {}\r\n\r\n",
+        "p".repeat(20_000)
+    );
+    let response = raw(h.http, request.as_bytes()).await;
+    assert_eq!(
+        response.error(),
+        (
+            431,
+            "header_fields_too_large",
+            "the request headers are 20041 bytes in 3 fields; at most 16384 bytes and 100 fields are allowed"
+        )
+    );
+    assert_eq!(response.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn unknown_symbols_are_400_everywhere() {
+    let h = Stack::desk().await;
+    let token = h.browser_token().await;
+    let get = |path: &str| h.client.get(h.url(path)).bearer_auth(&token).send();
+    let expected = (
+        400,
+        "invalid_argument".to_owned(),
+        "unknown symbol \"XXX\" (known: EUR_USD, USD_JPY)".to_owned(),
+    );
+    assert_eq!(
+        error_of(get("/v1/rates/XXX").await.unwrap()).await,
+        expected
+    );
+    assert_eq!(
+        error_of(get("/v1/orders?symbol=XXX").await.unwrap()).await,
+        expected
+    );
+    let known: Value = get("/v1/orders?symbol=USD_JPY")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(known["orders"], json!([]));
+}
+
+#[tokio::test]
+async fn error_messages_quote_at_most_64_bytes_of_the_input() {
+    let h = Stack::desk().await;
+    let token = h.browser_token().await;
+    let post = |body: String| {
+        h.client
+            .post(h.url("/v1/orders"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    // Through the order service's validation.
+    let quantity = "9".repeat(15_000);
+    let body = json!({"client_order_id": "q-1", "symbol": "USD_JPY", "side": "buy", "quantity": quantity, "price": "151.110"});
+    assert_eq!(
+        error_of(post(body.to_string()).await.unwrap()).await,
+        (
+            400,
+            "invalid_argument".into(),
+            format!(
+                "quantity \"{}\"... (15000 bytes) is not a plain decimal number such as \"1000\"",
+                "9".repeat(64)
+            )
+        )
+    );
+    // Through serde: an unknown field and a string where a number belongs.
+    let field = "f".repeat(10_000);
+    let (status, _, message) = error_of(post(format!("{{\"{field}\": 1}}")).await.unwrap()).await;
+    assert_eq!(status, 422);
+    assert!(
+        message.contains(&format!(
+            "unknown field `{}`... (10000 bytes)",
+            "f".repeat(64)
+        )),
+        "{message}"
+    );
+    assert!(message.len() < 500, "{} bytes: {message}", message.len());
+    let ttl = "7".repeat(10_000);
+    let (status, _, message) = error_of(
+        h.client
+            .post(h.url("/v1/tokens"))
+            .bearer_auth(h.api_key())
+            .json(&json!({"subject": "a", "scopes": ["orders:read"], "ttl_seconds": ttl}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(message.contains("... (10000 bytes)"), "{message}");
+    assert!(message.len() < 500, "{} bytes: {message}", message.len());
+    // Through the gateway's own checks and a path.
+    let (status, _, message) = error_of(
+        h.client
+            .get(h.url(&format!("/v1/orders?status={}", "s".repeat(5_000))))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, message),
+        (
+            400,
+            format!(
+                "status must be filled, rejected or pending, got \"{}\"... (5000 bytes)",
+                "s".repeat(64)
+            )
+        )
+    );
+    let response = h
+        .client
+        .get(h.url(&format!("/v1/orders/{}", "o".repeat(5_000))))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_of(response).await,
+        (
+            404,
+            "not_found".into(),
+            format!(
+                "you have no order with order_id \"{}\"... (5000 bytes)",
+                "o".repeat(64)
+            )
+        )
+    );
 }

@@ -272,7 +272,9 @@ impl Listener {
     /// `serve_with_incoming*`. TLS handshakes run concurrently in tasks of
     /// their own; one that fails is logged and dropped, so the stream never
     /// yields an error. Accepting stops when the stream is dropped.
-    pub fn into_incoming(self) -> impl futures_util::Stream<Item = io::Result<Stream>> + Send + 'static {
+    pub fn into_incoming(
+        self,
+    ) -> impl futures_util::Stream<Item = io::Result<Stream>> + Send + 'static {
         self.into_incoming_with(None)
     }
 
@@ -307,7 +309,9 @@ impl Listener {
                         Ok(stream) => {
                             let _ = tx.send(Ok(stream)).await;
                         }
-                        Err(err) => tracing::debug!(listener = name, %peer, error = %err, "TLS handshake failed"),
+                        Err(err) => {
+                            tracing::debug!(listener = name, %peer, error = %err, "TLS handshake failed")
+                        }
                     }
                 };
                 if self.tls.is_some() {
@@ -317,7 +321,9 @@ impl Listener {
                 }
             }
         });
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })
+        futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })
     }
 
     async fn slot(&self) -> OwnedSemaphorePermit {

@@ -129,7 +129,10 @@ impl LocalConnector {
     pub fn connect(&self) -> io::Result<DuplexStream> {
         let (client, server) = tokio::io::duplex(LOCAL_BUFFER);
         self.tx.send(server).map_err(|_| {
-            io::Error::new(io::ErrorKind::NotConnected, "the in-process server has stopped")
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the in-process server has stopped",
+            )
         })?;
         Ok(client)
     }

@@ -149,30 +149,38 @@ impl Tls {
 }
 
 fn stamps(files: &TlsFiles) -> Vec<Stamp> {
-    [Some(&files.cert), Some(&files.key), files.client_ca.as_ref()]
-        .into_iter()
-        .flatten()
-        .map(|path| {
-            fs::metadata(path).map_or(
-                Stamp {
-                    inode: 0,
-                    len: 0,
-                    modified: None,
-                },
-                |meta| Stamp {
-                    inode: meta.ino(),
-                    len: meta.len(),
-                    modified: meta.modified().ok(),
-                },
-            )
-        })
-        .collect()
+    [
+        Some(&files.cert),
+        Some(&files.key),
+        files.client_ca.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    .map(|path| {
+        fs::metadata(path).map_or(
+            Stamp {
+                inode: 0,
+                len: 0,
+                modified: None,
+            },
+            |meta| Stamp {
+                inode: meta.ino(),
+                len: meta.len(),
+                modified: meta.modified().ok(),
+            },
+        )
+    })
+    .collect()
 }
 
 fn acceptor(files: &TlsFiles, alpn: &[Vec<u8>]) -> Result<TlsAcceptor, TlsError> {
     let chain = certificates(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|err| TlsError(format!("{}: no usable private key: {err}", files.key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|err| {
+        TlsError(format!(
+            "{}: no usable private key: {err}",
+            files.key.display()
+        ))
+    })?;
     let provider = crypto_provider();
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()

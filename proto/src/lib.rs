@@ -7,10 +7,12 @@
 //! # Layout
 //! - [`v1`]: the generated messages, clients and servers.
 //! - `bearer`: [`Bearer`], the interceptor every client authenticates with.
+//! - [`codec`]: the servers' codec: undecodable requests are `INVALID_ARGUMENT`.
 
 #![forbid(unsafe_code)]
 
 mod bearer;
+pub mod codec;
 
 pub use bearer::{Authed, Bearer, authed};
 
@@ -18,6 +20,8 @@ pub use bearer::{Authed, Bearer, authed};
 #[allow(missing_docs, unreachable_pub)] // generated code
 pub mod v1 {
     tonic::include_proto!("fxcast.v1");
+    // The servers, generated apart with [`RequestCodec`](crate::codec::RequestCodec).
+    include!(concat!(env!("OUT_DIR"), "/servers/fxcast.v1.rs"));
 }
 
 /// Encoded `FileDescriptorSet` of every fxcast proto, for server reflection.

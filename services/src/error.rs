@@ -9,7 +9,7 @@ use tonic::{Code, Status};
 #[non_exhaustive]
 pub enum Error {
     /// The symbol is not priced by this server.
-    #[error("unknown symbol {symbol:?} (known: {known})")]
+    #[error("unknown symbol {} (known: {known})", crate::quote::quoted(symbol))]
     UnknownSymbol {
         /// The requested symbol.
         symbol: String,

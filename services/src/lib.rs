@@ -16,6 +16,7 @@
 //!   in the gateway) shares: history rings, the stream cursor, the lag limit.
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
+//! - [`quote`]: client input quoted in error messages, bounded.
 //! - [`auth`]: scopes and the authenticated [`Caller`](auth::Caller) of a request.
 //! - [`orders`]: order execution: validation, price check, liquidity
 //!   provider, the SQLite journal and the tonic `OrderService`.
@@ -30,6 +31,7 @@ mod hub;
 pub mod orders;
 pub mod pricing;
 mod publisher;
+pub mod quote;
 mod rate_service;
 mod rates;
 mod sequences;

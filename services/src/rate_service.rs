@@ -18,6 +18,7 @@ use crate::{
     Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick,
     auth::{Caller, Scope, TokenAuthority},
     feed::Quote,
+    quote::quoted,
     rates::parse_price,
     stream::{self, Delivery, GapCause, LagCounter, LagLimit, LiveTicks, StreamCursor},
 };
@@ -105,21 +106,32 @@ fn rate_event(tick: &Tick) -> StreamRatesResponse {
 
 fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
     let (first, last) = (gap.first_missing, gap.last_missing);
-    let (reason, why) = match gap.cause {
-        GapCause::NotHeld => (
-            GapReason::ReplayUnavailable,
-            "the server no longer holds them for replay",
-        ),
-        GapCause::SlowConsumer => (
-            GapReason::SlowConsumer,
-            "the client read too slowly; skipped to the latest rate",
-        ),
-        GapCause::Upstream => (GapReason::Transport, "the transport lost them"),
-    };
     let range = if first == last {
         format!("sequence {first}")
     } else {
         format!("sequences {first}..={last}")
+    };
+    let not_delivered = |why: &str| format!("{symbol}: {range} not delivered: {why}");
+    let (reason, message) = match gap.cause {
+        GapCause::NotHeld => (
+            GapReason::ReplayUnavailable,
+            not_delivered("the server no longer holds them for replay"),
+        ),
+        GapCause::SlowConsumer => (
+            GapReason::SlowConsumer,
+            not_delivered("the client read too slowly; skipped to the latest rate"),
+        ),
+        GapCause::Upstream => (
+            GapReason::Transport,
+            not_delivered("the transport lost them"),
+        ),
+        GapCause::ResumeAhead => (
+            GapReason::ResumeAhead,
+            format!(
+                "{symbol}: resume point {last} is ahead of the stream (latest sequence {}); restarting from the latest rate",
+                first - 1
+            ),
+        ),
     };
     StreamRatesResponse {
         event: Some(stream_rates_response::Event::Gap(Gap {
@@ -127,7 +139,7 @@ fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
             first_missing: first,
             last_missing: last,
             reason: reason as i32,
-            message: format!("{symbol}: {range} not delivered: {why}"),
+            message,
         })),
     }
 }
@@ -173,7 +185,8 @@ impl RateServiceImpl {
         for symbol in request.resume_after.keys() {
             if !symbols.contains(symbol) {
                 return Err(Status::invalid_argument(format!(
-                    "resume_after names {symbol:?}, which is not among the streamed symbols"
+                    "resume_after names {}, which is not among the streamed symbols",
+                    quoted(symbol)
                 )));
             }
         }

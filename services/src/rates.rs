@@ -13,7 +13,7 @@ use fxcast_transport::Transport;
 use prost::Message;
 use rust_decimal::Decimal;
 
-use crate::Error;
+use crate::{Error, quote::quoted};
 
 /// Topic on which a symbol's rates are published.
 pub fn rates_topic(symbol: &str) -> String {
@@ -122,11 +122,12 @@ pub fn parse_price(field: &str, value: &str) -> Result<Decimal, Error> {
                 .all(|b| b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'+')
         })
         .ok_or_else(|| {
-            Error::InvalidArgument(format!("{field} {value:?} is not a decimal number"))
+            Error::InvalidArgument(format!("{field} {} is not a decimal number", quoted(value)))
         })?;
     if price <= Decimal::ZERO {
         return Err(Error::InvalidArgument(format!(
-            "{field} must be positive, got {value}"
+            "{field} must be positive, got {}",
+            quoted(value)
         )));
     }
     Ok(price)

@@ -258,13 +258,9 @@ impl RatesCore {
         ));
         let connections = self.config.connections;
         // TCP_NODELAY, keepalive, the cap and the timeouts.
-        let incoming = fxcast_listener::Listener::new(
-            "gRPC",
-            listener,
-            connections,
-            self.config.tls.clone(),
-        )
-        .into_incoming_with(local);
+        let incoming =
+            fxcast_listener::Listener::new("gRPC", listener, connections, self.config.tls.clone())
+                .into_incoming_with(local);
         // One auth layer over every service; it exempts health and reflection
         // by path and puts the caller on each request for the handlers.
         tonic::transport::Server::builder()

@@ -668,3 +668,43 @@ async fn an_issued_token_never_outlives_the_token_that_issued_it() {
     );
     assert!(expiry + 5 >= issuer_expiry, "and not much earlier");
 }
+
+#[tokio::test]
+async fn a_sub_second_ttl_is_kept_to_the_millisecond() {
+    let server = quiet().await;
+    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    let ttl = Duration::from_millis(1_300);
+    let before = SystemTime::now();
+    let issued = admin
+        .issue_token(IssueTokenRequest {
+            subject: "alice".into(),
+            scopes: vec!["rates:subscribe=USD_JPY".into()],
+            ttl: Some(fxcast_proto::Duration {
+                seconds: 1,
+                nanos: 300_000_000,
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let after = SystemTime::now();
+    let expires_at = SystemTime::try_from(issued.expires_at.unwrap()).unwrap();
+    // Issued between `before` and `after`, it lives exactly its TTL (to the
+    // millisecond it is kept at): not cut or stretched to whole seconds.
+    let slack = Duration::from_millis(1);
+    assert!(
+        expires_at + slack >= before + ttl && expires_at <= after + ttl + slack,
+        "expires {:?} after the request started and {:?} after it ended, for a ttl of {ttl:?}",
+        expires_at.duration_since(before).unwrap(),
+        expires_at.duration_since(after).unwrap_or_default()
+    );
+    latest_with(&server, &issued.token).await.unwrap();
+    // And it ends then, not at the next whole second.
+    let left = expires_at.duration_since(SystemTime::now()).unwrap();
+    tokio::time::sleep(left + Duration::from_millis(20)).await;
+    assert_status(
+        latest_with(&server, &issued.token).await,
+        Code::Unauthenticated,
+        "token expired",
+    );
+}

@@ -440,7 +440,7 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     assert!(
         status
             .message()
-            .contains("rate_id EUR_USD-x-1 is not a USD_JPY rate"),
+            .contains("rate_id \"EUR_USD-x-1\" is not a USD_JPY rate"),
         "{}",
         status.message()
     );
@@ -795,6 +795,8 @@ async fn callers_see_only_their_own_orders() {
         "client_order_id is per subject"
     );
 
+    // Another subject's order does not exist for bob, by id as by
+    // client_order_id: the answer is the one for an unknown id.
     let err = bob
         .get_order(GetOrderRequest {
             order_id: alices.order_id.clone(),
@@ -805,8 +807,8 @@ async fn callers_see_only_their_own_orders() {
     assert_eq!(
         (err.code(), err.message()),
         (
-            Code::PermissionDenied,
-            format!("order {} belongs to another subject", alices.order_id).as_str()
+            Code::NotFound,
+            format!("you have no order with order_id \"{}\"", alices.order_id).as_str()
         )
     );
     let err = bob
@@ -818,7 +820,25 @@ async fn callers_see_only_their_own_orders() {
         .unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
-        (Code::NotFound, "order 01ARZ3NDEKTSV4RRFFQ69G5FAV not found")
+        (
+            Code::NotFound,
+            "you have no order with order_id \"01ARZ3NDEKTSV4RRFFQ69G5FAV\""
+        )
+    );
+    let mut carol = client(&server, "carol", TRADER).await;
+    let err = carol
+        .get_order(GetOrderRequest {
+            client_order_id: "same-id".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::NotFound,
+            "you have no order with client_order_id \"same-id\""
+        )
     );
     let by_client_id = bob
         .get_order(GetOrderRequest {
@@ -1212,4 +1232,154 @@ async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
         0,
         "never sent again"
     );
+}
+
+#[tokio::test]
+async fn list_orders_refuses_unknown_symbols_as_get_latest_rate_does() {
+    let server = desk().await;
+    let mut alice = client(&server, "alice", TRADER).await;
+    place(&mut alice, buy("l-1", "151.230")).await;
+    let err = alice
+        .list_orders(ListOrdersRequest {
+            symbol: "XXX".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message()),
+        (
+            Code::InvalidArgument,
+            "unknown symbol \"XXX\" (known: BTC_JPY, EUR_USD, USD_JPY)"
+        )
+    );
+    let mut rates = fxcast_proto::v1::rate_service_client::RateServiceClient::new(
+        server
+            .authed_channel(&server.token("alice", "rates:subscribe=*"))
+            .await,
+    );
+    let latest = rates
+        .get_latest_rate(fxcast_proto::v1::GetLatestRateRequest {
+            symbol: "XXX".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (latest.code(), latest.message()),
+        (err.code(), err.message())
+    );
+    // A known symbol filters (here: to nothing).
+    let eur = alice
+        .list_orders(ListOrdersRequest {
+            symbol: "EUR_USD".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(eur.orders.is_empty());
+}
+
+#[tokio::test]
+async fn orders_of_a_symbol_no_longer_configured_can_still_be_listed_by_it() {
+    let data = tempfile::tempdir().unwrap();
+    let with_btc = Config {
+        data_dir: data.path().to_owned(),
+        ..config(OrdersConfig::default())
+    };
+    let server = Stack::start(with_btc.clone()).await;
+    server.publish("BTC_JPY", "10000000", "10000100").await;
+    let mut alice = client(&server, "alice", TRADER).await;
+    let btc = place(
+        &mut alice,
+        order("b-1", "BTC_JPY", Side::Buy, "0.001", "10000100"),
+    )
+    .await;
+    server.stop.cancel();
+    let _ = server.handle.await;
+
+    let without_btc = Config {
+        symbols: vec!["USD_JPY".into()],
+        ..with_btc
+    };
+    let server = Stack::start(without_btc).await;
+    let mut alice = client(&server, "alice", TRADER).await;
+    let listed = alice
+        .list_orders(ListOrdersRequest {
+            symbol: "BTC_JPY".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listed.orders, vec![btc]);
+    let mut bob = client(&server, "bob", TRADER).await;
+    let err = bob
+        .list_orders(ListOrdersRequest {
+            symbol: "BTC_JPY".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+}
+
+#[tokio::test]
+async fn a_megabyte_of_input_comes_back_as_64_bytes_and_its_length() {
+    let server = desk().await;
+    let mut alice = client(&server, "alice", TRADER).await;
+    let huge = "9".repeat(1 << 20);
+    let err = place_err(
+        &mut alice,
+        order("m-1", "USD_JPY", Side::Buy, &huge, "151.230"),
+    )
+    .await;
+    assert_eq!(
+        (err.code(), err.message().to_owned()),
+        (
+            Code::InvalidArgument,
+            format!(
+                "quantity \"{}\"... (1048576 bytes) is not a plain decimal number such as \"1000\"",
+                "9".repeat(64)
+            )
+        )
+    );
+    let symbol = "S".repeat(1 << 20);
+    let err = place_err(
+        &mut alice,
+        order("m-2", &symbol, Side::Buy, "1000", "151.230"),
+    )
+    .await;
+    assert_eq!(
+        err.message(),
+        format!(
+            "unknown symbol \"{}\"... (1048576 bytes) (known: BTC_JPY, EUR_USD, USD_JPY)",
+            "S".repeat(64)
+        )
+    );
+    let err = alice
+        .get_order(GetOrderRequest {
+            order_id: "o".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.message().to_owned()),
+        (
+            Code::NotFound,
+            format!(
+                "you have no order with order_id \"{}\"... (1048576 bytes)",
+                "o".repeat(64)
+            )
+        )
+    );
+    let err = alice
+        .list_orders(ListOrdersRequest {
+            page_token: "p".repeat(1 << 20),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert!(err.message().len() < 200, "{} bytes", err.message().len());
 }

@@ -271,8 +271,8 @@ async fn invalid_requests_name_what_is_wrong() {
 
     let cases = [
         ("USD_JPY", "151.3", "151.2", "bid 151.3 is above ask 151.2"),
-        ("USD_JPY", "-1", "151.2", "bid must be positive, got -1"),
-        ("USD_JPY", "0", "151.2", "bid must be positive, got 0"),
+        ("USD_JPY", "-1", "151.2", "bid must be positive, got \"-1\""),
+        ("USD_JPY", "0", "151.2", "bid must be positive, got \"0\""),
         (
             "USD_JPY",
             "151.2",
@@ -583,4 +583,56 @@ async fn after_a_crash_sequences_skip_ahead_and_resuming_clients_see_the_gap() {
         other => panic!("expected a gap before the new run's first rate, got {other:?}"),
     }
     assert_eq!(next_rate(&mut stream).await.sequence, first);
+}
+
+#[tokio::test]
+async fn a_resume_point_ahead_of_the_stream_is_answered_at_once_with_a_gap_and_the_latest_rate() {
+    let server = Stack::quiet(&["USD_JPY", "EUR_USD"]).await;
+    for _ in 0..3 {
+        server.publish("USD_JPY", "151.100", "151.110").await;
+    }
+    server.publish("EUR_USD", "1.08500", "1.08510").await;
+    let mut client = server.client().await;
+    let request = StreamRatesRequest {
+        symbols: symbols(&["USD_JPY", "EUR_USD"]),
+        resume_after_sequence: Some(1_000_000_000),
+        // A resume point the stream has reached is not ahead: nothing new.
+        resume_after: [("EUR_USD".to_owned(), 1)].into_iter().collect(),
+    };
+    let mut stream = client.stream_rates(request).await.unwrap().into_inner();
+    // At once: not when the sequence reaches a billion.
+    let (gap, rate) = tokio::time::timeout(Duration::from_secs(3), async {
+        (next_event(&mut stream).await, next_rate(&mut stream).await)
+    })
+    .await
+    .expect("the resume point ahead was not answered at once");
+    let Event::Gap(gap) = gap else {
+        panic!("expected a gap first, got {gap:?}");
+    };
+    assert_eq!(
+        (
+            gap.symbol.as_str(),
+            gap.first_missing,
+            gap.last_missing,
+            gap.reason()
+        ),
+        ("USD_JPY", 4, 1_000_000_000, GapReason::ResumeAhead)
+    );
+    assert_eq!(
+        gap.message,
+        "USD_JPY: resume point 1000000000 is ahead of the stream (latest sequence 3); restarting from the latest rate"
+    );
+    assert_eq!((rate.symbol.as_str(), rate.sequence), ("USD_JPY", 3));
+    // Then live, for both symbols, without further gaps.
+    server.publish("EUR_USD", "1.08600", "1.08610").await;
+    server.publish("USD_JPY", "151.200", "151.210").await;
+    let eur = next_rate(&mut stream).await;
+    let usd = next_rate(&mut stream).await;
+    assert_eq!(
+        [
+            (eur.symbol.as_str(), eur.sequence),
+            (usd.symbol.as_str(), usd.sequence)
+        ],
+        [("EUR_USD", 2), ("USD_JPY", 4)]
+    );
 }

@@ -163,7 +163,22 @@ struct Claims {
     scope: String,
     jti: String,
     iat: u64,
+    /// Whole seconds, rounded up, for standard JWT validation.
     exp: u64,
+    /// The exact expiry in Unix milliseconds: a TTL keeps its sub-second
+    /// part. Tokens issued before this claim existed carry only `exp`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    exp_ms: Option<u64>,
+}
+
+impl Claims {
+    /// When the token stops being valid.
+    fn expires_at(&self) -> SystemTime {
+        match self.exp_ms {
+            Some(ms) => UNIX_EPOCH + Duration::from_millis(ms),
+            None => UNIX_EPOCH + Duration::from_secs(self.exp),
+        }
+    }
 }
 
 const ISSUER: &str = "fxcast";
@@ -453,12 +468,18 @@ impl TokenAuthority {
         if self.inner.revocations.is_revoked(&claims.jti) {
             return Err(AuthError::Revoked);
         }
+        // `exp` (whole seconds) was checked by the JWT validation; the
+        // exact expiry may be earlier within that second.
+        let expires_at = claims.expires_at();
+        if SystemTime::now() >= expires_at {
+            return Err(AuthError::Expired);
+        }
         let scopes: Scopes = claims.scope.parse().map_err(|_| AuthError::Malformed)?;
         Ok(Caller {
             subject: claims.sub,
             token_id: claims.jti,
             scopes,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(claims.exp)),
+            expires_at: Some(expires_at),
         })
     }
 
@@ -661,18 +682,21 @@ fn sign(
         )));
     }
     let now = SystemTime::now();
-    // JWT times are whole seconds; round up so a token lasts at least its TTL.
-    let exp = unix(now) + ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0);
+    // Exact to the millisecond (rounded up, so a token lasts at least its
+    // TTL); JWT's own `exp` is whole seconds, rounded up too.
+    let expires_ms = unix_millis(now).saturating_add(ttl.as_nanos().div_ceil(1_000_000) as u64);
     let claims = Claims {
         iss: ISSUER.to_owned(),
         sub: subject.to_owned(),
         scope: scopes.to_string(),
         jti: random_id(12),
         iat: unix(now),
-        exp,
+        exp: expires_ms.div_ceil(1000),
+        exp_ms: Some(expires_ms),
     };
     let mut header = Header::new(Algorithm::HS256);
     header.kid = Some(kid.to_owned());
+    let expires_at = claims.expires_at();
     let token = encode(&header, &claims, encoding)
         .map_err(|e| Error::Config(format!("cannot sign token: {e}")))?;
     Ok(IssuedToken {
@@ -680,8 +704,13 @@ fn sign(
         token_id: claims.jti,
         subject: claims.sub,
         scopes,
-        expires_at: UNIX_EPOCH + Duration::from_secs(exp),
+        expires_at,
     })
+}
+
+fn unix_millis(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Subjects: 1–64 characters of `[A-Za-z0-9._@-]` (they become topic names).
@@ -698,7 +727,8 @@ pub fn validate_subject(subject: &str) -> Result<(), Error> {
         Ok(())
     } else {
         Err(Error::InvalidArgument(format!(
-            "subject {subject:?} is invalid: use 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'"
+            "subject {} is invalid: use 1-64 characters of A-Z, a-z, 0-9, '.', '_', '-', '@'",
+            crate::quote::quoted(subject)
         )))
     }
 }

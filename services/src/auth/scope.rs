@@ -39,7 +39,8 @@ pub enum Scope {
 /// A scope string that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "invalid scope {0:?}: expected rates:subscribe[=SYMBOLS|*], rates:publish, orders:place, orders:read or tokens:issue"
+    "invalid scope {}: expected rates:subscribe[=SYMBOLS|*], rates:publish, orders:place, orders:read or tokens:issue",
+    crate::quote::quoted(.0)
 )]
 pub struct ParseScopeError(pub String);
 

@@ -252,7 +252,8 @@ impl TokenService for TokenServiceImpl {
             .map(Scopes)?;
         if !caller.scopes.covers(&scopes) {
             return Err(Status::permission_denied(format!(
-                "cannot issue scopes \"{scopes}\": the caller only has \"{}\"",
+                "cannot issue scopes {}: the caller only has \"{}\"",
+                crate::quote::quoted(&scopes.to_string()),
                 caller.scopes
             )));
         }

@@ -16,7 +16,10 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::{Request, Response, Status};
 
 use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
-use crate::auth::{Caller, Scope, TokenAuthority};
+use crate::{
+    auth::{Caller, Scope, TokenAuthority},
+    quote::quoted,
+};
 
 /// Orders per ListOrders page when the request does not say.
 const DEFAULT_PAGE_SIZE: usize = 100;
@@ -38,6 +41,26 @@ impl OrderServiceImpl {
             executor,
             authority,
         }
+    }
+}
+
+impl OrderServiceImpl {
+    /// Checks a ListOrders `symbol` filter: a symbol this server prices, or
+    /// one the caller has orders of (a symbol no longer configured keeps
+    /// its history). Anything else is refused as `GetLatestRate` refuses it.
+    async fn known_symbol(&self, subject: &str, symbol: &str) -> Result<(), Status> {
+        let Err(unknown) = self.executor.symbols().get(symbol) else {
+            return Ok(());
+        };
+        let only_symbol = ListFilter {
+            symbol: Some(symbol.to_owned()),
+            ..ListFilter::default()
+        };
+        let held = self.executor.list(subject, only_symbol, None, 1).await?;
+        if held.orders.is_empty() {
+            return Err(unknown.into());
+        }
+        Ok(())
     }
 }
 
@@ -103,19 +126,19 @@ impl OrderService for OrderServiceImpl {
                     "set order_id or client_order_id, not both",
                 ));
             }
-            (false, true) => {
-                let order = self
-                    .executor
-                    .get(order_id)
-                    .await?
-                    .ok_or_else(|| Status::not_found(format!("order {order_id} not found")))?;
-                if order.subject != caller.subject {
-                    return Err(Status::permission_denied(format!(
-                        "order {order_id} belongs to another subject"
-                    )));
-                }
-                order
-            }
+            // Another subject's order is answered as one that does not
+            // exist, as it is by client_order_id: ids reveal nothing.
+            (false, true) => self
+                .executor
+                .get(order_id)
+                .await?
+                .filter(|order| order.subject == caller.subject)
+                .ok_or_else(|| {
+                    Status::not_found(format!(
+                        "you have no order with order_id {}",
+                        quoted(order_id)
+                    ))
+                })?,
             (true, false) => {
                 validate::client_order_id(client_order_id)?;
                 self.executor
@@ -123,7 +146,8 @@ impl OrderService for OrderServiceImpl {
                     .await?
                     .ok_or_else(|| {
                         Status::not_found(format!(
-                            "you have no order with client_order_id {client_order_id}"
+                            "you have no order with client_order_id {}",
+                            quoted(client_order_id)
                         ))
                     })?
             }
@@ -147,29 +171,15 @@ impl OrderService for OrderServiceImpl {
                 )));
             }
         };
-        let symbol = if req.symbol.is_empty() {
-            None
-        } else {
-            // Orders of symbols no longer configured can still be listed.
-            if req.symbol.len() > 32
-                || !req
-                    .symbol
-                    .bytes()
-                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
-            {
-                return Err(Status::invalid_argument(format!(
-                    "symbol {:?} is not a symbol name",
-                    req.symbol
-                )));
-            }
-            Some(req.symbol.clone())
-        };
         let filter = ListFilter {
-            symbol,
+            symbol: (!req.symbol.is_empty()).then(|| req.symbol.clone()),
             status,
             created_after: time("created_after", req.created_after)?,
             created_before: time("created_before", req.created_before)?,
         };
+        if let Some(symbol) = &filter.symbol {
+            self.known_symbol(&caller.subject, symbol).await?;
+        }
         let before = if req.page_token.is_empty() {
             None
         } else {
@@ -180,8 +190,8 @@ impl OrderService for OrderServiceImpl {
                 .filter(|c| *c > 0)
                 .ok_or_else(|| {
                     Status::invalid_argument(format!(
-                        "page_token {:?} is not a next_page_token returned by ListOrders",
-                        req.page_token
+                        "page_token {} is not a next_page_token returned by ListOrders",
+                        quoted(&req.page_token)
                     ))
                 })?;
             Some(cursor)

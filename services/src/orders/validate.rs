@@ -8,7 +8,7 @@ use super::{
     model::{OrderTerms, Side},
     price_check::{Tolerance, parse_plain_decimal},
 };
-use crate::{Error, SymbolTable};
+use crate::{Error, SymbolSpec, SymbolTable, quote::quoted};
 
 /// Longest accepted `rate_id`.
 const MAX_RATE_ID_LEN: usize = 128;
@@ -38,27 +38,11 @@ pub(crate) fn client_order_id(id: &str) -> Result<(), Error> {
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
     {
         return Err(invalid(format!(
-            "client_order_id {id:?} contains {c:?}: use only A-Z, a-z, 0-9, '.', '_', '-'"
+            "client_order_id {} contains {c:?}: use only A-Z, a-z, 0-9, '.', '_', '-'",
+            quoted(id)
         )));
     }
     Ok(())
-}
-
-fn decimal_field(field: &str, value: &str, example: &str) -> Result<Decimal, Error> {
-    if value.is_empty() {
-        return Err(invalid(format!(
-            "{field} is required (a decimal string such as \"{example}\")"
-        )));
-    }
-    let number = parse_plain_decimal(value).ok_or_else(|| {
-        invalid(format!(
-            "{field} {value:?} is not a plain decimal number such as \"{example}\""
-        ))
-    })?;
-    if number <= Decimal::ZERO {
-        return Err(invalid(format!("{field} must be positive, got {value}")));
-    }
-    Ok(number)
 }
 
 /// Checks a `PlaceOrder` request against the symbol conventions and returns
@@ -72,28 +56,66 @@ pub(crate) fn place_order(
     symbols: &SymbolTable,
 ) -> Result<OrderTerms, Error> {
     client_order_id(&request.client_order_id)?;
-    if request.symbol.is_empty() {
+    let spec = symbol(&request.symbol, symbols)?;
+    let side = side(request.side)?;
+    let quantity = quantity(&request.quantity, spec)?;
+    let price = price(&request.price, spec)?;
+    let tolerance = tolerance(&request.tolerance, price, spec)?;
+    let rate_id = rate_id(&request.rate_id, &spec.symbol)?;
+    Ok(OrderTerms {
+        client_order_id: request.client_order_id.clone(),
+        symbol: spec.symbol.clone(),
+        side,
+        quantity,
+        price,
+        rate_id,
+        tolerance,
+    })
+}
+
+/// The conventions of `symbol`, which must be one this server prices.
+fn symbol<'a>(symbol: &str, symbols: &'a SymbolTable) -> Result<&'a SymbolSpec, Error> {
+    if symbol.is_empty() {
         return Err(invalid("symbol is required, e.g. \"USD_JPY\"".into()));
     }
-    let spec = symbols.get(&request.symbol)?;
+    symbols.get(symbol)
+}
+
+fn side(side: i32) -> Result<Side, Error> {
+    match PbSide::try_from(side) {
+        Ok(PbSide::Buy) => Ok(Side::Buy),
+        Ok(PbSide::Sell) => Ok(Side::Sell),
+        Ok(PbSide::Unspecified) => Err(invalid("side is required: SIDE_BUY or SIDE_SELL".into())),
+        Err(_) => Err(invalid(format!(
+            "side {side} is not a valid side: use SIDE_BUY or SIDE_SELL"
+        ))),
+    }
+}
+
+/// A positive decimal in plain notation.
+fn decimal_field(field: &str, value: &str, example: &str) -> Result<Decimal, Error> {
+    if value.is_empty() {
+        return Err(invalid(format!(
+            "{field} is required (a decimal string such as \"{example}\")"
+        )));
+    }
+    let number = parse_plain_decimal(value).ok_or_else(|| {
+        invalid(format!(
+            "{field} {} is not a plain decimal number such as \"{example}\"",
+            quoted(value)
+        ))
+    })?;
+    if number <= Decimal::ZERO {
+        return Err(invalid(format!("{field} must be positive, got {value}")));
+    }
+    Ok(number)
+}
+
+/// A quantity on the symbol's lot size, within its minimum and maximum.
+fn quantity(value: &str, spec: &SymbolSpec) -> Result<Decimal, Error> {
+    let quantity = decimal_field("quantity", value, "1000")?;
     let conventions = &spec.orders;
     let symbol = &spec.symbol;
-
-    let side = match PbSide::try_from(request.side) {
-        Ok(PbSide::Buy) => Side::Buy,
-        Ok(PbSide::Sell) => Side::Sell,
-        Ok(PbSide::Unspecified) => {
-            return Err(invalid("side is required: SIDE_BUY or SIDE_SELL".into()));
-        }
-        Err(_) => {
-            return Err(invalid(format!(
-                "side {} is not a valid side: use SIDE_BUY or SIDE_SELL",
-                request.side
-            )));
-        }
-    };
-
-    let quantity = decimal_field("quantity", &request.quantity, "1000")?;
     if !(quantity % conventions.lot_size).is_zero() {
         return Err(invalid(format!(
             "quantity {quantity} is not a multiple of the {symbol} lot size {}",
@@ -112,67 +134,72 @@ pub(crate) fn place_order(
             conventions.max_quantity
         )));
     }
+    Ok(quantity)
+}
 
-    let price = decimal_field("price", &request.price, "151.230")?;
+/// A price on the symbol's tick size.
+fn price(value: &str, spec: &SymbolSpec) -> Result<Decimal, Error> {
+    let price = decimal_field("price", value, "151.230")?;
     let tick = spec.tick_size();
     if !(price % tick).is_zero() {
         return Err(invalid(format!(
-            "price {price} is not on the {symbol} tick size {tick}"
+            "price {price} is not on the {} tick size {tick}",
+            spec.symbol
         )));
     }
+    Ok(price)
+}
 
-    let tolerance = if request.tolerance.is_empty() {
-        None
-    } else {
-        let requested: Tolerance = request
-            .tolerance
-            .parse()
-            .map_err(|e| invalid(format!("tolerance {e}")))?;
-        let asked = requested.at(price);
-        let max = conventions.tolerance.at(price);
-        if asked > max {
-            let shown = |t: Tolerance, at: Decimal| match t {
-                Tolerance::Price(_) => at.to_string(),
-                Tolerance::BasisPoints(bp) => format!("{bp}bp ({at} at price {price})"),
-            };
-            return Err(invalid(format!(
-                "tolerance {} is above the {symbol} maximum {}: a client may ask for a tighter tolerance, never a looser one",
-                shown(requested, asked),
-                shown(conventions.tolerance, max)
-            )));
-        }
-        Some(requested)
-    };
+/// The client's own tolerance, if it asked for one: never looser than the
+/// symbol's at `price`.
+fn tolerance(text: &str, price: Decimal, spec: &SymbolSpec) -> Result<Option<Tolerance>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let requested: Tolerance = text.parse().map_err(|_| {
+        invalid(format!(
+            "tolerance {} is not a tolerance: not a plain decimal number (use a price like \"0.005\" or basis points like \"0.5bp\")",
+            quoted(text)
+        ))
+    })?;
+    let server = spec.orders.tolerance;
+    let (asked, max) = (requested.at(price), server.at(price));
+    if asked > max {
+        let shown = |t: Tolerance, at: Decimal| match t {
+            Tolerance::Price(_) => at.to_string(),
+            Tolerance::BasisPoints(bp) => format!("{bp}bp ({at} at price {price})"),
+        };
+        return Err(invalid(format!(
+            "tolerance {} is above the {} maximum {}: a client may ask for a tighter tolerance, never a looser one",
+            shown(requested, asked),
+            spec.symbol,
+            shown(server, max)
+        )));
+    }
+    Ok(Some(requested))
+}
 
-    let rate_id = if request.rate_id.is_empty() {
-        None
-    } else {
-        let id = &request.rate_id;
-        if id.len() > MAX_RATE_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(invalid(format!(
-                "rate_id {id:?} is not a rate id (at most {MAX_RATE_ID_LEN} printable characters, e.g. \"{symbol}-1a2b3c4d-42\")"
-            )));
-        }
-        if !id
-            .strip_prefix(symbol.as_str())
-            .is_some_and(|rest| rest.starts_with('-'))
-        {
-            return Err(invalid(format!(
-                "rate_id {id} is not a {symbol} rate (it should start with \"{symbol}-\")"
-            )));
-        }
-        Some(id.clone())
-    };
-
-    Ok(OrderTerms {
-        client_order_id: request.client_order_id.clone(),
-        symbol: symbol.clone(),
-        side,
-        quantity,
-        price,
-        rate_id,
-        tolerance,
-    })
+/// The `rate_id` the client quoted, if any: a printable id of a `symbol` rate.
+fn rate_id(id: &str, symbol: &str) -> Result<Option<String>, Error> {
+    if id.is_empty() {
+        return Ok(None);
+    }
+    if id.len() > MAX_RATE_ID_LEN || !id.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(format!(
+            "rate_id {} is not a rate id (at most {MAX_RATE_ID_LEN} printable characters, e.g. \"{symbol}-1a2b3c4d-42\")",
+            quoted(id)
+        )));
+    }
+    if !id
+        .strip_prefix(symbol)
+        .is_some_and(|rest| rest.starts_with('-'))
+    {
+        return Err(invalid(format!(
+            "rate_id {} is not a {symbol} rate (it should start with \"{symbol}-\")",
+            quoted(id)
+        )));
+    }
+    Ok(Some(id.to_owned()))
 }
 
 #[cfg(test)]
@@ -296,7 +323,7 @@ mod tests {
             ),
             (
                 Box::new(|r| r.rate_id = "EUR_USD-x-1".into()),
-                "rate_id EUR_USD-x-1 is not a USD_JPY rate",
+                "rate_id \"EUR_USD-x-1\" is not a USD_JPY rate",
             ),
             (
                 Box::new(|r| r.rate_id = "USD_JPY x".into()),

@@ -1,8 +1,16 @@
 //! Where a stream stands in each of its symbols' sequences: it resumes after
 //! what the client already has, drops ticks it has sent (a backlog and the
 //! live broadcast overlap), and announces the sequences it skips.
+//!
+//! A resume point ahead of the stream (a client that resumes on another
+//! server, or after the data directory was reset) is answered with the
+//! newest tick at once, after a [`GapCause::ResumeAhead`] gap, instead of
+//! waiting for the sequence to catch up with it.
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::Arc,
+};
 
 use super::{
     lag::{LagCounter, SlowConsumer},
@@ -18,6 +26,10 @@ pub enum GapCause {
     Upstream,
     /// The stream fell behind and skipped to the newest tick.
     SlowConsumer,
+    /// The resume point is ahead of the stream: it restarts at its newest
+    /// tick. The gap is the range the client claims and the stream does
+    /// not have: from the tick after the newest to the resume point.
+    ResumeAhead,
 }
 
 /// Sequences of one symbol a stream skips.
@@ -45,6 +57,9 @@ pub struct Delivery<T> {
 pub struct StreamCursor {
     // Ordered, so SSE event ids list the symbols in a stable order.
     last_sent: BTreeMap<String, u64>,
+    /// Symbols resumed that have not been given a tick since: a first tick
+    /// before the resume point shows it is ahead of the stream.
+    resumed: BTreeSet<String>,
 }
 
 impl StreamCursor {
@@ -55,13 +70,19 @@ impl StreamCursor {
     }
 
     /// Continues `symbol` after `sequence`, which the client already has.
+    /// Feed it the ring's backlog for that resume point first
+    /// ([`TickRing::subscribe`](super::TickRing::subscribe)): a first tick
+    /// before `after` means the resume point is ahead of the stream, and
+    /// that tick is delivered after a [`GapCause::ResumeAhead`] gap.
     pub fn resume(&mut self, symbol: &str, after: u64) {
         self.last_sent.insert(symbol.to_owned(), after);
+        self.resumed.insert(symbol.to_owned());
     }
 
     /// Forgets `symbol` (unsubscribed): it starts afresh if read again.
     pub fn forget(&mut self, symbol: &str) {
         self.last_sent.remove(symbol);
+        self.resumed.remove(symbol);
     }
 
     /// Each symbol's last sent sequence, in symbol order.
@@ -76,7 +97,19 @@ impl StreamCursor {
     /// blamed on `cause`.
     pub fn advance<T: Sequenced>(&mut self, tick: Arc<T>, cause: GapCause) -> Option<Delivery<T>> {
         let seq = tick.sequence();
+        let first_since_resume = self.resumed.remove(tick.symbol());
         let gap = match self.last_sent.get_mut(tick.symbol()) {
+            // The client has `*last`: a first tick before it shows the
+            // stream is behind the resume point (one at it is a duplicate).
+            Some(last) if first_since_resume && seq < *last => {
+                let ahead = Gap {
+                    first_missing: seq + 1,
+                    last_missing: *last,
+                    cause: GapCause::ResumeAhead,
+                };
+                *last = seq;
+                Some(ahead)
+            }
             Some(last) => {
                 if seq <= *last {
                     return None;
@@ -190,6 +223,36 @@ mod tests {
         );
         cursor.forget("A");
         assert_eq!(sent(&mut cursor, &[("A", 2)]), [Some((None, 2))]);
+    }
+
+    #[test]
+    fn a_resume_point_ahead_restarts_at_the_first_tick_given_after_a_gap() {
+        let mut cursor = StreamCursor::new();
+        cursor.resume("A", 1_000);
+        cursor.resume("B", 4);
+        let delivery = cursor.advance(tick("A", 7), GapCause::NotHeld).unwrap();
+        assert_eq!(
+            delivery.gap,
+            Some(Gap {
+                first_missing: 8,
+                last_missing: 1_000,
+                cause: GapCause::ResumeAhead
+            })
+        );
+        // From then on as any stream: duplicates dropped, gaps announced.
+        assert_eq!(
+            sent(&mut cursor, &[("A", 7), ("A", 8), ("A", 10)]),
+            [None, Some((None, 8)), Some((Some((9, 9)), 10))]
+        );
+        // A resume point the stream has reached is not ahead.
+        assert_eq!(
+            sent(&mut cursor, &[("B", 5), ("B", 3)]),
+            [Some((None, 5)), None]
+        );
+        // Forgetting clears the resume point.
+        cursor.resume("C", 50);
+        cursor.forget("C");
+        assert_eq!(sent(&mut cursor, &[("C", 2)]), [Some((None, 2))]);
     }
 
     #[test]

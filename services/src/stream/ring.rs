@@ -94,17 +94,21 @@ impl<T: Sequenced> TickRing<T> {
     }
 
     /// Starts reading: without `resume_after` the backlog is the newest
-    /// tick, with it every held tick after that sequence. (On an `Arc`, so
-    /// the live stream can read the newest held tick when it lags.)
+    /// tick, with it every held tick after that sequence, or the newest when
+    /// `resume_after` is ahead of it (the client's resume point came from
+    /// elsewhere: [`StreamCursor`](super::StreamCursor) announces it). (On
+    /// an `Arc`, so the live stream can read the newest held tick when it
+    /// lags.)
     pub fn subscribe(self: &Arc<Self>, resume_after: Option<u64>) -> RingSubscription<T> {
         let history = self.held();
+        let newest = history.back().cloned();
         let backlog = match resume_after {
-            None => history.back().cloned().into_iter().collect(),
-            Some(after) => history
+            Some(after) if newest.as_ref().is_none_or(|t| t.sequence() >= after) => history
                 .iter()
                 .filter(|t| t.sequence() > after)
                 .cloned()
                 .collect(),
+            _ => newest.into_iter().collect(),
         };
         let receiver = self.sender.subscribe();
         drop(history);
@@ -122,7 +126,7 @@ impl<T: Sequenced> TickRing<T> {
 #[derive(Debug)]
 pub struct RingSubscription<T> {
     /// Held ticks to deliver first, oldest first: every one after the resume
-    /// point, or without one the newest.
+    /// point, or without one (or with one ahead of the ring) the newest.
     pub backlog: Vec<Arc<T>>,
     /// Live ticks after the backlog.
     pub live: LiveTicks<T>,
@@ -205,9 +209,8 @@ impl<T: Sequenced> SymbolRings<T> {
         self.get(symbol)?.latest()
     }
 
-    /// Starts reading `symbol`: without `resume_after` the backlog is the
-    /// newest tick, with it every held tick after that sequence. `None` for
-    /// a symbol without a ring.
+    /// Starts reading `symbol`: as [`TickRing::subscribe`]. `None` for a
+    /// symbol without a ring.
     pub fn subscribe(
         &self,
         symbol: &str,
@@ -270,6 +273,15 @@ mod tests {
         assert_eq!(sequences(&resumed.backlog), [4, 5, 6]);
         let before_the_ring = rings.subscribe("A", Some(0)).unwrap();
         assert_eq!(sequences(&before_the_ring.backlog), [3, 4, 5, 6]);
+        let up_to_date = rings.subscribe("A", Some(6)).unwrap();
+        assert_eq!(sequences(&up_to_date.backlog), [] as [u64; 0]);
+        let ahead = rings.subscribe("A", Some(1_000_000_000)).unwrap();
+        assert_eq!(
+            sequences(&ahead.backlog),
+            [6],
+            "the newest, to restart from"
+        );
+        assert!(rings.subscribe("B", Some(9)).unwrap().backlog.is_empty());
         assert!(rings.subscribe("C", None).is_none());
     }
 
