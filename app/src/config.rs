@@ -128,25 +128,19 @@ fn tls(
     settings: &Settings,
 ) -> Result<(Option<fxcast_listener::Tls>, Option<fxcast_listener::Tls>), Error> {
     use fxcast_listener::{Tls, TlsFiles, tls};
-    let (cert, key) = match (&settings.tls_cert, &settings.tls_key) {
-        (None, None) if settings.tls_client_ca.is_some() => {
-            return Err(Error::Config(
-                "--tls-client-ca needs --tls-cert and --tls-key".into(),
-            ));
-        }
-        (None, None) => return Ok((None, None)),
-        (Some(cert), Some(key)) => (cert.clone(), key.clone()),
-        _ => return Err(Error::Config("--tls-cert and --tls-key go together".into())),
-    };
     let unusable = |err: tls::TlsError| Error::Config(format!("TLS: {err}"));
-    let http = TlsFiles {
-        cert,
-        key,
-        client_ca: None,
+    let Some(grpc) = TlsFiles::from_flags(
+        settings.tls_cert.clone(),
+        settings.tls_key.clone(),
+        settings.tls_client_ca.clone(),
+    )
+    .map_err(unusable)?
+    else {
+        return Ok((None, None));
     };
-    let grpc = TlsFiles {
-        client_ca: settings.tls_client_ca.clone(),
-        ..http.clone()
+    let http = TlsFiles {
+        client_ca: None,
+        ..grpc.clone()
     };
     Ok((
         Some(Tls::load(grpc, tls::ALPN_GRPC).map_err(unusable)?),

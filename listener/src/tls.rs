@@ -42,6 +42,34 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
+impl TlsFiles {
+    /// The files of a listener's `--tls-cert`, `--tls-key` and
+    /// `--tls-client-ca` flags: `None` when neither certificate nor key is
+    /// given (plaintext).
+    ///
+    /// # Errors
+    /// [`TlsError`] when only one of certificate and key is given, or a
+    /// client CA without them.
+    pub fn from_flags(
+        cert: Option<PathBuf>,
+        key: Option<PathBuf>,
+        client_ca: Option<PathBuf>,
+    ) -> Result<Option<Self>, TlsError> {
+        match (cert, key) {
+            (Some(cert), Some(key)) => Ok(Some(Self {
+                cert,
+                key,
+                client_ca,
+            })),
+            (None, None) if client_ca.is_some() => Err(TlsError(
+                "--tls-client-ca needs --tls-cert and --tls-key".into(),
+            )),
+            (None, None) => Ok(None),
+            _ => Err(TlsError("--tls-cert and --tls-key go together".into())),
+        }
+    }
+}
+
 /// Why TLS material could not be used.
 #[derive(Debug)]
 pub struct TlsError(String);
@@ -234,4 +262,37 @@ pub fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
             .map_err(|err| TlsError(format!("{}: {err}", path.display())))?;
     }
     Ok(roots)
+}
+
+/// TLS towards an `https://` gRPC server: the server is verified against
+/// `ca` (a PEM file) when given, else against the Mozilla roots; `identity`
+/// (certificate and key PEM files) is presented when the server asks for a
+/// client certificate.
+///
+/// # Errors
+/// [`TlsError`] naming the file that cannot be read.
+pub fn client_config(
+    ca: Option<&Path>,
+    identity: Option<(&Path, &Path)>,
+) -> Result<tonic::transport::ClientTlsConfig, TlsError> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read =
+        |path: &Path| fs::read(path).map_err(|err| TlsError(format!("{}: {err}", path.display())));
+    let mut config = ClientTlsConfig::new();
+    config = match ca {
+        Some(ca) => {
+            // Parsed here so a bad file is refused at start, not at the
+            // first connection.
+            certificates(ca)?;
+            config.ca_certificate(Certificate::from_pem(read(ca)?))
+        }
+        None => config.with_webpki_roots(),
+    };
+    if let Some((cert, key)) = identity {
+        certificates(cert)?;
+        PrivateKeyDer::from_pem_file(key)
+            .map_err(|err| TlsError(format!("{}: no usable private key: {err}", key.display())))?;
+        config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+    }
+    Ok(config)
 }

@@ -13,7 +13,7 @@ use super::{api_key, serve::shutdown_signal, split_list};
 
 #[derive(Debug, Args)]
 pub(crate) struct GatewayArgs {
-    /// gRPC address of the fxcast services
+    /// gRPC address of the fxcast services; `https://` for TLS
     #[arg(
         long,
         env = "FXCAST_UPSTREAM",
@@ -32,13 +32,66 @@ pub(crate) struct GatewayArgs {
     /// Origins allowed to call the API from browsers (comma-separated)
     #[arg(long, env = "FXCAST_CORS_ORIGINS")]
     cors_origins: Option<String>,
+    /// PEM CA certificate(s) that sign an `https://` upstream's certificate
+    /// [default: the Mozilla root certificates]
+    #[arg(long, env = "FXCAST_UPSTREAM_CA")]
+    upstream_ca: Option<PathBuf>,
+    /// PEM client certificate for an upstream that requires one
+    /// (`serve --tls-client-ca`), with --upstream-key
+    #[arg(long, env = "FXCAST_UPSTREAM_CERT", requires = "upstream_key")]
+    upstream_cert: Option<PathBuf>,
+    /// PEM private key of --upstream-cert
+    #[arg(long, env = "FXCAST_UPSTREAM_KEY", requires = "upstream_cert")]
+    upstream_key: Option<PathBuf>,
+    /// PEM certificate chain: serve HTTP over TLS (with --tls-key); the files
+    /// are reloaded when they change
+    #[arg(long, env = "FXCAST_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "FXCAST_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// The channel towards the services: TLS for `https://`, with the CA and
+/// client certificate of the flags.
+fn upstream(args: &GatewayArgs) -> anyhow::Result<tonic::transport::Channel> {
+    let endpoint = upstream_endpoint(&args.upstream).context("--upstream")?;
+    let tls = endpoint.uri().scheme_str() == Some("https");
+    if !tls && (args.upstream_ca.is_some() || args.upstream_cert.is_some()) {
+        anyhow::bail!("--upstream-ca and --upstream-cert need an https:// --upstream");
+    }
+    if !tls && !endpoint.uri().host().is_some_and(is_loopback_host) {
+        tracing::warn!(
+            upstream = %args.upstream,
+            "the upstream is plaintext beyond loopback: the API key and tokens cross the network in the clear (use https://)"
+        );
+    }
+    let endpoint = if tls {
+        let identity = args
+            .upstream_cert
+            .as_deref()
+            .zip(args.upstream_key.as_deref());
+        let config = fxcast_listener::tls::client_config(args.upstream_ca.as_deref(), identity)
+            .context("upstream TLS")?;
+        endpoint.tls_config(config).context("upstream TLS")?
+    } else {
+        endpoint
+    };
+    Ok(endpoint.connect_lazy())
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let key = api_key(&args.data_dir)?;
-    let channel = upstream_endpoint(&args.upstream)
-        .context("--upstream")?
-        .connect_lazy();
+    let channel = upstream(&args)?;
     let http = TcpListener::bind(args.http_listen)
         .await
         .with_context(|| format!("cannot bind HTTP listener on {}", args.http_listen))?;
@@ -49,6 +102,13 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(split_list)
             .unwrap_or_default(),
+        tls: fxcast_listener::TlsFiles::from_flags(
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            None,
+        )?
+        .map(|files| fxcast_listener::Tls::load(files, fxcast_listener::tls::ALPN_HTTP))
+        .transpose()?,
         ..GatewayConfig::default()
     };
     tracing::info!(http = %http.local_addr()?, upstream = %args.upstream, "fxcast gateway listening");

@@ -1,8 +1,8 @@
 //! `fxcast momento-local`: a Momento-wire-compatible server on one port
-//! (plaintext gRPC and gRPC-web), so the official Momento SDKs' local
-//! development settings reach it.
+//! (gRPC and gRPC-web; plaintext, or TLS with `--tls-cert`/`--tls-key`), so
+//! the official Momento SDKs' local development settings reach it.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use anyhow::Context;
 use clap::Args;
@@ -44,6 +44,13 @@ pub(crate) struct MomentoLocalArgs {
     /// A connection that neither reads nor writes for this long is closed
     #[arg(long, env = "FXCAST_MOMENTO_IDLE_TIMEOUT", default_value = "2m")]
     idle_timeout: humantime::Duration,
+    /// PEM certificate chain: serve over TLS (with --tls-key), as the hosted
+    /// service does; the files are reloaded when they change
+    #[arg(long, env = "FXCAST_MOMENTO_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert
+    #[arg(long, env = "FXCAST_MOMENTO_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 fn accepted_keys(keys: &[String]) -> anyhow::Result<AcceptedKeys> {
@@ -73,6 +80,13 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
             header_timeout: args.header_timeout.into(),
             idle_timeout: args.idle_timeout.into(),
         },
+        tls: fxcast_listener::TlsFiles::from_flags(
+            args.tls_cert.clone(),
+            args.tls_key.clone(),
+            None,
+        )?
+        .map(|files| fxcast_listener::Tls::load(files, fxcast_listener::tls::ALPN_HTTP))
+        .transpose()?,
         ..MomentoLocalConfig::default()
     };
     config.validate()?;
@@ -93,7 +107,12 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
             );
         }
     }
-    tracing::info!(addr = %addr, caches = ?args.caches, "momento-local listening");
+    tracing::info!(
+        addr = %addr,
+        tls = config.tls.is_some(),
+        caches = ?args.caches,
+        "momento-local listening"
+    );
     serve(listener, config, shutdown_signal())
         .await
         .context("momento-local failed")?;

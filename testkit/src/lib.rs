@@ -11,6 +11,7 @@
 //! - `streams`: the next event of a gRPC rate stream ([`next_event`], [`next_rate`]).
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
+//! - `tls`: a test CA, the certificate files a server reads, clients trusting only that CA ([`Ca`], [`TlsDir`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -18,12 +19,14 @@
 mod process;
 mod stack;
 mod streams;
+mod tls;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
 pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
 pub use stack::{ALL_SCOPES, Stack};
 pub use streams::{next_event, next_rate};
+pub use tls::{Ca, Leaf, TlsDir};
 pub use ws::{Ws, next_json, send_json, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.

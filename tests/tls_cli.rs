@@ -1,0 +1,217 @@
+//! TLS as a user deploys it with the binary: `serve` with a certificate and
+//! a client CA, a separate `fxcast gateway` reaching it over `https://`
+//! with its own client certificate and serving HTTPS itself, and
+//! `momento-local` over TLS.
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use fxcast_testkit::{Ca, TlsDir, log_field, spawn_serve, wait_for_line};
+use tokio::process::{Child, Command};
+
+const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
+
+/// `fxcast <args>` with its stderr piped, killed on drop.
+fn spawn(args: &[&str]) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_CONFIG")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn path(p: &std::path::Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[tokio::test]
+async fn a_gateway_reaches_a_tls_upstream_with_its_client_certificate_and_serves_https() {
+    let ca = Ca::new("fxcast test CA");
+    let clients = Ca::new("fxcast clients CA");
+    let server = TlsDir::new(&ca.issue(&["localhost"]));
+    let client_ca = server.write("clients.pem", &clients.pem());
+    let gateway_cert = clients.issue(&["gateway"]);
+    let gateway_cert_file = server.write("gateway.pem", &gateway_cert.cert);
+    let gateway_key_file = server.write("gateway-key.pem", &gateway_cert.key);
+    let ca_file = server.write("ca.pem", &ca.pem());
+    let (cert, key) = (server.cert(), server.key());
+    let data = tempfile::tempdir().unwrap();
+    let served = spawn_serve(
+        BIN,
+        data.path(),
+        &[
+            "--symbols",
+            "USD_JPY",
+            "--tick-interval",
+            "20ms",
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+            "--tls-client-ca",
+            path(&client_ca),
+        ],
+        &[],
+    )
+    .await;
+    let grpc_port = served.grpc.rsplit(':').next().unwrap();
+    let upstream = format!("https://localhost:{grpc_port}");
+    let gateway_args = |with_cert: bool| {
+        let mut args = vec![
+            "gateway",
+            "--upstream",
+            upstream.as_str(),
+            "--upstream-ca",
+            path(&ca_file),
+            "--http-listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            path(data.path()),
+            "--tls-cert",
+            path(&cert),
+            "--tls-key",
+            path(&key),
+        ];
+        if with_cert {
+            args.extend([
+                "--upstream-cert",
+                path(&gateway_cert_file),
+                "--upstream-key",
+                path(&gateway_key_file),
+            ]);
+        }
+        args
+    };
+    let mut gateway = spawn(&gateway_args(true));
+    let line = wait_for_line(&mut gateway, "fxcast gateway listening").await;
+    let port = log_field(&line, "http")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    let base = format!("https://localhost:{port}");
+    let https = ca.https_client();
+
+    let started = Instant::now();
+    while https
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the gateway never became ready over TLS"
+        );
+        // Polling a readiness endpoint: there is nothing to await instead.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A browser token from the gateway, issued by the upstream over mTLS.
+    let token: serde_json::Value = https
+        .post(format!("{base}/v1/tokens"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        token["subject"].as_str().unwrap().starts_with("anon-"),
+        "{token}"
+    );
+
+    // Without its client certificate the gateway is refused by the upstream
+    // and exits saying so (with TLS 1.3 the reason is either the server's
+    // CertificateRequired alert or the closed connection, whichever the
+    // client reads first).
+    let refused = spawn(&gateway_args(false));
+    let output = tokio::time::timeout(Duration::from_secs(30), refused.wait_with_output())
+        .await
+        .expect("the refused gateway exits")
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("upstream refused the gateway"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_gateway_refuses_tls_flags_without_https() {
+    let output = Command::new(BIN)
+        .args([
+            "gateway",
+            "--upstream",
+            "http://127.0.0.1:1",
+            "--upstream-ca",
+            "/nonexistent.pem",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("FXCAST_API_KEY", "k")
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("need an https:// --upstream"), "{stderr}");
+}
+
+#[tokio::test]
+async fn momento_local_serves_the_momento_wire_over_tls() {
+    let ca = Ca::new("fxcast test CA");
+    let files = TlsDir::new(&ca.issue(&["localhost"]));
+    let mut child = spawn(&[
+        "momento-local",
+        "--listen",
+        "127.0.0.1:0",
+        "--cache",
+        "rates",
+        "--tls-cert",
+        path(&files.cert()),
+        "--tls-key",
+        path(&files.key()),
+    ]);
+    let line = wait_for_line(&mut child, "momento-local listening").await;
+    assert!(line.contains("tls=true"), "{line}");
+    let port = log_field(&line, "addr")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    // A gRPC-web Get of a missing key (an empty `_GetRequest`, framed), as
+    // Momento's web SDK sends it, over HTTPS trusting only the test CA.
+    let response = ca
+        .https_client()
+        .post(format!("https://localhost:{port}/cache_client.Scs/Get"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("cache", "rates")
+        .header("x-grpc-web", "1")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // grpc-status comes as a header (a trailers-only reply) or in the
+    // trailers frame of the body.
+    let in_headers = response.headers().contains_key("grpc-status");
+    let body = response.bytes().await.unwrap();
+    let text = String::from_utf8_lossy(&body).to_lowercase();
+    assert!(in_headers || text.contains("grpc-status"), "{text}");
+
+    // Plaintext on the TLS port is not served.
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{port}/cache_client.Scs/Get"))
+        .header("content-type", "application/grpc-web+proto")
+        .body(vec![0u8, 0, 0, 0, 0])
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await;
+    assert!(plain.is_err(), "{plain:?}");
+}
