@@ -215,3 +215,50 @@ async fn momento_local_serves_the_momento_wire_over_tls() {
         .await;
     assert!(plain.is_err(), "{plain:?}");
 }
+
+#[tokio::test]
+async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
+    let ca = Ca::new("fxcast test CA");
+    let files = TlsDir::new(&ca.issue(&["localhost"]));
+    let ca_file = files.write("ca.pem", &ca.pem());
+    let (cert, key) = (files.cert(), files.key());
+    let data = tempfile::tempdir().unwrap();
+    let served = spawn_serve(
+        BIN,
+        data.path(),
+        &["--tls-cert", path(&cert), "--tls-key", path(&key)],
+        &[],
+    )
+    .await;
+    let port = served.grpc.rsplit(':').next().unwrap();
+    let server = format!("https://localhost:{port}");
+    let token = |ca: Option<&std::path::Path>| {
+        let mut command = Command::new(BIN);
+        command
+            .args(["token", "--server", &server, "--subject", "alice"])
+            .args(["--scope", "orders:read", "--data-dir", path(data.path())])
+            .env_remove("FXCAST_API_KEY")
+            .env_remove("FXCAST_CA_CERT");
+        if let Some(ca) = ca {
+            command.env("FXCAST_CA_CERT", ca);
+        }
+        tokio::time::timeout(Duration::from_secs(30), command.output())
+    };
+    let trusted = token(Some(&ca_file)).await.unwrap().unwrap();
+    assert!(
+        trusted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trusted.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&trusted.stdout)
+            .matches('.')
+            .count(),
+        2
+    );
+    // Against the Mozilla roots the test CA is unknown.
+    let untrusted = token(None).await.unwrap().unwrap();
+    assert!(!untrusted.status.success());
+    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    assert!(stderr.contains("cannot connect"), "{stderr}");
+}

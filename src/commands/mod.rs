@@ -63,11 +63,20 @@ pub(crate) fn api_key(data_dir: &std::path::Path) -> anyhow::Result<String> {
 /// A channel to a server carrying a bearer credential.
 pub(crate) type AuthedChannel = fxcast_proto::Authed;
 
-/// Connects to `server` with `credential` (a token or the API key).
+/// Connects to `server` with `credential` (a token or the API key). An
+/// `https://` server is verified against the PEM CA file in
+/// `FXCAST_CA_CERT` when set, else against the Mozilla roots.
 pub(crate) async fn connect(server: &str, credential: &str) -> anyhow::Result<AuthedChannel> {
     use anyhow::Context;
-    let channel = tonic::transport::Endpoint::from_shared(server.to_owned())
-        .with_context(|| format!("invalid server address {server:?}"))?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+        .with_context(|| format!("invalid server address {server:?}"))?;
+    if endpoint.uri().scheme_str() == Some("https") {
+        let ca = std::env::var_os("FXCAST_CA_CERT").map(std::path::PathBuf::from);
+        let tls =
+            fxcast_listener::tls::client_config(ca.as_deref(), None).context("FXCAST_CA_CERT")?;
+        endpoint = endpoint.tls_config(tls).context("TLS")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;
