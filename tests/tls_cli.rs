@@ -236,7 +236,12 @@ async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
         let mut command = Command::new(BIN);
         command
             .args(["token", "--server", &server, "--subject", "alice"])
-            .args(["--scope", "orders:read", "--data-dir", path(data.path())])
+            .args([
+                "--scope",
+                "rates:subscribe=*",
+                "--data-dir",
+                path(data.path()),
+            ])
             .env_remove("FXCAST_API_KEY")
             .env_remove("FXCAST_CA_CERT");
         if let Some(ca) = ca {
@@ -250,15 +255,50 @@ async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
         "{}",
         String::from_utf8_lossy(&trusted.stderr)
     );
-    assert_eq!(
-        String::from_utf8_lossy(&trusted.stdout)
-            .matches('.')
-            .count(),
-        2
-    );
+    let jwt = String::from_utf8_lossy(&trusted.stdout).trim().to_owned();
+    assert_eq!(jwt.matches('.').count(), 2, "{jwt}");
+    grpcio_reaches(&ca_file, &served.grpc, port, &jwt);
     // Against the Mozilla roots the test CA is unknown.
     let untrusted = token(None).await.unwrap().unwrap();
     assert!(!untrusted.status.success());
     let stderr = String::from_utf8_lossy(&untrusted.stderr);
     assert!(stderr.contains("cannot connect"), "{stderr}");
+}
+
+/// gRPC's C core (Python `grpcio`, installed with Momento's Python SDK by
+/// scripts/test) as a second, non-rustls TLS client, the way grpcurl
+/// `-cacert` would be used: health, then `ListSymbols` with the token.
+fn grpcio_reaches(ca: &std::path::Path, grpc: &str, port: &str, token: &str) {
+    const SCRIPT: &str = r#"
+import sys, grpc
+ca, target, token = sys.argv[1:4]
+creds = grpc.ssl_channel_credentials(root_certificates=open(ca, "rb").read())
+channel = grpc.secure_channel(target, creds)
+health = channel.unary_unary("/grpc.health.v1.Health/Check")
+print("health", health(b"", timeout=10).hex())
+symbols = channel.unary_unary("/fxcast.v1.RateService/ListSymbols")
+try:
+    symbols(b"", timeout=10)
+except grpc.RpcError as err:
+    print("anonymous", err.code().name)
+reply = symbols(b"", metadata=[("authorization", "Bearer " + token)], timeout=10)
+print("symbols", b"USD_JPY" in reply)
+"#;
+    let output = std::process::Command::new("python3")
+        .args(["-c", SCRIPT])
+        .arg(ca)
+        .arg(format!("localhost:{port}"))
+        .arg(token)
+        .output()
+        .expect("python3 is required: scripts/test installs what the tests need");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains("No module named 'grpc'"),
+        "grpcio is missing: run scripts/test (it installs Momento's Python SDK, which brings it)"
+    );
+    assert!(output.status.success(), "{grpc}: {stdout}\n{stderr}");
+    assert!(stdout.contains("health 0801"), "{stdout}");
+    assert!(stdout.contains("anonymous UNAUTHENTICATED"), "{stdout}");
+    assert!(stdout.contains("symbols True"), "{stdout}");
 }

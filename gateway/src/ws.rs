@@ -516,7 +516,11 @@ impl Connection {
                     .collect();
                 let error = ServerMessage::error(
                     "unknown_symbol",
-                    format!("unknown symbol {symbol:?} (known: {})", known.join(", ")),
+                    format!(
+                        "unknown symbol {} (known: {})",
+                        fxcast_services::quote::quoted(symbol),
+                        known.join(", ")
+                    ),
                 );
                 return self.send_message(sink, &error).await;
             }
