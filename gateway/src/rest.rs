@@ -133,6 +133,21 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for OptionalJson<T> {
     }
 }
 
+/// The symbols the bearer of `headers` may see, as the services list them.
+async fn allowed_symbols(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Vec<fxcast_proto::v1::SymbolInfo>, ApiError> {
+    let bearer = credential(headers, None)?;
+    Ok(state
+        .upstream
+        .rates(bearer)
+        .list_symbols(ListSymbolsRequest {})
+        .await?
+        .into_inner()
+        .symbols)
+}
+
 /// The symbols the caller may see.
 #[utoipa::path(get, path = "/v1/symbols", tag = "rates",
     responses((status = 200, body = SymbolsJson), (status = 401, body = ErrorBody)),
@@ -141,14 +156,7 @@ pub(crate) async fn symbols(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<SymbolsJson>, ApiError> {
-    let bearer = credential(&headers, None)?;
-    let symbols = state
-        .upstream
-        .rates(bearer)
-        .list_symbols(ListSymbolsRequest {})
-        .await?
-        .into_inner()
-        .symbols;
+    let symbols = allowed_symbols(&state, &headers).await?;
     let symbols = symbols.into_iter().map(SymbolJson::from).collect();
     Ok(Json(SymbolsJson { symbols }))
 }
@@ -161,14 +169,7 @@ pub(crate) async fn rates(
     State(state): State<AppState>,
     headers: HeaderMap,
 ) -> Result<Json<RatesJson>, ApiError> {
-    let bearer = credential(&headers, None)?;
-    let allowed = state
-        .upstream
-        .rates(bearer)
-        .list_symbols(ListSymbolsRequest {})
-        .await?
-        .into_inner()
-        .symbols;
+    let allowed = allowed_symbols(&state, &headers).await?;
     let rates = allowed
         .iter()
         .filter_map(|s| state.ticker.latest(&s.symbol))

@@ -105,6 +105,27 @@ impl Conn {
         }
     }
 
+    /// A write's outcome, seen by the watchdog.
+    fn after_write(
+        &mut self,
+        cx: &mut Context<'_>,
+        written: Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        match written {
+            Poll::Ready(Ok(n)) => {
+                // Before the peer has said anything, the server's own
+                // greeting (HTTP/2 SETTINGS) does not keep it open.
+                if n > 0 && self.last_activity.is_some() {
+                    self.touch();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            // A peer that stopped reading is as gone as a silent one.
+            Poll::Pending => self.poll_expired(cx).map(Err),
+        }
+    }
+
     fn expired(&self, reason: &'static str) -> io::Error {
         self.slot.stats.timed_out.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(peer = %self.remote, reason, "closing connection");
@@ -140,19 +161,8 @@ impl AsyncWrite for Conn {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                // Before the peer has said anything, the server's own
-                // greeting (HTTP/2 SETTINGS) does not keep it open.
-                if n > 0 && this.last_activity.is_some() {
-                    this.touch();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            // A peer that stopped reading is as gone as a silent one.
-            Poll::Pending => this.poll_expired(cx).map(Err),
-        }
+        let written = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(cx, written)
     }
 
     fn poll_write_vectored(
@@ -161,16 +171,8 @@ impl AsyncWrite for Conn {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        match Pin::new(&mut this.stream).poll_write_vectored(cx, bufs) {
-            Poll::Ready(Ok(n)) => {
-                if n > 0 && this.last_activity.is_some() {
-                    this.touch();
-                }
-                Poll::Ready(Ok(n))
-            }
-            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
-            Poll::Pending => this.poll_expired(cx).map(Err),
-        }
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(cx, written)
     }
 
     fn is_write_vectored(&self) -> bool {
