@@ -45,14 +45,10 @@ use std::{
 };
 
 use bytes::Bytes;
-use common::{Stack, bench_case, percentile_case, runtime};
-use criterion::{BenchmarkId, Criterion};
+use common::Stack;
 use futures_util::{SinkExt, Stream, StreamExt};
-use fxcast_benches::PercentilePass;
-use fxcast_proto::v1::{
-    Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
-    stream_rates_response::Event,
-};
+use fxcast_benches::harness::{self, Bench};
+use fxcast_proto::v1::{Rate, StreamRatesResponse, stream_rates_response::Event};
 use fxcast_services::Config;
 use tokio::{
     net::TcpStream,
@@ -60,7 +56,7 @@ use tokio::{
     task::JoinHandle,
 };
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
-use tonic::{Request, Streaming, transport::Channel};
+use tonic::Streaming;
 
 const GROUP: &str = "tick_to_client_e2e";
 const CLIENT_COUNTS: &[usize] = &[1, 10];
@@ -83,10 +79,6 @@ impl Interface {
             Self::Sse => "sse",
         }
     }
-}
-
-fn full_id(interface: Interface, clients: usize) -> String {
-    format!("{GROUP}/{}/{clients}", interface.name())
 }
 
 /// What a client saw of one rate.
@@ -136,24 +128,7 @@ impl Reader {
     async fn open(stack: &Stack, interface: Interface, token: &str) -> Self {
         match interface {
             Interface::Grpc => {
-                let mut client: RateServiceClient<Channel> =
-                    RateServiceClient::connect(format!("http://{}", stack.grpc))
-                        .await
-                        .expect("connect");
-                let mut request = Request::new(StreamRatesRequest {
-                    symbols: vec![common::SYMBOL.into()],
-                    ..Default::default()
-                });
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {token}").parse().expect("ascii token"),
-                );
-                let stream = client
-                    .stream_rates(request)
-                    .await
-                    .expect("stream_rates")
-                    .into_inner();
-                Self::Grpc(stream)
+                Self::Grpc(common::grpc_rate_stream(stack.grpc, common::SYMBOL, token).await)
             }
             Interface::Ws => {
                 let url = format!("ws://{}/v1/stream?token={token}", stack.http);
@@ -436,8 +411,22 @@ enum Fixture {
     Many(ManyClients),
 }
 
-impl Fixture {
-    async fn start(interface: Interface, clients: usize) -> Self {
+impl Bench for Fixture {
+    const GROUP: &'static str = GROUP;
+    type Case = (Interface, usize);
+
+    fn cases() -> Vec<Self::Case> {
+        CLIENT_COUNTS
+            .iter()
+            .flat_map(|&clients| Interface::ALL.map(|interface| (interface, clients)))
+            .collect()
+    }
+
+    fn id((interface, clients): Self::Case) -> (&'static str, String) {
+        (interface.name(), clients.to_string())
+    }
+
+    async fn start((interface, clients): Self::Case) -> Self {
         if clients == 1 {
             Self::One(OneClient::start(interface).await)
         } else {
@@ -445,15 +434,6 @@ impl Fixture {
         }
     }
 
-    async fn stop(self) {
-        match self {
-            Self::One(one) => one.stop().await,
-            Self::Many(many) => many.stop().await,
-        }
-    }
-}
-
-impl common::Rounds for Fixture {
     async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
         match self {
             Self::One(one) => {
@@ -469,47 +449,15 @@ impl common::Rounds for Fixture {
             }
         }
     }
-}
 
-fn bench_tick_to_client(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    let rt = runtime();
-    for &clients in CLIENT_COUNTS {
-        for interface in Interface::ALL {
-            let id = BenchmarkId::new(interface.name(), clients);
-            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            bench_case(&mut group, id, &rt, &fixture);
-            let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
-            rt.block_on(fixture.stop());
-        }
-    }
-    group.finish();
-}
-
-fn percentiles(pass: &PercentilePass) {
-    pass.print_heading(GROUP);
-    let rt = runtime();
-    for &clients in CLIENT_COUNTS {
-        for interface in Interface::ALL {
-            let id = full_id(interface, clients);
-            if !pass.wants(&id) {
-                continue;
-            }
-            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            percentile_case(&rt, pass, &id, &fixture);
-            let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
-            rt.block_on(fixture.stop());
+    async fn stop(self) {
+        match self {
+            Self::One(one) => one.stop().await,
+            Self::Many(many) => many.stop().await,
         }
     }
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_tick_to_client(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fixture>();
 }

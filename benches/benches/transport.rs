@@ -44,8 +44,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion};
-use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_benches::harness::{self, Bench};
 use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, MemoryTransport, Subscription, Transport,
@@ -180,14 +179,6 @@ const CASES: &[Case] = &[
 ];
 
 impl Case {
-    fn id(&self) -> BenchmarkId {
-        BenchmarkId::new(self.function, self.subscribers)
-    }
-
-    fn full_id(&self) -> String {
-        format!("{GROUP}/{}/{}", self.function, self.subscribers)
-    }
-
     /// Every backend of a case is built here. Must run inside the runtime:
     /// momento-local is served by it.
     async fn transport(&self) -> Arc<dyn Transport> {
@@ -219,15 +210,12 @@ impl Case {
 
 fn runtime(flavor: Flavor) -> Runtime {
     match flavor {
-        Flavor::MultiThread2 => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
+        Flavor::MultiThread2 => harness::runtime(),
         Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
+            .build()
+            .expect("tokio runtime"),
     }
-    .expect("tokio runtime")
 }
 
 /// `subscribers` subscriber tasks on one topic, and the means to time one
@@ -247,7 +235,7 @@ struct Fanout {
 impl Fanout {
     /// Subscribes and spawns the subscriber tasks; every subscription is live
     /// when this returns. Must run inside the runtime.
-    async fn start(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
+    async fn open(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
         let received = Arc::new(AtomicUsize::new(0));
         let done = Arc::new(Notify::new());
         let mut tasks = Vec::with_capacity(subscribers);
@@ -300,25 +288,6 @@ impl Fanout {
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.in_flight.store(false, Ordering::Relaxed);
         elapsed
-    }
-
-    /// Drops the transport and ends the subscriber tasks.
-    async fn stop(self) {
-        let Self {
-            transport,
-            tasks,
-            watchdog,
-            ..
-        } = self;
-        watchdog.abort();
-        drop(transport);
-        // A broker client's subscriptions may outlive the transport handle
-        // (async-nats keeps its connection while a subscriber exists), so end
-        // the tasks rather than wait for their streams to close.
-        for task in tasks {
-            task.abort();
-            let _ = task.await;
-        }
     }
 }
 
@@ -381,78 +350,62 @@ async fn subscriber(
     }
 }
 
-/// Runs `iters` rounds on the runtime's workers (not on the bench thread)
-/// and returns the summed round times.
-fn run_rounds(rt: &Runtime, fanout: &Arc<Fanout>, iters: u64) -> Duration {
-    let fanout = Arc::clone(fanout);
-    rt.block_on(rt.spawn(async move {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            total += fanout.round().await;
-        }
-        total
-    }))
-    .expect("bench task")
-}
+impl Bench for Fanout {
+    const GROUP: &'static str = GROUP;
+    type Case = &'static Case;
 
-fn bench_publish_to_receive(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    for case in CASES {
-        let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(async {
-            Fanout::start(case.transport().await, case.subscribers, case.payload).await
-        }));
-        group.sample_size(case.sample_size);
-        group.bench_function(case.id(), |b| {
-            b.iter_custom(|iters| run_rounds(&rt, &fanout, iters));
-        });
-        let fanout = Arc::into_inner(fanout).expect("no bench task holds the fan-out");
-        rt.block_on(fanout.stop());
+    fn cases() -> Vec<Self::Case> {
+        CASES.iter().collect()
     }
-    group.finish();
-}
 
-fn percentiles(pass: &PercentilePass) {
-    pass.print_heading(GROUP);
-    for case in CASES {
-        let id = case.full_id();
-        if !pass.wants(&id) {
-            continue;
+    fn id(case: Self::Case) -> (&'static str, String) {
+        (case.function, case.subscribers.to_string())
+    }
+
+    async fn start(case: Self::Case) -> Self {
+        Self::open(case.transport().await, case.subscribers, case.payload).await
+    }
+
+    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
+        for _ in 0..iters {
+            record(self.round().await);
         }
-        let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(async {
-            Fanout::start(case.transport().await, case.subscribers, case.payload).await
-        }));
-        let (warmup, samples) = (pass.warmup, pass.samples);
-        let task_fanout = Arc::clone(&fanout);
-        let mut latencies = rt
-            .block_on(rt.spawn(async move {
-                for _ in 0..warmup {
-                    task_fanout.round().await;
-                }
-                let mut latencies = Vec::with_capacity(samples);
-                for _ in 0..samples {
-                    latencies.push(task_fanout.round().await);
-                }
-                latencies
-            }))
-            .expect("percentile task");
-        let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-        pass.print(&format!("{id} ({} B)", case.payload), &summary);
-        let fanout = Arc::into_inner(fanout).expect("no task holds the fan-out");
-        rt.block_on(fanout.stop());
+    }
+
+    /// Drops the transport and ends the subscriber tasks.
+    async fn stop(self) {
+        let Self {
+            transport,
+            tasks,
+            watchdog,
+            ..
+        } = self;
+        watchdog.abort();
+        drop(transport);
+        // A broker client's subscriptions may outlive the transport handle
+        // (async-nats keeps its connection while a subscriber exists), so end
+        // the tasks rather than wait for their streams to close.
+        for task in tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+
+    fn runtime(case: Self::Case) -> Runtime {
+        runtime(case.flavor)
+    }
+
+    fn sample_size(case: Self::Case) -> Option<usize> {
+        Some(case.sample_size)
+    }
+
+    fn label(case: Self::Case, id: &str) -> String {
+        format!("{id} ({} B)", case.payload)
     }
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_publish_to_receive(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fanout>();
 }
 
 /// NATS behind the [`Transport`] trait, for comparison only.
