@@ -144,29 +144,6 @@ async fn client_stream(
     (task, common::grpc_rate_stream(addr, SYMBOL, &token).await)
 }
 
-impl Fixture {
-    /// Sends one ticker and waits for its rate; returns the elapsed time.
-    async fn round(&self) -> Duration {
-        let mut upstream = self.upstream.lock().await;
-        let mut stream = self.stream.lock().await;
-        let n = self.ticks.fetch_add(1, Ordering::Relaxed);
-        // A new bid every time, so each frame is a distinct rate.
-        let bid = 12_000_000 + n % 1_000_000;
-        let frame = Message::text(ticker(bid, n + 1));
-        let expected = bid.to_string();
-        let start = Instant::now();
-        upstream.send(frame).await.expect("send ticker");
-        loop {
-            let rate = next_rate(&mut stream).await;
-            // The first round may see the stream's initial snapshot first.
-            if rate.bid == expected {
-                break;
-            }
-        }
-        start.elapsed()
-    }
-}
-
 impl Bench for Fixture {
     const GROUP: &'static str = GROUP;
     type Case = ();
@@ -204,10 +181,25 @@ impl Bench for Fixture {
         fixture
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        for _ in 0..iters {
-            record(self.round().await);
+    /// Sends one ticker and waits for its rate; returns the elapsed time.
+    async fn round(&self) -> Duration {
+        let mut upstream = self.upstream.lock().await;
+        let mut stream = self.stream.lock().await;
+        let n = self.ticks.fetch_add(1, Ordering::Relaxed);
+        // A new bid every time, so each frame is a distinct rate.
+        let bid = 12_000_000 + n % 1_000_000;
+        let frame = Message::text(ticker(bid, n + 1));
+        let expected = bid.to_string();
+        let start = Instant::now();
+        upstream.send(frame).await.expect("send ticker");
+        loop {
+            let rate = next_rate(&mut stream).await;
+            // The first round may see the stream's initial snapshot first.
+            if rate.bid == expected {
+                break;
+            }
         }
+        start.elapsed()
     }
 
     async fn stop(self) {

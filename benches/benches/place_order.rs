@@ -145,10 +145,8 @@ impl Bench for Fixture {
         fixture
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        for _ in 0..iters {
-            record(self.place().await);
-        }
+    async fn round(&self) -> Duration {
+        self.place().await
     }
 
     async fn stop(self) {

@@ -27,8 +27,8 @@
 //!
 //! Server, gateway, clients and the timing task share one 2-worker runtime.
 //! With one client the timing task *is* the client; with ten, the last client
-//! task wakes the timing task through a [`Notify`], so that case also
-//! contains one extra cross-task wake-up.
+//! task wakes the timing task (`fxcast_benches::harness::Arrivals`), so that
+//! case also contains one extra cross-task wake-up.
 //!
 //! After criterion, a percentile pass (see `fxcast_benches`) times 10,000
 //! individual iterations per case and prints p50/p90/p99/max.
@@ -37,24 +37,17 @@ mod common;
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
 use common::Stack;
 use futures_util::{SinkExt, Stream, StreamExt};
-use fxcast_benches::harness::{self, Bench};
+use fxcast_benches::harness::{self, Arrivals, Bench};
 use fxcast_proto::v1::{Rate, StreamRatesResponse, stream_rates_response::Event};
 use fxcast_services::Config;
-use tokio::{
-    net::TcpStream,
-    sync::{Mutex, Notify},
-    task::JoinHandle,
-};
+use tokio::{net::TcpStream, sync::Mutex, task::JoinHandle};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 use tonic::Streaming;
 
@@ -318,8 +311,7 @@ impl OneClient {
 /// receive a rate wakes the timing task.
 struct ManyClients {
     server: Server,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -331,35 +323,30 @@ impl ManyClients {
             readers.push(server.open(interface).await);
         }
         let synced = sync(&server, &mut readers).await;
-        let received = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(Notify::new());
+        let arrivals = Arc::new(Arrivals::new(clients));
         let tasks = readers
             .into_iter()
             .map(|reader| {
                 tokio::spawn(client_reader(
                     reader,
                     synced,
-                    clients,
-                    Arc::clone(&received),
-                    Arc::clone(&done),
+                    Arc::clone(&arrivals),
                     server.stack.shutdown.clone(),
                 ))
             })
             .collect();
         Self {
             server,
-            received,
-            done,
+            arrivals,
             tasks,
         }
     }
 
     async fn round(&self) -> Duration {
-        // The previous round's last increment happened before its notify.
-        self.received.store(0, Ordering::Relaxed);
+        self.arrivals.reset();
         let start = Instant::now();
         self.server.publish().await;
-        self.done.notified().await;
+        self.arrivals.all().await;
         start.elapsed()
     }
 
@@ -377,18 +364,14 @@ impl ManyClients {
 async fn client_reader(
     mut reader: Reader,
     mut last: u64,
-    clients: usize,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
         match reader.next_rate().await {
             Ok(Some(seen)) if seen.sequence == last + 1 => {
                 last = seen.sequence;
-                if received.fetch_add(1, Ordering::AcqRel) + 1 == clients {
-                    done.notify_one();
-                }
+                arrivals.arrive();
             }
             Ok(None) => return,
             _ if shutdown.is_cancelled() => return,
@@ -434,19 +417,10 @@ impl Bench for Fixture {
         }
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
+    async fn round(&self) -> Duration {
         match self {
-            Self::One(one) => {
-                let mut reader = one.reader.lock().await;
-                for _ in 0..iters {
-                    record(one.round(&mut reader).await);
-                }
-            }
-            Self::Many(many) => {
-                for _ in 0..iters {
-                    record(many.round().await);
-                }
-            }
+            Self::One(one) => one.round(&mut *one.reader.lock().await).await,
+            Self::Many(many) => many.round().await,
         }
     }
 

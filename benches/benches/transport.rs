@@ -27,9 +27,10 @@
 //! iteration is timed from just before `publish` until the *last* subscriber
 //! has received that message: each subscriber task increments a shared
 //! counter and the one that completes the count wakes the publishing task
-//! through a [`Notify`]. The timed span therefore also contains that final
-//! wake-up of the publishing task (one cross-task hand-off), which a real
-//! consumer would not pay; it is the same for every backend.
+//! (`fxcast_benches::harness::Arrivals`). The timed span therefore also
+//! contains that final wake-up of the publishing task (one cross-task
+//! hand-off), which a real consumer would not pay; it is the same for every
+//! backend.
 //!
 //! Only one message is in flight at a time, so this measures latency, not
 //! throughput. After criterion, a percentile pass (see `fxcast_benches`)
@@ -38,19 +39,19 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use fxcast_benches::harness::{self, Bench};
+use fxcast_benches::harness::{self, Arrivals, Bench};
 use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, MemoryTransport, Subscription, Transport,
     momento::{MomentoConfig, MomentoTransport},
 };
-use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
+use tokio::{runtime::Runtime, task::JoinHandle};
 
 const GROUP: &str = "transport_publish_to_receive";
 const TOPIC: &str = "rates.USD_JPY";
@@ -223,8 +224,7 @@ fn runtime(flavor: Flavor) -> Runtime {
 struct Fanout {
     transport: Arc<dyn Transport>,
     payload: Bytes,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     tasks: Vec<JoinHandle<()>>,
     /// Completed rounds and whether one is in flight, watched by `watchdog`.
     rounds: Arc<AtomicU64>,
@@ -236,17 +236,14 @@ impl Fanout {
     /// Subscribes and spawns the subscriber tasks; every subscription is live
     /// when this returns. Must run inside the runtime.
     async fn open(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
-        let received = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(Notify::new());
+        let arrivals = Arc::new(Arrivals::new(subscribers));
         let mut tasks = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
             let subscription = transport.subscribe(TOPIC).await.expect("subscribe");
             tasks.push(tokio::spawn(subscriber(
                 subscription,
-                subscribers,
                 payload_len,
-                Arc::clone(&received),
-                Arc::clone(&done),
+                Arc::clone(&arrivals),
             )));
         }
         assert_eq!(transport.local_subscribers(TOPIC), subscribers);
@@ -257,37 +254,17 @@ impl Fanout {
             subscribers,
             Arc::clone(&rounds),
             Arc::clone(&in_flight),
-            Arc::clone(&received),
+            Arc::clone(&arrivals),
         ));
         Self {
             transport,
             payload: Bytes::from(vec![0x5a; payload_len]),
-            received,
-            done,
+            arrivals,
             tasks,
             rounds,
             in_flight,
             watchdog,
         }
-    }
-
-    /// Publishes one message and returns the time until the last subscriber
-    /// received it.
-    async fn round(&self) -> Duration {
-        // The previous round's last increment happened before its notify, so
-        // no subscriber touches the counter concurrently with this reset.
-        self.received.store(0, Ordering::Relaxed);
-        self.in_flight.store(true, Ordering::Relaxed);
-        let start = Instant::now();
-        self.transport
-            .publish(TOPIC, self.payload.clone())
-            .await
-            .expect("publish");
-        self.done.notified().await;
-        let elapsed = start.elapsed();
-        self.rounds.fetch_add(1, Ordering::Relaxed);
-        self.in_flight.store(false, Ordering::Relaxed);
-        elapsed
     }
 }
 
@@ -300,7 +277,7 @@ async fn watchdog(
     subscribers: usize,
     rounds: Arc<AtomicU64>,
     in_flight: Arc<AtomicBool>,
-    received: Arc<AtomicUsize>,
+    arrivals: Arc<Arrivals>,
 ) {
     let mut seen = rounds.load(Ordering::Relaxed);
     // Checks in a row that found a round in flight and none completed: two
@@ -315,7 +292,7 @@ async fn watchdog(
             0
         };
         if stuck >= 2 {
-            let partial = received.load(Ordering::Relaxed);
+            let partial = arrivals.count();
             eprintln!(
                 "{partial} of {subscribers} subscribers received the last message and no round completed for {ROUND_DEADLINE:?}: the {transport} transport lost it"
             );
@@ -325,20 +302,12 @@ async fn watchdog(
     }
 }
 
-async fn subscriber(
-    mut subscription: Subscription,
-    subscribers: usize,
-    payload_len: usize,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
-) {
+async fn subscriber(mut subscription: Subscription, payload_len: usize, arrivals: Arc<Arrivals>) {
     while let Some(delivery) = subscription.next().await {
         match delivery {
             Delivery::Message(payload) => {
                 debug_assert_eq!(payload.len(), payload_len);
-                if received.fetch_add(1, Ordering::AcqRel) + 1 == subscribers {
-                    done.notify_one();
-                }
+                arrivals.arrive();
             }
             // Only one message is ever in flight, so a gap means the
             // transport is broken; the round would never complete.
@@ -366,10 +335,21 @@ impl Bench for Fanout {
         Self::open(case.transport().await, case.subscribers, case.payload).await
     }
 
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        for _ in 0..iters {
-            record(self.round().await);
-        }
+    /// Publishes one message and returns the time until the last subscriber
+    /// received it.
+    async fn round(&self) -> Duration {
+        self.arrivals.reset();
+        self.in_flight.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        self.transport
+            .publish(TOPIC, self.payload.clone())
+            .await
+            .expect("publish");
+        self.arrivals.all().await;
+        let elapsed = start.elapsed();
+        self.rounds.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.store(false, Ordering::Relaxed);
+        elapsed
     }
 
     /// Drops the transport and ends the subscriber tasks.

@@ -1,12 +1,20 @@
 //! The harness of the criterion benches: a fixture implements [`Bench`]
-//! (its cases, how to start one, its timed rounds, how to stop), and
+//! (its cases, how to start one, its timed round, how to stop), and
 //! [`main`] runs every case for criterion and then, under `cargo bench`,
-//! for the percentile pass (see [`crate::percentiles`]).
+//! for the percentile pass (see [`crate::percentiles`]). Fan-out fixtures
+//! count their receivers with [`Arrivals`].
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::Future,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use criterion::{BenchmarkGroup, BenchmarkId, Criterion, measurement::WallTime};
-use tokio::runtime::Runtime;
+use tokio::{runtime::Runtime, sync::Notify};
 
 use crate::{LatencySummary, PercentilePass};
 
@@ -38,12 +46,8 @@ pub trait Bench: Sized + Send + Sync + 'static {
     /// Starts the fixture of `case` (on its runtime).
     fn start(case: Self::Case) -> impl Future<Output = Self>;
 
-    /// Runs `iters` rounds and hands each round's time to `record`.
-    fn rounds(
-        &self,
-        iters: u64,
-        record: impl FnMut(Duration) + Send,
-    ) -> impl Future<Output = ()> + Send;
+    /// Runs the timed operation once and returns its time.
+    fn round(&self) -> impl Future<Output = Duration> + Send;
 
     /// Stops the fixture.
     fn stop(self) -> impl Future<Output = ()>;
@@ -128,7 +132,9 @@ fn bench_case<B: Bench>(
             let fixture = Arc::clone(fixture);
             rt.block_on(rt.spawn(async move {
                 let mut total = Duration::ZERO;
-                fixture.rounds(iters, |d| total += d).await;
+                for _ in 0..iters {
+                    total += fixture.round().await;
+                }
                 total
             }))
             .expect("bench task")
@@ -139,16 +145,64 @@ fn bench_case<B: Bench>(
 /// One case of the percentile pass: `pass.warmup` untimed rounds, then
 /// `pass.samples` rounds timed one by one; prints their distribution as `id`.
 fn percentile_case<B: Bench>(rt: &Runtime, pass: &PercentilePass, id: &str, fixture: &Arc<B>) {
-    let (warmup, samples) = (pass.warmup as u64, pass.samples);
+    let (warmup, samples) = (pass.warmup, pass.samples);
     let fixture = Arc::clone(fixture);
     let mut latencies = rt
         .block_on(rt.spawn(async move {
-            fixture.rounds(warmup, drop).await;
+            for _ in 0..warmup {
+                fixture.round().await;
+            }
             let mut latencies = Vec::with_capacity(samples);
-            fixture.rounds(samples as u64, |d| latencies.push(d)).await;
+            for _ in 0..samples {
+                latencies.push(fixture.round().await);
+            }
             latencies
         }))
         .expect("percentile task");
     let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
     pass.print(id, &summary);
+}
+
+/// How many of a round's receivers have its message: each receiver task
+/// calls [`Arrivals::arrive`], and the one that completes the count wakes
+/// the timing task waiting in [`Arrivals::all`].
+#[derive(Debug)]
+pub struct Arrivals {
+    expected: usize,
+    count: AtomicUsize,
+    done: Notify,
+}
+
+impl Arrivals {
+    /// Arrivals of `expected` receivers per round.
+    pub fn new(expected: usize) -> Self {
+        Self {
+            expected,
+            count: AtomicUsize::new(0),
+            done: Notify::new(),
+        }
+    }
+
+    /// Starts a round. The previous round's last arrival happened before its
+    /// wake-up, so no receiver touches the count concurrently with this.
+    pub fn reset(&self) {
+        self.count.store(0, Ordering::Relaxed);
+    }
+
+    /// One receiver has the round's message.
+    pub fn arrive(&self) {
+        if self.count.fetch_add(1, Ordering::AcqRel) + 1 == self.expected {
+            self.done.notify_one();
+        }
+    }
+
+    /// Waits until every receiver has the round's message.
+    pub async fn all(&self) {
+        self.done.notified().await;
+    }
+
+    /// Receivers that have the current round's message so far.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
 }

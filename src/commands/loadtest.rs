@@ -86,11 +86,13 @@ impl OrdersLoad {
             target: self.target,
             concurrency: self.concurrency,
             connections: self.connections,
-            duration: self.duration,
-            warmup: self.warmup,
+            schedule: orders::Schedule {
+                warmup: self.warmup,
+                duration: self.duration,
+                rate: self.rate,
+            },
             symbol: self.symbol,
             quantity: self.quantity,
-            rate: self.rate,
             server_pid: self.server_pid,
         };
         load.check()?;

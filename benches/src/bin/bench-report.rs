@@ -270,9 +270,31 @@ fn chart_on<'a, 'b>(root: &'a Root<'b>, title: &str) -> ChartBuilder<'a, 'b, SVG
     builder
 }
 
+/// A chart with logarithmic axes: whole numbers on x, reals on y.
+type LogLogChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<u64>, LogCoord<f64>>>;
+
+/// A log-log chart on `root`: x from 1 to twice `max_x`, y over `y_range`,
+/// both axes described.
+fn log_log_chart<'a, 'b>(
+    root: &'a Root<'b>,
+    title: &str,
+    (max_x, x_desc): (u64, &str),
+    ((min_y, max_y), y_desc): ((f64, f64), &str),
+) -> Result<LogLogChart<'a, 'b>> {
+    let mut chart = chart_on(root, title)
+        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
 /// Draws `points` as a solid line with a legend entry `label`.
-fn legend_line<'a, X: Ranged, Y: Ranged>(
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+fn legend_line<'a, 'b, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
     points: Vec<(X::ValueType, Y::ValueType)>,
     color: RGBColor,
     label: String,
@@ -289,9 +311,9 @@ where
 }
 
 /// Draws the legend at `position` and writes the plot.
-fn finish<'a, X: Ranged, Y: Ranged>(
-    root: &Root<'a>,
-    chart: &mut ChartContext<'a, SVGBackend<'a>, Cartesian2d<X, Y>>,
+fn finish<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    root: &Root<'b>,
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
     position: SeriesLabelPosition,
 ) -> Result<bool> {
     chart
@@ -329,18 +351,13 @@ fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool> {
         .max()
         .unwrap_or(1)
         .max(2);
-    let (min_y, max_y) = log_range(series.values().flatten().map(|p| p.1));
     let root = canvas(path)?;
-    let mut chart = chart_on(
+    let mut chart = log_log_chart(
         &root,
         "Transport publish → receive (all subscribers served), median",
-    )
-    .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("subscribers")
-        .y_desc("µs")
-        .draw()?;
+        (max_x, "subscribers"),
+        (log_range(series.values().flatten().map(|p| p.1)), "µs"),
+    )?;
     for (i, (name, points)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut points = points.clone();
@@ -369,18 +386,13 @@ fn plot_connections(loads: &BTreeMap<String, BTreeMap<u64, Value>>, path: &Path)
         .flat_map(|(_, r)| [points(r, "p50"), points(r, "p99")].concat())
         .collect();
     let max_x = all.iter().map(|p| p.0).max().unwrap_or(10).max(10);
-    let (min_y, max_y) = log_range(all.iter().map(|p| p.1));
     let root = canvas(path)?;
-    let mut chart = chart_on(
+    let mut chart = log_log_chart(
         &root,
         "Delivery latency vs connections (solid p50, dashed p99)",
-    )
-    .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("connections")
-        .y_desc("ms (publish → receipt)")
-        .draw()?;
+        (max_x, "connections"),
+        (log_range(all.iter().map(|p| p.1)), "ms (publish → receipt)"),
+    )?;
     for (i, (name, runs)) in streams.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let p50 = points(runs, "p50");
@@ -583,7 +595,7 @@ fn write_percentiles(md: &mut String, percentiles: &[Percentiles]) -> std::fmt::
     }
     writeln!(
         md,
-        "\n## Latency percentiles (`cargo bench`, per-iteration pass)\n\nAfter criterion each bench binary times every case's iterations one by one (see `benches/src/lib.rs`); these are the distributions behind the medians above.\n"
+        "\n## Latency percentiles (`cargo bench`, per-iteration pass)\n\nAfter criterion each bench binary times every case's iterations one by one (see `benches/src/percentiles.rs`); these are the distributions behind the medians above.\n"
     )?;
     let mut group = "";
     for p in percentiles {

@@ -6,7 +6,7 @@
 //!
 //! Closed loop by default: each worker sends its next order when the last
 //! one is answered, which measures throughput at that concurrency. With a
-//! [`OrdersLoad::rate`] of R it is open loop: order i is due at
+//! [`Schedule::rate`] of R it is open loop: order i is due at
 //! `start + i/R` and its latency counts from that intended time, so a
 //! server that falls behind shows the queueing delay instead of hiding it
 //! (no coordinated omission); the concurrency then caps the orders in
@@ -51,24 +51,31 @@ pub struct OrdersLoad {
     pub concurrency: usize,
     /// HTTP/2 connections the orders are spread over.
     pub connections: usize,
-    /// How long to measure.
-    pub duration: Duration,
-    /// Load applied before measuring (not counted).
-    pub warmup: Duration,
+    /// When orders are sent and which are measured.
+    pub schedule: Schedule,
     /// Symbol to trade.
     pub symbol: String,
     /// Quantity of every order (a decimal string).
     pub quantity: String,
-    /// Open loop: orders per second on a fixed schedule (`None`: closed loop).
-    pub rate: Option<u32>,
     /// Server process whose memory to report (`None`: a local `fxcast serve`).
     pub server_pid: Option<u32>,
+}
+
+/// When an orders load sends and measures.
+#[derive(Debug, Clone, Copy)]
+pub struct Schedule {
+    /// Load applied before measuring (not counted).
+    pub warmup: Duration,
+    /// How long to measure.
+    pub duration: Duration,
+    /// Open loop: orders per second on a fixed schedule (`None`: closed loop).
+    pub rate: Option<u32>,
 }
 
 impl OrdersLoad {
     /// Refuses a load that cannot run.
     pub fn check(&self) -> anyhow::Result<()> {
-        if self.concurrency == 0 || self.connections == 0 || self.duration.is_zero() {
+        if self.concurrency == 0 || self.connections == 0 || self.schedule.duration.is_zero() {
             bail!("--concurrency, --connections and --duration must be positive");
         }
         Ok(())
@@ -216,14 +223,14 @@ struct Window {
 }
 
 impl Window {
-    fn new(load: &OrdersLoad) -> Self {
+    fn new(schedule: Schedule) -> Self {
         let start = Instant::now();
-        let measure_from = start + load.warmup;
+        let measure_from = start + schedule.warmup;
         Self {
             start,
             measure_from,
-            end: measure_from + load.duration,
-            schedule: load
+            end: measure_from + schedule.duration,
+            schedule: schedule
                 .rate
                 .map(|rate| (AtomicU64::new(0), Duration::from_secs(1) / rate.max(1))),
         }
@@ -325,15 +332,15 @@ pub async fn run(load: &OrdersLoad, token: &str) -> anyhow::Result<OrdersReport>
         load.quantity,
         load.concurrency,
         load.connections,
-        load.duration,
-        load.warmup
+        load.schedule.duration,
+        load.schedule.warmup
     );
     let run = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis());
     let server_pid = proc::server(load.server_pid);
     let rss_before = proc::rss(server_pid);
-    let window = Arc::new(Window::new(load));
+    let window = Arc::new(Window::new(load.schedule));
     let mut workers = JoinSet::new();
     for number in 0..load.concurrency {
         let worker = Worker {
@@ -383,14 +390,14 @@ impl OrdersReport {
             bail!("no order completed within the measured window");
         }
         let orders = latencies.len();
-        let window_us = u64::try_from(load.duration.as_micros())
+        let window_us = u64::try_from(load.schedule.duration.as_micros())
             .unwrap_or(u64::MAX)
             .max(1);
         Ok(Self {
             concurrency: load.concurrency,
             connections: load.connections,
-            duration: load.duration,
-            rate: load.rate,
+            duration: load.schedule.duration,
+            rate: load.schedule.rate,
             orders,
             orders_per_s: orders * 1_000_000 / window_us,
             outcomes: total.outcomes,
