@@ -365,10 +365,7 @@ pub async fn run(load: &OrdersLoad, token: &str) -> anyhow::Result<OrdersReport>
 /// What an orders load measured.
 #[derive(Debug)]
 pub struct OrdersReport {
-    concurrency: usize,
-    connections: usize,
-    duration: Duration,
-    rate: Option<u32>,
+    load: OrdersLoad,
     orders: u64,
     orders_per_s: u64,
     outcomes: BTreeMap<String, u64>,
@@ -394,10 +391,7 @@ impl OrdersReport {
             .unwrap_or(u64::MAX)
             .max(1);
         Ok(Self {
-            concurrency: load.concurrency,
-            connections: load.connections,
-            duration: load.schedule.duration,
-            rate: load.schedule.rate,
+            load: load.clone(),
             orders,
             orders_per_s: orders * 1_000_000 / window_us,
             outcomes: total.outcomes,
@@ -412,11 +406,11 @@ impl OrdersReport {
     pub fn json(&self) -> serde_json::Value {
         serde_json::json!({
             "interface": "orders",
-            "concurrency": self.concurrency,
-            "connections": self.connections,
-            "duration_s": self.duration.as_secs_f64(),
-            "mode": if self.rate.is_some() { "open_loop" } else { "closed_loop" },
-            "target_rate_per_s": self.rate,
+            "concurrency": self.load.concurrency,
+            "connections": self.load.connections,
+            "duration_s": self.load.schedule.duration.as_secs_f64(),
+            "mode": if self.load.schedule.rate.is_some() { "open_loop" } else { "closed_loop" },
+            "target_rate_per_s": self.load.schedule.rate,
             "orders": self.orders,
             "orders_per_s": self.orders_per_s,
             "outcomes": self.outcomes,
@@ -431,7 +425,7 @@ impl OrdersReport {
     pub fn print(&self) -> anyhow::Result<()> {
         println!(
             "orders      {} in {:?} = {} orders/s",
-            self.orders, self.duration, self.orders_per_s
+            self.orders, self.load.schedule.duration, self.orders_per_s
         );
         let outcomes: Vec<String> = self
             .outcomes
@@ -447,7 +441,7 @@ impl OrdersReport {
             ms(l.p99),
             ms(l.p999),
             ms(l.max),
-            if self.rate.is_some() {
+            if self.load.schedule.rate.is_some() {
                 " (from each order's intended send time)"
             } else {
                 ""
