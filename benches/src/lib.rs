@@ -4,8 +4,9 @@
 //! - [`percentiles`]: the per-iteration percentile pass every bench binary
 //!   runs after criterion ([`PercentilePass`], [`LatencySummary`]).
 //! - [`harness`] (feature `harness`, on by default): the [`harness::Bench`]
-//!   trait a bench fixture implements and the `main` that runs its cases for
-//!   criterion and for the percentile pass.
+//!   trait a bench fixture implements, the `main` that runs its cases for
+//!   criterion and for the percentile pass, and [`harness::Arrivals`], the
+//!   fan-out benches' count of receivers that have a round's message.
 //! - [`load`]: the load generators `fxcast loadtest` runs against a server:
 //!   [`load::orders`] (PlaceOrder throughput, closed or open loop) and
 //!   [`load::rates`] (N WebSocket, SSE or gRPC subscribers), with their HDR
