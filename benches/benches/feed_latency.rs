@@ -26,7 +26,6 @@
 //! p50/p90/p99/max.
 
 use std::{
-    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -36,14 +35,9 @@ use std::{
 
 mod common;
 
-use common::{bench_case, percentile_case, runtime};
-use criterion::{BenchmarkId, Criterion};
 use futures_util::{SinkExt, StreamExt};
-use fxcast_benches::PercentilePass;
-use fxcast_proto::v1::{
-    Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
-    stream_rates_response::Event,
-};
+use fxcast_benches::harness::{self, Bench};
+use fxcast_proto::v1::{Rate, StreamRatesResponse, stream_rates_response::Event};
 use fxcast_services::{
     Config, FeedKind, RatesCore,
     auth::{Scope, Scopes},
@@ -58,17 +52,13 @@ use tokio::{
 };
 use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tokio_util::sync::CancellationToken;
-use tonic::{Request, Streaming, transport::Channel};
+use tonic::Streaming;
 
 const GROUP: &str = "bitflyer_ws_to_grpc";
 const SYMBOL: &str = "BTC_JPY";
 /// Long enough for any run: nothing goes stale, pings and idle checks stay
 /// out of the measurement.
 const HOUR: Duration = Duration::from_secs(3600);
-
-fn full_id() -> String {
-    format!("{GROUP}/ticker/1")
-}
 
 /// A ticker notification exactly as bitFlyer sends it.
 fn ticker(bid: u64, tick_id: u64) -> String {
@@ -89,81 +79,95 @@ struct Fixture {
     _data_dir: TempDir,
 }
 
-impl Fixture {
-    async fn start() -> Self {
+/// The rate core's config: `--feed bitflyer` against `endpoint`.
+fn config(endpoint: String, data_dir: &TempDir) -> Config {
+    Config {
+        feed: FeedKind::Bitflyer(BitflyerConfig {
+            endpoint,
+            ping_interval: HOUR,
+            idle_timeout: HOUR,
+            ..Default::default()
+        }),
+        symbols: vec![SYMBOL.into()],
+        stale_after: HOUR,
+        data_dir: data_dir.path().to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Accepts the feed's connection on the fake bitFlyer and acknowledges its
+/// subscription as bitFlyer does.
+async fn accept_feed(fake: TcpListener) -> WebSocketStream<TcpStream> {
+    let (socket, _) = fake.accept().await.expect("feed connects");
+    socket.set_nodelay(true).expect("nodelay");
+    let mut upstream = tokio_tungstenite::accept_async(socket)
+        .await
+        .expect("handshake");
+    let Some(Ok(Message::Text(request))) = upstream.next().await else {
+        panic!("expected the subscribe request");
+    };
+    assert!(request.contains("lightning_ticker_BTC_JPY"), "{request}");
+    let id: String = request
+        .split("\"id\":")
+        .nth(1)
+        .expect("request id")
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    let ack = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":true}}"#);
+    upstream.send(Message::text(ack)).await.expect("ack");
+    upstream
+}
+
+/// Serves the core's gRPC on loopback and opens a client stream of the
+/// symbol.
+async fn client_stream(
+    core: &Arc<RatesCore>,
+    shutdown: &CancellationToken,
+) -> (
+    JoinHandle<Result<(), fxcast_services::Error>>,
+    Streaming<StreamRatesResponse>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    let task = tokio::spawn({
+        let core = Arc::clone(core);
+        let shutdown = shutdown.clone();
+        async move { core.serve_grpc(listener, shutdown.cancelled_owned()).await }
+    });
+    let scope: Scope = format!("rates:subscribe={SYMBOL}").parse().expect("scope");
+    let token = core
+        .authority()
+        .issue("bench", Scopes(vec![scope]), Some(HOUR))
+        .expect("issue token")
+        .token;
+    (task, common::grpc_rate_stream(addr, SYMBOL, &token).await)
+}
+
+impl Bench for Fixture {
+    const GROUP: &'static str = GROUP;
+    type Case = ();
+
+    fn cases() -> Vec<Self::Case> {
+        vec![()]
+    }
+
+    fn id((): Self::Case) -> (&'static str, String) {
+        ("ticker", "1".to_owned())
+    }
+
+    async fn start((): Self::Case) -> Self {
         let fake = TcpListener::bind("127.0.0.1:0").await.expect("bind fake");
         let endpoint = format!("ws://{}/json-rpc", fake.local_addr().expect("addr"));
         let data_dir = tempfile::tempdir().expect("temporary data directory");
-        let config = Config {
-            feed: FeedKind::Bitflyer(BitflyerConfig {
-                endpoint,
-                ping_interval: HOUR,
-                idle_timeout: HOUR,
-                ..Default::default()
-            }),
-            symbols: vec![SYMBOL.into()],
-            stale_after: HOUR,
-            data_dir: data_dir.path().to_owned(),
-            ..Default::default()
-        };
         let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::default());
         let shutdown = CancellationToken::new();
-        let core = Arc::new(
-            RatesCore::start(config, transport, shutdown.clone())
-                .await
-                .expect("rate core"),
-        );
-
-        // The feed connects and subscribes; acknowledge as bitFlyer does.
-        let (socket, _) = fake.accept().await.expect("feed connects");
-        socket.set_nodelay(true).expect("nodelay");
-        let mut upstream = tokio_tungstenite::accept_async(socket)
+        let core = RatesCore::start(config(endpoint, &data_dir), transport, shutdown.clone())
             .await
-            .expect("handshake");
-        let Some(Ok(Message::Text(request))) = upstream.next().await else {
-            panic!("expected the subscribe request");
-        };
-        assert!(request.contains("lightning_ticker_BTC_JPY"), "{request}");
-        let id: String = request
-            .split("\"id\":")
-            .nth(1)
-            .expect("request id")
-            .chars()
-            .take_while(char::is_ascii_digit)
-            .collect();
-        let ack = format!(r#"{{"jsonrpc":"2.0","id":{id},"result":true}}"#);
-        upstream.send(Message::text(ack)).await.expect("ack");
-
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr: SocketAddr = listener.local_addr().expect("local addr");
-        let task = tokio::spawn({
-            let core = Arc::clone(&core);
-            let shutdown = shutdown.clone();
-            async move { core.serve_grpc(listener, shutdown.cancelled_owned()).await }
-        });
-        let scope: Scope = format!("rates:subscribe={SYMBOL}").parse().expect("scope");
-        let token = core
-            .authority()
-            .issue("bench", Scopes(vec![scope]), Some(HOUR))
-            .expect("issue token")
-            .token;
-        let mut client: RateServiceClient<Channel> =
-            RateServiceClient::connect(format!("http://{addr}"))
-                .await
-                .expect("connect");
-        let mut request = Request::new(StreamRatesRequest {
-            symbols: vec![SYMBOL.into()],
-            ..Default::default()
-        });
-        request.metadata_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("ascii token"),
-        );
-        let stream = client
-            .stream_rates(request)
-            .await
-            .expect("stream_rates")
-            .into_inner();
+            .expect("rate core");
+        let core = Arc::new(core);
+        let upstream = accept_feed(fake).await;
+        let (task, stream) = client_stream(&core, &shutdown).await;
         let fixture = Self {
             core,
             shutdown,
@@ -211,14 +215,6 @@ impl Fixture {
     }
 }
 
-impl common::Rounds for Fixture {
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        for _ in 0..iters {
-            record(self.round().await);
-        }
-    }
-}
-
 async fn next_rate(stream: &mut Streaming<StreamRatesResponse>) -> Rate {
     match stream.message().await {
         Ok(Some(StreamRatesResponse {
@@ -231,36 +227,6 @@ async fn next_rate(stream: &mut Streaming<StreamRatesResponse>) -> Rate {
     }
 }
 
-fn bench_feed_latency(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    let rt = runtime();
-    let fixture = Arc::new(rt.block_on(Fixture::start()));
-    bench_case(&mut group, BenchmarkId::new("ticker", 1), &rt, &fixture);
-    group.finish();
-    let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
-    rt.block_on(fixture.stop());
-}
-
-fn percentiles(pass: &PercentilePass) {
-    let id = full_id();
-    if !pass.wants(&id) {
-        return;
-    }
-    pass.print_heading(GROUP);
-    let rt = runtime();
-    let fixture = Arc::new(rt.block_on(Fixture::start()));
-    percentile_case(&rt, pass, &id, &fixture);
-    let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
-    rt.block_on(fixture.stop());
-}
-
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_feed_latency(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fixture>();
 }

@@ -38,9 +38,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Stack, bench_case, percentile_case, runtime};
-use criterion::{BenchmarkId, Criterion};
-use fxcast_benches::PercentilePass;
+use common::Stack;
+use fxcast_benches::harness::{self, Bench};
 use fxcast_proto::v1::{
     OrderStatus, PlaceOrderRequest, Side, order_service_client::OrderServiceClient,
 };
@@ -79,11 +78,6 @@ fn names(interface: Interface, sync: JournalSync) -> (&'static str, &'static str
     (interface, sync)
 }
 
-fn full_id(interface: Interface, sync: JournalSync) -> String {
-    let (interface, sync) = names(interface, sync);
-    format!("{GROUP}/{interface}/{sync}")
-}
-
 /// A stack with a fresh price and one client.
 struct Fixture {
     stack: Arc<Stack>,
@@ -95,8 +89,20 @@ struct Fixture {
     refresher: JoinHandle<()>,
 }
 
-impl Fixture {
-    async fn start(interface: Interface, sync: JournalSync) -> Self {
+impl Bench for Fixture {
+    const GROUP: &'static str = GROUP;
+    type Case = (Interface, JournalSync);
+
+    fn cases() -> Vec<Self::Case> {
+        CASES.to_vec()
+    }
+
+    fn id((interface, sync): Self::Case) -> (&'static str, String) {
+        let (function, parameter) = names(interface, sync);
+        (function, parameter.to_owned())
+    }
+
+    async fn start((interface, sync): Self::Case) -> Self {
         let mut config = Config::default();
         config.orders.journal_sync = sync;
         let stack = Arc::new(Stack::start(config).await);
@@ -139,6 +145,20 @@ impl Fixture {
         fixture
     }
 
+    async fn round(&self) -> Duration {
+        self.place().await
+    }
+
+    async fn stop(self) {
+        self.stack.shutdown.cancel();
+        self.refresher.await.expect("refresher");
+        drop((self.grpc, self.http));
+        let stack = Arc::into_inner(self.stack).expect("nothing else holds the stack");
+        stack.stop().await;
+    }
+}
+
+impl Fixture {
     /// Places one buy at the ask and checks that it filled.
     async fn place(&self) -> Duration {
         let n = self.orders.fetch_add(1, Ordering::Relaxed);
@@ -195,64 +215,8 @@ impl Fixture {
             }
         }
     }
-
-    async fn stop(self) {
-        self.stack.shutdown.cancel();
-        self.refresher.await.expect("refresher");
-        drop((self.grpc, self.http));
-        let stack = Arc::into_inner(self.stack).expect("nothing else holds the stack");
-        stack.stop().await;
-    }
-}
-
-impl common::Rounds for Fixture {
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        for _ in 0..iters {
-            record(self.place().await);
-        }
-    }
-}
-
-fn bench_place_order(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    let rt = runtime();
-    for &(interface, sync) in CASES {
-        let (function, parameter) = names(interface, sync);
-        let fixture = Arc::new(rt.block_on(Fixture::start(interface, sync)));
-        bench_case(
-            &mut group,
-            BenchmarkId::new(function, parameter),
-            &rt,
-            &fixture,
-        );
-        let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
-        rt.block_on(fixture.stop());
-    }
-    group.finish();
-}
-
-fn percentiles(pass: &PercentilePass) {
-    pass.print_heading(GROUP);
-    let rt = runtime();
-    for &(interface, sync) in CASES {
-        let id = full_id(interface, sync);
-        if !pass.wants(&id) {
-            continue;
-        }
-        let fixture = Arc::new(rt.block_on(Fixture::start(interface, sync)));
-        percentile_case(&rt, pass, &id, &fixture);
-        let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
-        rt.block_on(fixture.stop());
-    }
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_place_order(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fixture>();
 }

@@ -27,8 +27,8 @@
 //!
 //! Server, gateway, clients and the timing task share one 2-worker runtime.
 //! With one client the timing task *is* the client; with ten, the last client
-//! task wakes the timing task through a [`Notify`], so that case also
-//! contains one extra cross-task wake-up.
+//! task wakes the timing task (`fxcast_benches::harness::Arrivals`), so that
+//! case also contains one extra cross-task wake-up.
 //!
 //! After criterion, a percentile pass (see `fxcast_benches`) times 10,000
 //! individual iterations per case and prints p50/p90/p99/max.
@@ -37,30 +37,19 @@ mod common;
 
 use std::{
     pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use common::{Stack, bench_case, percentile_case, runtime};
-use criterion::{BenchmarkId, Criterion};
+use common::Stack;
 use futures_util::{SinkExt, Stream, StreamExt};
-use fxcast_benches::PercentilePass;
-use fxcast_proto::v1::{
-    Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
-    stream_rates_response::Event,
-};
+use fxcast_benches::harness::{self, Arrivals, Bench};
+use fxcast_proto::v1::{Rate, StreamRatesResponse, stream_rates_response::Event};
 use fxcast_services::Config;
-use tokio::{
-    net::TcpStream,
-    sync::{Mutex, Notify},
-    task::JoinHandle,
-};
+use tokio::{net::TcpStream, sync::Mutex, task::JoinHandle};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
-use tonic::{Request, Streaming, transport::Channel};
+use tonic::Streaming;
 
 const GROUP: &str = "tick_to_client_e2e";
 const CLIENT_COUNTS: &[usize] = &[1, 10];
@@ -83,10 +72,6 @@ impl Interface {
             Self::Sse => "sse",
         }
     }
-}
-
-fn full_id(interface: Interface, clients: usize) -> String {
-    format!("{GROUP}/{}/{clients}", interface.name())
 }
 
 /// What a client saw of one rate.
@@ -136,24 +121,7 @@ impl Reader {
     async fn open(stack: &Stack, interface: Interface, token: &str) -> Self {
         match interface {
             Interface::Grpc => {
-                let mut client: RateServiceClient<Channel> =
-                    RateServiceClient::connect(format!("http://{}", stack.grpc))
-                        .await
-                        .expect("connect");
-                let mut request = Request::new(StreamRatesRequest {
-                    symbols: vec![common::SYMBOL.into()],
-                    ..Default::default()
-                });
-                request.metadata_mut().insert(
-                    "authorization",
-                    format!("Bearer {token}").parse().expect("ascii token"),
-                );
-                let stream = client
-                    .stream_rates(request)
-                    .await
-                    .expect("stream_rates")
-                    .into_inner();
-                Self::Grpc(stream)
+                Self::Grpc(common::grpc_rate_stream(stack.grpc, common::SYMBOL, token).await)
             }
             Interface::Ws => {
                 let url = format!("ws://{}/v1/stream?token={token}", stack.http);
@@ -343,8 +311,7 @@ impl OneClient {
 /// receive a rate wakes the timing task.
 struct ManyClients {
     server: Server,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -356,35 +323,30 @@ impl ManyClients {
             readers.push(server.open(interface).await);
         }
         let synced = sync(&server, &mut readers).await;
-        let received = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(Notify::new());
+        let arrivals = Arc::new(Arrivals::new(clients));
         let tasks = readers
             .into_iter()
             .map(|reader| {
                 tokio::spawn(client_reader(
                     reader,
                     synced,
-                    clients,
-                    Arc::clone(&received),
-                    Arc::clone(&done),
+                    Arc::clone(&arrivals),
                     server.stack.shutdown.clone(),
                 ))
             })
             .collect();
         Self {
             server,
-            received,
-            done,
+            arrivals,
             tasks,
         }
     }
 
     async fn round(&self) -> Duration {
-        // The previous round's last increment happened before its notify.
-        self.received.store(0, Ordering::Relaxed);
+        self.arrivals.reset();
         let start = Instant::now();
         self.server.publish().await;
-        self.done.notified().await;
+        self.arrivals.all().await;
         start.elapsed()
     }
 
@@ -402,18 +364,14 @@ impl ManyClients {
 async fn client_reader(
     mut reader: Reader,
     mut last: u64,
-    clients: usize,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     loop {
         match reader.next_rate().await {
             Ok(Some(seen)) if seen.sequence == last + 1 => {
                 last = seen.sequence;
-                if received.fetch_add(1, Ordering::AcqRel) + 1 == clients {
-                    done.notify_one();
-                }
+                arrivals.arrive();
             }
             Ok(None) => return,
             _ if shutdown.is_cancelled() => return,
@@ -436,12 +394,33 @@ enum Fixture {
     Many(ManyClients),
 }
 
-impl Fixture {
-    async fn start(interface: Interface, clients: usize) -> Self {
+impl Bench for Fixture {
+    const GROUP: &'static str = GROUP;
+    type Case = (Interface, usize);
+
+    fn cases() -> Vec<Self::Case> {
+        CLIENT_COUNTS
+            .iter()
+            .flat_map(|&clients| Interface::ALL.map(|interface| (interface, clients)))
+            .collect()
+    }
+
+    fn id((interface, clients): Self::Case) -> (&'static str, String) {
+        (interface.name(), clients.to_string())
+    }
+
+    async fn start((interface, clients): Self::Case) -> Self {
         if clients == 1 {
             Self::One(OneClient::start(interface).await)
         } else {
             Self::Many(ManyClients::start(interface, clients).await)
+        }
+    }
+
+    async fn round(&self) -> Duration {
+        match self {
+            Self::One(one) => one.round(&mut *one.reader.lock().await).await,
+            Self::Many(many) => many.round().await,
         }
     }
 
@@ -453,63 +432,6 @@ impl Fixture {
     }
 }
 
-impl common::Rounds for Fixture {
-    async fn rounds(&self, iters: u64, mut record: impl FnMut(Duration) + Send) {
-        match self {
-            Self::One(one) => {
-                let mut reader = one.reader.lock().await;
-                for _ in 0..iters {
-                    record(one.round(&mut reader).await);
-                }
-            }
-            Self::Many(many) => {
-                for _ in 0..iters {
-                    record(many.round().await);
-                }
-            }
-        }
-    }
-}
-
-fn bench_tick_to_client(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    let rt = runtime();
-    for &clients in CLIENT_COUNTS {
-        for interface in Interface::ALL {
-            let id = BenchmarkId::new(interface.name(), clients);
-            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            bench_case(&mut group, id, &rt, &fixture);
-            let fixture = Arc::into_inner(fixture).expect("no bench task holds the fixture");
-            rt.block_on(fixture.stop());
-        }
-    }
-    group.finish();
-}
-
-fn percentiles(pass: &PercentilePass) {
-    pass.print_heading(GROUP);
-    let rt = runtime();
-    for &clients in CLIENT_COUNTS {
-        for interface in Interface::ALL {
-            let id = full_id(interface, clients);
-            if !pass.wants(&id) {
-                continue;
-            }
-            let fixture = Arc::new(rt.block_on(Fixture::start(interface, clients)));
-            percentile_case(&rt, pass, &id, &fixture);
-            let fixture = Arc::into_inner(fixture).expect("no task holds the fixture");
-            rt.block_on(fixture.stop());
-        }
-    }
-}
-
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_tick_to_client(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fixture>();
 }

@@ -27,9 +27,10 @@
 //! iteration is timed from just before `publish` until the *last* subscriber
 //! has received that message: each subscriber task increments a shared
 //! counter and the one that completes the count wakes the publishing task
-//! through a [`Notify`]. The timed span therefore also contains that final
-//! wake-up of the publishing task (one cross-task hand-off), which a real
-//! consumer would not pay; it is the same for every backend.
+//! (`fxcast_benches::harness::Arrivals`). The timed span therefore also
+//! contains that final wake-up of the publishing task (one cross-task
+//! hand-off), which a real consumer would not pay; it is the same for every
+//! backend.
 //!
 //! Only one message is in flight at a time, so this measures latency, not
 //! throughput. After criterion, a percentile pass (see `fxcast_benches`)
@@ -38,20 +39,19 @@
 use std::{
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use bytes::Bytes;
-use criterion::{BenchmarkId, Criterion};
-use fxcast_benches::{LatencySummary, PercentilePass};
+use fxcast_benches::harness::{self, Arrivals, Bench};
 use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, MemoryTransport, Subscription, Transport,
     momento::{MomentoConfig, MomentoTransport},
 };
-use tokio::{runtime::Runtime, sync::Notify, task::JoinHandle};
+use tokio::{runtime::Runtime, task::JoinHandle};
 
 const GROUP: &str = "transport_publish_to_receive";
 const TOPIC: &str = "rates.USD_JPY";
@@ -180,14 +180,6 @@ const CASES: &[Case] = &[
 ];
 
 impl Case {
-    fn id(&self) -> BenchmarkId {
-        BenchmarkId::new(self.function, self.subscribers)
-    }
-
-    fn full_id(&self) -> String {
-        format!("{GROUP}/{}/{}", self.function, self.subscribers)
-    }
-
     /// Every backend of a case is built here. Must run inside the runtime:
     /// momento-local is served by it.
     async fn transport(&self) -> Arc<dyn Transport> {
@@ -219,15 +211,12 @@ impl Case {
 
 fn runtime(flavor: Flavor) -> Runtime {
     match flavor {
-        Flavor::MultiThread2 => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build(),
+        Flavor::MultiThread2 => harness::runtime(),
         Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
             .enable_all()
-            .build(),
+            .build()
+            .expect("tokio runtime"),
     }
-    .expect("tokio runtime")
 }
 
 /// `subscribers` subscriber tasks on one topic, and the means to time one
@@ -235,8 +224,7 @@ fn runtime(flavor: Flavor) -> Runtime {
 struct Fanout {
     transport: Arc<dyn Transport>,
     payload: Bytes,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
+    arrivals: Arc<Arrivals>,
     tasks: Vec<JoinHandle<()>>,
     /// Completed rounds and whether one is in flight, watched by `watchdog`.
     rounds: Arc<AtomicU64>,
@@ -247,18 +235,15 @@ struct Fanout {
 impl Fanout {
     /// Subscribes and spawns the subscriber tasks; every subscription is live
     /// when this returns. Must run inside the runtime.
-    async fn start(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
-        let received = Arc::new(AtomicUsize::new(0));
-        let done = Arc::new(Notify::new());
+    async fn open(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
+        let arrivals = Arc::new(Arrivals::new(subscribers));
         let mut tasks = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
             let subscription = transport.subscribe(TOPIC).await.expect("subscribe");
             tasks.push(tokio::spawn(subscriber(
                 subscription,
-                subscribers,
                 payload_len,
-                Arc::clone(&received),
-                Arc::clone(&done),
+                Arc::clone(&arrivals),
             )));
         }
         assert_eq!(transport.local_subscribers(TOPIC), subscribers);
@@ -269,33 +254,98 @@ impl Fanout {
             subscribers,
             Arc::clone(&rounds),
             Arc::clone(&in_flight),
-            Arc::clone(&received),
+            Arc::clone(&arrivals),
         ));
         Self {
             transport,
             payload: Bytes::from(vec![0x5a; payload_len]),
-            received,
-            done,
+            arrivals,
             tasks,
             rounds,
             in_flight,
             watchdog,
         }
     }
+}
+
+/// Ends the process when no round completes within [`ROUND_DEADLINE`]
+/// while the bench runs: a lost message would otherwise hang it silently.
+/// Between criterion's batches no round is in flight, so pauses there are
+/// not mistaken for a loss.
+async fn watchdog(
+    transport: &'static str,
+    subscribers: usize,
+    rounds: Arc<AtomicU64>,
+    in_flight: Arc<AtomicBool>,
+    arrivals: Arc<Arrivals>,
+) {
+    let mut seen = rounds.load(Ordering::Relaxed);
+    // Checks in a row that found a round in flight and none completed: two
+    // mean a round has been stuck for at least one whole deadline.
+    let mut stuck = 0;
+    loop {
+        tokio::time::sleep(ROUND_DEADLINE).await;
+        let now = rounds.load(Ordering::Relaxed);
+        stuck = if now == seen && in_flight.load(Ordering::Relaxed) {
+            stuck + 1
+        } else {
+            0
+        };
+        if stuck >= 2 {
+            let partial = arrivals.count();
+            eprintln!(
+                "{partial} of {subscribers} subscribers received the last message and no round completed for {ROUND_DEADLINE:?}: the {transport} transport lost it"
+            );
+            std::process::exit(1);
+        }
+        seen = now;
+    }
+}
+
+async fn subscriber(mut subscription: Subscription, payload_len: usize, arrivals: Arc<Arrivals>) {
+    while let Some(delivery) = subscription.next().await {
+        match delivery {
+            Delivery::Message(payload) => {
+                debug_assert_eq!(payload.len(), payload_len);
+                arrivals.arrive();
+            }
+            // Only one message is ever in flight, so a gap means the
+            // transport is broken; the round would never complete.
+            Delivery::Gap(gap) => {
+                eprintln!("subscriber saw a gap during the benchmark: {gap}");
+                std::process::exit(1);
+            }
+        }
+    }
+}
+
+impl Bench for Fanout {
+    const GROUP: &'static str = GROUP;
+    type Case = &'static Case;
+
+    fn cases() -> Vec<Self::Case> {
+        CASES.iter().collect()
+    }
+
+    fn id(case: Self::Case) -> (&'static str, String) {
+        (case.function, case.subscribers.to_string())
+    }
+
+    async fn start(case: Self::Case) -> Self {
+        Self::open(case.transport().await, case.subscribers, case.payload).await
+    }
 
     /// Publishes one message and returns the time until the last subscriber
     /// received it.
     async fn round(&self) -> Duration {
-        // The previous round's last increment happened before its notify, so
-        // no subscriber touches the counter concurrently with this reset.
-        self.received.store(0, Ordering::Relaxed);
+        self.arrivals.reset();
         self.in_flight.store(true, Ordering::Relaxed);
         let start = Instant::now();
         self.transport
             .publish(TOPIC, self.payload.clone())
             .await
             .expect("publish");
-        self.done.notified().await;
+        self.arrivals.all().await;
         let elapsed = start.elapsed();
         self.rounds.fetch_add(1, Ordering::Relaxed);
         self.in_flight.store(false, Ordering::Relaxed);
@@ -320,139 +370,22 @@ impl Fanout {
             let _ = task.await;
         }
     }
-}
 
-/// Ends the process when no round completes within [`ROUND_DEADLINE`]
-/// while the bench runs: a lost message would otherwise hang it silently.
-/// Between criterion's batches no round is in flight, so pauses there are
-/// not mistaken for a loss.
-async fn watchdog(
-    transport: &'static str,
-    subscribers: usize,
-    rounds: Arc<AtomicU64>,
-    in_flight: Arc<AtomicBool>,
-    received: Arc<AtomicUsize>,
-) {
-    let mut seen = rounds.load(Ordering::Relaxed);
-    // Checks in a row that found a round in flight and none completed: two
-    // mean a round has been stuck for at least one whole deadline.
-    let mut stuck = 0;
-    loop {
-        tokio::time::sleep(ROUND_DEADLINE).await;
-        let now = rounds.load(Ordering::Relaxed);
-        stuck = if now == seen && in_flight.load(Ordering::Relaxed) {
-            stuck + 1
-        } else {
-            0
-        };
-        if stuck >= 2 {
-            let partial = received.load(Ordering::Relaxed);
-            eprintln!(
-                "{partial} of {subscribers} subscribers received the last message and no round completed for {ROUND_DEADLINE:?}: the {transport} transport lost it"
-            );
-            std::process::exit(1);
-        }
-        seen = now;
+    fn runtime(case: Self::Case) -> Runtime {
+        runtime(case.flavor)
     }
-}
 
-async fn subscriber(
-    mut subscription: Subscription,
-    subscribers: usize,
-    payload_len: usize,
-    received: Arc<AtomicUsize>,
-    done: Arc<Notify>,
-) {
-    while let Some(delivery) = subscription.next().await {
-        match delivery {
-            Delivery::Message(payload) => {
-                debug_assert_eq!(payload.len(), payload_len);
-                if received.fetch_add(1, Ordering::AcqRel) + 1 == subscribers {
-                    done.notify_one();
-                }
-            }
-            // Only one message is ever in flight, so a gap means the
-            // transport is broken; the round would never complete.
-            Delivery::Gap(gap) => {
-                eprintln!("subscriber saw a gap during the benchmark: {gap}");
-                std::process::exit(1);
-            }
-        }
+    fn sample_size(case: Self::Case) -> Option<usize> {
+        Some(case.sample_size)
     }
-}
 
-/// Runs `iters` rounds on the runtime's workers (not on the bench thread)
-/// and returns the summed round times.
-fn run_rounds(rt: &Runtime, fanout: &Arc<Fanout>, iters: u64) -> Duration {
-    let fanout = Arc::clone(fanout);
-    rt.block_on(rt.spawn(async move {
-        let mut total = Duration::ZERO;
-        for _ in 0..iters {
-            total += fanout.round().await;
-        }
-        total
-    }))
-    .expect("bench task")
-}
-
-fn bench_publish_to_receive(c: &mut Criterion) {
-    let mut group = c.benchmark_group(GROUP);
-    group.warm_up_time(Duration::from_secs(2));
-    group.measurement_time(Duration::from_secs(5));
-    for case in CASES {
-        let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(async {
-            Fanout::start(case.transport().await, case.subscribers, case.payload).await
-        }));
-        group.sample_size(case.sample_size);
-        group.bench_function(case.id(), |b| {
-            b.iter_custom(|iters| run_rounds(&rt, &fanout, iters));
-        });
-        let fanout = Arc::into_inner(fanout).expect("no bench task holds the fan-out");
-        rt.block_on(fanout.stop());
-    }
-    group.finish();
-}
-
-fn percentiles(pass: &PercentilePass) {
-    pass.print_heading(GROUP);
-    for case in CASES {
-        let id = case.full_id();
-        if !pass.wants(&id) {
-            continue;
-        }
-        let rt = runtime(case.flavor);
-        let fanout = Arc::new(rt.block_on(async {
-            Fanout::start(case.transport().await, case.subscribers, case.payload).await
-        }));
-        let (warmup, samples) = (pass.warmup, pass.samples);
-        let task_fanout = Arc::clone(&fanout);
-        let mut latencies = rt
-            .block_on(rt.spawn(async move {
-                for _ in 0..warmup {
-                    task_fanout.round().await;
-                }
-                let mut latencies = Vec::with_capacity(samples);
-                for _ in 0..samples {
-                    latencies.push(task_fanout.round().await);
-                }
-                latencies
-            }))
-            .expect("percentile task");
-        let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-        pass.print(&format!("{id} ({} B)", case.payload), &summary);
-        let fanout = Arc::into_inner(fanout).expect("no task holds the fan-out");
-        rt.block_on(fanout.stop());
+    fn label(case: Self::Case, id: &str) -> String {
+        format!("{id} ({} B)", case.payload)
     }
 }
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args();
-    bench_publish_to_receive(&mut criterion);
-    criterion.final_summary();
-    if let Some(pass) = PercentilePass::from_env_and_args() {
-        percentiles(&pass);
-    }
+    harness::main::<Fanout>();
 }
 
 /// NATS behind the [`Transport`] trait, for comparison only.

@@ -103,14 +103,19 @@ fn print_order(order: &Order) {
     println!("  {}", ids.join("  "));
 }
 
+/// A token to place orders on `symbol` at its current rate: `--token`, or
+/// one issued for `orders:place` and `rates:subscribe=<symbol>`.
+pub(crate) async fn order_token(
+    server: &str,
+    credentials: &Credentials,
+    symbol: &str,
+) -> anyhow::Result<String> {
+    let subscribe = format!("rates:subscribe={symbol}");
+    client_token(server, credentials, &["orders:place", &subscribe]).await
+}
+
 pub(crate) async fn run(args: OrderArgs) -> anyhow::Result<()> {
-    let subscribe = format!("rates:subscribe={}", args.symbol);
-    let token = client_token(
-        &args.server,
-        &args.credentials,
-        &["orders:place", &subscribe],
-    )
-    .await?;
+    let token = order_token(&args.server, &args.credentials, &args.symbol).await?;
     let channel = connect(&args.server, &token).await?;
     let side = match args.side {
         SideArg::Buy => Side::Buy,

@@ -3,9 +3,9 @@
 //! directory) serving gRPC on `127.0.0.1:0`, and the gateway serving HTTP on
 //! `127.0.0.1:0`, talking to the core over loopback gRPC.
 //!
-//! Also the harness every end-to-end bench runs its cases with: a fixture
-//! implements [`Rounds`], and [`bench_case`] / [`percentile_case`] time it
-//! for criterion and for the percentile pass.
+//! Also [`grpc_rate_stream`], the streaming gRPC client the benches read
+//! rates with. (The harness that times the fixtures is
+//! `fxcast_benches::harness`.)
 //!
 //! Shared by the end-to-end benches (`tick_to_client`, `place_order`,
 //! `feed_latency`); each includes it with `mod common;` and uses what it
@@ -22,75 +22,41 @@ use std::{
     time::{Duration, SystemTime},
 };
 
-use criterion::{BenchmarkGroup, BenchmarkId, measurement::WallTime};
-use fxcast_benches::{LatencySummary, PercentilePass};
-use fxcast_proto::v1::Rate;
+use fxcast_proto::{
+    Bearer,
+    v1::{Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient},
+};
 use fxcast_services::{Config, FeedKind, RatesCore, auth::Scopes, feed::Quote};
 use rust_decimal::Decimal;
-use tokio::runtime::Runtime;
 use tokio_util::sync::CancellationToken;
+use tonic::{Streaming, transport::Endpoint};
 
 /// The one symbol every bench uses.
 pub const SYMBOL: &str = "USD_JPY";
 /// Long enough for any run; streams end when their token expires.
 pub const TOKEN_TTL: Duration = Duration::from_secs(3600);
 
-/// The runtime every end-to-end bench uses: two workers (this machine has
-/// two cores) shared by server, gateway, clients and the timing task.
-pub fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("tokio runtime")
-}
-
-/// A bench fixture that runs its timed operation round after round.
-pub trait Rounds: Send + Sync + 'static {
-    /// Runs `iters` rounds and hands each round's time to `record`.
-    fn rounds(
-        &self,
-        iters: u64,
-        record: impl FnMut(Duration) + Send,
-    ) -> impl std::future::Future<Output = ()> + Send;
-}
-
-/// One criterion case: each sample runs its rounds on the runtime's workers
-/// (not on the bench thread) and reports their summed time.
-pub fn bench_case<F: Rounds>(
-    group: &mut BenchmarkGroup<'_, WallTime>,
-    id: BenchmarkId,
-    rt: &Runtime,
-    fixture: &Arc<F>,
-) {
-    group.bench_function(id, |b| {
-        b.iter_custom(|iters| {
-            let fixture = Arc::clone(fixture);
-            rt.block_on(rt.spawn(async move {
-                let mut total = Duration::ZERO;
-                fixture.rounds(iters, |d| total += d).await;
-                total
-            }))
-            .expect("bench task")
-        });
-    });
-}
-
-/// One case of the percentile pass: `pass.warmup` untimed rounds, then
-/// `pass.samples` rounds timed one by one; prints their distribution as `id`.
-pub fn percentile_case<F: Rounds>(rt: &Runtime, pass: &PercentilePass, id: &str, fixture: &Arc<F>) {
-    let (warmup, samples) = (pass.warmup as u64, pass.samples);
-    let fixture = Arc::clone(fixture);
-    let mut latencies = rt
-        .block_on(rt.spawn(async move {
-            fixture.rounds(warmup, drop).await;
-            let mut latencies = Vec::with_capacity(samples);
-            fixture.rounds(samples as u64, |d| latencies.push(d)).await;
-            latencies
-        }))
-        .expect("percentile task");
-    let summary = LatencySummary::from_samples(&mut latencies).expect("samples");
-    pass.print(id, &summary);
+/// A gRPC `StreamRates` of `symbol` on a new connection to `addr`, sending
+/// `token`.
+pub async fn grpc_rate_stream(
+    addr: SocketAddr,
+    symbol: &str,
+    token: &str,
+) -> Streaming<StreamRatesResponse> {
+    let channel = Endpoint::from_shared(format!("http://{addr}"))
+        .expect("endpoint")
+        .connect()
+        .await
+        .expect("connect");
+    let bearer = Bearer::token(token).expect("ascii token");
+    RateServiceClient::new(fxcast_proto::authed(channel, bearer))
+        .stream_rates(StreamRatesRequest {
+            symbols: vec![symbol.into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream_rates")
+        .into_inner()
 }
 
 /// Rate core, gRPC server and gateway on loopback (the testkit's stack),

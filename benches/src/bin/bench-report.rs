@@ -8,12 +8,15 @@
 
 use std::{
     collections::BTreeMap,
+    error::Error,
     fmt::Write as _,
     path::{Path, PathBuf},
 };
 
-use plotters::prelude::*;
+use plotters::{coord::Shift, prelude::*};
 use serde_json::Value;
+
+type Result<T, E = Box<dyn Error>> = std::result::Result<T, E>;
 
 struct Args {
     criterion: PathBuf,
@@ -246,7 +249,84 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(120, 180, 220),
 ];
 
-fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+/// A plot's drawing area.
+type Root<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+
+/// A white 760×420 SVG canvas at `path`.
+fn canvas(path: &Path) -> Result<Root<'_>> {
+    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
+    root.fill(&WHITE)?;
+    Ok(root)
+}
+
+/// A chart on `root` captioned `title`, with the report's margins.
+fn chart_on<'a, 'b>(root: &'a Root<'b>, title: &str) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut builder = ChartBuilder::on(root);
+    builder
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60);
+    builder
+}
+
+/// A chart with logarithmic axes: whole numbers on x, reals on y.
+type LogLogChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<LogCoord<u64>, LogCoord<f64>>>;
+
+/// A log-log chart on `root`: x from 1 to twice `max_x`, y over `y_range`,
+/// both axes described.
+fn log_log_chart<'a, 'b>(
+    root: &'a Root<'b>,
+    title: &str,
+    (max_x, x_desc): (u64, &str),
+    ((min_y, max_y), y_desc): ((f64, f64), &str),
+) -> Result<LogLogChart<'a, 'b>> {
+    let mut chart = chart_on(root, title)
+        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()?;
+    Ok(chart)
+}
+
+/// Draws `points` as a solid line with a legend entry `label`.
+fn legend_line<'a, 'b, X: Ranged, Y: Ranged>(
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    points: Vec<(X::ValueType, Y::ValueType)>,
+    color: RGBColor,
+    label: String,
+) -> Result<()>
+where
+    X::ValueType: Clone + 'static,
+    Y::ValueType: Clone + 'static,
+{
+    chart
+        .draw_series(LineSeries::new(points, color.stroke_width(2)))?
+        .label(label)
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2)));
+    Ok(())
+}
+
+/// Draws the legend at `position` and writes the plot.
+fn finish<'a, 'b: 'a, X: Ranged, Y: Ranged>(
+    root: &Root<'b>,
+    chart: &mut ChartContext<'a, SVGBackend<'b>, Cartesian2d<X, Y>>,
+    position: SeriesLabelPosition,
+) -> Result<bool> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.9))
+        .draw()?;
+    root.present()?;
+    Ok(true)
+}
+
+fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool> {
     // Series per transport (function), x = subscribers.
     let mut series: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
     for e in estimates
@@ -271,48 +351,24 @@ fn plot_transport(estimates: &[Estimate], path: &Path) -> Result<bool, Box<dyn s
         .max()
         .unwrap_or(1)
         .max(2);
-    let (min_y, max_y) = log_range(series.values().flatten().map(|p| p.1));
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Transport publish → receive (all subscribers served), median",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("subscribers")
-        .y_desc("µs")
-        .draw()?;
+    let root = canvas(path)?;
+    let mut chart = log_log_chart(
+        &root,
+        "Transport publish → receive (all subscribers served), median",
+        (max_x, "subscribers"),
+        (log_range(series.values().flatten().map(|p| p.1)), "µs"),
+    )?;
     for (i, (name, points)) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let mut points = points.clone();
         points.sort_by_key(|p| p.0);
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+        legend_line(&mut chart, points.clone(), color, name.clone())?;
         chart.draw_series(points.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()?;
-    root.present()?;
-    Ok(true)
+    finish(&root, &mut chart, SeriesLabelPosition::MiddleRight)
 }
 
-fn plot_connections(
-    loads: &BTreeMap<String, BTreeMap<u64, Value>>,
-    path: &Path,
-) -> Result<bool, Box<dyn std::error::Error>> {
+fn plot_connections(loads: &BTreeMap<String, BTreeMap<u64, Value>>, path: &Path) -> Result<bool> {
     let streams: Vec<(&String, &BTreeMap<u64, Value>)> = loads
         .iter()
         .filter(|(k, _)| !k.starts_with("orders"))
@@ -330,33 +386,18 @@ fn plot_connections(
         .flat_map(|(_, r)| [points(r, "p50"), points(r, "p99")].concat())
         .collect();
     let max_x = all.iter().map(|p| p.0).max().unwrap_or(10).max(10);
-    let (min_y, max_y) = log_range(all.iter().map(|p| p.1));
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "Delivery latency vs connections (solid p50, dashed p99)",
-            ("sans-serif", 18),
-        )
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d((1u64..max_x * 2).log_scale(), (min_y..max_y).log_scale())?;
-    chart
-        .configure_mesh()
-        .x_desc("connections")
-        .y_desc("ms (publish → receipt)")
-        .draw()?;
+    let root = canvas(path)?;
+    let mut chart = log_log_chart(
+        &root,
+        "Delivery latency vs connections (solid p50, dashed p99)",
+        (max_x, "connections"),
+        (log_range(all.iter().map(|p| p.1)), "ms (publish → receipt)"),
+    )?;
     for (i, (name, runs)) in streams.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let p50 = points(runs, "p50");
         let p99 = points(runs, "p99");
-        chart
-            .draw_series(LineSeries::new(p50.clone(), color.stroke_width(2)))?
-            .label(format!("{name} p50 / p99"))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+        legend_line(&mut chart, p50.clone(), color, format!("{name} p50 / p99"))?;
         chart.draw_series(p50.iter().map(|p| Circle::new(*p, 4, color.filled())))?;
         chart.draw_series(DashedLineSeries::new(
             p99.clone(),
@@ -366,21 +407,11 @@ fn plot_connections(
         ))?;
         chart.draw_series(p99.iter().map(|p| Cross::new(*p, 4, color)))?;
     }
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()?;
-    root.present()?;
-    Ok(true)
+    finish(&root, &mut chart, SeriesLabelPosition::MiddleRight)
 }
 
 /// Latency percentiles (x: p50 … max) of several cases, one line each.
-fn plot_percentiles(
-    title: &str,
-    cases: &[(String, &Percentiles)],
-    path: &Path,
-) -> Result<bool, Box<dyn std::error::Error>> {
+fn plot_percentiles(title: &str, cases: &[(String, &Percentiles)], path: &Path) -> Result<bool> {
     if cases.is_empty() {
         return Ok(false);
     }
@@ -390,17 +421,11 @@ fn plot_percentiles(
             .flat_map(|(_, p)| p.quantiles.iter().map(|q| q.1))
     };
     let (min_y, max_y) = log_range(values());
-    let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
-    root.fill(&WHITE)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(40)
-        .y_label_area_size(60)
-        .build_cartesian_2d(
-            (0..QUANTILES.len() - 1).into_segmented(),
-            (min_y..max_y).log_scale(),
-        )?;
+    let root = canvas(path)?;
+    let mut chart = chart_on(&root, title).build_cartesian_2d(
+        (0..QUANTILES.len() - 1).into_segmented(),
+        (min_y..max_y).log_scale(),
+    )?;
     chart
         .configure_mesh()
         .disable_x_mesh()
@@ -424,26 +449,14 @@ fn plot_percentiles(
             .enumerate()
             .map(|(x, q)| (SegmentValue::CenterOf(x), q.1))
             .collect();
-        chart
-            .draw_series(LineSeries::new(points.clone(), color.stroke_width(2)))?
-            .label(name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
-            });
+        legend_line(&mut chart, points.clone(), color, name.clone())?;
         chart.draw_series(
             points
                 .into_iter()
                 .map(|p| Circle::new(p, 4, color.filled())),
         )?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.9))
-        .draw()?;
-    root.present()?;
-    Ok(true)
+    finish(&root, &mut chart, SeriesLabelPosition::UpperLeft)
 }
 
 /// The percentile cases of `group` whose id passes `keep`, named by the id
@@ -488,15 +501,8 @@ fn machine() -> String {
     )
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args = parse_args()?;
-    let estimates = criterion_estimates(&args.criterion);
-    let loads = loadtests(&args.results);
-    let percentiles = percentile_lines(&args.results.join("criterion.txt"));
-    let plots = args.out.join("bench");
-    std::fs::create_dir_all(&plots)?;
-
-    let mut md = String::new();
+/// The report's heading: commit and machine.
+fn write_heading(md: &mut String, args: &Args) -> std::fmt::Result {
     writeln!(md, "# fxcast benchmarks\n")?;
     writeln!(
         md,
@@ -507,12 +513,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     writeln!(
         md,
         "- Server and load generators run on the same machine; latencies use one clock (same process for criterion, the system clock for load tests).\n"
-    )?;
+    )
+}
 
-    if plot_transport(&estimates, &plots.join("transport.svg"))? {
+/// Draws every plot there are results for into `plots` and links it.
+fn write_plots(
+    md: &mut String,
+    plots: &Path,
+    estimates: &[Estimate],
+    percentiles: &[Percentiles],
+    loads: &BTreeMap<String, BTreeMap<u64, Value>>,
+) -> Result<()> {
+    if plot_transport(estimates, &plots.join("transport.svg"))? {
         writeln!(md, "![transport latency](bench/transport.svg)\n")?;
     }
-    let transport_1 = cases_of(&percentiles, "transport_publish_to_receive", |id| {
+    let transport_1 = cases_of(percentiles, "transport_publish_to_receive", |id| {
         id.ends_with("/1") && !id.contains("current-thread")
     });
     if plot_percentiles(
@@ -525,7 +540,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "![transport latency percentiles](bench/transport-percentiles.svg)\n"
         )?;
     }
-    let interfaces_1 = cases_of(&percentiles, "tick_to_client_e2e", |id| id.ends_with("/1"));
+    let interfaces_1 = cases_of(percentiles, "tick_to_client_e2e", |id| id.ends_with("/1"));
     if plot_percentiles(
         "Tick → client end to end, 1 client: latency percentiles per interface",
         &interfaces_1,
@@ -536,17 +551,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "![interface latency percentiles](bench/interfaces-percentiles.svg)\n"
         )?;
     }
-    if plot_connections(&loads, &plots.join("connections.svg"))? {
+    if plot_connections(loads, &plots.join("connections.svg"))? {
         writeln!(md, "![latency vs connections](bench/connections.svg)\n")?;
     }
+    Ok(())
+}
 
+/// A table per criterion group: median and interval of each benchmark.
+fn write_criterion(md: &mut String, estimates: &[Estimate], dir: &Path) -> std::fmt::Result {
     writeln!(md, "## Criterion (`cargo bench -p fxcast-benches`)\n")?;
     writeln!(
         md,
         "Median time per iteration with criterion's 95% interval. For the transport and end-to-end groups an iteration is one publish until every subscriber has received it.\n"
     )?;
     let mut group = String::new();
-    for e in &estimates {
+    for e in estimates {
         if e.group != group {
             group.clone_from(&e.group);
             writeln!(
@@ -564,104 +583,135 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         )?;
     }
     if estimates.is_empty() {
-        writeln!(
-            md,
-            "No criterion results found in {}.",
-            args.criterion.display()
-        )?;
+        writeln!(md, "No criterion results found in {}.", dir.display())?;
     }
+    Ok(())
+}
 
-    if !percentiles.is_empty() {
-        writeln!(
-            md,
-            "\n## Latency percentiles (`cargo bench`, per-iteration pass)\n\nAfter criterion each bench binary times every case's iterations one by one (see `benches/src/lib.rs`); these are the distributions behind the medians above.\n"
-        )?;
-        let mut group = "";
-        for p in &percentiles {
-            let (this, id) = p.id.split_once('/').unwrap_or(("", &p.id));
-            if this != group {
-                group = this;
-                writeln!(
-                    md,
-                    "\n### {group}\n\n| case | samples | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
-                )?;
-            }
-            write!(md, "| {id} | {} |", p.samples)?;
-            for (_, us) in &p.quantiles {
-                write!(md, " {} |", human_micros(*us))?;
-            }
-            writeln!(md)?;
+/// A table per group of the benches' percentile passes.
+fn write_percentiles(md: &mut String, percentiles: &[Percentiles]) -> std::fmt::Result {
+    if percentiles.is_empty() {
+        return Ok(());
+    }
+    writeln!(
+        md,
+        "\n## Latency percentiles (`cargo bench`, per-iteration pass)\n\nAfter criterion each bench binary times every case's iterations one by one (see `benches/src/percentiles.rs`); these are the distributions behind the medians above.\n"
+    )?;
+    let mut group = "";
+    for p in percentiles {
+        let (this, id) = p.id.split_once('/').unwrap_or(("", &p.id));
+        if this != group {
+            group = this;
+            writeln!(
+                md,
+                "\n### {group}\n\n| case | samples | p50 | p90 | p99 | p99.9 | max |\n|---|---|---|---|---|---|---|"
+            )?;
         }
+        write!(md, "| {id} | {} |", p.samples)?;
+        for (_, us) in &p.quantiles {
+            write!(md, " {} |", human_micros(*us))?;
+        }
+        writeln!(md)?;
     }
+    Ok(())
+}
 
-    writeln!(md, "\n## Load tests (`fxcast loadtest ...`)\n")?;
-    for (interface, runs) in &loads {
-        if interface.starts_with("orders") {
-            let open = interface == "orders-open";
-            writeln!(
-                md,
-                "\n### {}\n\n| {} | orders/s | p50 | p90 | p99 | p99.9 | max | server RSS after |\n|---|---|---|---|---|---|---|---|",
-                if open {
-                    "orders, open loop (PlaceOrder on a fixed schedule; latency from each order's intended send time)"
-                } else {
-                    "orders, closed loop (PlaceOrder, durable journal; a fixed number in flight)"
-                },
-                if open { "target orders/s" } else { "in flight" },
-            )?;
-            for (n, v) in runs {
-                let l = &v["latency_us"];
-                let q = |k: &str| human_us(l[k].as_u64().unwrap_or(0));
-                let rss = v["server_rss_after_kib"]
-                    .as_u64()
-                    .map_or("–".to_owned(), |k| {
-                        format!("{:.0} MiB", k as f64 / 1024.0)
-                    });
-                writeln!(
-                    md,
-                    "| {n} | {} | {} | {} | {} | {} | {} | {rss} |",
-                    v["orders_per_s"],
-                    q("p50"),
-                    q("p90"),
-                    q("p99"),
-                    q("p999"),
-                    q("max")
-                )?;
-            }
+/// p50, p90, p99, p99.9 and max of a load test's `latency_us`, humanly.
+fn load_quantiles(run: &Value) -> [String; 5] {
+    let l = &run["latency_us"];
+    ["p50", "p90", "p99", "p999", "max"].map(|k| human_us(l[k].as_u64().unwrap_or(0)))
+}
+
+/// The table of `fxcast loadtest orders` runs (`orders` or `orders-open`).
+fn write_orders(md: &mut String, interface: &str, runs: &BTreeMap<u64, Value>) -> std::fmt::Result {
+    let open = interface == "orders-open";
+    writeln!(
+        md,
+        "\n### {}\n\n| {} | orders/s | p50 | p90 | p99 | p99.9 | max | server RSS after |\n|---|---|---|---|---|---|---|---|",
+        if open {
+            "orders, open loop (PlaceOrder on a fixed schedule; latency from each order's intended send time)"
         } else {
-            writeln!(
-                md,
-                "\n### {interface} subscribers\n\n| connections | connected | messages/s | p50 | p90 | p99 | p99.9 | max | server KiB/conn | disconnects |\n|---|---|---|---|---|---|---|---|---|---|"
-            )?;
-            for (n, v) in runs {
-                let l = &v["latency_us"];
-                let q = |k: &str| human_us(l[k].as_u64().unwrap_or(0));
-                let kib = v["server_kib_per_connection"]
-                    .as_f64()
-                    .map_or("–".to_owned(), |k| format!("{k:.1}"));
-                writeln!(
-                    md,
-                    "| {n} | {} | {:.0} | {} | {} | {} | {} | {} | {kib} | {} |",
-                    v["connected"],
-                    v["messages_per_s"].as_f64().unwrap_or(0.0),
-                    q("p50"),
-                    q("p90"),
-                    q("p99"),
-                    q("p999"),
-                    q("max"),
-                    v["disconnects"]
-                )?;
-            }
+            "orders, closed loop (PlaceOrder, durable journal; a fixed number in flight)"
+        },
+        if open { "target orders/s" } else { "in flight" },
+    )?;
+    for (n, v) in runs {
+        let [p50, p90, p99, p999, max] = load_quantiles(v);
+        let rss = v["server_rss_after_kib"]
+            .as_u64()
+            .map_or("–".to_owned(), |k| {
+                format!("{:.0} MiB", k as f64 / 1024.0)
+            });
+        writeln!(
+            md,
+            "| {n} | {} | {p50} | {p90} | {p99} | {p999} | {max} | {rss} |",
+            v["orders_per_s"],
+        )?;
+    }
+    Ok(())
+}
+
+/// The table of `fxcast loadtest ws|sse|grpc` runs of one interface.
+fn write_subscribers(
+    md: &mut String,
+    interface: &str,
+    runs: &BTreeMap<u64, Value>,
+) -> std::fmt::Result {
+    writeln!(
+        md,
+        "\n### {interface} subscribers\n\n| connections | connected | messages/s | p50 | p90 | p99 | p99.9 | max | server KiB/conn | disconnects |\n|---|---|---|---|---|---|---|---|---|---|"
+    )?;
+    for (n, v) in runs {
+        let [p50, p90, p99, p999, max] = load_quantiles(v);
+        let kib = v["server_kib_per_connection"]
+            .as_f64()
+            .map_or("–".to_owned(), |k| format!("{k:.1}"));
+        writeln!(
+            md,
+            "| {n} | {} | {:.0} | {p50} | {p90} | {p99} | {p999} | {max} | {kib} | {} |",
+            v["connected"],
+            v["messages_per_s"].as_f64().unwrap_or(0.0),
+            v["disconnects"]
+        )?;
+    }
+    Ok(())
+}
+
+/// The load-test tables.
+fn write_loads(
+    md: &mut String,
+    loads: &BTreeMap<String, BTreeMap<u64, Value>>,
+    dir: &Path,
+) -> std::fmt::Result {
+    writeln!(md, "\n## Load tests (`fxcast loadtest ...`)\n")?;
+    for (interface, runs) in loads {
+        if interface.starts_with("orders") {
+            write_orders(md, interface, runs)?;
+        } else {
+            write_subscribers(md, interface, runs)?;
         }
     }
     if loads.is_empty() {
-        writeln!(
-            md,
-            "No load-test results found in {}.",
-            args.results.display()
-        )?;
+        writeln!(md, "No load-test results found in {}.", dir.display())?;
     }
-    let extra = args.results.join("notes.md");
-    if let Ok(notes) = std::fs::read_to_string(&extra) {
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let estimates = criterion_estimates(&args.criterion);
+    let loads = loadtests(&args.results);
+    let percentiles = percentile_lines(&args.results.join("criterion.txt"));
+    let plots = args.out.join("bench");
+    std::fs::create_dir_all(&plots)?;
+
+    let mut md = String::new();
+    write_heading(&mut md, &args)?;
+    write_plots(&mut md, &plots, &estimates, &percentiles, &loads)?;
+    write_criterion(&mut md, &estimates, &args.criterion)?;
+    write_percentiles(&mut md, &percentiles)?;
+    write_loads(&mut md, &loads, &args.results)?;
+    if let Ok(notes) = std::fs::read_to_string(args.results.join("notes.md")) {
         writeln!(md, "\n{notes}")?;
     }
     std::fs::write(args.out.join("BENCHMARKS.md"), md)?;

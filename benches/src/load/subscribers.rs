@@ -1,0 +1,161 @@
+//! One rate subscriber per interface: opens its stream, says whether it
+//! could, then records every rate's delivery latency until stopped.
+
+use futures_util::{SinkExt, StreamExt};
+use fxcast_proto::v1::{
+    StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
+    stream_rates_response::Event,
+};
+use tokio::{net::TcpStream, sync::mpsc};
+use tokio_tungstenite::{
+    MaybeTlsStream, WebSocketStream,
+    tungstenite::{Message, protocol::WebSocketConfig},
+};
+use tokio_util::sync::CancellationToken;
+use tonic::Streaming;
+
+use super::{
+    Dialer,
+    rates::Interface,
+    recorder::{Recorder, Shared},
+    status_error,
+};
+
+/// Where a subscriber connects and what it streams.
+#[derive(Debug, Clone)]
+pub(super) struct Subscription {
+    pub(super) interface: Interface,
+    pub(super) target: String,
+    pub(super) token: String,
+    pub(super) symbols: Vec<String>,
+}
+
+/// Opens `subscription`, reports on `ready` whether it could, and records
+/// into `shared` until `stop`; an error when the stream broke first.
+pub(super) async fn run(
+    subscription: Subscription,
+    shared: &Shared,
+    stop: &CancellationToken,
+    ready: mpsc::Sender<bool>,
+) -> anyhow::Result<()> {
+    let opened = Feed::open(&subscription).await;
+    let _ = ready.send(opened.is_ok()).await;
+    let mut feed = opened?;
+    let mut recorder = shared.recorder();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return Ok(()),
+            next = feed.next(&mut recorder) => next?,
+        }
+    }
+}
+
+/// One subscriber's open stream of rates.
+enum Feed {
+    Ws(Box<WebSocketStream<MaybeTlsStream<TcpStream>>>),
+    Sse {
+        response: reqwest::Response,
+        buffer: String,
+    },
+    Grpc(Streaming<StreamRatesResponse>),
+}
+
+impl Feed {
+    async fn open(s: &Subscription) -> anyhow::Result<Self> {
+        match s.interface {
+            Interface::Ws => Self::open_ws(s).await,
+            Interface::Sse => Self::open_sse(s).await,
+            Interface::Grpc => Self::open_grpc(s).await,
+        }
+    }
+
+    /// WebSocket `/v1/stream`, subscribed to the symbols.
+    async fn open_ws(s: &Subscription) -> anyhow::Result<Self> {
+        let url = format!(
+            "{}/v1/stream?token={}",
+            s.target.trim_end_matches('/').replacen("http", "ws", 1),
+            s.token
+        );
+        // tungstenite's default 128 KiB read buffer is zero-filled on every
+        // read: with thousands of connections that memset, not the WebSocket
+        // work, would dominate the load generator (and so the latencies).
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let (mut ws, _) =
+            tokio_tungstenite::connect_async_with_config(&url, Some(config), true).await?;
+        let subscribe = serde_json::json!({"type": "subscribe", "symbols": s.symbols});
+        ws.send(Message::Text(subscribe.to_string().into())).await?;
+        Ok(Self::Ws(Box::new(ws)))
+    }
+
+    /// Server-Sent Events `/v1/rates/stream` of the symbols.
+    async fn open_sse(s: &Subscription) -> anyhow::Result<Self> {
+        let url = format!(
+            "{}/v1/rates/stream?symbols={}&token={}",
+            s.target.trim_end_matches('/'),
+            s.symbols.join(","),
+            s.token
+        );
+        let response = reqwest::Client::new().get(&url).send().await?;
+        if !response.status().is_success() {
+            anyhow::bail!("SSE refused: {}", response.status());
+        }
+        Ok(Self::Sse {
+            response,
+            buffer: String::new(),
+        })
+    }
+
+    /// gRPC `StreamRates` of the symbols, on a connection of its own.
+    async fn open_grpc(s: &Subscription) -> anyhow::Result<Self> {
+        let channel = Dialer::new(&s.target, &s.token)?.connect().await?;
+        let request = StreamRatesRequest {
+            symbols: s.symbols.clone(),
+            ..Default::default()
+        };
+        let stream = RateServiceClient::new(channel)
+            .stream_rates(request)
+            .await
+            .map_err(|s| status_error(&s))?
+            .into_inner();
+        Ok(Self::Grpc(stream))
+    }
+
+    /// Waits for the next message and records the rates in it; an error
+    /// when the stream broke or the server ended it.
+    async fn next(&mut self, recorder: &mut Recorder<'_>) -> anyhow::Result<()> {
+        match self {
+            Self::Ws(ws) => match ws.next().await {
+                Some(Ok(Message::Text(text))) => recorder.record_json(&text),
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err.into()),
+                None => anyhow::bail!("closed by the server"),
+            },
+            Self::Sse { response, buffer } => {
+                let Some(bytes) = response.chunk().await? else {
+                    anyhow::bail!("closed by the server");
+                };
+                buffer.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(end) = buffer.find("\n\n") {
+                    let event: String = buffer.drain(..end + 2).collect();
+                    recorder.record_json(&event);
+                }
+            }
+            Self::Grpc(stream) => match stream.message().await {
+                Ok(Some(response)) => {
+                    if let Some(Event::Rate(rate)) = response.event
+                        && let Some(ts) = rate.publish_time
+                    {
+                        let publish = (ts.seconds.max(0) as u64) * 1_000_000
+                            + (ts.nanos.max(0) as u64) / 1000;
+                        recorder.record(publish);
+                    }
+                }
+                Ok(None) => anyhow::bail!("stream ended by the server"),
+                Err(status) => return Err(status_error(&status)),
+            },
+        }
+        Ok(())
+    }
+}
