@@ -8,22 +8,27 @@
 //! # Layout
 //! - [`Stack`]: start, tokens, clients, publishing, readiness, metrics.
 //! - [`channel`]: a gRPC channel carrying a credential.
-//! - `streams`: the next event of a gRPC rate stream ([`next_event`], [`next_rate`]).
+//! - `streams`: the next message of a gRPC stream ([`next_message`]), of a
+//!   rate stream ([`next_event`], [`next_rate`]).
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
+//! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
+//!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
+mod http;
 mod process;
 mod stack;
 mod streams;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
+pub use http::{error_of, json_of};
 pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
 pub use stack::{ALL_SCOPES, Stack};
-pub use streams::{next_event, next_rate};
+pub use streams::{next_event, next_message, next_rate};
 pub use ws::{Ws, next_json, send_json, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.

@@ -198,14 +198,9 @@ impl Stack {
 
     /// An anonymous browser token from `POST /v1/tokens`.
     pub async fn browser_token(&self) -> String {
-        let response = self
-            .client
-            .post(self.url("/v1/tokens"))
-            .send()
-            .await
-            .unwrap();
+        let response = self.post("/v1/tokens").await;
         assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
+        let body = crate::json_of(response).await;
         body["token"].as_str().unwrap().to_owned()
     }
 
@@ -238,14 +233,7 @@ impl Stack {
 
     /// The gateway's `/metrics` page.
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// The current value of the gateway metric line starting with `prefix`.
