@@ -13,7 +13,7 @@ use fxcast_services::{
     Config, FeedKind,
     auth::{IssuedToken, keys::KeyFile},
 };
-use fxcast_testkit::{ALL_SCOPES, Authed, Bearer, Stack, next_rate};
+use fxcast_testkit::{ALL_SCOPES, Authed, Bearer, Stack, end_status, next_rate, stream_rates};
 use tonic::{Code, Status, Streaming};
 
 async fn quiet() -> Stack {
@@ -74,8 +74,7 @@ async fn usd_jpy_stream(channel: Authed) -> Streaming<StreamRatesResponse> {
         symbols: vec!["USD_JPY".into()],
         ..Default::default()
     };
-    let mut client = RateServiceClient::new(channel);
-    client.stream_rates(request).await.unwrap().into_inner()
+    stream_rates(&mut RateServiceClient::new(channel), request).await
 }
 
 /// Alice's order events over `channel`.
@@ -376,21 +375,6 @@ async fn a_stream_ends_when_its_token_expires() {
     let status = end_status(&mut stream, Duration::from_secs(5)).await;
     let expired = "token expired; reconnect with a fresh token and resume_after to continue";
     assert_status::<()>(Err(status), Code::Unauthenticated, expired);
-}
-
-/// The status that ends `stream` within `within`, skipping the messages
-/// before it.
-async fn end_status<T>(stream: &mut Streaming<T>, within: Duration) -> Status {
-    loop {
-        match tokio::time::timeout(within, stream.message())
-            .await
-            .expect("the stream outlived its credential")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    }
 }
 
 #[tokio::test]

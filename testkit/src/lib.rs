@@ -8,8 +8,9 @@
 //! # Layout
 //! - [`Stack`]: start, tokens, clients, publishing, readiness, metrics.
 //! - [`channel`]: a gRPC channel carrying a credential.
-//! - `streams`: the next message of a gRPC stream ([`next_message`]), of a
-//!   rate stream ([`next_event`], [`next_rate`]).
+//! - `streams`: gRPC streams: opening a rate stream ([`stream_rates`]), the
+//!   next message ([`next_message`], [`next_event`], [`next_rate`]), the
+//!   status that ends one ([`end_status`]).
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
 //! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
 //!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
@@ -28,7 +29,7 @@ pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of};
 pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
 pub use stack::{ALL_SCOPES, Stack};
-pub use streams::{next_event, next_message, next_rate};
+pub use streams::{end_status, next_event, next_message, next_rate, stream_rates};
 pub use ws::{Ws, next_json, send_json, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.
