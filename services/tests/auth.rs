@@ -103,6 +103,15 @@ fn sign(server: &Stack, claims: serde_json::Value) -> String {
     .unwrap()
 }
 
+/// `stream` ends within `within`, UNAUTHENTICATED with `message`.
+async fn assert_unauthenticated_end<T>(stream: &mut Streaming<T>, within: Duration, message: &str) {
+    let status = end_status(stream, within).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, message)
+    );
+}
+
 /// A token of alice's with `scope` and id `jti`, signed by the server, that
 /// expires in a second.
 fn lives_a_second(server: &Stack, scope: &str, jti: &str) -> String {
@@ -372,9 +381,8 @@ async fn a_stream_ends_when_its_token_expires() {
     let token = lives_a_second(&server, "rates:subscribe=*", "short");
     let mut stream = usd_jpy_stream(server.authed_channel(&token).await).await;
     next_rate(&mut stream).await;
-    let status = end_status(&mut stream, Duration::from_secs(5)).await;
     let expired = "token expired; reconnect with a fresh token and resume_after to continue";
-    assert_status::<()>(Err(status), Code::Unauthenticated, expired);
+    assert_unauthenticated_end(&mut stream, Duration::from_secs(5), expired).await;
 }
 
 #[tokio::test]
@@ -392,12 +400,10 @@ async fn revoking_a_token_ends_its_open_streams_at_once() {
     let mut admin = admin(&server).await;
     admin.revoke_token(revoke(&issued.token_id)).await.unwrap();
 
-    let status = end_status(&mut rates, Duration::from_secs(10)).await;
     let revoked = "token revoked; reconnect with another token and resume_after to continue";
-    assert_status::<()>(Err(status), Code::Unauthenticated, revoked);
-    let status = end_status(&mut orders, Duration::from_secs(10)).await;
+    assert_unauthenticated_end(&mut rates, Duration::from_secs(10), revoked).await;
     let revoked = "token revoked; reconnect with another token, then reload with ListOrders";
-    assert_status::<()>(Err(status), Code::Unauthenticated, revoked);
+    assert_unauthenticated_end(&mut orders, Duration::from_secs(10), revoked).await;
     // Another token's stream goes on.
     let published = server.publish("USD_JPY", "151.200", "151.210").await;
     loop {
@@ -412,9 +418,8 @@ async fn an_order_event_stream_ends_when_its_token_expires() {
     let server = quiet().await;
     let token = lives_a_second(&server, "orders:read", "short-orders");
     let mut stream = order_events(server.authed_channel(&token).await).await;
-    let status = end_status(&mut stream, Duration::from_secs(10)).await;
     let expired = "token expired; reconnect with a fresh token, then reload with ListOrders";
-    assert_status::<()>(Err(status), Code::Unauthenticated, expired);
+    assert_unauthenticated_end(&mut stream, Duration::from_secs(10), expired).await;
 }
 
 #[tokio::test]
