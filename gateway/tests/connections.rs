@@ -4,9 +4,7 @@
 //! neither starves a real client for good nor spins the accept loop.
 
 use std::{
-    io::Write,
     net::SocketAddr,
-    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -14,7 +12,7 @@ use fxcast_app::TransportConfig;
 use fxcast_gateway::GatewayConfig;
 use fxcast_listener::ListenerConfig;
 use fxcast_services::{Config, FeedKind};
-use fxcast_testkit::Stack;
+use fxcast_testkit::{Stack, capture_logs};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -84,21 +82,6 @@ async fn silent_half_sent_and_preface_only_connections_are_closed() {
     }
 }
 
-/// A log sink the test can read back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// User plus system CPU time of this process, in clock ticks.
 fn cpu_ticks() -> u64 {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap();
@@ -116,14 +99,7 @@ fn cpu_ticks() -> u64 {
 // thread's subscriber sees their log lines.
 #[tokio::test]
 async fn a_flood_beyond_the_cap_waits_without_spinning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = capture_logs(tracing::Level::INFO);
     let cap = 4;
     let h = stack(cap).await;
 
@@ -134,7 +110,7 @@ async fn a_flood_beyond_the_cap_waits_without_spinning() {
     }
     // Served once the idle sockets ahead of it have timed out.
     let started = Instant::now();
-    let response = h.client.get(h.url("/healthz")).send().await.unwrap();
+    let response = h.get("/healthz").await;
     assert_eq!(response.status(), 200);
     let waited = started.elapsed();
     assert!(
@@ -146,7 +122,7 @@ async fn a_flood_beyond_the_cap_waits_without_spinning() {
     // Clock ticks are 10 ms: a spinning accept loop would burn the whole wait.
     assert!(used <= 50, "{used} CPU ticks while the cap was reached");
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert_eq!(
         logs.matches("connection cap reached").count(),
         1,

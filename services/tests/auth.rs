@@ -11,7 +11,7 @@ use fxcast_proto::v1::{
 };
 use fxcast_services::{
     Config, FeedKind,
-    auth::{IssuedToken, keys::KeyFile},
+    auth::keys::KeyFile,
 };
 use fxcast_testkit::{ALL_SCOPES, Authed, Bearer, Stack, end_status, next_rate, stream_rates};
 use tonic::{Code, Status, Streaming};
@@ -119,14 +119,6 @@ fn lives_a_second(server: &Stack, scope: &str, jti: &str) -> String {
         server,
         serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": scope, "jti": jti, "iat": now(), "exp": now() + 1}),
     )
-}
-
-/// A token issued by the server's authority itself.
-fn issued(server: &Stack, subject: &str, scopes: &str, ttl: Option<Duration>) -> IssuedToken {
-    let authority = server.core.authority();
-    authority
-        .issue(subject, scopes.parse().unwrap(), ttl)
-        .unwrap()
 }
 
 fn now() -> u64 {
@@ -359,7 +351,7 @@ async fn issuing_tokens_needs_the_api_key_or_the_issue_scope() {
 async fn revoked_tokens_are_refused_at_once() {
     let server = quiet().await;
     let mut admin = admin(&server).await;
-    let issued = issued(&server, "alice", ALL_SCOPES, None);
+    let issued = server.issue("alice", ALL_SCOPES, None);
     latest_with(&server, &issued.token).await.unwrap();
     admin.revoke_token(revoke(&issued.token_id)).await.unwrap();
     assert_status(
@@ -388,7 +380,7 @@ async fn a_stream_ends_when_its_token_expires() {
 #[tokio::test]
 async fn revoking_a_token_ends_its_open_streams_at_once() {
     let server = quiet().await;
-    let issued = issued(&server, "alice", ALL_SCOPES, None);
+    let issued = server.issue("alice", ALL_SCOPES, None);
     let other = server.token("bob", ALL_SCOPES);
     let channel = server.authed_channel(&issued.token).await;
     let mut rates = usd_jpy_stream(channel.clone()).await;
@@ -425,7 +417,7 @@ async fn an_order_event_stream_ends_when_its_token_expires() {
 #[tokio::test]
 async fn watch_revocations_sends_those_in_force_then_each_new_one() {
     let server = quiet().await;
-    let earlier = issued(&server, "alice", "orders:read", None);
+    let earlier = server.issue("alice", "orders:read", None);
     server.core.authority().revoke(&earlier.token_id).unwrap();
 
     // Needs tokens:issue.
@@ -447,7 +439,7 @@ async fn watch_revocations_sends_those_in_force_then_each_new_one() {
     let lapses = first.expires_at.unwrap().seconds as u64;
     assert!(lapses > now(), "a revocation in force lapses in the future");
 
-    let later = issued(&server, "bob", "orders:read", None);
+    let later = server.issue("bob", "orders:read", None);
     admin.revoke_token(revoke(&later.token_id)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
@@ -501,7 +493,7 @@ async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
 async fn an_issued_token_never_outlives_the_token_that_issued_it() {
     let server = quiet().await;
     let ttl = Some(Duration::from_secs(300));
-    let issuer = issued(&server, "desk", "tokens:issue rates:subscribe=*", ttl);
+    let issuer = server.issue("desk", "tokens:issue rates:subscribe=*", ttl);
     let issuer_expiry = issuer
         .expires_at
         .duration_since(UNIX_EPOCH)

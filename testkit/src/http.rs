@@ -38,6 +38,15 @@ impl Stack {
         json_of(self.get_as(path, token).await).await
     }
 
+    /// The SSE stream of `symbols` (comma-separated) bearing `token`, resuming
+    /// after `last_event_id`.
+    pub async fn sse_after(&self, symbols: &str, token: &str, last_event_id: &str) -> Response {
+        let url = self.url(&format!("/v1/rates/stream?symbols={symbols}"));
+        let request = self.client.get(url).bearer_auth(token);
+        let request = request.header("last-event-id", last_event_id);
+        request.send().await.unwrap()
+    }
+
     /// `POST <path>` on the gateway without credentials or body.
     pub async fn post(&self, path: &str) -> Response {
         self.client.post(self.url(path)).send().await.unwrap()

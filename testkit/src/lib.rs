@@ -11,26 +11,33 @@
 //! - `streams`: gRPC streams: opening a rate stream ([`stream_rates`]), the
 //!   next message ([`next_message`], [`next_event`], [`next_rate`]), the
 //!   status that ends one ([`end_status`]).
-//! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
+//! - `sse`: Server-Sent Events ([`sse_events`]).
+//! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`],
+//!   [`send_subscribe`], [`subscribe`]).
 //! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
 //!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
+//! - `logs`: reading back what the servers log ([`capture_logs`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
 mod http;
+mod logs;
 mod process;
+mod sse;
 mod stack;
 mod streams;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of};
+pub use logs::{Captured, capture_logs};
 pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
+pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};
 pub use streams::{end_status, next_event, next_message, next_rate, stream_rates};
-pub use ws::{Ws, next_json, send_json, subscribe};
+pub use ws::{Ws, next_json, send_json, send_subscribe, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.
 pub async fn channel(url: &str, credential: &str) -> Authed {

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use fxcast_app::{App, TransportConfig};
 use fxcast_gateway::{GatewayConfig, WsLimits};
 use fxcast_proto::v1::{Rate, rate_service_client::RateServiceClient};
-use fxcast_services::{Config, FeedKind, RatesCore, feed::Quote};
+use fxcast_services::{Config, FeedKind, RatesCore, auth::IssuedToken, feed::Quote};
 use rust_decimal::Decimal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -143,11 +143,16 @@ impl Stack {
     /// A token for `subject` with space-separated `scopes`, issued by the
     /// core's authority.
     pub fn token(&self, subject: &str, scopes: &str) -> String {
-        self.core
-            .authority()
-            .issue(subject, scopes.parse().unwrap(), None)
+        self.issue(subject, scopes, None).token
+    }
+
+    /// As [`Stack::token`], living `ttl` (the default when `None`), with
+    /// its id and expiry.
+    pub fn issue(&self, subject: &str, scopes: &str, ttl: Option<Duration>) -> IssuedToken {
+        let authority = self.core.authority();
+        authority
+            .issue(subject, scopes.parse().unwrap(), ttl)
             .unwrap()
-            .token
     }
 
     /// The admin API key.
@@ -220,6 +225,11 @@ impl Stack {
             // Polling a readiness endpoint: there is nothing to await instead.
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
+    }
+
+    /// The gateway's WebSocket with a fresh browser token.
+    pub async fn browser_ws(&self) -> Ws {
+        self.ws(&self.browser_token().await).await
     }
 
     /// The gateway's WebSocket with `token`.
