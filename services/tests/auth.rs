@@ -9,10 +9,7 @@ use fxcast_proto::v1::{
     WatchRevocationsRequest, order_service_client::OrderServiceClient,
     rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
 };
-use fxcast_services::{
-    Config, FeedKind,
-    auth::keys::KeyFile,
-};
+use fxcast_services::{Config, FeedKind, auth::keys::KeyFile};
 use fxcast_testkit::{ALL_SCOPES, Authed, Bearer, Stack, end_status, next_rate, stream_rates};
 use tonic::{Code, Status, Streaming};
 

@@ -841,7 +841,10 @@ async fn list_orders_filters_and_paginates_newest_first() {
 }
 
 async fn next_order_event(stream: &mut Streaming<OrderEvent>) -> Order {
-    next_message(stream).await.order.expect("event without order")
+    next_message(stream)
+        .await
+        .order
+        .expect("event without order")
 }
 
 #[tokio::test]

@@ -8,16 +8,20 @@
 //! # Layout
 //! - [`Stack`]: start, tokens, clients, publishing, readiness, metrics.
 //! - [`channel`]: a gRPC channel carrying a credential.
-//! - `streams`: gRPC streams: opening a rate stream ([`stream_rates`]), the
-//!   next message ([`next_message`], [`next_event`], [`next_rate`]), the
-//!   status that ends one ([`end_status`]).
+//! - `streams`: RateService calls ([`latest_rate`], [`publish_rate`]) and
+//!   gRPC streams: opening a rate stream ([`stream_rates`],
+//!   [`stream_symbols`]), the next message ([`next_message`],
+//!   [`next_message_within`], [`next_event`], [`next_rate`]), the status
+//!   that ends one ([`end_status`]).
 //! - `sse`: Server-Sent Events ([`sse_events`]).
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`],
 //!   [`send_subscribe`], [`subscribe`]).
 //! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
 //!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
 //! - `logs`: reading back what the servers log ([`capture_logs`]).
-//! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
+//! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
+//!   [`log_field`], [`run`], [`stdout_of`]) and talking to it from outside
+//!   ([`http_request`], [`issue_token`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -33,10 +37,16 @@ mod ws;
 pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of};
 pub use logs::{Captured, capture_logs};
-pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
+pub use process::{
+    STARTUP, ServeProcess, http_request, issue_token, log_field, run, spawn_serve, spawn_until,
+    stdout_of, wait_for_line,
+};
 pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};
-pub use streams::{end_status, next_event, next_message, next_rate, stream_rates};
+pub use streams::{
+    end_status, latest_rate, next_event, next_message, next_message_within, next_rate,
+    publish_rate, stream_rates, stream_symbols,
+};
 pub use ws::{Ws, next_json, send_json, send_subscribe, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.

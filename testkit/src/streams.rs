@@ -3,12 +3,51 @@
 use std::time::Duration;
 
 use fxcast_proto::v1::{
-    Rate, StreamRatesRequest, StreamRatesResponse, rate_service_client::RateServiceClient,
-    stream_rates_response::Event,
+    GetLatestRateRequest, PublishRateRequest, Rate, StreamRatesRequest, StreamRatesResponse,
+    rate_service_client::RateServiceClient, stream_rates_response::Event,
 };
 use tonic::{Status, Streaming};
 
 use crate::Authed;
+
+/// The latest rate of `symbol`.
+pub async fn latest_rate(
+    client: &mut RateServiceClient<Authed>,
+    symbol: &str,
+) -> Result<Rate, Status> {
+    let request = GetLatestRateRequest {
+        symbol: symbol.into(),
+    };
+    Ok(client.get_latest_rate(request).await?.into_inner())
+}
+
+/// Publishes `bid`/`ask` for `symbol` through PublishRate.
+pub async fn publish_rate(
+    client: &mut RateServiceClient<Authed>,
+    symbol: &str,
+    bid: &str,
+    ask: &str,
+) -> Result<Rate, Status> {
+    let request = PublishRateRequest {
+        symbol: symbol.into(),
+        bid: bid.into(),
+        ask: ask.into(),
+        source_time: None,
+    };
+    Ok(client.publish_rate(request).await?.into_inner())
+}
+
+/// Opens a stream of `symbols` from their latest rates, or panics.
+pub async fn stream_symbols(
+    client: &mut RateServiceClient<Authed>,
+    symbols: &[&str],
+) -> Streaming<StreamRatesResponse> {
+    let request = StreamRatesRequest {
+        symbols: symbols.iter().map(|s| (*s).to_owned()).collect(),
+        ..Default::default()
+    };
+    stream_rates(client, request).await
+}
 
 /// Opens a rate stream with `request`, or panics.
 pub async fn stream_rates(
@@ -20,9 +59,14 @@ pub async fn stream_rates(
 
 /// Next message of any gRPC stream within 10 s, or panic.
 pub async fn next_message<T>(stream: &mut Streaming<T>) -> T {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
+    next_message_within(stream, Duration::from_secs(10)).await
+}
+
+/// Next message of any gRPC stream within `within`, or panic.
+pub async fn next_message_within<T>(stream: &mut Streaming<T>, within: Duration) -> T {
+    tokio::time::timeout(within, stream.message())
         .await
-        .expect("no stream message within 10 s")
+        .expect("no stream message in time")
         .expect("stream failed")
         .expect("stream ended")
 }
