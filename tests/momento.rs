@@ -15,7 +15,7 @@ use fxcast_proto::v1::{
 };
 use fxcast_testkit::{http_request, latest_rate, log_field};
 use momento::{
-    CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
+    CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
     topics::{Subscription, ValueKind},
 };
 use prost::Message;
@@ -344,26 +344,23 @@ async fn issued_tokens_carry_a_subscribe_only_momento_token() {
     let rate = sdk_next_rate(&mut subscription).await;
     assert_eq!(rate.symbol, "USD_JPY");
     assert!(rate.rate_id.starts_with("USD_JPY-"), "{rate:?}");
-    // ... and can do nothing else.
-    let err = topics
-        .publish(CACHE, "rates.USD_JPY", "forged")
-        .await
-        .unwrap_err();
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
-    let err = topics
-        .subscribe(CACHE, "rates.EUR_USD")
-        .await
-        .err()
-        .expect("another symbol's topic is refused");
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
-    let cache = CacheClient::builder()
-        .default_ttl(Duration::from_secs(60))
-        .configuration(momento::cache::configurations::Laptop::latest())
-        .credential_provider(credentials)
+    // ... and can do nothing else: publish, another symbol's topic, the cache.
+    let refused = |err: MomentoError| {
+        assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    };
+    let forged = topics.publish(CACHE, "rates.USD_JPY", "forged").await;
+    refused(forged.unwrap_err());
+    let other = topics.subscribe(CACHE, "rates.EUR_USD").await;
+    refused(other.err().expect("another symbol's topic is refused"));
+    let laptop = momento::cache::configurations::Laptop::latest();
+    let cache = CacheClient::builder().default_ttl(Duration::from_secs(60));
+    let cache = cache.configuration(laptop).credential_provider(credentials);
+    let read = cache
         .build()
-        .unwrap();
-    let err = cache.get(CACHE, "latest:rates.USD_JPY").await.unwrap_err();
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+        .unwrap()
+        .get(CACHE, "latest:rates.USD_JPY")
+        .await;
+    refused(read.unwrap_err());
 
     // A token that may not see rates gets no Momento token.
     let orders_only = issue(&served, &["orders:place"]).await;
