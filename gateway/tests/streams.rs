@@ -386,13 +386,12 @@ async fn sse_events(response: reqwest::Response, count: usize) -> Vec<fxcast_tes
     sse_events_within(response, count, Duration::from_secs(10)).await
 }
 
-/// Awaits `events` while a rate of `symbol` is published 50 ms in.
-async fn publishing_soon<T>(h: &Stack, symbol: &str, events: impl Future<Output = T>) -> T {
-    let (bid, ask) = if symbol == "USD_JPY" {
-        ("151.200", "151.210")
-    } else {
-        ("1.08600", "1.08610")
-    };
+/// Awaits `events` while `symbol` at `bid`/`ask` is published 50 ms in.
+async fn publishing_soon<T>(
+    h: &Stack,
+    (symbol, bid, ask): (&str, &str, &str),
+    events: impl Future<Output = T>,
+) -> T {
     let publisher = async {
         tokio::time::sleep(Duration::from_millis(50)).await;
         h.publish(symbol, bid, ask).await;
@@ -419,7 +418,12 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
 
     // Reconnect as a browser would after seeing id 2: replays 3, 4, 5, then live.
     let response = h.sse_after("USD_JPY", &token, "2").await;
-    let events = publishing_soon(&h, "USD_JPY", sse_events(response, 4)).await;
+    let events = publishing_soon(
+        &h,
+        ("USD_JPY", "151.200", "151.210"),
+        sse_events(response, 4),
+    )
+    .await;
     let ids: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(ids, ["3", "4", "5", "6"]);
 
@@ -427,7 +431,12 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
     let response = h
         .sse_after("USD_JPY,EUR_USD", &token, "EUR_USD:1,USD_JPY:5")
         .await;
-    let events = publishing_soon(&h, "EUR_USD", sse_events(response, 2)).await;
+    let events = publishing_soon(
+        &h,
+        ("EUR_USD", "1.08600", "1.08610"),
+        sse_events(response, 2),
+    )
+    .await;
     assert_eq!(events[0].1, "EUR_USD:1,USD_JPY:6");
     assert_eq!(events[1].1, "EUR_USD:2,USD_JPY:6");
 }

@@ -21,7 +21,7 @@
 //! - `logs`: reading back what the servers log ([`capture_logs`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
 //!   [`log_field`], [`run`], [`stdout_of`]) and talking to it from outside
-//!   ([`http_request`], [`issue_token`]).
+//!   ([`http_exchange`], [`http_request`], [`issue_token`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -38,8 +38,8 @@ pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of};
 pub use logs::{Captured, capture_logs};
 pub use process::{
-    STARTUP, ServeProcess, http_request, issue_token, log_field, run, spawn_serve, spawn_until,
-    stdout_of, wait_for_line,
+    STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, spawn_serve,
+    spawn_until, stdout_of, wait_for_line,
 };
 pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};

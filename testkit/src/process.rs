@@ -132,8 +132,8 @@ pub fn stdout_of(output: &std::process::Output) -> String {
 }
 
 /// A bodiless `method path` HTTP/1.1 request to `addr` over a fresh
-/// connection: the status and body of the answer.
-pub async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+/// connection: the whole answer, as the server sent it.
+pub async fn http_exchange(addr: &str, method: &str, path: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let request = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
@@ -141,6 +141,12 @@ pub async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String)
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// As [`http_exchange`]: the status and body of the answer.
+pub async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let response = http_exchange(addr, method, path).await;
     let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
     let body = response
         .split("\r\n\r\n")
