@@ -1,16 +1,10 @@
 //! The `fxcast` binary as a user runs it: `serve` on ephemeral ports, the
 //! `subscribe` client against it, health over HTTP, and a clean SIGTERM exit.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    process::{Child, Command},
-};
+use fxcast_testkit::{http_request, stdout_of as stdout};
+use tokio::process::{Child, Command};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
 
@@ -36,47 +30,32 @@ async fn serve(extra: &[&str]) -> Served {
 }
 
 async fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
+    http_request(addr, "GET", path).await
+}
+
+/// `fxcast <command line>` without the environment's credentials; the
+/// line is split at whitespace (no argument here contains any).
+async fn fxcast(line: &str) -> std::process::Output {
+    fxcast_testkit::run(BIN, &line.split_whitespace().collect::<Vec<_>>()).await
+}
+
+/// `fxcast subscribe` of `symbols` from `server` with `token`, `count` rates.
+async fn subscribe(server: &str, symbols: &str, count: usize, token: &str) -> std::process::Output {
+    let line =
+        format!("subscribe --server {server} --symbols {symbols} --count {count} --token {token}");
+    fxcast(&line).await
 }
 
 #[tokio::test]
 async fn serve_subscribe_health_and_sigterm() {
     let mut served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
 
-    let output = Command::new(BIN)
-        .args([
-            "subscribe",
-            "--server",
-            &format!("http://{}", served.grpc),
-            "--symbols",
-            "USD_JPY",
-            "--count",
-            "3",
-        ])
-        .arg("--data-dir")
-        .arg(&served.data)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let stdout = String::from_utf8(output.stdout).unwrap();
+    let (grpc, data) = (&served.grpc, served.data.display());
+    let output = fxcast(&format!(
+        "subscribe --server http://{grpc} --symbols USD_JPY --count 3 --data-dir {data}"
+    ))
+    .await;
+    let stdout = stdout(&output);
     let lines: Vec<_> = stdout.lines().collect();
     assert_eq!(lines.len(), 3, "{stdout}");
     for line in lines {
@@ -126,21 +105,11 @@ async fn serve_subscribe_health_and_sigterm() {
 #[tokio::test]
 async fn subscribe_reports_a_bad_symbol_and_exits() {
     let served = serve(&["--symbols", "USD_JPY"]).await;
-    let output = Command::new(BIN)
-        .args([
-            "subscribe",
-            "--server",
-            &format!("http://{}", served.grpc),
-            "--symbols",
-            "NOPE",
-        ])
-        .arg("--data-dir")
-        .arg(&served.data)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .unwrap()
-        .unwrap();
+    let (grpc, data) = (&served.grpc, served.data.display());
+    let output = fxcast(&format!(
+        "subscribe --server http://{grpc} --symbols NOPE --data-dir {data}"
+    ))
+    .await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("unknown symbol \"NOPE\""), "{stderr}");
@@ -148,41 +117,13 @@ async fn subscribe_reports_a_bad_symbol_and_exits() {
 
 #[tokio::test]
 async fn serve_refuses_bad_flags_with_a_clear_message() {
-    let output = Command::new(BIN)
-        .args(["serve", "--transport", "carrier-pigeon"])
-        .output()
-        .await
-        .unwrap();
+    let output = fxcast("serve --transport carrier-pigeon").await;
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("unknown --transport \"carrier-pigeon\""),
         "{stderr}"
     );
-}
-
-async fn fxcast(args: &[&str]) -> std::process::Output {
-    let output = Command::new(BIN)
-        .args(args)
-        .env_remove("FXCAST_API_KEY")
-        .env_remove("FXCAST_TOKEN")
-        .output();
-    tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .unwrap()
-        .unwrap()
-}
-
-fn stdout(output: &std::process::Output) -> String {
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout.clone())
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 #[tokio::test]
@@ -192,44 +133,17 @@ async fn tokens_from_the_cli_scope_what_subscribe_may_see() {
     let data = served.data.to_str().unwrap();
 
     let token = stdout(
-        &fxcast(&[
-            "token",
-            "--subject",
-            "alice",
-            "--scope",
-            "rates:subscribe=USD_JPY",
-            "--ttl",
-            "10m",
-            "--server",
-            &server,
-            "--data-dir",
-            data,
-        ])
+        &fxcast(&format!(
+            "token --subject alice --scope rates:subscribe=USD_JPY --ttl 10m --server {server} --data-dir {data}"
+        ))
         .await,
     );
     assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
-    let ok = fxcast(&[
-        "subscribe",
-        "--server",
-        &server,
-        "--symbols",
-        "USD_JPY",
-        "--count",
-        "1",
-        "--token",
-        &token,
-    ])
-    .await;
+    let ok = subscribe(&server, "USD_JPY", 1, &token).await;
     assert!(stdout(&ok).contains("USD_JPY"));
-    let denied = fxcast(&[
-        "subscribe",
-        "--server",
-        &server,
-        "--symbols",
-        "EUR_USD",
-        "--token",
-        &token,
-    ])
+    let denied = fxcast(&format!(
+        "subscribe --server {server} --symbols EUR_USD --token {token}"
+    ))
     .await;
     assert!(!denied.status.success());
     let stderr = String::from_utf8_lossy(&denied.stderr);
@@ -238,30 +152,16 @@ async fn tokens_from_the_cli_scope_what_subscribe_may_see() {
         "{stderr}"
     );
 
-    let too_long = fxcast(&[
-        "token",
-        "--scope",
-        "orders:place",
-        "--ttl",
-        "2d",
-        "--server",
-        &server,
-        "--data-dir",
-        data,
-    ])
+    let too_long = fxcast(&format!(
+        "token --scope orders:place --ttl 2d --server {server} --data-dir {data}"
+    ))
     .await;
     assert!(!too_long.status.success());
     assert!(String::from_utf8_lossy(&too_long.stderr).contains("above the maximum of 1day"));
 
-    let no_key = fxcast(&[
-        "token",
-        "--scope",
-        "orders:place",
-        "--server",
-        &server,
-        "--data-dir",
-        "/nonexistent",
-    ])
+    let no_key = fxcast(&format!(
+        "token --scope orders:place --server {server} --data-dir /nonexistent"
+    ))
     .await;
     assert!(!no_key.status.success());
     assert!(String::from_utf8_lossy(&no_key.stderr).contains("no credentials"));
@@ -272,21 +172,11 @@ async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
     let served = serve(&["--symbols", "USD_JPY,EUR_USD"]).await;
     let server = format!("http://{}", served.grpc);
     let data = served.data.to_str().unwrap();
-    let mint = || async {
-        stdout(
-            &fxcast(&[
-                "token",
-                "--url",
-                "http://127.0.0.1:8000/v1/rates/stream",
-                "--symbols",
-                "EUR_USD",
-                "--ttl",
-                "1h",
-                "--data-dir",
-                data,
-            ])
-            .await,
-        )
+    let mint = async || {
+        let line = format!(
+            "token --url http://127.0.0.1:8000/v1/rates/stream --symbols EUR_USD --ttl 1h --data-dir {data}"
+        );
+        stdout(&fxcast(&line).await)
     };
     let url = mint().await;
     assert!(
@@ -294,34 +184,18 @@ async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
         "{url}"
     );
     let token = url.split("token=").nth(1).unwrap().to_owned();
-    let subscribe = |token: String| {
-        let server = server.clone();
-        async move {
-            fxcast(&[
-                "subscribe",
-                "--server",
-                &server,
-                "--symbols",
-                "EUR_USD",
-                "--count",
-                "1",
-                "--token",
-                &token,
-            ])
-            .await
-        }
-    };
-    assert!(stdout(&subscribe(token.clone()).await).contains("EUR_USD"));
+    let eur_usd_with = async |token: &str| subscribe(&server, "EUR_USD", 1, token).await;
+    assert!(stdout(&eur_usd_with(&token).await).contains("EUR_USD"));
 
-    stdout(&fxcast(&["token", "--rotate-key", "--data-dir", data]).await);
+    stdout(&fxcast(&format!("token --rotate-key --data-dir {data}")).await);
     let rotated = mint().await.split("token=").nth(1).unwrap().to_owned();
     assert_ne!(rotated, token);
     assert!(
-        stdout(&subscribe(rotated).await).contains("EUR_USD"),
+        stdout(&eur_usd_with(&rotated).await).contains("EUR_USD"),
         "the running server must accept the new key"
     );
     assert!(
-        stdout(&subscribe(token).await).contains("EUR_USD"),
+        stdout(&eur_usd_with(&token).await).contains("EUR_USD"),
         "tokens of the old key stay valid"
     );
 }
@@ -329,25 +203,14 @@ async fn signed_urls_are_minted_offline_and_survive_key_rotation() {
 #[tokio::test]
 async fn a_separate_gateway_serves_a_remote_upstream() {
     let served = serve(&["--symbols", "USD_JPY"]).await;
-    let mut child = Command::new(BIN)
-        .args([
-            "gateway",
-            "--upstream",
-            &format!("http://{}", served.grpc),
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .arg("--data-dir")
+    let mut gateway = Command::new(BIN);
+    gateway
+        .args(["gateway", "--upstream", &format!("http://{}", served.grpc)])
+        .args(["--http-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&served.data)
-        .env_remove("FXCAST_API_KEY")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "fxcast gateway listening").await;
-    let start = line.find("http=").unwrap() + 5;
-    let http = line[start..].split_whitespace().next().unwrap().to_owned();
+        .env_remove("FXCAST_API_KEY");
+    let (_child, line) = fxcast_testkit::spawn_until(gateway, "fxcast gateway listening").await;
+    let http = fxcast_testkit::log_field(&line, "http");
 
     let started = Instant::now();
     while http_get(&http, "/readyz").await.0 != 200 {
@@ -358,13 +221,7 @@ async fn a_separate_gateway_serves_a_remote_upstream() {
         tokio::task::yield_now().await;
     }
     // A browser token from the gateway works against the remote services.
-    let mut stream = TcpStream::connect(&http).await.unwrap();
-    let request = format!(
-        "POST /v1/tokens HTTP/1.1\r\nHost: {http}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = fxcast_testkit::http_exchange(&http, "POST", "/v1/tokens").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.contains("\"subject\":\"anon-"), "{response}");
 }
@@ -378,43 +235,19 @@ async fn servers_sharing_a_signing_keys_file_accept_each_others_tokens() {
     let second = serve(&["--symbols", "USD_JPY", "--signing-keys", keys]).await;
     let alone = serve(&["--symbols", "USD_JPY"]).await;
     // Minted offline with the shared keys (the first server created the file).
-    let url = stdout(
-        &fxcast(&[
-            "token",
-            "--url",
-            "http://127.0.0.1:8000/v1/rates/stream",
-            "--symbols",
-            "USD_JPY",
-            "--signing-keys",
-            keys,
-            "--data-dir",
-            shared.path().to_str().unwrap(),
-        ])
-        .await,
+    let line = format!(
+        "token --url http://127.0.0.1:8000/v1/rates/stream --symbols USD_JPY --signing-keys {keys} --data-dir {}",
+        shared.path().display()
     );
+    let url = stdout(&fxcast(&line).await);
     let token = url.split("token=").nth(1).unwrap().trim().to_owned();
-    let subscribe = |served: &Served| {
-        let server = format!("http://{}", served.grpc);
-        let token = token.clone();
-        async move {
-            fxcast(&[
-                "subscribe",
-                "--server",
-                &server,
-                "--symbols",
-                "USD_JPY",
-                "--count",
-                "1",
-                "--token",
-                &token,
-            ])
-            .await
-        }
+    let subscribe_to = async |served: &Served| {
+        subscribe(&format!("http://{}", served.grpc), "USD_JPY", 1, &token).await
     };
     for served in [&first, &second] {
-        assert!(stdout(&subscribe(served).await).contains("USD_JPY"));
+        assert!(stdout(&subscribe_to(served).await).contains("USD_JPY"));
     }
-    let refused = subscribe(&alone).await;
+    let refused = subscribe_to(&alone).await;
     assert!(
         !refused.status.success(),
         "a server with other keys must refuse the token"
@@ -439,23 +272,10 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
 
     // Closed loop: four orders in flight.
     let closed = json(
-        fxcast(&[
-            "loadtest",
-            "orders",
-            "--target",
-            &grpc,
-            "--concurrency",
-            "4",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "--data-dir",
-            data,
-            "--server-pid",
-            &pid,
-            "--json",
-        ])
+        fxcast(&format!(
+            "loadtest orders --target {grpc} --concurrency 4 --duration 1s --warmup 200ms \
+             --data-dir {data} --server-pid {pid} --json"
+        ))
         .await,
     );
     assert_eq!(closed["mode"], "closed_loop", "{closed}");
@@ -475,21 +295,10 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
     // Open loop at 100 orders/s for 1 s: about 100 orders, measured from
     // their intended send times.
     let open = json(
-        fxcast(&[
-            "loadtest",
-            "orders",
-            "--target",
-            &grpc,
-            "--rate",
-            "100",
-            "--duration",
-            "1s",
-            "--warmup",
-            "0s",
-            "--data-dir",
-            data,
-            "--json",
-        ])
+        fxcast(&format!(
+            "loadtest orders --target {grpc} --rate 100 --duration 1s --warmup 0s \
+             --data-dir {data} --json"
+        ))
         .await,
     );
     assert_eq!(open["mode"], "open_loop", "{open}");
@@ -500,21 +309,10 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
 
     // Twenty WebSocket subscribers through the gateway.
     let ws = json(
-        fxcast(&[
-            "loadtest",
-            "ws",
-            "--target",
-            &http,
-            "--connections",
-            "20",
-            "--duration",
-            "1s",
-            "--symbols",
-            "USD_JPY",
-            "--server-pid",
-            &pid,
-            "--json",
-        ])
+        fxcast(&format!(
+            "loadtest ws --target {http} --connections 20 --duration 1s --symbols USD_JPY \
+             --server-pid {pid} --json"
+        ))
         .await,
     );
     assert_eq!(ws["connected"], 20, "{ws}");

@@ -2,13 +2,8 @@
 //! stand-in for bitFlyer's realtime API, `fxcast serve --feed bitflyer` and
 //! `--feed replay:FILE`, watched with `fxcast subscribe`.
 
-use std::time::Duration;
-
 use futures_util::{SinkExt, StreamExt};
-use tokio::{
-    net::TcpListener,
-    process::{Child, Command},
-};
+use tokio::{net::TcpListener, process::Child};
 use tokio_tungstenite::tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
@@ -33,28 +28,14 @@ async fn serve(extra: &[&str]) -> Served {
 
 /// `fxcast subscribe --count <count>` against `served`; its stdout lines.
 async fn subscribe(served: &Served, symbols: &str, count: usize) -> Vec<String> {
-    let output = Command::new(BIN)
-        .args(["subscribe", "--server", &format!("http://{}", served.grpc)])
-        .args(["--symbols", symbols, "--count", &count.to_string()])
-        .arg("--data-dir")
-        .arg(&served.data)
-        .env_remove("FXCAST_API_KEY")
-        .env_remove("FXCAST_TOKEN")
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(30), output)
-        .await
-        .expect("fxcast subscribe did not finish")
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
+    let server = format!("http://{}", served.grpc);
+    let count = count.to_string();
+    let data = served.data.to_str().unwrap();
+    let args = ["subscribe", "--server", &server, "--symbols", symbols];
+    let args = [&args[..], &["--count", &count, "--data-dir", data]].concat();
+    let output = fxcast_testkit::run(BIN, &args).await;
+    let stdout = fxcast_testkit::stdout_of(&output);
+    stdout.lines().map(str::to_owned).collect()
 }
 
 /// A ticker notification in bitFlyer's format.
@@ -101,43 +82,24 @@ async fn record_a_session_then_serve_its_replay() {
     .await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("session.jsonl");
-    let record = Command::new(BIN)
-        .args([
-            "record",
-            "--feed",
-            "bitflyer",
-            "--symbols",
-            "BTC_JPY",
-            "--max-messages",
-            "3",
-        ])
-        .args(["--bitflyer-endpoint", &url])
-        .arg("--out")
-        .arg(&out)
-        .output();
-    let record = tokio::time::timeout(Duration::from_secs(30), record)
-        .await
-        .expect("fxcast record did not stop after --max-messages")
-        .unwrap();
-    assert!(
-        record.status.success(),
-        "{}",
-        String::from_utf8_lossy(&record.stderr)
-    );
+    // It must stop after --max-messages.
+    let record = [
+        "record",
+        "--feed=bitflyer",
+        "--symbols=BTC_JPY",
+        "--max-messages=3",
+    ];
+    let endpoint = format!("--bitflyer-endpoint={url}");
+    let out_arg = format!("--out={}", out.display());
+    let record = fxcast_testkit::run(BIN, &[&record[..], &[&endpoint, &out_arg]].concat()).await;
+    fxcast_testkit::stdout_of(&record);
     let recording = std::fs::read_to_string(&out).unwrap();
     // Only notifications are recorded (the garbage was rejected and counted).
     assert_eq!(recording.lines().count(), 3, "{recording}");
 
     let out = out.to_str().unwrap();
-    let served = serve(&[
-        "--feed",
-        &format!("replay:{out}"),
-        "--replay-speed",
-        "max",
-        "--symbols",
-        "BTC_JPY",
-    ])
-    .await;
+    let feed = format!("--feed=replay:{out}");
+    let served = serve(&[&feed, "--replay-speed=max", "--symbols=BTC_JPY"]).await;
     let lines = subscribe(&served, "BTC_JPY", 1).await;
     assert_eq!(lines.len(), 1, "{lines:?}");
     let line = &lines[0];
@@ -155,15 +117,12 @@ async fn record_a_session_then_serve_its_replay() {
 #[tokio::test]
 async fn serve_the_live_bitflyer_feed_from_a_custom_endpoint() {
     let url = fake_bitflyer(vec![ticker("ETH_JPY", "285010.0", "285190.0", 7)]).await;
+    let endpoint = format!("--bitflyer-endpoint={url}");
     let served = serve(&[
-        "--feed",
-        "bitflyer",
-        "--bitflyer-endpoint",
-        &url,
-        "--symbols",
-        "ETH_JPY",
-        "--markup",
-        "10",
+        "--feed=bitflyer",
+        &endpoint,
+        "--symbols=ETH_JPY",
+        "--markup=10",
     ])
     .await;
     let lines = subscribe(&served, "ETH_JPY", 1).await;
@@ -179,14 +138,8 @@ async fn the_shipped_sample_replays_in_a_loop() {
         env!("CARGO_MANIFEST_DIR"),
         "/testdata/bitflyer-sample.jsonl"
     );
-    let served = serve(&[
-        "--feed",
-        &format!("replay:{sample}"),
-        "--replay-speed",
-        "20",
-        "--loop",
-    ])
-    .await;
+    let feed = format!("--feed=replay:{sample}");
+    let served = serve(&[&feed, "--replay-speed=20", "--loop"]).await;
     let lines = subscribe(&served, "BTC_JPY,ETH_JPY,FX_BTC_JPY", 12).await;
     assert_eq!(lines.len(), 12, "{lines:?}");
     for symbol in ["BTC_JPY", "ETH_JPY", "FX_BTC_JPY"] {

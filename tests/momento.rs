@@ -8,20 +8,20 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use fxcast_momento_local::{MomentoLocalConfig, serve as serve_momento_local};
 use fxcast_proto::v1::{
-    GapReason, GetLatestRateRequest, IssueTokenRequest, IssueTokenResponse, OrderStatus,
-    PlaceOrderRequest, PublishRateRequest, Rate, RevokeTokenRequest, Side, StreamRatesRequest,
+    GapReason, IssueTokenResponse, OrderStatus, PlaceOrderRequest, Rate, RevokeTokenRequest, Side,
     StreamRatesResponse, order_service_client::OrderServiceClient,
     rate_service_client::RateServiceClient, stream_rates_response::Event,
     token_service_client::TokenServiceClient,
 };
+use fxcast_testkit::{http_request, latest_rate, log_field};
 use momento::{
-    CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
+    CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
     topics::{Subscription, ValueKind},
 };
 use prost::Message;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines},
-    net::{TcpListener, TcpStream},
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader, Lines},
+    net::TcpListener,
     process::{Child, ChildStdout, Command},
 };
 use tonic::{Streaming, transport::Channel};
@@ -54,24 +54,10 @@ async fn momento_local() -> String {
 
 /// `fxcast momento-local` as a process (so it can be killed) on `listen`.
 async fn momento_local_process(listen: &str) -> (Child, SocketAddr) {
-    let mut child = Command::new(BIN)
-        .args(["momento-local", "--listen", listen, "--cache", CACHE])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let line = fxcast_testkit::wait_for_line(&mut child, "momento-local listening").await;
-    let start = line.find("addr=").expect("no addr= in the log line") + 5;
-    let addr = line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
-    (child, addr)
+    let mut command = Command::new(BIN);
+    command.args(["momento-local", "--listen", listen, "--cache", CACHE]);
+    let (child, line) = fxcast_testkit::spawn_until(command, "momento-local listening").await;
+    (child, log_field(&line, "addr").parse().unwrap())
 }
 
 struct Served {
@@ -118,16 +104,7 @@ async fn serve(args: &[&str]) -> Served {
 }
 
 async fn issue(served: &Served, scopes: &[&str]) -> IssueTokenResponse {
-    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, API_KEY).await);
-    tokens
-        .issue_token(IssueTokenRequest {
-            subject: "trader".into(),
-            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-            ttl: None,
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    fxcast_testkit::issue_token(&served.grpc, API_KEY, "trader", scopes).await
 }
 
 async fn rates_client(served: &Served, token: &str) -> RateServiceClient<fxcast_testkit::Authed> {
@@ -140,40 +117,21 @@ async fn publish(
     bid: &str,
     ask: &str,
 ) -> Rate {
-    rates
-        .publish_rate(PublishRateRequest {
-            symbol: symbol.into(),
-            bid: bid.into(),
-            ask: ask.into(),
-            source_time: None,
-        })
+    fxcast_testkit::publish_rate(rates, symbol, bid, ask)
         .await
         .unwrap()
-        .into_inner()
 }
 
 async fn stream(
     rates: &mut RateServiceClient<fxcast_testkit::Authed>,
     symbol: &str,
 ) -> Streaming<StreamRatesResponse> {
-    rates
-        .stream_rates(StreamRatesRequest {
-            symbols: vec![symbol.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
+    fxcast_testkit::stream_symbols(rates, &[symbol]).await
 }
 
 async fn next_event(stream: &mut Streaming<StreamRatesResponse>) -> Event {
-    tokio::time::timeout(DEADLINE, stream.message())
-        .await
-        .expect("no stream event within the deadline")
-        .unwrap()
-        .expect("stream ended")
-        .event
-        .unwrap()
+    let message = fxcast_testkit::next_message_within(stream, DEADLINE).await;
+    message.event.expect("empty event")
 }
 
 async fn next_rate(stream: &mut Streaming<StreamRatesResponse>) -> Rate {
@@ -260,23 +218,6 @@ async fn python_subscriber(
     (child, lines)
 }
 
-async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
-    let body = response
-        .split("\r\n\r\n")
-        .nth(1)
-        .unwrap_or_default()
-        .to_owned();
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
     let momento = momento_local().await;
@@ -292,13 +233,7 @@ async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
     let second = serve(&[&momento_args[..], &["--max-price-age", "60s"]].concat()).await;
     let trader = issue(&second, &["rates:subscribe=*", "orders:place"]).await;
     let mut second_rates = rates_client(&second, &trader.token).await;
-    let latest = second_rates
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let latest = latest_rate(&mut second_rates, "USD_JPY").await.unwrap();
     assert_eq!(latest, opening);
     let mut orders =
         OrderServiceClient::new(fxcast_testkit::channel(&second.grpc, &trader.token).await);
@@ -376,15 +311,13 @@ async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issued_tokens_carry_a_subscribe_only_momento_token() {
     let momento = momento_local().await;
+    let endpoint = format!("--momento-endpoint={momento}");
+    let symbols = "--symbols=USD_JPY,EUR_USD";
     let served = serve(&[
-        "--transport",
-        "momento",
-        "--momento-endpoint",
-        &momento,
-        "--symbols",
-        "USD_JPY,EUR_USD",
-        "--tick-interval",
-        "50ms",
+        "--transport=momento",
+        &endpoint,
+        symbols,
+        "--tick-interval=50ms",
     ])
     .await;
 
@@ -411,26 +344,23 @@ async fn issued_tokens_carry_a_subscribe_only_momento_token() {
     let rate = sdk_next_rate(&mut subscription).await;
     assert_eq!(rate.symbol, "USD_JPY");
     assert!(rate.rate_id.starts_with("USD_JPY-"), "{rate:?}");
-    // ... and can do nothing else.
-    let err = topics
-        .publish(CACHE, "rates.USD_JPY", "forged")
-        .await
-        .unwrap_err();
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
-    let err = topics
-        .subscribe(CACHE, "rates.EUR_USD")
-        .await
-        .err()
-        .expect("another symbol's topic is refused");
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
-    let cache = CacheClient::builder()
-        .default_ttl(Duration::from_secs(60))
-        .configuration(momento::cache::configurations::Laptop::latest())
-        .credential_provider(credentials)
+    // ... and can do nothing else: publish, another symbol's topic, the cache.
+    let refused = |err: MomentoError| {
+        assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+    };
+    let forged = topics.publish(CACHE, "rates.USD_JPY", "forged").await;
+    refused(forged.unwrap_err());
+    let other = topics.subscribe(CACHE, "rates.EUR_USD").await;
+    refused(other.err().expect("another symbol's topic is refused"));
+    let laptop = momento::cache::configurations::Laptop::latest();
+    let cache = CacheClient::builder().default_ttl(Duration::from_secs(60));
+    let cache = cache.configuration(laptop).credential_provider(credentials);
+    let read = cache
         .build()
-        .unwrap();
-    let err = cache.get(CACHE, "latest:rates.USD_JPY").await.unwrap_err();
-    assert_eq!(err.error_code, MomentoErrorCode::PermissionError, "{err}");
+        .unwrap()
+        .get(CACHE, "latest:rates.USD_JPY")
+        .await;
+    refused(read.unwrap_err());
 
     // A token that may not see rates gets no Momento token.
     let orders_only = issue(&served, &["orders:place"]).await;
@@ -466,18 +396,14 @@ async fn the_memory_transport_offers_no_momento_token_and_the_bridge_does() {
 
     // The bridge: in-process transport, every rate mirrored to Momento.
     let momento = momento_local().await;
-    let bridged = serve(&[
+    let endpoint = format!("--momento-endpoint={momento}");
+    let bridge = [
         "--momento-bridge",
-        "--momento-endpoint",
-        &momento,
-        "--symbols",
-        "USD_JPY",
-        "--feed",
-        "none",
-        "--momento-publish-rate",
-        "0",
-    ])
-    .await;
+        &endpoint,
+        "--symbols=USD_JPY",
+        "--feed=none",
+    ];
+    let bridged = serve(&[&bridge[..], &["--momento-publish-rate=0"]].concat()).await;
     let issued = issue(&bridged, &["rates:subscribe=*", "rates:publish"]).await;
     let access = issued.momento.expect("the bridge offers Momento tokens");
     let topics = sdk_topics(sdk_credentials(&momento, &access.token));
@@ -495,28 +421,15 @@ async fn the_memory_transport_offers_no_momento_token_and_the_bridge_does() {
 async fn killing_momento_local_mid_stream_reconnects_with_a_gap_and_no_duplicates() {
     let (momento, addr) = momento_local_process("127.0.0.1:0").await;
     let url = format!("http://{addr}");
-    let served = serve(&[
-        "--transport",
-        "momento",
-        "--momento-endpoint",
-        &url,
-        "--symbols",
-        "USD_JPY",
-        // Slower than the publish pacing (10/s): nothing is conflated
-        // while Momento is up.
-        "--tick-interval",
-        "200ms",
-    ])
-    .await;
+    let endpoint = format!("--momento-endpoint={url}");
+    // Ticks slower than the publish pacing (10/s): nothing is conflated
+    // while Momento is up.
+    let ticks = "--tick-interval=200ms";
+    let served = serve(&["--transport=momento", &endpoint, "--symbols=USD_JPY", ticks]).await;
     let issued = issue(&served, &["rates:subscribe=*"]).await;
     let mut rates = rates_client(&served, &issued.token).await;
-    let mut health = HealthClient::new(
-        Channel::from_shared(served.grpc.clone())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let channel = Channel::from_shared(served.grpc.clone()).unwrap();
+    let mut health = HealthClient::new(channel.connect().await.unwrap());
     let mut watch = health
         .watch(HealthCheckRequest {
             service: "fxcast.v1.RateService".into(),
@@ -560,13 +473,7 @@ async fn killing_momento_local_mid_stream_reconnects_with_a_gap_and_no_duplicate
     // lost for good.
     tokio::time::timeout(DEADLINE, async {
         loop {
-            let latest = rates
-                .get_latest_rate(GetLatestRateRequest {
-                    symbol: "USD_JPY".into(),
-                })
-                .await
-                .unwrap()
-                .into_inner();
+            let latest = latest_rate(&mut rates, "USD_JPY").await.unwrap();
             if latest.sequence >= last + 3 {
                 return;
             }
@@ -652,13 +559,7 @@ async fn a_publisher_restarted_elsewhere_continues_the_sequence_and_peers_keep_f
 
     // The peer follows the new run at once: nothing is ignored as old.
     assert_eq!(next_rate(&mut peer_stream).await, after);
-    let latest = peer_rates
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let latest = latest_rate(&mut peer_rates, "USD_JPY").await.unwrap();
     assert_eq!(latest, after);
 }
 
@@ -685,32 +586,16 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
     next_rate(&mut stream).await;
 
     let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&first.grpc, API_KEY).await);
-    tokens
-        .revoke_token(RevokeTokenRequest {
-            token_id: issued.token_id.clone(),
-        })
-        .await
-        .unwrap();
+    let revoke = RevokeTokenRequest {
+        token_id: issued.token_id.clone(),
+    };
+    tokens.revoke_token(revoke).await.unwrap();
 
     // The second server learns it through Momento and ends the stream.
-    let status = loop {
-        match tokio::time::timeout(DEADLINE, stream.message())
-            .await
-            .expect("the stream outlived the revocation")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let status = fxcast_testkit::end_status(&mut stream, DEADLINE).await;
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert!(status.message().starts_with("token revoked"), "{status:?}");
-    let refused = second_rates
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap_err();
+    let refused = latest_rate(&mut second_rates, "USD_JPY").await.unwrap_err();
     assert_eq!(
         (refused.code(), refused.message()),
         (tonic::Code::Unauthenticated, "token revoked")

@@ -10,10 +10,8 @@ use std::{
 };
 
 use fxcast_proto::v1::{
-    GetLatestRateRequest, GetOrderRequest, IssueTokenRequest, ListOrdersRequest, Order,
-    OrderStatus, PlaceOrderRequest, Side, StreamRatesRequest,
+    GetOrderRequest, ListOrdersRequest, Order, OrderStatus, PlaceOrderRequest, Side,
     order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
-    token_service_client::TokenServiceClient,
 };
 use tokio::{
     process::{Child, Command},
@@ -45,18 +43,31 @@ async fn serve(data: &Path) -> Served {
 }
 
 async fn trader_token(url: &str) -> String {
-    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(url, API_KEY).await);
-    let request = IssueTokenRequest {
-        subject: "trader".into(),
-        scopes: vec!["orders:place".into(), "rates:subscribe=USD_JPY".into()],
-        ttl: None,
-    };
-    tokens
-        .issue_token(request)
+    let scopes = ["orders:place", "rates:subscribe=USD_JPY"];
+    let issued = fxcast_testkit::issue_token(url, API_KEY, "trader", &scopes).await;
+    issued.token
+}
+
+async fn place(
+    orders: &mut OrderServiceClient<fxcast_testkit::Authed>,
+    request: &PlaceOrderRequest,
+) -> Order {
+    orders
+        .place_order(request.clone())
         .await
         .unwrap()
         .into_inner()
-        .token
+}
+
+/// `fxcast order` on USD_JPY against `url` with `token` and `args`.
+async fn order_cli(url: &str, token: &str, args: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args(["order", "--server", url, "--symbol", "USD_JPY"])
+        .args(args)
+        .env("FXCAST_TOKEN", token)
+        .output()
+        .await
+        .unwrap()
 }
 
 /// A buy (even n) or sell (odd n) at the current rate, quoting its rate_id.
@@ -65,13 +76,7 @@ async fn at_market(
     id: String,
     n: usize,
 ) -> PlaceOrderRequest {
-    let rate = rates
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rate = fxcast_testkit::latest_rate(rates, "USD_JPY").await.unwrap();
     let (side, price) = if n.is_multiple_of(2) {
         (Side::Buy, rate.ask)
     } else {
@@ -115,18 +120,8 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let mut rates = RateServiceClient::new(authed.clone());
     let mut orders = OrderServiceClient::new(authed.clone());
     // The server may not have published its first rate yet: wait for one.
-    let mut first_tick = rates
-        .stream_rates(StreamRatesRequest {
-            symbols: vec!["USD_JPY".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    tokio::time::timeout(Duration::from_secs(30), first_tick.message())
-        .await
-        .expect("no rate within 30 s")
-        .unwrap();
+    let mut first_tick = fxcast_testkit::stream_symbols(&mut rates, &["USD_JPY"]).await;
+    fxcast_testkit::next_message_within(&mut first_tick, Duration::from_secs(30)).await;
     drop(first_tick);
 
     // Sequential orders, all acknowledged.
@@ -134,11 +129,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let mut acked: HashMap<String, Order> = HashMap::new();
     for n in 0..20 {
         let request = at_market(&mut rates, format!("seq-{n}"), n).await;
-        let order = orders
-            .place_order(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let order = place(&mut orders, &request).await;
         assert!(
             matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected),
             "{order:?}"
@@ -195,14 +186,13 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     let mut orders = OrderServiceClient::new(authed.clone());
 
     for (id, before) in &acked {
-        let after = orders
-            .get_order(GetOrderRequest {
-                order_id: before.order_id.clone(),
-                ..Default::default()
-            })
-            .await
-            .unwrap_or_else(|e| panic!("acknowledged order {id} lost: {e}"))
-            .into_inner();
+        let request = GetOrderRequest {
+            order_id: before.order_id.clone(),
+            ..Default::default()
+        };
+        let after = orders.get_order(request).await;
+        let after = after.unwrap_or_else(|e| panic!("acknowledged order {id} lost: {e}"));
+        let after = after.into_inner();
         assert_eq!(
             &after, before,
             "acknowledged order {id} changed across the restart"
@@ -213,11 +203,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     // others get one final outcome, and none is recorded twice.
     let mut retried: HashMap<String, Order> = HashMap::new();
     for (id, request) in &requests {
-        let order = orders
-            .place_order(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let order = place(&mut orders, request).await;
         assert!(
             matches!(order.status(), OrderStatus::Filled | OrderStatus::Rejected),
             "{order:?}"
@@ -231,11 +217,7 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
         retried.insert(id.clone(), order);
     }
     for (id, request) in &requests {
-        let again = orders
-            .place_order(request.clone())
-            .await
-            .unwrap()
-            .into_inner();
+        let again = place(&mut orders, request).await;
         assert_eq!(&again, &retried[id], "second retry of {id} differs");
     }
     eprintln!(
@@ -267,24 +249,21 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     } else {
         "sell"
     };
-    let output = Command::new(BIN)
-        .args([
-            "order",
-            "--server",
-            &second.url,
-            "--symbol",
-            "USD_JPY",
-            "--side",
-            side,
-            "--quantity",
-            "1000",
-        ])
-        .args(["--price", &request.price, "--rate-id", &request.rate_id])
-        .args(["--client-order-id", &request.client_order_id])
-        .env("FXCAST_TOKEN", &token)
-        .output()
-        .await
-        .unwrap();
+    let id = &request.client_order_id;
+    let args = [
+        "--side",
+        side,
+        "--quantity",
+        "1000",
+        "--price",
+        &request.price,
+    ];
+    let args = [
+        &args[..],
+        &["--rate-id", &request.rate_id, "--client-order-id", id],
+    ]
+    .concat();
+    let output = order_cli(&second.url, &token, &args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -309,23 +288,9 @@ async fn acknowledged_orders_survive_kill_dash_nine_and_retries_never_fill_twice
     );
 
     // A price far from the market: rejected, and the command says so and fails.
-    let output = Command::new(BIN)
-        .args([
-            "order",
-            "--server",
-            &second.url,
-            "--symbol",
-            "USD_JPY",
-            "--side",
-            "buy",
-            "--quantity",
-            "1000",
-        ])
-        .args(["--price", "100.000", "--client-order-id", "cli-far"])
-        .env("FXCAST_TOKEN", &token)
-        .output()
-        .await
-        .unwrap();
+    let args = ["--side", "buy", "--quantity", "1000", "--price", "100.000"];
+    let args = [&args[..], &["--client-order-id", "cli-far"]].concat();
+    let output = order_cli(&second.url, &token, &args).await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{stdout}");

@@ -7,50 +7,22 @@ use std::{
 
 use fxcast_gateway::GatewayConfig;
 use fxcast_listener::ListenerConfig;
-use fxcast_testkit::Stack;
+use fxcast_testkit::{Stack, error_of, json_of};
 use serde_json::{Value, json};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-async fn error_of(response: reqwest::Response) -> (u16, String, String) {
-    let status = response.status().as_u16();
-    let body: Value = response.json().await.unwrap();
-    (
-        status,
-        body["error"]["code"].as_str().unwrap().to_owned(),
-        body["error"]["message"].as_str().unwrap().to_owned(),
-    )
-}
-
 #[tokio::test]
 async fn rates_and_symbols_with_a_browser_token() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let symbols: Value = h
-        .client
-        .get(h.url("/v1/symbols"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let symbols = h.get_json("/v1/symbols", &token).await;
     assert_eq!(symbols["symbols"][0]["symbol"], "EUR_USD");
     assert_eq!(symbols["symbols"][1]["tick_size"], "0.001");
 
-    let rate: Value = h
-        .client
-        .get(h.url("/v1/rates/USD_JPY"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rate = h.get_json("/v1/rates/USD_JPY", &token).await;
     assert_eq!(
         (
             rate["bid"].as_str(),
@@ -61,16 +33,7 @@ async fn rates_and_symbols_with_a_browser_token() {
     );
     assert!(rate["publish_time"].as_str().unwrap().ends_with('Z'));
 
-    let rates: Value = h
-        .client
-        .get(h.url("/v1/rates"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rates = h.get_json("/v1/rates", &token).await;
     let names: Vec<_> = rates["rates"]
         .as_array()
         .unwrap()
@@ -84,10 +47,9 @@ async fn rates_and_symbols_with_a_browser_token() {
 async fn bad_input_gets_a_precise_status_and_message() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let get = |path: &str| h.client.get(h.url(path));
 
     assert_eq!(
-        error_of(get("/v1/rates").send().await.unwrap()).await,
+        error_of(h.get("/v1/rates").await).await,
         (
             401,
             "unauthenticated".into(),
@@ -95,25 +57,11 @@ async fn bad_input_gets_a_precise_status_and_message() {
         )
     );
     assert_eq!(
-        error_of(
-            get("/v1/rates")
-                .bearer_auth("garbage")
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        error_of(h.get_as("/v1/rates", "garbage").await).await,
         (401, "unauthenticated".into(), "malformed token".into())
     );
     assert_eq!(
-        error_of(
-            get("/v1/rates/NOPE")
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-        )
-        .await,
+        error_of(h.get_as("/v1/rates/NOPE", &token).await).await,
         (
             400,
             "invalid_argument".into(),
@@ -121,17 +69,10 @@ async fn bad_input_gets_a_precise_status_and_message() {
         )
     );
     let usd_only = h.token("bob", "rates:subscribe=USD_JPY");
-    let (status, code, _) = error_of(
-        get("/v1/rates/EUR_USD")
-            .bearer_auth(&usd_only)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) = error_of(h.get_as("/v1/rates/EUR_USD", &usd_only).await).await;
     assert_eq!((status, code.as_str()), (403, "permission_denied"));
     assert_eq!(
-        error_of(get("/v1/nowhere").send().await.unwrap()).await,
+        error_of(h.get("/v1/nowhere").await).await,
         (
             404,
             "not_found".into(),
@@ -139,25 +80,18 @@ async fn bad_input_gets_a_precise_status_and_message() {
         )
     );
 
-    let post = |body: &'static str| {
-        h.client
-            .post(h.url("/v1/orders"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body)
-    };
-    let (status, code, message) = error_of(post("{not json").send().await.unwrap()).await;
+    let post = |body: &str| post_order(&h, &token, body.to_owned());
+    let (status, code, message) = error_of(post("{not json").await).await;
     assert_eq!((status, code.as_str()), (400, "malformed_json"));
     assert!(message.contains("key must be a string"), "{message}");
-    let (status, code, message) =
-        error_of(post(r#"{"client_order_id": 5}"#).send().await.unwrap()).await;
+    let (status, code, message) = error_of(post(r#"{"client_order_id": 5}"#).await).await;
     assert_eq!((status, code.as_str()), (422, "invalid_field"));
     assert!(
         message.contains("client_order_id: invalid type: integer `5`, expected a string"),
         "{message}"
     );
     let body = r#"{"client_order_id":"a","symbol":"USD_JPY","side":"buy","quantity":"1","price":"1","colour":"red"}"#;
-    let (status, _, message) = error_of(post(body).send().await.unwrap()).await;
+    let (status, _, message) = error_of(post(body).await).await;
     assert_eq!(status, 422);
     assert!(message.contains("unknown field `colour`"), "{message}");
     let (status, code, _) = error_of(
@@ -172,17 +106,8 @@ async fn bad_input_gets_a_precise_status_and_message() {
     .await;
     assert_eq!((status, code.as_str()), (415, "unsupported_media_type"));
     let huge = format!(r#"{{"client_order_id":"{}"}}"#, "x".repeat(64 * 1024));
-    let response = h
-        .client
-        .post(h.url("/v1/orders"))
-        .bearer_auth(&token)
-        .header("content-type", "application/json")
-        .body(huge)
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        error_of(response).await,
+        error_of(post_order(&h, &token, huge).await).await,
         (
             413,
             "payload_too_large".into(),
@@ -192,21 +117,15 @@ async fn bad_input_gets_a_precise_status_and_message() {
     let body =
         r#"{"client_order_id":"a","symbol":"USD_JPY","side":"hold","quantity":"1","price":"1"}"#;
     assert_eq!(
-        error_of(post(body).send().await.unwrap()).await,
+        error_of(post(body).await).await,
         (
             400,
             "invalid_argument".into(),
             "side must be \"buy\" or \"sell\", got \"hold\"".into()
         )
     );
-    let (status, _, message) = error_of(
-        get("/v1/orders?status=maybe")
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let maybe = h.get_as("/v1/orders?status=maybe", &token).await;
+    let (status, _, message) = error_of(maybe).await;
     assert_eq!(
         (status, message.as_str()),
         (
@@ -220,24 +139,16 @@ async fn bad_input_gets_a_precise_status_and_message() {
 async fn orders_fill_and_reject_through_rest() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let place = |body: Value| {
-        h.client
-            .post(h.url("/v1/orders"))
-            .bearer_auth(&token)
-            .json(&body)
-            .send()
-    };
+    let place = async |body: Value| json_of(h.post_as("/v1/orders", &token, &body).await).await;
 
-    let filled: Value = place(json!({"client_order_id": "r1", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "151.110"}))
-        .await.unwrap().json().await.unwrap();
+    let filled = place(json!({"client_order_id": "r1", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "151.110"})).await;
     assert_eq!(
         (filled["status"].as_str(), filled["fill_price"].as_str()),
         (Some("filled"), Some("151.110")),
         "{filled}"
     );
 
-    let rejected: Value = place(json!({"client_order_id": "r2", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "140.000"}))
-        .await.unwrap().json().await.unwrap();
+    let rejected = place(json!({"client_order_id": "r2", "symbol": "USD_JPY", "side": "buy", "quantity": "1000", "price": "140.000"})).await;
     assert_eq!(rejected["status"], "rejected", "{rejected}");
     assert_eq!(rejected["reject_reason"], "price_moved");
     assert!(
@@ -246,38 +157,14 @@ async fn orders_fill_and_reject_through_rest() {
     );
 
     let id = filled["order_id"].as_str().unwrap();
-    let again: Value = h
-        .client
-        .get(h.url(&format!("/v1/orders/{id}")))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let again = h.get_json(&format!("/v1/orders/{id}"), &token).await;
     assert_eq!(again, filled);
-    let list: Value = h
-        .client
-        .get(h.url("/v1/orders?status=rejected"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list = h.get_json("/v1/orders?status=rejected", &token).await;
     assert_eq!(list["orders"].as_array().unwrap().len(), 1);
     assert_eq!(list["orders"][0]["client_order_id"], "r2");
 
     // Time filters: both orders were created before now and after an hour ago.
-    let list_at = |query: String| {
-        let request = h
-            .client
-            .get(h.url(&format!("/v1/orders?{query}")))
-            .bearer_auth(&token);
-        async move { request.send().await.unwrap() }
-    };
+    let list_at = async |query: String| h.get_as(&format!("/v1/orders?{query}"), &token).await;
     let now = humantime::format_rfc3339(std::time::SystemTime::now() + Duration::from_secs(1));
     let hour_ago =
         humantime::format_rfc3339(std::time::SystemTime::now() - Duration::from_secs(3600));
@@ -289,17 +176,9 @@ async fn orders_fill_and_reject_through_rest() {
             .map(|o| o["client_order_id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let recent: Value = list_at(format!("created_after={hour_ago}&created_before={now}"))
-        .await
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(ids(recent), ["r2", "r1"], "newest first");
-    let future: Value = list_at(format!("created_after={now}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let recent = list_at(format!("created_after={hour_ago}&created_before={now}")).await;
+    assert_eq!(ids(json_of(recent).await), ["r2", "r1"], "newest first");
+    let future = json_of(list_at(format!("created_after={now}")).await).await;
     assert!(ids(future).is_empty());
     let (status, _, message) = error_of(list_at("created_after=yesterday".into()).await).await;
     assert_eq!(status, 400);
@@ -313,13 +192,7 @@ async fn orders_fill_and_reject_through_rest() {
     // Another browser cannot read it, nor tell it exists: by id as by
     // client_order_id, it has no such order.
     let other = h.browser_token().await;
-    let response = h
-        .client
-        .get(h.url(&format!("/v1/orders/{id}")))
-        .bearer_auth(&other)
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_as(&format!("/v1/orders/{id}"), &other).await;
     assert_eq!(
         error_of(response).await,
         (
@@ -333,39 +206,17 @@ async fn orders_fill_and_reject_through_rest() {
 #[tokio::test]
 async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
     let closed = Stack::desk_with(GatewayConfig::default()).await;
-    let (status, code, _) = error_of(
-        closed
-            .client
-            .post(closed.url("/v1/tokens"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, _) = error_of(closed.post("/v1/tokens").await).await;
     assert_eq!((status, code.as_str()), (401, "unauthenticated"));
-    let issued: Value = closed
-        .client
-        .post(closed.url("/v1/tokens"))
-        .bearer_auth(closed.api_key())
-        .json(
-            &json!({"subject": "alice", "scopes": ["rates:subscribe=USD_JPY"], "ttl_seconds": 600}),
-        )
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let issue = async |body: Value| closed.post_as("/v1/tokens", &closed.api_key(), &body).await;
+    let issued = issue(
+        json!({"subject": "alice", "scopes": ["rates:subscribe=USD_JPY"], "ttl_seconds": 600}),
+    );
+    let issued = json_of(issued.await).await;
     assert_eq!(issued["subject"], "alice");
     assert_eq!(issued["scopes"], json!(["rates:subscribe=USD_JPY"]));
-    let response = closed
-        .client
-        .post(closed.url("/v1/tokens"))
-        .bearer_auth(closed.api_key())
-        .json(&json!({"subject": "alice", "scopes": ["orders:place"], "ttl_seconds": 90000}))
-        .send()
-        .await
-        .unwrap();
+    let response =
+        issue(json!({"subject": "alice", "scopes": ["orders:place"], "ttl_seconds": 90000})).await;
     assert_eq!(
         error_of(response).await,
         (
@@ -382,29 +233,14 @@ async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
     })
     .await;
     for _ in 0..2 {
-        let body: Value = open
-            .client
-            .post(open.url("/v1/tokens"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body = json_of(open.post("/v1/tokens").await).await;
         assert!(body["subject"].as_str().unwrap().starts_with("anon-"));
         assert_eq!(
             body["scopes"],
             json!(["rates:subscribe=*", "orders:place", "orders:read"])
         );
     }
-    let (status, code, message) = error_of(
-        open.client
-            .post(open.url("/v1/tokens"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let (status, code, message) = error_of(open.post("/v1/tokens").await).await;
     assert_eq!((status, code.as_str()), (429, "resource_exhausted"));
     assert_eq!(
         message,
@@ -415,28 +251,12 @@ async fn tokens_anonymous_only_when_allowed_and_with_the_api_key() {
 #[tokio::test]
 async fn operations_endpoints() {
     let h = Stack::desk().await;
-    let health: Value = h
-        .client
-        .get(h.url("/healthz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health = json_of(h.get("/healthz").await).await;
     assert_eq!(health["status"], "ok");
-    let ready = h.client.get(h.url("/readyz")).send().await.unwrap();
+    let ready = h.get("/readyz").await;
     assert_eq!(ready.status(), 200);
 
-    let doc: Value = h
-        .client
-        .get(h.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc = json_of(h.get("/openapi.json").await).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     for path in [
         "/v1/symbols",
@@ -467,12 +287,7 @@ async fn operations_endpoints() {
     );
 
     let token = h.browser_token().await;
-    h.client
-        .get(h.url("/v1/rates"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    h.get_as("/v1/rates", &token).await;
     let metrics = h.metrics_text().await;
     assert!(metrics.contains("fxcast_gateway_http_requests_total{method=\"GET\",route=\"/v1/rates\",status=\"200\"} 1"), "{metrics}");
     assert!(metrics.contains("fxcast_gateway_ticks_received_total"));
@@ -485,7 +300,7 @@ async fn operations_endpoints() {
         "{metrics}"
     );
 
-    let ui = h.client.get(h.url("/")).send().await.unwrap();
+    let ui = h.get("/").await;
     assert_eq!(ui.headers()["content-type"], "text/html; charset=utf-8");
     assert!(
         ui.text()
@@ -540,7 +355,7 @@ async fn not_ready_until_every_symbol_has_a_rate() {
         ..Default::default()
     };
     let h = Stack::start_with(config, GatewayConfig::default()).await;
-    let response = h.client.get(h.url("/readyz")).send().await.unwrap();
+    let response = h.get("/readyz").await;
     let (status, code, message) = error_of(response).await;
     assert_eq!(
         (status, code.as_str(), message.as_str()),
@@ -553,6 +368,13 @@ async fn not_ready_until_every_symbol_has_a_rate() {
     h.publish("USD_JPY", "151.100", "151.110").await;
     h.publish("EUR_USD", "1.08500", "1.08510").await;
     h.wait_ready().await;
+}
+
+/// `POST /v1/orders` bearing `token`, `body` sent as is as JSON.
+async fn post_order(h: &Stack, token: &str, body: String) -> reqwest::Response {
+    let request = h.client.post(h.url("/v1/orders")).bearer_auth(token);
+    let request = request.header("content-type", "application/json");
+    request.body(body).send().await.unwrap()
 }
 
 /// What a raw HTTP/1.1 exchange got back: the status, the headers (names
@@ -626,24 +448,25 @@ async fn desk_with_header_timeout(header_timeout: Duration) -> Stack {
     .await
 }
 
+/// A raw `POST /v1/orders` from a browser to a desk waiting
+/// `header_timeout`, announcing a JSON body of `length` bytes and sending
+/// `body`.
+async fn raw_order(header_timeout: Duration, length: usize, body: &str) -> RawResponse {
+    let h = desk_with_header_timeout(header_timeout).await;
+    let token = h.browser_token().await;
+    let request = format!(
+        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{body}"
+    );
+    raw(h.http, request.as_bytes()).await
+}
+
 #[tokio::test]
 async fn a_body_over_the_limit_is_refused_at_once_with_413() {
     // The body would have 10 s to arrive: the refusal must not wait for it.
-    let h = desk_with_header_timeout(Duration::from_secs(10)).await;
-    let token = h.browser_token().await;
-    let head = format!(
-        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 20000\r\n\r\n"
-    );
-    let response = raw(h.http, head.as_bytes()).await;
-    assert_eq!(
-        response.error(),
-        (
-            413,
-            "payload_too_large",
-            "the request body is 20000 bytes (Content-Length); at most 16384 are allowed"
-        )
-    );
+    let response = raw_order(Duration::from_secs(10), 20000, "").await;
+    let expected = "the request body is 20000 bytes (Content-Length); at most 16384 are allowed";
+    assert_eq!(response.error(), (413, "payload_too_large", expected));
     assert_eq!(response.header("content-type"), Some("application/json"));
     assert!(
         response.took < Duration::from_secs(3),
@@ -655,21 +478,9 @@ async fn a_body_over_the_limit_is_refused_at_once_with_413() {
 #[tokio::test]
 async fn a_body_that_stalls_is_answered_408_and_the_connection_closed() {
     let timeout = Duration::from_millis(500);
-    let h = desk_with_header_timeout(timeout).await;
-    let token = h.browser_token().await;
-    let request = format!(
-        "POST /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
-         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"client_o"
-    );
-    let response = raw(h.http, request.as_bytes()).await;
-    assert_eq!(
-        response.error(),
-        (
-            408,
-            "request_timeout",
-            "the request body did not arrive within 500ms (10 bytes of 100 received)"
-        )
-    );
+    let response = raw_order(timeout, 100, "{\"client_o").await;
+    let expected = "the request body did not arrive within 500ms (10 bytes of 100 received)";
+    assert_eq!(response.error(), (408, "request_timeout", expected));
     assert_eq!(response.header("connection"), Some("close"));
     assert!(
         response.took >= timeout && response.took < Duration::from_secs(5),
@@ -700,13 +511,7 @@ async fn every_error_the_router_produces_is_json() {
     );
 
     // A path that is not UTF-8 once decoded.
-    let response = h
-        .client
-        .get(h.url("/v1/orders/%ff"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_as("/v1/orders/%ff", &token).await;
     assert_eq!(
         error_of(response).await,
         (
@@ -758,26 +563,20 @@ async fn every_error_the_router_produces_is_json() {
 async fn unknown_symbols_are_400_everywhere() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let get = |path: &str| h.client.get(h.url(path)).bearer_auth(&token).send();
     let expected = (
         400,
         "invalid_argument".to_owned(),
         "unknown symbol \"XXX\" (known: EUR_USD, USD_JPY)".to_owned(),
     );
     assert_eq!(
-        error_of(get("/v1/rates/XXX").await.unwrap()).await,
+        error_of(h.get_as("/v1/rates/XXX", &token).await).await,
         expected
     );
     assert_eq!(
-        error_of(get("/v1/orders?symbol=XXX").await.unwrap()).await,
+        error_of(h.get_as("/v1/orders?symbol=XXX", &token).await).await,
         expected
     );
-    let known: Value = get("/v1/orders?symbol=USD_JPY")
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let known = h.get_json("/v1/orders?symbol=USD_JPY", &token).await;
     assert_eq!(known["orders"], json!([]));
 }
 
@@ -785,19 +584,12 @@ async fn unknown_symbols_are_400_everywhere() {
 async fn error_messages_quote_at_most_64_bytes_of_the_input() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let post = |body: String| {
-        h.client
-            .post(h.url("/v1/orders"))
-            .bearer_auth(&token)
-            .header("content-type", "application/json")
-            .body(body)
-            .send()
-    };
+    let post = |body: String| post_order(&h, &token, body);
     // Through the order service's validation.
     let quantity = "9".repeat(15_000);
     let body = json!({"client_order_id": "q-1", "symbol": "USD_JPY", "side": "buy", "quantity": quantity, "price": "151.110"});
     assert_eq!(
-        error_of(post(body.to_string()).await.unwrap()).await,
+        error_of(post(body.to_string()).await).await,
         (
             400,
             "invalid_argument".into(),
@@ -809,7 +601,7 @@ async fn error_messages_quote_at_most_64_bytes_of_the_input() {
     );
     // Through serde: an unknown field and a string where a number belongs.
     let field = "f".repeat(10_000);
-    let (status, _, message) = error_of(post(format!("{{\"{field}\": 1}}")).await.unwrap()).await;
+    let (status, _, message) = error_of(post(format!("{{\"{field}\": 1}}")).await).await;
     assert_eq!(status, 422);
     assert!(
         message.contains(&format!(
@@ -820,29 +612,14 @@ async fn error_messages_quote_at_most_64_bytes_of_the_input() {
     );
     assert!(message.len() < 500, "{} bytes: {message}", message.len());
     let ttl = "7".repeat(10_000);
-    let (status, _, message) = error_of(
-        h.client
-            .post(h.url("/v1/tokens"))
-            .bearer_auth(h.api_key())
-            .json(&json!({"subject": "a", "scopes": ["orders:read"], "ttl_seconds": ttl}))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let body = json!({"subject": "a", "scopes": ["orders:read"], "ttl_seconds": ttl});
+    let (status, _, message) = error_of(h.post_as("/v1/tokens", &h.api_key(), &body).await).await;
     assert_eq!(status, 422);
     assert!(message.contains("... (10000 bytes)"), "{message}");
     assert!(message.len() < 500, "{} bytes: {message}", message.len());
     // Through the gateway's own checks and a path.
-    let (status, _, message) = error_of(
-        h.client
-            .get(h.url(&format!("/v1/orders?status={}", "s".repeat(5_000))))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
+    let path = format!("/v1/orders?status={}", "s".repeat(5_000));
+    let (status, _, message) = error_of(h.get_as(&path, &token).await).await;
     assert_eq!(
         (status, message),
         (
@@ -854,12 +631,8 @@ async fn error_messages_quote_at_most_64_bytes_of_the_input() {
         )
     );
     let response = h
-        .client
-        .get(h.url(&format!("/v1/orders/{}", "o".repeat(5_000))))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+        .get_as(&format!("/v1/orders/{}", "o".repeat(5_000)), &token)
+        .await;
     assert_eq!(
         error_of(response).await,
         (

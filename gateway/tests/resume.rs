@@ -5,8 +5,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
-use fxcast_testkit::{Stack, next_json, send_json};
+use fxcast_testkit::{Stack, next_json, send_json, sse_events};
 use serde_json::{Value, json};
 
 /// Answers must come at once, not when the sequence catches up.
@@ -15,8 +14,7 @@ const AT_ONCE: Duration = Duration::from_secs(3);
 #[tokio::test]
 async fn a_websocket_resuming_ahead_gets_a_gap_and_the_latest_rate_at_once() {
     let h = Stack::desk().await;
-    let token = h.browser_token().await;
-    let mut ws = h.ws(&token).await;
+    let mut ws = h.browser_ws().await;
     send_json(
         &mut ws,
         json!({"type": "subscribe", "symbols": ["USD_JPY"], "resume_after": {"USD_JPY": 1_000_000_000u64}}),
@@ -46,50 +44,13 @@ async fn a_websocket_resuming_ahead_gets_a_gap_and_the_latest_rate_at_once() {
     );
 }
 
-/// The next `count` SSE events as (event, id, data).
-async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, String, String)> {
-    let mut events = Vec::new();
-    let mut buffer = String::new();
-    let mut body = response.bytes_stream();
-    while events.len() < count {
-        let chunk = tokio::time::timeout(AT_ONCE, body.next())
-            .await
-            .expect("no SSE event in time")
-            .expect("the SSE stream ended")
-            .unwrap();
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let field = |name: &str| {
-                block
-                    .lines()
-                    .find_map(|l| l.strip_prefix(name))
-                    .map(|v| v.trim_start().to_owned())
-                    .unwrap_or_default()
-            };
-            let event = field("event:");
-            if !event.is_empty() {
-                events.push((event, field("id:"), field("data:")));
-            }
-        }
-    }
-    events
-}
-
 #[tokio::test]
 async fn an_sse_stream_resuming_ahead_gets_a_gap_and_the_latest_rate_at_once() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let response = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
-        .bearer_auth(&token)
-        .header("last-event-id", "1000000000")
-        .send()
-        .await
-        .unwrap();
+    let response = h.sse_after("USD_JPY", &token, "1000000000").await;
     assert_eq!(response.status(), 200);
-    let events = sse_events(response, 2).await;
+    let events = sse_events(response, 2, AT_ONCE).await;
     assert_eq!(events[0].0, "gap");
     let gap: Value = serde_json::from_str(&events[0].2).unwrap();
     assert_eq!(

@@ -4,20 +4,18 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use fxcast_gateway::{GatewayConfig, LagLimit, WsLimits};
-use fxcast_testkit::{Stack, next_json, send_json, subscribe};
+use fxcast_testkit::{
+    Stack, json_of, next_json, send_json, send_subscribe, sse_events as sse_events_within,
+    subscribe,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
 #[tokio::test]
 async fn websocket_subscribe_stream_unsubscribe() {
     let h = Stack::desk().await;
-    let token = h.browser_token().await;
-    let mut ws = h.ws(&token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
+    let mut ws = h.browser_ws().await;
+    send_subscribe(&mut ws, &["USD_JPY"]).await;
     assert_eq!(
         next_json(&mut ws).await,
         json!({"type": "subscribed", "symbols": ["USD_JPY"]})
@@ -67,7 +65,7 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
-    send_json(&mut ws, json!({"type": "subscribe", "symbols": ["NOPE"]})).await;
+    send_subscribe(&mut ws, &["NOPE"]).await;
     let error = next_json(&mut ws).await;
     assert_eq!(error["code"], "unknown_symbol");
     assert_eq!(
@@ -77,7 +75,7 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
     ws.send_text("hello").await;
     let error = next_json(&mut ws).await;
     assert_eq!(error["code"], "invalid_message");
-    send_json(&mut ws, json!({"type": "subscribe", "symbols": []})).await;
+    send_subscribe(&mut ws, &[]).await;
     assert_eq!(
         next_json(&mut ws).await["message"],
         "symbols must not be empty"
@@ -95,21 +93,13 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
             .contains("\"type\":\"heartbeat\"")
     );
     // Still usable.
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
-    )
-    .await;
+    send_subscribe(&mut ws, &["EUR_USD"]).await;
     assert_eq!(next_json(&mut ws).await["type"], "subscribed");
 
     // A symbol outside the token's scope.
     let usd_only = h.token("bob", "rates:subscribe=USD_JPY");
     let mut ws = h.ws(&usd_only).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
-    )
-    .await;
+    send_subscribe(&mut ws, &["EUR_USD"]).await;
     let error = next_json(&mut ws).await;
     assert_eq!(
         (error["code"].as_str(), error["message"].as_str()),
@@ -134,6 +124,13 @@ async fn websocket_refuses_bad_input_without_dropping_the_connection() {
     );
 }
 
+/// A desk with the default WebSocket limits as `change` leaves them.
+async fn ws_limited(change: impl FnOnce(&mut WsLimits)) -> Stack {
+    let mut limits = WsLimits::default();
+    change(&mut limits);
+    Stack::with_ws(limits).await
+}
+
 /// The close frame that ends `ws`, skipping what comes before it.
 async fn close_frame(
     ws: &mut fxcast_testkit::Ws,
@@ -152,37 +149,21 @@ async fn close_frame(
 
 #[tokio::test]
 async fn websocket_subscriptions_are_capped_per_connection() {
-    let h = Stack::with_ws(WsLimits {
-        max_subscriptions: 1,
-        ..Default::default()
-    })
-    .await;
+    let h = ws_limited(|limits| limits.max_subscriptions = 1).await;
     let token = h.browser_token().await;
     let mut ws = h.ws(&token).await;
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY", "EUR_USD"]}),
-    )
-    .await;
+    send_subscribe(&mut ws, &["USD_JPY", "EUR_USD"]).await;
     assert_eq!(
         next_json(&mut ws).await,
         json!({"type": "error", "code": "too_many_subscriptions", "message": "at most 1 symbols per connection"})
     );
     // Nothing was subscribed, and the connection is still usable.
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["EUR_USD"]}),
-    )
-    .await;
+    send_subscribe(&mut ws, &["EUR_USD"]).await;
     assert_eq!(
         next_json(&mut ws).await,
         json!({"type": "subscribed", "symbols": ["EUR_USD"]})
     );
-    send_json(
-        &mut ws,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
+    send_subscribe(&mut ws, &["USD_JPY"]).await;
     // The EUR_USD snapshot may come first.
     loop {
         let message = next_json(&mut ws).await;
@@ -196,13 +177,8 @@ async fn websocket_subscriptions_are_capped_per_connection() {
 
 #[tokio::test]
 async fn a_silent_websocket_is_closed_after_the_idle_timeout() {
-    let h = Stack::with_ws(WsLimits {
-        idle_timeout: Duration::from_millis(300),
-        ..Default::default()
-    })
-    .await;
-    let token = h.browser_token().await;
-    let mut ws = h.ws(&token).await;
+    let h = ws_limited(|limits| limits.idle_timeout = Duration::from_millis(300)).await;
+    let mut ws = h.browser_ws().await;
     let frame = close_frame(&mut ws).await;
     assert_eq!(frame.code, CloseCode::Away);
     assert_eq!(frame.reason, "idle timeout: no frames from the client");
@@ -222,20 +198,15 @@ impl SendText for fxcast_testkit::Ws {
 #[tokio::test]
 async fn websocket_needs_a_valid_token_before_upgrading() {
     let h = Stack::desk().await;
-    let err = tokio_tungstenite::connect_async(h.ws_url("/v1/stream"))
-        .await
-        .unwrap_err();
-    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
-        panic!("expected an HTTP refusal, got {err}")
-    };
-    assert_eq!(response.status(), 401);
-    let err = tokio_tungstenite::connect_async(h.ws_url("/v1/stream?token=nonsense"))
-        .await
-        .unwrap_err();
-    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
-        panic!("expected an HTTP refusal, got {err}")
-    };
-    assert_eq!(response.status(), 401);
+    for path in ["/v1/stream", "/v1/stream?token=nonsense"] {
+        let err = tokio_tungstenite::connect_async(h.ws_url(path))
+            .await
+            .unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+            panic!("{path}: expected an HTTP refusal, got {err}")
+        };
+        assert_eq!(response.status(), 401, "{path}");
+    }
 }
 
 #[tokio::test]
@@ -274,17 +245,7 @@ async fn websocket_carries_the_callers_own_order_events() {
     send_json(&mut ws, json!({"type": "ping"})).await;
     next_heartbeat(&mut ws).await;
     let order = json!({"client_order_id": "ws1", "symbol": "USD_JPY", "side": "sell", "quantity": "1000", "price": "151.100"});
-    let placed: Value = h
-        .client
-        .post(h.url("/v1/orders"))
-        .bearer_auth(&token)
-        .json(&order)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let placed = json_of(h.post_as("/v1/orders", &token, &order).await).await;
     let event = loop {
         let message = next_json(&mut ws).await;
         if message["type"] == "order" && message["status"] != "pending" {
@@ -310,18 +271,10 @@ async fn next_heartbeat(ws: &mut fxcast_testkit::Ws) {
 
 #[tokio::test]
 async fn a_websocket_that_never_reads_is_disconnected_while_others_keep_up() {
-    let h = Stack::with_ws(WsLimits {
-        send_timeout: Duration::from_millis(500),
-        ..Default::default()
-    })
-    .await;
+    let h = ws_limited(|limits| limits.send_timeout = Duration::from_millis(500)).await;
     let token = h.browser_token().await;
     let mut stalled = h.ws(&token).await;
-    send_json(
-        &mut stalled,
-        json!({"type": "subscribe", "symbols": ["USD_JPY"]}),
-    )
-    .await;
+    send_subscribe(&mut stalled, &["USD_JPY"]).await;
     let mut reader = h.ws(&token).await;
     subscribe(&mut reader, &["USD_JPY"]).await;
     assert_eq!(next_json(&mut reader).await["sequence"], 1);
@@ -428,44 +381,22 @@ async fn a_slow_websocket_reader_is_conflated_with_a_gap_message() {
     );
 }
 
-async fn sse_events(response: reqwest::Response, count: usize) -> Vec<(String, String, String)> {
-    let mut events = Vec::new();
-    let mut buffer = String::new();
-    let mut body = response.bytes_stream();
-    while events.len() < count {
-        let chunk = tokio::time::timeout(Duration::from_secs(10), body.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        buffer.push_str(std::str::from_utf8(&chunk).unwrap());
-        while let Some(end) = buffer.find("\n\n") {
-            let block: String = buffer.drain(..end + 2).collect();
-            let (mut event, mut id, mut data) = (String::new(), String::new(), String::new());
-            for line in block.lines() {
-                if let Some(v) = line
-                    .strip_prefix("event: ")
-                    .or_else(|| line.strip_prefix("event:"))
-                {
-                    event = v.to_owned();
-                } else if let Some(v) = line
-                    .strip_prefix("id: ")
-                    .or_else(|| line.strip_prefix("id:"))
-                {
-                    id = v.to_owned();
-                } else if let Some(v) = line
-                    .strip_prefix("data: ")
-                    .or_else(|| line.strip_prefix("data:"))
-                {
-                    data = v.to_owned();
-                }
-            }
-            if !event.is_empty() {
-                events.push((event, id, data));
-            }
-        }
-    }
-    events
+/// The next `count` SSE events of `response`, each within 10 s.
+async fn sse_events(response: reqwest::Response, count: usize) -> Vec<fxcast_testkit::SseEvent> {
+    sse_events_within(response, count, Duration::from_secs(10)).await
+}
+
+/// Awaits `events` while `symbol` at `bid`/`ask` is published 50 ms in.
+async fn publishing_soon<T>(
+    h: &Stack,
+    (symbol, bid, ask): (&str, &str, &str),
+    events: impl Future<Output = T>,
+) -> T {
+    let publisher = async {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        h.publish(symbol, bid, ask).await;
+    };
+    tokio::join!(events, publisher).0
 }
 
 #[tokio::test]
@@ -476,11 +407,8 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
         h.publish("USD_JPY", "151.100", "151.110").await;
     }
     let response = h
-        .client
-        .get(h.url(&format!("/v1/rates/stream?symbols=USD_JPY&token={token}")))
-        .send()
-        .await
-        .unwrap();
+        .get(&format!("/v1/rates/stream?symbols=USD_JPY&token={token}"))
+        .await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let first = sse_events(response, 1).await;
@@ -489,36 +417,26 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
     assert_eq!(rate["sequence"], 5);
 
     // Reconnect as a browser would after seeing id 2: replays 3, 4, 5, then live.
-    let response = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
-        .bearer_auth(&token)
-        .header("last-event-id", "2")
-        .send()
-        .await
-        .unwrap();
-    let publisher = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        h.publish("USD_JPY", "151.200", "151.210").await;
-    };
-    let (events, _) = tokio::join!(sse_events(response, 4), publisher);
+    let response = h.sse_after("USD_JPY", &token, "2").await;
+    let events = publishing_soon(
+        &h,
+        ("USD_JPY", "151.200", "151.210"),
+        sse_events(response, 4),
+    )
+    .await;
     let ids: Vec<&str> = events.iter().map(|e| e.1.as_str()).collect();
     assert_eq!(ids, ["3", "4", "5", "6"]);
 
     // Several symbols: the id carries every symbol's position.
     let response = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY,EUR_USD"))
-        .bearer_auth(&token)
-        .header("last-event-id", "EUR_USD:1,USD_JPY:5")
-        .send()
-        .await
-        .unwrap();
-    let publisher = async {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        h.publish("EUR_USD", "1.08600", "1.08610").await;
-    };
-    let (events, _) = tokio::join!(sse_events(response, 2), publisher);
+        .sse_after("USD_JPY,EUR_USD", &token, "EUR_USD:1,USD_JPY:5")
+        .await;
+    let events = publishing_soon(
+        &h,
+        ("EUR_USD", "1.08600", "1.08610"),
+        sse_events(response, 2),
+    )
+    .await;
     assert_eq!(events[0].1, "EUR_USD:1,USD_JPY:6");
     assert_eq!(events[1].1, "EUR_USD:2,USD_JPY:6");
 }
@@ -527,11 +445,7 @@ async fn sse_streams_with_ids_and_resumes_from_last_event_id() {
 async fn sse_refuses_bad_requests() {
     let h = Stack::desk().await;
     let token = h.browser_token().await;
-    let status = |path: String| {
-        let client = h.client.clone();
-        let url = h.url(&path);
-        async move { client.get(url).send().await.unwrap().status().as_u16() }
-    };
+    let status = async |path: String| h.get(&path).await.status().as_u16();
     assert_eq!(status("/v1/rates/stream?symbols=USD_JPY".into()).await, 401);
     assert_eq!(
         status(format!("/v1/rates/stream?symbols=NOPE&token={token}")).await,
@@ -542,55 +456,32 @@ async fn sse_refuses_bad_requests() {
         status(format!("/v1/rates/stream?symbols=EUR_USD&token={usd_only}")).await,
         403
     );
-    let response = h
-        .client
-        .get(h.url(&format!(
-            "/v1/rates/stream?symbols=USD_JPY,EUR_USD&token={token}"
-        )))
-        .header("last-event-id", "7")
-        .send()
-        .await
-        .unwrap();
+    let url = h.url(&format!(
+        "/v1/rates/stream?symbols=USD_JPY,EUR_USD&token={token}"
+    ));
+    let response = h.client.get(url).header("last-event-id", "7").send().await;
+    let response = response.unwrap();
     assert_eq!(response.status(), 400);
 }
 
 #[tokio::test]
 async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
     let h = Stack::desk().await;
-    let issued = h
-        .core
-        .authority()
-        .issue("alice", "rates:subscribe=*".parse().unwrap(), None)
-        .unwrap();
+    let issued = h.issue("alice", "rates:subscribe=*", None);
     let mut ws = h.ws(&issued.token).await;
     subscribe(&mut ws, &["USD_JPY"]).await;
     assert_eq!(next_json(&mut ws).await["type"], "rate");
     let sse = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
-        .bearer_auth(&issued.token)
-        .send()
-        .await
-        .unwrap();
+        .get_as("/v1/rates/stream?symbols=USD_JPY", &issued.token)
+        .await;
     assert_eq!(sse.status(), 200);
     // Someone else's connection stays open.
-    let other = h.browser_token().await;
-    let mut bystander = h.ws(&other).await;
+    let mut bystander = h.browser_ws().await;
     subscribe(&mut bystander, &["USD_JPY"]).await;
 
     h.core.authority().revoke(&issued.token_id).unwrap();
 
-    let close = tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(message) = ws.next().await {
-            if let Message::Close(frame) = message.unwrap() {
-                return frame;
-            }
-        }
-        None
-    })
-    .await
-    .expect("the WebSocket is closed after the revocation")
-    .expect("with a close frame");
+    let close = close_frame(&mut ws).await;
     assert_eq!(close.code, CloseCode::Policy);
     assert_eq!(close.reason, "token revoked: reconnect with another token");
 
@@ -609,12 +500,8 @@ async fn revoking_a_token_closes_its_websocket_and_sse_streams() {
     }
     // The revoked token cannot open a new stream either.
     let response = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
-        .bearer_auth(&issued.token)
-        .send()
-        .await
-        .unwrap();
+        .get_as("/v1/rates/stream?symbols=USD_JPY", &issued.token)
+        .await;
     assert_eq!(response.status(), 401);
 }
 
@@ -690,13 +577,7 @@ async fn a_websocket_that_keeps_falling_behind_is_closed() {
 async fn an_sse_stream_that_keeps_falling_behind_ends_with_an_error() {
     let h = impatient().await;
     let token = h.browser_token().await;
-    let response = h
-        .client
-        .get(h.url("/v1/rates/stream?symbols=USD_JPY"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let response = h.get_as("/v1/rates/stream?symbols=USD_JPY", &token).await;
     assert_eq!(response.status(), 200);
     let mut body = response.bytes_stream();
     let mut buffer = String::new();

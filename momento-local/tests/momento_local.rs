@@ -45,7 +45,6 @@ use momento_protos::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{TcpListener, TcpStream},
-    sync::oneshot,
     task::JoinHandle,
 };
 use tonic::{Code, Status, Streaming, metadata::AsciiMetadataValue, transport::Channel};
@@ -55,27 +54,15 @@ const DEADLINE: Duration = Duration::from_secs(20);
 
 const CACHE: &str = "fxcast";
 
-struct Local {
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    server: JoinHandle<Result<(), Error>>,
-}
-
 /// Starts momento-local on an ephemeral port with `config`, the cache
 /// [`CACHE`] created.
 async fn start(mut config: MomentoLocalConfig) -> Local {
     config.caches.push(CACHE.to_owned());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(serve(listener, config, async {
-        let _ = stopped.await;
-    }));
-    Local {
-        addr,
-        stop: Some(stop),
-        server,
-    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(serve(listener, config, stop.clone().cancelled_owned()));
+    Local { addr, server, stop }
 }
 
 /// Starts momento-local with the default settings but what `change` sets.
@@ -89,11 +76,25 @@ async fn start_default() -> Local {
     start(MomentoLocalConfig::default()).await
 }
 
+/// [`start_default`], and a cache client with the development key.
+async fn with_dev_cache() -> (Local, CacheClient) {
+    let local = start_default().await;
+    let cache = local.dev_cache();
+    (local, cache)
+}
+
 /// A v1 token as Momento issues them: base64 of `{"endpoint", "api_key"}`.
 fn v1_token(api_key: &str) -> String {
     STANDARD.encode(format!(
         r#"{{"endpoint":"127.0.0.1","api_key":"{api_key}"}}"#
     ))
+}
+
+/// A momento-local running in this test: where, and how to stop it.
+struct Local {
+    addr: SocketAddr,
+    server: JoinHandle<Result<(), Error>>,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 impl Local {
@@ -121,13 +122,24 @@ impl Local {
             .unwrap()
     }
 
+    /// A cache client whose items live 60 s unless told otherwise.
     fn cache(&self, credentials: CredentialProvider) -> CacheClient {
-        CacheClient::builder()
-            .default_ttl(Duration::from_secs(60))
-            .configuration(momento::cache::configurations::Laptop::latest())
-            .credential_provider(credentials)
-            .build()
-            .unwrap()
+        let laptop = momento::cache::configurations::Laptop::latest();
+        let builder = CacheClient::builder().default_ttl(Duration::from_secs(60));
+        let builder = builder
+            .configuration(laptop)
+            .credential_provider(credentials);
+        builder.build().unwrap()
+    }
+
+    /// A cache client with the development key "dev".
+    fn dev_cache(&self) -> CacheClient {
+        self.cache(self.credentials("dev"))
+    }
+
+    /// A topic client with the development key "dev".
+    fn dev_topics(&self) -> TopicClient {
+        self.topics(self.credentials("dev"))
     }
 
     fn auth(&self, credentials: CredentialProvider) -> AuthClient {
@@ -150,15 +162,28 @@ impl Local {
         PubsubClient::new(self.channel().await)
     }
 
+    /// A raw subscription to `topic` from the start, past its first
+    /// heartbeat.
+    async fn subscribed(&self, topic: &str) -> Streaming<SubscriptionItem> {
+        let mut stream = raw_subscribe(&mut self.raw_pubsub().await, topic, 0, 0).await;
+        expect_heartbeat(&mut stream).await;
+        stream
+    }
+
     /// Stops the server and waits for it to finish.
-    async fn shutdown(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+    async fn shutdown(self) {
+        self.stop.cancel();
         tokio::time::timeout(DEADLINE, self.server)
             .await
             .expect("momento-local did not stop")
             .unwrap()
             .unwrap();
     }
+}
+
+/// `text` contains `part`, or the failure shows `text`.
+fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "{text}");
 }
 
 fn with_key<T>(message: T, api_key: &str) -> tonic::Request<T> {
@@ -340,7 +365,7 @@ fn api_key_in(token: &str) -> String {
 #[tokio::test]
 async fn publish_and_subscribe_in_order_with_text_and_binary() {
     let local = start_default().await;
-    let topics = local.topics(local.credentials("dev"));
+    let topics = local.dev_topics();
     // Published before anyone subscribed: a subscription without a resume
     // point starts with the next message.
     publish(&topics, "rates.USD_JPY", "before").await;
@@ -373,7 +398,7 @@ async fn publish_and_subscribe_in_order_with_text_and_binary() {
 #[tokio::test]
 async fn every_subscriber_gets_every_message() {
     let local = start_default().await;
-    let topics = local.topics(local.credentials("dev"));
+    let topics = local.dev_topics();
     let mut subscriptions = Vec::new();
     for _ in 0..8 {
         subscriptions.push(topics.subscribe(CACHE, "fanout").await.unwrap());
@@ -388,7 +413,7 @@ async fn every_subscriber_gets_every_message() {
 #[tokio::test]
 async fn resume_after_a_reconnect_replays_from_the_sequence_number() {
     let local = start_default().await;
-    let topics = local.topics(local.credentials("dev"));
+    let topics = local.dev_topics();
     let mut subscription = topics.subscribe(CACHE, "resume").await.unwrap();
     publish_numbered(&topics, "resume", 1..=5).await;
     let mut last = None;
@@ -523,7 +548,7 @@ async fn a_lagging_subscriber_gets_a_discontinuity_then_newer_messages() {
 #[tokio::test]
 async fn the_sdk_skips_ahead_when_its_subscription_lags() {
     let local = start_with(|config| config.subscriber_buffer = 16).await;
-    let topics = local.topics(local.credentials("dev"));
+    let topics = local.dev_topics();
     let mut subscription = topics.subscribe(CACHE, "flood").await.unwrap();
     // Larger than the SDK's HTTP/2 windows (2 MiB per stream).
     let total = 2000;
@@ -561,7 +586,7 @@ async fn idle_subscriptions_get_heartbeats() {
 #[tokio::test]
 async fn messages_over_the_payload_limit_are_refused() {
     let local = start_default().await;
-    let topics = local.topics(local.credentials("dev"));
+    let topics = local.dev_topics();
     topics
         .publish(CACHE, "big", vec![1u8; 4096])
         .await
@@ -576,10 +601,7 @@ async fn messages_over_the_payload_limit_are_refused() {
         "Request size limit exceeded for this account"
     );
     let details = expect_error(Err::<(), _>(error), LimitExceededError);
-    assert!(
-        details.contains("4097 bytes exceeds the 4096-byte limit"),
-        "{details}"
-    );
+    assert_contains(&details, "4097 bytes exceeds the 4096-byte limit");
     local.shutdown().await;
 }
 
@@ -590,24 +612,18 @@ async fn unknown_caches_are_not_found() {
     let topics = local.topics(credentials.clone());
     let cache = local.cache(credentials);
     let details = expect_error(topics.publish("nope", "t", "x").await, CacheNotFoundError);
-    assert!(details.contains("\"nope\""), "{details}");
+    assert_contains(&details, "\"nope\"");
     expect_error(topics.subscribe("nope", "t").await, CacheNotFoundError);
     let details = expect_error(cache.get("nope", "k").await, CacheNotFoundError);
-    assert!(details.contains("\"nope\""), "{details}");
+    assert_contains(&details, "\"nope\"");
     local.shutdown().await;
 }
 
 #[tokio::test]
 async fn deleting_a_cache_ends_its_subscriptions() {
     let local = start_default().await;
-    let mut client = local.raw_pubsub().await;
-    let mut stream = raw_subscribe(&mut client, "doomed", 0, 0).await;
-    expect_heartbeat(&mut stream).await;
-    local
-        .cache(local.credentials("dev"))
-        .delete_cache(CACHE)
-        .await
-        .unwrap();
+    let mut stream = local.subscribed("doomed").await;
+    local.dev_cache().delete_cache(CACHE).await.unwrap();
     let status = end_status(&mut stream).await;
     assert_eq!(status.code(), Code::NotFound);
     assert!(status.message().contains(CACHE), "{status:?}");
@@ -616,8 +632,7 @@ async fn deleting_a_cache_ends_its_subscriptions() {
 
 #[tokio::test]
 async fn cache_items_set_get_delete_and_expire() {
-    let local = start_default().await;
-    let cache = local.cache(local.credentials("dev"));
+    let (local, cache) = with_dev_cache().await;
 
     cache.set(CACHE, "k", "v").await.unwrap();
     let got: String = cache.get(CACHE, "k").await.unwrap().try_into().unwrap();
@@ -683,8 +698,7 @@ async fn cache_items_set_get_delete_and_expire() {
 
 #[tokio::test]
 async fn increment_counts_and_refuses_non_integers() {
-    let local = start_default().await;
-    let cache = local.cache(local.credentials("dev"));
+    let (local, cache) = with_dev_cache().await;
     assert_eq!(cache.increment(CACHE, "n", 5).await.unwrap().value(), 5);
     assert_eq!(cache.increment(CACHE, "n", -2).await.unwrap().value(), 3);
     let stored: String = cache.get(CACHE, "n").await.unwrap().try_into().unwrap();
@@ -705,7 +719,7 @@ async fn increment_counts_and_refuses_non_integers() {
 #[tokio::test]
 async fn items_over_the_size_limit_are_refused() {
     let local = start_with(|config| config.max_item_bytes = 1000).await;
-    let cache = local.cache(local.credentials("dev"));
+    let cache = local.dev_cache();
     cache.set(CACHE, "ok", vec![0u8; 1000]).await.unwrap();
     let error = cache
         .set(CACHE, "big", vec![0u8; 1001])
@@ -713,14 +727,13 @@ async fn items_over_the_size_limit_are_refused() {
         .expect_err("over the item limit");
     assert_eq!(error.message, "Item size limit exceeded for this account");
     let details = expect_error(Err::<(), _>(error), LimitExceededError);
-    assert!(details.contains("1001 bytes"), "{details}");
+    assert_contains(&details, "1001 bytes");
     local.shutdown().await;
 }
 
 #[tokio::test]
 async fn caches_are_created_listed_flushed_and_deleted() {
-    let local = start_default().await;
-    let cache = local.cache(local.credentials("dev"));
+    let (local, cache) = with_dev_cache().await;
     assert_eq!(
         cache.create_cache("orders").await.unwrap(),
         CreateCacheResponse::Created
@@ -798,7 +811,7 @@ async fn a_subscribe_only_token_can_subscribe_but_not_publish_or_read_the_cache(
         topics.publish(CACHE, "rates.USD_JPY", "x").await,
         PermissionError,
     );
-    assert!(details.contains("publish to topic"), "{details}");
+    assert_contains(&details, "publish to topic");
     expect_error(
         topics.subscribe(CACHE, "rates.EUR_USD").await,
         PermissionError,
@@ -833,8 +846,7 @@ async fn a_subscribe_only_token_can_subscribe_but_not_publish_or_read_the_cache(
 
 #[tokio::test]
 async fn a_key_scoped_token_reaches_only_its_key() {
-    let local = start_default().await;
-    let cache = local.cache(local.credentials("dev"));
+    let (local, cache) = with_dev_cache().await;
     cache.set(CACHE, "user:1", "alice").await.unwrap();
     cache.set(CACHE, "user:2", "bob").await.unwrap();
     let scope = DisposableTokenScopes::cache_key_read_only(CACHE, "user:1");
@@ -910,7 +922,7 @@ async fn an_expired_token_is_refused_and_ends_its_subscription() {
         topics.publish(CACHE, "ticks", "late").await,
         AuthenticationError,
     );
-    assert!(details.contains("expired"), "{details}");
+    assert_contains(&details, "expired");
     local.shutdown().await;
 }
 
@@ -965,7 +977,7 @@ async fn configured_keys_are_the_only_keys_accepted() {
             .await,
         AuthenticationError,
     );
-    assert!(details.contains("another momento-local run"), "{details}");
+    assert_contains(&details, "another momento-local run");
     other.shutdown().await;
     local.shutdown().await;
 }
@@ -1035,15 +1047,14 @@ fn assert_unimplemented(status: &Status, rpc: &str) {
 
 #[tokio::test]
 async fn unimplemented_rpcs_say_which() {
-    let local = start_default().await;
-    let cache = local.cache(local.credentials("dev"));
+    let (local, cache) = with_dev_cache().await;
     let details = expect_error(cache.dictionary_fetch(CACHE, "d").await, BadRequestError);
-    assert!(
-        details.contains("does not implement cache_client.Scs/DictionaryFetch"),
-        "{details}"
+    assert_contains(
+        &details,
+        "does not implement cache_client.Scs/DictionaryFetch",
     );
     let details = expect_error(cache.list_fetch(CACHE, "l").await, BadRequestError);
-    assert!(details.contains("cache_client.Scs/ListFetch"), "{details}");
+    assert_contains(&details, "cache_client.Scs/ListFetch");
 
     let channel = local.channel().await;
     let status: Status = ScsControlClient::new(channel.clone())
@@ -1232,9 +1243,7 @@ async fn browsers_pass_the_cors_preflight() {
 #[tokio::test]
 async fn shutdown_ends_open_subscriptions() {
     let local = start_default().await;
-    let mut client = local.raw_pubsub().await;
-    let mut stream = raw_subscribe(&mut client, "open", 0, 0).await;
-    expect_heartbeat(&mut stream).await;
+    let mut stream = local.subscribed("open").await;
     local.shutdown().await;
     let ended = tokio::time::timeout(DEADLINE, async {
         loop {

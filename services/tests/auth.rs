@@ -4,14 +4,14 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fxcast_proto::v1::{
-    GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, PublishRateRequest,
-    RevokeTokenRequest, StreamOrderEventsRequest, StreamRatesRequest, WatchRevocationsRequest,
-    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
-    token_service_client::TokenServiceClient,
+    GetLatestRateRequest, IssueTokenRequest, ListSymbolsRequest, OrderEvent, PublishRateRequest,
+    RevokeTokenRequest, StreamOrderEventsRequest, StreamRatesRequest, StreamRatesResponse,
+    WatchRevocationsRequest, order_service_client::OrderServiceClient,
+    rate_service_client::RateServiceClient, token_service_client::TokenServiceClient,
 };
 use fxcast_services::{Config, FeedKind, auth::keys::KeyFile};
-use fxcast_testkit::{ALL_SCOPES, Bearer, Stack, next_rate};
-use tonic::{Code, Status};
+use fxcast_testkit::{ALL_SCOPES, Authed, Bearer, Stack, end_status, next_rate, stream_rates};
+use tonic::{Code, Status, Streaming};
 
 async fn quiet() -> Stack {
     let server = Stack::quiet(&["USD_JPY", "EUR_USD"]).await;
@@ -20,19 +20,69 @@ async fn quiet() -> Stack {
     server
 }
 
-async fn latest_with(server: &Stack, token: &str) -> Result<(), Status> {
-    let mut client = RateServiceClient::new(server.authed_channel(token).await);
-    client
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .map(|_| ())
+fn latest(symbol: &str) -> GetLatestRateRequest {
+    GetLatestRateRequest {
+        symbol: symbol.into(),
+    }
 }
 
-fn assert_status(result: Result<(), Status>, code: Code, message: &str) {
+async fn latest_with(server: &Stack, token: &str) -> Result<(), Status> {
+    let mut client = RateServiceClient::new(server.authed_channel(token).await);
+    client.get_latest_rate(latest("USD_JPY")).await.map(|_| ())
+}
+
+fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, message: &str) {
     let status = result.expect_err("call should have been refused");
     assert_eq!((status.code(), status.message()), (code, message));
+}
+
+/// A TokenService client sending `credential`.
+async fn tokens_with(server: &Stack, credential: &str) -> TokenServiceClient<Authed> {
+    TokenServiceClient::new(server.authed_channel(credential).await)
+}
+
+/// A TokenService client sending the API key.
+async fn admin(server: &Stack) -> TokenServiceClient<Authed> {
+    tokens_with(server, &server.api_key()).await
+}
+
+fn revoke(token_id: &str) -> RevokeTokenRequest {
+    RevokeTokenRequest {
+        token_id: token_id.into(),
+    }
+}
+
+/// Tokens for "alice" with `scopes`, living `ttl`.
+fn issue(scopes: &[&str], ttl: Option<fxcast_proto::Duration>) -> IssueTokenRequest {
+    IssueTokenRequest {
+        subject: "alice".into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ttl,
+    }
+}
+
+fn seconds(seconds: i64) -> Option<fxcast_proto::Duration> {
+    Some(fxcast_proto::Duration { seconds, nanos: 0 })
+}
+
+/// A USD_JPY rate stream over `channel`.
+async fn usd_jpy_stream(channel: Authed) -> Streaming<StreamRatesResponse> {
+    let request = StreamRatesRequest {
+        symbols: vec!["USD_JPY".into()],
+        ..Default::default()
+    };
+    stream_rates(&mut RateServiceClient::new(channel), request).await
+}
+
+/// Alice's order events over `channel`.
+async fn order_events(channel: Authed) -> Streaming<OrderEvent> {
+    let request = StreamOrderEventsRequest::default();
+    let mut client = OrderServiceClient::new(channel);
+    client
+        .stream_order_events(request)
+        .await
+        .unwrap()
+        .into_inner()
 }
 
 /// Signs arbitrary claims with the server's own active key.
@@ -50,6 +100,24 @@ fn sign(server: &Stack, claims: serde_json::Value) -> String {
     .unwrap()
 }
 
+/// `stream` ends within `within`, UNAUTHENTICATED with `message`.
+async fn assert_unauthenticated_end<T>(stream: &mut Streaming<T>, within: Duration, message: &str) {
+    let status = end_status(stream, within).await;
+    assert_eq!(
+        (status.code(), status.message()),
+        (Code::Unauthenticated, message)
+    );
+}
+
+/// A token of alice's with `scope` and id `jti`, signed by the server, that
+/// expires in a second.
+fn lives_a_second(server: &Stack, scope: &str, jti: &str) -> String {
+    sign(
+        server,
+        serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": scope, "jti": jti, "iat": now(), "exp": now() + 1}),
+    )
+}
+
 fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -62,19 +130,9 @@ async fn bad_credentials_are_unauthenticated_with_a_reason() {
     let server = quiet().await;
 
     let mut anonymous = RateServiceClient::new(server.channel().await);
-    let err = anonymous
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::Unauthenticated,
-            "missing credentials: send `authorization: Bearer <token>`"
-        )
-    );
+    let missing = "missing credentials: send `authorization: Bearer <token>`";
+    let result = anonymous.get_latest_rate(latest("USD_JPY")).await;
+    assert_status(result, Code::Unauthenticated, missing);
 
     assert_status(
         latest_with(&server, "garbage").await,
@@ -136,9 +194,7 @@ async fn malformed_authorization_headers_are_refused() {
         let channel =
             fxcast_testkit::authed(server.channel().await, Bearer::header(header).unwrap());
         let err = RateServiceClient::new(channel)
-            .get_latest_rate(GetLatestRateRequest {
-                symbol: "USD_JPY".into(),
-            })
+            .get_latest_rate(latest("USD_JPY"))
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unauthenticated, "{header}");
@@ -155,16 +211,11 @@ async fn scopes_limit_what_a_token_can_do() {
     let server = quiet().await;
     let mut usd_only = server.client_as("bob", "rates:subscribe=USD_JPY").await;
 
-    let err = usd_only
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "EUR_USD".into(),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(
-        err.message(),
-        "this token may not read rates of EUR_USD (needs rates:subscribe=EUR_USD or rates:subscribe=*)"
+    let err = usd_only.get_latest_rate(latest("EUR_USD")).await;
+    assert_status(
+        err,
+        Code::PermissionDenied,
+        "this token may not read rates of EUR_USD (needs rates:subscribe=EUR_USD or rates:subscribe=*)",
     );
     let request = StreamRatesRequest {
         symbols: vec!["USD_JPY".into(), "EUR_USD".into()],
@@ -208,27 +259,16 @@ async fn scopes_limit_what_a_token_can_do() {
         ask: "2".into(),
         source_time: None,
     };
-    let err = usd_only.publish_rate(publish.clone()).await.unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::PermissionDenied,
-            "this token lacks the rates:publish scope"
-        )
-    );
+    let err = usd_only.publish_rate(publish.clone()).await;
+    let lacks_publish = "this token lacks the rates:publish scope";
+    assert_status(err, Code::PermissionDenied, lacks_publish);
 
     let mut orders_only = server.client_as("carol", "orders:place").await;
     let err = orders_only
         .stream_rates(StreamRatesRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::PermissionDenied,
-            "this token has no rates:subscribe scope"
-        )
-    );
+        .await;
+    let no_subscribe = "this token has no rates:subscribe scope";
+    assert_status(err, Code::PermissionDenied, no_subscribe);
 
     let mut publisher = server.client_as("desk", "rates:publish").await;
     publisher.publish_rate(publish).await.unwrap();
@@ -237,18 +277,9 @@ async fn scopes_limit_what_a_token_can_do() {
 #[tokio::test]
 async fn issuing_tokens_needs_the_api_key_or_the_issue_scope() {
     let server = quiet().await;
-    let request = |scopes: &[&str], ttl: Option<u64>| IssueTokenRequest {
-        subject: "alice".into(),
-        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
-        ttl: ttl.map(|s| prost_types::Duration {
-            seconds: s as i64,
-            nanos: 0,
-        }),
-    };
-
-    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    let mut admin = admin(&server).await;
     let issued = admin
-        .issue_token(request(&["rates:subscribe=USD_JPY"], Some(600)))
+        .issue_token(issue(&["rates:subscribe=USD_JPY"], seconds(600)))
         .await
         .unwrap()
         .into_inner();
@@ -262,7 +293,7 @@ async fn issuing_tokens_needs_the_api_key_or_the_issue_scope() {
     latest_with(&server, &issued.token).await.unwrap();
 
     let default_ttl = admin
-        .issue_token(request(&["orders:place"], None))
+        .issue_token(issue(&["orders:place"], None))
         .await
         .unwrap()
         .into_inner();
@@ -272,103 +303,54 @@ async fn issuing_tokens_needs_the_api_key_or_the_issue_scope() {
         "default TTL should be 15 min"
     );
 
-    let err = admin
-        .issue_token(request(&["orders:place"], Some(25 * 3600)))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::InvalidArgument,
-            "ttl 1day 1h is above the maximum of 1day"
-        )
-    );
-    let err = admin
-        .issue_token(request(&["orders:fly"], None))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message()
-            .starts_with("scopes: invalid scope \"orders:fly\""),
-        "{}",
-        err.message()
-    );
-    let err = admin
-        .issue_token(IssueTokenRequest {
-            subject: "a b".into(),
-            ..request(&["orders:place"], None)
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().starts_with("subject \"a b\" is invalid"),
-        "{}",
-        err.message()
-    );
+    let err = admin.issue_token(issue(&["orders:place"], seconds(25 * 3600)));
+    let too_long = "ttl 1day 1h is above the maximum of 1day";
+    assert_status(err.await, Code::InvalidArgument, too_long);
+    let fly = issue(&["orders:fly"], None);
+    let bad_subject = IssueTokenRequest {
+        subject: "a b".into(),
+        ..issue(&["orders:place"], None)
+    };
+    for (request, start) in [
+        (fly, "scopes: invalid scope \"orders:fly\""),
+        (bad_subject, "subject \"a b\" is invalid"),
+    ] {
+        let err = admin.issue_token(request).await.unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert!(err.message().starts_with(start), "{}", err.message());
+    }
 
     // Without credentials (anonymous tokens are off by default).
     let mut nobody = TokenServiceClient::new(server.channel().await);
-    let err = nobody
-        .issue_token(request(&["orders:place"], None))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::Unauthenticated);
+    let err = nobody.issue_token(issue(&["orders:place"], None)).await;
+    assert_eq!(err.unwrap_err().code(), Code::Unauthenticated);
 
     // A token without tokens:issue cannot issue; one with it cannot exceed itself.
-    let mut plain = TokenServiceClient::new(
-        server
-            .authed_channel(&server.token("bob", ALL_SCOPES))
-            .await,
-    );
-    let err = plain
-        .issue_token(request(&["orders:place"], None))
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::PermissionDenied,
-            "this token lacks the tokens:issue scope"
-        )
-    );
-    let mut delegate = TokenServiceClient::new(
-        server
-            .authed_channel(&server.token("portal", "tokens:issue rates:subscribe=USD_JPY"))
-            .await,
-    );
+    let mut plain = tokens_with(&server, &server.token("bob", ALL_SCOPES)).await;
+    let err = plain.issue_token(issue(&["orders:place"], None)).await;
+    let lacks_issue = "this token lacks the tokens:issue scope";
+    assert_status(err, Code::PermissionDenied, lacks_issue);
+    let portal = server.token("portal", "tokens:issue rates:subscribe=USD_JPY");
+    let mut delegate = tokens_with(&server, &portal).await;
     delegate
-        .issue_token(request(&["rates:subscribe=USD_JPY"], Some(60)))
+        .issue_token(issue(&["rates:subscribe=USD_JPY"], seconds(60)))
         .await
         .unwrap();
-    let err = delegate
-        .issue_token(request(&["rates:subscribe=*"], Some(60)))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(
-        err.message(),
-        "cannot issue scopes \"rates:subscribe=*\": the caller only has \"tokens:issue rates:subscribe=USD_JPY\""
+    let err = delegate.issue_token(issue(&["rates:subscribe=*"], seconds(60)));
+    assert_status(
+        err.await,
+        Code::PermissionDenied,
+        "cannot issue scopes \"rates:subscribe=*\": the caller only has \"tokens:issue rates:subscribe=USD_JPY\"",
     );
 }
 
 #[tokio::test]
 async fn revoked_tokens_are_refused_at_once() {
     let server = quiet().await;
-    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
-    let issued = server
-        .core
-        .authority()
-        .issue("alice", ALL_SCOPES.parse().unwrap(), None)
-        .unwrap();
+    let mut admin = admin(&server).await;
+    let issued = server.issue("alice", ALL_SCOPES, None);
     latest_with(&server, &issued.token).await.unwrap();
-    admin
-        .revoke_token(RevokeTokenRequest {
-            token_id: issued.token_id.clone(),
-        })
-        .await
-        .unwrap();
+    admin.revoke_token(revoke(&issued.token_id)).await.unwrap();
     assert_status(
         latest_with(&server, &issued.token).await,
         Code::Unauthenticated,
@@ -376,125 +358,41 @@ async fn revoked_tokens_are_refused_at_once() {
     );
 
     let mut nobody = TokenServiceClient::new(server.channel().await);
-    let err = nobody
-        .revoke_token(RevokeTokenRequest {
-            token_id: "x".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = nobody.revoke_token(revoke("x")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated);
-    let err = admin
-        .revoke_token(RevokeTokenRequest {
-            token_id: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = admin.revoke_token(revoke("")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 #[tokio::test]
 async fn a_stream_ends_when_its_token_expires() {
     let server = quiet().await;
-    let token = sign(
-        &server,
-        serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": "rates:subscribe=*", "jti": "short", "iat": now(), "exp": now() + 1}),
-    );
-    let mut client = RateServiceClient::new(server.authed_channel(&token).await);
-    let request = StreamRatesRequest {
-        symbols: vec!["USD_JPY".into()],
-        ..Default::default()
-    };
-    let mut stream = client.stream_rates(request).await.unwrap().into_inner();
+    let token = lives_a_second(&server, "rates:subscribe=*", "short");
+    let mut stream = usd_jpy_stream(server.authed_channel(&token).await).await;
     next_rate(&mut stream).await;
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(5), stream.message())
-            .await
-            .expect("stream outlived its token")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
-    assert_eq!(status.code(), Code::Unauthenticated);
-    assert_eq!(
-        status.message(),
-        "token expired; reconnect with a fresh token and resume_after to continue"
-    );
-}
-
-/// The status that ends `stream`, skipping the messages before it.
-async fn end_status<T>(stream: &mut tonic::Streaming<T>) -> Status {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("the stream outlived its credential")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without a status"),
-            Err(status) => break status,
-        }
-    }
+    let expired = "token expired; reconnect with a fresh token and resume_after to continue";
+    assert_unauthenticated_end(&mut stream, Duration::from_secs(5), expired).await;
 }
 
 #[tokio::test]
 async fn revoking_a_token_ends_its_open_streams_at_once() {
     let server = quiet().await;
-    let issued = server
-        .core
-        .authority()
-        .issue("alice", ALL_SCOPES.parse().unwrap(), None)
-        .unwrap();
+    let issued = server.issue("alice", ALL_SCOPES, None);
     let other = server.token("bob", ALL_SCOPES);
     let channel = server.authed_channel(&issued.token).await;
-    let mut rates = RateServiceClient::new(channel.clone())
-        .stream_rates(StreamRatesRequest {
-            symbols: vec!["USD_JPY".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut rates = usd_jpy_stream(channel.clone()).await;
     next_rate(&mut rates).await;
-    let mut orders = OrderServiceClient::new(channel)
-        .stream_order_events(StreamOrderEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let mut bobs = RateServiceClient::new(server.authed_channel(&other).await)
-        .stream_rates(StreamRatesRequest {
-            symbols: vec!["USD_JPY".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut orders = order_events(channel).await;
+    let mut bobs = usd_jpy_stream(server.authed_channel(&other).await).await;
     next_rate(&mut bobs).await;
 
-    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
-    admin
-        .revoke_token(RevokeTokenRequest {
-            token_id: issued.token_id.clone(),
-        })
-        .await
-        .unwrap();
+    let mut admin = admin(&server).await;
+    admin.revoke_token(revoke(&issued.token_id)).await.unwrap();
 
-    let status = end_status(&mut rates).await;
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::Unauthenticated,
-            "token revoked; reconnect with another token and resume_after to continue"
-        )
-    );
-    let status = end_status(&mut orders).await;
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::Unauthenticated,
-            "token revoked; reconnect with another token, then reload with ListOrders"
-        )
-    );
+    let revoked = "token revoked; reconnect with another token and resume_after to continue";
+    assert_unauthenticated_end(&mut rates, Duration::from_secs(10), revoked).await;
+    let revoked = "token revoked; reconnect with another token, then reload with ListOrders";
+    assert_unauthenticated_end(&mut orders, Duration::from_secs(10), revoked).await;
     // Another token's stream goes on.
     let published = server.publish("USD_JPY", "151.200", "151.210").await;
     loop {
@@ -507,47 +405,27 @@ async fn revoking_a_token_ends_its_open_streams_at_once() {
 #[tokio::test]
 async fn an_order_event_stream_ends_when_its_token_expires() {
     let server = quiet().await;
-    let token = sign(
-        &server,
-        serde_json::json!({"iss": "fxcast", "sub": "alice", "scope": "orders:read", "jti": "short-orders", "iat": now(), "exp": now() + 1}),
-    );
-    let mut stream = OrderServiceClient::new(server.authed_channel(&token).await)
-        .stream_order_events(StreamOrderEventsRequest::default())
-        .await
-        .unwrap()
-        .into_inner();
-    let status = end_status(&mut stream).await;
-    assert_eq!(
-        (status.code(), status.message()),
-        (
-            Code::Unauthenticated,
-            "token expired; reconnect with a fresh token, then reload with ListOrders"
-        )
-    );
+    let token = lives_a_second(&server, "orders:read", "short-orders");
+    let mut stream = order_events(server.authed_channel(&token).await).await;
+    let expired = "token expired; reconnect with a fresh token, then reload with ListOrders";
+    assert_unauthenticated_end(&mut stream, Duration::from_secs(10), expired).await;
 }
 
 #[tokio::test]
 async fn watch_revocations_sends_those_in_force_then_each_new_one() {
     let server = quiet().await;
-    let authority = server.core.authority();
-    let earlier = authority
-        .issue("alice", "orders:read".parse().unwrap(), None)
-        .unwrap();
-    authority.revoke(&earlier.token_id).unwrap();
+    let earlier = server.issue("alice", "orders:read", None);
+    server.core.authority().revoke(&earlier.token_id).unwrap();
 
     // Needs tokens:issue.
-    let mut reader = TokenServiceClient::new(
-        server
-            .authed_channel(&server.token("carol", "rates:subscribe=*"))
-            .await,
-    );
+    let mut reader = tokens_with(&server, &server.token("carol", "rates:subscribe=*")).await;
     let err = reader
         .watch_revocations(WatchRevocationsRequest {})
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
 
-    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    let mut admin = admin(&server).await;
     let mut watch = admin
         .watch_revocations(WatchRevocationsRequest {})
         .await
@@ -558,15 +436,8 @@ async fn watch_revocations_sends_those_in_force_then_each_new_one() {
     let lapses = first.expires_at.unwrap().seconds as u64;
     assert!(lapses > now(), "a revocation in force lapses in the future");
 
-    let later = authority
-        .issue("bob", "orders:read".parse().unwrap(), None)
-        .unwrap();
-    admin
-        .revoke_token(RevokeTokenRequest {
-            token_id: later.token_id.clone(),
-        })
-        .await
-        .unwrap();
+    let later = server.issue("bob", "orders:read", None);
+    admin.revoke_token(revoke(&later.token_id)).await.unwrap();
     let next = tokio::time::timeout(Duration::from_secs(10), watch.message())
         .await
         .expect("the new revocation arrives")
@@ -618,49 +489,20 @@ async fn loopback_browsers_get_rate_limited_anonymous_tokens_when_allowed() {
 #[tokio::test]
 async fn an_issued_token_never_outlives_the_token_that_issued_it() {
     let server = quiet().await;
-    let issuer = server
-        .core
-        .authority()
-        .issue(
-            "desk",
-            "tokens:issue rates:subscribe=*".parse().unwrap(),
-            Some(Duration::from_secs(300)),
-        )
-        .unwrap();
+    let ttl = Some(Duration::from_secs(300));
+    let issuer = server.issue("desk", "tokens:issue rates:subscribe=*", ttl);
     let issuer_expiry = issuer
         .expires_at
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs();
-    let mut tokens = TokenServiceClient::new(server.authed_channel(&issuer.token).await);
-    let err = tokens
-        .issue_token(IssueTokenRequest {
-            subject: "alice".into(),
-            scopes: vec!["rates:subscribe=USD_JPY".into()],
-            ttl: Some(fxcast_proto::Duration {
-                seconds: 600,
-                nanos: 0,
-            }),
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::InvalidArgument,
-            "ttl would outlive the issuing token; ask for a shorter ttl"
-        )
-    );
+    let mut tokens = tokens_with(&server, &issuer.token).await;
+    let err = tokens.issue_token(issue(&["rates:subscribe=USD_JPY"], seconds(600)));
+    let outlives = "ttl would outlive the issuing token; ask for a shorter ttl";
+    assert_status(err.await, Code::InvalidArgument, outlives);
     // No ttl asked: the 15-minute default is shortened to the issuer's life.
-    let issued = tokens
-        .issue_token(IssueTokenRequest {
-            subject: "alice".into(),
-            scopes: vec!["rates:subscribe=USD_JPY".into()],
-            ttl: None,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let issued = tokens.issue_token(issue(&["rates:subscribe=USD_JPY"], None));
+    let issued = issued.await.unwrap().into_inner();
     let expiry = issued.expires_at.unwrap().seconds as u64;
     assert!(
         expiry <= issuer_expiry,
@@ -672,21 +514,15 @@ async fn an_issued_token_never_outlives_the_token_that_issued_it() {
 #[tokio::test]
 async fn a_sub_second_ttl_is_kept_to_the_millisecond() {
     let server = quiet().await;
-    let mut admin = TokenServiceClient::new(server.authed_channel(&server.api_key()).await);
+    let mut admin = admin(&server).await;
     let ttl = Duration::from_millis(1_300);
     let before = SystemTime::now();
-    let issued = admin
-        .issue_token(IssueTokenRequest {
-            subject: "alice".into(),
-            scopes: vec!["rates:subscribe=USD_JPY".into()],
-            ttl: Some(fxcast_proto::Duration {
-                seconds: 1,
-                nanos: 300_000_000,
-            }),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ttl_asked = Some(fxcast_proto::Duration {
+        seconds: 1,
+        nanos: 300_000_000,
+    });
+    let issued = admin.issue_token(issue(&["rates:subscribe=USD_JPY"], ttl_asked));
+    let issued = issued.await.unwrap().into_inner();
     let after = SystemTime::now();
     let expires_at = SystemTime::try_from(issued.expires_at.unwrap()).unwrap();
     // Issued between `before` and `after`, it lives exactly its TTL (to the

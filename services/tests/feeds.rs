@@ -13,7 +13,7 @@ use std::{
 
 use fake_bitflyer::{FakeBitflyer, Ticker};
 use fxcast_proto::v1::{
-    GetLatestRateRequest, OrderStatus, PlaceOrderRequest, Rate, RejectReason, Side,
+    GetLatestRateRequest, Order, OrderStatus, PlaceOrderRequest, Rate, RejectReason, Side,
     StreamRatesRequest, StreamRatesResponse, order_service_client::OrderServiceClient,
     stream_rates_response::Event,
 };
@@ -142,15 +142,21 @@ async fn order_client(server: &Stack) -> OrderServiceClient<fxcast_testkit::Auth
     )
 }
 
-fn buy_eth(client_order_id: &str, price: &str) -> PlaceOrderRequest {
-    PlaceOrderRequest {
+/// Places a buy of 0.5 ETH_JPY at `price` with `orders`.
+async fn buy_eth(
+    orders: &mut OrderServiceClient<fxcast_testkit::Authed>,
+    client_order_id: &str,
+    price: &str,
+) -> Order {
+    let request = PlaceOrderRequest {
         client_order_id: client_order_id.to_owned(),
         symbol: "ETH_JPY".to_owned(),
         side: Side::Buy as i32,
         quantity: "0.5".to_owned(),
         price: price.to_owned(),
         ..Default::default()
-    }
+    };
+    orders.place_order(request).await.unwrap().into_inner()
 }
 
 const BTC_1: Ticker = Ticker {
@@ -315,11 +321,7 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     assert_eq!(latest, stale["ETH_JPY"]);
     // The order path refuses the stale price.
     let mut orders = order_client(&server).await;
-    let order = orders
-        .place_order(buy_eth("during-outage", &stale["ETH_JPY"].ask))
-        .await
-        .unwrap()
-        .into_inner();
+    let order = buy_eth(&mut orders, "during-outage", &stale["ETH_JPY"].ask).await;
     assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
     assert_eq!(order.reject_reason(), RejectReason::StalePrice, "{order:?}");
     fake.wait_refusals(1).await;
@@ -367,11 +369,7 @@ async fn bitflyer_ticks_an_outage_and_the_recovery_as_a_subscriber_sees_them() {
     }
     assert_eq!(recovered["BTC_JPY"].sequence, 4);
     assert!(server.core.is_ready());
-    let order = orders
-        .place_order(buy_eth("after-recovery", &recovered["ETH_JPY"].ask))
-        .await
-        .unwrap()
-        .into_inner();
+    let order = buy_eth(&mut orders, "after-recovery", &recovered["ETH_JPY"].ask).await;
     assert_eq!(order.status(), OrderStatus::Filled, "{order:?}");
     let health = server.core.feed_health().snapshot();
     assert_eq!(

@@ -33,28 +33,49 @@ async fn health_reports_serving() {
     assert_eq!(err.code(), tonic::Code::NotFound);
 }
 
+/// The first answer of `server`'s reflection service in `version` (`v1`
+/// or `v1alpha`, whose types differ) to `message`.
+macro_rules! ask {
+    ($version:ident, $server:expr, $message:expr) => {{
+        use tonic_reflection::pb::$version::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        };
+        let mut client = ServerReflectionClient::new($server.channel().await);
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some($message),
+        };
+        let responses = client.server_reflection_info(tokio_stream::once(request));
+        let response = responses.await.unwrap().into_inner().next().await;
+        response.unwrap().unwrap()
+    }};
+}
+
+/// The names of the services `server`'s reflection in `version` lists.
+macro_rules! services {
+    ($version:ident, $server:expr) => {{
+        use tonic_reflection::pb::$version::{
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let response = ask!(
+            $version,
+            $server,
+            MessageRequest::ListServices(String::new())
+        );
+        let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
+            panic!("unexpected reflection response {response:?}");
+        };
+        list.service.into_iter().map(|s| s.name).collect::<Vec<_>>()
+    }};
+}
+
 #[tokio::test]
 async fn reflection_v1_lists_every_service() {
     use tonic_reflection::pb::v1::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
         server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
     };
     let server = Stack::quiet(&["USD_JPY"]).await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response {response:?}");
-    };
-    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    let names = services!(v1, server);
     for expected in [
         "fxcast.v1.RateService",
         "grpc.health.v1.Health",
@@ -67,18 +88,8 @@ async fn reflection_v1_lists_every_service() {
     }
 
     // The RateService schema is served, so grpcurl can build requests.
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::FileContainingSymbol(
-            "fxcast.v1.RateService".into(),
-        )),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
+    let symbol = MessageRequest::FileContainingSymbol("fxcast.v1.RateService".into());
+    let response = ask!(v1, server, symbol);
     assert!(
         matches!(response.message_response, Some(MessageResponse::FileDescriptorResponse(ref f)) if !f.file_descriptor_proto.is_empty()),
         "{response:?}"
@@ -87,29 +98,10 @@ async fn reflection_v1_lists_every_service() {
 
 #[tokio::test]
 async fn reflection_v1alpha_is_served_for_older_tools() {
-    use tonic_reflection::pb::v1alpha::{
-        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-    };
     let server = Stack::quiet(&["USD_JPY"]).await;
-    let mut client = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::once(request))
-        .await
-        .unwrap()
-        .into_inner();
-    let response = responses.next().await.unwrap().unwrap();
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
-        panic!("unexpected reflection response {response:?}");
-    };
+    let names = services!(v1alpha, server);
     assert!(
-        list.service
-            .iter()
-            .any(|s| s.name == "fxcast.v1.RateService"),
-        "{list:?}"
+        names.iter().any(|n| n == "fxcast.v1.RateService"),
+        "{names:?}"
     );
 }

@@ -21,7 +21,7 @@ use fxcast_services::{
     },
     symbols::SymbolOverride,
 };
-use fxcast_testkit::{Authed, Stack};
+use fxcast_testkit::{Authed, Stack, next_message};
 use prost::Message;
 use tonic::{Code, Status, Streaming};
 
@@ -38,6 +38,31 @@ fn config(orders: OrdersConfig) -> Config {
     }
 }
 
+/// The default configuration with an order book dealing with `lp`.
+fn with_lp(lp: LpConfig) -> Config {
+    config(OrdersConfig {
+        lp,
+        ..Default::default()
+    })
+}
+
+/// The default configuration with `symbol`'s prices valid for `max_age`.
+fn with_max_age(symbol: &str, max_age: &str) -> Config {
+    let max_age = SymbolOverride {
+        max_price_age: Some(max_age.into()),
+        ..Default::default()
+    };
+    with_override(symbol, max_age)
+}
+
+/// The default configuration with `symbol` overridden.
+fn with_override(symbol: &str, value: SymbolOverride) -> Config {
+    Config {
+        symbol_overrides: BTreeMap::from([(symbol.to_owned(), value)]),
+        ..config(OrdersConfig::default())
+    }
+}
+
 /// A quiet server (no feed) with USD_JPY 151.222/151.230 and EUR_USD
 /// 1.08500/1.08508 published.
 async fn desk_with(config: Config) -> Stack {
@@ -49,6 +74,13 @@ async fn desk_with(config: Config) -> Stack {
 
 async fn desk() -> Stack {
     desk_with(config(OrdersConfig::default())).await
+}
+
+/// A [`desk`] and a trader "alice" on it.
+async fn alice_at_desk() -> (Stack, Client) {
+    let server = desk().await;
+    let alice = client(&server, "alice", TRADER).await;
+    (server, alice)
 }
 
 async fn client(server: &Stack, subject: &str, scopes: &str) -> Client {
@@ -72,6 +104,11 @@ fn buy(id: &str, price: &str) -> PlaceOrderRequest {
 
 fn sell(id: &str, price: &str) -> PlaceOrderRequest {
     order(id, "USD_JPY", Side::Sell, "1000", price)
+}
+
+/// A buy "c" of `quantity` `symbol` at `price`.
+fn qty(symbol: &str, quantity: &str, price: &str) -> PlaceOrderRequest {
+    order("c", symbol, Side::Buy, quantity, price)
 }
 
 async fn place(client: &mut Client, request: PlaceOrderRequest) -> Order {
@@ -98,6 +135,14 @@ fn assert_filled(order: &Order, fill_price: &str) {
     assert!(order.created_at.is_some() && order.updated_at.is_some());
 }
 
+fn assert_moved(order: &Order, message: &str) {
+    assert_rejected(order, RejectReason::PriceMoved, message);
+}
+
+fn assert_contains(text: &str, part: &str) {
+    assert!(text.contains(part), "expected {part:?} in {text:?}");
+}
+
 fn assert_rejected(order: &Order, reason: RejectReason, message: &str) {
     assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
     assert_eq!(order.reject_reason(), reason, "{order:?}");
@@ -109,18 +154,46 @@ fn assert_rejected(order: &Order, reason: RejectReason, message: &str) {
 }
 
 async fn list_all(client: &mut Client) -> Vec<Order> {
-    client
-        .list_orders(ListOrdersRequest::default())
-        .await
-        .unwrap()
-        .into_inner()
-        .orders
+    list(client, ListOrdersRequest::default()).await.unwrap()
+}
+
+async fn list(client: &mut Client, request: ListOrdersRequest) -> Result<Vec<Order>, Status> {
+    Ok(client.list_orders(request).await?.into_inner().orders)
+}
+
+fn of_symbol(symbol: &str) -> ListOrdersRequest {
+    ListOrdersRequest {
+        symbol: symbol.into(),
+        ..Default::default()
+    }
+}
+
+async fn get(client: &mut Client, request: GetOrderRequest) -> Result<Order, Status> {
+    Ok(client.get_order(request).await?.into_inner())
+}
+
+fn by_id(order_id: &str) -> GetOrderRequest {
+    GetOrderRequest {
+        order_id: order_id.into(),
+        ..Default::default()
+    }
+}
+
+fn by_client_id(client_order_id: &str) -> GetOrderRequest {
+    GetOrderRequest {
+        client_order_id: client_order_id.into(),
+        ..Default::default()
+    }
+}
+
+/// `status` has exactly `code` and `message`.
+fn assert_status(status: &Status, code: Code, message: &str) {
+    assert_eq!((status.code(), status.message()), (code, message));
 }
 
 #[tokio::test]
 async fn orders_within_tolerance_fill_at_the_live_price_on_both_sides() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
 
     let filled = place(&mut alice, buy("b-1", "151.230")).await;
     assert_filled(&filled, "151.230");
@@ -164,14 +237,12 @@ async fn orders_within_tolerance_fill_at_the_live_price_on_both_sides() {
 
 #[tokio::test]
 async fn orders_beyond_tolerance_are_rejected_with_the_numbers() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
     server.publish("USD_JPY", "151.237", "151.245").await;
 
     let rejected = place(&mut alice, buy("b-1", "151.230")).await;
-    assert_rejected(
+    assert_moved(
         &rejected,
-        RejectReason::PriceMoved,
         "ask 151.245 is 0.015 from 151.230, tolerance 0.010",
     );
     assert_eq!(rejected.market_price, "151.245");
@@ -186,37 +257,35 @@ async fn orders_beyond_tolerance_are_rejected_with_the_numbers() {
     );
 
     let rejected = place(&mut alice, sell("s-1", "151.250")).await;
-    assert_rejected(
+    assert_moved(
         &rejected,
-        RejectReason::PriceMoved,
         "bid 151.237 is 0.013 from 151.250, tolerance 0.010",
     );
 
     // Symmetric: a move in the client's favour beyond tolerance is rejected too.
     let rejected = place(&mut alice, buy("b-2", "151.260")).await;
-    assert_rejected(
+    assert_moved(
         &rejected,
-        RejectReason::PriceMoved,
         "ask 151.245 is 0.015 from 151.260, tolerance 0.010",
     );
 
     // A tighter tolerance than the server's is honoured.
-    let mut tight = buy("b-3", "151.240");
-    tight.tolerance = "0.004".into();
-    let rejected = place(&mut alice, tight).await;
-    assert_rejected(
-        &rejected,
-        RejectReason::PriceMoved,
-        "ask 151.245 is 0.005 from 151.240, tolerance 0.004",
-    );
-    let mut tight = buy("b-4", "151.240");
-    tight.tolerance = "0.25bp".into();
-    let rejected = place(&mut alice, tight).await;
-    assert_rejected(
-        &rejected,
-        RejectReason::PriceMoved,
-        "ask 151.245 is 0.005 from 151.240, tolerance 0.003781 (0.25bp)",
-    );
+    for (id, tolerance, message) in [
+        (
+            "b-3",
+            "0.004",
+            "ask 151.245 is 0.005 from 151.240, tolerance 0.004",
+        ),
+        (
+            "b-4",
+            "0.25bp",
+            "ask 151.245 is 0.005 from 151.240, tolerance 0.003781 (0.25bp)",
+        ),
+    ] {
+        let mut tight = buy(id, "151.240");
+        tight.tolerance = tolerance.into();
+        assert_moved(&place(&mut alice, tight).await, message);
+    }
     assert_eq!(
         list_all(&mut alice).await.len(),
         5,
@@ -226,24 +295,17 @@ async fn orders_beyond_tolerance_are_rejected_with_the_numbers() {
 
 #[tokio::test]
 async fn tolerance_boundaries_are_inclusive() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (_server, mut alice) = alice_at_desk().await;
     // ask 151.230: buys at 151.220 and 151.240 are exactly 0.010 away.
     assert_filled(&place(&mut alice, buy("b-lo", "151.220")).await, "151.230");
     assert_filled(&place(&mut alice, buy("b-hi", "151.240")).await, "151.230");
-    assert_rejected(
-        &place(&mut alice, buy("b-out", "151.219")).await,
-        RejectReason::PriceMoved,
-        "ask 151.230 is 0.011 from 151.219, tolerance 0.010",
-    );
+    let out = place(&mut alice, buy("b-out", "151.219")).await;
+    assert_moved(&out, "ask 151.230 is 0.011 from 151.219, tolerance 0.010");
     // bid 151.222.
     assert_filled(&place(&mut alice, sell("s-lo", "151.212")).await, "151.222");
     assert_filled(&place(&mut alice, sell("s-hi", "151.232")).await, "151.222");
-    assert_rejected(
-        &place(&mut alice, sell("s-out", "151.233")).await,
-        RejectReason::PriceMoved,
-        "bid 151.222 is 0.011 from 151.233, tolerance 0.010",
-    );
+    let out = place(&mut alice, sell("s-out", "151.233")).await;
+    assert_moved(&out, "bid 151.222 is 0.011 from 151.233, tolerance 0.010");
     let mut exact = buy("b-tight", "151.226");
     exact.tolerance = "0.004".into();
     assert_filled(&place(&mut alice, exact).await, "151.230");
@@ -283,19 +345,7 @@ async fn adverse_only_policy_rejects_only_moves_against_the_client() {
 
 #[tokio::test]
 async fn stale_prices_are_rejected() {
-    let mut overrides = BTreeMap::new();
-    overrides.insert(
-        "EUR_USD".to_owned(),
-        SymbolOverride {
-            max_price_age: Some("500ms".into()),
-            ..Default::default()
-        },
-    );
-    let server = Stack::start(Config {
-        symbol_overrides: overrides,
-        ..config(OrdersConfig::default())
-    })
-    .await;
+    let server = Stack::start(with_max_age("EUR_USD", "500ms")).await;
     let mut alice = client(&server, "alice", TRADER).await;
 
     assert_rejected(
@@ -370,19 +420,7 @@ async fn stale_prices_are_rejected() {
 
 #[tokio::test]
 async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
-    let mut overrides = BTreeMap::new();
-    overrides.insert(
-        "USD_JPY".to_owned(),
-        SymbolOverride {
-            max_price_age: Some("1s".into()),
-            ..Default::default()
-        },
-    );
-    let server = Stack::start(Config {
-        symbol_overrides: overrides,
-        ..config(OrdersConfig::default())
-    })
-    .await;
+    let server = Stack::start(with_max_age("USD_JPY", "1s")).await;
     let mut alice = client(&server, "alice", TRADER).await;
     let quoted = server.publish("USD_JPY", "151.222", "151.230").await;
     server.publish("USD_JPY", "151.224", "151.232").await;
@@ -437,114 +475,39 @@ async fn a_quoted_rate_id_must_name_a_recent_rate_of_the_symbol() {
     other_symbol.rate_id = "EUR_USD-x-1".into();
     let status = place_err(&mut alice, other_symbol).await;
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(
-        status
-            .message()
-            .contains("rate_id \"EUR_USD-x-1\" is not a USD_JPY rate"),
-        "{}",
-        status.message()
+    assert_contains(
+        status.message(),
+        "rate_id \"EUR_USD-x-1\" is not a USD_JPY rate",
     );
 }
 
 #[tokio::test]
 async fn invalid_requests_are_refused_precisely_and_not_journalled() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (_server, mut alice) = alice_at_desk().await;
+    #[rustfmt::skip]
     let cases: Vec<(PlaceOrderRequest, &str)> = vec![
         (buy("", "151.230"), "client_order_id is required"),
-        (
-            buy(&"x".repeat(65), "151.230"),
-            "client_order_id is 65 characters long, at most 64 are allowed",
-        ),
-        (
-            buy("no/slash", "151.230"),
-            "client_order_id \"no/slash\" contains '/'",
-        ),
-        (
-            order("c", "", Side::Buy, "1000", "151.230"),
-            "symbol is required",
-        ),
-        (
-            order("c", "EUR_GBP", Side::Buy, "1000", "151.230"),
-            "unknown symbol \"EUR_GBP\"",
-        ),
-        (
-            order("c", "USD_JPY", Side::Unspecified, "1000", "151.230"),
-            "side is required: SIDE_BUY or SIDE_SELL",
-        ),
-        (
-            PlaceOrderRequest {
-                side: 7,
-                ..buy("c", "151.230")
-            },
-            "side 7 is not a valid side",
-        ),
-        (
-            order("c", "USD_JPY", Side::Buy, "", "151.230"),
-            "quantity is required",
-        ),
-        (
-            order("c", "USD_JPY", Side::Buy, "0", "151.230"),
-            "quantity must be positive, got 0",
-        ),
-        (
-            order("c", "USD_JPY", Side::Buy, "-5", "151.230"),
-            "quantity \"-5\" is not a plain decimal number",
-        ),
-        (
-            order("c", "USD_JPY", Side::Buy, "10.5", "151.230"),
-            "quantity 10.5 is not a multiple of the USD_JPY lot size 1",
-        ),
-        (
-            order("c", "USD_JPY", Side::Buy, "10000001", "151.230"),
-            "quantity 10000001 is above the USD_JPY maximum 10000000",
-        ),
-        (
-            order("c", "BTC_JPY", Side::Buy, "0.0005", "10000000"),
-            "quantity 0.0005 is not a multiple of the BTC_JPY lot size 0.001",
-        ),
-        (
-            order("c", "BTC_JPY", Side::Buy, "101", "10000000"),
-            "quantity 101 is above the BTC_JPY maximum 100",
-        ),
+        (buy(&"x".repeat(65), "151.230"), "client_order_id is 65 characters long, at most 64 are allowed"),
+        (buy("no/slash", "151.230"), "client_order_id \"no/slash\" contains '/'"),
+        (qty("", "1000", "151.230"), "symbol is required"),
+        (qty("EUR_GBP", "1000", "151.230"), "unknown symbol \"EUR_GBP\""),
+        (order("c", "USD_JPY", Side::Unspecified, "1000", "151.230"), "side is required: SIDE_BUY or SIDE_SELL"),
+        (PlaceOrderRequest { side: 7, ..buy("c", "151.230") }, "side 7 is not a valid side"),
+        (qty("USD_JPY", "", "151.230"), "quantity is required"),
+        (qty("USD_JPY", "0", "151.230"), "quantity must be positive, got 0"),
+        (qty("USD_JPY", "-5", "151.230"), "quantity \"-5\" is not a plain decimal number"),
+        (qty("USD_JPY", "10.5", "151.230"), "quantity 10.5 is not a multiple of the USD_JPY lot size 1"),
+        (qty("USD_JPY", "10000001", "151.230"), "quantity 10000001 is above the USD_JPY maximum 10000000"),
+        (qty("BTC_JPY", "0.0005", "10000000"), "quantity 0.0005 is not a multiple of the BTC_JPY lot size 0.001"),
+        (qty("BTC_JPY", "101", "10000000"), "quantity 101 is above the BTC_JPY maximum 100"),
         (buy("c", ""), "price is required"),
         (buy("c", "0"), "price must be positive, got 0"),
-        (
-            buy("c", "1.5e2"),
-            "price \"1.5e2\" is not a plain decimal number",
-        ),
-        (
-            buy("c", "151.2305"),
-            "price 151.2305 is not on the USD_JPY tick size 0.001",
-        ),
-        (
-            PlaceOrderRequest {
-                tolerance: "loose".into(),
-                ..buy("c", "151.230")
-            },
-            "tolerance \"loose\" is not a tolerance",
-        ),
-        (
-            PlaceOrderRequest {
-                tolerance: "0.020".into(),
-                ..buy("c", "151.230")
-            },
-            "tolerance 0.020 is above the USD_JPY maximum 0.010",
-        ),
-        (
-            PlaceOrderRequest {
-                tolerance: "2bp".into(),
-                ..buy("c", "151.230")
-            },
-            "tolerance 2bp (0.030246 at price 151.230) is above the USD_JPY maximum 0.010",
-        ),
-        (
-            PlaceOrderRequest {
-                rate_id: "USD_JPY 1".into(),
-                ..buy("c", "151.230")
-            },
-            "rate_id \"USD_JPY 1\" is not a rate id",
-        ),
+        (buy("c", "1.5e2"), "price \"1.5e2\" is not a plain decimal number"),
+        (buy("c", "151.2305"), "price 151.2305 is not on the USD_JPY tick size 0.001"),
+        (PlaceOrderRequest { tolerance: "loose".into(), ..buy("c", "151.230") }, "tolerance \"loose\" is not a tolerance"),
+        (PlaceOrderRequest { tolerance: "0.020".into(), ..buy("c", "151.230") }, "tolerance 0.020 is above the USD_JPY maximum 0.010"),
+        (PlaceOrderRequest { tolerance: "2bp".into(), ..buy("c", "151.230") }, "tolerance 2bp (0.030246 at price 151.230) is above the USD_JPY maximum 0.010"),
+        (PlaceOrderRequest { rate_id: "USD_JPY 1".into(), ..buy("c", "151.230") }, "rate_id \"USD_JPY 1\" is not a rate id"),
     ];
     for (request, expected) in cases {
         let status = place_err(&mut alice, request).await;
@@ -553,11 +516,7 @@ async fn invalid_requests_are_refused_precisely_and_not_journalled() {
             Code::InvalidArgument,
             "{expected}: {status:?}"
         );
-        assert!(
-            status.message().contains(expected),
-            "expected {expected:?} in {:?}",
-            status.message()
-        );
+        assert_contains(status.message(), expected);
     }
     assert!(
         list_all(&mut alice).await.is_empty(),
@@ -567,46 +526,27 @@ async fn invalid_requests_are_refused_precisely_and_not_journalled() {
 
 #[tokio::test]
 async fn minimum_quantity_comes_from_the_symbol_configuration() {
-    let mut overrides = BTreeMap::new();
-    overrides.insert(
-        "USD_JPY".to_owned(),
-        SymbolOverride {
-            lot_size: Some("1000".into()),
-            min_quantity: Some("10000".into()),
-            tolerance: Some("0.005".into()),
-            ..Default::default()
-        },
-    );
-    let server = desk_with(Config {
-        symbol_overrides: overrides,
-        ..config(OrdersConfig::default())
-    })
-    .await;
+    let lots = SymbolOverride {
+        lot_size: Some("1000".into()),
+        min_quantity: Some("10000".into()),
+        tolerance: Some("0.005".into()),
+        ..Default::default()
+    };
+    let server = desk_with(with_override("USD_JPY", lots)).await;
     let mut alice = client(&server, "alice", TRADER).await;
-    let status = place_err(
-        &mut alice,
-        order("c", "USD_JPY", Side::Buy, "5000", "151.230"),
-    )
-    .await;
-    assert_eq!(
-        status.message(),
-        "quantity 5000 is below the USD_JPY minimum 10000"
-    );
-    let status = place_err(
-        &mut alice,
-        order("c", "USD_JPY", Side::Buy, "10500", "151.230"),
-    )
-    .await;
-    assert_eq!(
-        status.message(),
-        "quantity 10500 is not a multiple of the USD_JPY lot size 1000"
-    );
+    for (quantity, expected) in [
+        ("5000", "quantity 5000 is below the USD_JPY minimum 10000"),
+        (
+            "10500",
+            "quantity 10500 is not a multiple of the USD_JPY lot size 1000",
+        ),
+    ] {
+        let status = place_err(&mut alice, qty("USD_JPY", quantity, "151.230")).await;
+        assert_eq!(status.message(), expected);
+    }
+    let moved = place(&mut alice, qty("USD_JPY", "10000", "151.224")).await;
     assert_rejected(
-        &place(
-            &mut alice,
-            order("c", "USD_JPY", Side::Buy, "10000", "151.224"),
-        )
-        .await,
+        &moved,
         RejectReason::PriceMoved,
         "ask 151.230 is 0.006 from 151.224, tolerance 0.005",
     );
@@ -614,8 +554,7 @@ async fn minimum_quantity_comes_from_the_symbol_configuration() {
 
 #[tokio::test]
 async fn a_retry_returns_the_original_order_and_a_conflicting_one_is_a_duplicate() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
     let original = place(&mut alice, buy("c-1", "151.230")).await;
     assert_filled(&original, "151.230");
 
@@ -651,11 +590,7 @@ async fn a_retry_returns_the_original_order_and_a_conflicting_one_is_a_duplicate
     );
     let conflicting = place(&mut alice, sell("c-1", "151.230")).await;
     assert_eq!(conflicting.reject_reason(), RejectReason::DuplicateOrderId);
-    assert!(
-        conflicting.message.contains("side buy (now sell)"),
-        "{}",
-        conflicting.message
-    );
+    assert_contains(&conflicting.message, "side buy (now sell)");
 
     // A rejected order keeps its id too.
     let rejected = place(&mut alice, buy("c-2", "151.230")).await;
@@ -669,14 +604,7 @@ async fn a_retry_returns_the_original_order_and_a_conflicting_one_is_a_duplicate
 
     let orders = list_all(&mut alice).await;
     assert_eq!(orders.len(), 2, "{orders:?}");
-    let fetched = alice
-        .get_order(GetOrderRequest {
-            order_id: original.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = get(&mut alice, by_id(&original.order_id)).await.unwrap();
     assert_eq!(
         fetched, original,
         "the duplicate left the original untouched"
@@ -722,11 +650,7 @@ impl LiquidityProvider for CountingLp {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_retries_fill_exactly_once() {
     let lp = Arc::new(CountingLp::default());
-    let server = desk_with(config(OrdersConfig {
-        lp: LpConfig::Custom(lp.clone()),
-        ..Default::default()
-    }))
-    .await;
+    let server = desk_with(with_lp(LpConfig::Custom(lp.clone()))).await;
     let token = server.token("alice", TRADER);
     let channel = server.authed_channel(&token).await;
     let tasks: Vec<_> = (0..100)
@@ -760,11 +684,7 @@ async fn the_liquidity_provider_may_decline() {
         reject_rate: "1".parse().unwrap(),
         ..Default::default()
     };
-    let server = desk_with(config(OrdersConfig {
-        lp: LpConfig::Simulated(lp),
-        ..Default::default()
-    }))
-    .await;
+    let server = desk_with(with_lp(LpConfig::Simulated(lp))).await;
     let mut alice = client(&server, "alice", TRADER).await;
     let rejected = place(&mut alice, buy("lp-1", "151.230")).await;
     assert_rejected(
@@ -784,8 +704,7 @@ async fn the_liquidity_provider_may_decline() {
 
 #[tokio::test]
 async fn callers_see_only_their_own_orders() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
     let mut bob = client(&server, "bob", "orders:place orders:read").await;
     let alices = place(&mut alice, buy("same-id", "151.230")).await;
     let bobs = place(&mut bob, sell("same-id", "151.222")).await;
@@ -797,57 +716,16 @@ async fn callers_see_only_their_own_orders() {
 
     // Another subject's order does not exist for bob, by id as by
     // client_order_id: the answer is the one for an unknown id.
-    let err = bob
-        .get_order(GetOrderRequest {
-            order_id: alices.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::NotFound,
-            format!("you have no order with order_id \"{}\"", alices.order_id).as_str()
-        )
-    );
-    let err = bob
-        .get_order(GetOrderRequest {
-            order_id: "01ARZ3NDEKTSV4RRFFQ69G5FAV".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::NotFound,
-            "you have no order with order_id \"01ARZ3NDEKTSV4RRFFQ69G5FAV\""
-        )
-    );
+    for order_id in [alices.order_id.as_str(), "01ARZ3NDEKTSV4RRFFQ69G5FAV"] {
+        let err = get(&mut bob, by_id(order_id)).await.unwrap_err();
+        let message = format!("you have no order with order_id \"{order_id}\"");
+        assert_status(&err, Code::NotFound, &message);
+    }
     let mut carol = client(&server, "carol", TRADER).await;
-    let err = carol
-        .get_order(GetOrderRequest {
-            client_order_id: "same-id".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::NotFound,
-            "you have no order with client_order_id \"same-id\""
-        )
-    );
-    let by_client_id = bob
-        .get_order(GetOrderRequest {
-            client_order_id: "same-id".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let err = get(&mut carol, by_client_id("same-id")).await.unwrap_err();
+    let message = "you have no order with client_order_id \"same-id\"";
+    assert_status(&err, Code::NotFound, message);
+    let by_client_id = get(&mut bob, by_client_id("same-id")).await.unwrap();
     assert_eq!(by_client_id, bobs);
     let err = bob.get_order(GetOrderRequest::default()).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
@@ -857,25 +735,12 @@ async fn callers_see_only_their_own_orders() {
     let mut reader = client(&server, "alice", "orders:read").await;
     assert_eq!(list_all(&mut reader).await, vec![alices.clone()]);
     let err = place_err(&mut reader, buy("r-1", "151.230")).await;
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::PermissionDenied,
-            "this token lacks the orders:place scope"
-        )
-    );
+    let lacks_place = "this token lacks the orders:place scope";
+    assert_status(&err, Code::PermissionDenied, lacks_place);
     let mut watcher = client(&server, "alice", "rates:subscribe=*").await;
-    let err = watcher
-        .list_orders(ListOrdersRequest::default())
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::PermissionDenied,
-            "this token lacks the orders:read scope (or orders:place)"
-        )
-    );
+    let err = list(&mut watcher, ListOrdersRequest::default()).await;
+    let lacks_read = "this token lacks the orders:read scope (or orders:place)";
+    assert_status(&err.unwrap_err(), Code::PermissionDenied, lacks_read);
     let mut anonymous = OrderServiceClient::new(server.channel().await);
     let err = anonymous
         .place_order(buy("a-1", "151.230"))
@@ -886,8 +751,7 @@ async fn callers_see_only_their_own_orders() {
 
 #[tokio::test]
 async fn list_orders_filters_and_paginates_newest_first() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (_server, mut alice) = alice_at_desk().await;
     let mut placed = Vec::new();
     for i in 0..7 {
         placed.push(place(&mut alice, buy(&format!("f-{i}"), "151.230")).await);
@@ -934,87 +798,58 @@ async fn list_orders_filters_and_paginates_newest_first() {
         ],
     );
 
-    let list = |request: ListOrdersRequest| {
+    let ids = |request: ListOrdersRequest| {
         let mut alice = alice.clone();
         async move {
-            let orders = alice
-                .list_orders(request)
-                .await
-                .unwrap()
-                .into_inner()
-                .orders;
+            let orders = list(&mut alice, request).await.unwrap();
             orders
                 .into_iter()
                 .map(|o| o.client_order_id)
                 .collect::<Vec<_>>()
         }
     };
-    assert_eq!(
-        list(ListOrdersRequest {
-            symbol: "EUR_USD".into(),
-            ..Default::default()
-        })
-        .await,
-        ["e-0"]
-    );
-    assert_eq!(
-        list(ListOrdersRequest {
-            status: OrderStatus::Rejected as i32,
-            ..Default::default()
-        })
-        .await,
-        ["r-0"]
-    );
-    let after = list(ListOrdersRequest {
+    assert_eq!(ids(of_symbol("EUR_USD")).await, ["e-0"]);
+    let rejected = ListOrdersRequest {
+        status: OrderStatus::Rejected as i32,
+        ..Default::default()
+    };
+    assert_eq!(ids(rejected).await, ["r-0"]);
+    let after = ListOrdersRequest {
         created_after: middle,
         ..Default::default()
-    })
-    .await;
-    assert_eq!(after, ["e-0", "r-0", "f-6", "f-5", "f-4", "f-3"]);
-    let before = list(ListOrdersRequest {
+    };
+    assert_eq!(ids(after).await, ["e-0", "r-0", "f-6", "f-5", "f-4", "f-3"]);
+    let before = ListOrdersRequest {
         created_before: middle,
         ..Default::default()
-    })
-    .await;
-    assert_eq!(before, ["f-2", "f-1", "f-0"]);
+    };
+    assert_eq!(ids(before).await, ["f-2", "f-1", "f-0"]);
 
-    let err = alice
-        .list_orders(ListOrdersRequest {
-            page_token: "nonsense".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let nonsense = ListOrdersRequest {
+        page_token: "nonsense".into(),
+        ..Default::default()
+    };
+    let err = list(&mut alice, nonsense).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
-    assert!(
-        err.message().contains("page_token \"nonsense\""),
-        "{}",
-        err.message()
-    );
-    let err = alice
-        .list_orders(ListOrdersRequest {
-            status: 42,
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    assert_contains(err.message(), "page_token \"nonsense\"");
+    let status_42 = ListOrdersRequest {
+        status: 42,
+        ..Default::default()
+    };
+    let err = list(&mut alice, status_42).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
 }
 
 async fn next_order_event(stream: &mut Streaming<OrderEvent>) -> Order {
-    tokio::time::timeout(Duration::from_secs(10), stream.message())
+    next_message(stream)
         .await
-        .expect("no order event within 10 s")
-        .expect("stream failed")
-        .expect("stream ended")
         .order
         .expect("event without order")
 }
 
 #[tokio::test]
 async fn order_events_stream_the_callers_own_orders() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
     let mut bob = client(&server, "bob", TRADER).await;
     let mut blotter = client(&server, "alice", "orders:read").await;
     let mut events = blotter
@@ -1115,15 +950,10 @@ impl LiquidityProvider for ForgetfulLp {
 async fn wait_for_status(client: &mut Client, client_order_id: &str, status: OrderStatus) -> Order {
     let started = Instant::now();
     loop {
-        let request = GetOrderRequest {
-            client_order_id: client_order_id.into(),
-            ..Default::default()
-        };
-        if let Ok(order) = client.get_order(request).await {
-            let order = order.into_inner();
-            if order.status() == status {
-                return order;
-            }
+        if let Ok(order) = get(client, by_client_id(client_order_id)).await
+            && order.status() == status
+        {
+            return order;
         }
         assert!(
             started.elapsed() < Duration::from_secs(10),
@@ -1136,11 +966,7 @@ async fn wait_for_status(client: &mut Client, client_order_id: &str, status: Ord
 #[tokio::test]
 async fn an_unconfirmed_deal_is_pending_until_the_lp_confirms_it() {
     let lp = Arc::new(ForgetfulLp::default());
-    let server = desk_with(config(OrdersConfig {
-        lp: LpConfig::Custom(lp.clone()),
-        ..Default::default()
-    }))
-    .await;
+    let server = desk_with(with_lp(LpConfig::Custom(lp.clone()))).await;
     let mut alice = client(&server, "alice", TRADER).await;
     let mut events = alice
         .stream_order_events(StreamOrderEventsRequest::default())
@@ -1150,13 +976,8 @@ async fn an_unconfirmed_deal_is_pending_until_the_lp_confirms_it() {
 
     let status = place_err(&mut alice, buy("u-1", "151.230")).await;
     assert_eq!(status.code(), Code::Unavailable);
-    assert!(
-        status
-            .message()
-            .contains("confirmation timed out; its outcome is being confirmed"),
-        "{}",
-        status.message()
-    );
+    let unconfirmed = "confirmation timed out; its outcome is being confirmed";
+    assert_contains(status.message(), unconfirmed);
     let pending = next_order_event(&mut events).await;
     assert_eq!(pending.status(), OrderStatus::Pending);
     assert!(
@@ -1183,10 +1004,7 @@ async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
     });
     let first = desk_with(Config {
         data_dir: data_dir.path().to_owned(),
-        ..config(OrdersConfig {
-            lp: LpConfig::Custom(hanging.clone()),
-            ..Default::default()
-        })
+        ..with_lp(LpConfig::Custom(hanging.clone()))
     })
     .await;
     let mut alice = client(&first, "alice", TRADER).await;
@@ -1209,21 +1027,11 @@ async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
     );
     let second = desk_with(Config {
         data_dir: data_dir.path().to_owned(),
-        ..config(OrdersConfig {
-            lp: LpConfig::Custom(after.clone()),
-            ..Default::default()
-        })
+        ..with_lp(LpConfig::Custom(after.clone()))
     })
     .await;
     let mut alice = client(&second, "alice", TRADER).await;
-    let resolved = alice
-        .get_order(GetOrderRequest {
-            order_id: pending.order_id.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let resolved = get(&mut alice, by_id(&pending.order_id)).await.unwrap();
     assert_filled(&resolved, "151.230");
     assert_eq!(resolved.lp_execution_id, "FG-X");
     assert_eq!(place(&mut alice, buy("crash-1", "151.230")).await, resolved);
@@ -1236,23 +1044,11 @@ async fn orders_pending_at_a_crash_are_resolved_at_the_next_start() {
 
 #[tokio::test]
 async fn list_orders_refuses_unknown_symbols_as_get_latest_rate_does() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (server, mut alice) = alice_at_desk().await;
     place(&mut alice, buy("l-1", "151.230")).await;
-    let err = alice
-        .list_orders(ListOrdersRequest {
-            symbol: "XXX".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
-    assert_eq!(
-        (err.code(), err.message()),
-        (
-            Code::InvalidArgument,
-            "unknown symbol \"XXX\" (known: BTC_JPY, EUR_USD, USD_JPY)"
-        )
-    );
+    let err = list(&mut alice, of_symbol("XXX")).await.unwrap_err();
+    let unknown = "unknown symbol \"XXX\" (known: BTC_JPY, EUR_USD, USD_JPY)";
+    assert_status(&err, Code::InvalidArgument, unknown);
     let mut rates = fxcast_proto::v1::rate_service_client::RateServiceClient::new(
         server
             .authed_channel(&server.token("alice", "rates:subscribe=*"))
@@ -1269,15 +1065,8 @@ async fn list_orders_refuses_unknown_symbols_as_get_latest_rate_does() {
         (err.code(), err.message())
     );
     // A known symbol filters (here: to nothing).
-    let eur = alice
-        .list_orders(ListOrdersRequest {
-            symbol: "EUR_USD".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(eur.orders.is_empty());
+    let eur = list(&mut alice, of_symbol("EUR_USD")).await.unwrap();
+    assert!(eur.is_empty());
 }
 
 #[tokio::test]
@@ -1304,30 +1093,16 @@ async fn orders_of_a_symbol_no_longer_configured_can_still_be_listed_by_it() {
     };
     let server = Stack::start(without_btc).await;
     let mut alice = client(&server, "alice", TRADER).await;
-    let listed = alice
-        .list_orders(ListOrdersRequest {
-            symbol: "BTC_JPY".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(listed.orders, vec![btc]);
+    let listed = list(&mut alice, of_symbol("BTC_JPY")).await.unwrap();
+    assert_eq!(listed, vec![btc]);
     let mut bob = client(&server, "bob", TRADER).await;
-    let err = bob
-        .list_orders(ListOrdersRequest {
-            symbol: "BTC_JPY".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let err = list(&mut bob, of_symbol("BTC_JPY")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
 }
 
 #[tokio::test]
 async fn a_megabyte_of_input_comes_back_as_64_bytes_and_its_length() {
-    let server = desk().await;
-    let mut alice = client(&server, "alice", TRADER).await;
+    let (_server, mut alice) = alice_at_desk().await;
     let huge = "9".repeat(1 << 20);
     let err = place_err(
         &mut alice,
@@ -1357,11 +1132,7 @@ async fn a_megabyte_of_input_comes_back_as_64_bytes_and_its_length() {
             "S".repeat(64)
         )
     );
-    let err = alice
-        .get_order(GetOrderRequest {
-            order_id: "o".repeat(1 << 20),
-            ..Default::default()
-        })
+    let err = get(&mut alice, by_id(&"o".repeat(1 << 20)))
         .await
         .unwrap_err();
     assert_eq!(
@@ -1374,12 +1145,10 @@ async fn a_megabyte_of_input_comes_back_as_64_bytes_and_its_length() {
             )
         )
     );
-    let err = alice
-        .list_orders(ListOrdersRequest {
-            page_token: "p".repeat(1 << 20),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let huge_token = ListOrdersRequest {
+        page_token: "p".repeat(1 << 20),
+        ..Default::default()
+    };
+    let err = list(&mut alice, huge_token).await.unwrap_err();
     assert!(err.message().len() < 200, "{} bytes", err.message().len());
 }

@@ -8,7 +8,7 @@ use fxcast_proto::v1::{
     stream_rates_response::Event,
 };
 use fxcast_services::{Config, FeedKind, HubConfig, StreamLimits, feed::SimulatorConfig};
-use fxcast_testkit::{Stack, next_event, next_rate};
+use fxcast_testkit::{Stack, end_status, next_event, next_rate, stream_rates};
 use tonic::Code;
 
 fn symbols(list: &[&str]) -> Vec<String> {
@@ -19,6 +19,45 @@ fn stream_request(list: &[&str]) -> StreamRatesRequest {
     StreamRatesRequest {
         symbols: symbols(list),
         ..Default::default()
+    }
+}
+
+/// No feed: the test publishes every rate.
+fn quiet(list: &[&str]) -> Config {
+    Config {
+        feed: FeedKind::None,
+        symbols: symbols(list),
+        ..Default::default()
+    }
+}
+
+/// USD_JPY without a feed, the hub and lag limits as given.
+fn lagging(stream_buffer: usize, max_lags: usize) -> Config {
+    Config {
+        hub: HubConfig {
+            history: 16,
+            stream_buffer,
+        },
+        stream_limits: StreamLimits {
+            max_lags,
+            lag_window: Duration::from_secs(60),
+        },
+        ..quiet(&["USD_JPY"])
+    }
+}
+
+fn latest(symbol: &str) -> GetLatestRateRequest {
+    GetLatestRateRequest {
+        symbol: symbol.into(),
+    }
+}
+
+/// A stream of `list` resuming after `sequence`, and `symbol` after its own.
+fn resuming(list: &[&str], sequence: u64, (symbol, after): (&str, u64)) -> StreamRatesRequest {
+    StreamRatesRequest {
+        symbols: symbols(list),
+        resume_after_sequence: Some(sequence),
+        resume_after: [(symbol.to_owned(), after)].into_iter().collect(),
     }
 }
 
@@ -37,11 +76,7 @@ fn fast_simulated(list: &[&str]) -> Config {
 async fn live_stream_of_simulated_ticks_is_gap_free_per_symbol() {
     let server = Stack::start(fast_simulated(&["USD_JPY", "EUR_USD", "BTC_JPY"])).await;
     let mut client = server.client().await;
-    let mut stream = client
-        .stream_rates(stream_request(&["USD_JPY", "EUR_USD"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_rates(&mut client, stream_request(&["USD_JPY", "EUR_USD"])).await;
     let mut last: HashMap<String, u64> = HashMap::new();
     for _ in 0..60 {
         let rate = next_rate(&mut stream).await;
@@ -92,11 +127,7 @@ async fn a_new_stream_starts_with_the_latest_rate_then_goes_live() {
     server.publish("USD_JPY", "151.100", "151.110").await;
     let latest = server.publish("USD_JPY", "151.200", "151.210").await;
     let mut client = server.client().await;
-    let mut stream = client
-        .stream_rates(stream_request(&[]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_rates(&mut client, stream_request(&[])).await;
     assert_eq!(next_rate(&mut stream).await, latest);
     let live = server.publish("USD_JPY", "151.300", "151.310").await;
     assert_eq!(next_rate(&mut stream).await, live);
@@ -116,12 +147,8 @@ async fn resume_replays_what_the_server_holds_then_goes_live() {
     }
     server.publish("EUR_USD", "1.08500", "1.08510").await;
     let mut client = server.client().await;
-    let request = StreamRatesRequest {
-        symbols: symbols(&["USD_JPY", "EUR_USD"]),
-        resume_after_sequence: Some(4),
-        resume_after: [("EUR_USD".to_owned(), 0)].into_iter().collect(),
-    };
-    let mut stream = client.stream_rates(request).await.unwrap().into_inner();
+    let request = resuming(&["USD_JPY", "EUR_USD"], 4, ("EUR_USD", 0));
+    let mut stream = stream_rates(&mut client, request).await;
     let mut seen: HashMap<String, Vec<u64>> = HashMap::new();
     for _ in 0..7 {
         let rate = next_rate(&mut stream).await;
@@ -137,13 +164,11 @@ async fn resume_replays_what_the_server_holds_then_goes_live() {
 #[tokio::test]
 async fn resume_older_than_the_history_announces_the_gap() {
     let server = Stack::start(Config {
-        feed: FeedKind::None,
-        symbols: symbols(&["USD_JPY"]),
         hub: HubConfig {
             history: 5,
             ..Default::default()
         },
-        ..Default::default()
+        ..quiet(&["USD_JPY"])
     })
     .await;
     for _ in 0..20 {
@@ -154,7 +179,7 @@ async fn resume_older_than_the_history_announces_the_gap() {
         resume_after_sequence: Some(2),
         ..stream_request(&["USD_JPY"])
     };
-    let mut stream = client.stream_rates(request).await.unwrap().into_inner();
+    let mut stream = stream_rates(&mut client, request).await;
     match next_event(&mut stream).await {
         Event::Gap(gap) => {
             assert_eq!(
@@ -175,32 +200,18 @@ async fn resume_older_than_the_history_announces_the_gap() {
 async fn latest_rate_and_symbols_answer_at_once() {
     let server = Stack::start(Config {
         markup: "0.002".parse().unwrap(),
-        ..Config {
-            feed: FeedKind::None,
-            symbols: symbols(&["USD_JPY", "EUR_USD"]),
-            ..Default::default()
-        }
+        ..quiet(&["USD_JPY", "EUR_USD"])
     })
     .await;
     let mut client = server.client().await;
 
-    let err = client
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.get_latest_rate(latest("USD_JPY")).await.unwrap_err();
     assert_eq!(err.code(), Code::Unavailable);
     assert_eq!(err.message(), "no rate has been published for USD_JPY yet");
 
     server.publish("USD_JPY", "151.230", "151.238").await;
-    let rate = client
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "USD_JPY".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let rate = client.get_latest_rate(latest("USD_JPY")).await;
+    let rate = rate.unwrap().into_inner();
     assert_eq!(
         (rate.bid.as_str(), rate.ask.as_str(), rate.sequence),
         ("151.228", "151.240", 1)
@@ -230,21 +241,11 @@ async fn invalid_requests_name_what_is_wrong() {
     let server = Stack::quiet(&["USD_JPY"]).await;
     let mut client = server.client().await;
 
-    let err = client
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: "XXX_YYY".into(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.get_latest_rate(latest("XXX_YYY")).await.unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
     assert_eq!(err.message(), "unknown symbol \"XXX_YYY\" (known: USD_JPY)");
 
-    let err = client
-        .get_latest_rate(GetLatestRateRequest {
-            symbol: String::new(),
-        })
-        .await
-        .unwrap_err();
+    let err = client.get_latest_rate(latest("")).await.unwrap_err();
     assert_eq!(
         (err.code(), err.message()),
         (Code::InvalidArgument, "symbol is required")
@@ -310,19 +311,11 @@ async fn invalid_requests_name_what_is_wrong() {
 async fn publish_rate_applies_markup_and_reaches_streams() {
     let server = Stack::start(Config {
         markup: "1bp".parse().unwrap(),
-        ..Config {
-            feed: FeedKind::None,
-            symbols: symbols(&["USD_JPY"]),
-            ..Default::default()
-        }
+        ..quiet(&["USD_JPY"])
     })
     .await;
     let mut client = server.client().await;
-    let mut stream = client
-        .stream_rates(stream_request(&["USD_JPY"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_rates(&mut client, stream_request(&["USD_JPY"])).await;
     let request = PublishRateRequest {
         symbol: "USD_JPY".into(),
         bid: "151.230".into(),
@@ -340,31 +333,10 @@ async fn publish_rate_applies_markup_and_reaches_streams() {
 
 #[tokio::test]
 async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
-    let server = Stack::start(Config {
-        feed: FeedKind::None,
-        symbols: symbols(&["USD_JPY"]),
-        hub: HubConfig {
-            history: 16,
-            stream_buffer: 64,
-        },
-        stream_limits: StreamLimits {
-            max_lags: 1000,
-            lag_window: Duration::from_secs(60),
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = Stack::start(lagging(64, 1000)).await;
     let mut client = server.client().await;
-    let mut slow = client
-        .stream_rates(stream_request(&["USD_JPY"]))
-        .await
-        .unwrap()
-        .into_inner();
-    let mut fast = client
-        .stream_rates(stream_request(&["USD_JPY"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = stream_rates(&mut client, stream_request(&["USD_JPY"])).await;
+    let mut fast = stream_rates(&mut client, stream_request(&["USD_JPY"])).await;
 
     let total = 30_000u64;
     let mut fast_next = 1;
@@ -418,26 +390,9 @@ async fn a_slow_reader_is_conflated_while_a_fast_one_misses_nothing() {
 
 #[tokio::test]
 async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
-    let server = Stack::start(Config {
-        feed: FeedKind::None,
-        symbols: symbols(&["USD_JPY"]),
-        hub: HubConfig {
-            history: 16,
-            stream_buffer: 16,
-        },
-        stream_limits: StreamLimits {
-            max_lags: 2,
-            lag_window: Duration::from_secs(60),
-        },
-        ..Default::default()
-    })
-    .await;
+    let server = Stack::start(lagging(16, 2)).await;
     let mut client = server.client().await;
-    let mut slow = client
-        .stream_rates(stream_request(&["USD_JPY"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut slow = stream_rates(&mut client, stream_request(&["USD_JPY"])).await;
     let status = loop {
         for _ in 0..20_000 {
             server.publish("USD_JPY", "151.100", "151.200").await;
@@ -475,23 +430,10 @@ async fn a_reader_that_keeps_falling_behind_is_disconnected_with_a_reason() {
 async fn shutdown_ends_streams_and_stops_the_server() {
     let server = Stack::start(fast_simulated(&["USD_JPY"])).await;
     let mut client = server.client().await;
-    let mut stream = client
-        .stream_rates(stream_request(&["USD_JPY"]))
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = stream_rates(&mut client, stream_request(&["USD_JPY"])).await;
     next_rate(&mut stream).await;
     server.stop.cancel();
-    let status = loop {
-        match tokio::time::timeout(Duration::from_secs(10), stream.message())
-            .await
-            .expect("stream did not end")
-        {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("stream ended without telling the client why"),
-            Err(status) => break status,
-        }
-    };
+    let status = end_status(&mut stream, Duration::from_secs(10)).await;
     assert_eq!(status.code(), Code::Unavailable);
     assert!(
         status.message().contains("shutting down"),
@@ -507,10 +449,8 @@ async fn shutdown_ends_streams_and_stops_the_server() {
 
 async fn restartable(data_dir: &std::path::Path) -> Stack {
     Stack::start(Config {
-        feed: FeedKind::None,
-        symbols: symbols(&["USD_JPY"]),
         data_dir: data_dir.to_owned(),
-        ..Default::default()
+        ..quiet(&["USD_JPY"])
     })
     .await
 }
@@ -559,15 +499,11 @@ async fn after_a_crash_sequences_skip_ahead_and_resuming_clients_see_the_gap() {
 
     let server = restartable(dir.path()).await;
     let mut client = server.client().await;
-    let mut stream = client
-        .stream_rates(StreamRatesRequest {
-            symbols: symbols(&["USD_JPY"]),
-            resume_after_sequence: Some(2),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let request = StreamRatesRequest {
+        resume_after_sequence: Some(2),
+        ..stream_request(&["USD_JPY"])
+    };
+    let mut stream = stream_rates(&mut client, request).await;
     let published = server.publish("USD_JPY", "151.120", "151.130").await;
     let first = fxcast_services::SEQUENCE_BLOCK + 1;
     assert_eq!(
@@ -593,13 +529,9 @@ async fn a_resume_point_ahead_of_the_stream_is_answered_at_once_with_a_gap_and_t
     }
     server.publish("EUR_USD", "1.08500", "1.08510").await;
     let mut client = server.client().await;
-    let request = StreamRatesRequest {
-        symbols: symbols(&["USD_JPY", "EUR_USD"]),
-        resume_after_sequence: Some(1_000_000_000),
-        // A resume point the stream has reached is not ahead: nothing new.
-        resume_after: [("EUR_USD".to_owned(), 1)].into_iter().collect(),
-    };
-    let mut stream = client.stream_rates(request).await.unwrap().into_inner();
+    // EUR_USD's resume point the stream has reached is not ahead: nothing new.
+    let request = resuming(&["USD_JPY", "EUR_USD"], 1_000_000_000, ("EUR_USD", 1));
+    let mut stream = stream_rates(&mut client, request).await;
     // At once: not when the sequence reaches a billion.
     let (gap, rate) = tokio::time::timeout(Duration::from_secs(3), async {
         (next_event(&mut stream).await, next_rate(&mut stream).await)

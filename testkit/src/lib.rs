@@ -8,26 +8,50 @@
 //! # Layout
 //! - [`Stack`]: start, tokens, clients, publishing, readiness, metrics.
 //! - [`channel`]: a gRPC channel carrying a credential.
-//! - `streams`: the next event of a gRPC rate stream ([`next_event`], [`next_rate`]).
-//! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`], [`subscribe`]).
-//! - `process`: driving the real binary ([`spawn_serve`], [`wait_for_line`], [`log_field`]).
-//! - `tls`: a test CA, the certificate files a server reads, clients trusting only that CA ([`Ca`], [`TlsDir`]).
+//! - `streams`: RateService calls ([`latest_rate`], [`publish_rate`]) and
+//!   gRPC streams: opening a rate stream ([`stream_rates`],
+//!   [`stream_symbols`]), the next message ([`next_message`],
+//!   [`next_message_within`], [`next_event`], [`next_rate`]), the status
+//!   that ends one ([`end_status`]).
+//! - `sse`: Server-Sent Events ([`sse_events`]).
+//! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`],
+//!   [`send_subscribe`], [`subscribe`]).
+//! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
+//!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
+//! - `logs`: reading back what the servers log ([`capture_logs`]).
+//! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
+//!   [`log_field`], [`run`], [`stdout_of`]) and talking to it from outside
+//!   ([`http_exchange`], [`http_request`], [`issue_token`]).
+//! - `tls`: a test CA, the certificate files a server reads, clients
+//!   trusting only that CA ([`Ca`], [`TlsDir`]).
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
+mod http;
+mod logs;
 mod process;
+mod sse;
 mod stack;
 mod streams;
 mod tls;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
-pub use process::{STARTUP, ServeProcess, log_field, spawn_serve, wait_for_line};
+pub use http::{error_of, json_of};
+pub use logs::{Captured, capture_logs};
+pub use process::{
+    STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, spawn_serve,
+    spawn_until, stdout_of, wait_for_line,
+};
+pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};
-pub use streams::{next_event, next_rate};
+pub use streams::{
+    end_status, latest_rate, next_event, next_message, next_message_within, next_rate,
+    publish_rate, stream_rates, stream_symbols,
+};
 pub use tls::{Ca, Leaf, TlsDir};
-pub use ws::{Ws, next_json, send_json, subscribe};
+pub use ws::{Ws, next_json, send_json, send_subscribe, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.
 pub async fn channel(url: &str, credential: &str) -> Authed {

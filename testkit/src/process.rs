@@ -2,9 +2,13 @@
 
 use std::time::Duration;
 
+use fxcast_proto::v1::{
+    IssueTokenRequest, IssueTokenResponse, token_service_client::TokenServiceClient,
+};
 use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Child,
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::TcpStream,
+    process::{Child, Command},
 };
 
 /// How long a child may take to log that it is ready.
@@ -43,6 +47,21 @@ pub fn log_field(line: &str, name: &str) -> String {
         .to_owned()
 }
 
+/// Spawns `command` logging at info level without colours to a piped
+/// stderr (stdout discarded, killed on drop); returns it once it logged a
+/// line containing `marker`, and that line.
+pub async fn spawn_until(mut command: Command, marker: &str) -> (Child, String) {
+    command
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().expect("the command starts");
+    let line = wait_for_line(&mut child, marker).await;
+    (child, line)
+}
+
 /// A running `fxcast serve` child process and the addresses it logged.
 pub struct ServeProcess {
     /// The process (killed on drop).
@@ -62,7 +81,7 @@ pub async fn spawn_serve(
     args: &[&str],
     env: &[(&str, &str)],
 ) -> ServeProcess {
-    let mut command = tokio::process::Command::new(bin);
+    let mut command = Command::new(bin);
     command
         .args([
             "serve",
@@ -76,17 +95,80 @@ pub async fn spawn_serve(
         .args(args)
         .env_remove("FXCAST_API_KEY")
         .env_remove("FXCAST_CONFIG")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .envs(env.iter().copied())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = command.spawn().expect("the fxcast binary starts");
-    let line = wait_for_line(&mut child, "fxcast listening").await;
+        .envs(env.iter().copied());
+    let (child, line) = spawn_until(command, "fxcast listening").await;
     ServeProcess {
         grpc: log_field(&line, "grpc"),
         http: log_field(&line, "http"),
         child,
     }
+}
+
+/// Runs `<bin> <args>` without the fxcast credentials of the environment;
+/// its output once it exited, within 30 s.
+pub async fn run(bin: &str, args: &[&str]) -> std::process::Output {
+    let output = Command::new(bin)
+        .args(args)
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_TOKEN")
+        .output();
+    tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("the command did not finish within 30 s")
+        .unwrap()
+}
+
+/// The trimmed stdout of a command that must have succeeded.
+pub fn stdout_of(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone())
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A bodiless `method path` HTTP/1.1 request to `addr` over a fresh
+/// connection: the whole answer, as the server sent it.
+pub async fn http_exchange(addr: &str, method: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
+/// As [`http_exchange`]: the status and body of the answer.
+pub async fn http_request(addr: &str, method: &str, path: &str) -> (u16, String) {
+    let response = http_exchange(addr, method, path).await;
+    let status = response.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = response
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    (status, body)
+}
+
+/// A token for `subject` with `scopes`, issued by the server at `url` with
+/// its API key.
+pub async fn issue_token(
+    url: &str,
+    api_key: &str,
+    subject: &str,
+    scopes: &[&str],
+) -> IssueTokenResponse {
+    let mut tokens = TokenServiceClient::new(crate::channel(url, api_key).await);
+    let request = IssueTokenRequest {
+        subject: subject.into(),
+        scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+        ttl: None,
+    };
+    tokens.issue_token(request).await.unwrap().into_inner()
 }

@@ -5,7 +5,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
 use fxcast_app::{App, TransportConfig};
 use fxcast_gateway::{GatewayConfig, WsLimits};
 use fxcast_proto::v1::{Rate, rate_service_client::RateServiceClient};
-use fxcast_services::{Config, FeedKind, RatesCore, feed::Quote};
+use fxcast_services::{Config, FeedKind, RatesCore, auth::IssuedToken, feed::Quote};
 use rust_decimal::Decimal;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -17,7 +17,7 @@ use crate::{Authed, Bearer, Ws};
 pub const ALL_SCOPES: &str = "rates:subscribe=* rates:publish orders:place orders:read";
 
 /// A running fxcast: rate core, gRPC on [`Stack::addr`] and the gateway on
-/// [`Stack::http`], the gateway reading the core over loopback gRPC.
+/// [`Stack::http`], the gateway reading the core over in-process gRPC pipes.
 pub struct Stack {
     /// The gRPC address.
     pub addr: SocketAddr,
@@ -143,11 +143,16 @@ impl Stack {
     /// A token for `subject` with space-separated `scopes`, issued by the
     /// core's authority.
     pub fn token(&self, subject: &str, scopes: &str) -> String {
-        self.core
-            .authority()
-            .issue(subject, scopes.parse().unwrap(), None)
+        self.issue(subject, scopes, None).token
+    }
+
+    /// As [`Stack::token`], living `ttl` (the default when `None`), with
+    /// its id and expiry.
+    pub fn issue(&self, subject: &str, scopes: &str, ttl: Option<Duration>) -> IssuedToken {
+        let authority = self.core.authority();
+        authority
+            .issue(subject, scopes.parse().unwrap(), ttl)
             .unwrap()
-            .token
     }
 
     /// The admin API key.
@@ -198,14 +203,9 @@ impl Stack {
 
     /// An anonymous browser token from `POST /v1/tokens`.
     pub async fn browser_token(&self) -> String {
-        let response = self
-            .client
-            .post(self.url("/v1/tokens"))
-            .send()
-            .await
-            .unwrap();
+        let response = self.post("/v1/tokens").await;
         assert_eq!(response.status(), 200);
-        let body: serde_json::Value = response.json().await.unwrap();
+        let body = crate::json_of(response).await;
         body["token"].as_str().unwrap().to_owned()
     }
 
@@ -227,6 +227,11 @@ impl Stack {
         }
     }
 
+    /// The gateway's WebSocket with a fresh browser token.
+    pub async fn browser_ws(&self) -> Ws {
+        self.ws(&self.browser_token().await).await
+    }
+
     /// The gateway's WebSocket with `token`.
     pub async fn ws(&self, token: &str) -> Ws {
         let (ws, _) =
@@ -238,14 +243,7 @@ impl Stack {
 
     /// The gateway's `/metrics` page.
     pub async fn metrics_text(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.get("/metrics").await.text().await.unwrap()
     }
 
     /// The current value of the gateway metric line starting with `prefix`.

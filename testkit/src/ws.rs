@@ -16,13 +16,18 @@ pub async fn send_json(ws: &mut Ws, value: serde_json::Value) {
         .unwrap();
 }
 
-/// Subscribes `ws` to `symbols` and checks the acknowledgement.
-pub async fn subscribe(ws: &mut Ws, symbols: &[&str]) {
+/// Asks to subscribe `ws` to `symbols`; the answer is left to the caller.
+pub async fn send_subscribe(ws: &mut Ws, symbols: &[&str]) {
     send_json(
         ws,
         serde_json::json!({"type": "subscribe", "symbols": symbols}),
     )
     .await;
+}
+
+/// Subscribes `ws` to `symbols` and checks the acknowledgement.
+pub async fn subscribe(ws: &mut Ws, symbols: &[&str]) {
+    send_subscribe(ws, symbols).await;
     let ack = next_json(ws).await;
     assert_eq!(ack["type"], "subscribed", "{ack}");
 }
