@@ -3,33 +3,43 @@
 //! with its own client certificate and serving HTTPS itself, and
 //! `momento-local` over TLS.
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use fxcast_testkit::{Ca, TlsDir, log_field, spawn_serve, wait_for_line};
-use tokio::process::{Child, Command};
+use fxcast_testkit::{
+    Ca, TlsDir, json_of, log_field, spawn_serve, spawn_until, stdout_of, wait_ready_at,
+};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
 
-/// `fxcast <args>` with its stderr piped, killed on drop.
-fn spawn(args: &[&str]) -> Child {
-    Command::new(BIN)
+/// `fxcast <args>` without the fxcast settings of this environment.
+fn fxcast(args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
         .args(args)
         .env_remove("FXCAST_API_KEY")
         .env_remove("FXCAST_CONFIG")
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .env_remove("FXCAST_CA_CERT");
+    command
+}
+
+/// The exit status and stderr of `command`, which must end within 30 s.
+async fn failure_of(mut command: Command) -> String {
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .expect("the command exits")
+        .unwrap();
+    assert!(!output.status.success());
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn path(p: &std::path::Path) -> &str {
     p.to_str().unwrap()
+}
+
+/// The port of the address logged as `name=` in `line`.
+fn port_of(line: &str, name: &str) -> String {
+    log_field(line, name).rsplit(':').next().unwrap().to_owned()
 }
 
 #[tokio::test]
@@ -90,39 +100,20 @@ async fn a_gateway_reaches_a_tls_upstream_with_its_client_certificate_and_serves
         }
         args
     };
-    let mut gateway = spawn(&gateway_args(true));
-    let line = wait_for_line(&mut gateway, "fxcast gateway listening").await;
-    let port = log_field(&line, "http")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
-    let base = format!("https://localhost:{port}");
+    let (_gateway, line) =
+        spawn_until(fxcast(&gateway_args(true)), "fxcast gateway listening").await;
+    let base = format!("https://localhost:{}", port_of(&line, "http"));
     let https = ca.https_client();
-
-    let started = Instant::now();
-    while https
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the gateway never became ready over TLS"
-        );
-        // Polling a readiness endpoint: there is nothing to await instead.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_ready_at(&https, &base).await;
     // A browser token from the gateway, issued by the upstream over mTLS.
-    let token: serde_json::Value = https
-        .post(format!("{base}/v1/tokens"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let token = json_of(
+        https
+            .post(format!("{base}/v1/tokens"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert!(
         token["subject"].as_str().unwrap().starts_with("anon-"),
         "{token}"
@@ -132,34 +123,23 @@ async fn a_gateway_reaches_a_tls_upstream_with_its_client_certificate_and_serves
     // and exits saying so (with TLS 1.3 the reason is either the server's
     // CertificateRequired alert or the closed connection, whichever the
     // client reads first).
-    let refused = spawn(&gateway_args(false));
-    let output = tokio::time::timeout(Duration::from_secs(30), refused.wait_with_output())
-        .await
-        .expect("the refused gateway exits")
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = failure_of(fxcast(&gateway_args(false))).await;
     assert!(stderr.contains("upstream refused the gateway"), "{stderr}");
 }
 
 #[tokio::test]
 async fn the_gateway_refuses_tls_flags_without_https() {
-    let output = Command::new(BIN)
-        .args([
-            "gateway",
-            "--upstream",
-            "http://127.0.0.1:1",
-            "--upstream-ca",
-            "/nonexistent.pem",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
-        .env("FXCAST_API_KEY", "k")
-        .output()
-        .await
-        .unwrap();
-    assert!(!output.status.success());
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let mut command = fxcast(&[
+        "gateway",
+        "--upstream",
+        "http://127.0.0.1:1",
+        "--upstream-ca",
+        "/nonexistent.pem",
+        "--http-listen",
+        "127.0.0.1:0",
+    ]);
+    command.env("FXCAST_API_KEY", "k");
+    let stderr = failure_of(command).await;
     assert!(stderr.contains("need an https:// --upstream"), "{stderr}");
 }
 
@@ -167,7 +147,7 @@ async fn the_gateway_refuses_tls_flags_without_https() {
 async fn momento_local_serves_the_momento_wire_over_tls() {
     let ca = Ca::new("fxcast test CA");
     let files = TlsDir::new(&ca.issue(&["localhost"]));
-    let mut child = spawn(&[
+    let command = fxcast(&[
         "momento-local",
         "--listen",
         "127.0.0.1:0",
@@ -178,13 +158,9 @@ async fn momento_local_serves_the_momento_wire_over_tls() {
         "--tls-key",
         path(&files.key()),
     ]);
-    let line = wait_for_line(&mut child, "momento-local listening").await;
+    let (_child, line) = spawn_until(command, "momento-local listening").await;
     assert!(line.contains("tls=true"), "{line}");
-    let port = log_field(&line, "addr")
-        .rsplit(':')
-        .next()
-        .unwrap()
-        .to_owned();
+    let port = port_of(&line, "addr");
     // A gRPC-web Get of a missing key (an empty `_GetRequest`, framed), as
     // Momento's web SDK sends it, over HTTPS trusting only the test CA.
     let response = ca
@@ -233,35 +209,23 @@ async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
     let port = served.grpc.rsplit(':').next().unwrap();
     let server = format!("https://localhost:{port}");
     let token = |ca: Option<&std::path::Path>| {
-        let mut command = Command::new(BIN);
-        command
-            .args(["token", "--server", &server, "--subject", "alice"])
-            .args([
-                "--scope",
-                "rates:subscribe=*",
-                "--data-dir",
-                path(data.path()),
-            ])
-            .env_remove("FXCAST_API_KEY")
-            .env_remove("FXCAST_CA_CERT");
+        let mut command = fxcast(&["token", "--server", &server, "--subject", "alice"]);
+        command.args([
+            "--scope",
+            "rates:subscribe=*",
+            "--data-dir",
+            path(data.path()),
+        ]);
         if let Some(ca) = ca {
             command.env("FXCAST_CA_CERT", ca);
         }
-        tokio::time::timeout(Duration::from_secs(30), command.output())
+        command
     };
-    let trusted = token(Some(&ca_file)).await.unwrap().unwrap();
-    assert!(
-        trusted.status.success(),
-        "{}",
-        String::from_utf8_lossy(&trusted.stderr)
-    );
-    let jwt = String::from_utf8_lossy(&trusted.stdout).trim().to_owned();
+    let jwt = stdout_of(&token(Some(&ca_file)).output().await.unwrap());
     assert_eq!(jwt.matches('.').count(), 2, "{jwt}");
     grpcio_reaches(&ca_file, &served.grpc, port, &jwt);
     // Against the Mozilla roots the test CA is unknown.
-    let untrusted = token(None).await.unwrap().unwrap();
-    assert!(!untrusted.status.success());
-    let stderr = String::from_utf8_lossy(&untrusted.stderr);
+    let stderr = failure_of(token(None)).await;
     assert!(stderr.contains("cannot connect"), "{stderr}");
 }
 

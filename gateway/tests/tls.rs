@@ -10,7 +10,9 @@ use fxcast_gateway::GatewayConfig;
 use fxcast_listener::{Tls, TlsFiles, tls};
 use fxcast_proto::v1::{GetLatestRateRequest, rate_service_client::RateServiceClient};
 use fxcast_services::{Config, FeedKind};
-use fxcast_testkit::{ALL_SCOPES, Bearer, Ca, Leaf, Stack, TlsDir, next_json, subscribe};
+use fxcast_testkit::{
+    ALL_SCOPES, Bearer, Ca, Leaf, Stack, TlsDir, json_of, next_json, subscribe, wait_ready_at,
+};
 use tonic::transport::Endpoint;
 
 /// The listener TLS of `dir`'s certificate.
@@ -87,27 +89,17 @@ async fn grpc_rest_and_websocket_run_over_tls_and_plaintext_is_refused() {
     // REST, after the gateway is ready, through a client trusting only the CA.
     let https = ca.https_client();
     let base = format!("https://localhost:{}", stack.http.port());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while https
-        .get(format!("{base}/readyz"))
-        .send()
-        .await
-        .map_or(true, |r| r.status() != 200)
-    {
-        assert!(tokio::time::Instant::now() < deadline, "never ready");
-        // Polling a readiness endpoint: there is nothing to await instead.
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    wait_ready_at(&https, &base).await;
     let token = stack.token("tester", ALL_SCOPES);
-    let rate: serde_json::Value = https
-        .get(format!("{base}/v1/rates/USD_JPY"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rate = json_of(
+        https
+            .get(format!("{base}/v1/rates/USD_JPY"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(rate["symbol"], "USD_JPY", "{rate}");
     assert_eq!(rate["bid"], "151.100", "{rate}");
 

@@ -102,13 +102,7 @@ pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .as_deref()
             .map(split_list)
             .unwrap_or_default(),
-        tls: fxcast_listener::TlsFiles::from_flags(
-            args.tls_cert.clone(),
-            args.tls_key.clone(),
-            None,
-        )?
-        .map(|files| fxcast_listener::Tls::load(files, fxcast_listener::tls::ALPN_HTTP))
-        .transpose()?,
+        tls: super::http_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?,
         ..GatewayConfig::default()
     };
     tracing::info!(http = %http.local_addr()?, upstream = %args.upstream, "fxcast gateway listening");

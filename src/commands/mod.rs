@@ -22,6 +22,22 @@ pub(crate) fn init_logging() {
         .init();
 }
 
+/// The TLS of an HTTP listener (ALPN `h2`, `http/1.1`) from a command's
+/// `--tls-cert`/`--tls-key`: `None` for plaintext.
+pub(crate) fn http_tls(
+    cert: Option<&std::path::Path>,
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<fxcast_listener::Tls>> {
+    let files = fxcast_listener::TlsFiles::from_flags(
+        cert.map(std::path::Path::to_owned),
+        key.map(std::path::Path::to_owned),
+        None,
+    )?;
+    Ok(files
+        .map(|files| fxcast_listener::Tls::load(files, fxcast_listener::tls::ALPN_HTTP))
+        .transpose()?)
+}
+
 /// Splits a comma-separated list, trimming blanks.
 pub(crate) fn split_list(value: &str) -> Vec<String> {
     value

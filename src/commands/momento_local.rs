@@ -80,13 +80,7 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
             header_timeout: args.header_timeout.into(),
             idle_timeout: args.idle_timeout.into(),
         },
-        tls: fxcast_listener::TlsFiles::from_flags(
-            args.tls_cert.clone(),
-            args.tls_key.clone(),
-            None,
-        )?
-        .map(|files| fxcast_listener::Tls::load(files, fxcast_listener::tls::ALPN_HTTP))
-        .transpose()?,
+        tls: super::http_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?,
         ..MomentoLocalConfig::default()
     };
     config.validate()?;

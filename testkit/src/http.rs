@@ -10,6 +10,25 @@ pub async fn json_of(response: Response) -> Value {
     response.json().await.unwrap()
 }
 
+/// Polls `<base>/readyz` through `client` until a gateway there answers 200
+/// (within 30 s).
+pub async fn wait_ready_at(client: &reqwest::Client, base: &str) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(response) = client.get(format!("{base}/readyz")).send().await
+            && response.status() == 200
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the gateway at {base} never became ready"
+        );
+        // Polling a readiness endpoint: there is nothing to await instead.
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
 /// The status, `error.code` and `error.message` of a JSON error response.
 pub async fn error_of(response: Response) -> (u16, String, String) {
     let status = response.status().as_u16();

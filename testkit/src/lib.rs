@@ -17,7 +17,8 @@
 //! - `ws`: WebSocket helpers ([`Ws`], [`send_json`], [`next_json`],
 //!   [`send_subscribe`], [`subscribe`]).
 //! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
-//!   [`Stack::post_as`]) and their answers ([`json_of`], [`error_of`]).
+//!   [`Stack::post_as`]), their answers ([`json_of`], [`error_of`]), and
+//!   readiness of any gateway ([`wait_ready_at`]).
 //! - `logs`: reading back what the servers log ([`capture_logs`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
 //!   [`log_field`], [`run`], [`stdout_of`]) and talking to it from outside
@@ -38,7 +39,7 @@ mod tls;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
-pub use http::{error_of, json_of};
+pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
 pub use process::{
     STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, spawn_serve,

@@ -211,20 +211,7 @@ impl Stack {
 
     /// Waits until the gateway has a rate for every symbol (`/readyz`).
     pub async fn wait_ready(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(response) = self.client.get(self.url("/readyz")).send().await
-                && response.status() == 200
-            {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "gateway never became ready"
-            );
-            // Polling a readiness endpoint: there is nothing to await instead.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        crate::wait_ready_at(&self.client, &self.url("")).await;
     }
 
     /// The gateway's WebSocket with a fresh browser token.
