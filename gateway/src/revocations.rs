@@ -14,7 +14,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, follow_stream};
 
 /// Revocations buffered per connection before it lags (and re-reads the set).
 const CAPACITY: usize = 256;
@@ -93,33 +93,30 @@ impl Revocations {
     /// capped backoff. An upstream without `WatchRevocations` (an older
     /// fxcast) is logged once; connections then end only at expiry.
     pub(crate) async fn follow(self, upstream: Upstream, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let outcome = tokio::select! {
-                () = stop.cancelled() => return,
-                outcome = self.follow_once(&upstream) => outcome,
-            };
-            match outcome {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(status) if status.code() == Code::Unimplemented => {
-                    tracing::warn!(
-                        "the upstream does not offer WatchRevocations: revoked tokens' streams end only when they expire"
-                    );
-                    return;
-                }
-                Err(status) => tracing::warn!(
+        let (this, upstream) = (&self, &upstream);
+        follow_stream(&stop, || this.follow_once(upstream), |outcome, backoff| match outcome {
+            Ok(()) => {
+                backoff.reset();
+                Some(backoff.next_delay())
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::warn!(
+                    "the upstream does not offer WatchRevocations: revoked tokens' streams end only when they expire"
+                );
+                None
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
                     code = ?status.code(),
                     message = status.message(),
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "revocation watch lost; reconnecting"
-                ),
+                );
+                Some(delay)
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        })
+        .await;
     }
 
     /// One watch stream, until it ends.

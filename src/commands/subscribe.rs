@@ -11,6 +11,7 @@ use fxcast_proto::v1::{
     GapReason, Rate, StreamRatesRequest, rate_service_client::RateServiceClient,
     stream_rates_response::Event,
 };
+use fxcast_transport::{Backoff, BackoffPolicy};
 use rust_decimal::Decimal;
 use tonic::Code;
 
@@ -77,7 +78,10 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let symbols = split_list(&args.symbols);
     let mut last: HashMap<String, Rate> = HashMap::new();
     let mut printed = 0u64;
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = Backoff::new(BackoffPolicy::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    ));
     let mut token: Option<String> = None;
     loop {
         let outcome = async {
@@ -120,7 +124,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
             Ok(false)
         }
         .await;
-        match outcome {
+        let delay = match outcome {
             Ok(true) => return Ok(()),
             Err(err)
                 if args.credentials.token.is_none()
@@ -133,7 +137,10 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                 token = None;
                 continue;
             }
-            Ok(false) => eprintln!("stream ended by the server; reconnecting"),
+            Ok(false) => {
+                eprintln!("stream ended by the server; reconnecting");
+                backoff.next_delay()
+            }
             Err(err) => {
                 // Bad requests will not get better by retrying.
                 if let Some(status) = err.downcast_ref::<tonic::Status>()
@@ -144,10 +151,11 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                 {
                     return Err(status_error(status));
                 }
-                eprintln!("{err:#}; reconnecting in {backoff:?}");
+                let delay = backoff.next_delay();
+                eprintln!("{err:#}; reconnecting in {delay:?}");
+                delay
             }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        tokio::time::sleep(delay).await;
     }
 }

@@ -14,6 +14,8 @@
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
+//! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
+//!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
 //!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
@@ -35,6 +37,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
+mod backoff;
 mod memory;
 mod mirror;
 
@@ -44,6 +47,7 @@ pub mod momento;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use backoff::{Backoff, BackoffPolicy};
 pub use memory::{MemoryConfig, MemoryTransport};
 pub use mirror::MirroredTransport;
 

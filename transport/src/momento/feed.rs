@@ -46,8 +46,8 @@ use tonic::{
     service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::health::{Backoff, HealthBoard, ReconnectPolicy};
-use crate::{Delivery, Error, Gap, GapCause, Subscription};
+use super::{ReconnectPolicy, health::HealthBoard};
+use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription};
 
 /// Momento serves at most this many concurrent subscriptions on one HTTP/2
 /// connection (the SDK's `MAX_CONCURRENT_STREAMS_PER_CHANNEL`).

@@ -30,7 +30,7 @@
 //! - `credentials`: API key forms and endpoints;
 //! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
 //! - `pacing`: per-topic pacing with conflation;
-//! - `health`: the health board and backoff.
+//! - `health`: the health board.
 
 use std::{
     fmt,
@@ -57,14 +57,16 @@ mod feed;
 mod health;
 mod pacing;
 
-pub use health::ReconnectPolicy;
-
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
 use health::HealthBoard;
 use pacing::{Pacer, PacerConfig, SendFn};
+
+/// How failed subscriptions and publishes are retried: the first delay and
+/// the cap of their [`Backoff`](crate::Backoff).
+pub type ReconnectPolicy = crate::BackoffPolicy;
 
 const BACKEND: &str = "momento";
 
