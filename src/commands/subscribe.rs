@@ -74,6 +74,52 @@ fn print_rate(rate: &Rate, previous: Option<&Rate>) {
     );
 }
 
+/// One stream from the server: prints what it sends until it ends
+/// (`false`) or `--count` rates are printed (`true`). `last` holds each
+/// symbol's last printed rate, where the next stream resumes.
+async fn stream_once(
+    args: &SubscribeArgs,
+    symbols: &[String],
+    token: &mut Option<String>,
+    last: &mut HashMap<String, Rate>,
+    printed: &mut u64,
+) -> anyhow::Result<bool> {
+    if token.is_none() {
+        *token = Some(client_token(&args.server, &args.credentials, &["rates:subscribe=*"]).await?);
+    }
+    let credential = token.as_deref().unwrap_or_default();
+    let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
+    let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
+    let request = StreamRatesRequest {
+        symbols: symbols.to_vec(),
+        resume_after_sequence: if last.is_empty() {
+            args.resume_after
+        } else {
+            None
+        },
+        resume_after,
+    };
+    let mut stream = client.stream_rates(request).await?.into_inner();
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::Rate(rate)) => {
+                print_rate(&rate, last.get(&rate.symbol));
+                last.insert(rate.symbol.clone(), rate);
+                *printed += 1;
+                if args.count.is_some_and(|n| *printed >= n) {
+                    return Ok(true);
+                }
+            }
+            Some(Event::Gap(gap)) => {
+                let reason = GapReason::try_from(gap.reason).unwrap_or(GapReason::Unspecified);
+                println!("GAP {:<10} {:?}: {}", gap.symbol, reason, gap.message);
+            }
+            None => {}
+        }
+    }
+    Ok(false)
+}
+
 pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     let symbols = split_list(&args.symbols);
     let mut last: HashMap<String, Rate> = HashMap::new();
@@ -84,46 +130,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     ));
     let mut token: Option<String> = None;
     loop {
-        let outcome = async {
-            if token.is_none() {
-                token = Some(
-                    client_token(&args.server, &args.credentials, &["rates:subscribe=*"]).await?,
-                );
-            }
-            let credential = token.as_deref().unwrap_or_default();
-            let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
-            let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
-            let request = StreamRatesRequest {
-                symbols: symbols.clone(),
-                resume_after_sequence: if last.is_empty() {
-                    args.resume_after
-                } else {
-                    None
-                },
-                resume_after,
-            };
-            let mut stream = client.stream_rates(request).await?.into_inner();
-            while let Some(message) = stream.message().await? {
-                match message.event {
-                    Some(Event::Rate(rate)) => {
-                        print_rate(&rate, last.get(&rate.symbol));
-                        last.insert(rate.symbol.clone(), rate);
-                        printed += 1;
-                        if args.count.is_some_and(|n| printed >= n) {
-                            return Ok::<bool, anyhow::Error>(true);
-                        }
-                    }
-                    Some(Event::Gap(gap)) => {
-                        let reason =
-                            GapReason::try_from(gap.reason).unwrap_or(GapReason::Unspecified);
-                        println!("GAP {:<10} {:?}: {}", gap.symbol, reason, gap.message);
-                    }
-                    None => {}
-                }
-            }
-            Ok(false)
-        }
-        .await;
+        let outcome = stream_once(&args, &symbols, &mut token, &mut last, &mut printed).await;
         let delay = match outcome {
             Ok(true) => return Ok(()),
             Err(err)

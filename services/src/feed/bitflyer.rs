@@ -239,40 +239,7 @@ impl BitflyerSession {
                     continue;
                 }
             };
-            let is_data = match classify(text.as_str()) {
-                Ok(Frame::ChannelMessage { .. }) => true,
-                Ok(Frame::Response { id, outcome }) => {
-                    let channel = id.and_then(|id| connection.pending.remove(&id));
-                    let channel = channel.as_deref().unwrap_or("?");
-                    match outcome {
-                        Ok(true) => tracing::info!(channel, "bitFlyer subscription confirmed"),
-                        Ok(false) => {
-                            self.health.count(Counter::RpcError);
-                            tracing::warn!(channel, "bitFlyer declined the subscription");
-                        }
-                        Err(error) => {
-                            self.health.count(Counter::RpcError);
-                            tracing::warn!(
-                                channel,
-                                code = error.code,
-                                message = %error.message,
-                                "bitFlyer JSON-RPC error"
-                            );
-                        }
-                    }
-                    false
-                }
-                Ok(Frame::OtherNotification { method }) => {
-                    tracing::debug!(%method, "ignoring bitFlyer notification");
-                    false
-                }
-                Err(malformed) => {
-                    self.health.count(Counter::Malformed);
-                    tracing::warn!(error = %malformed, "rejected a malformed bitFlyer message");
-                    false
-                }
-            };
-            if is_data {
+            if is_data(text.as_str(), &mut connection.pending, &self.health) {
                 if !connection.delivered {
                     connection.delivered = true;
                     self.backoff.reset();
@@ -347,6 +314,44 @@ impl BitflyerSession {
             next_ping: now + self.config.ping_interval,
             delivered: false,
         });
+    }
+}
+
+/// Handles one text frame: subscription answers and other notifications
+/// are logged (and errors counted); true for a `channelMessage`, the data.
+fn is_data(text: &str, pending: &mut HashMap<u64, String>, health: &FeedHealth) -> bool {
+    match classify(text) {
+        Ok(Frame::ChannelMessage { .. }) => true,
+        Ok(Frame::Response { id, outcome }) => {
+            let channel = id.and_then(|id| pending.remove(&id));
+            let channel = channel.as_deref().unwrap_or("?");
+            match outcome {
+                Ok(true) => tracing::info!(channel, "bitFlyer subscription confirmed"),
+                Ok(false) => {
+                    health.count(Counter::RpcError);
+                    tracing::warn!(channel, "bitFlyer declined the subscription");
+                }
+                Err(error) => {
+                    health.count(Counter::RpcError);
+                    tracing::warn!(
+                        channel,
+                        code = error.code,
+                        message = %error.message,
+                        "bitFlyer JSON-RPC error"
+                    );
+                }
+            }
+            false
+        }
+        Ok(Frame::OtherNotification { method }) => {
+            tracing::debug!(%method, "ignoring bitFlyer notification");
+            false
+        }
+        Err(malformed) => {
+            health.count(Counter::Malformed);
+            tracing::warn!(error = %malformed, "rejected a malformed bitFlyer message");
+            false
+        }
     }
 }
 
