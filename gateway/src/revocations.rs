@@ -10,7 +10,8 @@ use std::{
 };
 
 use fxcast_proto::v1::WatchRevocationsRequest;
-use tokio::sync::broadcast::{self, error::RecvError};
+use fxcast_services::auth::until_revoked;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
@@ -64,28 +65,15 @@ impl Revocations {
         &self,
         token_id: Option<&str>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let mut news = self.news.subscribe();
+        let news = self.news.subscribe();
         let this = self.clone();
         let token_id: Option<Arc<str>> = token_id.map(Into::into);
         async move {
             let Some(token_id) = token_id else {
                 return std::future::pending().await;
             };
-            if this.is_revoked(&token_id) {
-                return;
-            }
-            loop {
-                match news.recv().await {
-                    Ok(id) if id == token_id => return,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        if this.is_revoked(&token_id) {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return std::future::pending().await,
-                }
-            }
+            let names_it = |id: &Arc<str>| *id == token_id;
+            until_revoked(news, names_it, || this.is_revoked(&token_id)).await;
         }
     }
 

@@ -11,6 +11,8 @@
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
+//! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
+//!   gap), shared by the memory and Momento backends.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
@@ -38,6 +40,7 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 mod backoff;
+mod local;
 mod memory;
 mod mirror;
 

@@ -19,8 +19,7 @@ use super::{
     Caller, Scopes,
     anonymous::AnonymousPolicy,
     keys::{KeyFile, unix, write_secret_file},
-    revocations::Revocations,
-    revocations::Revoked,
+    revocations::{Revocations, Revoked, until_revoked},
 };
 use crate::Error;
 
@@ -574,7 +573,7 @@ impl TokenAuthority {
         &self,
         caller: &Caller,
     ) -> impl Future<Output = CredentialEnd> + Send + 'static {
-        let mut news = self.inner.revocations.subscribe();
+        let news = self.inner.revocations.subscribe();
         let revocations = self.inner.revocations.clone();
         let token_id = (caller.token_id != API_KEY_ID).then(|| caller.token_id.clone());
         let expiry = caller.expires_at.map(|at| {
@@ -585,23 +584,8 @@ impl TokenAuthority {
             let Some(token_id) = token_id else {
                 return std::future::pending().await;
             };
-            if revocations.is_revoked(&token_id) {
-                return;
-            }
-            loop {
-                match news.recv().await {
-                    Ok(revoked) if *revoked.token_id == *token_id => return,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if revocations.is_revoked(&token_id) {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return std::future::pending().await;
-                    }
-                }
-            }
+            let names_it = |revoked: &Revoked| *revoked.token_id == *token_id;
+            until_revoked(news, names_it, || revocations.is_revoked(&token_id)).await;
         };
         async move {
             let expired = async {

@@ -23,23 +23,19 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures_util::Stream;
 use momento_protos::cache_client::pubsub::{
     Discontinuity, SubscriptionItem, SubscriptionRequest, pubsub_client::PubsubClient,
     subscription_item::Kind, topic_value,
 };
 use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Status, Streaming, metadata::AsciiMetadataValue, service::Interceptor,
@@ -47,7 +43,7 @@ use tonic::{
 };
 
 use super::{ReconnectPolicy, health::HealthBoard};
-use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription};
+use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription, local::LocalReader};
 
 /// Momento serves at most this many concurrent subscriptions on one HTTP/2
 /// connection (the SDK's `MAX_CONCURRENT_STREAMS_PER_CHANNEL`).
@@ -248,12 +244,22 @@ impl Feeds {
             }
         };
         // Built first, so a failed or cancelled wait unsubscribes.
-        let subscription = LocalSubscription {
-            inner: BroadcastStream::new(receiver),
-            topic: topic.to_owned(),
-            id,
-            feeds: Arc::downgrade(self),
+        let (feeds, topic_name) = (Arc::downgrade(self), topic.to_owned());
+        // The last local reader ends the feed and its Momento subscription.
+        let leave = move || {
+            let Some(feeds) = feeds.upgrade() else {
+                return;
+            };
+            let mut by_topic = feeds.lock();
+            let last = by_topic
+                .get(&topic_name)
+                // Our own receiver is still alive while it leaves.
+                .is_some_and(|feed| feed.id == id && feed.sender.receiver_count() <= 1);
+            if last && let Some(feed) = by_topic.remove(&topic_name) {
+                feed.stop.cancel();
+            }
         };
+        let subscription = LocalReader::new(receiver, std::convert::identity, leave);
         let established = state
             .wait_for(|s| !matches!(s, Establishing::Pending))
             .await
@@ -268,47 +274,6 @@ impl Feeds {
                 backend: "momento",
                 message: format!("the subscription to {topic} ended while it was being set up"),
             }),
-        }
-    }
-}
-
-/// A local reader of a topic's feed.
-struct LocalSubscription {
-    inner: BroadcastStream<Delivery>,
-    topic: String,
-    id: u64,
-    feeds: Weak<Feeds>,
-}
-
-impl Stream for LocalSubscription {
-    type Item = Delivery;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
-            item.map(|result| match result {
-                Ok(delivery) => delivery,
-                Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
-                    missed: Some(n),
-                    cause: GapCause::Lagged,
-                }),
-            })
-        })
-    }
-}
-
-impl Drop for LocalSubscription {
-    fn drop(&mut self) {
-        // The last local reader ends the feed and its Momento subscription.
-        let Some(feeds) = self.feeds.upgrade() else {
-            return;
-        };
-        let mut by_topic = feeds.lock();
-        let last = by_topic
-            .get(&self.topic)
-            // Our own receiver is still alive while `drop` runs.
-            .is_some_and(|feed| feed.id == self.id && feed.sender.receiver_count() <= 1);
-        if last && let Some(feed) = by_topic.remove(&self.topic) {
-            feed.stop.cancel();
         }
     }
 }
