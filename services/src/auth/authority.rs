@@ -258,6 +258,23 @@ impl CredentialEnd {
             )),
         }
     }
+
+    /// The status a long-lived stream ends with before its data does:
+    /// `UNAVAILABLE` saying `shutting_down` once `shutdown` is cancelled,
+    /// or this end's status (see [`status`](Self::status)) once
+    /// `credential_end` completes, whichever is first.
+    pub(crate) async fn or_shutdown(
+        credential_end: impl Future<Output = Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        shutting_down: &str,
+        then: &str,
+    ) -> tonic::Status {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
+            end = credential_end => end.status(then),
+        }
+    }
 }
 
 /// Issues and verifies tokens; checks the API key. A cheap `Clone` handle.

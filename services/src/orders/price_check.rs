@@ -104,28 +104,12 @@ pub enum PricePolicy {
     AdverseOnly,
 }
 
-impl FromStr for PricePolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "symmetric" => Ok(PricePolicy::Symmetric),
-            "adverse-only" => Ok(PricePolicy::AdverseOnly),
-            other => Err(format!(
-                "unknown price policy {other:?}: expected symmetric or adverse-only"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for PricePolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PricePolicy::Symmetric => "symmetric",
-            PricePolicy::AdverseOnly => "adverse-only",
-        })
-    }
-}
+crate::words::words!(
+    PricePolicy,
+    "price policy",
+    Symmetric => "symmetric",
+    AdverseOnly => "adverse-only",
+);
 
 /// What the client's `rate_id` named.
 #[derive(Debug, Clone, Copy)]
