@@ -122,11 +122,7 @@ impl std::fmt::Debug for BitflyerSession {
 
 /// Checks that `product` can be part of a channel name.
 fn validate_product(product: &str) -> Result<(), Error> {
-    let valid = !product.is_empty()
-        && product
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if valid {
+    if crate::symbols::is_code(product) {
         Ok(())
     } else {
         Err(Error::Config(format!(
