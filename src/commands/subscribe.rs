@@ -79,7 +79,6 @@ fn print_rate(rate: &Rate, previous: Option<&Rate>) {
 /// symbol's last printed rate, where the next stream resumes.
 async fn stream_once(
     args: &SubscribeArgs,
-    symbols: &[String],
     token: &mut Option<String>,
     last: &mut HashMap<String, Rate>,
     printed: &mut u64,
@@ -91,7 +90,7 @@ async fn stream_once(
     let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
     let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
     let request = StreamRatesRequest {
-        symbols: symbols.to_vec(),
+        symbols: split_list(&args.symbols),
         resume_after_sequence: if last.is_empty() {
             args.resume_after
         } else {
@@ -121,7 +120,6 @@ async fn stream_once(
 }
 
 pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
-    let symbols = split_list(&args.symbols);
     let mut last: HashMap<String, Rate> = HashMap::new();
     let mut printed = 0u64;
     let mut backoff = Backoff::new(BackoffPolicy::new(
@@ -130,7 +128,7 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
     ));
     let mut token: Option<String> = None;
     loop {
-        let outcome = stream_once(&args, &symbols, &mut token, &mut last, &mut printed).await;
+        let outcome = stream_once(&args, &mut token, &mut last, &mut printed).await;
         let delay = match outcome {
             Ok(true) => return Ok(()),
             Err(err)

@@ -39,7 +39,8 @@ impl Default for BackoffPolicy {
 /// The delays between the attempts of one retry loop.
 #[derive(Debug)]
 pub struct Backoff {
-    policy: BackoffPolicy,
+    max: Duration,
+    schedule: ExponentialBuilder,
     steps: ExponentialBackoff,
 }
 
@@ -47,9 +48,16 @@ impl Backoff {
     /// A schedule starting at `policy.initial`.
     #[must_use]
     pub fn new(policy: BackoffPolicy) -> Self {
+        let schedule = ExponentialBuilder::new()
+            .with_min_delay(policy.initial)
+            .with_max_delay(policy.max)
+            .with_factor(2.0)
+            .with_jitter()
+            .without_max_times();
         Self {
-            policy,
-            steps: schedule(policy),
+            max: policy.max,
+            schedule,
+            steps: schedule.build(),
         }
     }
 
@@ -59,26 +67,15 @@ impl Backoff {
         // backon's jitter adds up to one step, `[step, 2 * step)`: half of
         // that is the upper half of the step. It computes in `f32`, so the
         // result is rounded to whole microseconds (whole steps stay whole).
-        let jittered = self.steps.next().unwrap_or(self.policy.max);
+        let jittered = self.steps.next().unwrap_or(self.max);
         let micros = ((jittered / 2).as_nanos() + 500) / 1_000;
-        Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX)).min(self.policy.max)
+        Duration::from_micros(u64::try_from(micros).unwrap_or(u64::MAX)).min(self.max)
     }
 
     /// Starts from the first step again, after a success.
     pub fn reset(&mut self) {
-        self.steps = schedule(self.policy);
+        self.steps = self.schedule.build();
     }
-}
-
-/// `policy`'s steps with jitter, never ending.
-fn schedule(policy: BackoffPolicy) -> ExponentialBackoff {
-    ExponentialBuilder::new()
-        .with_min_delay(policy.initial)
-        .with_max_delay(policy.max)
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
 }
 
 #[cfg(test)]
