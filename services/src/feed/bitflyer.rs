@@ -359,18 +359,11 @@ fn is_data(text: &str, pending: &mut HashMap<u64, String>, health: &FeedHealth) 
 /// fractional JPY price never narrows the spread); the ticker's `timestamp`
 /// is the rate's source time. Malformed messages are rejected, counted in
 /// [`FeedHealth`] and logged, and the connection stays up.
+#[derive(Debug)]
 pub struct BitflyerFeed {
     session: BitflyerSession,
     decoder: TickerDecoder,
     health: FeedHealth,
-}
-
-impl std::fmt::Debug for BitflyerFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitflyerFeed")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BitflyerFeed {
