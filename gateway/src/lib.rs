@@ -179,7 +179,10 @@ async fn start_ticker(
     metrics: &Metrics,
     stop: &CancellationToken,
 ) -> Result<ticker::Ticker, Error> {
-    let mut backoff = Duration::from_millis(50);
+    let mut backoff = fxcast_transport::Backoff::new(fxcast_transport::BackoffPolicy::new(
+        Duration::from_millis(50),
+        Duration::from_secs(5),
+    ));
     loop {
         match ticker::Ticker::start(
             upstream.clone(),
@@ -196,8 +199,7 @@ async fn start_ticker(
                     message = status.message(),
                     "upstream not reachable yet; retrying"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(status) => return Err(Error::Upstream(status)),
         }

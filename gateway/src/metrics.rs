@@ -10,7 +10,7 @@ use prometheus_client::{
         gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
-    registry::Registry,
+    registry::{Metric, Registry},
 };
 
 /// Labels of HTTP request metrics.
@@ -72,113 +72,70 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
+/// Registers each metric under the gateway's prefix as it is made.
+struct Registrar(Registry);
+
+impl Registrar {
+    /// A new metric, registered as `name`.
+    fn add<M: Metric + Clone + Default>(&mut self, name: &str, help: &str) -> M {
+        self.register(name, help, M::default())
+    }
+
+    /// `metric`, registered as `name`.
+    fn register<M: Metric + Clone>(&mut self, name: &str, help: &str, metric: M) -> M {
+        self.0.register(name, help, metric.clone());
+        metric
+    }
+}
+
 impl Default for Metrics {
     fn default() -> Self {
-        let mut registry = Registry::with_prefix("fxcast_gateway");
-        let ticks_received = Counter::default();
-        registry.register(
-            "ticks_received",
-            "Rate ticks received from the upstream",
-            ticks_received.clone(),
-        );
-        let connections = Family::<KindLabels, Gauge>::default();
-        registry.register(
-            "connections",
-            "Open streaming connections by kind (ws, sse)",
-            connections.clone(),
-        );
-        let subscriptions = Gauge::default();
-        registry.register(
-            "subscriptions",
-            "Symbol subscriptions across WebSocket connections",
-            subscriptions.clone(),
-        );
-        let deliveries = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "deliveries",
-            "Rate messages delivered to clients",
-            deliveries.clone(),
-        );
-        let conflations = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "conflations",
-            "Times a slow client was skipped ahead to the latest rate",
-            conflations.clone(),
-        );
-        let slow_consumer_disconnects = Family::<KindLabels, Counter>::default();
-        registry.register(
-            "slow_consumer_disconnects",
-            "Connections closed for staying behind",
-            slow_consumer_disconnects.clone(),
-        );
-        let orders = Family::<OrderLabels, Counter>::default();
-        registry.register(
-            "orders",
-            "Orders placed through the gateway by outcome",
-            orders.clone(),
-        );
-        let symbol_stale = Family::<SymbolLabels, Gauge>::default();
-        registry.register(
-            "symbol_stale",
-            "1 while a symbol's feed is stale (or has no rate yet)",
-            symbol_stale.clone(),
-        );
-        let symbol_sequence = Family::<SymbolLabels, Gauge>::default();
-        registry.register(
-            "symbol_sequence",
-            "Sequence of the latest rate per symbol",
-            symbol_sequence.clone(),
-        );
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "http_requests",
-            "HTTP requests by route and status",
-            requests.clone(),
-        );
-        let request_seconds =
-            Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-                latency_histogram,
-            );
-        registry.register(
-            "http_request_duration_seconds",
-            "HTTP request latency",
-            request_seconds.clone(),
-        );
-        let listener_open = Gauge::default();
-        registry.register(
-            "listener_connections",
-            "TCP connections open on the HTTP listener",
-            listener_open.clone(),
-        );
-        let listener_cap_reached = Counter::default();
-        registry.register(
-            "listener_cap_reached",
-            "Times the HTTP listener's connection cap (--max-connections) was reached",
-            listener_cap_reached.clone(),
-        );
-        let listener_timed_out = Counter::default();
-        registry.register(
-            "listener_timed_out",
-            "HTTP connections closed by the header or idle timeout",
-            listener_timed_out.clone(),
-        );
+        let mut r = Registrar(Registry::with_prefix("fxcast_gateway"));
         Self {
-            registry: Arc::new(registry),
+            ticks_received: r.add("ticks_received", "Rate ticks received from the upstream"),
+            connections: r.add(
+                "connections",
+                "Open streaming connections by kind (ws, sse)",
+            ),
+            subscriptions: r.add(
+                "subscriptions",
+                "Symbol subscriptions across WebSocket connections",
+            ),
+            deliveries: r.add("deliveries", "Rate messages delivered to clients"),
+            conflations: r.add(
+                "conflations",
+                "Times a slow client was skipped ahead to the latest rate",
+            ),
+            slow_consumer_disconnects: r.add(
+                "slow_consumer_disconnects",
+                "Connections closed for staying behind",
+            ),
+            orders: r.add("orders", "Orders placed through the gateway by outcome"),
+            symbol_stale: r.add(
+                "symbol_stale",
+                "1 while a symbol's feed is stale (or has no rate yet)",
+            ),
+            symbol_sequence: r.add("symbol_sequence", "Sequence of the latest rate per symbol"),
+            requests: r.add("http_requests", "HTTP requests by route and status"),
+            request_seconds: r.register(
+                "http_request_duration_seconds",
+                "HTTP request latency",
+                Family::new_with_constructor(latency_histogram),
+            ),
+            listener_open: r.add(
+                "listener_connections",
+                "TCP connections open on the HTTP listener",
+            ),
+            listener_cap_reached: r.add(
+                "listener_cap_reached",
+                "Times the HTTP listener's connection cap (--max-connections) was reached",
+            ),
+            listener_timed_out: r.add(
+                "listener_timed_out",
+                "HTTP connections closed by the header or idle timeout",
+            ),
             listener: Arc::default(),
-            listener_open,
-            listener_cap_reached,
-            listener_timed_out,
-            ticks_received,
-            connections,
-            subscriptions,
-            deliveries,
-            conflations,
-            slow_consumer_disconnects,
-            orders,
-            symbol_stale,
-            symbol_sequence,
-            requests,
-            request_seconds,
+            registry: Arc::new(r.0),
         }
     }
 }

@@ -10,11 +10,12 @@ use std::{
 };
 
 use fxcast_proto::v1::WatchRevocationsRequest;
-use tokio::sync::broadcast::{self, error::RecvError};
+use fxcast_services::auth::until_revoked;
+use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use tonic::Code;
 
-use crate::upstream::Upstream;
+use crate::upstream::{Upstream, follow_stream};
 
 /// Revocations buffered per connection before it lags (and re-reads the set).
 const CAPACITY: usize = 256;
@@ -64,28 +65,15 @@ impl Revocations {
         &self,
         token_id: Option<&str>,
     ) -> impl Future<Output = ()> + Send + 'static {
-        let mut news = self.news.subscribe();
+        let news = self.news.subscribe();
         let this = self.clone();
         let token_id: Option<Arc<str>> = token_id.map(Into::into);
         async move {
             let Some(token_id) = token_id else {
                 return std::future::pending().await;
             };
-            if this.is_revoked(&token_id) {
-                return;
-            }
-            loop {
-                match news.recv().await {
-                    Ok(id) if id == token_id => return,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
-                        if this.is_revoked(&token_id) {
-                            return;
-                        }
-                    }
-                    Err(RecvError::Closed) => return std::future::pending().await,
-                }
-            }
+            let names_it = |id: &Arc<str>| *id == token_id;
+            until_revoked(news, names_it, || this.is_revoked(&token_id)).await;
         }
     }
 
@@ -93,33 +81,30 @@ impl Revocations {
     /// capped backoff. An upstream without `WatchRevocations` (an older
     /// fxcast) is logged once; connections then end only at expiry.
     pub(crate) async fn follow(self, upstream: Upstream, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let outcome = tokio::select! {
-                () = stop.cancelled() => return,
-                outcome = self.follow_once(&upstream) => outcome,
-            };
-            match outcome {
-                Ok(()) => backoff = Duration::from_millis(100),
-                Err(status) if status.code() == Code::Unimplemented => {
-                    tracing::warn!(
-                        "the upstream does not offer WatchRevocations: revoked tokens' streams end only when they expire"
-                    );
-                    return;
-                }
-                Err(status) => tracing::warn!(
+        let (this, upstream) = (&self, &upstream);
+        follow_stream(&stop, || this.follow_once(upstream), |outcome, backoff| match outcome {
+            Ok(()) => {
+                backoff.reset();
+                Some(backoff.next_delay())
+            }
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::warn!(
+                    "the upstream does not offer WatchRevocations: revoked tokens' streams end only when they expire"
+                );
+                None
+            }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(
                     code = ?status.code(),
                     message = status.message(),
-                    retry_in = ?backoff,
+                    retry_in = ?delay,
                     "revocation watch lost; reconnecting"
-                ),
+                );
+                Some(delay)
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        })
+        .await;
     }
 
     /// One watch stream, until it ends.

@@ -4,7 +4,7 @@
 //! token), reconnecting with `resume_after` so nothing is missed. Each tick is
 //! serialised to JSON once; WebSocket and SSE connections share those bytes.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, sync::Arc};
 
 use axum::extract::ws::Utf8Bytes;
 use fxcast_proto::v1::{ListSymbolsRequest, StreamRatesRequest, stream_rates_response::Event};
@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     json::{RateJson, RateMessage, SymbolJson},
     metrics::Metrics,
-    upstream::{Bearer, Upstream},
+    upstream::{Bearer, Upstream, follow_stream},
 };
 
 /// One tick, decoded and serialised once.
@@ -146,24 +146,17 @@ impl Ticker {
 
     /// Follows the upstream stream until `stop`, reconnecting with backoff.
     async fn follow(self, upstream: Upstream, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let result = tokio::select! {
-                () = stop.cancelled() => return,
-                result = self.follow_once(&upstream) => result,
-            };
-            match result {
+        let (this, upstream) = (&self, &upstream);
+        follow_stream(&stop, || this.follow_once(upstream), |outcome, backoff| {
+            match outcome {
                 Ok(()) => tracing::info!("upstream rate stream ended; reconnecting"),
                 Err(status) => {
                     tracing::warn!(code = ?status.code(), message = status.message(), "upstream rate stream failed; reconnecting")
                 }
             }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(backoff) => {}
-            }
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+            Some(backoff.next_delay())
+        })
+        .await;
     }
 
     async fn follow_once(&self, upstream: &Upstream) -> Result<(), tonic::Status> {

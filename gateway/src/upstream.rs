@@ -12,8 +12,14 @@ use fxcast_proto::v1::{
     token_service_client::TokenServiceClient,
 };
 pub use fxcast_proto::{Authed, Bearer};
+use fxcast_transport::{Backoff, BackoffPolicy};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tonic::{Status, transport::Channel};
+
+/// Waits between the attempts of a stream follower: 100 ms doubling to 5 s.
+const FOLLOW_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(5));
 
 /// The endpoint of the upstream services at `url`, as every gateway
 /// connects to it: no Nagle delay on small tick frames, and HTTP/2
@@ -29,6 +35,31 @@ pub fn upstream_endpoint(url: &str) -> Result<tonic::transport::Endpoint, crate:
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))
+}
+
+/// Keeps one of the upstream's long-lived streams open until `stop`: runs
+/// `stream` again after every end. `ended` is told how each run ended and
+/// returns the delay before the next one, taken from the follower's backoff
+/// (100 ms doubling to 5 s), or `None` to give up.
+pub(crate) async fn follow_stream<F: Future<Output = Result<(), Status>>>(
+    stop: &CancellationToken,
+    mut stream: impl FnMut() -> F,
+    mut ended: impl FnMut(Result<(), Status>, &mut Backoff) -> Option<Duration>,
+) {
+    let mut backoff = Backoff::new(FOLLOW_BACKOFF);
+    loop {
+        let outcome = tokio::select! {
+            () = stop.cancelled() => return,
+            outcome = stream() => outcome,
+        };
+        let Some(delay) = ended(outcome, &mut backoff) else {
+            return;
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
 }
 
 #[derive(Debug)]

@@ -5,7 +5,7 @@
 //! sends it. Items expire lazily when read and in the periodic sweep.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
     time::{Duration, Instant},
 };
@@ -84,12 +84,12 @@ pub(super) fn limit_exceeded(err: &'static str, message: String) -> Status {
     status
 }
 
-/// Every cache, by name.
+/// Every cache, by name (in name order, as they are listed).
 #[derive(Debug, Default)]
 pub(super) struct Caches {
     // A std lock, not tokio's: held only for a map operation, never across
     // an `.await`.
-    by_name: RwLock<HashMap<String, Arc<Cache>>>,
+    by_name: RwLock<BTreeMap<String, Arc<Cache>>>,
 }
 
 impl Caches {
@@ -139,15 +139,8 @@ impl Caches {
 
     /// Every cache, sorted by name.
     pub(super) fn list(&self) -> Vec<Arc<Cache>> {
-        let mut caches: Vec<_> = self
-            .by_name
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        caches.sort_by(|a, b| a.name.cmp(&b.name));
-        caches
+        let caches = self.by_name.read().unwrap_or_else(|e| e.into_inner());
+        caches.values().cloned().collect()
     }
 
     /// Drops expired items and topics idle for `topic_idle_timeout`.

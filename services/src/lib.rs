@@ -17,6 +17,7 @@
 //! - `rate_service`: the tonic `RateService`.
 //! - `server`: [`RatesCore`], which assembles all of the above and serves gRPC.
 //! - [`quote`]: client input quoted in error messages, bounded.
+//! - `words`: settings spelled as one of a few words (`FromStr`/`Display`).
 //! - [`auth`]: scopes and the authenticated [`Caller`](auth::Caller) of a request.
 //! - [`orders`]: order execution: validation, price check, liquidity
 //!   provider, the SQLite journal and the tonic `OrderService`.
@@ -38,6 +39,7 @@ mod sequences;
 mod server;
 pub mod stream;
 pub mod symbols;
+mod words;
 
 pub use config::{Config, DEFAULT_SYMBOLS};
 pub use error::Error;

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick,
-    auth::{Caller, Scope, TokenAuthority},
+    auth::{Caller, CredentialEnd, Scope, TokenAuthority},
     feed::Quote,
     quote::quoted,
     rates::parse_price,
@@ -307,17 +307,18 @@ impl RateService for RateServiceImpl {
             let mut live = select_all(lives);
             // Built once, not per tick: each would register a timer and a
             // waiter every time round the loop.
-            let cancelled = shutdown.cancelled();
-            tokio::pin!(cancelled, credential_end);
+            let end = CredentialEnd::or_shutdown(
+                credential_end,
+                &shutdown,
+                "server is shutting down; reconnect with resume_after to continue",
+                " and resume_after to continue",
+            );
+            tokio::pin!(end);
             loop {
                 let next = tokio::select! {
                     biased;
-                    () = &mut cancelled => {
-                        yield Err(Status::unavailable("server is shutting down; reconnect with resume_after to continue"));
-                        break;
-                    }
-                    end = &mut credential_end => {
-                        yield Err(end.status(" and resume_after to continue"));
+                    status = &mut end => {
+                        yield Err(status);
                         break;
                     }
                     next = live.next() => next,

@@ -232,23 +232,28 @@ impl RatesCore {
         local: Option<fxcast_listener::LocalIncoming>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<(), Error> {
+        use tonic::server::NamedService;
+        use tonic_health::ServingStatus;
+        // Serving from now until shutdown.
+        let services = [
+            RateServiceServer::<RateServiceImpl>::NAME,
+            OrderServiceServer::<OrderServiceImpl>::NAME,
+        ];
         let (health, health_service) = tonic_health::server::health_reporter();
-        health
-            .set_serving::<RateServiceServer<RateServiceImpl>>()
-            .await;
-        health
-            .set_serving::<OrderServiceServer<OrderServiceImpl>>()
-            .await;
-        let reflection_v1 = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
-        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-            .build_v1alpha()
-            .map_err(|e| Error::Config(format!("reflection: {e}")))?;
+        for service in services {
+            health
+                .set_service_status(service, ServingStatus::Serving)
+                .await;
+        }
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(fxcast_proto::FILE_DESCRIPTOR_SET)
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        };
+        let unusable =
+            |e: tonic_reflection::server::Error| Error::Config(format!("reflection: {e}"));
+        let reflection_v1 = reflection().build_v1().map_err(unusable)?;
+        let reflection_v1alpha = reflection().build_v1alpha().map_err(unusable)?;
 
         // RateService (and the server as a whole, "") serve only while the
         // transport is connected: a reconnecting Momento shows up here.
@@ -284,12 +289,11 @@ impl RatesCore {
             .serve_with_incoming_shutdown(incoming, async {
                 shutdown.await;
                 transport_health.abort();
-                health
-                    .set_not_serving::<RateServiceServer<RateServiceImpl>>()
-                    .await;
-                health
-                    .set_not_serving::<OrderServiceServer<OrderServiceImpl>>()
-                    .await;
+                for service in services {
+                    health
+                        .set_service_status(service, ServingStatus::NotServing)
+                        .await;
+                }
             })
             .await?;
         Ok(())

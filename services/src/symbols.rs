@@ -219,13 +219,17 @@ impl fmt::Display for SymbolTable {
     }
 }
 
-fn validate_symbol_name(symbol: &str) -> Result<(), Error> {
-    let ok = !symbol.is_empty()
-        && symbol.len() <= 32
-        && symbol
+/// Whether `code` is spelled like a symbol (and a bitFlyer product code):
+/// A-Z, 0-9 and `_`, at least one.
+pub(crate) fn is_code(code: &str) -> bool {
+    !code.is_empty()
+        && code
             .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if ok {
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+fn validate_symbol_name(symbol: &str) -> Result<(), Error> {
+    if symbol.len() <= 32 && is_code(symbol) {
         Ok(())
     } else {
         Err(Error::Config(format!(

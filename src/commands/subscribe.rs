@@ -11,6 +11,7 @@ use fxcast_proto::v1::{
     GapReason, Rate, StreamRatesRequest, rate_service_client::RateServiceClient,
     stream_rates_response::Event,
 };
+use fxcast_transport::{Backoff, BackoffPolicy};
 use rust_decimal::Decimal;
 use tonic::Code;
 
@@ -73,54 +74,62 @@ fn print_rate(rate: &Rate, previous: Option<&Rate>) {
     );
 }
 
-pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
-    let symbols = split_list(&args.symbols);
-    let mut last: HashMap<String, Rate> = HashMap::new();
-    let mut printed = 0u64;
-    let mut backoff = Duration::from_millis(200);
-    let mut token: Option<String> = None;
-    loop {
-        let outcome = async {
-            if token.is_none() {
-                token = Some(
-                    client_token(&args.server, &args.credentials, &["rates:subscribe=*"]).await?,
-                );
-            }
-            let credential = token.as_deref().unwrap_or_default();
-            let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
-            let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
-            let request = StreamRatesRequest {
-                symbols: symbols.clone(),
-                resume_after_sequence: if last.is_empty() {
-                    args.resume_after
-                } else {
-                    None
-                },
-                resume_after,
-            };
-            let mut stream = client.stream_rates(request).await?.into_inner();
-            while let Some(message) = stream.message().await? {
-                match message.event {
-                    Some(Event::Rate(rate)) => {
-                        print_rate(&rate, last.get(&rate.symbol));
-                        last.insert(rate.symbol.clone(), rate);
-                        printed += 1;
-                        if args.count.is_some_and(|n| printed >= n) {
-                            return Ok::<bool, anyhow::Error>(true);
-                        }
-                    }
-                    Some(Event::Gap(gap)) => {
-                        let reason =
-                            GapReason::try_from(gap.reason).unwrap_or(GapReason::Unspecified);
-                        println!("GAP {:<10} {:?}: {}", gap.symbol, reason, gap.message);
-                    }
-                    None => {}
+/// One stream from the server: prints what it sends until it ends
+/// (`false`) or `--count` rates are printed (`true`). `last` holds each
+/// symbol's last printed rate, where the next stream resumes.
+async fn stream_once(
+    args: &SubscribeArgs,
+    token: &mut Option<String>,
+    last: &mut HashMap<String, Rate>,
+    printed: &mut u64,
+) -> anyhow::Result<bool> {
+    if token.is_none() {
+        *token = Some(client_token(&args.server, &args.credentials, &["rates:subscribe=*"]).await?);
+    }
+    let credential = token.as_deref().unwrap_or_default();
+    let mut client = RateServiceClient::new(connect(&args.server, credential).await?);
+    let resume_after = last.iter().map(|(s, r)| (s.clone(), r.sequence)).collect();
+    let request = StreamRatesRequest {
+        symbols: split_list(&args.symbols),
+        resume_after_sequence: if last.is_empty() {
+            args.resume_after
+        } else {
+            None
+        },
+        resume_after,
+    };
+    let mut stream = client.stream_rates(request).await?.into_inner();
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::Rate(rate)) => {
+                print_rate(&rate, last.get(&rate.symbol));
+                last.insert(rate.symbol.clone(), rate);
+                *printed += 1;
+                if args.count.is_some_and(|n| *printed >= n) {
+                    return Ok(true);
                 }
             }
-            Ok(false)
+            Some(Event::Gap(gap)) => {
+                let reason = GapReason::try_from(gap.reason).unwrap_or(GapReason::Unspecified);
+                println!("GAP {:<10} {:?}: {}", gap.symbol, reason, gap.message);
+            }
+            None => {}
         }
-        .await;
-        match outcome {
+    }
+    Ok(false)
+}
+
+pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
+    let mut last: HashMap<String, Rate> = HashMap::new();
+    let mut printed = 0u64;
+    let mut backoff = Backoff::new(BackoffPolicy::new(
+        Duration::from_millis(200),
+        Duration::from_secs(5),
+    ));
+    let mut token: Option<String> = None;
+    loop {
+        let outcome = stream_once(&args, &mut token, &mut last, &mut printed).await;
+        let delay = match outcome {
             Ok(true) => return Ok(()),
             Err(err)
                 if args.credentials.token.is_none()
@@ -133,7 +142,10 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                 token = None;
                 continue;
             }
-            Ok(false) => eprintln!("stream ended by the server; reconnecting"),
+            Ok(false) => {
+                eprintln!("stream ended by the server; reconnecting");
+                backoff.next_delay()
+            }
             Err(err) => {
                 // Bad requests will not get better by retrying.
                 if let Some(status) = err.downcast_ref::<tonic::Status>()
@@ -144,10 +156,11 @@ pub(crate) async fn run(args: SubscribeArgs) -> anyhow::Result<()> {
                 {
                     return Err(status_error(status));
                 }
-                eprintln!("{err:#}; reconnecting in {backoff:?}");
+                let delay = backoff.next_delay();
+                eprintln!("{err:#}; reconnecting in {delay:?}");
+                delay
             }
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        };
+        tokio::time::sleep(delay).await;
     }
 }

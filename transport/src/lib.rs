@@ -11,9 +11,13 @@
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
+//! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
+//!   gap), shared by the memory and Momento backends.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
+//! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
+//!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
 //!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
@@ -35,6 +39,8 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::watch;
 
+mod backoff;
+mod local;
 mod memory;
 mod mirror;
 
@@ -44,6 +50,7 @@ pub mod momento;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 
+pub use backoff::{Backoff, BackoffPolicy};
 pub use memory::{MemoryConfig, MemoryTransport};
 pub use mirror::MirroredTransport;
 

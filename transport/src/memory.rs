@@ -8,17 +8,15 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
-    sync::{Arc, Mutex, Weak},
-    task::{Context, Poll},
+    sync::{Arc, Mutex},
 };
 
 use bytes::Bytes;
-use futures_util::Stream;
 use tokio::sync::broadcast;
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
-use crate::{BoxFuture, Delivery, Error, Gap, GapCause, Subscription, Transport, validate_topic};
+use crate::{
+    BoxFuture, Delivery, Error, Subscription, Transport, local::LocalReader, validate_topic,
+};
 
 /// Settings of [`MemoryTransport`].
 #[derive(Debug, Clone, Copy)]
@@ -111,11 +109,24 @@ impl MemoryTransport {
                 receiver
             }
         };
-        Ok(Subscription::new(MemorySubscription {
-            inner: BroadcastStream::new(receiver),
-            topic: topic.to_owned(),
-            shared: Arc::downgrade(&self.shared),
-        }))
+        let (shared, topic) = (Arc::downgrade(&self.shared), topic.to_owned());
+        // Forget a topic once its last subscriber leaves, so topic state is
+        // bounded by live subscriptions rather than by every name ever used.
+        let leave = move || {
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
+            // Our own receiver is still alive while it leaves.
+            if topics.get(&topic).is_some_and(|s| s.receiver_count() <= 1) {
+                topics.remove(&topic);
+            }
+        };
+        Ok(Subscription::new(LocalReader::new(
+            receiver,
+            Delivery::Message,
+            leave,
+        )))
     }
 }
 
@@ -139,44 +150,5 @@ impl Transport for MemoryTransport {
         topics
             .get(topic)
             .map_or(0, broadcast::Sender::receiver_count)
-    }
-}
-
-struct MemorySubscription {
-    inner: BroadcastStream<Bytes>,
-    topic: String,
-    shared: Weak<Shared>,
-}
-
-impl Stream for MemorySubscription {
-    type Item = Delivery;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
-            item.map(|result| match result {
-                Ok(payload) => Delivery::Message(payload),
-                Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
-                    missed: Some(n),
-                    cause: GapCause::Lagged,
-                }),
-            })
-        })
-    }
-}
-
-impl Drop for MemorySubscription {
-    fn drop(&mut self) {
-        // Forget a topic once its last subscriber leaves, so topic state is
-        // bounded by live subscriptions rather than by every name ever used.
-        let Some(shared) = self.shared.upgrade() else {
-            return;
-        };
-        let mut topics = shared.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(sender) = topics.get(&self.topic) {
-            // Our own receiver is still alive while `drop` runs.
-            if sender.receiver_count() <= 1 {
-                topics.remove(&self.topic);
-            }
-        }
     }
 }

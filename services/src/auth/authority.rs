@@ -19,8 +19,7 @@ use super::{
     Caller, Scopes,
     anonymous::AnonymousPolicy,
     keys::{KeyFile, unix, write_secret_file},
-    revocations::Revocations,
-    revocations::Revoked,
+    revocations::{Revocations, Revoked, until_revoked},
 };
 use crate::Error;
 
@@ -257,6 +256,23 @@ impl CredentialEnd {
             Self::Revoked => tonic::Status::unauthenticated(format!(
                 "token revoked; reconnect with another token{then}"
             )),
+        }
+    }
+
+    /// The status a long-lived stream ends with before its data does:
+    /// `UNAVAILABLE` saying `shutting_down` once `shutdown` is cancelled,
+    /// or this end's status (see [`status`](Self::status)) once
+    /// `credential_end` completes, whichever is first.
+    pub(crate) async fn or_shutdown(
+        credential_end: impl Future<Output = Self>,
+        shutdown: &tokio_util::sync::CancellationToken,
+        shutting_down: &str,
+        then: &str,
+    ) -> tonic::Status {
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
+            end = credential_end => end.status(then),
         }
     }
 }
@@ -574,7 +590,7 @@ impl TokenAuthority {
         &self,
         caller: &Caller,
     ) -> impl Future<Output = CredentialEnd> + Send + 'static {
-        let mut news = self.inner.revocations.subscribe();
+        let news = self.inner.revocations.subscribe();
         let revocations = self.inner.revocations.clone();
         let token_id = (caller.token_id != API_KEY_ID).then(|| caller.token_id.clone());
         let expiry = caller.expires_at.map(|at| {
@@ -585,23 +601,8 @@ impl TokenAuthority {
             let Some(token_id) = token_id else {
                 return std::future::pending().await;
             };
-            if revocations.is_revoked(&token_id) {
-                return;
-            }
-            loop {
-                match news.recv().await {
-                    Ok(revoked) if *revoked.token_id == *token_id => return,
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        if revocations.is_revoked(&token_id) {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return std::future::pending().await;
-                    }
-                }
-            }
+            let names_it = |revoked: &Revoked| *revoked.token_id == *token_id;
+            until_revoked(news, names_it, || revocations.is_revoked(&token_id)).await;
         };
         async move {
             let expired = async {

@@ -24,7 +24,7 @@ pub use authority::{
 };
 pub use caller::Caller;
 pub use layer::{AuthLayer, AuthService};
-pub use revocations::Revoked;
+pub use revocations::{Revoked, until_revoked};
 pub use scope::{ParseScopeError, Scope, Scopes, SymbolSet};
 pub use service::TokenServiceImpl;
 pub use service::{RevocationMessage, follow_shared_revocations};

@@ -34,6 +34,31 @@ pub struct Revoked {
     pub expires_at: u64,
 }
 
+/// Completes once a token is revoked: at once when `is_revoked` already says
+/// so, else when `news` announces it (`names_it` tells whether an
+/// announcement is of this token). After lagging behind `news` it asks
+/// `is_revoked` again; once `news` is closed it never completes. Subscribe
+/// to `news` before calling, so nothing announced meanwhile is missed.
+pub async fn until_revoked<T: Clone>(
+    mut news: tokio::sync::broadcast::Receiver<T>,
+    names_it: impl Fn(&T) -> bool,
+    is_revoked: impl Fn() -> bool,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    if is_revoked() {
+        return;
+    }
+    loop {
+        match news.recv().await {
+            Ok(announced) if names_it(&announced) => return,
+            Ok(_) => {}
+            Err(RecvError::Lagged(_)) if is_revoked() => return,
+            Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return std::future::pending().await,
+        }
+    }
+}
+
 /// Revocations buffered per listener before it lags (and re-reads the set).
 const NEWS_CAPACITY: usize = 256;
 

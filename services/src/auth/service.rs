@@ -12,7 +12,7 @@ use fxcast_proto::v1::{
     IssueTokenRequest, IssueTokenResponse, MomentoAccess, Revocation, RevokeTokenRequest,
     RevokeTokenResponse, WatchRevocationsRequest, token_service_server::TokenService,
 };
-use fxcast_transport::Transport;
+use fxcast_transport::{Backoff, BackoffPolicy, Transport};
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -54,7 +54,10 @@ pub async fn follow_shared_revocations(
 ) {
     // Retried with capped backoff: a transport that is down at start comes
     // back, and revocations must not be ignored for the rest of the run.
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::new(BackoffPolicy::new(
+        Duration::from_millis(100),
+        Duration::from_secs(10),
+    ));
     let mut subscription = if let Some(subscription) = subscribed {
         subscription
     } else {
@@ -62,12 +65,12 @@ pub async fn follow_shared_revocations(
             match transport.subscribe(super::REVOCATIONS_TOPIC).await {
                 Ok(subscription) => break subscription,
                 Err(err) => {
-                    tracing::warn!(error = %err, retry_in = ?backoff, "cannot follow other servers' revocations yet");
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %err, retry_in = ?delay, "cannot follow other servers' revocations yet");
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(backoff) => {}
+                        () = tokio::time::sleep(delay) => {}
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
             }
         }

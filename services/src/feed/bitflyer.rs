@@ -22,7 +22,6 @@ use std::{
 };
 
 use futures_util::{SinkExt, StreamExt};
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::{net::TcpStream, sync::mpsc, time::Instant};
 use tokio_tungstenite::{
     Connector, MaybeTlsStream, WebSocketStream,
@@ -43,38 +42,9 @@ pub const BITFLYER_ENDPOINT: &str = "wss://ws.lightstream.bitflyer.com/json-rpc"
 /// Products served with `--feed bitflyer` when no symbols are configured.
 pub const BITFLYER_DEFAULT_PRODUCTS: &[&str] = &["BTC_JPY", "ETH_JPY", "FX_BTC_JPY"];
 
-/// Capped exponential backoff between connection attempts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
-    /// Delay before the first retry.
-    pub initial: Duration,
-    /// Longest delay.
-    pub max: Duration,
-}
-
-impl Default for Backoff {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Backoff {
-    /// The delay before retry number `attempt` (0-based): `initial * 2^attempt`
-    /// capped at `max`, then jittered down by up to half so that many clients
-    /// cut off together do not reconnect together.
-    pub fn delay(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
-        let ceiling = self
-            .initial
-            .saturating_mul(1u32.checked_shl(attempt.min(31)).unwrap_or(u32::MAX))
-            .min(self.max);
-        let half = ceiling / 2;
-        let jitter_nanos = rng.random_range(0..=u64::try_from(half.as_nanos()).unwrap_or(u64::MAX));
-        half + Duration::from_nanos(jitter_nanos)
-    }
-}
+/// Delays between connection attempts: from `initial` doubling up to `max`,
+/// jittered (see [`fxcast_transport::Backoff`]).
+pub type Backoff = fxcast_transport::BackoffPolicy;
 
 /// Settings of the bitFlyer connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -97,7 +67,7 @@ impl Default for BitflyerConfig {
     fn default() -> Self {
         Self {
             endpoint: BITFLYER_ENDPOINT.to_owned(),
-            reconnect: Backoff::default(),
+            reconnect: Backoff::new(Duration::from_millis(250), Duration::from_secs(30)),
             connect_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(15),
             idle_timeout: Duration::from_secs(45),
@@ -134,11 +104,10 @@ pub(crate) struct BitflyerSession {
     tls: Arc<rustls::ClientConfig>,
     health: FeedHealth,
     connection: Option<Connection>,
-    /// Failed attempts since data last flowed.
-    attempt: u32,
+    /// Delays between attempts, reset once data flows.
+    backoff: fxcast_transport::Backoff,
     /// Whether the next connect must wait out a backoff first.
     retrying: bool,
-    rng: StdRng,
 }
 
 impl std::fmt::Debug for BitflyerSession {
@@ -153,11 +122,7 @@ impl std::fmt::Debug for BitflyerSession {
 
 /// Checks that `product` can be part of a channel name.
 fn validate_product(product: &str) -> Result<(), Error> {
-    let valid = !product.is_empty()
-        && product
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-    if valid {
+    if crate::symbols::is_code(product) {
         Ok(())
     } else {
         Err(Error::Config(format!(
@@ -207,14 +172,13 @@ impl BitflyerSession {
             )));
         }
         Ok(Self {
+            backoff: fxcast_transport::Backoff::new(config.reconnect),
             config,
             channels,
             tls: tls_config()?,
             health,
             connection: None,
-            attempt: 0,
             retrying: false,
-            rng: StdRng::from_os_rng(),
         })
     }
 
@@ -271,43 +235,10 @@ impl BitflyerSession {
                     continue;
                 }
             };
-            let is_data = match classify(text.as_str()) {
-                Ok(Frame::ChannelMessage { .. }) => true,
-                Ok(Frame::Response { id, outcome }) => {
-                    let channel = id.and_then(|id| connection.pending.remove(&id));
-                    let channel = channel.as_deref().unwrap_or("?");
-                    match outcome {
-                        Ok(true) => tracing::info!(channel, "bitFlyer subscription confirmed"),
-                        Ok(false) => {
-                            self.health.count(Counter::RpcError);
-                            tracing::warn!(channel, "bitFlyer declined the subscription");
-                        }
-                        Err(error) => {
-                            self.health.count(Counter::RpcError);
-                            tracing::warn!(
-                                channel,
-                                code = error.code,
-                                message = %error.message,
-                                "bitFlyer JSON-RPC error"
-                            );
-                        }
-                    }
-                    false
-                }
-                Ok(Frame::OtherNotification { method }) => {
-                    tracing::debug!(%method, "ignoring bitFlyer notification");
-                    false
-                }
-                Err(malformed) => {
-                    self.health.count(Counter::Malformed);
-                    tracing::warn!(error = %malformed, "rejected a malformed bitFlyer message");
-                    false
-                }
-            };
-            if is_data {
+            if is_data(text.as_str(), &mut connection.pending, &self.health) {
                 if !connection.delivered {
                     connection.delivered = true;
-                    self.attempt = 0;
+                    self.backoff.reset();
                 }
                 self.health.count(Counter::Notification);
                 return Notification { text, received_at };
@@ -327,9 +258,7 @@ impl BitflyerSession {
     /// every channel on success.
     async fn connect(&mut self) {
         if self.retrying {
-            let delay = self.config.reconnect.delay(self.attempt, &mut self.rng);
-            self.attempt = self.attempt.saturating_add(1);
-            tokio::time::sleep(delay).await;
+            tokio::time::sleep(self.backoff.next_delay()).await;
         }
         self.retrying = true;
         let endpoint = &self.config.endpoint;
@@ -384,6 +313,44 @@ impl BitflyerSession {
     }
 }
 
+/// Handles one text frame: subscription answers and other notifications
+/// are logged (and errors counted); true for a `channelMessage`, the data.
+fn is_data(text: &str, pending: &mut HashMap<u64, String>, health: &FeedHealth) -> bool {
+    match classify(text) {
+        Ok(Frame::ChannelMessage { .. }) => true,
+        Ok(Frame::Response { id, outcome }) => {
+            let channel = id.and_then(|id| pending.remove(&id));
+            let channel = channel.as_deref().unwrap_or("?");
+            match outcome {
+                Ok(true) => tracing::info!(channel, "bitFlyer subscription confirmed"),
+                Ok(false) => {
+                    health.count(Counter::RpcError);
+                    tracing::warn!(channel, "bitFlyer declined the subscription");
+                }
+                Err(error) => {
+                    health.count(Counter::RpcError);
+                    tracing::warn!(
+                        channel,
+                        code = error.code,
+                        message = %error.message,
+                        "bitFlyer JSON-RPC error"
+                    );
+                }
+            }
+            false
+        }
+        Ok(Frame::OtherNotification { method }) => {
+            tracing::debug!(%method, "ignoring bitFlyer notification");
+            false
+        }
+        Err(malformed) => {
+            health.count(Counter::Malformed);
+            tracing::warn!(error = %malformed, "rejected a malformed bitFlyer message");
+            false
+        }
+    }
+}
+
 /// `--feed bitflyer`: live ticks of bitFlyer products, whose product codes
 /// are the symbols (`BTC_JPY`, `ETH_JPY`, `FX_BTC_JPY`, ...).
 ///
@@ -392,18 +359,11 @@ impl BitflyerSession {
 /// fractional JPY price never narrows the spread); the ticker's `timestamp`
 /// is the rate's source time. Malformed messages are rejected, counted in
 /// [`FeedHealth`] and logged, and the connection stays up.
+#[derive(Debug)]
 pub struct BitflyerFeed {
     session: BitflyerSession,
     decoder: TickerDecoder,
     health: FeedHealth,
-}
-
-impl std::fmt::Debug for BitflyerFeed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BitflyerFeed")
-            .field("session", &self.session)
-            .finish_non_exhaustive()
-    }
 }
 
 impl BitflyerFeed {
@@ -471,32 +431,6 @@ impl Feed for BitflyerFeed {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let backoff = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(2),
-        };
-        let mut rng = StdRng::seed_from_u64(1);
-        for (attempt, ceiling_ms) in [
-            (0, 100),
-            (1, 200),
-            (2, 400),
-            (4, 1600),
-            (5, 2000),
-            (40, 2000),
-        ] {
-            let ceiling = Duration::from_millis(ceiling_ms);
-            for _ in 0..100 {
-                let d = backoff.delay(attempt, &mut rng);
-                assert!(d >= ceiling / 2 && d <= ceiling, "attempt {attempt}: {d:?}");
-            }
-        }
-        let spread: std::collections::HashSet<_> =
-            (0..20).map(|_| backoff.delay(3, &mut rng)).collect();
-        assert!(spread.len() > 10, "no jitter: {spread:?}");
-    }
 
     #[test]
     fn bad_settings_are_rejected_up_front() {

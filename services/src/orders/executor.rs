@@ -8,8 +8,9 @@ use std::{
 };
 
 use fxcast_proto::v1::PlaceOrderRequest;
-use fxcast_transport::Transport;
+use fxcast_transport::{Backoff, BackoffPolicy, Transport};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use rust_decimal::Decimal;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -18,15 +19,16 @@ use super::{
     OrdersConfig,
     events::{self, FeedItem, OrderEventHub, SubjectFeed},
     journal::{ListFilter, OrderJournal, OrderPage, Recorded},
-    lp::{LiquidityProvider, LpOrder, LpOutcome},
+    lp::{LiquidityProvider, LpError, LpOrder, LpOutcome},
     model::{self, OrderRecord, OrderStatus, OrderTerms, RejectReason, new_order_id},
     price_check::{self, CheckLimits, LiveRate, QuotedRate, Verdict},
     validate,
 };
 use crate::{Error, LatestRates, RateHub, SymbolTable, Tick};
 
-/// Longest wait between attempts to confirm an unknown LP outcome.
-const MAX_RESOLVE_BACKOFF: Duration = Duration::from_secs(30);
+/// Waits between attempts to confirm an unknown LP outcome.
+const RESOLVE_BACKOFF: BackoffPolicy =
+    BackoffPolicy::new(Duration::from_millis(100), Duration::from_secs(30));
 /// How long start-up waits for the LP to confirm one pending order before
 /// leaving it to the background.
 const STARTUP_RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -319,10 +321,20 @@ impl OrderExecutor {
     }
 
     async fn execute(&self, subject: &str, terms: OrderTerms) -> Result<OrderRecord, Error> {
-        let inner = &*self.inner;
-        if let Some(existing) = inner.journal.find(subject, &terms.client_order_id)? {
+        if let Some(existing) = self.inner.journal.find(subject, &terms.client_order_id)? {
             return self.answer_existing(&existing, &terms);
         }
+        let order = self.checked(subject, terms).await?;
+        match order.market_price.filter(|_| order.reject_reason.is_none()) {
+            Some(market_price) => self.deal(order, market_price).await,
+            None => self.store(order).await,
+        }
+    }
+
+    /// A new order for `terms` with its price check's verdict: REJECTED
+    /// with the reason, or with the market price to deal at.
+    async fn checked(&self, subject: &str, terms: OrderTerms) -> Result<OrderRecord, Error> {
+        let inner = &*self.inner;
         // A local rate that is not fresh is refreshed from the transport's
         // shared storage (Momento's cache), if it has one.
         if inner.symbols.get(&terms.symbol).is_ok() {
@@ -334,7 +346,7 @@ impl OrderExecutor {
             created_at,
             inner.rng.lock().unwrap_or_else(|e| e.into_inner()).random(),
         );
-        let mut order = OrderRecord {
+        Ok(OrderRecord {
             order_id,
             subject: subject.to_owned(),
             terms,
@@ -349,21 +361,21 @@ impl OrderExecutor {
             lp_execution_id: None,
             created_at,
             updated_at: created_at,
-        };
-        let Some(market_price) = order.market_price.filter(|_| order.reject_reason.is_none())
-        else {
-            return self.store(order).await;
-        };
+        })
+    }
 
+    /// Deals an order that passed the price check with the LP at
+    /// `market_price` and records the outcome. An LP that needs it gets a
+    /// PENDING intent recorded first, so a crash or a lost answer leaves an
+    /// order to confirm rather than an unknown deal.
+    async fn deal(
+        &self,
+        mut order: OrderRecord,
+        market_price: Decimal,
+    ) -> Result<OrderRecord, Error> {
+        let inner = &*self.inner;
         order.liquidity_provider = inner.lp.name().to_owned();
-        let lp_order = LpOrder {
-            key: lp_key(subject, &order.terms.client_order_id),
-            order_id: order.order_id.clone(),
-            symbol: order.terms.symbol.clone(),
-            side: order.terms.side,
-            quantity: order.terms.quantity,
-            price: market_price,
-        };
+        let lp_order = lp_order(&order, market_price);
         let intent = inner.lp.needs_intent_record();
         let check_message = std::mem::take(&mut order.message);
         if intent {
@@ -381,15 +393,7 @@ impl OrderExecutor {
         }
         let outcome = match inner.lp.execute(&lp_order).await {
             Ok(outcome) => outcome,
-            Err(err) if intent => {
-                let order_id = order.order_id.clone();
-                let resolver = self.clone();
-                tokio::spawn(async move { resolver.resolve(order).await });
-                return Err(Error::Unavailable(format!(
-                    "order {order_id}: {err}; its outcome is being confirmed with the liquidity provider, \
-                     read it with GetOrder (retrying with the same client_order_id is safe)"
-                )));
-            }
+            Err(err) if intent => return Err(self.confirm_later(order, &err)),
             Err(err) => {
                 return Err(Error::Unavailable(format!(
                     "{err}; the order is not acknowledged: retry with the same client_order_id \
@@ -399,20 +403,38 @@ impl OrderExecutor {
         };
         apply_outcome(&mut order, outcome, &check_message);
         if intent {
-            if !inner.journal.finalize(order.clone()).await? {
-                // Resolved elsewhere meanwhile: the journal has the truth.
-                return inner.journal.get(&order.order_id).await?.ok_or_else(|| {
-                    Error::Unavailable(format!(
-                        "order {} vanished from the journal",
-                        order.order_id
-                    ))
-                });
-            }
-            events::publish(&inner.transport, &order).await;
-            Ok(order)
+            self.finalize(order).await
         } else {
             self.store(order).await
         }
+    }
+
+    /// The LP could not say what became of a PENDING order: it is resolved
+    /// in the background, and the caller told to read it later.
+    fn confirm_later(&self, order: OrderRecord, err: &LpError) -> Error {
+        let order_id = order.order_id.clone();
+        let resolver = self.clone();
+        tokio::spawn(async move { resolver.resolve(order).await });
+        Error::Unavailable(format!(
+            "order {order_id}: {err}; its outcome is being confirmed with the liquidity provider, \
+             read it with GetOrder (retrying with the same client_order_id is safe)"
+        ))
+    }
+
+    /// Makes a PENDING order final and publishes its event; when it was
+    /// resolved elsewhere meanwhile, the journal has the truth.
+    async fn finalize(&self, order: OrderRecord) -> Result<OrderRecord, Error> {
+        let journal = &self.inner.journal;
+        if !journal.finalize(order.clone()).await? {
+            return journal.get(&order.order_id).await?.ok_or_else(|| {
+                Error::Unavailable(format!(
+                    "order {} vanished from the journal",
+                    order.order_id
+                ))
+            });
+        }
+        events::publish(&self.inner.transport, &order).await;
+        Ok(order)
     }
 
     /// Records a final order (unless the id is taken, then answers with the
@@ -431,14 +453,7 @@ impl OrderExecutor {
     /// it final. Returns whether the order is final now.
     async fn try_resolve(&self, order: &OrderRecord) -> bool {
         let inner = &*self.inner;
-        let lp_order = LpOrder {
-            key: lp_key(&order.subject, &order.terms.client_order_id),
-            order_id: order.order_id.clone(),
-            symbol: order.terms.symbol.clone(),
-            side: order.terms.side,
-            quantity: order.terms.quantity,
-            price: order.market_price.unwrap_or(order.terms.price),
-        };
+        let lp_order = lp_order(order, order.market_price.unwrap_or(order.terms.price));
         let outcome = match inner.lp.recover(&lp_order).await {
             Ok(outcome) => outcome,
             Err(err) => {
@@ -469,13 +484,12 @@ impl OrderExecutor {
     /// Keeps trying to resolve a PENDING order, backing off, until it is
     /// final or the server shuts down (the next start picks it up then).
     async fn resolve(&self, order: OrderRecord) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(RESOLVE_BACKOFF);
         while !self.try_resolve(&order).await {
             tokio::select! {
-                () = tokio::time::sleep(backoff) => {}
+                () = tokio::time::sleep(backoff.next_delay()) => {}
                 () = self.inner.shutdown.cancelled() => return,
             }
-            backoff = (backoff * 2).min(MAX_RESOLVE_BACKOFF);
         }
     }
 
@@ -542,10 +556,18 @@ impl OrderExecutor {
     }
 }
 
-/// The LP's idempotency key of an order: the same for every retry.
-fn lp_key(subject: &str, client_order_id: &str) -> String {
-    // Neither part can contain '/', so the key is unambiguous.
-    format!("{subject}/{client_order_id}")
+/// `order` as sent to the LP, to deal at `price`, with an idempotency key
+/// that is the same for every retry of the order.
+fn lp_order(order: &OrderRecord, price: Decimal) -> LpOrder {
+    LpOrder {
+        // Neither part can contain '/', so the key is unambiguous.
+        key: format!("{}/{}", order.subject, order.terms.client_order_id),
+        order_id: order.order_id.clone(),
+        symbol: order.terms.symbol.clone(),
+        side: order.terms.side,
+        quantity: order.terms.quantity,
+        price,
+    }
 }
 
 fn apply_outcome(order: &mut OrderRecord, outcome: LpOutcome, check_message: &str) {

@@ -32,7 +32,6 @@ use std::{
     ffi::c_int,
     fmt,
     path::{Path, PathBuf},
-    str::FromStr,
     sync::{Arc, Mutex, mpsc as std_mpsc},
     thread,
     time::{Duration, SystemTime},
@@ -113,28 +112,7 @@ pub enum JournalSync {
     Normal,
 }
 
-impl FromStr for JournalSync {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "full" => Ok(JournalSync::Full),
-            "normal" => Ok(JournalSync::Normal),
-            other => Err(format!(
-                "unknown journal sync {other:?}: expected full or normal"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for JournalSync {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            JournalSync::Full => "full",
-            JournalSync::Normal => "normal",
-        })
-    }
-}
+crate::words::words!(JournalSync, "journal sync", Full => "full", Normal => "normal");
 
 /// What [`OrderJournal::record`] did.
 #[derive(Debug, Clone)]

@@ -104,28 +104,12 @@ pub enum PricePolicy {
     AdverseOnly,
 }
 
-impl FromStr for PricePolicy {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "symmetric" => Ok(PricePolicy::Symmetric),
-            "adverse-only" => Ok(PricePolicy::AdverseOnly),
-            other => Err(format!(
-                "unknown price policy {other:?}: expected symmetric or adverse-only"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for PricePolicy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            PricePolicy::Symmetric => "symmetric",
-            PricePolicy::AdverseOnly => "adverse-only",
-        })
-    }
-}
+crate::words::words!(
+    PricePolicy,
+    "price policy",
+    Symmetric => "symmetric",
+    AdverseOnly => "adverse-only",
+);
 
 /// What the client's `rate_id` named.
 #[derive(Debug, Clone, Copy)]
@@ -224,56 +208,58 @@ pub(crate) fn check(
     live: Option<LiveRate<'_>>,
     quoted: QuotedRate,
 ) -> Verdict {
-    let symbol = &terms.symbol;
-    let max_age = humantime::format_duration(limits.max_age);
     let Some(live) = live else {
         return Verdict::reject(
             RejectReason::StalePrice,
-            format!("no {symbol} rate has been published yet"),
+            format!("no {} rate has been published yet", terms.symbol),
         );
     };
-    if live.stale {
-        return Verdict::reject(
-            RejectReason::StalePrice,
-            format!(
-                "the {symbol} feed is marked down (latest rate {} is stale)",
-                live.rate_id
-            ),
-        );
-    }
-    if live.age > limits.max_age {
-        return Verdict::reject(
-            RejectReason::StalePrice,
-            format!(
-                "the latest {symbol} rate {} is {} old, max age {max_age}",
-                live.rate_id,
-                secs(live.age)
-            ),
-        );
-    }
-    if let Some(rate_id) = &terms.rate_id {
-        match quoted {
-            QuotedRate::NotGiven | QuotedRate::NotFound => {
-                return Verdict::reject(
-                    RejectReason::UnknownRate,
-                    format!(
-                        "rate_id {rate_id} names no {symbol} rate published within the last {max_age}"
-                    ),
-                );
-            }
-            QuotedRate::Found { age } if age > limits.max_age => {
-                return Verdict::reject(
-                    RejectReason::UnknownRate,
-                    format!(
-                        "rate_id {rate_id} was published {} ago, more than the {symbol} max age {max_age}",
-                        secs(age)
-                    ),
-                );
-            }
-            QuotedRate::Found { .. } => {}
-        }
-    }
+    stale(&terms.symbol, limits, &live)
+        .or_else(|| unknown_quote(terms, limits, quoted))
+        .unwrap_or_else(|| compare_prices(terms, limits, &live))
+}
 
+/// STALE_PRICE when the live rate is marked stale or older than the max age.
+fn stale(symbol: &str, limits: &CheckLimits, live: &LiveRate<'_>) -> Option<Verdict> {
+    let message = if live.stale {
+        format!(
+            "the {symbol} feed is marked down (latest rate {} is stale)",
+            live.rate_id
+        )
+    } else if live.age > limits.max_age {
+        format!(
+            "the latest {symbol} rate {} is {} old, max age {}",
+            live.rate_id,
+            secs(live.age),
+            humantime::format_duration(limits.max_age)
+        )
+    } else {
+        return None;
+    };
+    Some(Verdict::reject(RejectReason::StalePrice, message))
+}
+
+/// UNKNOWN_RATE when the order quotes a `rate_id` that names no rate within
+/// the max age.
+fn unknown_quote(terms: &OrderTerms, limits: &CheckLimits, quoted: QuotedRate) -> Option<Verdict> {
+    let (symbol, rate_id) = (&terms.symbol, terms.rate_id.as_ref()?);
+    let max_age = humantime::format_duration(limits.max_age);
+    let message = match quoted {
+        QuotedRate::NotGiven | QuotedRate::NotFound => {
+            format!("rate_id {rate_id} names no {symbol} rate published within the last {max_age}")
+        }
+        QuotedRate::Found { age } if age > limits.max_age => format!(
+            "rate_id {rate_id} was published {} ago, more than the {symbol} max age {max_age}",
+            secs(age)
+        ),
+        QuotedRate::Found { .. } => return None,
+    };
+    Some(Verdict::reject(RejectReason::UnknownRate, message))
+}
+
+/// Compares the order price with the live price of its side: PRICE_MOVED
+/// beyond the tolerance under the policy, else a fill at the live price.
+fn compare_prices(terms: &OrderTerms, limits: &CheckLimits, live: &LiveRate<'_>) -> Verdict {
     let tolerance = terms.tolerance.unwrap_or(limits.tolerance);
     let allowed = tolerance.at(terms.price);
     let shown_tolerance = match tolerance {
@@ -296,19 +282,12 @@ pub(crate) fn check(
         PricePolicy::Symmetric => distance > allowed,
         PricePolicy::AdverseOnly => adverse > allowed,
     };
-    let message = if rejected {
-        match limits.policy {
-            PricePolicy::Symmetric => {
-                format!("{quote} {market} is {distance} from {price}, tolerance {shown_tolerance}")
-            }
-            PricePolicy::AdverseOnly => {
-                let direction = if market > price { "above" } else { "below" };
-                format!(
-                    "{quote} {market} is {distance} {direction} {price}, against the {}er; tolerance {shown_tolerance} (adverse-only)",
-                    terms.side
-                )
-            }
-        }
+    let message = if rejected && limits.policy == PricePolicy::AdverseOnly {
+        let direction = if market > price { "above" } else { "below" };
+        format!(
+            "{quote} {market} is {distance} {direction} {price}, against the {}er; tolerance {shown_tolerance} (adverse-only)",
+            terms.side
+        )
     } else {
         format!("{quote} {market} is {distance} from {price}, tolerance {shown_tolerance}")
     };

@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
 use crate::{
-    auth::{Caller, Scope, TokenAuthority},
+    auth::{Caller, CredentialEnd, Scope, TokenAuthority},
     quote::quoted,
 };
 
@@ -228,16 +228,18 @@ impl OrderService for OrderServiceImpl {
         let stream = async_stream::stream! {
             // Holding the feed keeps the transport subscription alive.
             let _feed = feed;
-            tokio::pin!(credential_end);
+            let end = CredentialEnd::or_shutdown(
+                credential_end,
+                &shutdown,
+                "server is shutting down; reconnect, then reload with ListOrders",
+                ", then reload with ListOrders",
+            );
+            tokio::pin!(end);
             loop {
                 let item = tokio::select! {
                     biased;
-                    () = shutdown.cancelled() => {
-                        yield Err(Status::unavailable("server is shutting down; reconnect, then reload with ListOrders"));
-                        break;
-                    }
-                    end = &mut credential_end => {
-                        yield Err(end.status(", then reload with ListOrders"));
+                    status = &mut end => {
+                        yield Err(status);
                         break;
                     }
                     item = receiver.recv() => item,

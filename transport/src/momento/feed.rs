@@ -23,31 +23,27 @@
 
 use std::{
     collections::HashMap,
-    pin::Pin,
     sync::{
         Arc, Mutex, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
-    task::{Context, Poll},
     time::Duration,
 };
 
 use bytes::Bytes;
-use futures_util::Stream;
 use momento_protos::cache_client::pubsub::{
     Discontinuity, SubscriptionItem, SubscriptionRequest, pubsub_client::PubsubClient,
     subscription_item::Kind, topic_value,
 };
 use tokio::sync::{broadcast, watch};
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 use tokio_util::sync::CancellationToken;
 use tonic::{
     Status, Streaming, metadata::AsciiMetadataValue, service::Interceptor,
     service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::health::{Backoff, HealthBoard, ReconnectPolicy};
-use crate::{Delivery, Error, Gap, GapCause, Subscription};
+use super::{ReconnectPolicy, health::HealthBoard};
+use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription, local::LocalReader};
 
 /// Momento serves at most this many concurrent subscriptions on one HTTP/2
 /// connection (the SDK's `MAX_CONCURRENT_STREAMS_PER_CHANNEL`).
@@ -248,12 +244,22 @@ impl Feeds {
             }
         };
         // Built first, so a failed or cancelled wait unsubscribes.
-        let subscription = LocalSubscription {
-            inner: BroadcastStream::new(receiver),
-            topic: topic.to_owned(),
-            id,
-            feeds: Arc::downgrade(self),
+        let (feeds, topic_name) = (Arc::downgrade(self), topic.to_owned());
+        // The last local reader ends the feed and its Momento subscription.
+        let leave = move || {
+            let Some(feeds) = feeds.upgrade() else {
+                return;
+            };
+            let mut by_topic = feeds.lock();
+            let last = by_topic
+                .get(&topic_name)
+                // Our own receiver is still alive while it leaves.
+                .is_some_and(|feed| feed.id == id && feed.sender.receiver_count() <= 1);
+            if last && let Some(feed) = by_topic.remove(&topic_name) {
+                feed.stop.cancel();
+            }
         };
+        let subscription = LocalReader::new(receiver, std::convert::identity, leave);
         let established = state
             .wait_for(|s| !matches!(s, Establishing::Pending))
             .await
@@ -268,47 +274,6 @@ impl Feeds {
                 backend: "momento",
                 message: format!("the subscription to {topic} ended while it was being set up"),
             }),
-        }
-    }
-}
-
-/// A local reader of a topic's feed.
-struct LocalSubscription {
-    inner: BroadcastStream<Delivery>,
-    topic: String,
-    id: u64,
-    feeds: Weak<Feeds>,
-}
-
-impl Stream for LocalSubscription {
-    type Item = Delivery;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
-            item.map(|result| match result {
-                Ok(delivery) => delivery,
-                Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
-                    missed: Some(n),
-                    cause: GapCause::Lagged,
-                }),
-            })
-        })
-    }
-}
-
-impl Drop for LocalSubscription {
-    fn drop(&mut self) {
-        // The last local reader ends the feed and its Momento subscription.
-        let Some(feeds) = self.feeds.upgrade() else {
-            return;
-        };
-        let mut by_topic = feeds.lock();
-        let last = by_topic
-            .get(&self.topic)
-            // Our own receiver is still alive while `drop` runs.
-            .is_some_and(|feed| feed.id == self.id && feed.sender.receiver_count() <= 1);
-        if last && let Some(feed) = by_topic.remove(&self.topic) {
-            feed.stop.cancel();
         }
     }
 }
@@ -467,77 +432,65 @@ impl Driver {
     }
 
     async fn run(self, state: watch::Sender<Establishing>, feeds: Weak<Feeds>, id: u64) {
+        let Some((client, _lease, stream)) = self.establish(&state, &feeds, id).await else {
+            return;
+        };
+        let _ = state.send(Establishing::Live);
+        tracing::debug!(topic = %self.topic, "momento subscription established");
+        self.follow(client, stream).await;
+    }
+
+    /// Leases a connection and opens the first stream on it. When either
+    /// fails, the feed leaves `feeds` and `state` says why.
+    async fn establish(
+        &self,
+        state: &watch::Sender<Establishing>,
+        feeds: &Weak<Feeds>,
+        id: u64,
+    ) -> Option<(Client, Lease, Box<Streaming<SubscriptionItem>>)> {
         let fail = |message: String| {
             if let Some(feeds) = feeds.upgrade() {
                 feeds.remove(&self.topic, id);
             }
             let _ = state.send(Establishing::Failed(message));
         };
-        let Some((mut client, _lease)) = self.context.connections.lease() else {
+        let Some((mut client, lease)) = self.context.connections.lease() else {
             let connections = self.context.connections.clients.len();
             fail(format!(
                 "cannot subscribe to {}: all {connections} subscription connections carry \
                  {STREAMS_PER_CONNECTION} topics each; raise `subscription_connections`",
                 self.topic
             ));
-            return;
+            return None;
         };
-        let mut stream = match self.open(&mut client, (0, 0)).await {
-            Opened::Stream(stream) => stream,
+        match self.open(&mut client, (0, 0)).await {
+            Opened::Stream(stream) => Some((client, lease, stream)),
             Opened::Failed(reason) => {
                 fail(format!("cannot subscribe to {}: {reason}", self.topic));
-                return;
+                None
             }
-            Opened::Stopped => return,
-        };
-        let _ = state.send(Establishing::Live);
-        tracing::debug!(topic = %self.topic, "momento subscription established");
+            Opened::Stopped => None,
+        }
+    }
 
+    /// Delivers from `stream`, resubscribing where it left off whenever it
+    /// is lost, until the feed stops.
+    async fn follow(&self, mut client: Client, mut stream: Box<Streaming<SubscriptionItem>>) {
         let health_key = format!("subscription to {}", self.topic);
         let mut tracker = Tracker::default();
         let mut backoff = Backoff::new(self.context.reconnect);
-        let mut out = Vec::with_capacity(2);
         loop {
-            let reason = loop {
-                let next = tokio::select! {
-                    biased;
-                    () = self.stop.cancelled() => return,
-                    next = stream.message() => next,
-                };
-                match next {
-                    Ok(Some(item)) => {
-                        // The stream works: the next failure starts the
-                        // backoff from the beginning again.
-                        backoff.reset();
-                        tracker.on_item(item, &self.context.counters, &mut out);
-                        for delivery in out.drain(..) {
-                            // No receivers only means nobody reads right now.
-                            let _ = self.sender.send(delivery);
-                        }
-                    }
-                    Ok(None) => break "the service ended the subscription".to_owned(),
-                    Err(status) => break describe(&status),
-                }
+            let Some(reason) = self.deliver(&mut stream, &mut tracker, &mut backoff).await else {
+                return;
             };
             tracing::warn!(topic = %self.topic, %reason, "momento subscription lost; reconnecting");
             self.context.health.fail(&health_key, reason);
             drop(stream);
-            stream = loop {
-                let delay = backoff.next_delay();
-                tokio::select! {
-                    biased;
-                    () = self.stop.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                match self.open(&mut client, tracker.resume_point()).await {
-                    Opened::Stream(stream) => break stream,
-                    Opened::Failed(reason) => {
-                        tracing::debug!(topic = %self.topic, %reason, ?delay, "momento resubscribe failed");
-                        self.context.health.fail(&health_key, reason);
-                    }
-                    Opened::Stopped => return,
-                }
+            let resubscribed = self.resubscribe(&mut client, &tracker, &mut backoff, &health_key);
+            let Some(resumed) = resubscribed.await else {
+                return;
             };
+            stream = resumed;
             self.context
                 .counters
                 .reconnects
@@ -554,6 +507,65 @@ impl Driver {
                 }));
             }
             tracing::info!(topic = %self.topic, "momento subscription resumed");
+        }
+    }
+
+    /// Fans `stream`'s items out to the subscribers until it is lost (the
+    /// reason) or the feed stops (`None`).
+    async fn deliver(
+        &self,
+        stream: &mut Streaming<SubscriptionItem>,
+        tracker: &mut Tracker,
+        backoff: &mut Backoff,
+    ) -> Option<String> {
+        let mut out = Vec::with_capacity(2);
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return None,
+                next = stream.message() => next,
+            };
+            match next {
+                Ok(Some(item)) => {
+                    // The stream works: the next failure starts the
+                    // backoff from the beginning again.
+                    backoff.reset();
+                    tracker.on_item(item, &self.context.counters, &mut out);
+                    for delivery in out.drain(..) {
+                        // No receivers only means nobody reads right now.
+                        let _ = self.sender.send(delivery);
+                    }
+                }
+                Ok(None) => return Some("the service ended the subscription".to_owned()),
+                Err(status) => return Some(describe(&status)),
+            }
+        }
+    }
+
+    /// Opens the stream again at the tracker's resume point, backing off
+    /// between attempts; `None` once the feed stops.
+    async fn resubscribe(
+        &self,
+        client: &mut Client,
+        tracker: &Tracker,
+        backoff: &mut Backoff,
+        health_key: &str,
+    ) -> Option<Box<Streaming<SubscriptionItem>>> {
+        loop {
+            let delay = backoff.next_delay();
+            tokio::select! {
+                biased;
+                () = self.stop.cancelled() => return None,
+                () = tokio::time::sleep(delay) => {}
+            }
+            match self.open(client, tracker.resume_point()).await {
+                Opened::Stream(stream) => return Some(stream),
+                Opened::Failed(reason) => {
+                    tracing::debug!(topic = %self.topic, %reason, ?delay, "momento resubscribe failed");
+                    self.context.health.fail(health_key, reason);
+                }
+                Opened::Stopped => return None,
+            }
         }
     }
 }

@@ -1,4 +1,4 @@
-//! What is failing right now, and backoff for retrying it.
+//! What is failing right now.
 //!
 //! Every subscription and every paced publisher reports its own failure
 //! under its own key; the transport is [`TransportHealth::Connected`] when no
@@ -8,10 +8,8 @@
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use rand::{Rng, SeedableRng, rngs::StdRng};
 use tokio::sync::watch;
 
 use crate::TransportHealth;
@@ -76,74 +74,9 @@ impl HealthBoard {
     }
 }
 
-/// How failed subscriptions and publishes are retried.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReconnectPolicy {
-    /// The first delay.
-    pub initial: Duration,
-    /// The delay doubles per failure up to this.
-    pub max: Duration,
-}
-
-impl Default for ReconnectPolicy {
-    fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-/// Capped exponential backoff with jitter: each delay is drawn from the upper
-/// half of the current step, so processes that lost the same endpoint do not
-/// come back in lockstep.
-#[derive(Debug)]
-pub(super) struct Backoff {
-    policy: ReconnectPolicy,
-    step: Duration,
-    rng: StdRng,
-}
-
-impl Backoff {
-    pub(super) fn new(policy: ReconnectPolicy) -> Self {
-        Self {
-            policy,
-            step: policy.initial,
-            rng: StdRng::from_os_rng(),
-        }
-    }
-
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let step = self.step;
-        self.step = (self.step * 2).min(self.policy.max);
-        let half = step / 2;
-        half + half.mul_f64(self.rng.random::<f64>())
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.step = self.policy.initial;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter() {
-        let policy = ReconnectPolicy {
-            initial: Duration::from_millis(100),
-            max: Duration::from_millis(800),
-        };
-        let mut backoff = Backoff::new(policy);
-        for step_ms in [100u64, 200, 400, 800, 800, 800] {
-            let delay = backoff.next_delay();
-            let step = Duration::from_millis(step_ms);
-            assert!(delay >= step / 2 && delay <= step, "{delay:?} for {step:?}");
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_millis(100));
-    }
 
     #[test]
     fn health_is_connected_once_nothing_fails() {

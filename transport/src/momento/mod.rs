@@ -30,7 +30,7 @@
 //! - `credentials`: API key forms and endpoints;
 //! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
 //! - `pacing`: per-topic pacing with conflation;
-//! - `health`: the health board and backoff.
+//! - `health`: the health board.
 
 use std::{
     fmt,
@@ -57,14 +57,16 @@ mod feed;
 mod health;
 mod pacing;
 
-pub use health::ReconnectPolicy;
-
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
 use health::HealthBoard;
 use pacing::{Pacer, PacerConfig, SendFn};
+
+/// How failed subscriptions and publishes are retried: the first delay and
+/// the cap of their [`Backoff`](crate::Backoff).
+pub type ReconnectPolicy = crate::BackoffPolicy;
 
 const BACKEND: &str = "momento";
 
@@ -266,6 +268,56 @@ fn channel(url: &str) -> Result<Channel, Error> {
     Ok(endpoint.connect_lazy())
 }
 
+/// The SDK's topic, cache and auth clients for `resolved` credentials.
+fn sdk_clients(
+    config: &MomentoConfig,
+    resolved: &credentials::Resolved,
+) -> Result<(TopicClient, CacheClient, AuthClient), Error> {
+    let sdk = |what: &str, e: MomentoError| {
+        Error::InvalidConfig(format!("momento: cannot build the {what}: {}", e.message))
+    };
+    let topics = TopicClient::builder()
+        .configuration(momento::topics::configurations::InRegion::latest())
+        .credential_provider(resolved.provider.clone())
+        .build()
+        .map_err(|e| sdk("topic client", e))?;
+    let cache = CacheClient::builder()
+        .default_ttl(config.retain_ttl)
+        .configuration(momento::cache::configurations::InRegion::latest())
+        .credential_provider(resolved.provider.clone())
+        .build()
+        .map_err(|e| sdk("cache client", e))?;
+    let auth = AuthClient::builder()
+        .credential_provider(resolved.provider.clone())
+        .build()
+        .map_err(|e| sdk("auth client", e))?;
+    Ok((topics, cache, auth))
+}
+
+/// What every subscription shares: its connections (opened lazily), the
+/// retry policy, the health board and the counters.
+fn feed_context(
+    config: &MomentoConfig,
+    resolved: &credentials::Resolved,
+    health: &HealthBoard,
+    stop: &CancellationToken,
+) -> Result<FeedContext, Error> {
+    let credential = Credential::new(&resolved.authorization, &config.cache)?;
+    let channels = (0..config.subscription_connections)
+        .map(|_| channel(&resolved.url))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FeedContext {
+        cache: config.cache.clone(),
+        connections: Arc::new(Connections::new(channels, &credential)),
+        buffer: config.buffer,
+        reconnect: config.reconnect,
+        request_timeout: config.request_timeout,
+        health: health.clone(),
+        stop: stop.clone(),
+        counters: Arc::new(FeedCounters::default()),
+    })
+}
+
 impl MomentoTransport {
     /// Connects to Momento with `config`: checks the credentials, creates
     /// the cache when it is missing and `config.create_cache` allows it.
@@ -282,67 +334,28 @@ impl MomentoTransport {
             config.base_endpoint.as_deref(),
             config.endpoint.as_deref(),
         )?;
-        let sdk = |what: &str, e: MomentoError| {
-            Error::InvalidConfig(format!("momento: cannot build the {what}: {}", e.message))
-        };
-        let topics = TopicClient::builder()
-            .configuration(momento::topics::configurations::InRegion::latest())
-            .credential_provider(resolved.provider.clone())
-            .build()
-            .map_err(|e| sdk("topic client", e))?;
-        let cache = CacheClient::builder()
-            .default_ttl(config.retain_ttl)
-            .configuration(momento::cache::configurations::InRegion::latest())
-            .credential_provider(resolved.provider.clone())
-            .build()
-            .map_err(|e| sdk("cache client", e))?;
-        let auth = AuthClient::builder()
-            .credential_provider(resolved.provider)
-            .build()
-            .map_err(|e| sdk("auth client", e))?;
+        let (topics, cache, auth) = sdk_clients(&config, &resolved)?;
         ensure_cache(&cache, &config).await?;
 
-        let credential = Credential::new(&resolved.authorization, &config.cache)?;
-        let channels = (0..config.subscription_connections)
-            .map(|_| channel(&resolved.url))
-            .collect::<Result<Vec<_>, _>>()?;
         let stop = CancellationToken::new();
         let health = HealthBoard::default();
-        let feed_context = FeedContext {
-            cache: config.cache.clone(),
-            connections: Arc::new(Connections::new(channels, &credential)),
-            buffer: config.buffer,
-            reconnect: config.reconnect,
-            request_timeout: config.request_timeout,
-            health: health.clone(),
-            stop: stop.clone(),
-            counters: Arc::new(FeedCounters::default()),
-        };
+        let feed_context = feed_context(&config, &resolved, &health, &stop)?;
         let interval = config
             .max_publish_rate
             .map_or(Duration::ZERO, |rate| Duration::from_secs(1) / rate.get());
-        let publisher = config.max_publish_rate.map(|_| {
-            Pacer::new(
-                PacerConfig {
-                    what: "publish",
-                    interval,
-                    reconnect: config.reconnect,
-                },
-                publish_fn(topics.clone(), config.cache.clone()),
-                health.clone(),
-                stop.clone(),
-            )
-        });
-        let retainer = Pacer::new(
-            PacerConfig {
-                what: "retain",
+        let reconnect = config.reconnect;
+        let pacer = |what, send| {
+            let config = PacerConfig {
+                what,
                 interval,
-                reconnect: config.reconnect,
-            },
-            retain_fn(cache.clone(), config.cache.clone(), config.retain_ttl),
-            health.clone(),
-            stop.clone(),
-        );
+                reconnect,
+            };
+            Pacer::new(config, send, health.clone(), stop.clone())
+        };
+        let publish = publish_fn(topics.clone(), config.cache.clone());
+        let publisher = config.max_publish_rate.map(|_| pacer("publish", publish));
+        let retain = retain_fn(cache.clone(), config.cache.clone(), config.retain_ttl);
+        let retainer = pacer("retain", retain);
         tracing::info!(
             cache = %config.cache,
             endpoint = %resolved.url,

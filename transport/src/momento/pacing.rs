@@ -26,8 +26,8 @@ use bytes::Bytes;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::health::{Backoff, HealthBoard, ReconnectPolicy};
-use crate::{BoxFuture, Error};
+use super::{ReconnectPolicy, health::HealthBoard};
+use crate::{Backoff, BoxFuture, Error};
 
 /// Sends one payload for one key.
 pub(super) type SendFn =
