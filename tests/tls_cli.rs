@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use fxcast_testkit::{
-    Ca, TlsDir, json_of, log_field, spawn_serve, spawn_until, stdout_of, wait_ready_at,
+    Ca, json_of, log_field, run_python, spawn_serve, spawn_until, stdout_of, wait_ready_at,
 };
 use tokio::process::Command;
 
@@ -44,15 +44,12 @@ fn port_of(line: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn a_gateway_reaches_a_tls_upstream_with_its_client_certificate_and_serves_https() {
-    let ca = Ca::new("fxcast test CA");
+    let (ca, server) = Ca::for_localhost("fxcast test CA");
     let clients = Ca::new("fxcast clients CA");
-    let server = TlsDir::new(&ca.issue(&["localhost"]));
     let client_ca = server.write("clients.pem", &clients.pem());
-    let gateway_cert = clients.issue(&["gateway"]);
-    let gateway_cert_file = server.write("gateway.pem", &gateway_cert.cert);
-    let gateway_key_file = server.write("gateway-key.pem", &gateway_cert.key);
-    let ca_file = server.write("ca.pem", &ca.pem());
-    let (cert, key) = (server.cert(), server.key());
+    let (gateway_cert_file, gateway_key_file) =
+        server.write_leaf("gateway", &clients.issue(&["gateway"]));
+    let (ca_file, cert, key) = (server.ca(), server.cert(), server.key());
     let data = tempfile::tempdir().unwrap();
     let served = spawn_serve(
         BIN,
@@ -145,8 +142,7 @@ async fn the_gateway_refuses_tls_flags_without_https() {
 
 #[tokio::test]
 async fn momento_local_serves_the_momento_wire_over_tls() {
-    let ca = Ca::new("fxcast test CA");
-    let files = TlsDir::new(&ca.issue(&["localhost"]));
+    let (ca, files) = Ca::for_localhost("fxcast test CA");
     let command = fxcast(&[
         "momento-local",
         "--listen",
@@ -194,10 +190,8 @@ async fn momento_local_serves_the_momento_wire_over_tls() {
 
 #[tokio::test]
 async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
-    let ca = Ca::new("fxcast test CA");
-    let files = TlsDir::new(&ca.issue(&["localhost"]));
-    let ca_file = files.write("ca.pem", &ca.pem());
-    let (cert, key) = (files.cert(), files.key());
+    let (_ca, files) = Ca::for_localhost("fxcast test CA");
+    let (ca_file, cert, key) = (files.ca(), files.cert(), files.key());
     let data = tempfile::tempdir().unwrap();
     let served = spawn_serve(
         BIN,
@@ -223,7 +217,7 @@ async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
     };
     let jwt = stdout_of(&token(Some(&ca_file)).output().await.unwrap());
     assert_eq!(jwt.matches('.').count(), 2, "{jwt}");
-    grpcio_reaches(&ca_file, &served.grpc, port, &jwt);
+    grpcio_reaches(&ca_file, port, &jwt);
     // Against the Mozilla roots the test CA is unknown.
     let stderr = failure_of(token(None)).await;
     assert!(stderr.contains("cannot connect"), "{stderr}");
@@ -232,7 +226,7 @@ async fn terminal_clients_reach_a_tls_server_trusting_fxcast_ca_cert() {
 /// gRPC's C core (Python `grpcio`, installed with Momento's Python SDK by
 /// scripts/test) as a second, non-rustls TLS client, the way grpcurl
 /// `-cacert` would be used: health, then `ListSymbols` with the token.
-fn grpcio_reaches(ca: &std::path::Path, grpc: &str, port: &str, token: &str) {
+fn grpcio_reaches(ca: &std::path::Path, port: &str, token: &str) {
     const SCRIPT: &str = r#"
 import sys, grpc
 ca, target, token = sys.argv[1:4]
@@ -248,20 +242,19 @@ except grpc.RpcError as err:
 reply = symbols(b"", metadata=[("authorization", "Bearer " + token)], timeout=10)
 print("symbols", b"USD_JPY" in reply)
 "#;
-    let output = std::process::Command::new("python3")
-        .args(["-c", SCRIPT])
-        .arg(ca)
-        .arg(format!("localhost:{port}"))
-        .arg(token)
-        .output()
-        .expect("python3 is required: scripts/test installs what the tests need");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        !stderr.contains("No module named 'grpc'"),
-        "grpcio is missing: run scripts/test (it installs Momento's Python SDK, which brings it)"
+    let target = format!("localhost:{port}");
+    let stdout = run_python(
+        &[
+            "-c".as_ref(),
+            SCRIPT.as_ref(),
+            ca.as_os_str(),
+            target.as_ref(),
+            token.as_ref(),
+        ],
+        &[],
+        "grpc",
+        "run scripts/test (it installs Momento's Python SDK, which brings grpcio)",
     );
-    assert!(output.status.success(), "{grpc}: {stdout}\n{stderr}");
     assert!(stdout.contains("health 0801"), "{stdout}");
     assert!(stdout.contains("anonymous UNAUTHENTICATED"), "{stdout}");
     assert!(stdout.contains("symbols True"), "{stdout}");

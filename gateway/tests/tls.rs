@@ -80,8 +80,7 @@ async fn latest_over_tls(
 
 #[tokio::test]
 async fn grpc_rest_and_websocket_run_over_tls_and_plaintext_is_refused() {
-    let ca = Ca::new("fxcast test CA");
-    let files = TlsDir::new(&ca.issue(&["localhost", "127.0.0.1"]));
+    let (ca, files) = Ca::for_localhost("fxcast test CA");
     let stack = desk(&files, None).await;
 
     assert_eq!(latest_over_tls(&stack, &ca, None).await.unwrap(), "USD_JPY");
@@ -174,9 +173,8 @@ async fn a_rotated_certificate_is_served_from_the_next_handshake() {
 
 #[tokio::test]
 async fn with_a_client_ca_grpc_requires_a_client_certificate() {
-    let server_ca = Ca::new("server CA");
+    let (server_ca, files) = Ca::for_localhost("server CA");
     let client_ca = Ca::new("client CA");
-    let files = TlsDir::new(&server_ca.issue(&["localhost"]));
     let client_ca_file = files.write("clients.pem", &client_ca.pem());
     let stack = desk(&files, Some(&client_ca_file)).await;
 

@@ -135,8 +135,16 @@ fn text_of_len(len: usize) -> Vec<u8> {
 }
 
 /// What the server says about a subscribe to `symbol`.
+/// The error an unknown `symbol` gets: the symbol quoted whole up to 64
+/// bytes, else its first 64 bytes and its length, so a message of any size
+/// is seen to have arrived whole (its length) and in order (its prefix).
 fn unknown(symbol: &str) -> String {
-    format!("unknown symbol {symbol:?} (known: EUR_USD, USD_JPY)")
+    let quoted = if symbol.len() <= 64 {
+        format!("{symbol:?}")
+    } else {
+        format!("{:?}... ({} bytes)", &symbol[..64], symbol.len())
+    };
+    format!("unknown symbol {quoted} (known: EUR_USD, USD_JPY)")
 }
 
 /// A frame the server sent.

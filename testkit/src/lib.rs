@@ -21,7 +21,7 @@
 //!   readiness of any gateway ([`wait_ready_at`]).
 //! - `logs`: reading back what the servers log ([`capture_logs`]).
 //! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
-//!   [`log_field`], [`run`], [`stdout_of`]) and talking to it from outside
+//!   [`log_field`], [`run`], [`stdout_of`], [`run_python`]) and talking to it from outside
 //!   ([`http_exchange`], [`http_request`], [`issue_token`]).
 //! - `tls`: a test CA, the certificate files a server reads, clients
 //!   trusting only that CA ([`Ca`], [`TlsDir`]).
@@ -42,8 +42,8 @@ pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
 pub use process::{
-    STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, spawn_serve,
-    spawn_until, stdout_of, wait_for_line,
+    STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, run_python,
+    spawn_serve, spawn_until, stdout_of, wait_for_line,
 };
 pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};

@@ -172,3 +172,30 @@ pub async fn issue_token(
     };
     tokens.issue_token(request).await.unwrap().into_inner()
 }
+
+/// Runs `python3` with `args` and `envs`, a script that needs the Python
+/// package `module` (`install` says how to get it); returns its stdout once
+/// it exited successfully.
+pub fn run_python(
+    args: &[&std::ffi::OsStr],
+    envs: &[(&str, &str)],
+    module: &str,
+    install: &str,
+) -> String {
+    let output = std::process::Command::new("python3")
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .expect("python3 is required: scripts/test installs what the tests need");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !stderr.contains(&format!("No module named '{module}'")),
+        "the Python package {module} is missing: {install}"
+    );
+    assert!(
+        output.status.success(),
+        "python3 failed\nstdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    stdout
+}

@@ -30,6 +30,15 @@ impl Ca {
         }
     }
 
+    /// A fresh CA named `name` and the files of a server at `localhost`
+    /// it signed: `cert.pem`, `key.pem`, and the CA itself as `ca.pem`.
+    pub fn for_localhost(name: &str) -> (Self, TlsDir) {
+        let ca = Self::new(name);
+        let files = TlsDir::new(&ca.issue(&["localhost", "127.0.0.1"]));
+        files.write("ca.pem", &ca.pem());
+        (ca, files)
+    }
+
     /// The CA certificate as PEM.
     pub fn pem(&self) -> String {
         self.cert.pem()
@@ -121,6 +130,19 @@ impl TlsDir {
     /// `key.pem`.
     pub fn key(&self) -> PathBuf {
         self.path("key.pem")
+    }
+
+    /// `ca.pem` (written by [`Ca::for_localhost`]).
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// Writes `leaf` as `<name>.pem` and `<name>-key.pem`; returns both paths.
+    pub fn write_leaf(&self, name: &str, leaf: &Leaf) -> (PathBuf, PathBuf) {
+        (
+            self.write(&format!("{name}.pem"), &leaf.cert),
+            self.write(&format!("{name}-key.pem"), &leaf.key),
+        )
     }
 
     /// Writes `pem` as the file `name` and returns its path.
