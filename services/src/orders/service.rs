@@ -56,7 +56,11 @@ impl OrderServiceImpl {
             symbol: Some(symbol.to_owned()),
             ..ListFilter::default()
         };
-        let held = self.executor.list(subject, only_symbol, None, 1).await?;
+        let held = self
+            .executor
+            .journal()
+            .list(subject, only_symbol, None, 1)
+            .await?;
         if held.orders.is_empty() {
             return Err(unknown.into());
         }
@@ -202,6 +206,7 @@ impl OrderService for OrderServiceImpl {
         };
         let page = self
             .executor
+            .journal()
             .list(&caller.subject, filter, before, limit)
             .await?;
         Ok(Response::new(ListOrdersResponse {
