@@ -59,41 +59,21 @@ impl From<StreamLimits> for LagLimit {
     }
 }
 
-/// `RateService` over the local hub, latest-rate cache and publisher.
+/// `RateService` over the local hub, latest-rate cache and publisher, made
+/// by [`RatesCore::rate_service`](crate::RatesCore::rate_service).
+///
+/// Streams end with `UNAVAILABLE` when `shutdown` is cancelled, so a
+/// graceful server shutdown never waits on them, and with `UNAUTHENTICATED`
+/// when their token expires or `authority` revokes it.
 #[derive(Debug, Clone)]
 pub struct RateServiceImpl {
-    symbols: SymbolTable,
-    latest: LatestRates,
-    hub: RateHub,
-    publisher: RatePublisher,
-    limits: StreamLimits,
-    shutdown: CancellationToken,
-    authority: TokenAuthority,
-}
-
-impl RateServiceImpl {
-    /// Creates the service. Streams end with `UNAVAILABLE` when `shutdown` is
-    /// cancelled, so a graceful server shutdown never waits on them, and with
-    /// `UNAUTHENTICATED` when their token expires or `authority` revokes it.
-    pub fn new(
-        symbols: SymbolTable,
-        latest: LatestRates,
-        hub: RateHub,
-        publisher: RatePublisher,
-        limits: StreamLimits,
-        shutdown: CancellationToken,
-        authority: TokenAuthority,
-    ) -> Self {
-        Self {
-            symbols,
-            latest,
-            hub,
-            publisher,
-            limits,
-            shutdown,
-            authority,
-        }
-    }
+    pub(crate) symbols: SymbolTable,
+    pub(crate) latest: LatestRates,
+    pub(crate) hub: RateHub,
+    pub(crate) publisher: RatePublisher,
+    pub(crate) limits: StreamLimits,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) authority: TokenAuthority,
 }
 
 type RateStream = Pin<Box<dyn Stream<Item = Result<StreamRatesResponse, Status>> + Send>>;
