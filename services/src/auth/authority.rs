@@ -263,17 +263,36 @@ impl CredentialEnd {
     /// `UNAVAILABLE` saying `shutting_down` once `shutdown` is cancelled,
     /// or this end's status (see [`status`](Self::status)) once
     /// `credential_end` completes, whichever is first.
-    pub(crate) async fn or_shutdown(
-        credential_end: impl Future<Output = Self>,
-        shutdown: &tokio_util::sync::CancellationToken,
-        shutting_down: &str,
-        then: &str,
-    ) -> tonic::Status {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
-            end = credential_end => end.status(then),
-        }
+    pub(crate) fn or_shutdown(
+        credential_end: impl Future<Output = Self> + Send + 'static,
+        shutdown: tokio_util::sync::CancellationToken,
+        shutting_down: &'static str,
+        then: &'static str,
+    ) -> StreamEnd {
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
+                end = credential_end => end.status(then),
+            }
+        })
+    }
+}
+
+/// The end of a long-lived stream: see [`CredentialEnd::or_shutdown`].
+pub(crate) type StreamEnd = std::pin::Pin<Box<dyn Future<Output = tonic::Status> + Send>>;
+
+/// What a long-lived stream waits on for its next item: `next`'s output, or
+/// the status of `end` when that comes first. `end` is polled first, so a
+/// stream whose data keeps coming still ends on time.
+pub(crate) async fn unless_ended<T>(
+    end: &mut StreamEnd,
+    next: impl Future<Output = T>,
+) -> Result<T, tonic::Status> {
+    tokio::select! {
+        biased;
+        status = end => Err(status),
+        item = next => Ok(item),
     }
 }
 
