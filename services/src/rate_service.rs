@@ -313,8 +313,7 @@ impl RateService for RateServiceImpl {
         &self,
         request: Request<PublishRateRequest>,
     ) -> Result<Response<Rate>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        caller.require(&Scope::RatesPublish)?;
+        let caller = Caller::with_scope(&request, &Scope::RatesPublish)?.clone();
         let request = request.into_inner();
         if request.symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());

@@ -100,8 +100,7 @@ impl OrderService for OrderServiceImpl {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let caller = Caller::of(&request)?;
-        caller.require(&Scope::OrdersPlace)?;
+        let caller = Caller::with_scope(&request, &Scope::OrdersPlace)?;
         let order = self
             .executor
             .place(&caller.subject, request.get_ref())
