@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 
 use crate::{
     Error, LatestRates, RateHub, RatePublisher, SymbolTable, Tick,
-    auth::{Caller, CredentialEnd, Scope, TokenAuthority},
+    auth::{Caller, CredentialEnd, Scope, TokenAuthority, unless_ended},
     feed::Quote,
     quote::quoted,
     rates::parse_price,
@@ -59,41 +59,21 @@ impl From<StreamLimits> for LagLimit {
     }
 }
 
-/// `RateService` over the local hub, latest-rate cache and publisher.
+/// `RateService` over the local hub, latest-rate cache and publisher, made
+/// by [`RatesCore::rate_service`](crate::RatesCore::rate_service).
+///
+/// Streams end with `UNAVAILABLE` when `shutdown` is cancelled, so a
+/// graceful server shutdown never waits on them, and with `UNAUTHENTICATED`
+/// when their token expires or `authority` revokes it.
 #[derive(Debug, Clone)]
 pub struct RateServiceImpl {
-    symbols: SymbolTable,
-    latest: LatestRates,
-    hub: RateHub,
-    publisher: RatePublisher,
-    limits: StreamLimits,
-    shutdown: CancellationToken,
-    authority: TokenAuthority,
-}
-
-impl RateServiceImpl {
-    /// Creates the service. Streams end with `UNAVAILABLE` when `shutdown` is
-    /// cancelled, so a graceful server shutdown never waits on them, and with
-    /// `UNAUTHENTICATED` when their token expires or `authority` revokes it.
-    pub fn new(
-        symbols: SymbolTable,
-        latest: LatestRates,
-        hub: RateHub,
-        publisher: RatePublisher,
-        limits: StreamLimits,
-        shutdown: CancellationToken,
-        authority: TokenAuthority,
-    ) -> Self {
-        Self {
-            symbols,
-            latest,
-            hub,
-            publisher,
-            limits,
-            shutdown,
-            authority,
-        }
-    }
+    pub(crate) symbols: SymbolTable,
+    pub(crate) latest: LatestRates,
+    pub(crate) hub: RateHub,
+    pub(crate) publisher: RatePublisher,
+    pub(crate) limits: StreamLimits,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) authority: TokenAuthority,
 }
 
 type RateStream = Pin<Box<dyn Stream<Item = Result<StreamRatesResponse, Status>> + Send>>;
@@ -295,47 +275,33 @@ impl RateService for RateServiceImpl {
             mut cursor,
         } = self.open_rings(&symbols, &request)?;
         let mut lags = LagCounter::new(self.limits.into());
-        let shutdown = self.shutdown.clone();
         // The stream ends when its credential does (expiry or revocation);
         // clients reconnect with a fresh token (and resume_after, so nothing
-        // is lost).
-        let credential_end = self.authority.credential_end(&caller);
-        let stream = async_stream::stream! {
+        // is lost). Built once, not per tick: each would register a timer and
+        // a waiter every time round the loop.
+        let mut end = CredentialEnd::or_shutdown(
+            self.authority.credential_end(&caller),
+            self.shutdown.clone(),
+            "server is shutting down; reconnect with resume_after to continue",
+            " and resume_after to continue",
+        );
+        let stream = async_stream::try_stream! {
             for event in backlog {
-                yield Ok(event);
+                yield event;
             }
             let mut live = select_all(lives);
-            // Built once, not per tick: each would register a timer and a
-            // waiter every time round the loop.
-            let end = CredentialEnd::or_shutdown(
-                credential_end,
-                &shutdown,
-                "server is shutting down; reconnect with resume_after to continue",
-                " and resume_after to continue",
-            );
-            tokio::pin!(end);
-            loop {
-                let next = tokio::select! {
-                    biased;
-                    status = &mut end => {
-                        yield Err(status);
-                        break;
-                    }
-                    next = live.next() => next,
-                };
-                let Some(item) = next else { break };
+            while let Some(item) = unless_ended(&mut end, live.next()).await? {
                 match cursor.live(item, &mut lags) {
                     Ok(Some(delivery)) => {
                         for event in events(&delivery) {
-                            yield Ok(event);
+                            yield event;
                         }
                     }
                     Ok(None) => {}
                     Err(slow) => {
-                        yield Err(Status::resource_exhausted(format!(
+                        Err(Status::resource_exhausted(format!(
                             "{slow}; reconnect with resume_after to continue"
-                        )));
-                        break;
+                        )))?;
                     }
                 }
             }
@@ -347,8 +313,7 @@ impl RateService for RateServiceImpl {
         &self,
         request: Request<PublishRateRequest>,
     ) -> Result<Response<Rate>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        caller.require(&Scope::RatesPublish)?;
+        let caller = Caller::with_scope(&request, &Scope::RatesPublish)?.clone();
         let request = request.into_inner();
         if request.symbol.is_empty() {
             return Err(Error::InvalidArgument("symbol is required".into()).into());

@@ -186,15 +186,15 @@ impl RatesCore {
 
     /// The `RateService` implementation over this core.
     pub fn rate_service(&self) -> RateServiceImpl {
-        RateServiceImpl::new(
-            self.symbols.clone(),
-            self.latest.clone(),
-            self.hub.clone(),
-            self.publisher.clone(),
-            self.config.stream_limits,
-            self.shutdown.clone(),
-            self.authority.clone(),
-        )
+        RateServiceImpl {
+            symbols: self.symbols.clone(),
+            latest: self.latest.clone(),
+            hub: self.hub.clone(),
+            publisher: self.publisher.clone(),
+            limits: self.config.stream_limits,
+            shutdown: self.shutdown.clone(),
+            authority: self.authority.clone(),
+        }
     }
 
     /// The `OrderService` implementation over this core.

@@ -40,11 +40,25 @@ fn decode(bytes: &Bytes) -> (u8, u64) {
     )
 }
 
-async fn next(sub: &mut Subscription) -> Delivery {
+/// Publishes `payload` on `topic`, failing the test when the backend refuses.
+pub async fn publish(transport: &(impl Transport + ?Sized), topic: &str, payload: Bytes) {
+    if let Err(err) = transport.publish(topic, payload).await {
+        panic!("publish to {topic} failed: {err}");
+    }
+}
+
+/// The next delivery of `sub`, failing the test when none comes within ten
+/// seconds or the subscription ends.
+pub async fn next(sub: &mut Subscription) -> Delivery {
     tokio::time::timeout(DEADLINE, sub.next())
         .await
         .expect("no delivery within the deadline")
         .expect("subscription ended unexpectedly")
+}
+
+/// The delivery of the message `payload`.
+pub fn message(payload: &'static [u8]) -> Delivery {
+    Delivery::Message(Bytes::from_static(payload))
 }
 
 async fn next_message(sub: &mut Subscription) -> (u8, u64) {
@@ -59,10 +73,7 @@ pub async fn ordering_per_topic(transport: impl Transport, limits: Limits) {
     let mut sub = transport.subscribe("conf.order").await.expect("subscribe");
     let count = limits.buffer.min(500) as u64;
     for n in 0..count {
-        transport
-            .publish("conf.order", payload(1, n))
-            .await
-            .expect("publish");
+        publish(&transport, "conf.order", payload(1, n)).await;
     }
     for n in 0..count {
         assert_eq!(next_message(&mut sub).await, (1, n));
@@ -78,10 +89,7 @@ pub async fn payloads_are_opaque(transport: impl Transport, _limits: Limits) {
         Bytes::from(vec![7u8; 1000]),
     ];
     for sample in &samples {
-        transport
-            .publish("conf.bytes", sample.clone())
-            .await
-            .expect("publish");
+        publish(&transport, "conf.bytes", sample.clone()).await;
     }
     for sample in samples {
         assert_eq!(next(&mut sub).await, Delivery::Message(sample));
@@ -98,18 +106,9 @@ pub async fn topics_are_isolated(transport: impl Transport, _limits: Limits) {
         .subscribe("conf.iso.b")
         .await
         .expect("subscribe b");
-    transport
-        .publish("conf.iso.a", payload(1, 1))
-        .await
-        .expect("publish a");
-    transport
-        .publish("conf.iso.b", payload(2, 1))
-        .await
-        .expect("publish b");
-    transport
-        .publish("conf.iso.a", payload(1, 2))
-        .await
-        .expect("publish a");
+    publish(&transport, "conf.iso.a", payload(1, 1)).await;
+    publish(&transport, "conf.iso.b", payload(2, 1)).await;
+    publish(&transport, "conf.iso.a", payload(1, 2)).await;
     assert_eq!(next_message(&mut a).await, (1, 1));
     assert_eq!(next_message(&mut a).await, (1, 2));
     assert_eq!(next_message(&mut b).await, (2, 1));
@@ -123,10 +122,7 @@ pub async fn fan_out(transport: impl Transport, _limits: Limits) {
     }
     assert_eq!(transport.local_subscribers("conf.fanout"), 100);
     for n in 0..10 {
-        transport
-            .publish("conf.fanout", payload(3, n))
-            .await
-            .expect("publish");
+        publish(&transport, "conf.fanout", payload(3, n)).await;
     }
     for sub in &mut subs {
         for n in 0..10 {
@@ -143,10 +139,7 @@ pub async fn publish_without_subscribers(transport: impl Transport, _limits: Lim
         .await
         .expect("publish to an empty topic");
     let mut sub = transport.subscribe("conf.nobody").await.expect("subscribe");
-    transport
-        .publish("conf.nobody", payload(4, 1))
-        .await
-        .expect("publish");
+    publish(&transport, "conf.nobody", payload(4, 1)).await;
     assert_eq!(next_message(&mut sub).await, (4, 1));
 }
 
@@ -157,10 +150,7 @@ pub async fn unsubscribe_on_drop(transport: impl Transport, _limits: Limits) {
     assert_eq!(transport.local_subscribers("conf.drop"), 2);
     drop(first);
     assert_eq!(transport.local_subscribers("conf.drop"), 1);
-    transport
-        .publish("conf.drop", payload(5, 1))
-        .await
-        .expect("publish");
+    publish(&transport, "conf.drop", payload(5, 1)).await;
     assert_eq!(next_message(&mut second).await, (5, 1));
     drop(second);
     assert_eq!(transport.local_subscribers("conf.drop"), 0);
@@ -181,10 +171,7 @@ pub async fn lagging_subscriber_gets_gap_and_bounded_buffer(
     let mut reader = transport.subscribe("conf.lag").await.expect("subscribe");
     let total = (limits.buffer * 4) as u64;
     for n in 0..total {
-        transport
-            .publish("conf.lag", payload(6, n))
-            .await
-            .expect("publish");
+        publish(&transport, "conf.lag", payload(6, n)).await;
         assert_eq!(
             next_message(&mut reader).await,
             (6, n),
@@ -245,10 +232,12 @@ pub async fn many_topics(transport: impl Transport, _limits: Limits) {
         subs.push((t, transport.subscribe(&topic).await.expect("subscribe")));
     }
     for t in 0..50u8 {
-        transport
-            .publish(&format!("conf.many.{t}"), payload(t, u64::from(t)))
-            .await
-            .expect("publish");
+        publish(
+            &transport,
+            &format!("conf.many.{t}"),
+            payload(t, u64::from(t)),
+        )
+        .await;
     }
     for (t, sub) in &mut subs {
         assert_eq!(next_message(sub).await, (*t, u64::from(*t)));

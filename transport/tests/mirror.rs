@@ -6,8 +6,9 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use fxcast_transport::{
-    BoxFuture, Delivery, Error, MemoryConfig, MemoryTransport, MirroredTransport, Subscription,
-    Transport, TransportHealth, conformance::Limits,
+    BoxFuture, Error, MemoryConfig, MemoryTransport, MirroredTransport, Subscription, Transport,
+    TransportHealth,
+    conformance::{Limits, message, next, publish},
 };
 use tokio::sync::watch;
 
@@ -22,13 +23,6 @@ fxcast_transport::transport_conformance!(mirrored, {
     )
 });
 
-async fn next(subscription: &mut Subscription) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(10), subscription.next())
-        .await
-        .expect("no delivery")
-        .expect("subscription ended")
-}
-
 #[tokio::test]
 async fn mirrored_topics_are_copied_and_others_are_not() {
     let primary = Arc::new(MemoryTransport::default());
@@ -37,33 +31,15 @@ async fn mirrored_topics_are_copied_and_others_are_not() {
     let mut local = bridged.subscribe("rates.USD_JPY").await.unwrap();
     let mut copied = mirror.subscribe("rates.USD_JPY").await.unwrap();
     let mut private = mirror.subscribe("orders.alice").await.unwrap();
-    bridged
-        .publish("orders.alice", Bytes::from_static(b"order"))
-        .await
-        .unwrap();
-    bridged
-        .publish("rates.USD_JPY", Bytes::from_static(b"tick"))
-        .await
-        .unwrap();
-    assert_eq!(
-        next(&mut local).await,
-        Delivery::Message(Bytes::from_static(b"tick"))
-    );
-    assert_eq!(
-        next(&mut copied).await,
-        Delivery::Message(Bytes::from_static(b"tick"))
-    );
+    publish(&bridged, "orders.alice", Bytes::from_static(b"order")).await;
+    publish(&bridged, "rates.USD_JPY", Bytes::from_static(b"tick")).await;
+    assert_eq!(next(&mut local).await, message(b"tick"));
+    assert_eq!(next(&mut copied).await, message(b"tick"));
     // Local subscribers are the primary's only.
     assert_eq!(bridged.local_subscribers("rates.USD_JPY"), 1);
     drop(copied);
-    bridged
-        .publish("rates.USD_JPY", Bytes::from_static(b"next"))
-        .await
-        .unwrap();
-    assert_eq!(
-        next(&mut local).await,
-        Delivery::Message(Bytes::from_static(b"next"))
-    );
+    publish(&bridged, "rates.USD_JPY", Bytes::from_static(b"next")).await;
+    assert_eq!(next(&mut local).await, message(b"next"));
     assert!(
         tokio::time::timeout(Duration::from_millis(50), private.next())
             .await
@@ -115,14 +91,8 @@ async fn a_failing_mirror_never_fails_the_primary() {
     );
     let mut local = bridged.subscribe("rates.EUR_USD").await.unwrap();
     for _ in 0..3 {
-        bridged
-            .publish("rates.EUR_USD", Bytes::from_static(b"tick"))
-            .await
-            .unwrap();
-        assert_eq!(
-            next(&mut local).await,
-            Delivery::Message(Bytes::from_static(b"tick"))
-        );
+        publish(&bridged, "rates.EUR_USD", Bytes::from_static(b"tick")).await;
+        assert_eq!(next(&mut local).await, message(b"tick"));
     }
     assert_eq!(bridged.mirror_failures(), 3);
     assert_eq!(bridged.name(), "memory");

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, Error, Gap, GapCause, Subscription, Transport, TransportHealth,
+    conformance::publish,
     momento::{MomentoConfig, MomentoTransport, ReconnectPolicy},
 };
 use momento::{
@@ -147,10 +148,7 @@ async fn publishes_are_paced_per_topic_and_the_latest_wins() {
     .unwrap();
     let mut subscription = transport.subscribe("rates.USD_JPY").await.unwrap();
     for n in 0..50 {
-        transport
-            .publish("rates.USD_JPY", numbered(n))
-            .await
-            .unwrap();
+        publish(&transport, "rates.USD_JPY", numbered(n)).await;
     }
     let mut received = Vec::new();
     while received.last() != Some(&49) {
@@ -173,10 +171,7 @@ async fn publishes_are_paced_per_topic_and_the_latest_wins() {
     // Order events are not prices: every one is sent, in order, unpaced.
     let mut orders = transport.subscribe("orders.alice").await.unwrap();
     for n in 0..50 {
-        transport
-            .publish("orders.alice", numbered(n))
-            .await
-            .unwrap();
+        publish(&transport, "orders.alice", numbered(n)).await;
     }
     for n in 0..50 {
         assert_eq!(next_number(&mut orders).await, n);
@@ -213,10 +208,7 @@ async fn payloads_over_the_limit_are_refused_before_sending() {
         .unwrap_err();
     assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
     // Exactly at the limit goes through, and is the first thing received.
-    transport
-        .publish("rates.big", Bytes::from(vec![2u8; 4096]))
-        .await
-        .unwrap();
+    publish(&transport, "rates.big", Bytes::from(vec![2u8; 4096])).await;
     assert_eq!(
         next(&mut subscription).await,
         Delivery::Message(Bytes::from(vec![2u8; 4096]))
@@ -295,10 +287,7 @@ async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     let mut health = subscriber.health();
     let mut subscription = subscriber.subscribe("rates.EUR_USD").await.unwrap();
     for n in 1..=3 {
-        publisher
-            .publish("rates.EUR_USD", numbered(n))
-            .await
-            .unwrap();
+        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
         assert_eq!(next_number(&mut subscription).await, n);
     }
 
@@ -312,17 +301,11 @@ async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     );
     // Published while the subscriber is cut off: held by Momento.
     for n in 4..=6 {
-        publisher
-            .publish("rates.EUR_USD", numbered(n))
-            .await
-            .unwrap();
+        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
     }
     proxy.restore();
     wait_health(&mut health, true).await;
-    publisher
-        .publish("rates.EUR_USD", numbered(7))
-        .await
-        .unwrap();
+    publish(&publisher, "rates.EUR_USD", numbered(7)).await;
 
     // Resumed at the last message received: the repeat is dropped and
     // nothing is missing, so there is no gap.
@@ -343,10 +326,7 @@ async fn a_restarted_server_gives_a_reconnect_and_a_gap_without_duplicates() {
     let mut subscription = transport.subscribe("rates.GBP_USD").await.unwrap();
     let mut other = transport.subscribe("rates.GBP_USD").await.unwrap();
     for n in 1..=3 {
-        transport
-            .publish("rates.GBP_USD", numbered(n))
-            .await
-            .unwrap();
+        publish(&transport, "rates.GBP_USD", numbered(n)).await;
         assert_eq!(next_number(&mut subscription).await, n);
         assert_eq!(next_number(&mut other).await, n);
     }
@@ -362,10 +342,7 @@ async fn a_restarted_server_gives_a_reconnect_and_a_gap_without_duplicates() {
     let _local = Local::start_on(addr, vec![CACHE.to_owned()]).await;
     wait_health(&mut health, true).await;
     for n in 4..=6 {
-        transport
-            .publish("rates.GBP_USD", numbered(n))
-            .await
-            .unwrap();
+        publish(&transport, "rates.GBP_USD", numbered(n)).await;
     }
 
     for sub in [&mut subscription, &mut other] {
@@ -477,10 +454,7 @@ async fn subscriber_tokens_may_only_subscribe_to_their_topics() {
         .subscribe(CACHE, "rates.USD_JPY")
         .await
         .unwrap();
-    transport
-        .publish("rates.USD_JPY", Bytes::from_static(b"tick"))
-        .await
-        .unwrap();
+    publish(&transport, "rates.USD_JPY", Bytes::from_static(b"tick")).await;
     let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut subscription))
         .await
         .unwrap()

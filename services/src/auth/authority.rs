@@ -263,17 +263,36 @@ impl CredentialEnd {
     /// `UNAVAILABLE` saying `shutting_down` once `shutdown` is cancelled,
     /// or this end's status (see [`status`](Self::status)) once
     /// `credential_end` completes, whichever is first.
-    pub(crate) async fn or_shutdown(
-        credential_end: impl Future<Output = Self>,
-        shutdown: &tokio_util::sync::CancellationToken,
-        shutting_down: &str,
-        then: &str,
-    ) -> tonic::Status {
-        tokio::select! {
-            biased;
-            () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
-            end = credential_end => end.status(then),
-        }
+    pub(crate) fn or_shutdown(
+        credential_end: impl Future<Output = Self> + Send + 'static,
+        shutdown: tokio_util::sync::CancellationToken,
+        shutting_down: &'static str,
+        then: &'static str,
+    ) -> StreamEnd {
+        Box::pin(async move {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => tonic::Status::unavailable(shutting_down),
+                end = credential_end => end.status(then),
+            }
+        })
+    }
+}
+
+/// The end of a long-lived stream: see [`CredentialEnd::or_shutdown`].
+pub(crate) type StreamEnd = std::pin::Pin<Box<dyn Future<Output = tonic::Status> + Send>>;
+
+/// What a long-lived stream waits on for its next item: `next`'s output, or
+/// the status of `end` when that comes first. `end` is polled first, so a
+/// stream whose data keeps coming still ends on time.
+pub(crate) async fn unless_ended<T>(
+    end: &mut StreamEnd,
+    next: impl Future<Output = T>,
+) -> Result<T, tonic::Status> {
+    tokio::select! {
+        biased;
+        status = end => Err(status),
+        item = next => Ok(item),
     }
 }
 
@@ -748,16 +767,31 @@ mod tests {
         dir
     }
 
+    /// A token for alice with `scopes` and the default ttl.
+    fn alices_token(auth: &TokenAuthority, scopes: &str) -> IssuedToken {
+        auth.issue("alice", scopes.parse().unwrap(), None).unwrap()
+    }
+
+    /// A token signed by another server's keys.
+    fn strangers_token() -> IssuedToken {
+        authority(&temp())
+            .issue("mallory", Scopes::admin(), None)
+            .unwrap()
+    }
+
+    /// Rotates the signing keys in `auth`'s key file, as another process
+    /// sharing the data directory would.
+    fn rotate_keys(auth: &TokenAuthority) {
+        let path = auth.signing_keys_path();
+        let mut file = KeyFile::load(path).unwrap();
+        file.rotate(SystemTime::now(), Duration::from_secs(24 * 3600));
+        file.save(path).unwrap();
+    }
+
     #[test]
     fn issued_tokens_verify_with_their_claims() {
         let auth = authority(&temp());
-        let issued = auth
-            .issue(
-                "alice",
-                "rates:subscribe=USD_JPY orders:place".parse().unwrap(),
-                None,
-            )
-            .unwrap();
+        let issued = alices_token(&auth, "rates:subscribe=USD_JPY orders:place");
         let caller = auth.verify(&issued.token).unwrap();
         assert_eq!(caller.subject, "alice");
         assert_eq!(caller.token_id, issued.token_id);
@@ -772,10 +806,7 @@ mod tests {
     #[test]
     fn every_single_bit_flip_is_rejected() {
         let auth = authority(&temp());
-        let token = auth
-            .issue("alice", "rates:subscribe=*".parse().unwrap(), None)
-            .unwrap()
-            .token;
+        let token = alices_token(&auth, "rates:subscribe=*").token;
         let bytes = token.as_bytes();
         for i in 0..bytes.len() {
             for bit in 0..8 {
@@ -825,10 +856,7 @@ mod tests {
         let dir = temp();
         let auth = authority(&dir);
         let old = auth.issue("alice", Scopes::admin(), None).unwrap();
-        let path = auth.signing_keys_path().to_owned();
-        let mut file = KeyFile::load(&path).unwrap();
-        file.rotate(SystemTime::now(), Duration::from_secs(24 * 3600));
-        file.save(&path).unwrap();
+        rotate_keys(&auth);
         let restarted = authority(&dir);
         let new = restarted.issue("bob", Scopes::admin(), None).unwrap();
         assert!(
@@ -837,9 +865,7 @@ mod tests {
         );
         // The running server picks the new key up on first sight.
         assert!(auth.verify(&new.token).is_ok());
-        let stranger = authority(&temp())
-            .issue("mallory", Scopes::admin(), None)
-            .unwrap();
+        let stranger = strangers_token();
         assert_eq!(
             auth.verify(&stranger.token).unwrap_err(),
             AuthError::UnknownKey
@@ -850,18 +876,13 @@ mod tests {
     fn unknown_key_ids_reread_the_key_file_at_most_once_a_second() {
         let dir = temp();
         let auth = authority(&dir);
-        let stranger = authority(&temp())
-            .issue("mallory", Scopes::admin(), None)
-            .unwrap();
+        let stranger = strangers_token();
         assert_eq!(
             auth.verify(&stranger.token).unwrap_err(),
             AuthError::UnknownKey
         );
         // A key rotated in right after that re-read is not seen yet...
-        let path = auth.signing_keys_path().to_owned();
-        let mut file = KeyFile::load(&path).unwrap();
-        file.rotate(SystemTime::now(), Duration::from_secs(24 * 3600));
-        file.save(&path).unwrap();
+        rotate_keys(&auth);
         let new = authority(&dir).issue("bob", Scopes::admin(), None).unwrap();
         assert_eq!(auth.verify(&new.token).unwrap_err(), AuthError::UnknownKey);
         // ... until the interval has passed.

@@ -34,6 +34,19 @@ impl Caller {
             .ok_or(AuthError::Missing)
     }
 
+    /// The caller of `request`, checked for the argument-less `scope`.
+    ///
+    /// # Errors
+    /// As [`of`](Self::of), then as [`require`](Self::require).
+    pub fn with_scope<'r, T>(
+        request: &'r Request<T>,
+        scope: &Scope,
+    ) -> Result<&'r Caller, AuthError> {
+        let caller = Self::of(request)?;
+        caller.require(scope)?;
+        Ok(caller)
+    }
+
     /// Checks an argument-less scope.
     ///
     /// # Errors

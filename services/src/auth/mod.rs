@@ -18,6 +18,7 @@ mod scope;
 mod service;
 
 pub use anonymous::{AnonymousGrant, AnonymousPolicy, browser_scopes};
+pub(crate) use authority::unless_ended;
 pub use authority::{
     API_KEY_ID, AuthConfig, AuthError, CredentialEnd, IssuedToken, REVOCATIONS_TOPIC,
     TokenAuthority, api_key_path, issue_offline, validate_subject,

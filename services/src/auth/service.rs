@@ -300,8 +300,7 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<RevokeTokenRequest>,
     ) -> Result<Response<RevokeTokenResponse>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        caller.require(&Scope::TokensIssue)?;
+        let caller = Caller::with_scope(&request, &Scope::TokensIssue)?.clone();
         let token_id = request.into_inner().token_id;
         self.authority.revoke(&token_id).map_err(|e| match e {
             Error::InvalidArgument(_) => Status::from(e),
@@ -335,8 +334,7 @@ impl TokenService for TokenServiceImpl {
         &self,
         request: Request<WatchRevocationsRequest>,
     ) -> Result<Response<Self::WatchRevocationsStream>, Status> {
-        let caller = Caller::of(&request)?.clone();
-        caller.require(&Scope::TokensIssue)?;
+        let caller = Caller::with_scope(&request, &Scope::TokensIssue)?.clone();
         // Subscribe before reading the set: nothing falls between the two.
         let mut news = self.authority.watch_revocations();
         let authority = self.authority.clone();

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::{
     OrdersConfig,
     events::{self, FeedItem, OrderEventHub, SubjectFeed},
-    journal::{ListFilter, OrderJournal, OrderPage, Recorded},
+    journal::{OrderJournal, Recorded},
     lp::{LiquidityProvider, LpError, LpOrder, LpOutcome},
     model::{self, OrderRecord, OrderStatus, OrderTerms, RejectReason, new_order_id},
     price_check::{self, CheckLimits, LiveRate, QuotedRate, Verdict},
@@ -157,7 +157,7 @@ impl OrderExecutor {
         Ok(executor)
     }
 
-    /// The journal.
+    /// The journal (for lookups and listing the subject's orders).
     pub fn journal(&self) -> &OrderJournal {
         &self.inner.journal
     }
@@ -518,23 +518,6 @@ impl OrderExecutor {
                 context: "order lookup failed".into(),
                 source: std::io::Error::other(e),
             })?
-    }
-
-    /// A page of the subject's orders, newest first.
-    ///
-    /// # Errors
-    /// [`Error::Journal`] when the read fails.
-    pub async fn list(
-        &self,
-        subject: &str,
-        filter: ListFilter,
-        before: Option<i64>,
-        limit: usize,
-    ) -> Result<OrderPage, Error> {
-        self.inner
-            .journal
-            .list(subject, filter, before, limit)
-            .await
     }
 
     /// The symbols orders may be placed on.

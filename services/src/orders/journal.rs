@@ -725,6 +725,19 @@ mod tests {
 
     static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+    /// The first page, of at most `limit`, of alice's orders matching `filter`.
+    async fn alices_first(
+        journal: &OrderJournal,
+        filter: ListFilter,
+        limit: usize,
+    ) -> Vec<OrderRecord> {
+        journal
+            .list("alice", filter, None, limit)
+            .await
+            .unwrap()
+            .orders
+    }
+
     fn order(subject: &str, coid: &str, status: OrderStatus) -> OrderRecord {
         let now = SystemTime::now();
         OrderRecord {
@@ -860,30 +873,16 @@ mod tests {
         assert_eq!(seen.len(), 125);
         let unique: std::collections::HashSet<_> = seen.iter().collect();
         assert_eq!(unique.len(), 125, "pages do not overlap");
-        let filter = ListFilter {
+        let rejected = ListFilter {
             status: Some(OrderStatus::Rejected),
             ..Default::default()
         };
-        assert!(
-            journal
-                .list("alice", filter, None, 10)
-                .await
-                .unwrap()
-                .orders
-                .is_empty()
-        );
-        let filter = ListFilter {
+        assert!(alices_first(&journal, rejected, 10).await.is_empty());
+        let future = ListFilter {
             created_after: Some(SystemTime::now() + Duration::from_secs(1)),
             ..Default::default()
         };
-        assert!(
-            journal
-                .list("alice", filter, None, 10)
-                .await
-                .unwrap()
-                .orders
-                .is_empty()
-        );
+        assert!(alices_first(&journal, future, 10).await.is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -921,15 +920,8 @@ mod tests {
             largest < 8 << 20,
             "WAL grew to {largest} bytes (database {db})"
         );
-        assert_eq!(
-            journal
-                .list("alice", ListFilter::default(), None, 10_000)
-                .await
-                .unwrap()
-                .orders
-                .len(),
-            6000
-        );
+        let all = alices_first(&journal, ListFilter::default(), 10_000).await;
+        assert_eq!(all.len(), 6000);
     }
 
     #[test]

@@ -338,49 +338,35 @@ mod tests {
         }
     }
 
-    fn run(policy: PricePolicy, side: Side, price: &str, bid: &str, ask: &str) -> Verdict {
-        check(
-            &terms(side, price),
-            &limits(policy),
-            Some(live(bid, ask)),
-            QuotedRate::NotGiven,
-        )
+    /// The price of every order `run` checks.
+    const PRICE: &str = "151.230";
+
+    /// Checks an order at [`PRICE`] against the live `bid`/`ask`.
+    fn run(policy: PricePolicy, side: Side, bid: &str, ask: &str) -> Verdict {
+        against(&terms(side, PRICE), &limits(policy), bid, ask)
+    }
+
+    /// Checks `terms`, quoting no rate, against the live `bid`/`ask`.
+    fn against(terms: &OrderTerms, limits: &CheckLimits, bid: &str, ask: &str) -> Verdict {
+        check(terms, limits, Some(live(bid, ask)), QuotedRate::NotGiven)
     }
 
     #[test]
     fn symmetric_rejects_moves_beyond_tolerance_either_way() {
-        let v = run(
-            PricePolicy::Symmetric,
-            Side::Buy,
-            "151.230",
-            "151.237",
-            "151.245",
-        );
+        let v = run(PricePolicy::Symmetric, Side::Buy, "151.237", "151.245");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert_eq!(
             v.message,
             "ask 151.245 is 0.015 from 151.230, tolerance 0.010"
         );
         assert_eq!(v.market_price, Some(d("151.245")));
-        let v = run(
-            PricePolicy::Symmetric,
-            Side::Buy,
-            "151.230",
-            "151.207",
-            "151.215",
-        );
+        let v = run(PricePolicy::Symmetric, Side::Buy, "151.207", "151.215");
         assert_eq!(
             v.reject,
             Some(RejectReason::PriceMoved),
             "favourable moves count too"
         );
-        let v = run(
-            PricePolicy::Symmetric,
-            Side::Sell,
-            "151.230",
-            "151.219",
-            "151.227",
-        );
+        let v = run(PricePolicy::Symmetric, Side::Sell, "151.219", "151.227");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert_eq!(
             v.message,
@@ -396,71 +382,35 @@ mod tests {
             (Side::Sell, "151.240", "151.248"),
             (Side::Sell, "151.220", "151.228"),
         ] {
-            let v = run(PricePolicy::Symmetric, side, "151.230", bid, ask);
+            let v = run(PricePolicy::Symmetric, side, bid, ask);
             assert_eq!(v.reject, None, "{side:?} {bid}/{ask}: {}", v.message);
             assert_eq!(v.applied_tolerance, Some(d("0.010")));
         }
-        let v = run(
-            PricePolicy::Symmetric,
-            Side::Buy,
-            "151.230",
-            "151.233",
-            "151.241",
-        );
+        let v = run(PricePolicy::Symmetric, Side::Buy, "151.233", "151.241");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
     }
 
     #[test]
     fn adverse_only_fills_favourable_moves_of_any_size() {
-        let v = run(
-            PricePolicy::AdverseOnly,
-            Side::Buy,
-            "151.230",
-            "151.100",
-            "151.108",
-        );
+        let v = run(PricePolicy::AdverseOnly, Side::Buy, "151.100", "151.108");
         assert_eq!(v.reject, None, "{}", v.message);
         assert_eq!(v.market_price, Some(d("151.108")));
-        let v = run(
-            PricePolicy::AdverseOnly,
-            Side::Sell,
-            "151.230",
-            "151.400",
-            "151.408",
-        );
+        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.400", "151.408");
         assert_eq!(v.reject, None, "{}", v.message);
-        let v = run(
-            PricePolicy::AdverseOnly,
-            Side::Buy,
-            "151.230",
-            "151.233",
-            "151.241",
-        );
+        let v = run(PricePolicy::AdverseOnly, Side::Buy, "151.233", "151.241");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert_eq!(
             v.message,
             "ask 151.241 is 0.011 above 151.230, against the buyer; tolerance 0.010 (adverse-only)"
         );
-        let v = run(
-            PricePolicy::AdverseOnly,
-            Side::Sell,
-            "151.230",
-            "151.219",
-            "151.227",
-        );
+        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.219", "151.227");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert!(
             v.message.contains("below 151.230, against the seller"),
             "{}",
             v.message
         );
-        let v = run(
-            PricePolicy::AdverseOnly,
-            Side::Sell,
-            "151.230",
-            "151.220",
-            "151.228",
-        );
+        let v = run(PricePolicy::AdverseOnly, Side::Sell, "151.220", "151.228");
         assert_eq!(v.reject, None, "inclusive: {}", v.message);
     }
 
@@ -471,32 +421,17 @@ mod tests {
             tolerance: Tolerance::BasisPoints(d("1")),
             ..limits(PricePolicy::Symmetric)
         };
-        let v = check(
-            &t,
-            &l,
-            Some(live("99.990", "100.010")),
-            QuotedRate::NotGiven,
-        );
+        let v = against(&t, &l, "99.990", "100.010");
         assert_eq!(v.reject, None, "{}", v.message);
         assert_eq!(v.applied_tolerance, Some(d("0.01")));
-        let v = check(
-            &t,
-            &l,
-            Some(live("99.990", "100.011")),
-            QuotedRate::NotGiven,
-        );
+        let v = against(&t, &l, "99.990", "100.011");
         assert_eq!(v.reject, Some(RejectReason::PriceMoved));
         assert_eq!(
             v.message,
             "ask 100.011 is 0.011 from 100.000, tolerance 0.01 (1bp)"
         );
         t.tolerance = Some(Tolerance::Price(d("0.005")));
-        let v = check(
-            &t,
-            &l,
-            Some(live("99.990", "100.006")),
-            QuotedRate::NotGiven,
-        );
+        let v = against(&t, &l, "99.990", "100.006");
         assert_eq!(
             v.reject,
             Some(RejectReason::PriceMoved),

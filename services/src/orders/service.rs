@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
 use crate::{
-    auth::{Caller, CredentialEnd, Scope, TokenAuthority},
+    auth::{Caller, CredentialEnd, Scope, TokenAuthority, unless_ended},
     quote::quoted,
 };
 
@@ -56,7 +56,11 @@ impl OrderServiceImpl {
             symbol: Some(symbol.to_owned()),
             ..ListFilter::default()
         };
-        let held = self.executor.list(subject, only_symbol, None, 1).await?;
+        let held = self
+            .executor
+            .journal()
+            .list(subject, only_symbol, None, 1)
+            .await?;
         if held.orders.is_empty() {
             return Err(unknown.into());
         }
@@ -96,8 +100,7 @@ impl OrderService for OrderServiceImpl {
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        let caller = Caller::of(&request)?;
-        caller.require(&Scope::OrdersPlace)?;
+        let caller = Caller::with_scope(&request, &Scope::OrdersPlace)?;
         let order = self
             .executor
             .place(&caller.subject, request.get_ref())
@@ -202,6 +205,7 @@ impl OrderService for OrderServiceImpl {
         };
         let page = self
             .executor
+            .journal()
             .list(&caller.subject, filter, before, limit)
             .await?;
         Ok(Response::new(ListOrdersResponse {
@@ -222,43 +226,30 @@ impl OrderService for OrderServiceImpl {
         for symbol in &symbols {
             self.executor.symbols().get(symbol)?;
         }
-        let credential_end = self.authority.credential_end(caller);
+        let mut end = CredentialEnd::or_shutdown(
+            self.authority.credential_end(caller),
+            self.executor.shutdown().clone(),
+            "server is shutting down; reconnect, then reload with ListOrders",
+            ", then reload with ListOrders",
+        );
         let (feed, mut receiver) = self.executor.subscribe_events(&caller.subject).await?;
-        let shutdown = self.executor.shutdown().clone();
-        let stream = async_stream::stream! {
+        let stream = async_stream::try_stream! {
             // Holding the feed keeps the transport subscription alive.
             let _feed = feed;
-            let end = CredentialEnd::or_shutdown(
-                credential_end,
-                &shutdown,
-                "server is shutting down; reconnect, then reload with ListOrders",
-                ", then reload with ListOrders",
-            );
-            tokio::pin!(end);
             loop {
-                let item = tokio::select! {
-                    biased;
-                    status = &mut end => {
-                        yield Err(status);
-                        break;
-                    }
-                    item = receiver.recv() => item,
-                };
-                match item {
+                match unless_ended(&mut end, receiver.recv()).await? {
                     Ok(FeedItem::Event(order)) => {
                         if symbols.is_empty() || symbols.contains(&order.symbol) {
-                            yield Ok(OrderEvent { order: Some((*order).clone()) });
+                            yield OrderEvent { order: Some((*order).clone()) };
                         }
                     }
                     Ok(FeedItem::Lost(message)) => {
-                        yield Err(Status::data_loss(format!("{message}; reconnect, then reload with ListOrders")));
-                        break;
+                        Err(Status::data_loss(format!("{message}; reconnect, then reload with ListOrders")))?;
                     }
                     Err(RecvError::Lagged(missed)) => {
-                        yield Err(Status::resource_exhausted(format!(
+                        Err(Status::resource_exhausted(format!(
                             "slow consumer: {missed} order events were dropped; reconnect, then reload with ListOrders"
-                        )));
-                        break;
+                        )))?;
                     }
                     Err(RecvError::Closed) => break,
                 }

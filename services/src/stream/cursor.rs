@@ -162,6 +162,15 @@ mod tests {
     /// What was sent for one tick: the gap's range, if any, and the sequence.
     type Sent = Option<(Option<(u64, u64)>, u64)>;
 
+    /// The gap of `first..=last`, skipped for `cause`.
+    fn gap(first_missing: u64, last_missing: u64, cause: GapCause) -> Option<Gap> {
+        Some(Gap {
+            first_missing,
+            last_missing,
+            cause,
+        })
+    }
+
     /// What is sent for each tick, `None` where nothing is.
     fn sent(cursor: &mut StreamCursor, ticks: &[(&'static str, u64)]) -> Vec<Sent> {
         ticks
@@ -197,14 +206,7 @@ mod tests {
         let mut cursor = StreamCursor::new();
         cursor.resume("A", 10);
         let delivery = cursor.advance(tick("A", 14), GapCause::NotHeld).unwrap();
-        assert_eq!(
-            delivery.gap,
-            Some(Gap {
-                first_missing: 11,
-                last_missing: 13,
-                cause: GapCause::NotHeld
-            })
-        );
+        assert_eq!(delivery.gap, gap(11, 13, GapCause::NotHeld));
         assert_eq!(
             sent(&mut cursor, &[("A", 10), ("A", 15), ("A", 17)]),
             [None, Some((None, 15)), Some((Some((16, 16)), 17))]
@@ -231,14 +233,7 @@ mod tests {
         cursor.resume("A", 1_000);
         cursor.resume("B", 4);
         let delivery = cursor.advance(tick("A", 7), GapCause::NotHeld).unwrap();
-        assert_eq!(
-            delivery.gap,
-            Some(Gap {
-                first_missing: 8,
-                last_missing: 1_000,
-                cause: GapCause::ResumeAhead
-            })
-        );
+        assert_eq!(delivery.gap, gap(8, 1_000, GapCause::ResumeAhead));
         // From then on as any stream: duplicates dropped, gaps announced.
         assert_eq!(
             sent(&mut cursor, &[("A", 7), ("A", 8), ("A", 10)]),
@@ -271,14 +266,7 @@ mod tests {
             .live(Live::Lagged(Some(tick("A", 9))), &mut lags)
             .unwrap()
             .unwrap();
-        assert_eq!(
-            conflated.gap,
-            Some(Gap {
-                first_missing: 2,
-                last_missing: 8,
-                cause: GapCause::SlowConsumer
-            })
-        );
+        assert_eq!(conflated.gap, gap(2, 8, GapCause::SlowConsumer));
         assert_eq!(conflated.tick.1, 9);
         // The broadcast then yields what it still buffers: already skipped.
         assert!(
