@@ -194,7 +194,9 @@ async fn start_ticker(
         .await
         {
             Ok(ticker) => return Ok(ticker),
-            Err(status) if status.code() == tonic::Code::Unavailable => {
+            Err(status)
+                if status.code() == tonic::Code::Unavailable && !is_tls_failure(&status) =>
+            {
                 tracing::warn!(
                     message = status.message(),
                     "upstream not reachable yet; retrying"
@@ -204,6 +206,23 @@ async fn start_ticker(
             Err(status) => return Err(Error::Upstream(status)),
         }
     }
+}
+
+/// Whether `status` comes from a TLS failure towards the upstream (an
+/// untrusted or misnamed certificate, a refused client certificate):
+/// waiting does not mend those, so the gateway stops and says why.
+fn is_tls_failure(status: &tonic::Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        // tokio-rustls reports TLS errors as io errors of kind InvalidData.
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::InvalidData
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
 }
 
 async fn record_request(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {

@@ -296,3 +296,20 @@ pub fn client_config(
     }
     Ok(config)
 }
+
+/// `endpoint` with TLS when its scheme is `https` (verified against `ca`,
+/// else the Mozilla roots; no client certificate), unchanged otherwise.
+///
+/// # Errors
+/// [`TlsError`] when `ca` cannot be read or TLS cannot be configured.
+pub fn client_endpoint(
+    endpoint: tonic::transport::Endpoint,
+    ca: Option<&Path>,
+) -> Result<tonic::transport::Endpoint, TlsError> {
+    if endpoint.uri().scheme_str() != Some("https") {
+        return Ok(endpoint);
+    }
+    endpoint
+        .tls_config(client_config(ca, None)?)
+        .map_err(|err| TlsError(format!("TLS: {err}")))
+}

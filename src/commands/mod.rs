@@ -84,15 +84,11 @@ pub(crate) type AuthedChannel = fxcast_proto::Authed;
 /// `FXCAST_CA_CERT` when set, else against the Mozilla roots.
 pub(crate) async fn connect(server: &str, credential: &str) -> anyhow::Result<AuthedChannel> {
     use anyhow::Context;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
+    let endpoint = tonic::transport::Endpoint::from_shared(server.to_owned())
         .with_context(|| format!("invalid server address {server:?}"))?;
-    if endpoint.uri().scheme_str() == Some("https") {
-        let ca = std::env::var_os("FXCAST_CA_CERT").map(std::path::PathBuf::from);
-        let tls =
-            fxcast_listener::tls::client_config(ca.as_deref(), None).context("FXCAST_CA_CERT")?;
-        endpoint = endpoint.tls_config(tls).context("TLS")?;
-    }
-    let channel = endpoint
+    let ca = std::env::var_os("FXCAST_CA_CERT").map(std::path::PathBuf::from);
+    let channel = fxcast_listener::tls::client_endpoint(endpoint, ca.as_deref())
+        .context("FXCAST_CA_CERT")?
         .connect()
         .await
         .with_context(|| format!("cannot connect to {server}"))?;

@@ -48,6 +48,12 @@ impl Backoff {
     /// A schedule starting at `policy.initial`.
     #[must_use]
     pub fn new(policy: BackoffPolicy) -> Self {
+        // A zero step or cap would retry in a busy loop: at least 1 ms.
+        let initial = policy.initial.max(Duration::from_millis(1));
+        let policy = BackoffPolicy {
+            initial,
+            max: policy.max.max(initial),
+        };
         let schedule = ExponentialBuilder::new()
             .with_min_delay(policy.initial)
             .with_max_delay(policy.max)

@@ -40,6 +40,10 @@ impl Dialer {
     fn new(target: &str, token: &str) -> anyhow::Result<Self> {
         let endpoint = Endpoint::from_shared(target.to_owned())
             .with_context(|| format!("invalid server address {target:?}"))?;
+        // An https:// target as the terminal clients reach one.
+        let ca = std::env::var_os("FXCAST_CA_CERT").map(std::path::PathBuf::from);
+        let endpoint = fxcast_listener::tls::client_endpoint(endpoint, ca.as_deref())
+            .context("FXCAST_CA_CERT")?;
         let bearer = Bearer::token(token).map_err(|_| {
             anyhow::anyhow!("the token contains characters not allowed in a header")
         })?;
