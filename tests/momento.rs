@@ -601,3 +601,44 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
         (tonic::Code::Unauthenticated, "token revoked")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_started_after_a_revocation_refuses_the_token_from_its_first_request() {
+    let momento = momento_local().await;
+    let shared = tempfile::tempdir().unwrap();
+    let keys = shared.path().join("signing-keys.json");
+    let args = on_momento(
+        &momento,
+        "USD_JPY",
+        &["--signing-keys", keys.to_str().unwrap()],
+    );
+    let first = serve(&args).await;
+    let revoked = issue(&first, &["rates:subscribe=*"]).await;
+    let kept = issue(&first, &["rates:subscribe=*"]).await;
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&first.grpc, API_KEY).await);
+    let revoke = RevokeTokenRequest {
+        token_id: revoked.token_id.clone(),
+    };
+    tokens.revoke_token(revoke).await.unwrap();
+    drop(first);
+
+    // Nobody is left to announce it: the later server reads the set the
+    // first one retained before it reports itself started.
+    let later = serve(&args).await;
+    let mut refused_client = rates_client(&later, &revoked.token).await;
+    let refused = latest_rate(&mut refused_client, "USD_JPY")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (refused.code(), refused.message()),
+        (tonic::Code::Unauthenticated, "token revoked")
+    );
+    // Another token of the same keys is not caught by it.
+    let mut kept_client = rates_client(&later, &kept.token).await;
+    let answer = latest_rate(&mut kept_client, "USD_JPY").await;
+    assert_ne!(
+        answer.as_ref().err().map(tonic::Status::code),
+        Some(tonic::Code::Unauthenticated),
+        "{answer:?}"
+    );
+}

@@ -77,7 +77,7 @@ impl RatesCore {
         )
         .await?;
 
-        follow_revocations(&transport, &authority, &shutdown, &mut tasks).await;
+        crate::auth::start_following(&transport, &authority, &shutdown, &mut tasks).await;
         let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {
             symbols,
@@ -317,31 +317,6 @@ fn durable_publisher(
         run_id,
         sequences,
     ))
-}
-
-/// Applies revocations made by other servers sharing the transport (and
-/// the signing keys). Subscribed before the core reports started, so a
-/// revocation announced once this server is up is never missed; a failed
-/// subscription is retried by the follower.
-async fn follow_revocations(
-    transport: &Arc<dyn Transport>,
-    authority: &TokenAuthority,
-    shutdown: &CancellationToken,
-    tasks: &mut JoinSet<()>,
-) {
-    let subscribed = match transport.subscribe(crate::auth::REVOCATIONS_TOPIC).await {
-        Ok(subscription) => Some(subscription),
-        Err(err) => {
-            tracing::warn!(error = %err, "cannot follow other servers' revocations yet; retrying");
-            None
-        }
-    };
-    tasks.spawn(crate::auth::follow_shared_revocations(
-        Arc::clone(transport),
-        authority.clone(),
-        shutdown.clone(),
-        subscribed,
-    ));
 }
 
 /// Keeps the gRPC health of `RateService` and of the server (`""`) in step

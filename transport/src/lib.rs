@@ -237,6 +237,25 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         Box::pin(std::future::ready(Ok(())))
     }
 
+    /// Like [`Transport::retain`], for state that must outlive the
+    /// backend's own retention of latest payloads (revocations in force):
+    /// the payload is kept for at least `keep_for`, and may be larger than
+    /// one message (up to what the backend's storage holds in one item).
+    /// Backends whose retained payloads expire must override this; the
+    /// provided method is [`Transport::retain`].
+    ///
+    /// # Errors
+    /// As [`Transport::retain`].
+    fn retain_for<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        keep_for: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        let _ = keep_for;
+        self.retain(topic, payload)
+    }
+
     /// The payload last retained for `topic` in shared storage, if the
     /// backend has such storage and it still holds one.
     ///

@@ -114,6 +114,26 @@ impl Transport for MirroredTransport {
         })
     }
 
+    fn retain_for<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        keep_for: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            if !self.mirrored(topic) {
+                return self.primary.retain_for(topic, payload, keep_for).await;
+            }
+            self.primary
+                .retain_for(topic, payload.clone(), keep_for)
+                .await?;
+            if let Err(err) = self.mirror.retain_for(topic, payload, keep_for).await {
+                self.mirror_failed("retain", topic, &err);
+            }
+            Ok(())
+        })
+    }
+
     fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
         Box::pin(async move {
             match self.primary.retained(topic).await? {

@@ -589,6 +589,11 @@ impl TokenAuthority {
         self.inner.revocations.revoke(token_id, expires_at)
     }
 
+    /// Whether `token_id` is revoked.
+    pub fn is_revoked(&self, token_id: &str) -> bool {
+        self.inner.revocations.is_revoked(token_id)
+    }
+
     /// Every revocation still in force.
     pub fn revocations(&self) -> Vec<Revoked> {
         self.inner.revocations.entries()

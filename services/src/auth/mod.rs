@@ -7,6 +7,7 @@
 //!   [`Caller`] on each request, or answers `UNAUTHENTICATED` itself.
 //! - [`Caller`], [`Scope`], [`Scopes`]: what a handler checks.
 //! - `TokenServiceImpl`: `fxcast.v1.TokenService`.
+//! - `shared`: revocations announced to and retained for other servers.
 
 mod anonymous;
 mod authority;
@@ -16,6 +17,7 @@ mod layer;
 mod revocations;
 mod scope;
 mod service;
+mod shared;
 
 pub use anonymous::{AnonymousGrant, AnonymousPolicy, browser_scopes};
 pub(crate) use authority::unless_ended;
@@ -28,4 +30,4 @@ pub use layer::{AuthLayer, AuthService};
 pub use revocations::{Revoked, until_revoked};
 pub use scope::{ParseScopeError, Scope, Scopes, SymbolSet};
 pub use service::TokenServiceImpl;
-pub use service::{RevocationMessage, follow_shared_revocations};
+pub use shared::{RevocationMessage, load_retained_revocations, start_following};

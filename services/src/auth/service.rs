@@ -12,7 +12,7 @@ use fxcast_proto::v1::{
     IssueTokenRequest, IssueTokenResponse, MomentoAccess, Revocation, RevokeTokenRequest,
     RevokeTokenResponse, WatchRevocationsRequest, token_service_server::TokenService,
 };
-use fxcast_transport::{Backoff, BackoffPolicy, Transport};
+use fxcast_transport::Transport;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
@@ -28,83 +28,6 @@ pub struct TokenServiceImpl {
     shutdown: CancellationToken,
     /// Where revocations are announced to other servers.
     shared_revocations: Option<Arc<dyn Transport>>,
-}
-
-/// A revocation as announced on [`REVOCATIONS_TOPIC`](super::REVOCATIONS_TOPIC).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct RevocationMessage {
-    /// The revoked token id.
-    pub token_id: String,
-    /// When the revocation lapses (Unix seconds).
-    pub expires_at: u64,
-}
-
-/// Applies the revocations other servers announce on `transport` to
-/// `authority` until `shutdown`, so a token revoked on one server sharing
-/// the signing keys is refused by all of them (and their open streams end).
-///
-/// `subscribed` is the topic's subscription when the caller already holds
-/// one (so nothing announced after its start is missed); otherwise this
-/// subscribes, retrying with backoff.
-pub async fn follow_shared_revocations(
-    transport: Arc<dyn Transport>,
-    authority: TokenAuthority,
-    shutdown: CancellationToken,
-    subscribed: Option<fxcast_transport::Subscription>,
-) {
-    // Retried with capped backoff: a transport that is down at start comes
-    // back, and revocations must not be ignored for the rest of the run.
-    let mut backoff = Backoff::new(BackoffPolicy::new(
-        Duration::from_millis(100),
-        Duration::from_secs(10),
-    ));
-    let mut subscription = if let Some(subscription) = subscribed {
-        subscription
-    } else {
-        loop {
-            match transport.subscribe(super::REVOCATIONS_TOPIC).await {
-                Ok(subscription) => break subscription,
-                Err(err) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(error = %err, retry_in = ?delay, "cannot follow other servers' revocations yet");
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(delay) => {}
-                    }
-                }
-            }
-        }
-    };
-    loop {
-        let delivery = tokio::select! {
-            () = shutdown.cancelled() => return,
-            delivery = subscription.next() => delivery,
-        };
-        match delivery {
-            Some(fxcast_transport::Delivery::Message(payload)) => {
-                match serde_json::from_slice::<RevocationMessage>(&payload) {
-                    Ok(message) => {
-                        // Never beyond the longest a token can live from now
-                        // (and no overflow from a hostile value).
-                        let longest = SystemTime::now() + authority.config().max_ttl;
-                        let until = std::time::UNIX_EPOCH
-                            .checked_add(Duration::from_secs(message.expires_at))
-                            .map_or(longest, |until| until.min(longest));
-                        if let Err(err) = authority.apply_revocation(&message.token_id, until) {
-                            tracing::warn!(token_id = %message.token_id, error = %err, "cannot apply a shared revocation");
-                        }
-                    }
-                    Err(err) => {
-                        tracing::warn!(error = %err, "ignoring a malformed revocation message")
-                    }
-                }
-            }
-            Some(fxcast_transport::Delivery::Gap(gap)) => {
-                tracing::warn!(%gap, "missed revocations announced by other servers");
-            }
-            None => return,
-        }
-    }
 }
 
 /// Where tokens that may subscribe to rates also get direct access.
@@ -311,21 +234,7 @@ impl TokenService for TokenServiceImpl {
         })?;
         tracing::info!(by = %caller.subject, %token_id, "revoked token");
         if let Some(transport) = &self.shared_revocations {
-            let message = RevocationMessage {
-                token_id: token_id.clone(),
-                expires_at: SystemTime::now()
-                    .checked_add(self.authority.config().max_ttl)
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(u64::MAX, |d| d.as_secs()),
-            };
-            let payload = serde_json::to_vec(&message).expect("a revocation serialises");
-            // Revoked here whatever happens; other servers may miss it.
-            if let Err(err) = transport
-                .publish(super::REVOCATIONS_TOPIC, payload.into())
-                .await
-            {
-                tracing::warn!(%token_id, error = %err, "could not announce the revocation to other servers");
-            }
+            super::shared::announce(transport, &self.authority, &token_id, &self.shutdown).await;
         }
         Ok(Response::new(RevokeTokenResponse {}))
     }

@@ -73,6 +73,9 @@ const BACKEND: &str = "momento";
 /// Momento's largest topic message.
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 
+/// Momento's largest cache item (hosted default), for [`Transport::retain_for`].
+pub const MAX_ITEM_BYTES: usize = 5 * 1024 * 1024;
+
 /// The SDKs refuse disposable tokens that live longer.
 const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -558,6 +561,50 @@ impl Transport for MomentoTransport {
             self.check_payload(topic, &payload)?;
             self.inner.retainer.offer(topic, payload);
             Ok(())
+        })
+    }
+
+    /// Written at once (not paced or conflated: this is for rare state such
+    /// as revocations), for the longer of `keep_for` and the retained TTL.
+    fn retain_for<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        keep_for: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        Box::pin(async move {
+            validate_topic(topic)?;
+            if payload.len() > MAX_ITEM_BYTES {
+                return Err(Error::PayloadTooLarge {
+                    size: payload.len(),
+                    limit: MAX_ITEM_BYTES,
+                    backend: BACKEND,
+                });
+            }
+            let inner = &*self.inner;
+            let ttl = keep_for.max(inner.config.retain_ttl);
+            let request = SetRequest::new(
+                inner.config.cache.clone(),
+                retained_key(topic),
+                Vec::from(payload),
+            )
+            .ttl(ttl);
+            match tokio::time::timeout(
+                inner.config.request_timeout,
+                inner.cache.send_request(request),
+            )
+            .await
+            {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(unavailable(&format!("retain {topic}"), &e)),
+                Err(_) => Err(Error::Unavailable {
+                    backend: BACKEND,
+                    message: format!(
+                        "retain {topic}: no answer within {:?}",
+                        inner.config.request_timeout
+                    ),
+                }),
+            }
         })
     }
 
