@@ -642,3 +642,69 @@ async fn a_server_started_after_a_revocation_refuses_the_token_from_its_first_re
         "{answer:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fxcast_token_gets_fresh_momento_tokens_over_grpc_and_rest() {
+    let momento = momento_local().await;
+    let served = serve(&on_momento(&momento, "USD_JPY,EUR_USD", &[])).await;
+    let issued = issue(&served, &["rates:subscribe=USD_JPY", "rates:publish"]).await;
+    let first = issued.momento.clone().expect("a Momento token");
+
+    // gRPC, with the fxcast token itself.
+    let mut tokens =
+        TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, &issued.token).await);
+    let fresh = tokens
+        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_ne!(fresh.token, first.token);
+    assert_eq!(fresh.topics, ["rates.USD_JPY"]);
+    assert!(fresh.expires_at.unwrap().seconds <= issued.expires_at.unwrap().seconds);
+    // The fresh token works with Momento's SDK.
+    let topics = sdk_topics(sdk_credentials(&momento, &fresh.token));
+    let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
+    let mut rates = rates_client(&served, &issued.token).await;
+    let rate = publish(&mut rates, "USD_JPY", "151.230", "151.238").await;
+    assert_eq!(sdk_next_rate(&mut subscription).await, rate);
+
+    // REST, the same.
+    let http = reqwest::Client::new();
+    let response = http
+        .post(format!("http://{}/v1/tokens/momento", served.http))
+        .bearer_auth(&issued.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["topics"], serde_json::json!(["rates.USD_JPY"]));
+    assert_eq!(body["cache_name"], CACHE);
+    let anonymous = http
+        .post(format!("http://{}/v1/tokens/momento", served.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // A server without Momento says so.
+    let memory = serve(&["--symbols", "USD_JPY"]).await;
+    let token = issue(&memory, &["rates:subscribe=*"]).await.token;
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&memory.grpc, &token).await);
+    let refused = tokens
+        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    let response = http
+        .post(format!("http://{}/v1/tokens/momento", memory.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 422);
+}

@@ -252,6 +252,7 @@ fn router(state: AppState) -> Router {
         .route("/v1/rates", get(rest::rates))
         .route("/v1/rates/{symbol}", get(rest::rate))
         .route("/v1/tokens", post(rest::issue_token))
+        .route("/v1/tokens/momento", post(rest::issue_momento_access))
         .route("/v1/orders", post(orders::place).get(orders::list))
         .route("/v1/orders/{order_id}", get(orders::get))
         .route("/healthz", get(rest::healthz))

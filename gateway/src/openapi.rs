@@ -44,7 +44,7 @@ impl Modify for BearerScheme {
             `authorization: Bearer` or `?token=`."
     ),
     paths(
-        rest::symbols, rest::rates, rest::rate, rest::issue_token, orders::place, orders::get, orders::list,
+        rest::symbols, rest::rates, rest::rate, rest::issue_token, rest::issue_momento_access, orders::place, orders::get, orders::list,
         ws::upgrade, sse::stream, rest::healthz, rest::readyz, rest::metrics
     ),
     components(schemas(

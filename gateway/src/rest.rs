@@ -206,14 +206,38 @@ fn token_json(issued: IssueTokenResponse) -> TokenJson {
         expires_at: rfc3339(issued.expires_at),
         subject: issued.subject,
         scopes: issued.scopes,
-        momento: issued.momento.map(|m| MomentoAccessJson {
-            token: m.token,
-            expires_at: rfc3339(m.expires_at),
-            cache_name: m.cache_name,
-            topics: m.topics,
-            endpoint: m.endpoint,
-        }),
+        momento: issued.momento.map(momento_json),
     }
+}
+
+fn momento_json(m: fxcast_proto::v1::MomentoAccess) -> MomentoAccessJson {
+    MomentoAccessJson {
+        token: m.token,
+        expires_at: rfc3339(m.expires_at),
+        cache_name: m.cache_name,
+        topics: m.topics,
+        endpoint: m.endpoint,
+    }
+}
+
+/// A fresh Momento disposable token for the caller's own fxcast token
+/// (Momento tokens live at most 1 hour and cannot be renewed). 422 when the
+/// server offers no direct Momento access.
+#[utoipa::path(post, path = "/v1/tokens/momento", tag = "tokens",
+    responses((status = 200, body = MomentoAccessJson), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 422, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub(crate) async fn issue_momento_access(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<MomentoAccessJson>, ApiError> {
+    let bearer = credential(&headers, None)?;
+    let access = state
+        .upstream
+        .tokens(bearer)
+        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
+        .await?
+        .into_inner();
+    Ok(Json(momento_json(access)))
 }
 
 /// Issues a token. With `authorization: Bearer <API key or tokens:issue

@@ -9,8 +9,9 @@ use std::pin::Pin;
 
 use futures_util::Stream;
 use fxcast_proto::v1::{
-    IssueTokenRequest, IssueTokenResponse, MomentoAccess, Revocation, RevokeTokenRequest,
-    RevokeTokenResponse, WatchRevocationsRequest, token_service_server::TokenService,
+    IssueMomentoAccessRequest, IssueTokenRequest, IssueTokenResponse, MomentoAccess, Revocation,
+    RevokeTokenRequest, RevokeTokenResponse, WatchRevocationsRequest,
+    token_service_server::TokenService,
 };
 use fxcast_transport::Transport;
 use tokio::sync::broadcast::error::RecvError;
@@ -94,26 +95,12 @@ impl TokenServiceImpl {
     /// Direct access for `issued`, living as long as it at most. A failure
     /// leaves the fxcast token usable without it.
     async fn momento_access(&self, issued: &IssuedToken) -> Option<MomentoAccess> {
-        let direct = self.direct.as_ref()?;
-        let topics: Vec<String> = direct
-            .symbols
-            .iter()
-            .filter(|symbol| issued.scopes.may_subscribe(symbol))
-            .map(|symbol| rates_topic(symbol))
-            .collect();
-        if topics.is_empty() {
-            return None;
-        }
-        let valid_for = issued.expires_at.duration_since(SystemTime::now()).ok()?;
-        match direct.transport.subscriber_access(&topics, valid_for).await {
-            Ok(Some(access)) => Some(MomentoAccess {
-                token: access.token,
-                expires_at: Some(access.expires_at.into()),
-                cache_name: access.namespace,
-                topics: access.topics,
-                endpoint: access.endpoint,
-            }),
-            Ok(None) => None,
+        match self
+            .direct_access(&issued.scopes, Some(issued.expires_at))
+            .await
+        {
+            Ok(Direct::Granted(access)) => Some(access),
+            Ok(Direct::NoRates | Direct::NotOffered) => None,
             Err(err) => {
                 tracing::warn!(
                     subject = %issued.subject,
@@ -124,6 +111,59 @@ impl TokenServiceImpl {
             }
         }
     }
+
+    /// A credential of the transport for the rates topics `scopes` may see,
+    /// living until `expires_at` at most (the backend caps it further);
+    /// or why there is none.
+    async fn direct_access(
+        &self,
+        scopes: &Scopes,
+        expires_at: Option<SystemTime>,
+    ) -> Result<Direct, fxcast_transport::Error> {
+        let Some(direct) = self.direct.as_ref() else {
+            return Ok(Direct::NotOffered);
+        };
+        let topics: Vec<String> = direct
+            .symbols
+            .iter()
+            .filter(|symbol| scopes.may_subscribe(symbol))
+            .map(|symbol| rates_topic(symbol))
+            .collect();
+        if topics.is_empty() {
+            return Ok(Direct::NoRates);
+        }
+        // The API key never expires: the backend's own cap applies.
+        let valid_for = match expires_at {
+            Some(at) => match at.duration_since(SystemTime::now()) {
+                Ok(left) => left,
+                Err(_) => return Ok(Direct::NoRates),
+            },
+            None => self.authority.config().max_ttl,
+        };
+        let access = direct
+            .transport
+            .subscriber_access(&topics, valid_for)
+            .await?;
+        Ok(match access {
+            Some(access) => Direct::Granted(MomentoAccess {
+                token: access.token,
+                expires_at: Some(access.expires_at.into()),
+                cache_name: access.namespace,
+                topics: access.topics,
+                endpoint: access.endpoint,
+            }),
+            None => Direct::NotOffered,
+        })
+    }
+}
+
+/// What [`TokenServiceImpl::direct_access`] found.
+enum Direct {
+    Granted(MomentoAccess),
+    /// The caller's scopes see no rates (or its token has lapsed).
+    NoRates,
+    /// The transport hands out no credentials of its own.
+    NotOffered,
 }
 
 fn parse_ttl(ttl: Option<prost_types::Duration>) -> Result<Option<Duration>, Status> {
@@ -237,6 +277,31 @@ impl TokenService for TokenServiceImpl {
             super::shared::announce(transport, &self.authority, &token_id, &self.shutdown).await;
         }
         Ok(Response::new(RevokeTokenResponse {}))
+    }
+
+    async fn issue_momento_access(
+        &self,
+        request: Request<IssueMomentoAccessRequest>,
+    ) -> Result<Response<MomentoAccess>, Status> {
+        let caller = Caller::of(&request)?;
+        match self.direct_access(&caller.scopes, caller.expires_at).await {
+            Ok(Direct::Granted(access)) => {
+                tracing::debug!(subject = %caller.subject, "issued a fresh Momento token");
+                Ok(Response::new(access))
+            }
+            Ok(Direct::NotOffered) => Err(Status::failed_precondition(
+                "this server offers no direct Momento access: it runs neither --transport momento nor --momento-bridge",
+            )),
+            Ok(Direct::NoRates) => Err(Status::permission_denied(
+                "the token may subscribe to no rates, so it gets no Momento access",
+            )),
+            Err(err) => {
+                tracing::warn!(subject = %caller.subject, error = %err, "could not mint a Momento token");
+                Err(Status::unavailable(format!(
+                    "cannot mint a Momento token: {err}"
+                )))
+            }
+        }
     }
 
     async fn watch_revocations(

@@ -76,8 +76,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 /// Momento's largest cache item (hosted default), for [`Transport::retain_for`].
 pub const MAX_ITEM_BYTES: usize = 5 * 1024 * 1024;
 
-/// The SDKs refuse disposable tokens that live longer.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
+/// Hosted Momento's longest disposable token: it cannot be renewed, so
+/// clients ask for a fresh one (`IssueMomentoAccess`) before it lapses.
+pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 /// Settings of [`MomentoTransport`].
 #[derive(Clone)]
