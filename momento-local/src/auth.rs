@@ -52,15 +52,14 @@ pub enum AcceptedKeys {
 /// Marks the key id of tokens minted by momento-local.
 const KEY_ID_PREFIX: &str = "momento-local/";
 
-/// The SDKs refuse to ask for longer-lived disposable tokens.
-const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(25 * 60 * 60);
-
 /// The SDKs refuse longer token ids.
 const MAX_TOKEN_ID_CHARS: usize = 64;
 
 /// Checks credentials and mints disposable tokens.
 pub(super) struct Authority {
     accepted: AcceptedKeys,
+    /// The longest life a minted token may have.
+    max_lifetime: Duration,
     endpoint: String,
     key_id: String,
     encoding: EncodingKey,
@@ -107,7 +106,7 @@ fn now_ms() -> u64 {
 impl Authority {
     /// An authority with a fresh signing secret: tokens of an earlier run
     /// are refused.
-    pub(super) fn new(accepted: AcceptedKeys, endpoint: String) -> Self {
+    pub(super) fn new(accepted: AcceptedKeys, endpoint: String, max_lifetime: Duration) -> Self {
         let mut secret = [0u8; 32];
         StdRng::from_os_rng().fill_bytes(&mut secret);
         let mut validation = Validation::new(Algorithm::HS256);
@@ -116,6 +115,7 @@ impl Authority {
         validation.set_required_spec_claims::<&str>(&[]);
         Self {
             accepted,
+            max_lifetime,
             endpoint,
             key_id: format!("{KEY_ID_PREFIX}{}", random_id(9)),
             // Refused only for an empty secret.
@@ -209,10 +209,11 @@ impl Authority {
             .expires
             .map(|e| Duration::from_secs(u64::from(e.valid_for_seconds)))
             .ok_or_else(|| Status::invalid_argument("expires is required"))?;
-        if valid_for.is_zero() || valid_for > MAX_TOKEN_LIFETIME {
-            return Err(Status::invalid_argument(
-                "disposable tokens must expire within 1 second to 25 hours",
-            ));
+        if valid_for.is_zero() || valid_for > self.max_lifetime {
+            return Err(Status::invalid_argument(format!(
+                "disposable tokens must expire within 1 second to {} seconds",
+                self.max_lifetime.as_secs()
+            )));
         }
         if request.token_id.chars().count() > MAX_TOKEN_ID_CHARS {
             return Err(Status::invalid_argument(

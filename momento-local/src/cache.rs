@@ -343,7 +343,9 @@ impl CacheService {
         for key in keys {
             caller.require_item(&name, key, access)?;
         }
-        self.shared.caches.get(&name)
+        let cache = self.shared.caches.get(&name)?;
+        self.shared.charge(&name)?;
+        Ok(cache)
     }
 
     fn check_size(&self, value: &[u8]) -> Result<(), Status> {

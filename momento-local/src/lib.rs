@@ -33,12 +33,14 @@
 //!   `Token` service;
 //! - `pubsub`: topics and the `Pubsub` service;
 //! - `cache`: caches, items and the `Scs` service;
-//! - `control`: the `ScsControl` service.
+//! - `control`: the `ScsControl` service;
+//! - `limits`: subscriptions per connection and operations per second.
 
 #![forbid(unsafe_code)]
 
 use std::{
     future::Future,
+    num::NonZeroU32,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -49,6 +51,7 @@ use std::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::{
+    Status,
     codegen::http::{self, HeaderName, Method},
     service::Routes,
 };
@@ -85,6 +88,7 @@ macro_rules! unimplemented_rpcs {
 mod auth;
 mod cache;
 mod control;
+mod limits;
 mod pubsub;
 
 pub use auth::AcceptedKeys;
@@ -92,6 +96,7 @@ pub use auth::AcceptedKeys;
 use auth::{Authenticate, Authority, TokenService};
 use cache::{CacheService, Caches};
 use control::ControlService;
+use limits::{OpsLimit, StreamCounts};
 use pubsub::PubsubService;
 
 use momento_protos::{
@@ -143,6 +148,18 @@ pub struct MomentoLocalConfig {
     /// TLS of the listener (plaintext, as Momento SDKs' local-development
     /// settings expect, when `None`).
     pub tls: Option<fxcast_listener::Tls>,
+    /// Longest-lived disposable token `GenerateDisposableToken` mints
+    /// (hosted: 1 hour); longer requests are `INVALID_ARGUMENT`.
+    pub max_token_lifetime: Duration,
+    /// Subscriptions one client connection may hold at once (hosted: 100);
+    /// the next is refused with `RESOURCE_EXHAUSTED`
+    /// (`topic_subscriptions_limit_exceeded`).
+    pub max_subscriptions_per_connection: usize,
+    /// Operations per second each cache allows (publishes, subscribes and
+    /// item calls; a second's worth may come at once); beyond it
+    /// `RESOURCE_EXHAUSTED` (`operations_rate_limit_exceeded`). `None`: no
+    /// limit (the hosted limit depends on the account).
+    pub max_ops_per_second: Option<NonZeroU32>,
 }
 
 impl Default for MomentoLocalConfig {
@@ -160,6 +177,9 @@ impl Default for MomentoLocalConfig {
             topic_idle_timeout: Duration::from_secs(10 * 60),
             connections: fxcast_listener::ListenerConfig::default(),
             tls: None,
+            max_token_lifetime: Duration::from_secs(60 * 60),
+            max_subscriptions_per_connection: 100,
+            max_ops_per_second: None,
         }
     }
 }
@@ -180,6 +200,13 @@ impl MomentoLocalConfig {
         }
         if self.heartbeat_interval.is_zero() || self.topic_idle_timeout.is_zero() {
             return invalid("heartbeat interval and topic idle timeout must be positive");
+        }
+        if self.max_token_lifetime < Duration::from_secs(1)
+            || self.max_subscriptions_per_connection == 0
+        {
+            return invalid(
+                "the token lifetime must be at least 1 s and the subscription limit positive",
+            );
         }
         self.connections
             .validate()
@@ -202,6 +229,10 @@ impl MomentoLocalConfig {
 struct Shared {
     caches: Caches,
     limits: Limits,
+    /// Subscriptions per client connection.
+    streams: Arc<StreamCounts>,
+    /// Operations per second per cache, when limited.
+    ops: Option<OpsLimit>,
     /// Cancelled when the server stops, so open subscriptions end and the
     /// graceful shutdown does not wait for them forever.
     stopping: CancellationToken,
@@ -212,13 +243,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(limits: Limits, stopping: CancellationToken) -> Self {
+    fn new(config: &MomentoLocalConfig, stopping: CancellationToken) -> Self {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(1));
         Self {
             caches: Caches::default(),
-            limits,
+            limits: Limits::from(config),
+            streams: Arc::new(StreamCounts::new(config.max_subscriptions_per_connection)),
+            ops: config.max_ops_per_second.map(OpsLimit::new),
             stopping,
             pages: AtomicU64::new(now_ms),
         }
@@ -226,6 +259,14 @@ impl Shared {
 
     fn next_page(&self) -> u64 {
         self.pages.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Counts one operation on `cache` against the operations limit.
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` when the cache is over its limit.
+    fn charge(&self, cache: &str) -> Result<(), Status> {
+        self.ops.as_ref().map_or(Ok(()), |ops| ops.charge(cache))
     }
 }
 
@@ -279,12 +320,16 @@ pub async fn serve(
         .clone()
         .unwrap_or_else(|| local.ip().to_string());
     let stopping = CancellationToken::new();
-    let shared = Arc::new(Shared::new(Limits::from(&config), stopping.clone()));
+    let shared = Arc::new(Shared::new(&config, stopping.clone()));
     for name in &config.caches {
         // A name given twice is created once.
         let _ = shared.caches.create(name);
     }
-    let authority = Arc::new(Authority::new(config.accepted_keys.clone(), endpoint));
+    let authority = Arc::new(Authority::new(
+        config.accepted_keys.clone(),
+        endpoint,
+        config.max_token_lifetime,
+    ));
     let authenticate = Authenticate::new(authority.clone());
 
     // Cache values up to the item limit, plus room for keys and framing.
@@ -368,7 +413,12 @@ async fn sweep(shared: Arc<Shared>) {
     loop {
         tokio::select! {
             () = shared.stopping.cancelled() => return,
-            _ = interval.tick() => shared.caches.sweep(shared.limits.topic_idle_timeout),
+            _ = interval.tick() => {
+                shared.caches.sweep(shared.limits.topic_idle_timeout);
+                if let Some(ops) = &shared.ops {
+                    ops.sweep();
+                }
+            }
         }
     }
 }

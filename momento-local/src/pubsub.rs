@@ -39,6 +39,7 @@ use super::{
     Limits, Shared,
     auth::{Caller, TopicAccess},
     cache::limit_exceeded,
+    limits::StreamSlot,
 };
 
 /// The topics of one cache.
@@ -290,6 +291,7 @@ impl Pubsub for PubsubService {
         authorize(&caller, &cache_name, &topic, TopicAccess::Publish)?;
         self.check_size(value.as_ref())?;
         let cache = self.shared.caches.get(&cache_name)?;
+        self.shared.charge(&cache_name)?;
         let value = value.unwrap_or_default();
         cache
             .topics
@@ -305,6 +307,7 @@ impl Pubsub for PubsubService {
         request: Request<SubscriptionRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let caller = Caller::of(&request)?;
+        let peer = request.remote_addr();
         let SubscriptionRequest {
             cache_name,
             topic,
@@ -313,12 +316,15 @@ impl Pubsub for PubsubService {
         } = request.into_inner();
         authorize(&caller, &cache_name, &topic, TopicAccess::Subscribe)?;
         let cache = self.shared.caches.get(&cache_name)?;
+        let slot = self.shared.streams.claim(peer)?;
+        self.shared.charge(&cache_name)?;
         let topic = cache.topics.get_or_create(&topic, &self.shared);
         let attached = topic.attach(resume_at_topic_sequence_number, sequence_page);
         let stream = subscription(
             attached,
             Arc::downgrade(&topic),
             SubscriptionEnds {
+                slot,
                 cache: cache_name,
                 token_expiry: caller.expires_at(),
                 stopping: self.shared.stopping.clone(),
@@ -331,6 +337,9 @@ impl Pubsub for PubsubService {
 
 /// What ends a subscription besides the client going away.
 struct SubscriptionEnds {
+    /// Its place among the connection's subscriptions, given back when the
+    /// stream is dropped.
+    slot: Option<StreamSlot>,
     /// Deleting it closes its topics.
     cache: String,
     /// A disposable token's expiry: the subscription ends with it.
@@ -353,6 +362,7 @@ fn subscription(
 ) -> impl Stream<Item = Result<SubscriptionItem, Status>> + Send + 'static {
     async_stream::stream! {
         let _detach = Detach(topic);
+        let _slot = ends.slot;
         let Attached { mut receiver, discontinuity: resumed, replay, mut last_seen, page } = attached;
         yield Ok(heartbeat());
         if let Some(d) = resumed {
@@ -427,10 +437,7 @@ mod tests {
     use crate::MomentoLocalConfig;
 
     fn shared() -> Shared {
-        Shared::new(
-            Limits::from(&MomentoLocalConfig::default()),
-            CancellationToken::new(),
-        )
+        Shared::new(&MomentoLocalConfig::default(), CancellationToken::new())
     }
 
     fn text(value: &str) -> TopicValue {

@@ -51,6 +51,22 @@ pub(crate) struct MomentoLocalArgs {
     /// PEM private key of --tls-cert
     #[arg(long, env = "FXCAST_MOMENTO_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Longest life of a minted disposable token (hosted Momento: 1 hour)
+    #[arg(long, env = "FXCAST_MOMENTO_MAX_TOKEN_LIFE", default_value = "1h")]
+    max_token_life: humantime::Duration,
+    /// Subscriptions one client connection may hold (hosted Momento: 100);
+    /// the next is refused with RESOURCE_EXHAUSTED
+    #[arg(
+        long,
+        env = "FXCAST_MOMENTO_MAX_SUBSCRIPTIONS_PER_CONNECTION",
+        default_value_t = 100
+    )]
+    max_subscriptions_per_connection: usize,
+    /// Operations per second each cache allows (publishes, subscribes, item
+    /// calls); beyond it RESOURCE_EXHAUSTED, as the hosted service answers
+    /// [default: no limit]
+    #[arg(long, env = "FXCAST_MOMENTO_MAX_OPS_PER_SECOND")]
+    max_ops_per_second: Option<std::num::NonZeroU32>,
 }
 
 fn accepted_keys(keys: &[String]) -> anyhow::Result<AcceptedKeys> {
@@ -81,6 +97,9 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
             idle_timeout: args.idle_timeout.into(),
         },
         tls: super::http_tls(args.tls_cert.as_deref(), args.tls_key.as_deref())?,
+        max_token_lifetime: args.max_token_life.into(),
+        max_subscriptions_per_connection: args.max_subscriptions_per_connection,
+        max_ops_per_second: args.max_ops_per_second,
         ..MomentoLocalConfig::default()
     };
     config.validate()?;
@@ -105,6 +124,9 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
         addr = %addr,
         tls = config.tls.is_some(),
         caches = ?args.caches,
+        max_token_life = %args.max_token_life,
+        max_subscriptions_per_connection = config.max_subscriptions_per_connection,
+        max_ops_per_second = config.max_ops_per_second.map_or(0, std::num::NonZeroU32::get),
         "momento-local listening"
     );
     serve(listener, config, shutdown_signal())
