@@ -216,6 +216,9 @@ fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error>
         }
     };
     config.max_publish_rate = NonZeroU32::new(settings.momento_publish_rate.unwrap_or(10));
+    if let Some(shards) = settings.momento_order_shards {
+        config.shards = shards;
+    }
     if let Some(ttl) = settings.momento_latest_ttl.map(Duration::from) {
         if ttl < Duration::from_secs(1) {
             return Err(Error::Config(

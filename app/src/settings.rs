@@ -120,6 +120,11 @@ settings! {
         #[arg(long, env = "FXCAST_MOMENTO_LATEST_TTL")]
         #[serde(deserialize_with = "parsed")]
         momento_latest_ttl: Option<humantime::Duration>,
+        /// Momento topics the order events of all subjects share (each process subscribes to
+        /// at most this many, whatever the number of subjects); every process on the cache
+        /// must use the same number; 0: a topic per subject [default: 16]
+        #[arg(long, env = "FXCAST_MOMENTO_ORDER_SHARDS")]
+        momento_order_shards: Option<u16>,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]

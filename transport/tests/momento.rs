@@ -538,3 +538,105 @@ async fn a_missing_cache_is_created_or_explained() {
         "the key must never be shown: {err}"
     );
 }
+
+/// The messages `subscription` has ready now, without waiting for more.
+fn ready(subscription: &mut Subscription) -> Vec<Delivery> {
+    let mut ready = Vec::new();
+    let waker = futures_util::task::noop_waker();
+    let mut cx = std::task::Context::from_waker(&waker);
+    while let std::task::Poll::Ready(Some(delivery)) =
+        futures_util::Stream::poll_next(std::pin::Pin::new(&mut *subscription), &mut cx)
+    {
+        ready.push(delivery);
+    }
+    ready
+}
+
+#[tokio::test]
+async fn ten_thousand_order_subjects_stream_at_once_within_the_subscription_cap() {
+    // momento-local refuses a 101st subscription on a connection, as the
+    // hosted service does; the transport has 4 connections.
+    let local = Local::start().await;
+    let server = connect(local.url()).await;
+    let other_process = connect(local.url()).await;
+    let mut subscriptions = Vec::new();
+    for i in 0..10_000 {
+        let topic = format!("orders.subject-{i}");
+        subscriptions.push(server.subscribe(&topic).await.unwrap());
+    }
+    assert_eq!(server.local_subscribers("orders.subject-9999"), 1);
+    // Events from another process reach exactly their subject.
+    let picked = [0_usize, 1, 17, 4_242, 9_999];
+    for &i in &picked {
+        let topic = format!("orders.subject-{i}");
+        other_process
+            .publish(&topic, numbered(i as u64))
+            .await
+            .unwrap();
+    }
+    for &i in &picked {
+        assert_eq!(next_number(&mut subscriptions[i]).await, i as u64);
+    }
+    // A last event, then no subject holds anything it should not: deliveries
+    // of one shard are dispatched in order, so the last one arriving means
+    // any stray would have arrived before it.
+    other_process
+        .publish("orders.subject-9999", numbered(10_000))
+        .await
+        .unwrap();
+    assert_eq!(next_number(&mut subscriptions[9_999]).await, 10_000);
+    for (i, subscription) in subscriptions.iter_mut().enumerate() {
+        let stray = ready(subscription);
+        assert!(stray.is_empty(), "subject-{i} got {stray:?}");
+    }
+    // Leaving frees the subject: nobody is left on it.
+    subscriptions.truncate(1);
+    assert_eq!(server.local_subscribers("orders.subject-9999"), 0);
+    assert_eq!(server.local_subscribers("orders.subject-0"), 1);
+}
+
+#[tokio::test]
+async fn without_shards_the_per_connection_cap_bounds_the_subjects() {
+    let local = Local::start().await;
+    let server = MomentoTransport::connect(MomentoConfig {
+        shards: 0,
+        subscription_connections: 2,
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+    let mut held = Vec::new();
+    for i in 0..200 {
+        held.push(server.subscribe(&format!("orders.s{i}")).await.unwrap());
+    }
+    let refused = server.subscribe("orders.s200").await.unwrap_err();
+    assert!(
+        matches!(&refused, Error::Unavailable { message, .. } if message.contains("100 topics each")),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_sharded_payload_keeps_to_the_message_limit_with_its_envelope() {
+    let local = Local::start().await;
+    let server = connect(local.url()).await;
+    let topic = "orders.alice";
+    let room = 4096 - (3 + topic.len());
+    let mut subscription = server.subscribe(topic).await.unwrap();
+    server
+        .publish(topic, Bytes::from(vec![7u8; room]))
+        .await
+        .unwrap();
+    match next(&mut subscription).await {
+        Delivery::Message(payload) => assert_eq!(payload.len(), room),
+        other => panic!("{other:?}"),
+    }
+    let refused = server
+        .publish(topic, Bytes::from(vec![7u8; room + 1]))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, Error::PayloadTooLarge { limit, .. } if limit == room),
+        "{refused:?}"
+    );
+}

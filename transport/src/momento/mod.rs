@@ -30,6 +30,8 @@
 //! - `credentials`: API key forms and endpoints;
 //! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
 //! - `pacing`: per-topic pacing with conflation;
+//! - `shards`: many quiet topics (`orders.<subject>`) over a few Momento
+//!   topics, so the subscriptions held stay bounded;
 //! - `health`: the health board.
 
 use std::{
@@ -56,6 +58,7 @@ mod credentials;
 mod feed;
 mod health;
 mod pacing;
+mod shards;
 
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
@@ -63,6 +66,7 @@ use crate::{
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
 use health::HealthBoard;
 use pacing::{Pacer, PacerConfig, SendFn};
+use shards::Shards;
 
 /// How failed subscriptions and publishes are retried: the first delay and
 /// the cap of their [`Backoff`](crate::Backoff).
@@ -120,6 +124,13 @@ pub struct MomentoConfig {
     pub request_timeout: Duration,
     /// Connections subscriptions are spread over, 100 topics each.
     pub subscription_connections: usize,
+    /// Topics carried over shared shard topics instead of one Momento topic
+    /// each (default `orders.`: one per trading subject, many and quiet).
+    pub sharded_prefix: String,
+    /// How many shard topics [`MomentoConfig::sharded_prefix`] spreads over
+    /// (default 16; 0: a Momento topic per topic). Every process sharing the
+    /// cache must use the same prefix and count.
+    pub shards: u16,
 }
 
 impl fmt::Debug for MomentoConfig {
@@ -138,6 +149,8 @@ impl fmt::Debug for MomentoConfig {
             .field("reconnect", &self.reconnect)
             .field("request_timeout", &self.request_timeout)
             .field("subscription_connections", &self.subscription_connections)
+            .field("sharded_prefix", &self.sharded_prefix)
+            .field("shards", &self.shards)
             .finish()
     }
 }
@@ -158,6 +171,8 @@ impl Default for MomentoConfig {
             reconnect: ReconnectPolicy::default(),
             request_timeout: Duration::from_secs(5),
             subscription_connections: 4,
+            sharded_prefix: "orders.".to_owned(),
+            shards: 16,
         }
     }
 }
@@ -222,6 +237,7 @@ struct Inner {
     cache: CacheClient,
     auth: AuthClient,
     feeds: Arc<Feeds>,
+    shards: Arc<Shards>,
     feed_context: FeedContext,
     publisher: Option<Pacer>,
     retainer: Pacer,
@@ -364,6 +380,7 @@ impl MomentoTransport {
             cache = %config.cache,
             endpoint = %resolved.url,
             max_publish_rate = ?config.max_publish_rate,
+            shards = config.shards,
             "momento transport connected"
         );
         Ok(Self {
@@ -373,6 +390,7 @@ impl MomentoTransport {
                 cache,
                 auth,
                 feeds: Arc::default(),
+                shards: Arc::new(Shards::new(&config.sharded_prefix, config.shards)),
                 feed_context,
                 publisher,
                 retainer,
@@ -408,7 +426,15 @@ impl MomentoTransport {
 
     fn check_payload(&self, topic: &str, payload: &Bytes) -> Result<(), Error> {
         validate_topic(topic)?;
-        let limit = self.inner.config.max_payload;
+        // A sharded topic's envelope names it in the same message.
+        let limit = if self.inner.shards.covers(topic) {
+            self.inner
+                .config
+                .max_payload
+                .saturating_sub(Shards::overhead(topic))
+        } else {
+            self.inner.config.max_payload
+        };
         if payload.len() > limit {
             return Err(Error::PayloadTooLarge {
                 size: payload.len(),
@@ -534,6 +560,10 @@ impl Transport for MomentoTransport {
                     pacer.offer(topic, payload);
                     Ok(())
                 }
+                _ if self.inner.shards.covers(topic) => {
+                    let (shard, envelope) = self.inner.shards.wrap(topic, &payload);
+                    self.publish_now(&shard, envelope).await
+                }
                 _ => self.publish_now(topic, payload).await,
             }
         })
@@ -542,14 +572,21 @@ impl Transport for MomentoTransport {
     fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
         Box::pin(async move {
             validate_topic(topic)?;
-            self.inner
-                .feeds
-                .subscribe(&self.inner.feed_context, topic)
-                .await
+            let inner = &*self.inner;
+            if inner.shards.covers(topic) {
+                return inner
+                    .shards
+                    .subscribe(&inner.feeds, &inner.feed_context, topic)
+                    .await;
+            }
+            inner.feeds.subscribe(&inner.feed_context, topic).await
         })
     }
 
     fn local_subscribers(&self, topic: &str) -> usize {
+        if self.inner.shards.covers(topic) {
+            return self.inner.shards.local_subscribers(topic);
+        }
         self.inner.feeds.local_subscribers(topic)
     }
 

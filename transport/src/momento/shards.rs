@@ -1,0 +1,298 @@
+//! Many topics over a few Momento topics.
+//!
+//! A hosted Momento connection carries at most 100 subscriptions, and every
+//! subscription is a stream the service holds open. Topics that are many
+//! and quiet (one `orders.<subject>` per trading subject) therefore travel
+//! over a fixed number of shard topics, `shard.<prefix><n>`: a publish to
+//! `orders.alice` goes to the shard that `alice`'s topic hashes to, wrapped
+//! in an envelope naming it; each process holds one Momento subscription
+//! per shard it needs and hands each message to the local subscribers of
+//! the topic its envelope names. So the subscriptions a process holds are
+//! bounded by the shard count, whatever the number of subjects.
+//!
+//! Every process must use the same prefix and shard count: the hash
+//! (FNV-1a) is fixed, so processes agree without talking to each other. A
+//! gap on a shard (a reconnect, a lag) is a gap for every topic of it: the
+//! messages missed may have been any of them.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, MutexGuard, Weak},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use super::feed::{FeedContext, Feeds};
+use crate::{Delivery, Error, Subscription, local::LocalReader};
+
+/// Envelope format version, the first byte of every sharded message.
+const VERSION: u8 = 1;
+
+/// Bytes an envelope adds to a payload besides the topic name: the version
+/// and the topic's length.
+const HEADER: usize = 3;
+
+/// Messages held for a local subscriber of one sharded topic. Such topics
+/// are quiet; a subscriber this far behind gets a gap.
+const TOPIC_BUFFER: usize = 64;
+
+/// Which topics are sharded, and over how many shard topics.
+#[derive(Debug)]
+pub(super) struct Shards {
+    prefix: String,
+    count: u16,
+    hubs: Mutex<HashMap<u16, Arc<Hub>>>,
+}
+
+/// One shard's Momento subscription, dispatched to its topics' local
+/// subscribers.
+#[derive(Debug)]
+struct Hub {
+    /// The local senders of the topics subscribed to on this shard.
+    topics: Mutex<HashMap<String, broadcast::Sender<Delivery>>>,
+    /// Ends the dispatching task (and with it the shard's subscription).
+    stop: CancellationToken,
+}
+
+impl Hub {
+    fn topics(&self) -> MutexGuard<'_, HashMap<String, broadcast::Sender<Delivery>>> {
+        self.topics.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Shards {
+    /// Topics starting with `prefix` over `count` shards; none when `count`
+    /// is zero or `prefix` empty.
+    pub(super) fn new(prefix: &str, count: u16) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            count,
+            hubs: Mutex::default(),
+        }
+    }
+
+    fn hubs(&self) -> MutexGuard<'_, HashMap<u16, Arc<Hub>>> {
+        self.hubs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `topic` travels over a shard.
+    pub(super) fn covers(&self, topic: &str) -> bool {
+        self.count > 0 && !self.prefix.is_empty() && topic.starts_with(&self.prefix)
+    }
+
+    /// The shard of `topic` (FNV-1a of its name).
+    fn shard_of(&self, topic: &str) -> u16 {
+        let hash = topic.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        // The remainder is below `count`, a u16.
+        u16::try_from(hash % u32::from(self.count)).unwrap_or(0)
+    }
+
+    /// The Momento topic of shard `index`.
+    fn shard_topic(&self, index: u16) -> String {
+        format!("shard.{}{index}", self.prefix)
+    }
+
+    /// The Momento topic and the envelope carrying `payload` for `topic`.
+    pub(super) fn wrap(&self, topic: &str, payload: &[u8]) -> (String, Bytes) {
+        let mut envelope = BytesMut::with_capacity(HEADER + topic.len() + payload.len());
+        envelope.put_u8(VERSION);
+        // Topic names are at most 256 bytes (`validate_topic`).
+        envelope.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+        envelope.put_slice(topic.as_bytes());
+        envelope.put_slice(payload);
+        (self.shard_topic(self.shard_of(topic)), envelope.freeze())
+    }
+
+    /// How many bytes the envelope of `topic` adds.
+    pub(super) fn overhead(topic: &str) -> usize {
+        HEADER + topic.len()
+    }
+
+    /// Local subscribers of the sharded `topic`.
+    pub(super) fn local_subscribers(&self, topic: &str) -> usize {
+        let index = self.shard_of(topic);
+        let hub = self.hubs().get(&index).cloned();
+        hub.and_then(|hub| {
+            hub.topics()
+                .get(topic)
+                .map(broadcast::Sender::receiver_count)
+        })
+        .unwrap_or(0)
+    }
+
+    /// A local subscription to the sharded `topic`, subscribing to its shard
+    /// first if no local subscriber holds it yet.
+    ///
+    /// # Errors
+    /// [`Error::Unavailable`] when the shard cannot be subscribed to.
+    pub(super) async fn subscribe(
+        self: &Arc<Self>,
+        feeds: &Arc<Feeds>,
+        context: &FeedContext,
+        topic: &str,
+    ) -> Result<Subscription, Error> {
+        let index = self.shard_of(topic);
+        let existing = self.hubs().get(&index).cloned();
+        let hub = match existing {
+            Some(hub) => hub,
+            None => {
+                // Subscribed outside the lock; a racing subscriber may have
+                // started the hub meanwhile, and then ours is dropped.
+                let shard = feeds.subscribe(context, &self.shard_topic(index)).await?;
+                let mut hubs = self.hubs();
+                match hubs.get(&index) {
+                    Some(hub) => Arc::clone(hub),
+                    None => {
+                        let hub = Arc::new(Hub {
+                            topics: Mutex::default(),
+                            stop: context.stop.child_token(),
+                        });
+                        hubs.insert(index, Arc::clone(&hub));
+                        tokio::spawn(dispatch(shard, Arc::downgrade(self), index, hub.clone()));
+                        hub
+                    }
+                }
+            }
+        };
+        // Registered under the hubs lock, so a hub being retired by its last
+        // leaving subscriber is never joined.
+        let receiver = {
+            let hubs = self.hubs();
+            match hubs.get(&index) {
+                Some(live) if Arc::ptr_eq(live, &hub) => Some(
+                    hub.topics()
+                        .entry(topic.to_owned())
+                        .or_insert_with(|| broadcast::channel(TOPIC_BUFFER).0)
+                        .subscribe(),
+                ),
+                _ => None,
+            }
+        };
+        // Retired between the two locks: start over.
+        let Some(receiver) = receiver else {
+            return Box::pin(self.subscribe(feeds, context, topic)).await;
+        };
+        let (shards, name) = (Arc::downgrade(self), topic.to_owned());
+        let leave = move || {
+            if let Some(shards) = shards.upgrade() {
+                shards.leave(index, &name);
+            }
+        };
+        Ok(Subscription::new(LocalReader::new(
+            receiver,
+            std::convert::identity,
+            leave,
+        )))
+    }
+
+    /// A local subscriber of `topic` on shard `index` leaves (its receiver
+    /// still alive); the last one of a shard retires the shard's hub.
+    fn leave(&self, index: u16, topic: &str) {
+        let mut hubs = self.hubs();
+        let Some(hub) = hubs.get(&index).cloned() else {
+            return;
+        };
+        let mut topics = hub.topics();
+        if topics
+            .get(topic)
+            .is_some_and(|sender| sender.receiver_count() <= 1)
+        {
+            topics.remove(topic);
+        }
+        if topics.is_empty() {
+            hubs.remove(&index);
+            hub.stop.cancel();
+        }
+    }
+}
+
+/// Reads shard `index`'s subscription and hands each message to the local
+/// subscribers of the topic its envelope names, until the hub is retired
+/// or the transport ends (then the topics' streams end too).
+async fn dispatch(mut shard: Subscription, shards: Weak<Shards>, index: u16, hub: Arc<Hub>) {
+    loop {
+        let delivery = tokio::select! {
+            () = hub.stop.cancelled() => return,
+            delivery = shard.next() => delivery,
+        };
+        match delivery {
+            Some(Delivery::Message(envelope)) => match open(&envelope) {
+                Some((topic, payload)) => {
+                    if let Some(sender) = hub.topics().get(topic) {
+                        let _ = sender.send(Delivery::Message(payload));
+                    }
+                }
+                None => tracing::warn!(
+                    shard = index,
+                    bytes = envelope.len(),
+                    "momento: dropped a sharded message that is not an fxcast envelope"
+                ),
+            },
+            Some(Delivery::Gap(gap)) => {
+                for sender in hub.topics().values() {
+                    let _ = sender.send(Delivery::Gap(gap));
+                }
+            }
+            None => break,
+        }
+    }
+    // The transport ended: so do the topics' streams.
+    if let Some(shards) = shards.upgrade() {
+        let mut hubs = shards.hubs();
+        if hubs.get(&index).is_some_and(|live| Arc::ptr_eq(live, &hub)) {
+            hubs.remove(&index);
+        }
+    }
+    hub.topics().clear();
+}
+
+/// The topic and payload of an envelope; `None` when it is not one.
+fn open(envelope: &Bytes) -> Option<(&str, Bytes)> {
+    let (&version, rest) = envelope.split_first()?;
+    if version != VERSION || rest.len() < 2 {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
+    let name = rest.get(2..2 + len)?;
+    let topic = std::str::from_utf8(name).ok()?;
+    Some((topic, envelope.slice(HEADER + len..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_round_trip_and_strangers_are_refused() {
+        let shards = Shards::new("orders.", 16);
+        let (shard, envelope) = shards.wrap("orders.alice", b"event");
+        assert!(shard.starts_with("shard.orders."), "{shard}");
+        assert_eq!(envelope.len(), Shards::overhead("orders.alice") + 5);
+        let (topic, payload) = open(&envelope).unwrap();
+        assert_eq!((topic, &payload[..]), ("orders.alice", &b"event"[..]));
+        assert!(open(&Bytes::from_static(b"")).is_none());
+        assert!(open(&Bytes::from_static(b"\x02\x00\x01a")).is_none());
+        assert!(open(&Bytes::from_static(b"\x01\x00\x09short")).is_none());
+    }
+
+    #[test]
+    fn topics_spread_over_every_shard_and_always_land_on_the_same_one() {
+        let shards = Shards::new("orders.", 16);
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..1000 {
+            let topic = format!("orders.subject-{i}");
+            let (first, _) = shards.wrap(&topic, b"");
+            let (again, _) = shards.wrap(&topic, b"x");
+            assert_eq!(first, again);
+            seen.insert(first);
+        }
+        assert_eq!(seen.len(), 16);
+        assert!(shards.covers("orders.x"));
+        assert!(!shards.covers("rates.USD_JPY"));
+        assert!(!Shards::new("orders.", 0).covers("orders.x"));
+    }
+}
