@@ -708,3 +708,34 @@ async fn a_fxcast_token_gets_fresh_momento_tokens_over_grpc_and_rest() {
         .unwrap();
     assert_eq!(response.status(), 422);
 }
+
+#[tokio::test]
+async fn the_operations_the_settings_spend_are_exported() {
+    let momento = momento_local().await;
+    // 3 symbols ticking 10 times a second, paced to 5 publishes per second.
+    let served = serve(&[
+        "--transport",
+        "momento",
+        "--momento-endpoint",
+        &momento,
+        "--symbols",
+        "USD_JPY,EUR_USD,GBP_USD",
+        "--tick-interval",
+        "100ms",
+        "--momento-publish-rate",
+        "5",
+        "--momento-max-ops-per-second",
+        "500",
+    ])
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", served.http))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for kind in ["publishes", "cache_writes", "deliveries_per_subscriber"] {
+        let line = format!("fxcast_gateway_momento_planned_ops_per_second{{kind=\"{kind}\"}} 15.0");
+        assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
+    }
+}

@@ -43,6 +43,8 @@ impl App {
         let grpc = bind("gRPC", config.grpc_listen).await?;
         let http = bind("HTTP", config.http_listen).await?;
         tracing::info!(data_dir = %data_dir.display(), "starting fxcast");
+        let mut config = config;
+        config.gateway.momento_ops_plan = momento_ops_plan(&config);
         let transport = connect(config.transport).await?;
         let stop = CancellationToken::new();
         let core = Arc::new(RatesCore::start(config.core, transport, stop.child_token()).await?);
@@ -155,6 +157,37 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error
     TcpListener::bind(addr)
         .await
         .map_err(|source| Error::Bind { what, addr, source })
+}
+
+/// Logs what the Momento settings will spend per second on rates, and
+/// returns it for the gateway's metrics; empty without Momento.
+fn momento_ops_plan(config: &Config) -> Vec<(&'static str, f64)> {
+    let (TransportConfig::Momento(momento) | TransportConfig::Bridge(momento)) = &config.transport
+    else {
+        return Vec::new();
+    };
+    let core = &config.core;
+    let ticks = (core.feed == fxcast_services::feed::FeedKind::Simulated)
+        .then(|| 1.0 / core.simulator.tick_interval.as_secs_f64());
+    let Some(plan) = momento.ops_plan(core.symbols.len(), ticks) else {
+        tracing::warn!(
+            "momento: --momento-publish-rate 0 with a live feed: every rate is published, so \
+             operations grow with the feed's tick rate and are not bounded"
+        );
+        return Vec::new();
+    };
+    tracing::info!(
+        symbols = core.symbols.len(),
+        publishes_per_second = plan.publishes,
+        cache_writes_per_second = plan.cache_writes,
+        deliveries_per_subscriber_per_second = plan.deliveries_per_subscriber,
+        "momento operations these settings spend on rates (orders add one publish per event)"
+    );
+    vec![
+        ("publishes", plan.publishes),
+        ("cache_writes", plan.cache_writes),
+        ("deliveries_per_subscriber", plan.deliveries_per_subscriber),
+    ]
 }
 
 async fn connect(config: TransportConfig) -> Result<Arc<dyn Transport>, Error> {

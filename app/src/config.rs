@@ -219,6 +219,7 @@ fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error>
     if let Some(shards) = settings.momento_order_shards {
         config.shards = shards;
     }
+    config.max_ops_per_second = settings.momento_max_ops_per_second;
     if let Some(ttl) = settings.momento_latest_ttl.map(Duration::from) {
         if ttl < Duration::from_secs(1) {
             return Err(Error::Config(

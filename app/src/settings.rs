@@ -11,7 +11,9 @@
 //! Adding a setting is adding one field here (and reading it where the typed
 //! configuration is built).
 
-use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+use std::{
+    collections::BTreeMap, fmt, net::SocketAddr, num::NonZeroU32, path::PathBuf, str::FromStr,
+};
 
 use clap::builder::BoolishValueParser;
 use fxcast_services::{
@@ -125,6 +127,12 @@ settings! {
         /// must use the same number; 0: a topic per subject [default: 16]
         #[arg(long, env = "FXCAST_MOMENTO_ORDER_SHARDS")]
         momento_order_shards: Option<u16>,
+        /// Momento operations per second this process may spend; every publish, cache call and
+        /// subscribe waits for its turn instead of being refused past the account's limit. Set
+        /// it a little below the limit, shared among the processes on the account [default: no
+        /// limit]
+        #[arg(long, env = "FXCAST_MOMENTO_MAX_OPS_PER_SECOND")]
+        momento_max_ops_per_second: Option<NonZeroU32>,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]

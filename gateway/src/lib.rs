@@ -97,6 +97,9 @@ pub struct GatewayConfig {
     pub connections: fxcast_listener::ListenerConfig,
     /// TLS of the HTTP listener (plaintext when `None`).
     pub tls: Option<fxcast_listener::Tls>,
+    /// Momento operations per second the transport plans to spend, by kind,
+    /// exported as `fxcast_gateway_momento_planned_ops_per_second`.
+    pub momento_ops_plan: Vec<(&'static str, f64)>,
 }
 
 impl Default for GatewayConfig {
@@ -113,6 +116,7 @@ impl Default for GatewayConfig {
             max_body: 16 * 1024,
             connections: fxcast_listener::ListenerConfig::default(),
             tls: None,
+            momento_ops_plan: Vec::new(),
         }
     }
 }
@@ -141,6 +145,7 @@ pub async fn serve_gateway(
     stop: CancellationToken,
 ) -> Result<(), Error> {
     let metrics = Metrics::default();
+    metrics.set_momento_plan(&config.momento_ops_plan);
     let ticker = tokio::select! {
         ticker = start_ticker(&upstream, &config, &metrics, &stop) => ticker?,
         () = stop.cancelled() => return Ok(()),

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the gateway, served as text at `/metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, atomic::AtomicU64};
 
 use prometheus_client::{
     encoding::{EncodeLabelSet, text::encode},
@@ -64,6 +64,7 @@ pub struct Metrics {
     listener_open: Gauge,
     listener_cap_reached: Counter,
     listener_timed_out: Counter,
+    momento_planned_ops: Family<KindLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -134,6 +135,11 @@ impl Default for Metrics {
                 "listener_timed_out",
                 "HTTP connections closed by the header or idle timeout",
             ),
+            momento_planned_ops: r.add(
+                "momento_planned_ops_per_second",
+                "Momento operations per second the transport settings spend on rates, by kind \
+                 (publishes, cache_writes, deliveries_per_subscriber)",
+            ),
             listener: Arc::default(),
             registry: Arc::new(r.0),
         }
@@ -141,6 +147,15 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Records the Momento operations the configuration plans to spend.
+    pub(crate) fn set_momento_plan(&self, plan: &[(&'static str, f64)]) {
+        for &(kind, ops) in plan {
+            self.momento_planned_ops
+                .get_or_create(&KindLabels { kind })
+                .set(ops);
+        }
+    }
+
     /// The Prometheus text exposition.
     pub fn render(&self) -> String {
         if let Some(stats) = self.listener.get() {

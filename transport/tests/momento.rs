@@ -52,13 +52,17 @@ impl Local {
     }
 
     async fn start_on(addr: SocketAddr, caches: Vec<String>) -> Self {
-        let listener = TcpListener::bind(addr).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
         let config = MomentoLocalConfig {
             caches,
             ..MomentoLocalConfig::default()
         };
+        Self::start_with(addr, config).await
+    }
+
+    async fn start_with(addr: SocketAddr, config: MomentoLocalConfig) -> Self {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, config, async {
             let _ = stopped.await;
         }));
@@ -637,6 +641,58 @@ async fn a_sharded_payload_keeps_to_the_message_limit_with_its_envelope() {
         .unwrap_err();
     assert!(
         matches!(refused, Error::PayloadTooLarge { limit, .. } if limit == room),
+        "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn an_operations_limit_is_met_with_pacing_rather_than_errors() {
+    let limit = NonZeroU32::new(40).unwrap();
+    let local = Local::start_with(
+        "127.0.0.1:0".parse().unwrap(),
+        MomentoLocalConfig {
+            caches: vec![CACHE.to_owned()],
+            max_ops_per_second: Some(limit),
+            ..MomentoLocalConfig::default()
+        },
+    )
+    .await;
+    let paced = MomentoTransport::connect(MomentoConfig {
+        max_ops_per_second: Some(limit),
+        ..config(local.url())
+    })
+    .await
+    .unwrap();
+    let mut subscription = paced.subscribe("orders.alice").await.unwrap();
+    let received = tokio::spawn(async move {
+        for n in 0..120 {
+            assert_eq!(next_number(&mut subscription).await, n);
+        }
+    });
+    let started = std::time::Instant::now();
+    // Three seconds' worth: each waits for its turn, none is refused.
+    for n in 0..120 {
+        paced.publish("orders.alice", numbered(n)).await.unwrap();
+    }
+    let took = started.elapsed();
+    received.await.unwrap();
+    assert!(
+        took >= Duration::from_secs(2),
+        "120 operations at 40/s took {took:?}"
+    );
+    // The limit is real: a process without the budget is refused.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let unpaced = connect(local.url()).await;
+    let mut refused = None;
+    for n in 0..120 {
+        if let Err(error) = unpaced.publish("orders.bob", numbered(n)).await {
+            refused = Some(error);
+            break;
+        }
+    }
+    let refused = refused.expect("refused past 40 operations per second");
+    assert!(
+        matches!(&refused, Error::Unavailable { message, .. } if message.contains("LimitExceeded")),
         "{refused:?}"
     );
 }

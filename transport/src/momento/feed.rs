@@ -148,6 +148,8 @@ pub(super) struct FeedContext {
     pub(super) health: HealthBoard,
     /// Cancelled when the transport goes away.
     pub(super) stop: CancellationToken,
+    /// Every subscribe call waits for its turn in it.
+    pub(super) budget: Option<Arc<super::Budget>>,
     pub(super) counters: Arc<FeedCounters>,
 }
 
@@ -416,7 +418,12 @@ impl Driver {
             resume_at_topic_sequence_number: sequence,
             sequence_page: page,
         };
-        let call = tokio::time::timeout(self.context.request_timeout, client.subscribe(request));
+        let (budget, timeout) = (self.context.budget.clone(), self.context.request_timeout);
+        // The wait for a turn is not part of the call's deadline.
+        let call = async move {
+            super::budget::take(budget.as_deref()).await;
+            tokio::time::timeout(timeout, client.subscribe(request)).await
+        };
         tokio::select! {
             biased;
             () = self.stop.cancelled() => Opened::Stopped,

@@ -27,6 +27,7 @@
 //! # Layout
 //! - this file: [`MomentoConfig`], [`MomentoTransport`] and its
 //!   [`Transport`] implementation;
+//! - `budget`: the operations-per-second budget;
 //! - `credentials`: API key forms and endpoints;
 //! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
 //! - `pacing`: per-topic pacing with conflation;
@@ -54,6 +55,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+mod budget;
 mod credentials;
 mod feed;
 mod health;
@@ -63,6 +65,7 @@ mod shards;
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
+use budget::Budget;
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
 use health::HealthBoard;
 use pacing::{Pacer, PacerConfig, SendFn};
@@ -131,6 +134,12 @@ pub struct MomentoConfig {
     /// (default 16; 0: a Momento topic per topic). Every process sharing the
     /// cache must use the same prefix and count.
     pub shards: u16,
+    /// Operations per second this process may spend (publishes, cache
+    /// calls, subscribes); each waits for its turn rather than be refused
+    /// past the account's limit. Set it a little below the limit shared by
+    /// the processes on the account. `None`: no pacing beyond
+    /// [`MomentoConfig::max_publish_rate`].
+    pub max_ops_per_second: Option<NonZeroU32>,
 }
 
 impl fmt::Debug for MomentoConfig {
@@ -151,6 +160,7 @@ impl fmt::Debug for MomentoConfig {
             .field("subscription_connections", &self.subscription_connections)
             .field("sharded_prefix", &self.sharded_prefix)
             .field("shards", &self.shards)
+            .field("max_ops_per_second", &self.max_ops_per_second)
             .finish()
     }
 }
@@ -173,6 +183,7 @@ impl Default for MomentoConfig {
             subscription_connections: 4,
             sharded_prefix: "orders.".to_owned(),
             shards: 16,
+            max_ops_per_second: None,
         }
     }
 }
@@ -207,6 +218,42 @@ impl MomentoConfig {
     }
 }
 
+/// The Momento operations per second a configuration spends on rates, for
+/// capacity planning against an account's limit (orders add one publish
+/// per order event and one delivery per process subscribed to its shard).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpsPlan {
+    /// Rates published per second, all symbols together.
+    pub publishes: f64,
+    /// Latest-rate cache writes per second (as many as publishes).
+    pub cache_writes: f64,
+    /// Rates delivered per second to each subscriber of every symbol (a
+    /// browser holding a Momento token, or another process).
+    pub deliveries_per_subscriber: f64,
+}
+
+impl MomentoConfig {
+    /// What publishing `symbols` rates that each tick `ticks_per_second`
+    /// (`None`: unknown, e.g. a live feed) costs under this configuration's
+    /// pacing; `None` when neither bounds it.
+    pub fn ops_plan(&self, symbols: usize, ticks_per_second: Option<f64>) -> Option<OpsPlan> {
+        let paced = self.max_publish_rate.map(|rate| f64::from(rate.get()));
+        let per_symbol = match (paced, ticks_per_second) {
+            (Some(paced), Some(ticks)) => paced.min(ticks),
+            (Some(rate), None) | (None, Some(rate)) => rate,
+            (None, None) => return None,
+        };
+        // Symbol counts are far below 2^52.
+        #[allow(clippy::cast_precision_loss)]
+        let publishes = per_symbol * symbols as f64;
+        Some(OpsPlan {
+            publishes,
+            cache_writes: publishes,
+            deliveries_per_subscriber: publishes,
+        })
+    }
+}
+
 /// Counters of a [`MomentoTransport`] since it connected.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct MomentoStats {
@@ -238,6 +285,7 @@ struct Inner {
     auth: AuthClient,
     feeds: Arc<Feeds>,
     shards: Arc<Shards>,
+    budget: Option<Arc<Budget>>,
     feed_context: FeedContext,
     publisher: Option<Pacer>,
     retainer: Pacer,
@@ -321,6 +369,7 @@ fn feed_context(
     resolved: &credentials::Resolved,
     health: &HealthBoard,
     stop: &CancellationToken,
+    budget: Option<Arc<Budget>>,
 ) -> Result<FeedContext, Error> {
     let credential = Credential::new(&resolved.authorization, &config.cache)?;
     let channels = (0..config.subscription_connections)
@@ -334,6 +383,7 @@ fn feed_context(
         request_timeout: config.request_timeout,
         health: health.clone(),
         stop: stop.clone(),
+        budget,
         counters: Arc::new(FeedCounters::default()),
     })
 }
@@ -359,7 +409,10 @@ impl MomentoTransport {
 
         let stop = CancellationToken::new();
         let health = HealthBoard::default();
-        let feed_context = feed_context(&config, &resolved, &health, &stop)?;
+        let budget = config
+            .max_ops_per_second
+            .map(|rate| Arc::new(Budget::new(rate)));
+        let feed_context = feed_context(&config, &resolved, &health, &stop, budget.clone())?;
         let interval = config
             .max_publish_rate
             .map_or(Duration::ZERO, |rate| Duration::from_secs(1) / rate.get());
@@ -372,15 +425,21 @@ impl MomentoTransport {
             };
             Pacer::new(config, send, health.clone(), stop.clone())
         };
-        let publish = publish_fn(topics.clone(), config.cache.clone());
+        let publish = publish_fn(topics.clone(), config.cache.clone(), budget.clone());
         let publisher = config.max_publish_rate.map(|_| pacer("publish", publish));
-        let retain = retain_fn(cache.clone(), config.cache.clone(), config.retain_ttl);
+        let retain = retain_fn(
+            cache.clone(),
+            config.cache.clone(),
+            config.retain_ttl,
+            budget.clone(),
+        );
         let retainer = pacer("retain", retain);
         tracing::info!(
             cache = %config.cache,
             endpoint = %resolved.url,
             max_publish_rate = ?config.max_publish_rate,
             shards = config.shards,
+            max_ops_per_second = ?config.max_ops_per_second,
             "momento transport connected"
         );
         Ok(Self {
@@ -391,6 +450,7 @@ impl MomentoTransport {
                 auth,
                 feeds: Arc::default(),
                 shards: Arc::new(Shards::new(&config.sharded_prefix, config.shards)),
+                budget,
                 feed_context,
                 publisher,
                 retainer,
@@ -446,7 +506,9 @@ impl MomentoTransport {
     }
 
     async fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
-        send_publish(&self.inner.topics, &self.inner.config.cache, topic, payload).await
+        let inner = &*self.inner;
+        budget::take(inner.budget.as_deref()).await;
+        send_publish(&inner.topics, &inner.config.cache, topic, payload).await
     }
 }
 
@@ -519,11 +581,15 @@ async fn send_publish(
         .map_err(|e| unavailable(&format!("publish to {topic}"), &e))
 }
 
-fn publish_fn(topics: TopicClient, cache: String) -> SendFn {
+fn publish_fn(topics: TopicClient, cache: String, budget: Option<Arc<Budget>>) -> SendFn {
     Arc::new(move |topic, payload| {
         let topics = topics.clone();
         let cache = cache.clone();
-        Box::pin(async move { send_publish(&topics, &cache, &topic, payload).await })
+        let budget = budget.clone();
+        Box::pin(async move {
+            budget::take(budget.as_deref()).await;
+            send_publish(&topics, &cache, &topic, payload).await
+        })
     })
 }
 
@@ -532,12 +598,19 @@ fn retained_key(topic: &str) -> String {
     format!("latest:{topic}")
 }
 
-fn retain_fn(cache_client: CacheClient, cache: String, ttl: Duration) -> SendFn {
+fn retain_fn(
+    cache_client: CacheClient,
+    cache: String,
+    ttl: Duration,
+    budget: Option<Arc<Budget>>,
+) -> SendFn {
     Arc::new(move |topic, payload| {
         let cache_client = cache_client.clone();
+        let budget = budget.clone();
         let request =
             SetRequest::new(cache.clone(), retained_key(&topic), Vec::from(payload)).ttl(ttl);
         Box::pin(async move {
+            budget::take(budget.as_deref()).await;
             cache_client
                 .send_request(request)
                 .await
@@ -627,6 +700,7 @@ impl Transport for MomentoTransport {
                 Vec::from(payload),
             )
             .ttl(ttl);
+            budget::take(inner.budget.as_deref()).await;
             match tokio::time::timeout(
                 inner.config.request_timeout,
                 inner.cache.send_request(request),
@@ -650,6 +724,7 @@ impl Transport for MomentoTransport {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
+            budget::take(inner.budget.as_deref()).await;
             let get = inner
                 .cache
                 .get(inner.config.cache.as_str(), retained_key(topic));
