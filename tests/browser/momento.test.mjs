@@ -84,7 +84,8 @@ async function launch() {
 /// (anonymous tokens live 15 minutes), as an operator's login page might.
 async function openPage(browser, base, apiKey, symbols = "*") {
   const page = await browser.newPage({ viewport: { width: 1280, height: 620 } });
-  const seen = { websockets: [], errors: [], console: [], tokenRequests: 0, momentoTokenRequests: 0, sdkRequests: 0 };
+  // subscribing: Momento Subscribe streams open now; maxSubscribing: the most at once.
+  const seen = { websockets: [], errors: [], console: [], tokenRequests: 0, momentoTokenRequests: 0, sdkRequests: 0, subscribing: 0, maxSubscribing: 0 };
   page.on("pageerror", (error) => seen.errors.push(String(error)));
   page.on("console", (message) => {
     seen.console.push(`${message.type()}: ${message.text()}`);
@@ -99,7 +100,14 @@ async function openPage(browser, base, apiKey, symbols = "*") {
     const url = new URL(request.url());
     if (url.pathname === "/v1/tokens/momento") seen.momentoTokenRequests++;
     if (url.pathname === "/app.js" && url.searchParams.get("module") === "momento-sdk") seen.sdkRequests++;
+    if (url.pathname.endsWith(".Pubsub/Subscribe")) {
+      seen.subscribing++;
+      seen.maxSubscribing = Math.max(seen.maxSubscribing, seen.subscribing);
+    }
   });
+  const ended = (request) => { if (new URL(request.url()).pathname.endsWith(".Pubsub/Subscribe")) seen.subscribing--; };
+  page.on("requestfinished", ended);
+  page.on("requestfailed", ended);
   await page.route((url) => url.pathname === "/v1/tokens", async (route) => {
     seen.tokenRequests++;
     const response = await route.fetch({
@@ -206,6 +214,7 @@ describe("with --transport momento", () => {
       await waitFor(() => gatewaySockets(seen, base).every((ws) => ws.closed), 10000, "every bridge was closed");
       // 3 topics: old and new subscriptions overlapped, no WebSocket at all.
       assert.equal(three.s.bridgedRenewals, 0);
+      assert.equal(narrow.seen.maxSubscribing, 6, "3 new subscriptions opened before the 3 old ones closed");
       assert.deepEqual(narrow.seen.websockets, [], "no WebSocket on the 3-topic page");
       assert.equal(await narrow.page.locator("#rates tr").count(), 3, "the narrow token sees 3 symbols");
       assert.deepEqual(narrow.seen.errors, []);

@@ -697,6 +697,8 @@ async function start() {
   }
   renderBoard();
   loadOrders();
+  setInterval(tickAges, 250);
+  setInterval(watchMomento, 1000);
   if (state.momentoAccess) {
     setPath("connecting", "connecting to Momento");
     try {
@@ -708,8 +710,6 @@ async function start() {
     setPath("gateway", "gateway WebSocket");
     connect();
   }
-  setInterval(tickAges, 250);
-  setInterval(watchMomento, 1000);
 }
 
 start();
