@@ -68,6 +68,10 @@ test("the board shows prices ticking within a second", async () => {
   await page.waitForFunction((s) => Number(document.querySelector("tr[data-symbol=USD_JPY] td.seq")?.textContent ?? 0) > s, first, { timeout: 2000 });
   assert.match(await bid.textContent(), /^\d+\.\d{3}$/);
   assert.equal(await page.locator("#status .text").textContent(), "live");
+  // The memory transport offers no Momento grant: rates come over the gateway.
+  assert.equal(await page.locator("#path").getAttribute("data-path"), "gateway");
+  assert.match(await page.locator("#path").textContent(), /gateway WebSocket/);
+  assert.equal(await page.evaluate(() => window.fxcastStats.received.momento), 0);
 });
 
 test("Buy at the shown price fills", async () => {
