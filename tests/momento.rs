@@ -406,6 +406,10 @@ async fn the_memory_transport_offers_no_momento_token_and_the_bridge_does() {
     let bridged = serve(&[&bridge[..], &["--momento-publish-rate=0"]].concat()).await;
     let issued = issue(&bridged, &["rates:subscribe=*", "rates:publish"]).await;
     let access = issued.momento.expect("the bridge offers Momento tokens");
+    assert_eq!(
+        access.max_messages_per_second, 0,
+        "unpaced: every rate is on its topic"
+    );
     let topics = sdk_topics(sdk_credentials(&momento, &access.token));
     let mut subscription = topics.subscribe(CACHE, "rates.USD_JPY").await.unwrap();
     let mut rates = rates_client(&bridged, &issued.token).await;
@@ -775,6 +779,10 @@ async fn the_board_publishes_every_symbol_on_one_topic_to_tokens_that_see_them_a
         .clone()
         .expect("a Momento token for every symbol");
     assert_eq!(access.topics, ["board.rates"]);
+    assert_eq!(
+        access.max_messages_per_second, 5,
+        "the grant says the board conflates"
+    );
     let topics = sdk_topics(sdk_credentials(&momento, &access.token));
     let mut board = topics.subscribe(CACHE, "board.rates").await.unwrap();
     let mut rates = rates_client(&served, &all.token).await;

@@ -141,10 +141,15 @@ pub struct MomentoAccessJson {
     pub expires_at: Option<String>,
     /// The cache the topics live in.
     pub cache_name: String,
-    /// `rates.<SYMBOL>` topics it may subscribe to.
+    /// `rates.<SYMBOL>` topics it may subscribe to, or `board.rates` (every
+    /// symbol on one topic, with `--momento-board`).
     pub topics: Vec<String>,
     /// The Momento topics endpoint.
     pub endpoint: String,
+    /// 0: every rate goes out on its topic; otherwise at most this many
+    /// messages a second per topic, the latest rate each time, so sequences
+    /// jump by design.
+    pub max_messages_per_second: u32,
 }
 
 /// Messages a WebSocket client sends.

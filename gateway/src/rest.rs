@@ -217,6 +217,7 @@ fn momento_json(m: fxcast_proto::v1::MomentoAccess) -> MomentoAccessJson {
         cache_name: m.cache_name,
         topics: m.topics,
         endpoint: m.endpoint,
+        max_messages_per_second: m.max_messages_per_second,
     }
 }
 

@@ -51,13 +51,14 @@ async function startMomentoLocal(listen) {
   return { child, addr: match[1] };
 }
 
-async function startServe(momentoArgs, apiKey) {
+async function startServe(momentoArgs, apiKey, publishRate = "0") {
   const dataDir = mkdtempSync(join(tmpdir(), "fxcast-ui-momento-"));
   const { child, match } = await start([
     "serve", "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
     "--data-dir", dataDir, "--tick-interval", "100ms",
-    // Every rate on its topic (no pacing), so a lost sequence is a real loss.
-    "--momento-publish-rate", "0", ...momentoArgs,
+    // By default every rate on its topic (no pacing), so a lost sequence is
+    // a real loss.
+    "--momento-publish-rate", publishRate, ...momentoArgs,
   ], /fxcast listening .*http=(\S+)/, { FXCAST_API_KEY: apiKey, MOMENTO_API_KEY: "momento-local" });
   return { child, base: `http://${match[1]}` };
 }
@@ -313,6 +314,79 @@ describe("with --momento-bridge", () => {
     const s = await stats(page);
     assert.ok(s.received.momento > back, "the board ticks from Momento again");
     assert.equal(s.path, "momento");
+  });
+});
+
+describe("with --transport momento --momento-board", () => {
+  const apiKey = randomBytes(18).toString("base64url");
+  let momento, server, base, browser, page, seen;
+
+  before(async () => {
+    momento = await startMomentoLocal("127.0.0.1:0");
+    // 5 board messages a second for 6 symbols ticking 10 times a second:
+    // every message carries several symbols, and most sequences are
+    // conflated away by design.
+    ({ child: server, base } = await startServe(
+      ["--transport", "momento", "--momento-endpoint", `http://${momento.addr}`, "--momento-board"], apiKey, "5"));
+    browser = await launch();
+    ({ page, seen } = await openPage(browser, base, apiKey));
+  });
+
+  afterEach(() => {
+    assert.deepEqual(seen.errors, [], "the page raised no errors");
+  });
+
+  after(async () => {
+    await browser?.close();
+    await stop(server);
+    await stop(momento?.child);
+  });
+
+  test("every symbol ticks from the one board topic, conflated without a gap shown", async () => {
+    await waitForPath(page, "momento", 15000);
+    await ticks(page, 1, 10000);
+    await ticks(page, 20, 10000);
+    const symbols = await page.locator("#rates tr").evaluateAll((rows) => rows.map((r) => r.dataset.symbol));
+    assert.ok(symbols.length >= 2, `${symbols}`);
+    for (const symbol of symbols) {
+      await page.waitForFunction((s) => Number(document.querySelector(`tr[data-symbol=${s}] td.seq`)?.textContent) > 0, symbol, { timeout: 5000 });
+    }
+    const s = await stats(page);
+    assert.equal(seen.maxSubscribing, 1, "one Momento subscription, the board");
+    assert.ok(s.received.momento > 0 && s.received.gateway === 0, JSON.stringify(s.received));
+    assert.ok(s.conflated > 0, `the board skipped sequences by design: ${JSON.stringify(s)}`);
+    assert.deepEqual(s.gapLog, [], "conflation is not shown as loss");
+    assert.deepEqual(seen.websockets, [], "no WebSocket was opened");
+    assert.equal(await page.locator(".flag", { hasText: "missed" }).count(), 0, "no row warns of a gap");
+  });
+
+  test("the page's board decoder reads records and refuses broken ones", async () => {
+    const record = (topic, payload) => {
+      const t = Buffer.from(topic);
+      return [t.length >> 8, t.length & 255, ...t, payload.length >> 8, payload.length & 255, ...payload];
+    };
+    const board = [2, ...record("rates.USD_JPY", [1, 2, 3]), ...record("rates.EUR_USD", [])];
+    const read = await page.evaluate((b) => window.fxcastBoardRecords(new Uint8Array(b)).map((r) => [r.topic, [...r.payload]]), board);
+    assert.deepEqual(read, [["rates.USD_JPY", [1, 2, 3]], ["rates.EUR_USD", []]]);
+    const refused = await page.evaluate((b) => [
+      [1, ...b.slice(1)], // a sharded envelope, not a board
+      b.slice(0, b.length - 1).concat([0, 5]), // a payload longer than the message
+      [2, 0], // a cut length
+    ].map((bytes) => { try { window.fxcastBoardRecords(new Uint8Array(bytes)); return "read"; } catch (e) { return e.message; } }), board);
+    assert.deepEqual(refused, ["board message of version 1", "truncated board record", "truncated board record"]);
+  });
+
+  test("a token that sees only some symbols is not given the board and stays on the gateway", async () => {
+    const narrow = await openPage(browser, base, apiKey, "USD_JPY");
+    try {
+      await waitForPath(narrow.page, "gateway", 15000);
+      await ticks(narrow.page, 3, 10000);
+      assert.equal(narrow.seen.sdkRequests, 0, "the Momento SDK was not even loaded");
+      assert.ok(gatewaySockets(narrow.seen, base).some((ws) => !ws.closed), "the gateway WebSocket carries the rates");
+      assert.deepEqual(narrow.seen.errors, []);
+    } finally {
+      await narrow.page.close();
+    }
   });
 });
 

@@ -30,6 +30,7 @@
 use std::{
     fmt,
     future::Future,
+    num::NonZeroU32,
     pin::Pin,
     task::{Context, Poll},
     time::{Duration, SystemTime},
@@ -171,6 +172,11 @@ pub struct SubscriberAccess {
     pub topics: Vec<String>,
     /// Where clients connect.
     pub endpoint: String,
+    /// `None`: every payload published goes out on its topic. `Some(n)`:
+    /// each topic carries at most `n` messages a second, the latest payload
+    /// each time (conflation), so a payload's own sequence may jump by
+    /// design; only what the backend announces as a discontinuity is lost.
+    pub max_messages_per_second: Option<NonZeroU32>,
 }
 
 impl fmt::Debug for SubscriberAccess {
@@ -181,6 +187,7 @@ impl fmt::Debug for SubscriberAccess {
             .field("namespace", &self.namespace)
             .field("topics", &self.topics)
             .field("endpoint", &self.endpoint)
+            .field("max_messages_per_second", &self.max_messages_per_second)
             .finish()
     }
 }

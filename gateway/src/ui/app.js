@@ -6,7 +6,9 @@
 // - "momento": when the token comes with a `momento` grant (the server runs
 //   --transport momento or --momento-bridge), straight from the Momento
 //   topics rates.<SYMBOL> with Momento's web SDK (loaded on demand from
-//   /app.js?module=momento-sdk), each message one protobuf fxcast.v1.Rate;
+//   /app.js?module=momento-sdk), each message one protobuf fxcast.v1.Rate
+//   (or, with --momento-board, the one topic board.rates carrying records
+//   of several symbols' latest Rate);
 // - "gateway": the gateway's WebSocket /v1/stream, the default, and the
 //   fallback while Momento is unreachable (Momento is retried with backoff,
 //   and the WebSocket closed once Momento delivers again).
@@ -50,6 +52,7 @@ const stats = {
   fallbacks: [],        // [{reason, at}]
   decodeErrors: 0,
   refetches: 0,
+  conflated: 0,         // sequences skipped by design on conflated Momento topics
 };
 window.fxcastStats = stats;
 
@@ -157,8 +160,9 @@ function flash(cell, previous, next) {
   cell._t = setTimeout(() => cell.classList.remove("flash-up", "flash-down"), 350);
 }
 
-// `refetched`: the latest rate fetched after a gap, which may jump by design.
-function onRate(rate, refetched = false) {
+// `mayJump`: the latest rate fetched after a gap, or one off a conflated
+// Momento topic (max_messages_per_second), whose sequence jumps by design.
+function onRate(rate, mayJump = false) {
   const row = state.rows.get(rate.symbol);
   if (!row) return;
   const scale = row.info.price_scale;
@@ -166,8 +170,9 @@ function onRate(rate, refetched = false) {
   const prev = row.last;
   // Duplicates are normal while two sources overlap (a handover).
   if (prev && rate.sequence <= prev.sequence) return;
-  if (prev && !refetched && rate.sequence > prev.sequence + 1) {
-    noteGap(rate.symbol, prev.sequence, rate.sequence, "sequence jump");
+  if (prev && rate.sequence > prev.sequence + 1) {
+    if (mayJump) stats.conflated += rate.sequence - prev.sequence - 1;
+    else noteGap(rate.symbol, prev.sequence, rate.sequence, "sequence jump");
   }
   stats.lastSequence[rate.symbol] = rate.sequence;
   const el = row.el;
@@ -406,12 +411,50 @@ function momentoCredentials(sdk, access) {
 
 const topicSymbol = (topic) => topic.replace(/^rates\./, "");
 
+// With --momento-board, a token that sees every symbol gets one topic,
+// board.rates, instead of rates.<SYMBOL>: each message is byte 2, then
+// records of a u16 (big-endian) topic length, the topic (rates.<SYMBOL>), a
+// u16 payload length and the payload, one fxcast.v1.Rate.
+const BOARD_VERSION = 2;
+const isBoard = (topic) => topic.startsWith("board.");
+
+function boardRecords(bytes) {
+  if (bytes[0] !== BOARD_VERSION) throw new Error(`board message of version ${bytes[0]}`);
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const records = [];
+  let at = 1;
+  while (at < bytes.length) {
+    if (at + 2 > bytes.length) throw new Error("truncated board record");
+    const topicEnd = at + 2 + view.getUint16(at);
+    if (topicEnd + 2 > bytes.length) throw new Error("truncated board record");
+    const end = topicEnd + 2 + view.getUint16(topicEnd);
+    if (end > bytes.length) throw new Error("truncated board record");
+    records.push({ topic: utf8.decode(bytes.subarray(at + 2, topicEnd)), payload: bytes.subarray(topicEnd + 2, end) });
+    at = end;
+  }
+  return records;
+}
+window.fxcastBoardRecords = boardRecords;
+
+// The rates of one Momento item of `topic`.
+function momentoRates(topic, bytes) {
+  if (!isBoard(topic)) return [decodeRate(bytes)];
+  return boardRecords(bytes).map((record) => {
+    const rate = decodeRate(record.payload);
+    if (record.topic !== `rates.${rate.symbol}`) throw new Error(`board record ${record.topic} carries ${rate.symbol}`);
+    return rate;
+  });
+}
+
+// The symbols a session's topics carry: the board carries every symbol.
+const sessionSymbols = (topics) => topics.some(isBoard) ? state.symbols.map((s) => s.symbol) : topics.map(topicSymbol);
+
 // One subscription per topic with one Momento token, all open or none.
 // Items of every session, old or new, go to onRate, which drops duplicates.
 async function openMomento(access) {
   const sdk = await loadMomentoSdk();
   const session = {
-    access, sdk, subscriptions: [], seen: new Set(), symbols: access.topics.map(topicSymbol),
+    access, sdk, subscriptions: [], seen: new Set(), symbols: sessionSymbols(access.topics),
     lastActivity: Date.now(), closed: false, closedBecause: "", onCovered: null, coverTimer: 0,
     client: new sdk.TopicClient({ configuration: sdk.TopicConfigurations.Browser.latest(), credentialProvider: momentoCredentials(sdk, access) }),
   };
@@ -427,14 +470,16 @@ async function openMomento(access) {
 }
 
 function subscribeTopic(session, topic) {
-  const symbol = topicSymbol(topic);
+  const symbols = isBoard(topic) ? session.symbols : [topicSymbol(topic)];
   const alive = () => { session.lastActivity = Date.now(); };
   const subscribing = session.client.subscribe(session.access.cache_name, topic, {
-    onItem: (item) => onMomentoItem(session, item),
+    onItem: (item) => onMomentoItem(session, topic, item),
     onHeartbeat: alive,
     onDiscontinuity: (d) => {
       alive();
-      if (!session.closed) noteGap(symbol, state.rows.get(symbol)?.last?.sequence ?? 0, null, `momento discontinuity ${d.lastSequenceNumber()}..${d.newSequenceNumber()}`);
+      if (session.closed) return;
+      // A board message lost may have carried any symbol.
+      for (const symbol of symbols) noteGap(symbol, state.rows.get(symbol)?.last?.sequence ?? 0, null, `momento discontinuity ${d.lastSequenceNumber()}..${d.newSequenceNumber()}`);
     },
     onError: (error) => momentoFailed(session, `${topic}: ${error.message()}`),
     onConnectionLost: () => momentoFailed(session, `${topic}: connection lost`),
@@ -454,20 +499,23 @@ function subscribeTopic(session, topic) {
   });
 }
 
-function onMomentoItem(session, item) {
+function onMomentoItem(session, topic, item) {
   if (session.closed) return;
   session.lastActivity = Date.now();
-  let rate;
+  let rates;
   try {
-    rate = decodeRate(item.valueUint8Array());
+    rates = momentoRates(topic, item.valueUint8Array());
   } catch (e) {
     stats.decodeErrors++;
-    console.warn("undecodable Momento item:", e.message);
+    console.warn(`undecodable Momento item on ${topic}:`, e.message);
     return;
   }
-  stats.received.momento++;
-  session.seen.add(rate.symbol);
-  onRate(rate);
+  const conflated = session.access.max_messages_per_second > 0;
+  for (const rate of rates) {
+    stats.received.momento++;
+    session.seen.add(rate.symbol);
+    onRate(rate, conflated);
+  }
   checkCovered(session);
 }
 

@@ -1,6 +1,7 @@
 //! The tonic implementation of `fxcast.v1.TokenService`.
 
 use std::{
+    num::NonZeroU32,
     sync::Arc,
     time::{Duration, SystemTime},
 };
@@ -151,6 +152,7 @@ impl TokenServiceImpl {
                 cache_name: access.namespace,
                 topics: access.topics,
                 endpoint: access.endpoint,
+                max_messages_per_second: access.max_messages_per_second.map_or(0, NonZeroU32::get),
             }),
             None => Direct::NotOffered,
         })

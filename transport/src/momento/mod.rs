@@ -897,6 +897,7 @@ impl Transport for MomentoTransport {
                 namespace: inner.config.cache.clone(),
                 topics: topics.to_vec(),
                 endpoint: inner.url.clone(),
+                max_messages_per_second: inner.config.max_publish_rate,
             }))
         })
     }
