@@ -16,6 +16,9 @@
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
+//! - `nats` (feature `nats`): `NatsTransport`, topics on NATS subjects
+//!   through a JetStream stream (resume after reconnects), retained
+//!   payloads in a JetStream key-value bucket.
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
@@ -46,6 +49,9 @@ mod mirror;
 
 #[cfg(feature = "momento")]
 pub mod momento;
+
+#[cfg(feature = "nats")]
+pub mod nats;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;
