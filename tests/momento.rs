@@ -739,3 +739,95 @@ async fn the_operations_the_settings_spend_are_exported() {
         assert!(metrics.contains(&line), "no {line:?} in\n{metrics}");
     }
 }
+
+/// The records of a `board.rates` message: each a topic and a `Rate`.
+fn board_records(bytes: &[u8]) -> Vec<(String, Rate)> {
+    assert_eq!(bytes[0], 2, "a board message starts with its version");
+    let mut records = Vec::new();
+    let mut at = 1;
+    let take = |at: &mut usize| {
+        let len = usize::from(u16::from_be_bytes([bytes[*at], bytes[*at + 1]]));
+        let part = &bytes[*at + 2..*at + 2 + len];
+        *at += 2 + len;
+        part
+    };
+    while at < bytes.len() {
+        let topic = String::from_utf8(take(&mut at).to_vec()).unwrap();
+        let rate = Rate::decode(take(&mut at)).expect("a protobuf Rate");
+        records.push((topic, rate));
+    }
+    records
+}
+
+#[tokio::test]
+async fn the_board_publishes_every_symbol_on_one_topic_to_tokens_that_see_them_all() {
+    let momento = momento_local().await;
+    let mut args = on_momento(&momento, "USD_JPY,EUR_USD", &["--momento-board"]);
+    let rate = args
+        .iter()
+        .position(|a| *a == "--momento-publish-rate")
+        .unwrap();
+    args[rate + 1] = "5";
+    let served = serve(&args).await;
+    let all = issue(&served, &["rates:subscribe=*", "rates:publish"]).await;
+    let access = all
+        .momento
+        .clone()
+        .expect("a Momento token for every symbol");
+    assert_eq!(access.topics, ["board.rates"]);
+    let topics = sdk_topics(sdk_credentials(&momento, &access.token));
+    let mut board = topics.subscribe(CACHE, "board.rates").await.unwrap();
+    let mut rates = rates_client(&served, &all.token).await;
+    let jpy = publish(&mut rates, "USD_JPY", "151.230", "151.238").await;
+    let eur = publish(&mut rates, "EUR_USD", "1.0841", "1.0843").await;
+    let mut seen = std::collections::BTreeMap::new();
+    while seen.len() < 2 {
+        let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut board))
+            .await
+            .expect("no board within the deadline")
+            .unwrap();
+        let ValueKind::Binary(bytes) = value.kind else {
+            panic!("a text board");
+        };
+        seen.extend(board_records(&bytes));
+    }
+    assert_eq!(seen["rates.USD_JPY"], jpy);
+    assert_eq!(seen["rates.EUR_USD"], eur);
+    // The per-symbol topics stay silent: the board replaces them.
+    let some = issue(&served, &["rates:subscribe=USD_JPY"]).await;
+    assert!(some.momento.is_none(), "{:?}", some.momento);
+    let mut tokens =
+        TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, &some.token).await);
+    let refused = tokens
+        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+    // The server's own streams read the board too.
+    let mut stream = rates
+        .stream_rates(fxcast_proto::v1::StreamRatesRequest {
+            symbols: vec!["USD_JPY".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let next = publish(&mut rates, "USD_JPY", "151.240", "151.248").await;
+    loop {
+        let event = tokio::time::timeout(DEADLINE, stream.message())
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("stream ended");
+        if let Some(fxcast_proto::v1::stream_rates_response::Event::Rate(rate)) = event.event
+            && rate.sequence == next.sequence
+        {
+            assert_eq!(rate, next);
+            break;
+        }
+    }
+}

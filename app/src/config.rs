@@ -10,7 +10,10 @@ use fxcast_services::{
     feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, ReplayConfig, SimulatorConfig},
     orders::{LpConfig, SimulatedLpConfig},
 };
-use fxcast_transport::{Transport, momento::MomentoConfig};
+use fxcast_transport::{
+    Transport,
+    momento::{MomentoBoard, MomentoConfig},
+};
 
 use crate::{
     Error,
@@ -103,6 +106,7 @@ impl Config {
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
         apply_orders(&mut config.core, &settings)?;
+        apply_board(&mut config, &settings)?;
         if let Some(path) = settings.data_dir {
             config.core.data_dir = path;
         }
@@ -164,6 +168,35 @@ fn connections(settings: &Settings) -> Result<fxcast_listener::ListenerConfig, E
         connections.idle_timeout = timeout;
     }
     Ok(connections)
+}
+
+/// `--momento-board`: every symbol's rates on one Momento topic.
+fn apply_board(config: &mut Config, settings: &Settings) -> Result<(), Error> {
+    if !settings.momento_board.unwrap_or(false) {
+        return Ok(());
+    }
+    let (TransportConfig::Momento(momento) | TransportConfig::Bridge(momento)) =
+        &mut config.transport
+    else {
+        return Err(Error::Config(
+            "--momento-board needs --transport momento or --momento-bridge".into(),
+        ));
+    };
+    if momento.max_publish_rate.is_none() {
+        return Err(Error::Config(
+            "--momento-board sends the board at --momento-publish-rate; it cannot be 0".into(),
+        ));
+    }
+    momento.board = Some(MomentoBoard {
+        topic: "board.rates".into(),
+        topics: config
+            .core
+            .symbols
+            .iter()
+            .map(|symbol| fxcast_services::rates_topic(symbol))
+            .collect(),
+    });
+    Ok(())
 }
 
 fn transport(settings: &Settings, env: Lookup<'_>) -> Result<TransportConfig, Error> {
@@ -417,6 +450,43 @@ mod tests {
             format!("{err:#}").contains("unknown field `colour`"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn the_board_and_the_momento_budget_come_from_flags() {
+        let argv = [
+            "--transport",
+            "momento",
+            "--momento-endpoint",
+            "http://127.0.0.1:9",
+            "--symbols",
+            "USD_JPY,EUR_USD",
+            "--momento-board",
+            "--momento-order-shards",
+            "4",
+            "--momento-max-ops-per-second",
+            "90",
+        ];
+        match resolve(parse(&argv)).unwrap().transport {
+            TransportConfig::Momento(config) => {
+                let board = config.board.expect("a board");
+                assert_eq!(board.topic, "board.rates");
+                assert_eq!(board.topics, ["rates.USD_JPY", "rates.EUR_USD"]);
+                assert_eq!(config.shards, 4);
+                assert_eq!(config.max_ops_per_second, std::num::NonZeroU32::new(90));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = resolve(parse(&["--momento-board"])).unwrap_err();
+        assert!(
+            err.to_string().contains("needs --transport momento"),
+            "{err}"
+        );
+        let err = resolve(parse(
+            &[&argv[..], &["--momento-publish-rate", "0"]].concat(),
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("cannot be 0"), "{err}");
     }
 
     #[test]

@@ -133,6 +133,13 @@ settings! {
         /// limit]
         #[arg(long, env = "FXCAST_MOMENTO_MAX_OPS_PER_SECOND")]
         momento_max_ops_per_second: Option<NonZeroU32>,
+        /// Publish every symbol's rates as one Momento topic, `board.rates` (the latest of each
+        /// symbol that changed, once per --momento-publish-rate interval), instead of a topic
+        /// per symbol, so operations do not grow with the symbols; browser tokens get Momento
+        /// access only when they may see every symbol
+        #[arg(long, env = "FXCAST_MOMENTO_BOARD", num_args = 0..=1, require_equals = true,
+              default_missing_value = "true", value_parser = BoolishValueParser::new())]
+        momento_board: Option<bool>,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]

@@ -20,7 +20,7 @@ use fxcast_momento_local::{MomentoLocalConfig, serve};
 use fxcast_transport::{
     Delivery, Error, Gap, GapCause, Subscription, Transport, TransportHealth,
     conformance::publish,
-    momento::{MomentoConfig, MomentoTransport, ReconnectPolicy},
+    momento::{MomentoBoard, MomentoConfig, MomentoTransport, ReconnectPolicy},
 };
 use momento::{
     CacheClient, CredentialProvider, MomentoErrorCode, TopicClient,
@@ -695,4 +695,102 @@ async fn an_operations_limit_is_met_with_pacing_rather_than_errors() {
         matches!(&refused, Error::Unavailable { message, .. } if message.contains("LimitExceeded")),
         "{refused:?}"
     );
+}
+
+fn board_config(url: String) -> MomentoConfig {
+    MomentoConfig {
+        max_publish_rate: NonZeroU32::new(5),
+        board: Some(MomentoBoard {
+            topic: "board.rates".into(),
+            topics: vec!["rates.A".into(), "rates.B".into(), "rates.C".into()],
+        }),
+        ..config(url)
+    }
+}
+
+#[tokio::test]
+async fn the_board_carries_every_symbol_in_one_topic_and_each_reaches_its_subscribers() {
+    let local = Local::start().await;
+    let publisher = MomentoTransport::connect(board_config(local.url()))
+        .await
+        .unwrap();
+    let reader = MomentoTransport::connect(board_config(local.url()))
+        .await
+        .unwrap();
+    let mut a = reader.subscribe("rates.A").await.unwrap();
+    let mut b = reader.subscribe("rates.B").await.unwrap();
+    // What Momento sees: the board topic only.
+    let access = publisher
+        .subscriber_access(
+            &["rates.A".into(), "rates.B".into(), "rates.C".into()],
+            Duration::from_secs(60),
+        )
+        .await
+        .unwrap()
+        .expect("a token for a caller that sees every symbol");
+    assert_eq!(access.topics, ["board.rates"]);
+    let sdk = TopicClient::builder()
+        .configuration(momento::topics::configurations::Laptop::latest())
+        .credential_provider(local.sdk_credentials(&access.token))
+        .build()
+        .unwrap();
+    let mut board = sdk.subscribe(CACHE, "board.rates").await.unwrap();
+
+    // Two seconds of three symbols ticking every 20 ms: at 5 boards a
+    // second, about 10 messages carry the 300 publishes.
+    let started = std::time::Instant::now();
+    let mut last = [0u64; 3];
+    for n in 1..=100u64 {
+        for (i, symbol) in ["rates.A", "rates.B", "rates.C"].iter().enumerate() {
+            publisher.publish(symbol, numbered(n)).await.unwrap();
+            last[i] = n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed();
+    // Each subscriber sees its own symbol only, in order, ending with the last.
+    for subscription in [&mut a, &mut b] {
+        let mut seen = 0;
+        while seen < 100 {
+            let n = next_number(subscription).await;
+            assert!(n > seen, "{n} after {seen}");
+            seen = n;
+        }
+    }
+    let mut messages = 0;
+    let mut records = 0;
+    while records < 300 {
+        let item = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut board))
+            .await
+            .expect("the board went quiet before the last rates")
+            .unwrap();
+        let ValueKind::Binary(bytes) = item.kind else {
+            panic!("a text board message");
+        };
+        assert_eq!(bytes[0], 2, "a board envelope");
+        messages += 1;
+        // Every record is 4 bytes of lengths, a 7-byte topic and 8 bytes.
+        let count = (bytes.len() - 1) / (4 + 7 + 8);
+        records += count;
+        if count == 3 && bytes.ends_with(&numbered(100)) {
+            break;
+        }
+    }
+    let most = (elapsed.as_secs_f64() * 5.0).ceil() as usize + 2;
+    assert!(messages <= most, "{messages} board messages in {elapsed:?}");
+    assert!(publisher.stats().conflated > 0);
+    assert_eq!(last, [100; 3]);
+}
+
+#[tokio::test]
+async fn the_board_gives_no_subscriber_token_to_a_caller_that_sees_only_some_symbols() {
+    let local = Local::start().await;
+    let transport = MomentoTransport::connect(board_config(local.url()))
+        .await
+        .unwrap();
+    let some = transport
+        .subscriber_access(&["rates.A".into()], Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(some.is_none(), "{some:?}");
 }

@@ -290,7 +290,9 @@ impl TokenService for TokenServiceImpl {
                 Ok(Response::new(access))
             }
             Ok(Direct::NotOffered) => Err(Status::failed_precondition(
-                "this server offers no direct Momento access: it runs neither --transport momento nor --momento-bridge",
+                "no direct Momento access for this token: the server runs neither --transport \
+                 momento nor --momento-bridge, or its --momento-board shows every symbol and \
+                 the token may see only some",
             )),
             Ok(Direct::NoRates) => Err(Status::permission_denied(
                 "the token may subscribe to no rates, so it gets no Momento access",

@@ -27,6 +27,7 @@
 //! # Layout
 //! - this file: [`MomentoConfig`], [`MomentoTransport`] and its
 //!   [`Transport`] implementation;
+//! - `board`: the latest rates of many symbols in few messages;
 //! - `budget`: the operations-per-second budget;
 //! - `credentials`: API key forms and endpoints;
 //! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
@@ -55,6 +56,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
+mod board;
 mod budget;
 mod credentials;
 mod feed;
@@ -65,6 +67,7 @@ mod shards;
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
+use board::Board;
 use budget::Budget;
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
 use health::HealthBoard;
@@ -140,6 +143,22 @@ pub struct MomentoConfig {
     /// the processes on the account. `None`: no pacing beyond
     /// [`MomentoConfig::max_publish_rate`].
     pub max_ops_per_second: Option<NonZeroU32>,
+    /// Publish the paced topics ([`MomentoConfig::paced_prefix`]) as one
+    /// board topic instead of a Momento topic each, so operations do not
+    /// grow with the number of symbols. Needs
+    /// [`MomentoConfig::max_publish_rate`].
+    pub board: Option<MomentoBoard>,
+}
+
+/// The board of [`MomentoConfig::board`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MomentoBoard {
+    /// The Momento topic carrying the board (e.g. `board.rates`).
+    pub topic: String,
+    /// Every topic the board carries (`rates.<SYMBOL>` of each symbol): a
+    /// subscriber token is minted for the board only when it asks for all
+    /// of them, since the board shows every symbol to whoever reads it.
+    pub topics: Vec<String>,
 }
 
 impl fmt::Debug for MomentoConfig {
@@ -161,6 +180,7 @@ impl fmt::Debug for MomentoConfig {
             .field("sharded_prefix", &self.sharded_prefix)
             .field("shards", &self.shards)
             .field("max_ops_per_second", &self.max_ops_per_second)
+            .field("board", &self.board)
             .finish()
     }
 }
@@ -184,6 +204,7 @@ impl Default for MomentoConfig {
             sharded_prefix: "orders.".to_owned(),
             shards: 16,
             max_ops_per_second: None,
+            board: None,
         }
     }
 }
@@ -203,6 +224,15 @@ impl MomentoConfig {
         if self.max_payload == 0 || self.max_payload > MAX_MESSAGE_BYTES {
             return invalid("max_payload must be 1 to 4096 bytes (Momento's message limit)");
         }
+        if let Some(board) = &self.board {
+            if self.max_publish_rate.is_none() {
+                return invalid("the board needs a publish rate (it is sent once per interval)");
+            }
+            validate_topic(&board.topic).map_err(|e| Error::InvalidConfig(e.to_string()))?;
+            if board.topic.starts_with(&self.paced_prefix) {
+                return invalid("the board topic must not start with the paced prefix");
+            }
+        }
         if self.buffer == 0 || self.subscription_connections == 0 {
             return invalid("buffer and subscription_connections must be positive");
         }
@@ -218,12 +248,17 @@ impl MomentoConfig {
     }
 }
 
+/// About how many bytes one rate takes on the board: its topic, lengths and
+/// a protobuf `Rate` with two timestamps, an id and a source.
+const BOARD_RECORD_BYTES: f64 = 110.0;
+
 /// The Momento operations per second a configuration spends on rates, for
 /// capacity planning against an account's limit (orders add one publish
 /// per order event and one delivery per process subscribed to its shard).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct OpsPlan {
-    /// Rates published per second, all symbols together.
+    /// Publish operations per second, all symbols together (with the board,
+    /// its messages, each billed per started KiB).
     pub publishes: f64,
     /// Latest-rate cache writes per second (as many as publishes).
     pub cache_writes: f64,
@@ -245,10 +280,21 @@ impl MomentoConfig {
         };
         // Symbol counts are far below 2^52.
         #[allow(clippy::cast_precision_loss)]
-        let publishes = per_symbol * symbols as f64;
+        let rates = per_symbol * symbols as f64;
+        // Momento bills a message per started KiB. A rate is well under one
+        // alone; on the board, records of about `BOARD_RECORD_BYTES` share
+        // messages sent at most `max_publish_rate` times a second.
+        let publishes = match (&self.board, paced) {
+            (Some(_), Some(paced)) if rates > 0.0 => {
+                let sends = paced.min(rates);
+                let bytes = rates / sends * BOARD_RECORD_BYTES;
+                sends * (bytes / 1024.0).ceil()
+            }
+            _ => rates,
+        };
         Some(OpsPlan {
             publishes,
-            cache_writes: publishes,
+            cache_writes: rates,
             deliveries_per_subscriber: publishes,
         })
     }
@@ -288,6 +334,8 @@ struct Inner {
     budget: Option<Arc<Budget>>,
     feed_context: FeedContext,
     publisher: Option<Pacer>,
+    /// With a board: what waits for it, and the pacer that sends it.
+    board: Option<(Board, Pacer)>,
     retainer: Pacer,
     health: HealthBoard,
     stop: CancellationToken,
@@ -426,6 +474,11 @@ impl MomentoTransport {
             Pacer::new(config, send, health.clone(), stop.clone())
         };
         let publish = publish_fn(topics.clone(), config.cache.clone(), budget.clone());
+        let board = config.board.as_ref().map(|_| {
+            let board = Board::default();
+            let send = board.send_fn(config.max_payload, publish.clone());
+            (board, pacer("board", send))
+        });
         let publisher = config.max_publish_rate.map(|_| pacer("publish", publish));
         let retain = retain_fn(
             cache.clone(),
@@ -449,7 +502,8 @@ impl MomentoTransport {
                 cache,
                 auth,
                 feeds: Arc::default(),
-                shards: Arc::new(Shards::new(&config.sharded_prefix, config.shards)),
+                shards: Arc::new(shards(&config)),
+                board,
                 budget,
                 feed_context,
                 publisher,
@@ -479,15 +533,31 @@ impl MomentoTransport {
             reconnects: counters.reconnects.load(Ordering::Relaxed),
             duplicates: counters.duplicates.load(Ordering::Relaxed),
             gaps: counters.gaps.load(Ordering::Relaxed),
-            conflated: publisher.map_or(0, Pacer::conflated),
-            failed_sends: publisher.map_or(0, Pacer::failed) + self.inner.retainer.failed(),
+            conflated: publisher.map_or(0, Pacer::conflated)
+                + self
+                    .inner
+                    .board
+                    .as_ref()
+                    .map_or(0, |(board, _)| board.conflated()),
+            failed_sends: publisher.map_or(0, Pacer::failed)
+                + self
+                    .inner
+                    .board
+                    .as_ref()
+                    .map_or(0, |(_, pacer)| pacer.failed())
+                + self.inner.retainer.failed(),
         }
     }
 
     fn check_payload(&self, topic: &str, payload: &Bytes) -> Result<(), Error> {
         validate_topic(topic)?;
-        // A sharded topic's envelope names it in the same message.
-        let limit = if self.inner.shards.covers(topic) {
+        // A shared topic's envelope names it in the same message.
+        let limit = if self.inner.shards.on_board(topic) && self.inner.board.is_some() {
+            self.inner
+                .config
+                .max_payload
+                .saturating_sub(1 + shards::record_len(topic, b""))
+        } else if self.inner.shards.covers(topic) {
             self.inner
                 .config
                 .max_payload
@@ -509,6 +579,16 @@ impl MomentoTransport {
         let inner = &*self.inner;
         budget::take(inner.budget.as_deref()).await;
         send_publish(&inner.topics, &inner.config.cache, topic, payload).await
+    }
+}
+
+/// The topics received over shared Momento topics: the order shards and
+/// the board.
+fn shards(config: &MomentoConfig) -> Shards {
+    let shards = Shards::new(&config.sharded_prefix, config.shards);
+    match &config.board {
+        Some(board) => shards.with_board(&config.paced_prefix, &board.topic),
+        None => shards,
     }
 }
 
@@ -628,8 +708,15 @@ impl Transport for MomentoTransport {
     fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
         Box::pin(async move {
             self.check_payload(topic, &payload)?;
-            match &self.inner.publisher {
-                Some(pacer) if topic.starts_with(&self.inner.config.paced_prefix) => {
+            let paced = topic.starts_with(&self.inner.config.paced_prefix);
+            match (&self.inner.board, &self.inner.publisher) {
+                (Some((board, pacer)), _) if paced => {
+                    board.hold(topic, payload);
+                    let board_topic = self.inner.config.board.as_ref().map(|b| b.topic.as_str());
+                    pacer.offer(board_topic.unwrap_or_default(), Bytes::new());
+                    Ok(())
+                }
+                (_, Some(pacer)) if paced => {
                     pacer.offer(topic, payload);
                     Ok(())
                 }
@@ -646,7 +733,7 @@ impl Transport for MomentoTransport {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
-            if inner.shards.covers(topic) {
+            if inner.shards.shared(topic) {
                 return inner
                     .shards
                     .subscribe(&inner.feeds, &inner.feed_context, topic)
@@ -657,7 +744,7 @@ impl Transport for MomentoTransport {
     }
 
     fn local_subscribers(&self, topic: &str) -> usize {
-        if self.inner.shards.covers(topic) {
+        if self.inner.shards.shared(topic) {
             return self.inner.shards.local_subscribers(topic);
         }
         self.inner.feeds.local_subscribers(topic)
@@ -761,6 +848,24 @@ impl Transport for MomentoTransport {
                 ));
             }
             let inner = &*self.inner;
+            // With a board, the rates travel only on it, and it shows every
+            // symbol: a token that may see only some gets no direct access.
+            let board_topics;
+            let topics = match &inner.config.board {
+                Some(board) if topics.iter().any(|t| inner.shards.on_board(t)) => {
+                    let all = board.topics.iter().all(|t| topics.contains(t));
+                    if !all {
+                        tracing::debug!(
+                            "momento: the board shows every symbol; no subscriber token for a \
+                             caller that may see only some"
+                        );
+                        return Ok(None);
+                    }
+                    board_topics = [board.topic.clone()];
+                    &board_topics[..]
+                }
+                _ => topics,
+            };
             // Subscribe-only, on exactly these topics of this cache: never
             // publish, never the cache's items, never other caches.
             let permissions = Permissions {
@@ -800,6 +905,32 @@ impl Transport for MomentoTransport {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plan_counts_a_message_per_rate_or_per_board() {
+        let per_topic = MomentoConfig {
+            max_publish_rate: NonZeroU32::new(10),
+            ..MomentoConfig::default()
+        };
+        // 20 symbols ticking 4 times a second, under the pace of 10.
+        let plan = per_topic.ops_plan(20, Some(4.0)).unwrap();
+        assert_eq!(plan.publishes, 80.0);
+        assert_eq!(plan.deliveries_per_subscriber, 80.0);
+        let board = MomentoConfig {
+            board: Some(MomentoBoard {
+                topic: "board.rates".into(),
+                topics: Vec::new(),
+            }),
+            ..per_topic.clone()
+        };
+        // 10 boards a second, each of 8 records (880 bytes): one KiB each.
+        let plan = board.ops_plan(20, Some(4.0)).unwrap();
+        assert_eq!(plan.publishes, 10.0);
+        assert_eq!(plan.cache_writes, 80.0);
+        // 200 symbols: 80 records (8,800 bytes) per board, 9 KiB.
+        assert_eq!(board.ops_plan(200, Some(4.0)).unwrap().publishes, 90.0);
+        assert!(MomentoConfig::default().ops_plan(5, None).is_none());
+    }
 
     #[test]
     fn settings_are_checked() {

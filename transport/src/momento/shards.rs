@@ -14,6 +14,11 @@
 //! (FNV-1a) is fixed, so processes agree without talking to each other. A
 //! gap on a shard (a reconnect, a lag) is a gap for every topic of it: the
 //! messages missed may have been any of them.
+//!
+//! The rates board (`board`) travels the same way in the other direction:
+//! one Momento topic whose messages each carry the latest payloads of
+//! several topics (`rates.<SYMBOL>`), dispatched here to each topic's local
+//! subscribers.
 
 use std::{
     collections::HashMap,
@@ -27,8 +32,14 @@ use tokio_util::sync::CancellationToken;
 use super::feed::{FeedContext, Feeds};
 use crate::{Delivery, Error, Subscription, local::LocalReader};
 
-/// Envelope format version, the first byte of every sharded message.
+/// Envelope format of a sharded message: one topic and its payload.
 const VERSION: u8 = 1;
+
+/// Envelope format of a board message: records of a topic and a payload.
+pub(super) const BOARD_VERSION: u8 = 2;
+
+/// The hub key of the board (shards are numbered below it).
+const BOARD: u16 = u16::MAX;
 
 /// Bytes an envelope adds to a payload besides the topic name: the version
 /// and the topic's length.
@@ -43,6 +54,8 @@ const TOPIC_BUFFER: usize = 64;
 pub(super) struct Shards {
     prefix: String,
     count: u16,
+    /// Topics starting with the first travel on the board topic, the second.
+    board: Option<(String, String)>,
     hubs: Mutex<HashMap<u16, Arc<Hub>>>,
 }
 
@@ -69,8 +82,39 @@ impl Shards {
         Self {
             prefix: prefix.to_owned(),
             count,
+            board: None,
             hubs: Mutex::default(),
         }
+    }
+
+    /// Topics starting with `prefix` are received from the board `topic`.
+    pub(super) fn with_board(mut self, prefix: &str, topic: &str) -> Self {
+        self.board = Some((prefix.to_owned(), topic.to_owned()));
+        self
+    }
+
+    /// Whether `topic` is received from the board.
+    pub(super) fn on_board(&self, topic: &str) -> bool {
+        self.board
+            .as_ref()
+            .is_some_and(|(prefix, _)| topic.starts_with(prefix.as_str()))
+    }
+
+    /// The hub key and Momento topic `topic` is received from, if shared.
+    fn route(&self, topic: &str) -> Option<(u16, String)> {
+        if let Some((_, board)) = self.board.as_ref().filter(|_| self.on_board(topic)) {
+            return Some((BOARD, board.clone()));
+        }
+        self.covers(topic).then(|| {
+            let index = self.shard_of(topic);
+            (index, self.shard_topic(index))
+        })
+    }
+
+    /// Whether `topic` is received over a shared Momento topic (a shard or
+    /// the board).
+    pub(super) fn shared(&self, topic: &str) -> bool {
+        self.on_board(topic) || self.covers(topic)
     }
 
     fn hubs(&self) -> MutexGuard<'_, HashMap<u16, Arc<Hub>>> {
@@ -114,7 +158,9 @@ impl Shards {
 
     /// Local subscribers of the sharded `topic`.
     pub(super) fn local_subscribers(&self, topic: &str) -> usize {
-        let index = self.shard_of(topic);
+        let Some((index, _)) = self.route(topic) else {
+            return 0;
+        };
         let hub = self.hubs().get(&index).cloned();
         hub.and_then(|hub| {
             hub.topics()
@@ -135,14 +181,16 @@ impl Shards {
         context: &FeedContext,
         topic: &str,
     ) -> Result<Subscription, Error> {
-        let index = self.shard_of(topic);
+        let Some((index, shared)) = self.route(topic) else {
+            return feeds.subscribe(context, topic).await;
+        };
         let existing = self.hubs().get(&index).cloned();
         let hub = match existing {
             Some(hub) => hub,
             None => {
                 // Subscribed outside the lock; a racing subscriber may have
                 // started the hub meanwhile, and then ours is dropped.
-                let shard = feeds.subscribe(context, &self.shard_topic(index)).await?;
+                let shard = feeds.subscribe(context, &shared).await?;
                 let mut hubs = self.hubs();
                 match hubs.get(&index) {
                     Some(hub) => Arc::clone(hub),
@@ -220,10 +268,13 @@ async fn dispatch(mut shard: Subscription, shards: Weak<Shards>, index: u16, hub
             delivery = shard.next() => delivery,
         };
         match delivery {
-            Some(Delivery::Message(envelope)) => match open(&envelope) {
-                Some((topic, payload)) => {
-                    if let Some(sender) = hub.topics().get(topic) {
-                        let _ = sender.send(Delivery::Message(payload));
+            Some(Delivery::Message(envelope)) => match records(&envelope) {
+                Some(records) => {
+                    let topics = hub.topics();
+                    for (topic, payload) in records {
+                        if let Some(sender) = topics.get(topic) {
+                            let _ = sender.send(Delivery::Message(payload));
+                        }
                     }
                 }
                 None => tracing::warn!(
@@ -250,16 +301,55 @@ async fn dispatch(mut shard: Subscription, shards: Weak<Shards>, index: u16, hub
     hub.topics().clear();
 }
 
-/// The topic and payload of an envelope; `None` when it is not one.
-fn open(envelope: &Bytes) -> Option<(&str, Bytes)> {
+/// The topics and payloads of an envelope; `None` when it is not one.
+pub(super) fn records(envelope: &Bytes) -> Option<Vec<(&str, Bytes)>> {
     let (&version, rest) = envelope.split_first()?;
-    if version != VERSION || rest.len() < 2 {
-        return None;
+    match version {
+        VERSION => {
+            let (topic, at) = name(rest, 1)?;
+            Some(vec![(topic, envelope.slice(at..))])
+        }
+        BOARD_VERSION => {
+            let mut records = Vec::new();
+            let mut at = 1;
+            while at < envelope.len() {
+                let (topic, start) = name(&envelope[at..], at)?;
+                let len = usize::from(u16::from_be_bytes(
+                    envelope.get(start..start + 2)?.try_into().ok()?,
+                ));
+                let end = start + 2 + len;
+                if end > envelope.len() {
+                    return None;
+                }
+                records.push((topic, envelope.slice(start + 2..end)));
+                at = end;
+            }
+            Some(records)
+        }
+        _ => None,
     }
-    let len = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
-    let name = rest.get(2..2 + len)?;
-    let topic = std::str::from_utf8(name).ok()?;
-    Some((topic, envelope.slice(HEADER + len..)))
+}
+
+/// The length-prefixed topic name at the start of `bytes` (which begin at
+/// `offset` of the envelope), and the envelope offset just past it.
+fn name(bytes: &[u8], offset: usize) -> Option<(&str, usize)> {
+    let len = usize::from(u16::from_be_bytes(bytes.get(..2)?.try_into().ok()?));
+    let topic = std::str::from_utf8(bytes.get(2..2 + len)?).ok()?;
+    Some((topic, offset + 2 + len))
+}
+
+/// Appends one board record (`topic`, `payload`) to `board`.
+pub(super) fn put_record(board: &mut BytesMut, topic: &str, payload: &[u8]) {
+    // Topics are at most 256 bytes, payloads at most 4 KiB.
+    board.put_u16(u16::try_from(topic.len()).unwrap_or(u16::MAX));
+    board.put_slice(topic.as_bytes());
+    board.put_u16(u16::try_from(payload.len()).unwrap_or(u16::MAX));
+    board.put_slice(payload);
+}
+
+/// Bytes a board record of `topic` and `payload` takes.
+pub(super) fn record_len(topic: &str, payload: &[u8]) -> usize {
+    4 + topic.len() + payload.len()
 }
 
 #[cfg(test)]
@@ -272,11 +362,27 @@ mod tests {
         let (shard, envelope) = shards.wrap("orders.alice", b"event");
         assert!(shard.starts_with("shard.orders."), "{shard}");
         assert_eq!(envelope.len(), Shards::overhead("orders.alice") + 5);
-        let (topic, payload) = open(&envelope).unwrap();
-        assert_eq!((topic, &payload[..]), ("orders.alice", &b"event"[..]));
-        assert!(open(&Bytes::from_static(b"")).is_none());
-        assert!(open(&Bytes::from_static(b"\x02\x00\x01a")).is_none());
-        assert!(open(&Bytes::from_static(b"\x01\x00\x09short")).is_none());
+        let opened = records(&envelope).unwrap();
+        assert_eq!(opened, [("orders.alice", Bytes::from_static(b"event"))]);
+        let mut board = BytesMut::from(&[BOARD_VERSION][..]);
+        put_record(&mut board, "rates.A", b"1");
+        put_record(&mut board, "rates.BB", b"");
+        assert_eq!(
+            board.len(),
+            1 + record_len("rates.A", b"1") + record_len("rates.BB", b"")
+        );
+        let board = board.freeze();
+        assert_eq!(
+            records(&board).unwrap(),
+            [
+                ("rates.A", Bytes::from_static(b"1")),
+                ("rates.BB", Bytes::new())
+            ]
+        );
+        assert!(records(&board.slice(..board.len() - 1)).is_none());
+        assert!(records(&Bytes::from_static(b"")).is_none());
+        assert!(records(&Bytes::from_static(b"\x02\x00\x01a")).is_none());
+        assert!(records(&Bytes::from_static(b"\x01\x00\x09short")).is_none());
     }
 
     #[test]
