@@ -25,9 +25,13 @@
 //!   resume point is still stored, or when the subject holds fewer than
 //!   `history` messages; otherwise the gap is announced, without a count
 //!   (NATS does not say how many were discarded);
-//! - **client-side drops**: the consumer numbers its deliveries without
-//!   holes, so a jump (async-nats dropped messages for a slow reader) is a
-//!   `Gap { missed: Some(n), cause: Lagged }`.
+//! - **deliveries lost on the way**: the consumer numbers its deliveries
+//!   without holes, so a jump means messages sent to this process never
+//!   reached the feed (async-nats dropped them for a slow reader, or the
+//!   server kept writing to a connection that had died before it noticed,
+//!   then carried on over the new one). The stream still holds them, so
+//!   the feed resumes from the last message it delivered instead of
+//!   announcing a gap; only a history rolled past that point is a gap.
 //!
 //! [`Subscription`]: crate::Subscription
 
@@ -223,6 +227,8 @@ enum Ended {
 /// A live consumer: its inbox and name.
 struct Started {
     inbox: Subscriber,
+    /// The client's connection count when the consumer was set up.
+    connection: u64,
     consumer: String,
     gap: Option<Gap>,
 }
@@ -289,7 +295,7 @@ impl Driver {
             }
             let ended = tokio::select! {
                 _ = &mut stop => Ended::Stopped,
-                ended = self.pump(started.inbox, position, &mut reconnected) => ended,
+                ended = self.pump(started.inbox, started.connection, position, &mut reconnected) => ended,
             };
             self.forget_consumer(started.consumer);
             match ended {
@@ -329,6 +335,9 @@ impl Driver {
 
     async fn try_start(&self, resume_after: Option<u64>) -> Result<(Started, Cursor), String> {
         let context = &self.context;
+        // Read before anything is set up: deliveries made over a later
+        // connection are then recognised (see `pump`).
+        let connection = context.client.statistics().connects.load(Ordering::Relaxed);
         let deliver_subject = context.client.new_inbox();
         // Listen first, so nothing the consumer sends is lost.
         let inbox = context
@@ -374,6 +383,7 @@ impl Driver {
         Ok((
             Started {
                 inbox,
+                connection,
                 consumer: name,
                 gap,
             },
@@ -420,11 +430,13 @@ impl Driver {
     async fn pump(
         &self,
         mut inbox: Subscriber,
+        connection: u64,
         cursor: &mut Cursor,
         reconnected: &mut watch::Receiver<u64>,
     ) -> Ended {
         let context = &self.context;
         let silence = context.heartbeat * 2 + context.request_timeout;
+        let statistics = context.client.statistics();
         let mut delivered = 0u64;
         loop {
             let next = tokio::select! {
@@ -445,6 +457,17 @@ impl Driver {
                 Ok(None) => return Ended::Resume("the consumer's inbox closed".to_owned()),
                 Ok(Some(message)) => message,
             };
+            // async-nats resubscribes the inbox after a reconnect, so this
+            // consumer (if the server kept it) may carry on over the new
+            // connection, silently skipping what the stream discarded
+            // meanwhile. The connection event may reach `reconnected`
+            // after such a delivery; the connection count is raised before
+            // the client resubscribes, so it cannot. The delivery is not
+            // taken: the new consumer starts after the cursor, once the
+            // history is checked.
+            if statistics.connects.load(Ordering::Relaxed) != connection {
+                return Ended::Resume("the connection came back".to_owned());
+            }
             match message.status {
                 None => {}
                 Some(StatusCode::IDLE_HEARTBEAT) => {
@@ -477,12 +500,13 @@ impl Driver {
                 continue;
             }
             if consumer_sequence > delivered + 1 {
-                let missed = consumer_sequence - delivered - 1;
-                context.counters.gaps.fetch_add(1, Ordering::Relaxed);
-                let _ = self.sender.send(Delivery::Gap(Gap {
-                    missed: Some(missed),
-                    cause: GapCause::Lagged,
-                }));
+                // Not delivered: the new consumer starts again right after
+                // the cursor, which still points before the lost ones.
+                return Ended::Resume(format!(
+                    "deliveries {} to {} of the consumer did not arrive",
+                    delivered + 1,
+                    consumer_sequence - 1
+                ));
             }
             delivered = consumer_sequence;
             cursor.sequence = stream_sequence;
