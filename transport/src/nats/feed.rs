@@ -495,20 +495,21 @@ impl Driver {
                     continue;
                 }
             };
-            if stream_sequence <= cursor.sequence {
-                context.counters.duplicates.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             if consumer_sequence > delivered + 1 {
-                // Not delivered: the new consumer starts again right after
-                // the cursor, which still points before the lost ones.
+                // Not taken: the new consumer starts again right after the
+                // cursor, which still points before the lost ones.
                 return Ended::Resume(format!(
                     "deliveries {} to {} of the consumer did not arrive",
                     delivered + 1,
                     consumer_sequence - 1
                 ));
             }
+            // Counted before the dedupe, so a repeat is no hole.
             delivered = consumer_sequence;
+            if stream_sequence <= cursor.sequence {
+                context.counters.duplicates.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             cursor.sequence = stream_sequence;
             let _ = self.sender.send(Delivery::Message(message.message.payload));
         }
