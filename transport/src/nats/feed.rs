@@ -252,6 +252,9 @@ impl Driver {
         let health = self.context.health.clone();
         let mut backoff = Backoff::new(self.context.reconnect);
         let mut cursor: Option<Cursor> = None;
+        // The cursor at the last gap announced: resuming again before
+        // anything was delivered is the same gap, announced once.
+        let mut announced: Option<u64> = None;
         loop {
             let mut reconnected = self.context.reconnected.clone();
             reconnected.borrow_and_update();
@@ -288,7 +291,10 @@ impl Driver {
             let Some(position) = cursor.as_mut() else {
                 return;
             };
-            if let Some(gap) = started.gap {
+            if let Some(gap) = started.gap
+                && announced != Some(position.sequence)
+            {
+                announced = Some(position.sequence);
                 self.context.counters.gaps.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(topic = %self.topic, %gap, "nats stream no longer holds every message since the last one delivered");
                 let _ = self.sender.send(Delivery::Gap(gap));
@@ -441,10 +447,15 @@ impl Driver {
         loop {
             let next = tokio::select! {
                 changed = reconnected.changed() => {
-                    return match changed {
-                        Ok(()) => Ended::Resume("the connection came back".to_owned()),
-                        Err(_) => Ended::Stopped,
-                    };
+                    if changed.is_err() {
+                        return Ended::Stopped;
+                    }
+                    // The event lags the connection count: this consumer
+                    // may already be on the new connection.
+                    if statistics.connects.load(Ordering::Relaxed) == connection {
+                        continue;
+                    }
+                    return Ended::Resume("the connection came back".to_owned());
                 }
                 next = tokio::time::timeout(silence, inbox.next()) => next,
             };
