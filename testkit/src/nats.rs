@@ -4,6 +4,10 @@
 //!
 //! The binary is `$NATS_SERVER`, else `nats-server` on `PATH`, else the
 //! Debian package's `/usr/sbin/nats-server` (`scripts/test` installs it).
+//!
+//! This file uses only std and `tempfile`: the transport crate's own tests
+//! compile it too (`transport/tests/support`), since fxcast-transport sits
+//! below everything this crate depends on.
 
 use std::{
     io::{BufRead, BufReader},
@@ -18,7 +22,7 @@ use std::{
 const READY_WITHIN: Duration = Duration::from_secs(20);
 
 /// A running (or killed) nats-server; killed when dropped.
-pub(crate) struct NatsServer {
+pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     args: Vec<String>,
@@ -46,12 +50,12 @@ fn free_port() -> u16 {
 
 impl NatsServer {
     /// A server with JetStream, no authentication.
-    pub(crate) fn start() -> Self {
+    pub fn start() -> Self {
         Self::start_with(&[])
     }
 
     /// A server with JetStream and `args` besides (`--user u --pass p`).
-    pub(crate) fn start_with(args: &[&str]) -> Self {
+    pub fn start_with(args: &[&str]) -> Self {
         let mut server = Self {
             port: free_port(),
             store: tempfile::tempdir().expect("a store directory"),
@@ -63,16 +67,16 @@ impl NatsServer {
     }
 
     /// `nats://127.0.0.1:<port>`.
-    pub(crate) fn url(&self) -> String {
+    pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
-    pub(crate) fn port(&self) -> u16 {
+    pub fn port(&self) -> u16 {
         self.port
     }
 
     /// `kill -9`: no clean shutdown, connections drop at once.
-    pub(crate) fn kill(&mut self) {
+    pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
@@ -80,7 +84,7 @@ impl NatsServer {
     }
 
     /// Starts it again on the same port with the same store directory.
-    pub(crate) fn restart(&mut self) {
+    pub fn restart(&mut self) {
         self.kill();
         self.spawn();
     }

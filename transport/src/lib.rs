@@ -6,7 +6,7 @@
 //! inside a payload.
 //!
 //! Callers hold an `Arc<dyn Transport>` so the backend is chosen at run time
-//! (`--transport memory|momento`) without changing them.
+//! (`--transport memory|momento|nats`) without changing them.
 //!
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.

@@ -41,7 +41,7 @@
 
 use std::{
     fmt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -139,6 +139,9 @@ pub struct NatsConfig {
     pub url: String,
     /// How to authenticate.
     pub credentials: NatsCredentials,
+    /// PEM CA certificates a `tls://` server's certificate must chain to;
+    /// without it, Mozilla's roots.
+    pub ca: Option<PathBuf>,
     /// Put before every topic to make its subject (default `fxcast.`); it
     /// must end with `.`. Every process sharing the stream uses the same.
     pub subject_prefix: String,
@@ -169,6 +172,7 @@ impl fmt::Debug for NatsConfig {
         f.debug_struct("NatsConfig")
             .field("url", &redacted(&self.url))
             .field("credentials", &self.credentials)
+            .field("ca", &self.ca)
             .field("subject_prefix", &self.subject_prefix)
             .field("stream", &self.stream)
             .field("history", &self.history)
@@ -187,6 +191,7 @@ impl Default for NatsConfig {
         Self {
             url: "nats://127.0.0.1:4222".to_owned(),
             credentials: NatsCredentials::None,
+            ca: None,
             subject_prefix: "fxcast.".to_owned(),
             stream: "FXCAST".to_owned(),
             history: 1024,
@@ -232,6 +237,51 @@ impl NatsConfig {
         }
         Ok(())
     }
+}
+
+/// TLS towards the server: verified against the CA certificates in `ca`
+/// (read now, so a bad file is refused at start), else Mozilla's roots.
+fn tls_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let unusable = |e: &dyn fmt::Display| {
+                Error::InvalidConfig(format!("nats: the CA file {}: {e}", path.display()))
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| unusable(&e))? {
+                roots
+                    .add(cert.map_err(|e| unusable(&e))?)
+                    .map_err(|e| unusable(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(unusable(&"holds no PEM certificate"));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::InvalidConfig(format!("nats: TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Whether `error` or one of its causes is rustls refusing the handshake.
+fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(err) = cause {
+        // An I/O error's `source` skips the error it wraps.
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if err.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// `url` without the credentials it may carry, for messages and logs.
@@ -355,6 +405,8 @@ impl NatsTransport {
             .credentials
             .options()
             .await?
+            // Used only when the URL says tls:// or the server asks for TLS.
+            .tls_client_config(tls_client_config(config.ca.as_deref())?)
             .name("fxcast")
             .connection_timeout(config.request_timeout)
             .request_timeout(Some(config.request_timeout))
@@ -368,6 +420,11 @@ impl NatsTransport {
                     ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
                         " (the server refused the credentials: check the user and password, \
                          token or .creds file)"
+                    }
+                    // A refused certificate comes as an I/O error.
+                    _ if tls_refused(&e) => {
+                        " (the server's certificate is not trusted: it must chain to the CA \
+                         file, or to Mozilla's roots without one)"
                     }
                     ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => {
                         " (is nats-server running and reachable there?)"
