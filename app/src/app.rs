@@ -7,6 +7,7 @@ use fxcast_services::RatesCore;
 use fxcast_transport::{
     MemoryTransport, MirroredTransport, Transport,
     momento::{MomentoConfig, MomentoTransport},
+    nats::NatsTransport,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -202,6 +203,11 @@ async fn connect(config: TransportConfig) -> Result<Arc<dyn Transport>, Error> {
         TransportConfig::Memory => Arc::new(MemoryTransport::default()),
         TransportConfig::Given(transport) => transport,
         TransportConfig::Momento(config) => momento(config).await?,
+        TransportConfig::Nats(config) => Arc::new(
+            NatsTransport::connect(config)
+                .await
+                .map_err(|source| Error::Nats { source })?,
+        ),
         TransportConfig::Bridge(config) => Arc::new(MirroredTransport::new(
             Arc::new(MemoryTransport::default()),
             momento(config).await?,

@@ -13,6 +13,7 @@ use fxcast_services::{
 use fxcast_transport::{
     Transport,
     momento::{MomentoBoard, MomentoConfig},
+    nats::{NatsConfig, NatsCredentials},
 };
 
 use crate::{
@@ -38,6 +39,8 @@ pub enum TransportConfig {
     Momento(MomentoConfig),
     /// In-process, with every rate mirrored to Momento (`--momento-bridge`).
     Bridge(MomentoConfig),
+    /// NATS JetStream for every rate, order event and retained payload.
+    Nats(NatsConfig),
     /// A transport built by the caller (tests sharing one between servers).
     Given(Arc<dyn Transport>),
 }
@@ -48,6 +51,7 @@ impl std::fmt::Debug for TransportConfig {
             Self::Memory => f.write_str("Memory"),
             Self::Momento(c) => f.debug_tuple("Momento").field(c).finish(),
             Self::Bridge(c) => f.debug_tuple("Bridge").field(c).finish(),
+            Self::Nats(c) => f.debug_tuple("Nats").field(c).finish(),
             Self::Given(t) => write!(f, "Given({})", t.name()),
         }
     }
@@ -212,7 +216,62 @@ fn transport(settings: &Settings, env: Lookup<'_>) -> Result<TransportConfig, Er
             ));
         }
         TransportKind::Momento => TransportConfig::Momento(momento(settings, env)?),
+        TransportKind::Nats if bridge => {
+            return Err(Error::Config(
+                "--momento-bridge mirrors the memory transport to Momento; it cannot be combined \
+                 with --transport nats"
+                    .into(),
+            ));
+        }
+        TransportKind::Nats => TransportConfig::Nats(nats(&settings.nats, env)?),
     })
+}
+
+/// The NATS settings: the URL, at most one kind of credentials, and the CA
+/// of a `tls://` server (`--nats-ca`, else `FXCAST_CA_CERT`, the CA file
+/// fxcast's other TLS clients trust).
+fn nats(settings: &crate::NatsSettings, env: Lookup<'_>) -> Result<NatsConfig, Error> {
+    let mut config = NatsConfig::default();
+    if let Some(url) = &settings.url {
+        config.url.clone_from(url);
+    }
+    let given = [
+        settings.user.is_some() || settings.password.is_some(),
+        settings.token.is_some(),
+        settings.creds.is_some(),
+    ];
+    if given.iter().filter(|&&g| g).count() > 1 {
+        return Err(Error::Config(
+            "NATS takes one kind of credentials: --nats-user with --nats-password, \
+             --nats-token, or --nats-creds"
+                .into(),
+        ));
+    }
+    config.credentials = match (&settings.user, &settings.password) {
+        (Some(user), Some(password)) => NatsCredentials::UserPassword {
+            user: user.clone(),
+            password: password.expose().to_owned(),
+        },
+        (Some(_), None) => {
+            return Err(Error::Config(
+                "--nats-user needs a password: set FXCAST_NATS_PASSWORD (or --nats-password)"
+                    .into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(Error::Config("--nats-password needs --nats-user".into()));
+        }
+        (None, None) => match (&settings.token, &settings.creds) {
+            (Some(token), _) => NatsCredentials::Token(token.expose().to_owned()),
+            (None, Some(path)) => NatsCredentials::CredsFile(path.clone()),
+            (None, None) => NatsCredentials::None,
+        },
+    };
+    config.ca = settings
+        .ca
+        .clone()
+        .or_else(|| env("FXCAST_CA_CERT").map(PathBuf::from));
+    Ok(config)
 }
 
 /// The Momento settings. The API key comes from `MOMENTO_API_KEY` only, a
@@ -551,6 +610,117 @@ mod tests {
         assert!(err.to_string().contains("at least 1s"), "{err}");
         let err = resolve(parse(&["--transport", "momento"])).unwrap_err();
         assert!(err.to_string().contains("set MOMENTO_API_KEY"), "{err}");
+    }
+
+    #[test]
+    fn nats_settings_come_from_flags_the_file_and_the_environment() {
+        let argv = [
+            "--transport",
+            "nats",
+            "--nats-url",
+            "nats://10.0.0.7:4222",
+            "--nats-user",
+            "fx",
+            "--nats-password",
+            "pass-from-flag",
+        ];
+        let settings = parse(&argv).unwrap();
+        assert!(!format!("{settings:?}").contains("pass-from-flag"));
+        let config = resolve(Ok(settings)).unwrap();
+        assert!(!format!("{config:?}").contains("pass-from-flag"));
+        match config.transport {
+            TransportConfig::Nats(nats) => {
+                assert_eq!(nats.url, "nats://10.0.0.7:4222");
+                assert_eq!(
+                    nats.credentials,
+                    NatsCredentials::UserPassword {
+                        user: "fx".into(),
+                        password: "pass-from-flag".into()
+                    }
+                );
+                assert_eq!(nats.ca, None);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The file's [nats] table, a flag over it, the CA from the
+        // environment's FXCAST_CA_CERT.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "transport = \"nats\"\n[nats]\nurl = \"tls://nats.example:4222\"\ntoken = \"tok-from-file\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let env = |name: &str| (name == "FXCAST_CA_CERT").then(|| "/etc/fxcast/ca.pem".to_owned());
+        let settings = parse(&["--config", file]).unwrap().with_file().unwrap();
+        assert!(!format!("{settings:?}").contains("tok-from-file"));
+        let config = Config::from_settings(settings, &env).unwrap();
+        assert!(!format!("{config:?}").contains("tok-from-file"));
+        match config.transport {
+            TransportConfig::Nats(nats) => {
+                assert_eq!(nats.url, "tls://nats.example:4222");
+                assert_eq!(
+                    nats.credentials,
+                    NatsCredentials::Token("tok-from-file".into())
+                );
+                assert_eq!(nats.ca, Some(PathBuf::from("/etc/fxcast/ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let settings = parse(&["--config", file, "--nats-url", "tls://other:4222"])
+            .and_then(Settings::with_file)
+            .unwrap();
+        let argv_ca = parse(&["--nats-ca", "/tmp/nats-ca.pem"]).unwrap();
+        match Config::from_settings(argv_ca.over(settings), &env)
+            .unwrap()
+            .transport
+        {
+            TransportConfig::Nats(nats) => {
+                assert_eq!(nats.url, "tls://other:4222");
+                assert_eq!(nats.ca, Some(PathBuf::from("/tmp/nats-ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match resolve(parse(&[
+            "--transport",
+            "nats",
+            "--nats-creds",
+            "/run/fx.creds",
+        ]))
+        .unwrap()
+        .transport
+        {
+            TransportConfig::Nats(nats) => {
+                assert_eq!(nats.url, "nats://127.0.0.1:4222");
+                assert_eq!(
+                    nats.credentials,
+                    NatsCredentials::CredsFile("/run/fx.creds".into())
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+
+        for (argv, message) in [
+            (&["--nats-user", "fx"][..], "--nats-user needs a password"),
+            (
+                &["--nats-password", "p"],
+                "--nats-password needs --nats-user",
+            ),
+            (
+                &["--nats-token", "t", "--nats-creds", "f.creds"],
+                "one kind of credentials",
+            ),
+            (
+                &["--momento-bridge"],
+                "cannot be combined with --transport nats",
+            ),
+        ] {
+            let argv = [&["--transport", "nats"][..], argv].concat();
+            let err = resolve(parse(&argv)).unwrap_err();
+            assert!(err.to_string().contains(message), "{argv:?}: {err}");
+        }
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use app::App;
 pub use config::{Config, Lookup, TransportConfig, environment};
-pub use settings::{FeedName, Fraction, List, Settings, TransportKind};
+pub use settings::{FeedName, Fraction, List, NatsSettings, Secret, Settings, TransportKind};
 
 /// Why fxcast could not be configured or run.
 #[derive(Debug, thiserror::Error)]
@@ -66,6 +66,14 @@ pub enum Error {
     Momento {
         /// The configured cache.
         cache: String,
+        /// The transport's error.
+        #[source]
+        source: fxcast_transport::Error,
+    },
+    /// NATS cannot be used; the message names the server (without its
+    /// credentials) and what to check.
+    #[error("cannot use NATS: {source}")]
+    Nats {
         /// The transport's error.
         #[source]
         source: fxcast_transport::Error,

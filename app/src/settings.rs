@@ -52,6 +52,13 @@ impl<T> Layer for Option<T> {
     }
 }
 
+impl Layer for NatsSettings {
+    fn over(self, lower: Self) -> Self {
+        // The struct's own field-wise merge.
+        NatsSettings::over(self, lower)
+    }
+}
+
 impl<V> Layer for BTreeMap<String, V> {
     fn over(mut self, lower: Self) -> Self {
         for (key, value) in lower {
@@ -97,8 +104,8 @@ settings! {
         /// (needs --tls-cert)
         #[arg(long, env = "FXCAST_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
-        /// Pub/sub transport: memory (in-process) or momento (Momento Topics; the API key comes
-        /// from MOMENTO_API_KEY) [default: memory]
+        /// Pub/sub transport: memory (in-process), momento (Momento Topics; the API key comes
+        /// from MOMENTO_API_KEY) or nats (NATS JetStream, --nats-url) [default: memory]
         #[arg(long, env = "FXCAST_TRANSPORT")]
         #[serde(deserialize_with = "parsed")]
         transport: Option<TransportKind>,
@@ -140,6 +147,9 @@ settings! {
         #[arg(long, env = "FXCAST_MOMENTO_BOARD", num_args = 0..=1, require_equals = true,
               default_missing_value = "true", value_parser = BoolishValueParser::new())]
         momento_board: Option<bool>,
+        /// The NATS server of --transport nats: its URL and credentials (`[nats]` in the file).
+        #[command(flatten)]
+        nats: NatsSettings,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]
@@ -238,6 +248,67 @@ settings! {
     }
 }
 
+settings! {
+    /// The NATS server of `--transport nats`: flags `--nats-*`, keys of the
+    /// file's `[nats]` table. At most one kind of credentials.
+    #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct NatsSettings {
+        /// NATS server URL, tls:// for TLS; several separated by commas
+        /// [default: nats://127.0.0.1:4222]
+        #[arg(long = "nats-url", env = "FXCAST_NATS_URL")]
+        url: Option<String>,
+        /// NATS user (with --nats-password)
+        #[arg(long = "nats-user", env = "FXCAST_NATS_USER")]
+        user: Option<String>,
+        /// NATS password of --nats-user; prefer the environment variable, flags show in `ps`
+        #[arg(long = "nats-password", env = "FXCAST_NATS_PASSWORD", hide_env_values = true)]
+        password: Option<Secret>,
+        /// NATS token (nats-server --auth); prefer the environment variable
+        #[arg(long = "nats-token", env = "FXCAST_NATS_TOKEN", hide_env_values = true)]
+        token: Option<Secret>,
+        /// NATS credentials file (a user JWT and NKey seed, as `nsc` writes it)
+        #[arg(long = "nats-creds", env = "FXCAST_NATS_CREDS")]
+        creds: Option<PathBuf>,
+        /// PEM CA certificates a tls:// NATS server's certificate must chain to, instead of
+        /// Mozilla's roots [default: FXCAST_CA_CERT when set]
+        #[arg(long = "nats-ca", env = "FXCAST_NATS_CA")]
+        ca: Option<PathBuf>,
+    }
+}
+
+/// A password or token: shown as `<redacted>` by `Debug`, so settings can be
+/// logged and printed in errors without it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one call that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Self)
+    }
+}
+
 impl Settings {
     /// These settings over the `--config` file they name, if any.
     ///
@@ -264,6 +335,8 @@ pub enum TransportKind {
     Memory,
     /// Momento Topics, latest rates in a Momento cache.
     Momento,
+    /// NATS: a JetStream stream of recent messages, latest in a key-value bucket.
+    Nats,
 }
 
 impl FromStr for TransportKind {
@@ -273,8 +346,9 @@ impl FromStr for TransportKind {
         match s {
             "memory" => Ok(Self::Memory),
             "momento" => Ok(Self::Momento),
+            "nats" => Ok(Self::Nats),
             other => Err(format!(
-                "unknown --transport {other:?}; expected memory or momento"
+                "unknown --transport {other:?}; expected memory, momento or nats"
             )),
         }
     }

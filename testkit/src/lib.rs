@@ -25,12 +25,15 @@
 //!   ([`http_exchange`], [`http_request`], [`issue_token`]).
 //! - `tls`: a test CA, the certificate files a server reads, clients
 //!   trusting only that CA ([`Ca`], [`TlsDir`]).
+//! - `nats`: a real nats-server with JetStream on a free port
+//!   ([`NatsServer`]), also compiled by the transport crate's NATS tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
 mod http;
 mod logs;
+mod nats;
 mod process;
 mod sse;
 mod stack;
@@ -41,6 +44,7 @@ mod ws;
 pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
+pub use nats::NatsServer;
 pub use process::{
     STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, run_python,
     spawn_serve, spawn_until, stdout_of, wait_for_line,

@@ -6,7 +6,7 @@
 //! inside a payload.
 //!
 //! Callers hold an `Arc<dyn Transport>` so the backend is chosen at run time
-//! (`--transport memory|momento`) without changing them.
+//! (`--transport memory|momento|nats`) without changing them.
 //!
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
@@ -16,6 +16,9 @@
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
+//! - `nats` (feature `nats`): `NatsTransport`, topics on NATS subjects
+//!   through a JetStream stream (resume after reconnects), retained
+//!   payloads in a JetStream key-value bucket.
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
@@ -47,6 +50,9 @@ mod mirror;
 
 #[cfg(feature = "momento")]
 pub mod momento;
+
+#[cfg(feature = "nats")]
+pub mod nats;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

@@ -1,0 +1,74 @@
+//! What is failing right now: the connection, or a topic's consumer.
+//!
+//! The connection (from async-nats's connection events) and every feed
+//! report their failures under their own key; the transport is
+//! [`TransportHealth::Connected`] when no key is failing.
+
+use std::{
+    collections::BTreeMap,
+    sync::{Arc, Mutex},
+};
+
+use tokio::sync::watch;
+
+use crate::TransportHealth;
+
+/// The current failures of one transport. A cheap `Clone` handle.
+#[derive(Debug, Clone)]
+pub(super) struct HealthBoard {
+    // A std mutex: held for a map update, never across an `.await`.
+    failing: Arc<Mutex<BTreeMap<String, String>>>,
+    sender: Arc<watch::Sender<TransportHealth>>,
+}
+
+impl Default for HealthBoard {
+    fn default() -> Self {
+        Self {
+            failing: Arc::default(),
+            sender: Arc::new(watch::channel(TransportHealth::Connected).0),
+        }
+    }
+}
+
+impl HealthBoard {
+    pub(super) fn subscribe(&self) -> watch::Receiver<TransportHealth> {
+        self.sender.subscribe()
+    }
+
+    /// Records that `key` is failing.
+    pub(super) fn fail(&self, key: &str, reason: String) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        failing.insert(key.to_owned(), reason);
+        self.publish(&failing);
+    }
+
+    /// Records that `key` works again.
+    pub(super) fn recover(&self, key: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        if failing.remove(key).is_some() {
+            self.publish(&failing);
+        }
+    }
+
+    fn publish(&self, failing: &BTreeMap<String, String>) {
+        let health = match failing.iter().next() {
+            None => TransportHealth::Connected,
+            Some((key, reason)) => {
+                let more = match failing.len() - 1 {
+                    0 => String::new(),
+                    n => format!(" (and {n} more)"),
+                };
+                TransportHealth::Reconnecting {
+                    reason: format!("{key}: {reason}{more}"),
+                }
+            }
+        };
+        self.sender.send_if_modified(|current| {
+            let changed = *current != health;
+            if changed {
+                *current = health;
+            }
+            changed
+        });
+    }
+}
