@@ -239,6 +239,22 @@ impl LatestRates {
         }
     }
 
+    /// Marks the latest rate of `symbol` stale in place (same sequence),
+    /// when no tick has arrived for it for too long and this process has no
+    /// feed to publish a stale marker with. The next newer tick replaces
+    /// it. Returns whether a rate was marked.
+    pub fn mark_stale(&self, symbol: &str) -> bool {
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = map.get_mut(symbol).filter(|t| !t.rate.stale) else {
+            return false;
+        };
+        let mut tick = Tick::clone(current);
+        tick.rate.stale = true;
+        tick.payload = Bytes::from(tick.rate.encode_to_vec());
+        *current = Arc::new(tick);
+        true
+    }
+
     /// The latest tick of `symbol`, if any.
     pub fn get(&self, symbol: &str) -> Option<Arc<Tick>> {
         self.inner
