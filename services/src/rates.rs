@@ -3,12 +3,12 @@
 use std::{
     collections::HashMap,
     str::FromStr,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use fxcast_proto::v1::Rate;
+use fxcast_proto::{frame::StreamRatesFrame, v1::Rate};
 use fxcast_transport::Transport;
 use prost::Message;
 use rust_decimal::Decimal;
@@ -34,6 +34,9 @@ pub struct Tick {
     pub payload: Bytes,
     /// When this process received (or published) it, on the monotonic clock.
     pub received_at: Instant,
+    /// The `StreamRates` response carrying it, encoded on first use and
+    /// then sent as is by every gRPC stream.
+    pub frame: OnceLock<StreamRatesFrame>,
 }
 
 impl Tick {
@@ -55,7 +58,14 @@ impl Tick {
             ask,
             payload,
             received_at: Instant::now(),
+            frame: OnceLock::new(),
         })
+    }
+
+    /// The `StreamRates` response of this rate, encoded once.
+    pub fn frame(&self) -> &StreamRatesFrame {
+        self.frame
+            .get_or_init(|| StreamRatesFrame::rate(&self.payload))
     }
 
     /// Decodes a payload read from the transport's shared storage
@@ -251,6 +261,7 @@ impl LatestRates {
         let mut tick = Tick::clone(current);
         tick.rate.stale = true;
         tick.payload = Bytes::from(tick.rate.encode_to_vec());
+        tick.frame = OnceLock::new();
         *current = Arc::new(tick);
         true
     }
