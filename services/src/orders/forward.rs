@@ -14,22 +14,25 @@
 //! so; a `PlaceOrder` whose answer was lost says that the outcome is
 //! unknown and that retrying the same `client_order_id` is safe.
 
-use std::{path::Path, pin::Pin, sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use fxcast_proto::{
     Bearer, authed,
     v1::{
-        GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, OrderEvent,
-        PlaceOrderRequest, StreamOrderEventsRequest, order_service_client::OrderServiceClient,
+        GetOrderRequest, ListOrdersRequest, ListOrdersResponse, Order, PlaceOrderRequest,
+        StreamOrderEventsRequest, order_service_client::OrderServiceClient,
         order_service_server::OrderService,
     },
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, Request, Response, Status, transport::Channel};
 
-use super::OrderServiceImpl;
-use crate::auth::{Caller, CredentialEnd, TokenAuthority, unless_ended};
+use super::{
+    OrderServiceImpl,
+    service::{EventStream, events_end},
+};
+use crate::auth::{Caller, TokenAuthority, unless_ended};
 
 /// Where a serving node sends its orders (`--orders-upstream`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,8 +128,6 @@ fn endpoint(url: &str, ca: Option<&Path>) -> Result<tonic::transport::Endpoint, 
         .map_err(|e| crate::Error::Config(format!("--orders-upstream {url:?}: {e}")))
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, Status>> + Send>>;
-
 /// What a call on an order that may have been placed says when the answer
 /// was lost.
 const OUTCOME_UNKNOWN: &str = "; the order may or may not have been placed: retry with the same client_order_id, which fills at most once";
@@ -169,12 +170,7 @@ impl OrderService for OrderForwarder {
         let caller = Caller::of(&request)?;
         // This node's revocations and shutdown end the stream too, as they
         // end a local one.
-        let mut end = CredentialEnd::or_shutdown(
-            self.authority.credential_end(caller),
-            self.shutdown.clone(),
-            "server is shutting down; reconnect, then reload with ListOrders",
-            ", then reload with ListOrders",
-        );
+        let mut end = events_end(&self.authority, caller, &self.shutdown);
         let mut client = self.client(&request)?;
         let result = client.stream_order_events(request.into_inner()).await;
         let mut events = self.relay(result, "")?.into_inner();
@@ -197,36 +193,37 @@ pub enum OrderRoute {
     Upstream(OrderForwarder),
 }
 
+/// Calls `$method` on whichever service this route is.
+macro_rules! route {
+    ($route:expr, $method:ident($request:expr)) => {
+        match $route {
+            OrderRoute::Local(local) => local.$method($request).await,
+            OrderRoute::Upstream(upstream) => upstream.$method($request).await,
+        }
+    };
+}
+
 #[tonic::async_trait]
 impl OrderService for OrderRoute {
     async fn place_order(
         &self,
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        match self {
-            Self::Local(local) => local.place_order(request).await,
-            Self::Upstream(upstream) => upstream.place_order(request).await,
-        }
+        route!(self, place_order(request))
     }
 
     async fn get_order(
         &self,
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
-        match self {
-            Self::Local(local) => local.get_order(request).await,
-            Self::Upstream(upstream) => upstream.get_order(request).await,
-        }
+        route!(self, get_order(request))
     }
 
     async fn list_orders(
         &self,
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
-        match self {
-            Self::Local(local) => local.list_orders(request).await,
-            Self::Upstream(upstream) => upstream.list_orders(request).await,
-        }
+        route!(self, list_orders(request))
     }
 
     type StreamOrderEventsStream = EventStream;
@@ -235,9 +232,6 @@ impl OrderService for OrderRoute {
         &self,
         request: Request<StreamOrderEventsRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        match self {
-            Self::Local(local) => local.stream_order_events(request).await,
-            Self::Upstream(upstream) => upstream.stream_order_events(request).await,
-        }
+        route!(self, stream_order_events(request))
     }
 }
