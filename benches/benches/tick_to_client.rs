@@ -7,10 +7,13 @@
 //!
 //! - `grpc/1`, `ws/1`, `sse/1`: one streaming client;
 //! - `grpc/10`, `ws/10`, `sse/10`: ten clients, each on its own connection
-//!   and in its own task; timed until all ten have the rate.
+//!   and in its own task; timed until all ten have the rate;
+//! - `grpc/nats-1`, ..., `sse/nats-10`: the same over the NATS transport (a
+//!   real nats-server on loopback per case), so a tick crosses the engine
+//!   between the publisher and the hub that feeds the streams.
 //!
 //! The stack is the one `fxcast serve` runs (see `common`): a rate core on
-//! the memory transport serving gRPC, and the gateway talking to it over
+//! the memory transport (or NATS) serving gRPC, and the gateway talking to it over
 //! loopback gRPC. gRPC clients connect to the core; WebSocket and SSE clients
 //! connect to the gateway, so their path contains one more hop (core ->
 //! gateway over gRPC, one upstream stream shared by every browser) plus JSON.
@@ -53,6 +56,28 @@ use tonic::Streaming;
 
 const GROUP: &str = "tick_to_client_e2e";
 const CLIENT_COUNTS: &[usize] = &[1, 10];
+
+/// The transport between the publisher and the hub that feeds the streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// In-process (ids `grpc/1`, ...).
+    Memory,
+    /// A real nats-server on loopback, JetStream on (ids `grpc/nats-1`, ...).
+    Nats,
+}
+
+impl Backend {
+    const ALL: [Self; 2] = [Self::Memory, Self::Nats];
+
+    /// The case's parameter: the client count, after the backend's name
+    /// for a network one.
+    fn parameter(self, clients: usize) -> String {
+        match self {
+            Self::Memory => clients.to_string(),
+            Self::Nats => format!("nats-{clients}"),
+        }
+    }
+}
 
 /// How a client receives rates.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -227,17 +252,34 @@ impl Reader {
     }
 }
 
-/// A stack and a token for streaming clients.
+/// A stack, the engine its transport runs on, and a token for streaming
+/// clients.
 struct Server {
     stack: Stack,
     token: String,
+    _engine: Option<fxcast_testkit::NatsServer>,
 }
 
 impl Server {
-    async fn start() -> Self {
-        let stack = Stack::start(Config::default()).await;
+    async fn start(backend: Backend) -> Self {
+        let (transport, engine) = match backend {
+            Backend::Memory => (fxcast_app::TransportConfig::Memory, None),
+            Backend::Nats => {
+                let nats = fxcast_testkit::NatsServer::start();
+                let config = fxcast_transport::nats::NatsConfig {
+                    url: nats.url(),
+                    ..Default::default()
+                };
+                (fxcast_app::TransportConfig::Nats(config), Some(nats))
+            }
+        };
+        let stack = Stack::start_on(Config::default(), transport).await;
         let token = stack.token(&format!("rates:subscribe={}", common::SYMBOL));
-        Self { stack, token }
+        Self {
+            stack,
+            token,
+            _engine: engine,
+        }
     }
 
     async fn open(&self, interface: Interface) -> Reader {
@@ -277,8 +319,8 @@ struct OneClient {
 }
 
 impl OneClient {
-    async fn start(interface: Interface) -> Self {
-        let server = Server::start().await;
+    async fn start(backend: Backend, interface: Interface) -> Self {
+        let server = Server::start(backend).await;
         let mut readers = [server.open(interface).await];
         sync(&server, &mut readers).await;
         let [reader] = readers;
@@ -316,8 +358,8 @@ struct ManyClients {
 }
 
 impl ManyClients {
-    async fn start(interface: Interface, clients: usize) -> Self {
-        let server = Server::start().await;
+    async fn start(backend: Backend, interface: Interface, clients: usize) -> Self {
+        let server = Server::start(backend).await;
         let mut readers = Vec::with_capacity(clients);
         for _ in 0..clients {
             readers.push(server.open(interface).await);
@@ -396,24 +438,28 @@ enum Fixture {
 
 impl Bench for Fixture {
     const GROUP: &'static str = GROUP;
-    type Case = (Interface, usize);
+    type Case = (Backend, Interface, usize);
 
     fn cases() -> Vec<Self::Case> {
-        CLIENT_COUNTS
+        Backend::ALL
             .iter()
-            .flat_map(|&clients| Interface::ALL.map(|interface| (interface, clients)))
+            .flat_map(|&backend| {
+                CLIENT_COUNTS.iter().flat_map(move |&clients| {
+                    Interface::ALL.map(|interface| (backend, interface, clients))
+                })
+            })
             .collect()
     }
 
-    fn id((interface, clients): Self::Case) -> (&'static str, String) {
-        (interface.name(), clients.to_string())
+    fn id((backend, interface, clients): Self::Case) -> (&'static str, String) {
+        (interface.name(), backend.parameter(clients))
     }
 
-    async fn start((interface, clients): Self::Case) -> Self {
+    async fn start((backend, interface, clients): Self::Case) -> Self {
         if clients == 1 {
-            Self::One(OneClient::start(interface).await)
+            Self::One(OneClient::start(backend, interface).await)
         } else {
-            Self::Many(ManyClients::start(interface, clients).await)
+            Self::Many(ManyClients::start(backend, interface, clients).await)
         }
     }
 

@@ -73,10 +73,16 @@ pub struct Stack {
 impl Stack {
     /// Starts the stack with `config` (its feed and symbols are set here)
     /// and waits until the gateway is ready, which needs one published rate.
-    pub async fn start(mut config: Config) -> Self {
+    pub async fn start(config: Config) -> Self {
+        Self::start_on(config, fxcast_app::TransportConfig::Memory).await
+    }
+
+    /// [`Stack::start`] on `transport`.
+    pub async fn start_on(mut config: Config, transport: fxcast_app::TransportConfig) -> Self {
         config.feed = FeedKind::None;
         config.symbols = vec![SYMBOL.into()];
-        let stack = fxcast_testkit::Stack::start(config).await;
+        let stack =
+            fxcast_testkit::Stack::start_on(config, Default::default(), transport).await;
         let stack = Self {
             core: Arc::clone(&stack.core),
             grpc: stack.addr,
