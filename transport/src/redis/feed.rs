@@ -9,27 +9,29 @@
 //! subscription to go ends the feed and unsubscribes the channel.
 //!
 //! Every message carries the id of its entry in the topic's stream (the
-//! publish script appends it and publishes `<id> <payload>` atomically),
-//! and the feed keeps the id of the last message it delivered, its
-//! *cursor*:
-//! - **live**: a message from the current connection with an id past the
-//!   cursor is delivered; one at or before it is a repeat and dropped;
-//! - **resync**: after the link reconnected (or the feed's inbox
-//!   overflowed), the feed reads the stream from just after the cursor
-//!   and delivers what it missed, in order, before any newer live message
-//!   (live messages the resync read are dropped as repeats). Messages of
-//!   an older connection are dropped unread: the resync covers them;
+//! publish script appends it and publishes `<id> <payload>` atomically).
+//! An id is `<epoch>-<n>`: the epoch names the stream's incarnation (set
+//! when the stream is created, new if it is ever lost and created again)
+//! and `n` counts its entries from 0, so the feed knows which id comes
+//! next and can tell a repeat, a hole and a different stream apart:
+//! - **live**: the next id of the current connection is delivered; an
+//!   earlier one is a repeat and dropped; anything else (a later one, an
+//!   other epoch, a message of a newer connection, an overflowed inbox)
+//!   makes the feed resync first. Messages of an older connection are
+//!   dropped unread: the resync covers them;
+//! - **resync**: after the link reconnected (or whenever continuity is in
+//!   doubt), the feed reads the stream from the id it expects next and
+//!   delivers what it missed, in order, before any newer live message
+//!   (live messages the resync read are dropped as repeats);
 //! - **gaps**: the stream keeps about `history` entries per topic
-//!   (`MAXLEN ~`), and Redis records the newest id it ever trimmed
-//!   (`max-deleted-entry-id`, Redis 7). If that is past the cursor,
-//!   messages after the cursor are gone: a
-//!   `Gap { missed: None, cause: Reconnected }` comes before the rest.
-//!   When the server restarted (its `run_id` changed), the stream must
-//!   also prove it is the one the cursor came from (the cursor's entry is
-//!   still there, or was trimmed); a stream lost with an unpersisted
-//!   server, or rebuilt without the cursor, is a gap too, never silent.
-//!   Each page of the resync is read with the trim state in one script
-//!   call, so a trim racing the resync is caught as well.
+//!   (`MAXLEN ~`) and drops the oldest first, so entries it no longer
+//!   holds show as a hole in `n`: a `Gap { missed: Some(k), cause:
+//!   Reconnected }` says exactly how many before the rest. A stream that
+//!   is gone, or of another epoch (the server lost it, e.g. restarted
+//!   without persistence), is `Gap { missed: None, .. }`: what it held
+//!   is unknown. When the server restarted (its `run_id` changed), a feed
+//!   that had seen no stream yet cannot prove nothing was lost either,
+//!   and says so. Never silent.
 //!
 //! [`Subscription`]: crate::Subscription
 
@@ -57,22 +59,22 @@ use crate::{
 /// Stream entries read per script call while resyncing.
 const PAGE: usize = 512;
 
-/// Reads the stream's trim state and, when `ARGV[2]` is positive, up to
-/// that many entries after the exclusive start `ARGV[1]`, in one atomic
-/// step. `{0}` when the stream does not exist, else `{1, last generated
-/// id, newest trimmed id, first id or '', entries}`.
+/// The stream's last id and, when `ARGV[2]` is positive, up to that many
+/// entries from the start `ARGV[1]` (`-`, or an id, inclusive), in one
+/// atomic step. `{0}` when the stream does not exist, else
+/// `{1, last generated id, entries}`.
 const READ_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return {0} end
 local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local fields = {}
-for i = 1, #info, 2 do fields[info[i]] = info[i + 1] end
-local first = ''
-if fields['first-entry'] then first = fields['first-entry'][1] end
+local last = ''
+for i = 1, #info, 2 do
+  if info[i] == 'last-generated-id' then last = info[i + 1] end
+end
 local entries = {}
 if tonumber(ARGV[2]) > 0 then
   entries = redis.call('XRANGE', KEYS[1], ARGV[1], '+', 'COUNT', ARGV[2])
 end
-return {1, fields['last-generated-id'], fields['max-deleted-entry-id'], first, entries}
+return {1, last, entries}
 ";
 
 /// What every feed needs. Holds no reference to the transport, so feeds
@@ -184,7 +186,6 @@ impl Feeds {
                         sender,
                         id,
                         overflowed: Arc::default(),
-                        announced: None,
                     };
                     tokio::spawn(driver.run(stop, state_tx, Arc::downgrade(self)));
                     (id, receiver, state)
@@ -228,13 +229,29 @@ impl Feeds {
 /// Where a feed is in its stream.
 #[derive(Debug, Clone)]
 struct Position {
-    /// The id of the last message delivered, or the stream's last id when
-    /// the feed began ([`StreamId::ZERO`] if it had none).
-    cursor: StreamId,
-    /// The connection the cursor was last brought up to date on.
+    /// The epoch of the stream the feed reads; 0 while there was none.
+    epoch: u64,
+    /// The `n` of the entry the feed delivers next.
+    next: u64,
+    /// The connection the position was last brought up to date on.
     generation: u64,
     /// The server process that connection reached.
     run_id: Arc<str>,
+}
+
+impl Position {
+    /// Where reading resumes: the expected entry, or the stream's start.
+    fn start(&self) -> String {
+        if self.epoch == 0 {
+            "-".to_owned()
+        } else {
+            StreamId {
+                ms: self.epoch,
+                seq: self.next,
+            }
+            .to_string()
+        }
+    }
 }
 
 /// One call of the read script.
@@ -242,8 +259,6 @@ enum Read {
     Missing,
     Present {
         last: StreamId,
-        max_deleted: StreamId,
-        first: Option<StreamId>,
         entries: Vec<(StreamId, Bytes)>,
     },
 }
@@ -264,9 +279,6 @@ struct Driver {
     sender: broadcast::Sender<Delivery>,
     id: u64,
     overflowed: Arc<AtomicBool>,
-    /// The cursor at the last gap announced: resyncing again before
-    /// anything was delivered is the same gap, announced once.
-    announced: Option<StreamId>,
 }
 
 impl Driver {
@@ -311,16 +323,22 @@ impl Driver {
                 FeedEvent::Live { generation, .. } if generation < position.generation => continue,
                 FeedEvent::Live { generation, .. } if generation > position.generation => true,
                 FeedEvent::Live { id, payload, .. } => {
-                    if id <= position.cursor {
+                    // A stream created after the feed began starts at 0.
+                    let first_of_new_stream = position.epoch == 0 && id.seq == 0;
+                    if first_of_new_stream || (id.ms == position.epoch && id.seq == position.next) {
+                        position.epoch = id.ms;
+                        position.next = id.seq + 1;
+                        let _ = self.sender.send(Delivery::Message(payload));
+                        false
+                    } else if id.ms == position.epoch && id.seq < position.next {
                         self.context
                             .counters
                             .duplicates
                             .fetch_add(1, Ordering::Relaxed);
+                        false
                     } else {
-                        position.cursor = id;
-                        let _ = self.sender.send(Delivery::Message(payload));
+                        true
                     }
-                    false
                 }
             };
             if resync {
@@ -346,12 +364,13 @@ impl Driver {
             .subscribe(self.channel.clone(), inbox)
             .await?;
         let connection = self.context.link.connection().map_err(|e| e.to_string())?;
-        let cursor = match self.read(&connection, StreamId::ZERO, 0).await? {
-            Read::Missing => StreamId::ZERO,
-            Read::Present { last, .. } => last,
+        let (epoch, next) = match self.read(&connection, "-", 0).await? {
+            Read::Missing => (0, 0),
+            Read::Present { last, .. } => (last.ms, last.seq + 1),
         };
         Ok(Position {
-            cursor,
+            epoch,
+            next,
             generation: connection.generation,
             run_id: connection.run_id,
         })
@@ -361,7 +380,7 @@ impl Driver {
     async fn read(
         &self,
         connection: &Connection,
-        after: StreamId,
+        start: &str,
         count: usize,
     ) -> Result<Read, String> {
         let mut commands = connection.commands.clone();
@@ -369,7 +388,7 @@ impl Driver {
             .context
             .read
             .key(&self.stream)
-            .arg(format!("({after}"))
+            .arg(start)
             .arg(count)
             .invoke_async::<Value>(&mut commands)
             .await;
@@ -393,9 +412,9 @@ impl Driver {
         })
     }
 
-    /// Brings the cursor up to the stream's end on the current connection:
-    /// delivers what the stream holds after it, after a gap if it no
-    /// longer holds everything. Retries with backoff while the connection
+    /// Brings the position up to the stream's end on the current
+    /// connection: delivers what the stream holds from the expected entry
+    /// on, after a gap if it no longer holds everything. Retries with backoff while the connection
     /// is up but the reads fail.
     async fn resync(
         &mut self,
@@ -438,48 +457,71 @@ impl Driver {
     ) -> Result<(), String> {
         let same_server = connection.run_id == position.run_id;
         loop {
-            let cursor = position.cursor;
-            let read = self.read(connection, cursor, PAGE).await?;
-            let (lost, entries) = match read {
-                // A stream that had entries is gone, or the server
-                // restarted and may have lost some.
-                Read::Missing => (cursor != StreamId::ZERO || !same_server, Vec::new()),
-                Read::Present {
-                    max_deleted,
-                    first,
-                    entries,
-                    ..
-                } => {
-                    let same_stream = same_server
-                        || first.is_some_and(|first| first <= cursor)
-                        || (cursor != StreamId::ZERO && max_deleted >= cursor);
-                    (!same_stream || max_deleted > cursor, entries)
+            let read = self.read(connection, &position.start(), PAGE).await?;
+            let Read::Present { last, entries } = read else {
+                // A stream that was there is gone; or the server
+                // restarted, and a stream it held may be lost with it.
+                if position.epoch != 0 || !same_server {
+                    self.gap(None, position);
                 }
+                position.epoch = 0;
+                position.next = 0;
+                break;
             };
-            if lost && self.announced != Some(cursor) {
-                self.announced = Some(cursor);
-                let gap = Gap {
-                    missed: None,
-                    cause: GapCause::Reconnected,
+            let unknown = if position.epoch == 0 {
+                // No stream when the feed began: created since, and all
+                // of it is new, unless the server restarted meanwhile.
+                !same_server
+            } else {
+                last.ms != position.epoch
+            };
+            if unknown {
+                // Another incarnation: what the old one held is unknown.
+                // Read it from its start; its own holes are part of this
+                // gap.
+                self.gap(None, position);
+                position.epoch = last.ms;
+                position.next = match self.read(connection, "-", 1).await? {
+                    Read::Present { entries, .. } => entries.first().map_or(last.seq + 1, |e| e.0.seq),
+                    Read::Missing => 0,
                 };
-                self.context.counters.gaps.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(topic = %self.topic, %gap, %cursor, "redis stream no longer holds every message since the last one delivered");
-                let _ = self.sender.send(Delivery::Gap(gap));
+                continue;
             }
+            position.epoch = last.ms;
             let full = entries.len() == PAGE;
             for (id, payload) in entries {
-                if id > position.cursor {
-                    position.cursor = id;
-                    let _ = self.sender.send(Delivery::Message(payload));
+                if id.ms != position.epoch || id.seq < position.next {
+                    continue;
                 }
+                if id.seq > position.next {
+                    // Trimmed before this process read them.
+                    self.gap(Some(id.seq - position.next), position);
+                }
+                position.next = id.seq + 1;
+                let _ = self.sender.send(Delivery::Message(payload));
             }
             if !full {
+                if last.seq >= position.next {
+                    // Held nothing from the expected entry on (deleted).
+                    self.gap(Some(last.seq + 1 - position.next), position);
+                    position.next = last.seq + 1;
+                }
                 break;
             }
         }
         position.generation = connection.generation;
         position.run_id = Arc::clone(&connection.run_id);
         Ok(())
+    }
+
+    fn gap(&self, missed: Option<u64>, position: &Position) {
+        let gap = Gap {
+            missed,
+            cause: GapCause::Reconnected,
+        };
+        self.context.counters.gaps.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(topic = %self.topic, %gap, epoch = position.epoch, next = position.next, "redis stream no longer holds every message since the last one delivered");
+        let _ = self.sender.send(Delivery::Gap(gap));
     }
 }
 
@@ -490,21 +532,15 @@ fn parse_read(reply: Value) -> Option<Read> {
     if items.first() == Some(&Value::Int(0)) {
         return Some(Read::Missing);
     }
-    if items.len() != 5 {
+    if items.len() != 3 {
         return None;
     }
     let entries = items.pop()?;
-    let first = items.pop()?;
-    let max_deleted = items.pop()?;
     let last = items.pop()?;
     let id = |value: &Value| match value {
         Value::BulkString(bytes) => std::str::from_utf8(bytes).ok()?.parse().ok(),
         Value::SimpleString(s) => s.parse().ok(),
         _ => None,
-    };
-    let first = match &first {
-        Value::BulkString(bytes) if bytes.is_empty() => None,
-        other => Some(id(other)?),
     };
     let Value::Array(entries) = entries else {
         return None;
@@ -530,8 +566,6 @@ fn parse_read(reply: Value) -> Option<Read> {
         .collect::<Option<Vec<_>>>()?;
     Some(Read::Present {
         last: id(&last)?,
-        max_deleted: id(&max_deleted)?,
-        first,
         entries,
     })
 }
@@ -553,25 +587,15 @@ mod tests {
         let reply = Value::Array(vec![
             Value::Int(1),
             bulk(b"5-1"),
-            bulk(b"2-0"),
-            bulk(b"3-0"),
             Value::Array(vec![Value::Array(vec![
                 bulk(b"5-1"),
                 Value::Array(vec![bulk(b"p"), bulk(b"\x00payload")]),
             ])]),
         ]);
-        let Some(Read::Present {
-            last,
-            max_deleted,
-            first,
-            entries,
-        }) = parse_read(reply)
-        else {
+        let Some(Read::Present { last, entries }) = parse_read(reply) else {
             panic!("not parsed");
         };
         assert_eq!(last, StreamId { ms: 5, seq: 1 });
-        assert_eq!(max_deleted, StreamId { ms: 2, seq: 0 });
-        assert_eq!(first, Some(StreamId { ms: 3, seq: 0 }));
         assert_eq!(
             entries,
             vec![(

@@ -8,6 +8,9 @@
 //!   messages (about [`RedisConfig::history`]: `XADD ... MAXLEN ~`);
 //! - the channel `fxcast:rates.USD_JPY` carries each message live, as
 //!   `<stream id> <payload>`;
+//! - the key `fxcast:epoch:rates.USD_JPY` names the stream's incarnation
+//!   (its entries are `<epoch>-0`, `<epoch>-1`, ...: a subscriber knows
+//!   which id comes next, so a hole is counted exactly);
 //! - the key `fxcast:latest:rates.USD_JPY` holds the retained payload,
 //!   with a TTL.
 //!
@@ -68,10 +71,31 @@ const BACKEND: &str = "redis";
 const MAX_ITEM: usize = 512 * 1024 * 1024;
 
 /// Appends a payload to the topic's stream and publishes it with its id,
-/// atomically: KEYS[1] the stream, ARGV[1] the channel, ARGV[2] the
-/// history, ARGV[3] the payload. Returns the id.
+/// atomically: KEYS[1] the stream, KEYS[2] its epoch; ARGV[1] the channel,
+/// ARGV[2] the history, ARGV[3] the payload. Returns the id.
+///
+/// Ids are `<epoch>-<n>`: Redis numbers the entries of one millisecond
+/// value `n` = 0, 1, 2, ... The epoch is the server's time in milliseconds
+/// when the stream was created, kept in its own key; a stream that is gone
+/// while its epoch is not (deleted, or lost) is created with a later
+/// epoch, and an epoch key that is gone is read back from the stream.
 const PUBLISH_SCRIPT: &str = r"
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'p', ARGV[3])
+local epoch = redis.call('GET', KEYS[2])
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if not epoch and exists then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then epoch = string.match(info[i + 1], '^(%d+)-') end
+  end
+  redis.call('SET', KEYS[2], epoch)
+elseif not exists then
+  local now = redis.call('TIME')
+  local fresh = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
+  if epoch and tonumber(epoch) >= fresh then fresh = tonumber(epoch) + 1 end
+  epoch = string.format('%.0f', fresh)
+  redis.call('SET', KEYS[2], epoch)
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], epoch .. '-*', 'p', ARGV[3])
 redis.call('PUBLISH', ARGV[1], id .. ' ' .. ARGV[3])
 return id
 ";
@@ -178,6 +202,11 @@ fn stream_key(prefix: &str, topic: &str) -> String {
     format!("{prefix}stream:{topic}")
 }
 
+/// The epoch of `topic`'s stream (see [`PUBLISH_SCRIPT`]).
+fn epoch_key(prefix: &str, topic: &str) -> String {
+    format!("{prefix}epoch:{topic}")
+}
+
 /// The retained payload of `topic`.
 fn latest_key(prefix: &str, topic: &str) -> String {
     format!("{prefix}latest:{topic}")
@@ -260,8 +289,8 @@ impl RedisTransport {
             .and_then(|major| major.parse::<u32>().ok());
         if major.is_none_or(|major| major < 7) {
             return Err(unavailable(format!(
-                "{url} runs Redis {}; fxcast needs 7.0 or later (streams record what they trimmed \
-                 from 7.0 on, which is how a resumed subscriber knows what it missed)",
+                "{url} runs Redis {}; fxcast needs 7.0 or later (its stream ids are \
+                 `<epoch>-*`, which Redis accepts from 7.0 on)",
                 server.version
             )));
         }
@@ -383,6 +412,7 @@ impl Transport for RedisTransport {
             let mut invocation = self.inner.publish.prepare_invoke();
             invocation
                 .key(stream_key(&self.inner.prefix, topic))
+                .key(epoch_key(&self.inner.prefix, topic))
                 .arg(channel)
                 .arg(self.inner.history)
                 .arg(payload.as_ref());
@@ -502,5 +532,6 @@ mod tests {
     fn keys_and_channels_of_a_topic_are_distinct() {
         assert_eq!(stream_key("fxcast:", "rates.X"), "fxcast:stream:rates.X");
         assert_eq!(latest_key("fxcast:", "rates.X"), "fxcast:latest:rates.X");
+        assert_eq!(epoch_key("fxcast:", "rates.X"), "fxcast:epoch:rates.X");
     }
 }
