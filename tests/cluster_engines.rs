@@ -12,11 +12,11 @@ use std::{collections::HashMap, time::Duration};
 
 use clap::Parser;
 use fxcast_app::{App, Config, Settings};
+use fxcast_proto::v1::rate_service_client::RateServiceClient;
 use fxcast_proto::v1::{
     OrderStatus, PlaceOrderRequest, Rate, Side, StreamRatesResponse,
     order_service_client::OrderServiceClient, stream_rates_response::Event,
 };
-use fxcast_proto::v1::rate_service_client::RateServiceClient;
 use fxcast_testkit::{
     ALL_SCOPES, Ca, NatsServer, RedisServer, Stack, latest_rate, next_message_within,
 };
@@ -54,7 +54,9 @@ impl Engine {
             Self::Nats(server) => ("nats", "--nats-url", server.url()),
             Self::Redis(server) => ("redis", "--redis-url", server.url()),
         };
-        ["--transport", transport, flag, &url].map(str::to_owned).to_vec()
+        ["--transport", transport, flag, &url]
+            .map(str::to_owned)
+            .to_vec()
     }
 }
 
@@ -244,7 +246,10 @@ async fn serve_binary(
     data: &std::path::Path,
     password: &str,
 ) -> fxcast_testkit::ServeProcess {
-    let env = [("FXCAST_REDIS_PASSWORD", password), ("FXCAST_API_KEY", API_KEY)];
+    let env = [
+        ("FXCAST_REDIS_PASSWORD", password),
+        ("FXCAST_API_KEY", API_KEY),
+    ];
     fxcast_testkit::spawn_serve(BIN, data, args, &env).await
 }
 

@@ -125,10 +125,9 @@ impl RedisServer {
         self.kill();
         match self.spawn() {
             Ok(()) => {}
-            Err(Failed::PortTaken) => panic!(
-                "port {} was taken while redis-server was down",
-                self.port
-            ),
+            Err(Failed::PortTaken) => {
+                panic!("port {} was taken while redis-server was down", self.port)
+            }
             Err(Failed::Other(message)) => panic!("{message}"),
         }
     }
@@ -136,7 +135,14 @@ impl RedisServer {
     fn spawn(&mut self) -> Result<(), Failed> {
         let binary = binary();
         let persistence: &[&str] = if self.persistent {
-            &["--appendonly", "yes", "--appendfsync", "always", "--save", ""]
+            &[
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ]
         } else {
             &["--appendonly", "no", "--save", ""]
         };

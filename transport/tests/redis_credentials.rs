@@ -137,4 +137,3 @@ async fn credentials_are_checked_and_never_shown() {
         assert!(!logs.contains(secret), "{secret} logged:\n{logs}");
     }
 }
-

@@ -273,10 +273,16 @@ mod tests {
     #[test]
     fn urls_are_parsed_with_their_credentials_and_database() {
         let e = parse("redis://127.0.0.1", None).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.info.db()), ("127.0.0.1", 6379, 0));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.info.db()),
+            ("127.0.0.1", 6379, 0)
+        );
         assert_eq!(e.info.password(), None);
         let e = parse("redis://fx:p%40ss%3Aword@cache.internal:6380/3", None).unwrap();
-        assert_eq!((e.host.as_str(), e.port, e.info.db()), ("cache.internal", 6380, 3));
+        assert_eq!(
+            (e.host.as_str(), e.port, e.info.db()),
+            ("cache.internal", 6380, 3)
+        );
         assert_eq!(e.info.username(), Some("fx"));
         assert_eq!(e.info.password(), Some("p@ss:word"));
         assert_eq!(e.url(), "redis://<redacted>@cache.internal:6380/3");

@@ -482,7 +482,9 @@ impl Driver {
                 self.gap(None, position);
                 position.epoch = last.ms;
                 position.next = match self.read(connection, "-", 1).await? {
-                    Read::Present { entries, .. } => entries.first().map_or(last.seq + 1, |e| e.0.seq),
+                    Read::Present { entries, .. } => {
+                        entries.first().map_or(last.seq + 1, |e| e.0.seq)
+                    }
                     Read::Missing => 0,
                 };
                 continue;

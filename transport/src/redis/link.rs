@@ -128,7 +128,10 @@ enum Control {
         feed: u64,
     },
     /// A command found the connection of `generation` unusable.
-    Failed { generation: u64, reason: String },
+    Failed {
+        generation: u64,
+        reason: String,
+    },
 }
 
 /// What feeds and the transport use to reach the link. The link task ends
@@ -146,10 +149,13 @@ impl LinkHandle {
     /// # Errors
     /// [`Error::Unavailable`] while the link reconnects.
     pub(super) fn connection(&self) -> Result<Connection, Error> {
-        self.connection.borrow().clone().ok_or_else(|| Error::Unavailable {
-            backend: BACKEND,
-            message: format!("not connected to {}: reconnecting", self.url),
-        })
+        self.connection
+            .borrow()
+            .clone()
+            .ok_or_else(|| Error::Unavailable {
+                backend: BACKEND,
+                message: format!("not connected to {}: reconnecting", self.url),
+            })
     }
 
     /// Subscribes `channel` for `inbox`; returns once the server confirmed.
@@ -357,7 +363,10 @@ impl Link {
     }
 
     fn forget(&mut self, channel: &str, feed: u64) -> bool {
-        let held = self.feeds.get(channel).is_some_and(|inbox| inbox.id == feed);
+        let held = self
+            .feeds
+            .get(channel)
+            .is_some_and(|inbox| inbox.id == feed);
         if held {
             self.feeds.remove(channel);
         }

@@ -57,8 +57,8 @@ mod feed;
 mod link;
 
 use crate::{
-    BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
-    health::HealthBoard, validate_topic,
+    BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
+    validate_topic,
 };
 use endpoint::Endpoint;
 use feed::{FeedContext, FeedCounters, Feeds};
