@@ -463,3 +463,23 @@ async fn a_server_that_is_not_there_is_named_at_start() {
     assert!(message.contains(&url), "{message}");
     assert!(message.contains("is redis-server running"), "{message}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_subscription_stays_connected_across_heartbeats() {
+    let server = RedisServer::start();
+    let transport = RedisTransport::connect(RedisConfig {
+        heartbeat: Duration::from_millis(50),
+        ..config(server.url())
+    })
+    .await
+    .unwrap();
+    let mut subscription = transport.subscribe("rates.USD_SEK").await.unwrap();
+    let mut health = transport.health();
+    // Twenty heartbeats on a subscribed pub/sub connection (where PING
+    // answers differently): each must be taken as an answer, not a loss.
+    let changed = tokio::time::timeout(Duration::from_secs(1), health.changed()).await;
+    assert!(changed.is_err(), "health changed: {:?}", *health.borrow());
+    assert_eq!(transport.stats().resyncs, 0, "{:?}", transport.stats());
+    publish(&transport, "rates.USD_SEK", numbered(1)).await;
+    assert_eq!(next_number(&mut subscription).await, 1);
+}

@@ -349,6 +349,10 @@ impl Driver {
             }
         }
         self.context.link.unsubscribe(self.channel.clone(), self.id);
+        // A feed that ends while its reads fail takes its failure along.
+        self.context
+            .health
+            .recover(&format!("subscription to {}", self.topic));
     }
 
     /// Subscribes the channel, then reads where the stream stands: what

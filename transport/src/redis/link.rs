@@ -438,10 +438,12 @@ impl Link {
                 },
                 _ = &mut driver => break Some("the command connection closed".to_owned()),
                 _ = heartbeat.tick() => {
+                    // Any answer will do: a subscribed connection answers
+                    // `pong` in an array, not `PONG`.
                     let command = redis::cmd("PING");
                     let pings = futures_util::future::try_join(
-                        sink.ping::<String>(),
-                        command.query_async::<String>(&mut ping),
+                        sink.ping::<redis::Value>(),
+                        command.query_async::<redis::Value>(&mut ping),
                     );
                     match tokio::time::timeout(timeout, pings).await {
                         Ok(Ok(_)) => {}
