@@ -8,7 +8,7 @@ use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     FeedKind,
     feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, ReplayConfig, SimulatorConfig},
-    orders::{LpConfig, SimulatedLpConfig},
+    orders::{LpConfig, OrdersUpstream, SimulatedLpConfig},
 };
 use fxcast_transport::{
     Transport,
@@ -114,7 +114,7 @@ impl Config {
         config.core.feed = feed(&settings);
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
-        apply_orders(&mut config.core, &settings)?;
+        apply_orders(&mut config.core, &settings, env)?;
         apply_board(&mut config, &settings)?;
         if let Some(path) = settings.data_dir {
             config.core.data_dir = path;
@@ -444,7 +444,11 @@ fn apply_auth(config: &mut Config, settings: &Settings, env: Lookup<'_>) -> Resu
 }
 
 /// Price checks, the simulated liquidity provider and journal durability.
-fn apply_orders(core: &mut fxcast_services::Config, settings: &Settings) -> Result<(), Error> {
+fn apply_orders(
+    core: &mut fxcast_services::Config,
+    settings: &Settings,
+    env: Lookup<'_>,
+) -> Result<(), Error> {
     let orders = &mut core.orders;
     if let Some(policy) = settings.price_policy {
         orders.policy = policy;
@@ -466,6 +470,19 @@ fn apply_orders(core: &mut fxcast_services::Config, settings: &Settings) -> Resu
     if let Some(sync) = settings.journal_sync {
         orders.journal_sync = sync;
     }
+    orders.upstream = settings
+        .orders_upstream
+        .as_ref()
+        .map(|url| match url.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() => Ok(OrdersUpstream {
+                url: url.clone(),
+                ca: env("FXCAST_CA_CERT").map(PathBuf::from),
+            }),
+            _ => Err(Error::Config(format!(
+                "--orders-upstream {url:?} must be an http:// or https:// URL of the order executor's gRPC listener"
+            ))),
+        })
+        .transpose()?;
     Ok(())
 }
 
@@ -936,6 +953,28 @@ mod tests {
         ] {
             let err = resolve(parse(argv)).unwrap_err();
             assert!(format!("{err:#}").contains(message), "{argv:?}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn orders_upstream_names_the_executor_and_trusts_the_ca_of_the_environment() {
+        assert_eq!(resolve(parse(&[])).unwrap().core.orders.upstream, None);
+        let argv = ["--orders-upstream", "https://exec.internal:50051"];
+        let env = |name: &str| (name == "FXCAST_CA_CERT").then(|| "/etc/fxcast/ca.pem".to_owned());
+        let r = Config::from_settings(parse(&argv).unwrap().with_file().unwrap(), &env).unwrap();
+        assert_eq!(
+            r.core.orders.upstream,
+            Some(OrdersUpstream {
+                url: "https://exec.internal:50051".into(),
+                ca: Some(PathBuf::from("/etc/fxcast/ca.pem")),
+            })
+        );
+        for bad in ["exec.internal:50051", "nats://exec:4222", "http://"] {
+            let err = resolve(parse(&["--orders-upstream", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("must be an http:// or https:// URL"),
+                "{bad}: {err:#}"
+            );
         }
     }
 }
