@@ -1,5 +1,6 @@
 //! A three-process fxcast cluster through the real binary, on one engine
-//! (a real nats-server here; each engine runs the same scenario):
+//! (a real nats-server, then a real redis-server: each engine runs the same
+//! scenario):
 //! - A publishes (simulator feed) and forwards its orders;
 //! - B executes orders (the journal and the LP) with `--feed none`;
 //! - C serves with `--feed none` and forwards its orders to B.
@@ -22,8 +23,8 @@ use fxcast_proto::v1::{
     stream_rates_response::Event, token_service_client::TokenServiceClient,
 };
 use fxcast_testkit::{
-    Authed, NatsServer, ServeProcess, end_status, latest_rate, next_event, next_json, next_rate,
-    spawn_serve, stream_symbols, subscribe,
+    Authed, NatsServer, RedisServer, ServeProcess, end_status, latest_rate, next_event, next_json,
+    next_rate, spawn_serve, stream_symbols, subscribe,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
@@ -270,6 +271,18 @@ async fn three_nodes_on_nats_share_ticks_orders_revocations_and_staleness() {
         "nats".into(),
         "--nats-url".into(),
         nats.url(),
+    ])
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_on_redis_share_ticks_orders_revocations_and_staleness() {
+    let redis = RedisServer::start();
+    cluster_on(&[
+        "--transport".into(),
+        "redis".into(),
+        "--redis-url".into(),
+        redis.url(),
     ])
     .await;
 }

@@ -8,6 +8,7 @@ use fxcast_transport::{
     MemoryTransport, MirroredTransport, Transport,
     momento::{MomentoConfig, MomentoTransport},
     nats::NatsTransport,
+    redis::RedisTransport,
 };
 use tokio::{net::TcpListener, task::JoinHandle};
 use tokio_util::sync::CancellationToken;
@@ -207,6 +208,11 @@ async fn connect(config: TransportConfig) -> Result<Arc<dyn Transport>, Error> {
             NatsTransport::connect(config)
                 .await
                 .map_err(|source| Error::Nats { source })?,
+        ),
+        TransportConfig::Redis(config) => Arc::new(
+            RedisTransport::connect(config)
+                .await
+                .map_err(|source| Error::Redis { source })?,
         ),
         TransportConfig::Bridge(config) => Arc::new(MirroredTransport::new(
             Arc::new(MemoryTransport::default()),

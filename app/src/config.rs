@@ -14,6 +14,7 @@ use fxcast_transport::{
     Transport,
     momento::{MomentoBoard, MomentoConfig},
     nats::{NatsConfig, NatsCredentials},
+    redis::RedisConfig,
 };
 
 use crate::{
@@ -41,6 +42,9 @@ pub enum TransportConfig {
     Bridge(MomentoConfig),
     /// NATS JetStream for every rate, order event and retained payload.
     Nats(NatsConfig),
+    /// Redis pub/sub and streams for every rate and order event, keys for
+    /// retained payloads.
+    Redis(RedisConfig),
     /// A transport built by the caller (tests sharing one between servers).
     Given(Arc<dyn Transport>),
 }
@@ -52,6 +56,7 @@ impl std::fmt::Debug for TransportConfig {
             Self::Momento(c) => f.debug_tuple("Momento").field(c).finish(),
             Self::Bridge(c) => f.debug_tuple("Bridge").field(c).finish(),
             Self::Nats(c) => f.debug_tuple("Nats").field(c).finish(),
+            Self::Redis(c) => f.debug_tuple("Redis").field(c).finish(),
             Self::Given(t) => write!(f, "Given({})", t.name()),
         }
     }
@@ -224,7 +229,34 @@ fn transport(settings: &Settings, env: Lookup<'_>) -> Result<TransportConfig, Er
             ));
         }
         TransportKind::Nats => TransportConfig::Nats(nats(&settings.nats, env)?),
+        TransportKind::Redis if bridge => {
+            return Err(Error::Config(
+                "--momento-bridge mirrors the memory transport to Momento; it cannot be combined \
+                 with --transport redis"
+                    .into(),
+            ));
+        }
+        TransportKind::Redis => TransportConfig::Redis(redis(&settings.redis, env)),
     })
+}
+
+/// The Redis settings: the URL, the password (`FXCAST_REDIS_PASSWORD`, else
+/// the URL's), and the CA of a `rediss://` server (`--redis-ca`, else
+/// `FXCAST_CA_CERT`).
+fn redis(settings: &crate::RedisSettings, env: Lookup<'_>) -> RedisConfig {
+    let mut config = RedisConfig::default();
+    if let Some(url) = &settings.url {
+        config.url.clone_from(url);
+    }
+    config.password = settings
+        .password
+        .as_ref()
+        .map(|password| password.expose().to_owned());
+    config.ca = settings
+        .ca
+        .clone()
+        .or_else(|| env("FXCAST_CA_CERT").map(PathBuf::from));
+    config
 }
 
 /// The NATS settings: the URL, at most one kind of credentials, and the CA
@@ -738,6 +770,72 @@ mod tests {
             let err = resolve(parse(&argv)).unwrap_err();
             assert!(err.to_string().contains(message), "{argv:?}: {err}");
         }
+    }
+
+    #[test]
+    fn redis_settings_come_from_flags_the_file_and_the_environment() {
+        let argv = [
+            "--transport",
+            "redis",
+            "--redis-url",
+            "redis://10.0.0.8:6380/2",
+            "--redis-password",
+            "pass-from-flag",
+        ];
+        let settings = parse(&argv).unwrap();
+        assert!(!format!("{settings:?}").contains("pass-from-flag"));
+        let config = resolve(Ok(settings)).unwrap();
+        assert!(!format!("{config:?}").contains("pass-from-flag"));
+        match config.transport {
+            TransportConfig::Redis(redis) => {
+                assert_eq!(redis.url, "redis://10.0.0.8:6380/2");
+                assert_eq!(redis.password.as_deref(), Some("pass-from-flag"));
+                assert_eq!(redis.ca, None);
+            }
+            other => panic!("{other:?}"),
+        }
+
+        // The file's [redis] table, a flag over it, the CA from the
+        // environment's FXCAST_CA_CERT; the URL's password is never shown.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fxcast.toml");
+        std::fs::write(
+            &path,
+            "transport = \"redis\"\n[redis]\nurl = \"rediss://:url-secret@redis.example:6380\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let env = |name: &str| (name == "FXCAST_CA_CERT").then(|| "/etc/fxcast/ca.pem".to_owned());
+        let settings = parse(&["--config", file]).unwrap().with_file().unwrap();
+        let config = Config::from_settings(settings, &env).unwrap();
+        assert!(!format!("{config:?}").contains("url-secret"));
+        match config.transport {
+            TransportConfig::Redis(redis) => {
+                assert_eq!(redis.url, "rediss://:url-secret@redis.example:6380");
+                assert_eq!(redis.password, None);
+                assert_eq!(redis.ca, Some(PathBuf::from("/etc/fxcast/ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+        let settings = parse(&["--config", file, "--redis-ca", "/tmp/redis-ca.pem"])
+            .and_then(Settings::with_file)
+            .unwrap();
+        match Config::from_settings(settings, &env).unwrap().transport {
+            TransportConfig::Redis(redis) => {
+                assert_eq!(redis.ca, Some(PathBuf::from("/tmp/redis-ca.pem")));
+            }
+            other => panic!("{other:?}"),
+        }
+        match resolve(parse(&["--transport", "redis"])).unwrap().transport {
+            TransportConfig::Redis(redis) => assert_eq!(redis.url, "redis://127.0.0.1:6379"),
+            other => panic!("{other:?}"),
+        }
+        let err = resolve(parse(&["--transport", "redis", "--momento-bridge"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("cannot be combined with --transport redis"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -25,7 +25,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use app::App;
 pub use config::{Config, Lookup, TransportConfig, environment};
-pub use settings::{FeedName, Fraction, List, NatsSettings, Secret, Settings, TransportKind};
+pub use settings::{
+    FeedName, Fraction, List, NatsSettings, RedisSettings, Secret, Settings, TransportKind,
+};
 
 /// Why fxcast could not be configured or run.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +76,14 @@ pub enum Error {
     /// credentials) and what to check.
     #[error("cannot use NATS: {source}")]
     Nats {
+        /// The transport's error.
+        #[source]
+        source: fxcast_transport::Error,
+    },
+    /// Redis cannot be used; the message names the server (without its
+    /// password) and what to check.
+    #[error("cannot use Redis: {source}")]
+    Redis {
         /// The transport's error.
         #[source]
         source: fxcast_transport::Error,

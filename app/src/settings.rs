@@ -59,6 +59,12 @@ impl Layer for NatsSettings {
     }
 }
 
+impl Layer for RedisSettings {
+    fn over(self, lower: Self) -> Self {
+        RedisSettings::over(self, lower)
+    }
+}
+
 impl<V> Layer for BTreeMap<String, V> {
     fn over(mut self, lower: Self) -> Self {
         for (key, value) in lower {
@@ -105,7 +111,8 @@ settings! {
         #[arg(long, env = "FXCAST_TLS_CLIENT_CA", requires = "tls_cert")]
         tls_client_ca: Option<PathBuf>,
         /// Pub/sub transport: memory (in-process), momento (Momento Topics; the API key comes
-        /// from MOMENTO_API_KEY) or nats (NATS JetStream, --nats-url) [default: memory]
+        /// from MOMENTO_API_KEY), nats (NATS JetStream, --nats-url) or redis (Redis pub/sub
+        /// and streams, --redis-url) [default: memory]
         #[arg(long, env = "FXCAST_TRANSPORT")]
         #[serde(deserialize_with = "parsed")]
         transport: Option<TransportKind>,
@@ -150,6 +157,9 @@ settings! {
         /// The NATS server of --transport nats: its URL and credentials (`[nats]` in the file).
         #[command(flatten)]
         nats: NatsSettings,
+        /// The Redis server of --transport redis: its URL and password (`[redis]` in the file).
+        #[command(flatten)]
+        redis: RedisSettings,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]
@@ -282,6 +292,28 @@ settings! {
     }
 }
 
+settings! {
+    /// The Redis server of `--transport redis`: flags `--redis-*`, keys of
+    /// the file's `[redis]` table.
+    #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct RedisSettings {
+        /// Redis server URL, redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], rediss:// for TLS
+        /// [default: redis://127.0.0.1:6379]
+        #[arg(id = "redis_url", long = "redis-url", env = "FXCAST_REDIS_URL")]
+        url: Option<String>,
+        /// Redis password, instead of the URL's; prefer the environment variable, flags show in
+        /// `ps`
+        #[arg(id = "redis_password", long = "redis-password", env = "FXCAST_REDIS_PASSWORD",
+              hide_env_values = true)]
+        password: Option<Secret>,
+        /// PEM CA certificates a rediss:// server's certificate must chain to, instead of
+        /// Mozilla's roots [default: FXCAST_CA_CERT when set]
+        #[arg(id = "redis_ca", long = "redis-ca", env = "FXCAST_REDIS_CA")]
+        ca: Option<PathBuf>,
+    }
+}
+
 /// A password or token: shown as `<redacted>` by `Debug`, so settings can be
 /// logged and printed in errors without it.
 #[derive(Clone, PartialEq, Eq)]
@@ -342,6 +374,8 @@ pub enum TransportKind {
     Momento,
     /// NATS: a JetStream stream of recent messages, latest in a key-value bucket.
     Nats,
+    /// Redis: pub/sub with a stream per topic, latest as keys with a TTL.
+    Redis,
 }
 
 impl FromStr for TransportKind {
@@ -352,8 +386,9 @@ impl FromStr for TransportKind {
             "memory" => Ok(Self::Memory),
             "momento" => Ok(Self::Momento),
             "nats" => Ok(Self::Nats),
+            "redis" => Ok(Self::Redis),
             other => Err(format!(
-                "unknown --transport {other:?}; expected memory, momento or nats"
+                "unknown --transport {other:?}; expected memory, momento, nats or redis"
             )),
         }
     }

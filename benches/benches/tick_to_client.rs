@@ -8,12 +8,13 @@
 //! - `grpc/1`, `ws/1`, `sse/1`: one streaming client;
 //! - `grpc/10`, `ws/10`, `sse/10`: ten clients, each on its own connection
 //!   and in its own task; timed until all ten have the rate;
-//! - `grpc/nats-1`, ..., `sse/nats-10`: the same over the NATS transport (a
-//!   real nats-server on loopback per case), so a tick crosses the engine
+//! - `grpc/nats-1`, ..., `sse/nats-10` and `grpc/redis-1`, ...: the same
+//!   over the NATS and the Redis transport (a real nats-server or
+//!   redis-server on loopback per case), so a tick crosses the engine
 //!   between the publisher and the hub that feeds the streams.
 //!
 //! The stack is the one `fxcast serve` runs (see `common`): a rate core on
-//! the memory transport (or NATS) serving gRPC, and the gateway talking to it over
+//! the memory transport (or NATS, Redis) serving gRPC, and the gateway talking to it over
 //! loopback gRPC. gRPC clients connect to the core; WebSocket and SSE clients
 //! connect to the gateway, so their path contains one more hop (core ->
 //! gateway over gRPC, one upstream stream shared by every browser) plus JSON.
@@ -64,10 +65,12 @@ enum Backend {
     Memory,
     /// A real nats-server on loopback, JetStream on (ids `grpc/nats-1`, ...).
     Nats,
+    /// A real redis-server on loopback (ids `grpc/redis-1`, ...).
+    Redis,
 }
 
 impl Backend {
-    const ALL: [Self; 2] = [Self::Memory, Self::Nats];
+    const ALL: [Self; 3] = [Self::Memory, Self::Nats, Self::Redis];
 
     /// The case's parameter: the client count, after the backend's name
     /// for a network one.
@@ -75,6 +78,7 @@ impl Backend {
         match self {
             Self::Memory => clients.to_string(),
             Self::Nats => format!("nats-{clients}"),
+            Self::Redis => format!("redis-{clients}"),
         }
     }
 }
@@ -257,7 +261,7 @@ impl Reader {
 struct Server {
     stack: Stack,
     token: String,
-    _engine: Option<fxcast_testkit::NatsServer>,
+    _engine: Option<Box<dyn Send + Sync>>,
 }
 
 impl Server {
@@ -270,7 +274,17 @@ impl Server {
                     url: nats.url(),
                     ..Default::default()
                 };
-                (fxcast_app::TransportConfig::Nats(config), Some(nats))
+                let engine: Box<dyn Send + Sync> = Box::new(nats);
+                (fxcast_app::TransportConfig::Nats(config), Some(engine))
+            }
+            Backend::Redis => {
+                let redis = fxcast_testkit::RedisServer::start();
+                let config = fxcast_transport::redis::RedisConfig {
+                    url: redis.url(),
+                    ..Default::default()
+                };
+                let engine: Box<dyn Send + Sync> = Box::new(redis);
+                (fxcast_app::TransportConfig::Redis(config), Some(engine))
             }
         };
         let stack = Stack::start_on(Config::default(), transport).await;

@@ -16,12 +16,23 @@
 //!   fanned out locally), unpaced, 100-byte payload. Server and client share
 //!   the two cores, so this is the protocol's cost, not a network's;
 //! - `momento-1KiB/1`: the same with a 1,024-byte payload;
-//! - `nats/{1,100,1000}`: an existing broker for comparison — a local
-//!   `nats-server` (Debian's package, started by the bench on a free loopback
-//!   port) through the official `async-nats` client, adapted to the same
-//!   [`Transport`] trait in this file (one publishing connection, subscribers
-//!   spread over four connections), so the same harness times it;
-//! - `nats-1KiB/1`: the same with a 1,024-byte payload.
+//! - `nats/{1,100,1000}`: [`NatsTransport`] on a local `nats-server` with
+//!   JetStream (Debian's package, started by the bench on a free loopback
+//!   port with its own store, `fxcast_testkit::NatsServer`): the publish
+//!   waits for the stream's acknowledgement, delivery comes through the
+//!   transport's one consumer per topic fanned out locally, 100-byte
+//!   payload;
+//! - `nats-1KiB/1`: the same with a 1,024-byte payload;
+//! - `redis/{1,100,1000}`: [`RedisTransport`] on a local `redis-server`
+//!   (Debian's package, free loopback port, append-only file synced every
+//!   second, `fxcast_testkit::RedisServer`): the publish is the transport's
+//!   script (stream append and pub/sub publish), delivery its one channel
+//!   subscription per topic fanned out locally, 100-byte payload;
+//! - `redis-1KiB/1`: the same with a 1,024-byte payload.
+//!
+//! Every broker case runs the real backend the application uses, so the
+//! numbers are what `--transport nats|redis` costs; the broker shares the
+//! two cores with the bench.
 //!
 //! Every subscriber is its own spawned task reading its [`Subscription`]. One
 //! iteration is timed from just before `publish` until the *last* subscriber
@@ -47,9 +58,12 @@ use std::{
 use bytes::Bytes;
 use fxcast_benches::harness::{self, Arrivals, Bench};
 use fxcast_momento_local::{MomentoLocalConfig, serve};
+use fxcast_testkit::{NatsServer, RedisServer};
 use fxcast_transport::{
     Delivery, MemoryTransport, Subscription, Transport,
     momento::{MomentoConfig, MomentoTransport},
+    nats::{NatsConfig, NatsTransport},
+    redis::{RedisConfig, RedisTransport},
 };
 use tokio::{runtime::Runtime, task::JoinHandle};
 
@@ -177,17 +191,68 @@ const CASES: &[Case] = &[
         flavor: Flavor::MultiThread2,
         sample_size: 20,
     },
+    Case {
+        function: "redis",
+        subscribers: 1,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "redis-1KiB",
+        subscribers: 1,
+        payload: 1024,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "redis",
+        subscribers: 100,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 50,
+    },
+    Case {
+        function: "redis",
+        subscribers: 1000,
+        payload: 100,
+        flavor: Flavor::MultiThread2,
+        sample_size: 20,
+    },
 ];
 
+/// The broker process a case runs against (a `NatsServer`, a
+/// `RedisServer`), kept as long as its transport and killed when dropped.
+type Broker = Option<Box<dyn std::any::Any + Send + Sync>>;
+
 impl Case {
-    /// Every backend of a case is built here. Must run inside the runtime:
-    /// momento-local is served by it.
-    async fn transport(&self) -> Arc<dyn Transport> {
+    /// Every backend of a case is built here, with the broker it needs.
+    /// Must run inside the runtime: momento-local is served by it.
+    async fn transport(&self) -> (Arc<dyn Transport>, Broker) {
         if self.function.starts_with("nats") {
-            return Arc::new(nats::NatsTransport::start().await);
+            let server = NatsServer::start();
+            let transport = NatsTransport::connect(NatsConfig {
+                url: server.url(),
+                ..NatsConfig::default()
+            })
+            .await
+            .expect("connect to nats-server");
+            return (Arc::new(transport), Some(Box::new(server)));
+        }
+        if self.function.starts_with("redis") {
+            // Persisted as a production server would be: the append-only
+            // file synced every second.
+            let server = RedisServer::start_with(&["--appendfsync", "everysec"]);
+            let transport = RedisTransport::connect(RedisConfig {
+                url: server.url(),
+                ..RedisConfig::default()
+            })
+            .await
+            .expect("connect to redis-server");
+            return (Arc::new(transport), Some(Box::new(server)));
         }
         if !self.function.starts_with("momento") {
-            return Arc::new(MemoryTransport::default());
+            return (Arc::new(MemoryTransport::default()), None);
         }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -205,7 +270,7 @@ impl Case {
         })
         .await
         .expect("connect to momento-local");
-        Arc::new(transport)
+        (Arc::new(transport), None)
     }
 }
 
@@ -230,12 +295,18 @@ struct Fanout {
     rounds: Arc<AtomicU64>,
     in_flight: Arc<AtomicBool>,
     watchdog: JoinHandle<()>,
+    /// Dropped after the transport.
+    broker: Broker,
 }
 
 impl Fanout {
     /// Subscribes and spawns the subscriber tasks; every subscription is live
     /// when this returns. Must run inside the runtime.
-    async fn open(transport: Arc<dyn Transport>, subscribers: usize, payload_len: usize) -> Self {
+    async fn open(
+        (transport, broker): (Arc<dyn Transport>, Broker),
+        subscribers: usize,
+        payload_len: usize,
+    ) -> Self {
         let arrivals = Arc::new(Arrivals::new(subscribers));
         let mut tasks = Vec::with_capacity(subscribers);
         for _ in 0..subscribers {
@@ -264,6 +335,7 @@ impl Fanout {
             rounds,
             in_flight,
             watchdog,
+            broker,
         }
     }
 }
@@ -358,6 +430,7 @@ impl Bench for Fanout {
             transport,
             tasks,
             watchdog,
+            broker,
             ..
         } = self;
         watchdog.abort();
@@ -369,6 +442,7 @@ impl Bench for Fanout {
             task.abort();
             let _ = task.await;
         }
+        drop(broker);
     }
 
     fn runtime(case: Self::Case) -> Runtime {
@@ -386,153 +460,4 @@ impl Bench for Fanout {
 
 fn main() {
     harness::main::<Fanout>();
-}
-
-/// NATS behind the [`Transport`] trait, for comparison only.
-mod nats {
-    use std::{
-        process::Stdio,
-        sync::{
-            Arc,
-            atomic::{AtomicUsize, Ordering},
-        },
-        time::Duration,
-    };
-
-    use bytes::Bytes;
-    use futures_util::StreamExt;
-    use fxcast_transport::{BoxFuture, Delivery, Error, Subscription, Transport};
-    use tokio::process::{Child, Command};
-
-    fn unavailable(e: impl std::fmt::Display) -> Error {
-        Error::Unavailable {
-            backend: "nats",
-            message: e.to_string(),
-        }
-    }
-
-    pub(super) struct NatsTransport {
-        publisher: async_nats::Client,
-        subscribers: Vec<async_nats::Client>,
-        next: AtomicUsize,
-        live: Arc<AtomicUsize>,
-        _server: Child,
-    }
-
-    impl std::fmt::Debug for NatsTransport {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("NatsTransport")
-        }
-    }
-
-    impl NatsTransport {
-        /// Starts `nats-server` on a free loopback port and connects to it.
-        pub(super) async fn start() -> Self {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("a free port")
-                .port();
-            let server = Command::new("nats-server")
-                .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("nats-server is not installed: apt-get install nats-server (scripts/bench-report does)");
-            let url = format!("nats://127.0.0.1:{port}");
-            let mut attempt = Duration::from_millis(10);
-            let publisher = loop {
-                match async_nats::connect(&url).await {
-                    Ok(client) => break client,
-                    Err(_) if attempt < Duration::from_secs(5) => {
-                        tokio::time::sleep(attempt).await;
-                        attempt *= 2;
-                    }
-                    Err(e) => panic!("cannot connect to nats-server at {url}: {e}"),
-                }
-            };
-            let mut subscribers = Vec::new();
-            for _ in 0..4 {
-                subscribers.push(async_nats::connect(&url).await.expect("connect"));
-            }
-            Self {
-                publisher,
-                subscribers,
-                next: AtomicUsize::new(0),
-                live: Arc::new(AtomicUsize::new(0)),
-                _server: server,
-            }
-        }
-    }
-
-    impl Transport for NatsTransport {
-        fn name(&self) -> &'static str {
-            "nats"
-        }
-
-        fn publish<'a>(
-            &'a self,
-            topic: &'a str,
-            payload: Bytes,
-        ) -> BoxFuture<'a, Result<(), Error>> {
-            Box::pin(async move {
-                self.publisher
-                    .publish(topic.to_owned(), payload)
-                    .await
-                    .map_err(unavailable)?;
-                // Hand the message to the socket now rather than when the
-                // client's write loop next wakes.
-                self.publisher.flush().await.map_err(unavailable)
-            })
-        }
-
-        fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
-            Box::pin(async move {
-                let client = &self.subscribers
-                    [self.next.fetch_add(1, Ordering::Relaxed) % self.subscribers.len()];
-                let subscriber = client
-                    .subscribe(topic.to_owned())
-                    .await
-                    .map_err(unavailable)?;
-                // `flush` only writes SUB to the socket; the server may not
-                // have processed it when the publisher's next message
-                // arrives on another connection, and core NATS would drop
-                // that message. A message to a fresh inbox on this same
-                // connection comes back only after the server has handled
-                // everything sent before it, SUB included.
-                let inbox = client.new_inbox();
-                let mut probe = client.subscribe(inbox.clone()).await.map_err(unavailable)?;
-                client
-                    .publish(inbox, Bytes::new())
-                    .await
-                    .map_err(unavailable)?;
-                client.flush().await.map_err(unavailable)?;
-                tokio::time::timeout(Duration::from_secs(10), probe.next())
-                    .await
-                    .map_err(|_| {
-                        unavailable("nats-server did not confirm the subscription within 10 s")
-                    })?
-                    .ok_or_else(|| unavailable("the connection closed while subscribing"))?;
-                drop(probe);
-                self.live.fetch_add(1, Ordering::Relaxed);
-                let guard = LiveGuard(Arc::clone(&self.live));
-                Ok(Subscription::new(subscriber.map(move |message| {
-                    let _keep = &guard;
-                    Delivery::Message(message.payload)
-                })))
-            })
-        }
-
-        fn local_subscribers(&self, _topic: &str) -> usize {
-            self.live.load(Ordering::Relaxed)
-        }
-    }
-
-    struct LiveGuard(Arc<AtomicUsize>);
-
-    impl Drop for LiveGuard {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
 }

@@ -27,6 +27,8 @@
 //!   trusting only that CA ([`Ca`], [`TlsDir`]).
 //! - `nats`: a real nats-server with JetStream on a free port
 //!   ([`NatsServer`]), also compiled by the transport crate's NATS tests.
+//! - `redis`: a real redis-server on a free port ([`RedisServer`]), also
+//!   compiled by the transport crate's Redis tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -35,6 +37,7 @@ mod http;
 mod logs;
 mod nats;
 mod process;
+mod redis;
 mod sse;
 mod stack;
 mod streams;
@@ -49,6 +52,7 @@ pub use process::{
     STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, run_python,
     spawn_serve, spawn_until, stdout_of, wait_for_line,
 };
+pub use redis::RedisServer;
 pub use sse::{SseEvent, sse_events};
 pub use stack::{ALL_SCOPES, Stack};
 pub use streams::{

@@ -6,7 +6,7 @@
 //! inside a payload.
 //!
 //! Callers hold an `Arc<dyn Transport>` so the backend is chosen at run time
-//! (`--transport memory|momento|nats`) without changing them.
+//! (`--transport memory|momento|nats|redis`) without changing them.
 //!
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
@@ -21,6 +21,11 @@
 //! - `nats` (feature `nats`): `NatsTransport`, topics on NATS subjects
 //!   through a JetStream stream (resume after reconnects), retained
 //!   payloads in a JetStream key-value bucket.
+//! - `redis` (feature `redis`): `RedisTransport`, live fan-out over Redis
+//!   pub/sub, a Redis stream per topic to resume from after a reconnect,
+//!   retained payloads as keys with a TTL.
+//! - `health`, `net` (with `nats` or `redis`): the health board of a
+//!   network backend, TLS towards its server, URLs without credentials.
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
@@ -46,8 +51,6 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 mod backoff;
-#[cfg(any(feature = "momento", feature = "nats"))]
-mod health;
 mod local;
 mod memory;
 mod mirror;
@@ -57,6 +60,14 @@ pub mod momento;
 
 #[cfg(feature = "nats")]
 pub mod nats;
+
+#[cfg(feature = "redis")]
+pub mod redis;
+
+#[cfg(any(feature = "momento", feature = "nats", feature = "redis"))]
+mod health;
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod net;
 
 #[cfg(feature = "conformance")]
 pub mod conformance;

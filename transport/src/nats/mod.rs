@@ -37,11 +37,12 @@
 //!   its [`Transport`] implementation;
 //! - `subject`: topics as subjects and keys;
 //! - `feed`: one consumer per topic: fan-out, dedupe, resume, gaps;
-//! - `health`: the health board.
+//! - the health board, TLS and URL redaction are the crate's (`health`,
+//!   `net`), shared with the Redis backend.
 
 use std::{
     fmt,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -63,6 +64,10 @@ use crate::health::HealthBoard;
 use crate::{
     Backoff, BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
     validate_topic,
+};
+use crate::{
+    health::HealthBoard,
+    net::{redacted, tls_client_config, tls_refused},
 };
 use feed::{FeedContext, FeedCounters, Feeds};
 
@@ -238,65 +243,6 @@ impl NatsConfig {
     }
 }
 
-/// TLS towards the server: verified against the CA certificates in `ca`
-/// (read now, so a bad file is refused at start), else Mozilla's roots.
-fn tls_client_config(ca: Option<&Path>) -> Result<rustls::ClientConfig, Error> {
-    use rustls::pki_types::{CertificateDer, pem::PemObject};
-    let mut roots = rustls::RootCertStore::empty();
-    match ca {
-        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-        Some(path) => {
-            let unusable = |e: &dyn fmt::Display| {
-                Error::InvalidConfig(format!("nats: the CA file {}: {e}", path.display()))
-            };
-            for cert in CertificateDer::pem_file_iter(path).map_err(|e| unusable(&e))? {
-                roots
-                    .add(cert.map_err(|e| unusable(&e))?)
-                    .map_err(|e| unusable(&e))?;
-            }
-            if roots.is_empty() {
-                return Err(unusable(&"holds no PEM certificate"));
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::InvalidConfig(format!("nats: TLS: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
-}
-
-/// Whether `error` or one of its causes is rustls refusing the handshake.
-fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(error);
-    while let Some(err) = cause {
-        // An I/O error's `source` skips the error it wraps.
-        let wrapped = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref);
-        if err.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
-            return true;
-        }
-        cause = err.source();
-    }
-    false
-}
-
-/// `url` without the credentials it may carry, for messages and logs.
-fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(|server| match (server.find("://"), server.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}<redacted>@{}", &server[..scheme + 3], &server[at + 1..])
-            }
-            (None, Some(at)) => format!("<redacted>@{}", &server[at + 1..]),
-            _ => server.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 fn unavailable(message: String) -> Error {
     Error::Unavailable {
         backend: BACKEND,
@@ -405,7 +351,7 @@ impl NatsTransport {
             .options()
             .await?
             // Used only when the URL says tls:// or the server asks for TLS.
-            .tls_client_config(tls_client_config(config.ca.as_deref())?)
+            .tls_client_config(tls_client_config(BACKEND, config.ca.as_deref())?)
             .name("fxcast")
             .connection_timeout(config.request_timeout)
             .request_timeout(Some(config.request_timeout))

@@ -1,12 +1,15 @@
-//! Helpers shared by the NATS tests: a real nats-server, and a TCP proxy
-//! that cuts one process off it.
+//! Helpers shared by the NATS and Redis tests: a real nats-server, a real
+//! redis-server, and a TCP proxy that cuts one process off either.
 //!
 //! Each test target uses part of them only.
 #![allow(dead_code)]
 
-// The one nats-server helper lives in the testkit; this crate cannot depend
+// The one nats-server (and redis-server) helper lives in the testkit; this crate cannot depend
 // on the testkit (which depends on it), so it compiles the same file.
 #[path = "../../../testkit/src/nats.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod nats_server;
 pub(crate) mod proxy;
+#[path = "../../../testkit/src/redis.rs"]
+#[allow(unreachable_pub)]
+pub(crate) mod redis_server;

@@ -59,6 +59,10 @@ impl Proxy {
         format!("nats://{}", self.addr)
     }
 
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// Drops every connection and refuses new ones.
     pub(crate) fn cut(&self) {
         self.open.store(false, Ordering::SeqCst);

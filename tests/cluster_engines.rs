@@ -1,19 +1,25 @@
-//! `--transport nats` through the composition root: fxcast servers built
-//! from `fxcast serve` flags, in-process, sharing a real nats-server on a
-//! free port (JetStream on, its own store). One has the simulator feed, the
-//! other `--feed none`: a gRPC client of the second sees the first's ticks
-//! gap-free and the second prices orders on them. A `tls://` URL is
-//! verified against the CA file of `FXCAST_CA_CERT`.
+//! Several fxcast servers on one engine, `--transport nats` and
+//! `--transport redis`: the same scenario for each, servers built from
+//! `fxcast serve` flags through the composition root, in-process, sharing
+//! a real nats-server (JetStream on, its own store) or redis-server on a
+//! free port. One has the simulator feed, the other `--feed none`: a gRPC
+//! client of the second sees the first's ticks gap-free and the second
+//! prices orders on them. The same with the real binary over Redis, a
+//! Redis start that fails (no server, a wrong password) and a NATS `tls://`
+//! URL verified against the CA file of `FXCAST_CA_CERT`.
 
 use std::{collections::HashMap, time::Duration};
 
 use clap::Parser;
 use fxcast_app::{App, Config, Settings};
+use fxcast_proto::v1::rate_service_client::RateServiceClient;
 use fxcast_proto::v1::{
     OrderStatus, PlaceOrderRequest, Rate, Side, StreamRatesResponse,
     order_service_client::OrderServiceClient, stream_rates_response::Event,
 };
-use fxcast_testkit::{ALL_SCOPES, Ca, NatsServer, Stack, latest_rate, next_message_within};
+use fxcast_testkit::{
+    ALL_SCOPES, Ca, NatsServer, RedisServer, Stack, latest_rate, next_message_within,
+};
 use tonic::Streaming;
 
 /// How long any single expected event may take before a test fails.
@@ -33,21 +39,37 @@ fn config(argv: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Config {
     Config::from_settings(settings.with_file().unwrap(), env).unwrap()
 }
 
-/// `fxcast serve --transport nats --nats-url URL --symbols USD_JPY EXTRA`
-/// in-process on `127.0.0.1:0`, with a fresh data directory.
-async fn serve_on(url: &str, extra: &[&str]) -> Stack {
-    let argv = [
-        &[
-            "--transport",
-            "nats",
-            "--nats-url",
-            url,
-            "--symbols",
-            "USD_JPY",
-        ][..],
-        extra,
-    ]
-    .concat();
+const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
+
+/// A real engine server for one test.
+enum Engine {
+    Nats(NatsServer),
+    Redis(RedisServer),
+}
+
+impl Engine {
+    /// The flags that put `fxcast serve` on this engine.
+    fn flags(&self) -> Vec<String> {
+        let (transport, flag, url) = match self {
+            Self::Nats(server) => ("nats", "--nats-url", server.url()),
+            Self::Redis(server) => ("redis", "--redis-url", server.url()),
+        };
+        ["--transport", transport, flag, &url]
+            .map(str::to_owned)
+            .to_vec()
+    }
+}
+
+/// `fxcast serve --transport ENGINE --<engine>-url URL --symbols USD_JPY
+/// EXTRA` in-process on `127.0.0.1:0`, with a fresh data directory.
+async fn serve_on(engine: &Engine, extra: &[&str]) -> Stack {
+    let flags = engine.flags();
+    let argv: Vec<&str> = flags
+        .iter()
+        .map(String::as_str)
+        .chain(["--symbols", "USD_JPY"])
+        .chain(extra.iter().copied())
+        .collect();
     let config = config(&argv, &|_| None);
     Stack::start_on(config.core, config.gateway, config.transport).await
 }
@@ -100,15 +122,23 @@ impl Seen {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_without_a_feed_streams_and_prices_the_ticks_another_publishes_over_nats() {
-    let nats = NatsServer::start();
-    let publisher = serve_on(&nats.url(), &["--tick-interval", "50ms"]).await;
+    follower_streams_and_prices_the_publishers_ticks(Engine::Nats(NatsServer::start())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_without_a_feed_streams_and_prices_the_ticks_another_publishes_over_redis() {
+    follower_streams_and_prices_the_publishers_ticks(Engine::Redis(RedisServer::start())).await;
+}
+
+async fn follower_streams_and_prices_the_publishers_ticks(engine: Engine) {
+    let publisher = serve_on(&engine, &["--tick-interval", "50ms"]).await;
     // Orders on the follower accept a price 0.5 off: the simulator may tick
     // between the quote and the order.
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("follower.toml");
     std::fs::write(&file, "[symbol.USD_JPY]\ntolerance = \"0.5\"\n").unwrap();
     let follower = serve_on(
-        &nats.url(),
+        &engine,
         &["--feed", "none", "--config", file.to_str().unwrap()],
     )
     .await;
@@ -143,7 +173,7 @@ async fn a_server_without_a_feed_streams_and_prices_the_ticks_another_publishes_
     let mut orders = OrderServiceClient::new(follower.authed_channel(&token).await);
     let order = orders
         .place_order(PlaceOrderRequest {
-            client_order_id: "nats-1".into(),
+            client_order_id: "cluster-1".into(),
             symbol: "USD_JPY".into(),
             side: Side::Buy as i32,
             quantity: "1000".into(),
@@ -205,4 +235,89 @@ async fn a_tls_nats_server_is_verified_against_fxcast_ca_cert() {
     let mut client = stack.client().await;
     let mut stream = fxcast_testkit::stream_symbols(&mut client, &["USD_JPY"]).await;
     assert_eq!(next_rate(&mut stream).await, rate);
+}
+
+const API_KEY: &str = "cluster-engines-test-api-key-0123456789";
+
+/// `fxcast serve ARGS` from the binary on ephemeral ports with a fresh data
+/// directory, the Redis password and API key in its environment.
+async fn serve_binary(
+    args: &[&str],
+    data: &std::path::Path,
+    password: &str,
+) -> fxcast_testkit::ServeProcess {
+    let env = [
+        ("FXCAST_REDIS_PASSWORD", password),
+        ("FXCAST_API_KEY", API_KEY),
+    ];
+    fxcast_testkit::spawn_serve(BIN, data, args, &env).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_a_follower_without_a_feed_over_redis() {
+    let redis = RedisServer::start_with(&["--requirepass", "redis-pass"]);
+    let url = redis.url();
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let engine = [
+        "--transport",
+        "redis",
+        "--redis-url",
+        &url,
+        "--symbols",
+        "USD_JPY",
+    ];
+    let publishing = [&engine[..], &["--tick-interval", "50ms"]].concat();
+    let _publisher = serve_binary(&publishing, a.path(), "redis-pass").await;
+    let following = [&engine[..], &["--feed", "none"]].concat();
+    let follower = serve_binary(&following, b.path(), "redis-pass").await;
+
+    let grpc = format!("http://{}", follower.grpc);
+    let issued =
+        fxcast_testkit::issue_token(&grpc, API_KEY, "viewer", &["rates:subscribe=USD_JPY"]).await;
+    let mut rates = RateServiceClient::new(fxcast_testkit::channel(&grpc, &issued.token).await);
+    let mut stream = fxcast_testkit::stream_symbols(&mut rates, &["USD_JPY"]).await;
+    let mut previous = next_rate(&mut stream).await;
+    for _ in 0..10 {
+        let rate = next_rate(&mut stream).await;
+        assert_eq!(
+            rate.sequence,
+            previous.sequence + 1,
+            "a gap after {previous:?}"
+        );
+        previous = rate;
+    }
+}
+
+/// The output of `fxcast serve ARGS` that must fail at start.
+async fn failed_start(args: &[&str]) -> String {
+    let data = tempfile::tempdir().unwrap();
+    let mut argv = vec![
+        "serve",
+        "--grpc-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.path().to_str().unwrap(),
+    ];
+    argv.extend_from_slice(args);
+    let output = fxcast_testkit::run(BIN, &argv).await;
+    assert!(!output.status.success(), "fxcast serve {args:?} started");
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_start_that_fails_says_why_without_the_password() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-pass"]);
+    let wrong = format!("redis://:wrong-pass@127.0.0.1:{}", redis.port());
+    let stderr = failed_start(&["--transport", "redis", "--redis-url", &wrong]).await;
+    assert!(stderr.contains("cannot use Redis:"), "{stderr}");
+    assert!(stderr.contains("refused the credentials"), "{stderr}");
+    assert!(!stderr.contains("wrong-pass"), "{stderr}");
+
+    let gone = redis.url();
+    drop(redis);
+    let stderr = failed_start(&["--transport", "redis", "--redis-url", &gone]).await;
+    assert!(stderr.contains("cannot use Redis:"), "{stderr}");
+    assert!(stderr.contains("is redis-server running"), "{stderr}");
 }

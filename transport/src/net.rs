@@ -1,0 +1,90 @@
+//! What the network backends (NATS, Redis) share about reaching a server:
+//! TLS towards it, and its URL without the credentials it may carry.
+
+use std::{fmt, path::Path, sync::Arc};
+
+use crate::Error;
+
+/// TLS towards a server of `backend`: verified against the CA certificates
+/// in `ca` (read now, so a bad file is refused at start), else Mozilla's
+/// roots. The ring provider is chosen here rather than the process-wide
+/// default, which is ambiguous (and panics) in a binary linking both ring
+/// and aws-lc-rs.
+pub(crate) fn tls_client_config(
+    backend: &str,
+    ca: Option<&Path>,
+) -> Result<rustls::ClientConfig, Error> {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    match ca {
+        None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+        Some(path) => {
+            let unusable = |e: &dyn fmt::Display| {
+                Error::InvalidConfig(format!("{backend}: the CA file {}: {e}", path.display()))
+            };
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| unusable(&e))? {
+                roots
+                    .add(cert.map_err(|e| unusable(&e))?)
+                    .map_err(|e| unusable(&e))?;
+            }
+            if roots.is_empty() {
+                return Err(unusable(&"holds no PEM certificate"));
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::InvalidConfig(format!("{backend}: TLS: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// Whether `error` or one of its causes is rustls refusing the handshake.
+pub(crate) fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(err) = cause {
+        // An I/O error's `source` skips the error it wraps.
+        let wrapped = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if err.is::<rustls::Error>() || wrapped.is_some_and(|inner| inner.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
+}
+
+/// `url` without the credentials it may carry, for messages and logs
+/// (several URLs separated by commas each lose theirs).
+pub(crate) fn redacted(url: &str) -> String {
+    url.split(',')
+        .map(|server| match (server.find("://"), server.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}<redacted>@{}", &server[..scheme + 3], &server[at + 1..])
+            }
+            (None, Some(at)) => format!("<redacted>@{}", &server[at + 1..]),
+            _ => server.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redacted("nats://u:hunter2@a:4222,tls://b:4222"),
+            "nats://<redacted>@a:4222,tls://b:4222"
+        );
+        assert_eq!(
+            redacted("rediss://:p@ss@redis.example:6380/2"),
+            "rediss://<redacted>@redis.example:6380/2"
+        );
+        assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+    }
+}
