@@ -7,9 +7,10 @@ use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Dura
 use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     FeedKind,
-    feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, ReplayConfig, SimulatorConfig},
-    orders::{LpConfig, SimulatedLpConfig},
+    feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, FixFeedConfig, ReplayConfig, SimulatorConfig},
+    orders::{FixLpConfig, LpConfig, SimulatedLpConfig},
 };
+use fxcast_fix::{FixSession, Password, SessionConfig, SymbolMap};
 use fxcast_transport::{
     Transport,
     momento::{MomentoBoard, MomentoConfig},
@@ -18,7 +19,7 @@ use fxcast_transport::{
 
 use crate::{
     Error,
-    settings::{FeedName, Settings, TransportKind},
+    settings::{FeedName, LpName, Settings, TransportKind},
 };
 
 /// Where secrets come from: the process environment in `fxcast serve`, a
@@ -106,10 +107,18 @@ impl Config {
         config.core.connections = connections;
         config.gateway.connections = connections;
         (config.core.tls, config.gateway.tls) = tls(&settings)?;
-        config.core.feed = feed(&settings);
+        let fix = fix(&settings)?;
+        config.core.feed = feed(&settings, fix.as_ref());
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
         apply_orders(&mut config.core, &settings)?;
+        if let (Some(LpName::Fix), Some((session, symbols))) = (settings.lp, &fix) {
+            config.core.orders.lp = LpConfig::Fix(FixLpConfig {
+                session: session.clone(),
+                symbols: symbols.clone(),
+                timeout: FIX_ORDER_TIMEOUT,
+            });
+        }
         apply_board(&mut config, &settings)?;
         if let Some(path) = settings.data_dir {
             config.core.data_dir = path;
@@ -323,9 +332,58 @@ fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error>
     Ok(config)
 }
 
-fn feed(settings: &Settings) -> FeedKind {
+/// How long `--lp fix` waits for an ExecutionReport before leaving the
+/// order PENDING for recovery with OrderStatusRequest.
+const FIX_ORDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The one FIX session of the process, when `--feed fix` or `--lp fix`
+/// needs it (both share it), with the symbol mapping.
+fn fix(settings: &Settings) -> Result<Option<(FixSession, SymbolMap)>, Error> {
+    if settings.feed != Some(FeedName::Fix) && settings.lp != Some(LpName::Fix) {
+        return Ok(None);
+    }
+    let fix = &settings.fix;
+    let required = |value: &Option<String>, flag: &str| {
+        value
+            .clone()
+            .ok_or_else(|| Error::Config(format!("--feed fix / --lp fix need {flag}")))
+    };
+    let host = required(&fix.host, "--fix-host")?;
+    let port = fix
+        .port
+        .ok_or_else(|| Error::Config("--feed fix / --lp fix need --fix-port".into()))?;
+    let sender = required(&fix.sender_comp_id, "--fix-sender-comp-id")?;
+    let target = required(&fix.target_comp_id, "--fix-target-comp-id")?;
+    let data_dir = settings
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| fxcast_services::Config::default().data_dir);
+    let mut session = SessionConfig::new(&host, port, &sender, &target, data_dir.join("fix"));
+    if let Some(heartbeat) = fix.heartbeat {
+        session.heartbeat = heartbeat.into();
+    }
+    session.username.clone_from(&fix.username);
+    session.password = fix.password.as_ref().map(|p| Password::new(p.expose()));
+    if session.password.is_some() != session.username.is_some() {
+        return Err(Error::Config(
+            "--fix-username and --fix-password (FXCAST_FIX_PASSWORD) go together".into(),
+        ));
+    }
+    let session = FixSession::new(session).map_err(|e| Error::Config(e.to_string()))?;
+    let symbols = SymbolMap::new(fix.symbols.clone()).map_err(Error::Config)?;
+    Ok(Some((session, symbols)))
+}
+
+fn feed(settings: &Settings, fix: Option<&(FixSession, SymbolMap)>) -> FeedKind {
     match settings.feed.clone().unwrap_or(FeedName::Simulated) {
         FeedName::Simulated => FeedKind::Simulated,
+        FeedName::Fix => match fix {
+            Some((session, symbols)) => FeedKind::Fix(FixFeedConfig {
+                session: session.clone(),
+                symbols: symbols.clone(),
+            }),
+            None => FeedKind::None,
+        },
         FeedName::None => FeedKind::None,
         FeedName::Bitflyer => FeedKind::Bitflyer(BitflyerConfig {
             endpoint: settings

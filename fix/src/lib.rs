@@ -16,6 +16,7 @@
 //! - `session`: the session rules as a state machine without I/O.
 //! - `client`: [`FixSession`], the connection driver: connect, logon,
 //!   read/write, reconnect with [`fxcast_transport::Backoff`].
+//! - `symbols`: [`SymbolMap`], fxcast symbols <-> the LP's.
 //! - [`tag`]: the tags used.
 
 #![forbid(unsafe_code)]
@@ -24,16 +25,18 @@ mod client;
 mod codec;
 mod session;
 mod store;
+mod symbols;
 pub mod tag;
 mod time;
 
 use std::{fmt, path::PathBuf, time::Duration};
 
 pub use client::{FixSession, SessionStatus};
-pub use codec::{Decoded, Decoder, EncodeError, Message, checksum, encode};
+pub use codec::{Decoded, Decoder, EncodeError, MAX_BODY_LENGTH, Message, SOH, checksum, encode};
 pub use fxcast_transport::BackoffPolicy;
 pub use session::{SessionEvent, SessionReject};
 pub use store::SeqStore;
+pub use symbols::SymbolMap;
 pub use time::utc_timestamp;
 
 /// The only BeginString spoken.

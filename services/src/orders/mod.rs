@@ -40,7 +40,7 @@ pub use conventions::OrderConventions;
 pub use events::orders_topic;
 pub use executor::OrderExecutor;
 pub use journal::{JournalSync, ListFilter, OrderJournal, OrderPage, Recorded};
-pub use lp::{LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp, SimulatedLpConfig};
+pub use lp::{FixLp, FixLpConfig, LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp, SimulatedLpConfig};
 pub use model::{OrderRecord, OrderStatus, OrderTerms, RejectReason, Side};
 pub use price_check::{PricePolicy, Tolerance};
 pub use service::OrderServiceImpl;
@@ -50,6 +50,8 @@ pub use service::OrderServiceImpl;
 pub enum LpConfig {
     /// The built-in simulated LP (the default).
     Simulated(SimulatedLpConfig),
+    /// An LP over FIX 4.4 (`--lp fix`).
+    Fix(FixLpConfig),
     /// A provider supplied by the embedding program (or a test).
     Custom(Arc<dyn LiquidityProvider>),
 }
@@ -71,6 +73,7 @@ impl LpConfig {
                 config.validate()?;
                 Arc::new(SimulatedLp::new(config.clone()))
             }
+            LpConfig::Fix(config) => Arc::new(FixLp::new(config.clone())?),
             LpConfig::Custom(lp) => Arc::clone(lp),
         })
     }
