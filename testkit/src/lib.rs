@@ -25,12 +25,15 @@
 //!   ([`http_exchange`], [`http_request`], [`issue_token`]).
 //! - `tls`: a test CA, the certificate files a server reads, clients
 //!   trusting only that CA ([`Ca`], [`TlsDir`]).
+//! - `fix_lp`: the QuickFIX liquidity provider of the FIX tests
+//!   ([`FixLp`]), compiled from tests/fix-lp/lp.cpp on first use.
 //! - `nats`: a real nats-server with JetStream on a free port
 //!   ([`NatsServer`]), also compiled by the transport crate's NATS tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
+mod fix_lp;
 mod http;
 mod logs;
 mod nats;
@@ -42,6 +45,7 @@ mod tls;
 mod ws;
 
 pub use fxcast_proto::{Authed, Bearer, authed};
+pub use fix_lp::{FIX_PASSWORD, FIX_SENDER, FIX_TARGET, FIX_USERNAME, FixLp, fix_lp_binary};
 pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
 pub use nats::NatsServer;
