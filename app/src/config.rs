@@ -130,6 +130,15 @@ impl Config {
     pub fn data_dir(&self) -> &PathBuf {
         &self.core.data_dir
     }
+
+    /// The FIX session of `--feed fix` / `--lp fix`, if either uses one.
+    pub fn fix_session(&self) -> Option<FixSession> {
+        match (&self.core.feed, &self.core.orders.lp) {
+            (FeedKind::Fix(feed), _) => Some(feed.session.clone()),
+            (_, LpConfig::Fix(lp)) => Some(lp.session.clone()),
+            _ => None,
+        }
+    }
 }
 
 fn positive(value: Option<humantime::Duration>, flag: &str) -> Result<Option<Duration>, Error> {

@@ -299,26 +299,26 @@ settings! {
     #[serde(default, deny_unknown_fields)]
     pub struct FixSettings {
         /// The LP's FIX acceptor host
-        #[arg(id = "fix_host", long = "fix-host", env = "FXCAST_FIX_HOST")]
+        #[arg(id = "fix_host", value_name = "HOST", long = "fix-host", env = "FXCAST_FIX_HOST")]
         host: Option<String>,
         /// The LP's FIX acceptor port
-        #[arg(id = "fix_port", long = "fix-port", env = "FXCAST_FIX_PORT")]
+        #[arg(id = "fix_port", value_name = "PORT", long = "fix-port", env = "FXCAST_FIX_PORT")]
         port: Option<u16>,
         /// Our FIX SenderCompID (49)
-        #[arg(id = "fix_sender_comp_id", long = "fix-sender-comp-id", env = "FXCAST_FIX_SENDER_COMP_ID")]
+        #[arg(id = "fix_sender_comp_id", value_name = "COMP_ID", long = "fix-sender-comp-id", env = "FXCAST_FIX_SENDER_COMP_ID")]
         sender_comp_id: Option<String>,
         /// The LP's FIX TargetCompID (56)
-        #[arg(id = "fix_target_comp_id", long = "fix-target-comp-id", env = "FXCAST_FIX_TARGET_COMP_ID")]
+        #[arg(id = "fix_target_comp_id", value_name = "COMP_ID", long = "fix-target-comp-id", env = "FXCAST_FIX_TARGET_COMP_ID")]
         target_comp_id: Option<String>,
         /// FIX HeartBtInt, whole seconds [default: 30s]
-        #[arg(id = "fix_heartbeat", long = "fix-heartbeat", env = "FXCAST_FIX_HEARTBEAT")]
+        #[arg(id = "fix_heartbeat", value_name = "DURATION", long = "fix-heartbeat", env = "FXCAST_FIX_HEARTBEAT")]
         #[serde(deserialize_with = "parsed")]
         heartbeat: Option<humantime::Duration>,
         /// Username (553) on the FIX Logon
-        #[arg(id = "fix_username", long = "fix-username", env = "FXCAST_FIX_USERNAME")]
+        #[arg(id = "fix_username", value_name = "USERNAME", long = "fix-username", env = "FXCAST_FIX_USERNAME")]
         username: Option<String>,
         /// Password (554) on the FIX Logon; prefer the environment variable, flags show in `ps`
-        #[arg(id = "fix_password", long = "fix-password", env = "FXCAST_FIX_PASSWORD", hide_env_values = true)]
+        #[arg(id = "fix_password", value_name = "PASSWORD", long = "fix-password", env = "FXCAST_FIX_PASSWORD", hide_env_values = true)]
         password: Option<Secret>,
         /// fxcast symbol -> the LP's symbol, from the file only: `[fix.symbols] USD_JPY = "USD/JPY"`.
         #[arg(skip)]

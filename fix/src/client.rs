@@ -39,6 +39,8 @@ pub struct SessionStatus {
     pub last_error: Option<String>,
     /// Garbled messages ignored so far.
     pub garbled: u64,
+    /// The session task has ended (after [`FixSession::logout`]).
+    pub stopped: bool,
 }
 
 struct Outgoing {
@@ -60,7 +62,7 @@ struct Shared {
 /// of the one connection to the LP (the feed and the order adapter).
 ///
 /// Created idle; [`start`](Self::start) spawns its task once. The task
-/// keeps the session up until [`stop`](Self::stop): it reconnects after
+/// keeps the session up until [`logout`](Self::logout): it reconnects after
 /// every loss, waiting [`fxcast_transport::Backoff`] delays.
 #[derive(Clone)]
 pub struct FixSession {
@@ -144,15 +146,28 @@ impl FixSession {
                     next_target = store.next_target(),
                     "starting the FIX session"
                 );
-                tokio::spawn(run(Arc::clone(&self.shared), store, inbox));
+                let shared = Arc::clone(&self.shared);
+                tokio::spawn(async move {
+                    run(&shared, store, inbox).await;
+                    shared.status.send_modify(|s| {
+                        s.logged_on = false;
+                        s.stopped = true;
+                    });
+                });
                 Ok(())
             })
             .clone()
     }
 
-    /// Logs out and ends the session task.
-    pub fn stop(&self) {
+    /// Logs out (waiting at most `timeout` for the LP's Logout) and ends
+    /// the session task; returns once it has ended or `timeout` passed.
+    pub async fn logout(&self, timeout: Duration) {
         self.shared.stop.cancel();
+        if self.shared.started.get().is_none() {
+            return;
+        }
+        let mut status = self.status();
+        let _ = tokio::time::timeout(timeout, status.wait_for(|s| s.stopped)).await;
     }
 
     /// Events from now on: logons, logouts, application messages, rejects.
@@ -196,7 +211,7 @@ impl FixSession {
 }
 
 /// The session task: connect, run, back off, again.
-async fn run(shared: Arc<Shared>, mut store: SeqStore, mut inbox: mpsc::Receiver<Outgoing>) {
+async fn run(shared: &Shared, mut store: SeqStore, mut inbox: mpsc::Receiver<Outgoing>) {
     let config = &shared.config;
     let mut backoff = Backoff::new(config.reconnect);
     let mut retrying = false;
@@ -228,18 +243,18 @@ async fn run(shared: Arc<Shared>, mut store: SeqStore, mut inbox: mpsc::Receiver
         {
             Ok(Ok(stream)) => stream,
             Ok(Err(err)) => {
-                fail(&shared, format!("cannot connect to {address}: {err}"));
+                fail(shared, format!("cannot connect to {address}: {err}"));
                 continue;
             }
             Err(_) => {
-                fail(&shared, format!("cannot connect to {address}: timed out"));
+                fail(shared, format!("cannot connect to {address}: timed out"));
                 continue;
             }
         };
         // Nagle would hold small orders and heartbeats back.
         let _ = stream.set_nodelay(true);
         let mut core = SessionCore::new(config.clone(), store, Instant::now().into_std());
-        let reason = connection(&shared, &mut core, stream, &mut inbox, &mut backoff).await;
+        let reason = connection(shared, &mut core, stream, &mut inbox, &mut backoff).await;
         let was_active = core.is_active();
         store = core.into_store();
         let logged_on = shared.status.borrow().logged_on;

@@ -500,10 +500,12 @@ impl SessionCore {
             }
             "5" => {
                 let text = message.get(tag::TEXT).unwrap_or("no reason given");
-                let reason = format!("the counterparty logged out: {text}");
-                if self.phase != Phase::LoggingOut {
+                let reason = if self.phase == Phase::LoggingOut {
+                    "logged out".to_owned()
+                } else {
                     actions.push(Action::Send(self.logout("logout acknowledged", now)?));
-                }
+                    format!("the counterparty logged out: {text}")
+                };
                 actions.push(Action::Disconnect(reason));
             }
             _ => actions.push(Action::Event(SessionEvent::Message(
