@@ -282,3 +282,116 @@ async fn an_lp_restart_and_sequence_gaps_are_survived_with_sequence_numbers_inta
     assert_eq!(lp.count(|l| l == "LOGOUT"), 0, "{:?}", lp.lines());
     drop(served);
 }
+
+/// The in-process stack on the LP at `port` with `symbols`, configured the
+/// way `fxcast serve --feed fix --lp fix` is, with an order timeout of
+/// `order_timeout`.
+async fn stack(
+    port: u16,
+    symbols: &[&str],
+    order_timeout: Duration,
+) -> (fxcast_testkit::Stack, tempfile::TempDir) {
+    let data = tempfile::tempdir().unwrap();
+    let mut settings = fxcast_app::Settings {
+        feed: Some(fxcast_app::FeedName::Fix),
+        lp: Some(fxcast_app::LpName::Fix),
+        symbols: Some(fxcast_app::List(symbols.iter().map(|s| (*s).to_owned()).collect())),
+        data_dir: Some(data.path().to_owned()),
+        stale_after: Some(Duration::from_secs(2).into()),
+        ..Default::default()
+    };
+    settings.fix.host = Some("127.0.0.1".into());
+    settings.fix.port = Some(port);
+    settings.fix.sender_comp_id = Some(FIX_SENDER.into());
+    settings.fix.target_comp_id = Some(FIX_TARGET.into());
+    settings.fix.heartbeat = Some(Duration::from_secs(1).into());
+    settings.fix.username = Some(FIX_USERNAME.into());
+    settings.fix.password = Some(FIX_PASSWORD.parse().unwrap());
+    let mut config = fxcast_app::Config::from_settings(settings, &|_| None).unwrap();
+    if let fxcast_services::orders::LpConfig::Fix(lp) = &mut config.core.orders.lp {
+        lp.timeout = order_timeout;
+    }
+    (fxcast_testkit::Stack::start(config.core).await, data)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_market_data_reject_marks_the_symbol_down_with_the_lps_reason() {
+    let lp_dir = tempfile::tempdir().unwrap();
+    let mut lp = FixLp::start(lp_dir.path()).await;
+    lp.command("price USD_JPY 151.230 151.250").await;
+    lp.command("mdreject EUR_USD not streamed to this account").await;
+    let (stack, _data) = stack(lp.port(), &["USD_JPY", "EUR_USD"], Duration::from_secs(5)).await;
+    lp.wait_for(1, |l| l == "V EUR_USD").await;
+    let health = stack.core.feed_health().clone();
+    let down = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let snapshot = health.snapshot();
+            if let Some(down) = snapshot
+                .symbols
+                .iter()
+                .find(|s| s.symbol == "EUR_USD")
+                .and_then(|s| s.down.clone())
+            {
+                return (down, snapshot);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("EUR_USD marked down");
+    assert!(down.0.contains("not streamed to this account"), "{down:?}");
+    assert_eq!(down.1.source, Some("fix"));
+    // USD_JPY is unaffected.
+    let mut client = stack.client().await;
+    let rate = fxcast_testkit::latest_rate(&mut client, "USD_JPY").await;
+    let rate = match rate {
+        Ok(rate) => rate,
+        Err(_) => {
+            let mut stream = fxcast_testkit::stream_symbols(&mut client, &["USD_JPY"]).await;
+            fxcast_testkit::next_rate(&mut stream).await
+        }
+    };
+    assert_eq!((rate.bid.as_str(), rate.ask.as_str()), ("151.230", "151.250"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_order_the_lp_never_received_times_out_then_is_rejected_after_order_status_request() {
+    let lp_dir = tempfile::tempdir().unwrap();
+    let mut lp = FixLp::start(lp_dir.path()).await;
+    lp.command("price USD_JPY 151.230 151.250").await;
+    lp.command("mode drop").await;
+    let (stack, _data) = stack(lp.port(), &["USD_JPY"], Duration::from_secs(1)).await;
+    let token = stack.token("trader", "orders:place rates:subscribe=USD_JPY");
+    let channel = stack.authed_channel(&token).await;
+    let mut rates = RateServiceClient::new(channel.clone());
+    let mut orders = OrderServiceClient::new(channel);
+    let mut stream = fxcast_testkit::stream_symbols(&mut rates, &["USD_JPY"]).await;
+    let rate = rate_where(&mut stream, |r| r.ask == "151.250").await;
+
+    // No ExecutionReport: the outcome is unknown, the order stays PENDING.
+    let lost = orders
+        .place_order(order_at(&rate, "lost-1", Side::Buy))
+        .await
+        .unwrap_err();
+    assert_eq!(lost.code(), tonic::Code::Unavailable, "{lost:?}");
+    lp.wait_for(1, |l| l.starts_with("DROPPED ") && l.ends_with("/lost-1"))
+        .await;
+    // Recovery asks the LP, which has no such order: REJECTED, never re-sent.
+    lp.wait_for(1, |l| l.starts_with("H ") && l.ends_with("/lost-1 0"))
+        .await;
+    let order = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let order = get_order(&mut orders, "lost-1").await;
+            if order.status() != OrderStatus::Pending {
+                return order;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the order is resolved");
+    assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
+    assert_eq!(order.reject_reason(), RejectReason::LpRejected);
+    assert!(order.message.contains("Unknown order"), "{order:?}");
+    assert_eq!(new_orders_for(&lp, "lost-1"), 1, "exactly one NewOrderSingle");
+}

@@ -16,6 +16,8 @@
 //   mode fill                fill orders at the LP's price (default)
 //   mode reject TEXT         reject every order with TEXT
 //   mode hold                deal (fill) orders but hold the ExecutionReport
+//   mode drop                lose orders: no deal, no report, no record (an
+//                            OrderStatusRequest then finds no such order)
 //   release                  send the held ExecutionReports
 //   gap                      skip 3 outgoing sequence numbers and expect 2
 //                            lower incoming ones: both sides must resend or
@@ -307,6 +309,10 @@ class Lp : public FIX::Application {
     o.count++;
     record("D " + id);
     say("D " + id + " " + std::to_string(o.count));
+    if (mode_ == "drop" && o.status.empty()) {
+      say("DROPPED " + id);
+      return;
+    }
     if (o.count > 1) {
       // Never deal a ClOrdID twice: repeat the first outcome.
       out.push_back(report(id, o, o.status == "2" ? 'F' : '8'));
