@@ -84,7 +84,8 @@ async fn rate_where(
 ) -> Rate {
     let found = tokio::time::timeout(Duration::from_secs(30), async {
         loop {
-            let message = fxcast_testkit::next_message_within(stream, Duration::from_secs(30)).await;
+            let message =
+                fxcast_testkit::next_message_within(stream, Duration::from_secs(30)).await;
             if let Some(Event::Rate(rate)) = message.event
                 && wanted(&rate)
             {
@@ -134,7 +135,10 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
     lp.wait_for(1, |l| l == "V USD/JPY").await;
     let mut stream = fxcast_testkit::stream_symbols(&mut c.rates, &["USD_JPY"]).await;
     let rate = rate_where(&mut stream, |r| r.bid == "151.228").await;
-    assert_eq!((rate.bid.as_str(), rate.ask.as_str()), ("151.228", "151.252"));
+    assert_eq!(
+        (rate.bid.as_str(), rate.ask.as_str()),
+        ("151.228", "151.252")
+    );
     assert_eq!(rate.source, "fix");
     lp.command("price USD/JPY 151.240 151.260").await;
     let rate = rate_where(&mut stream, |r| r.ask == "151.262").await;
@@ -201,7 +205,10 @@ async fn fxcast_killed_before_the_execution_report_recovers_the_fill_with_order_
     // SIGKILL between NewOrderSingle and ExecutionReport.
     served.child.start_kill().unwrap();
     served.child.wait().await.unwrap();
-    assert!(in_flight.await.unwrap().is_err(), "the client never got an answer");
+    assert!(
+        in_flight.await.unwrap().is_err(),
+        "the client never got an answer"
+    );
     drop(stream);
 
     // The restart finds the PENDING order and asks the LP.
@@ -217,7 +224,11 @@ async fn fxcast_killed_before_the_execution_report_recovers_the_fill_with_order_
     lp.command("mode fill").await;
     let again = get_order(&mut c.orders, "held-1").await;
     assert_eq!(again, order);
-    assert_eq!(new_orders_for(&lp, "held-1"), 1, "exactly one NewOrderSingle");
+    assert_eq!(
+        new_orders_for(&lp, "held-1"),
+        1,
+        "exactly one NewOrderSingle"
+    );
 }
 
 async fn get_order(orders: &mut OrderServiceClient<Authed>, id: &str) -> Order {
@@ -247,7 +258,11 @@ async fn an_lp_restart_and_sequence_gaps_are_survived_with_sequence_numbers_inta
     let mut lp = FixLp::restart(lp_dir.path(), port).await;
     lp.command("price USD/JPY 151.330 151.350").await;
     lp.wait_for(1, |l| l.starts_with("LOGON ")).await;
-    let logon = lp.lines().into_iter().find(|l| l.starts_with("LOGON ")).unwrap();
+    let logon = lp
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("LOGON "))
+        .unwrap();
     let numbers: Vec<u64> = logon
         .split(' ')
         .skip(1)
@@ -295,7 +310,9 @@ async fn stack(
     let mut settings = fxcast_app::Settings {
         feed: Some(fxcast_app::FeedName::Fix),
         lp: Some(fxcast_app::LpName::Fix),
-        symbols: Some(fxcast_app::List(symbols.iter().map(|s| (*s).to_owned()).collect())),
+        symbols: Some(fxcast_app::List(
+            symbols.iter().map(|s| (*s).to_owned()).collect(),
+        )),
         data_dir: Some(data.path().to_owned()),
         stale_after: Some(Duration::from_secs(2).into()),
         ..Default::default()
@@ -319,7 +336,8 @@ async fn a_market_data_reject_marks_the_symbol_down_with_the_lps_reason() {
     let lp_dir = tempfile::tempdir().unwrap();
     let mut lp = FixLp::start(lp_dir.path()).await;
     lp.command("price USD_JPY 151.230 151.250").await;
-    lp.command("mdreject EUR_USD not streamed to this account").await;
+    lp.command("mdreject EUR_USD not streamed to this account")
+        .await;
     let (stack, _data) = stack(lp.port(), &["USD_JPY", "EUR_USD"], Duration::from_secs(5)).await;
     lp.wait_for(1, |l| l == "V EUR_USD").await;
     let health = stack.core.feed_health().clone();
@@ -351,7 +369,10 @@ async fn a_market_data_reject_marks_the_symbol_down_with_the_lps_reason() {
             fxcast_testkit::next_rate(&mut stream).await
         }
     };
-    assert_eq!((rate.bid.as_str(), rate.ask.as_str()), ("151.230", "151.250"));
+    assert_eq!(
+        (rate.bid.as_str(), rate.ask.as_str()),
+        ("151.230", "151.250")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,5 +414,9 @@ async fn an_order_the_lp_never_received_times_out_then_is_rejected_after_order_s
     assert_eq!(order.status(), OrderStatus::Rejected, "{order:?}");
     assert_eq!(order.reject_reason(), RejectReason::LpRejected);
     assert!(order.message.contains("Unknown order"), "{order:?}");
-    assert_eq!(new_orders_for(&lp, "lost-1"), 1, "exactly one NewOrderSingle");
+    assert_eq!(
+        new_orders_for(&lp, "lost-1"),
+        1,
+        "exactly one NewOrderSingle"
+    );
 }

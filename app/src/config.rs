@@ -4,13 +4,15 @@
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
+use fxcast_fix::{FixSession, Password, SessionConfig, SymbolMap};
 use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     FeedKind,
-    feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, FixFeedConfig, ReplayConfig, SimulatorConfig},
+    feed::{
+        BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, FixFeedConfig, ReplayConfig, SimulatorConfig,
+    },
     orders::{FixLpConfig, LpConfig, SimulatedLpConfig},
 };
-use fxcast_fix::{FixSession, Password, SessionConfig, SymbolMap};
 use fxcast_transport::{
     Transport,
     momento::{MomentoBoard, MomentoConfig},
@@ -890,7 +892,7 @@ mod tests {
         for (argv, message) in [
             (
                 &["--feed", "carrier-pigeon"][..],
-                "expected simulated, bitflyer, replay:<FILE> or none",
+                "expected simulated, bitflyer, fix, replay:<FILE> or none",
             ),
             (&["--feed", "replay:"], "needs a file"),
             (
@@ -906,5 +908,66 @@ mod tests {
             let err = resolve(parse(argv)).unwrap_err();
             assert!(format!("{err:#}").contains(message), "{argv:?}: {err:#}");
         }
+    }
+
+    #[test]
+    fn fix_settings_build_one_shared_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fix.toml");
+        std::fs::write(
+            &path,
+            "[fix]\nhost = \"lp.example\"\nport = 9878\nsender_comp_id = \"DESK\"\n\
+             target_comp_id = \"LP\"\nheartbeat = \"10s\"\nusername = \"desk\"\n\
+             [fix.symbols]\nUSD_JPY = \"USD/JPY\"\n",
+        )
+        .unwrap();
+        let argv = [
+            "--config",
+            path.to_str().unwrap(),
+            "--feed",
+            "fix",
+            "--lp",
+            "fix",
+            "--fix-port",
+            "9879",
+            "--fix-password",
+            "s3cret-pw",
+            "--data-dir",
+            "/tmp/fxcast-fix-config",
+        ];
+        let r = resolve(parse(&argv)).unwrap();
+        let FeedKind::Fix(feed) = &r.core.feed else {
+            panic!("{:?}", r.core.feed)
+        };
+        let LpConfig::Fix(lp) = &r.core.orders.lp else {
+            panic!("{:?}", r.core.orders.lp)
+        };
+        assert_eq!(feed.session, lp.session, "one session for both");
+        let session = feed.session.config();
+        assert_eq!((session.host.as_str(), session.port), ("lp.example", 9879));
+        assert_eq!(session.sender_comp_id, "DESK");
+        assert_eq!(session.heartbeat, Duration::from_secs(10));
+        assert_eq!(session.username.as_deref(), Some("desk"));
+        assert_eq!(
+            session.password.as_ref().map(|p| p.expose()),
+            Some("s3cret-pw")
+        );
+        assert_eq!(
+            session.store_dir,
+            PathBuf::from("/tmp/fxcast-fix-config/fix")
+        );
+        assert_eq!(feed.symbols.to_lp("USD_JPY"), "USD/JPY");
+        assert!(
+            !format!("{r:?}").contains("s3cret-pw"),
+            "the password is redacted"
+        );
+        assert_eq!(r.fix_session(), Some(feed.session.clone()));
+
+        let err = resolve(parse(&["--lp", "fix"])).unwrap_err();
+        assert!(format!("{err:#}").contains("--fix-host"), "{err:#}");
+        let err = resolve(parse(&["--lp", "tcp"])).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown --lp"), "{err:#}");
+        let plain = resolve(parse(&[])).unwrap();
+        assert!(plain.fix_session().is_none());
     }
 }

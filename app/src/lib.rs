@@ -25,7 +25,9 @@ use std::{net::SocketAddr, path::PathBuf};
 
 pub use app::App;
 pub use config::{Config, Lookup, TransportConfig, environment};
-pub use settings::{FeedName, FixSettings, Fraction, List, LpName, NatsSettings, Secret, Settings, TransportKind};
+pub use settings::{
+    FeedName, FixSettings, Fraction, List, LpName, NatsSettings, Secret, Settings, TransportKind,
+};
 
 /// Why fxcast could not be configured or run.
 #[derive(Debug, thiserror::Error)]

@@ -235,22 +235,20 @@ async fn run(shared: &Shared, mut store: SeqStore, mut inbox: mpsc::Receiver<Out
             return;
         }
         let address = format!("{}:{}", config.host, config.port);
-        let stream = match tokio::time::timeout(
-            config.logon_timeout,
-            TcpStream::connect(address.as_str()),
-        )
-        .await
-        {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
-                fail(shared, format!("cannot connect to {address}: {err}"));
-                continue;
-            }
-            Err(_) => {
-                fail(shared, format!("cannot connect to {address}: timed out"));
-                continue;
-            }
-        };
+        let stream =
+            match tokio::time::timeout(config.logon_timeout, TcpStream::connect(address.as_str()))
+                .await
+            {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    fail(shared, format!("cannot connect to {address}: {err}"));
+                    continue;
+                }
+                Err(_) => {
+                    fail(shared, format!("cannot connect to {address}: timed out"));
+                    continue;
+                }
+            };
         // Nagle would hold small orders and heartbeats back.
         let _ = stream.set_nodelay(true);
         let mut core = SessionCore::new(config.clone(), store, Instant::now().into_std());
@@ -307,7 +305,8 @@ async fn connection(
     tracing::info!("FIX Logon sent");
     let mut decoder = Decoder::new(BEGIN_STRING);
     let mut buffer = vec![0u8; 64 * 1024];
-    let period = (shared.config.heartbeat / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    let period =
+        (shared.config.heartbeat / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;

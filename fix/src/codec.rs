@@ -329,7 +329,9 @@ mod tests {
     fn encodes_body_length_and_checksum() {
         let m = Message::new("0").with(49, "A").with(56, "B").with(34, 1);
         let bytes = encode("FIX.4.4", &m).unwrap();
-        let text = String::from_utf8(bytes.clone()).unwrap().replace('\x01', "|");
+        let text = String::from_utf8(bytes.clone())
+            .unwrap()
+            .replace('\x01', "|");
         assert_eq!(&text[..20], "8=FIX.4.4|9=20|35=0|");
         // Checksum of everything before "10=".
         let cut = bytes.len() - 7;
@@ -442,7 +444,7 @@ mod tests {
             state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
             let piece = pieces[(state >> 33) as usize % pieces.len()];
             d.extend(piece);
-            if (state >> 20) % 7 == 0 {
+            if (state >> 20).is_multiple_of(7) {
                 d.extend(&[(state >> 40) as u8]);
             }
             while d.next_frame().is_some() {}

@@ -214,12 +214,7 @@ impl SessionCore {
     /// `body` with the header: MsgType, SenderCompID, TargetCompID,
     /// MsgSeqNum, [PossDupFlag,] SendingTime, [OrigSendingTime,] then the
     /// body fields.
-    fn frame(
-        &self,
-        body: Message,
-        seq: u64,
-        poss_dup: Option<&str>,
-    ) -> Result<Vec<u8>, FixError> {
+    fn frame(&self, body: Message, seq: u64, poss_dup: Option<&str>) -> Result<Vec<u8>, FixError> {
         let mut fields = body.fields().iter();
         let msg_type = fields.next().map(|(_, v)| v.as_str()).unwrap_or("");
         let mut message = Message::new(msg_type)
@@ -443,10 +438,7 @@ impl SessionCore {
                     if let Some(theirs) = message.get(tag::HEART_BT_INT)
                         && theirs != self.config.heartbeat.as_secs().max(1).to_string()
                     {
-                        tracing::warn!(
-                            theirs,
-                            "the counterparty answered with another HeartBtInt"
-                        );
+                        tracing::warn!(theirs, "the counterparty answered with another HeartBtInt");
                     }
                     actions.push(Action::Event(SessionEvent::LoggedOn));
                 }
@@ -468,9 +460,7 @@ impl SessionCore {
             "2" => self.answer_resend(&message, now, actions)?,
             "3" => {
                 let reject = SessionReject {
-                    ref_seq_num: message
-                        .get(tag::REF_SEQ_NUM)
-                        .and_then(|s| s.parse().ok()),
+                    ref_seq_num: message.get(tag::REF_SEQ_NUM).and_then(|s| s.parse().ok()),
                     ref_msg_type: message.get(tag::REF_MSG_TYPE).map(str::to_owned),
                     ref_tag: message.get(tag::REF_TAG_ID).map(str::to_owned),
                     reason: message.get(tag::SESSION_REJECT_REASON).map(str::to_owned),
@@ -508,9 +498,9 @@ impl SessionCore {
                 };
                 actions.push(Action::Disconnect(reason));
             }
-            _ => actions.push(Action::Event(SessionEvent::Message(
-                std::sync::Arc::new(message),
-            ))),
+            _ => actions.push(Action::Event(SessionEvent::Message(std::sync::Arc::new(
+                message,
+            )))),
         }
         Ok(())
     }
@@ -547,7 +537,11 @@ impl SessionCore {
             .with(tag::GAP_FILL_FLAG, "Y")
             .with(tag::NEW_SEQ_NO, next);
         let original = utc_timestamp(SystemTime::now());
-        actions.push(Action::Send(self.frame(fill, begin.max(1), Some(&original))?));
+        actions.push(Action::Send(self.frame(
+            fill,
+            begin.max(1),
+            Some(&original),
+        )?));
         self.last_sent = now;
         Ok(())
     }
@@ -648,7 +642,7 @@ mod tests {
             }
         }
 
-        fn from_lp(&mut self, msg_type: &str) -> Message {
+        fn lp_message(&mut self, msg_type: &str) -> Message {
             let m = Message::new(msg_type)
                 .with(49, "LP")
                 .with(56, "FXCAST")
@@ -668,7 +662,7 @@ mod tests {
             assert_eq!(logon.get(553), Some("user"));
             assert_eq!(logon.get(554), Some("secret"));
             assert_eq!(logon.get(108), Some("10"));
-            let a = h.from_lp("A").with(98, 0).with(108, 10);
+            let a = h.lp_message("A").with(98, 0).with(108, 10);
             let actions = h.receive(a);
             assert!(matches!(
                 actions.as_slice(),
@@ -698,14 +692,17 @@ mod tests {
     #[test]
     fn logon_then_application_messages_in_sequence() {
         let mut h = Harness::logged_on();
-        let (seq, bytes) = h.core.send_app(Message::new("D").with(11, "k"), h.now).unwrap();
+        let (seq, bytes) = h
+            .core
+            .send_app(Message::new("D").with(11, "k"), h.now)
+            .unwrap();
         assert_eq!(seq, 2, "the Logon took 1");
         let d = decode(&bytes);
         assert_eq!(
             (d.get(49), d.get(56), d.get(34)),
             (Some("FXCAST"), Some("LP"), Some("2"))
         );
-        let er = h.from_lp("8").with(11, "k");
+        let er = h.lp_message("8").with(11, "k");
         let actions = h.receive(er);
         assert!(matches!(
             actions.as_slice(),
@@ -718,12 +715,12 @@ mod tests {
     fn nothing_but_logon_is_accepted_before_logon() {
         let mut h = Harness::new();
         h.core.logon(h.now).unwrap();
-        let md = h.from_lp("W");
+        let md = h.lp_message("W");
         let actions = h.receive(md);
         assert!(disconnected(&actions).unwrap().contains("expected Logon"));
         let mut h = Harness::new();
         h.core.logon(h.now).unwrap();
-        let out = h.from_lp("5").with(58, "bad password");
+        let out = h.lp_message("5").with(58, "bad password");
         let actions = h.receive(out);
         assert!(disconnected(&actions).unwrap().contains("bad password"));
         assert!(
@@ -752,11 +749,11 @@ mod tests {
     fn seq_too_low_without_poss_dup_logs_out_with_poss_dup_is_ignored() {
         let mut h = Harness::logged_on();
         h.their_seq = 1;
-        let dup = h.from_lp("8").with(43, "Y");
+        let dup = h.lp_message("8").with(43, "Y");
         let actions = h.receive(dup);
         assert!(actions.is_empty(), "{actions:?}");
         h.their_seq = 1;
-        let low = h.from_lp("8");
+        let low = h.lp_message("8");
         let actions = h.receive(low);
         let out = sent(&actions);
         assert_eq!(out[0].msg_type(), "5");
@@ -768,7 +765,7 @@ mod tests {
     fn seq_too_high_asks_for_a_resend_and_holds_the_message_until_the_gap_is_filled() {
         let mut h = Harness::logged_on();
         h.their_seq = 5; // 2, 3, 4 missing
-        let ahead = h.from_lp("8").with(11, "late");
+        let ahead = h.lp_message("8").with(11, "late");
         let actions = h.receive(ahead);
         let out = sent(&actions);
         assert_eq!(out.len(), 1);
@@ -776,17 +773,17 @@ mod tests {
         assert_eq!((out[0].get(7), out[0].get(16)), (Some("2"), Some("0")));
         assert!(!actions.iter().any(|a| matches!(a, Action::Event(_))));
         // A second message beyond the gap does not ask again.
-        let ahead2 = h.from_lp("8").with(11, "later");
+        let ahead2 = h.lp_message("8").with(11, "later");
         assert!(sent(&h.receive(ahead2)).is_empty());
         // The resend: 2 resent application message, then a gap fill to 5.
         h.their_seq = 2;
-        let resent = h.from_lp("8").with(43, "Y").with(11, "resent");
+        let resent = h.lp_message("8").with(43, "Y").with(11, "resent");
         let actions = h.receive(resent);
         assert!(matches!(
             actions.as_slice(),
             [Action::Event(SessionEvent::Message(m))] if m.poss_dup()
         ));
-        let fill = h.from_lp("4").with(43, "Y").with(123, "Y").with(36, 5);
+        let fill = h.lp_message("4").with(43, "Y").with(123, "Y").with(36, 5);
         let actions = h.receive(fill);
         let ids: Vec<_> = actions
             .iter()
@@ -804,10 +801,12 @@ mod tests {
     fn resend_requests_are_answered_with_one_gap_fill() {
         let mut h = Harness::logged_on();
         for _ in 0..3 {
-            h.core.send_app(Message::new("D").with(11, "x"), h.now).unwrap();
+            h.core
+                .send_app(Message::new("D").with(11, "x"), h.now)
+                .unwrap();
         }
         // Our next is 5; they ask from 2.
-        let request = h.from_lp("2").with(7, 2).with(16, 0);
+        let request = h.lp_message("2").with(7, 2).with(16, 0);
         let actions = h.receive(request);
         let out = sent(&actions);
         assert_eq!(out.len(), 1);
@@ -824,10 +823,10 @@ mod tests {
     #[test]
     fn sequence_reset_moves_forward_never_back() {
         let mut h = Harness::logged_on();
-        let reset = h.from_lp("4").with(36, 20);
+        let reset = h.lp_message("4").with(36, 20);
         assert!(sent(&h.receive(reset)).is_empty());
         assert_eq!(h.core.store.next_target(), 20);
-        let back = h.from_lp("4").with(36, 3);
+        let back = h.lp_message("4").with(36, 3);
         let out = sent(&h.receive(back));
         assert_eq!(out[0].msg_type(), "3");
         assert_eq!(h.core.store.next_target(), 20);
@@ -836,12 +835,9 @@ mod tests {
     #[test]
     fn test_requests_heartbeats_and_silence() {
         let mut h = Harness::logged_on();
-        let tr = h.from_lp("1").with(112, "abc");
+        let tr = h.lp_message("1").with(112, "abc");
         let out = sent(&h.receive(tr));
-        assert_eq!(
-            (out[0].msg_type(), out[0].get(112)),
-            ("0", Some("abc"))
-        );
+        assert_eq!((out[0].msg_type(), out[0].get(112)), ("0", Some("abc")));
         // 10 s of silence on our side: a heartbeat.
         let out = sent(&h.core.on_tick(h.now + Duration::from_secs(10)));
         assert_eq!(out[0].msg_type(), "0");
@@ -863,7 +859,7 @@ mod tests {
             .unwrap()
             .to_owned();
         h.now += Duration::from_secs(13);
-        let hb = h.from_lp("0").with(112, &id);
+        let hb = h.lp_message("0").with(112, &id);
         h.receive(hb);
         let actions = h.core.on_tick(h.now + Duration::from_secs(5));
         assert!(disconnected(&actions).is_none(), "{actions:?}");
@@ -873,7 +869,7 @@ mod tests {
     fn rejects_and_logouts_surface() {
         let mut h = Harness::logged_on();
         let reject = h
-            .from_lp("3")
+            .lp_message("3")
             .with(45, 2)
             .with(372, "D")
             .with(373, 1)
@@ -884,7 +880,7 @@ mod tests {
         };
         assert_eq!(r.ref_seq_num, Some(2));
         assert!(r.to_string().contains("Required tag missing"));
-        let logout = h.from_lp("5").with(58, "maintenance");
+        let logout = h.lp_message("5").with(58, "maintenance");
         let actions = h.receive(logout);
         assert_eq!(sent(&actions)[0].msg_type(), "5");
         assert!(disconnected(&actions).unwrap().contains("maintenance"));
@@ -896,8 +892,16 @@ mod tests {
         let m = Message::new("8").with(49, "LP").with(56, "FXCAST");
         assert!(disconnected(&h.receive(m)).is_some());
         let mut h = Harness::logged_on();
-        let m = Message::new("4").with(49, "LP").with(56, "FXCAST").with(34, 2).with(123, "Y");
+        let m = Message::new("4")
+            .with(49, "LP")
+            .with(56, "FXCAST")
+            .with(34, 2)
+            .with(123, "Y");
         let out = sent(&h.receive(m));
-        assert_eq!(out[0].msg_type(), "3", "GapFill without NewSeqNo is rejected");
+        assert_eq!(
+            out[0].msg_type(),
+            "3",
+            "GapFill without NewSeqNo is rejected"
+        );
     }
 }

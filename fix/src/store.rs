@@ -43,7 +43,13 @@ impl SeqStore {
     pub fn open(dir: &Path, sender: &str, target: &str) -> Result<Self, FixError> {
         let safe = |s: &str| -> String {
             s.chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '_' || c == '.' { c } else { '_' })
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '_' || c == '.' {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
                 .collect()
         };
         let path = dir.join(format!("{}-{}.seqnums", safe(sender), safe(target)));
@@ -170,6 +176,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("A-B.seqnums"), "garbage").unwrap();
         let err = SeqStore::open(dir.path(), "A", "B").unwrap_err();
-        assert!(err.to_string().contains("not two sequence numbers"), "{err}");
+        assert!(
+            err.to_string().contains("not two sequence numbers"),
+            "{err}"
+        );
     }
 }

@@ -147,7 +147,10 @@ async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
         other => panic!("{other:?}"),
     }
     assert!(session.status().borrow().garbled >= 1);
-    let seq = session.send(Message::new("D").with(11, "k1")).await.unwrap();
+    let seq = session
+        .send(Message::new("D").with(11, "k1"))
+        .await
+        .unwrap();
     assert_eq!(seq, 2);
     let d = peer.read_non_heartbeat().await;
     assert_eq!((d.msg_type(), d.get(11)), ("D", Some("k1")));
@@ -199,7 +202,10 @@ async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
     }
 
     // Logout: ours, answered.
-    let next = session.send(Message::new("D").with(11, "k2")).await.unwrap();
+    let next = session
+        .send(Message::new("D").with(11, "k2"))
+        .await
+        .unwrap();
     let stopping = {
         let session = session.clone();
         tokio::spawn(async move { session.logout(Duration::from_secs(5)).await })
@@ -220,6 +226,9 @@ async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
     let mut peer3 = Peer::accept(&listener).await;
     let logon = peer3.read().await;
     let continued: u64 = logon.get(34).unwrap().parse().unwrap();
-    assert!(continued >= next + 2, "{continued}: numbers continue after k2 and the Logout");
+    assert!(
+        continued >= next + 2,
+        "{continued}: numbers continue after k2 and the Logout"
+    );
     again.logout(Duration::from_millis(100)).await;
 }

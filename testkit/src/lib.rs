@@ -44,8 +44,8 @@ mod streams;
 mod tls;
 mod ws;
 
-pub use fxcast_proto::{Authed, Bearer, authed};
 pub use fix_lp::{FIX_PASSWORD, FIX_SENDER, FIX_TARGET, FIX_USERNAME, FixLp, fix_lp_binary};
+pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
 pub use nats::NatsServer;

@@ -92,6 +92,10 @@ fn market_data_request(request_id: &str, lp_symbol: &str) -> Message {
         .with(tag::SYMBOL, lp_symbol)
 }
 
+/// A change to one side of a book: `None` no change, `Some(None)` the
+/// entry is deleted, `Some(Some(price))` it is set.
+type SideChange = Option<Option<Decimal>>;
+
 /// What one market-data message says, per LP symbol: the entries it sets
 /// (`Some(price)`) or deletes (`None`), bid first.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -99,7 +103,7 @@ struct Update {
     /// Snapshot (W): the book is replaced, not changed.
     snapshot: bool,
     /// LP symbol -> (bid change, ask change); an outer `None` is no change.
-    changes: BTreeMap<String, (Option<Option<Decimal>>, Option<Option<Decimal>>)>,
+    changes: BTreeMap<String, (SideChange, SideChange)>,
 }
 
 /// Reads a W or X message's entries.
@@ -262,8 +266,10 @@ impl FixFeed {
         };
         tracing::warn!(%symbol, %reason, "the LP rejected the market data request");
         if symbol != "?" {
-            self.health
-                .mark_down(symbol, &format!("the LP rejected the market data request: {reason}"));
+            self.health.mark_down(
+                symbol,
+                &format!("the LP rejected the market data request: {reason}"),
+            );
         }
     }
 }
@@ -277,9 +283,7 @@ impl Feed for FixFeed {
         Box::pin(async move {
             let session = self.config.session.clone();
             let mut events = session.subscribe();
-            session
-                .start()
-                .map_err(|e| Error::Config(e.to_string()))?;
+            session.start().map_err(|e| Error::Config(e.to_string()))?;
             let mut status = session.status();
             let mut subscribed_logon = 0;
             let mut requests = HashMap::new();

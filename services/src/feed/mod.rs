@@ -23,8 +23,8 @@ mod simulated;
 pub use bitflyer::{
     BITFLYER_DEFAULT_PRODUCTS, BITFLYER_ENDPOINT, Backoff, BitflyerConfig, BitflyerFeed,
 };
-pub(crate) use health::supervise;
 pub use fix::{FixFeed, FixFeedConfig};
+pub(crate) use health::supervise;
 pub use health::{FeedCounters, FeedHealth, FeedHealthSnapshot, SymbolHealth};
 pub use record::{RecordSummary, record_bitflyer};
 pub use replay::{ParseReplaySpeedError, ReplayConfig, ReplayFeed, ReplaySpeed};

@@ -40,7 +40,10 @@ pub use conventions::OrderConventions;
 pub use events::orders_topic;
 pub use executor::OrderExecutor;
 pub use journal::{JournalSync, ListFilter, OrderJournal, OrderPage, Recorded};
-pub use lp::{FixLp, FixLpConfig, LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp, SimulatedLpConfig};
+pub use lp::{
+    FixLp, FixLpConfig, LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp,
+    SimulatedLpConfig,
+};
 pub use model::{OrderRecord, OrderStatus, OrderTerms, RejectReason, Side};
 pub use price_check::{PricePolicy, Tolerance};
 pub use service::OrderServiceImpl;

@@ -118,10 +118,7 @@ impl FixLp {
         let n = self.status_requests.fetch_add(1, Ordering::Relaxed) + 1;
         Message::new("H")
             .with(tag::CL_ORD_ID, &order.key)
-            .with(
-                tag::ORD_STATUS_REQ_ID,
-                format!("{}-{n}", order.order_id),
-            )
+            .with(tag::ORD_STATUS_REQ_ID, format!("{}-{n}", order.order_id))
             .with(tag::SYMBOL, self.config.symbols.to_lp(&order.symbol))
             .with(tag::SIDE, Self::side(order.side))
     }
@@ -163,25 +160,25 @@ impl FixLp {
                 Ok(Err(RecvError::Lagged(_))) => continue,
                 Ok(Err(RecvError::Closed)) => return Err(self.error("the FIX session stopped")),
             };
-            let message = match event {
-                SessionEvent::Message(message) => message,
-                SessionEvent::LoggedOut { reason } => {
-                    return Err(self.error(format!(
-                        "the FIX session ended before the answer for {key}: {reason}"
-                    )));
-                }
-                SessionEvent::Reject(reject) if reject.ref_seq_num == Some(seq) => {
-                    return match asked {
-                        Asked::NewOrder => Ok(LpOutcome::Rejected {
-                            message: format!("the LP refused the order: {reject}"),
-                        }),
-                        Asked::Status => Err(self.error(format!(
-                            "the LP refused the OrderStatusRequest: {reject}"
-                        ))),
-                    };
-                }
-                SessionEvent::Reject(_) | SessionEvent::LoggedOn => continue,
-            };
+            let message =
+                match event {
+                    SessionEvent::Message(message) => message,
+                    SessionEvent::LoggedOut { reason } => {
+                        return Err(self.error(format!(
+                            "the FIX session ended before the answer for {key}: {reason}"
+                        )));
+                    }
+                    SessionEvent::Reject(reject) if reject.ref_seq_num == Some(seq) => {
+                        return match asked {
+                            Asked::NewOrder => Ok(LpOutcome::Rejected {
+                                message: format!("the LP refused the order: {reject}"),
+                            }),
+                            Asked::Status => Err(self
+                                .error(format!("the LP refused the OrderStatusRequest: {reject}"))),
+                        };
+                    }
+                    SessionEvent::Reject(_) | SessionEvent::LoggedOn => continue,
+                };
             match message.msg_type() {
                 "8" if message.get(tag::CL_ORD_ID) == Some(key) => {
                     if let Some(outcome) = self.report(&message, asked)? {
@@ -198,9 +195,10 @@ impl FixLp {
                         Asked::NewOrder => Ok(LpOutcome::Rejected {
                             message: format!("the LP refused the order: {text}"),
                         }),
-                        Asked::Status => Err(self.error(format!(
-                            "the LP refused the OrderStatusRequest: {text}"
-                        ))),
+                        Asked::Status => {
+                            Err(self
+                                .error(format!("the LP refused the OrderStatusRequest: {text}")))
+                        }
                     };
                 }
                 _ => {}
@@ -249,9 +247,8 @@ impl FixLp {
                 ),
             },
             "1" => {
-                return Err(self.error(
-                    "the LP reports a partial fill of a fill-or-kill order; not settled",
-                ));
+                return Err(self
+                    .error("the LP reports a partial fill of a fill-or-kill order; not settled"));
             }
             _ if asked == Asked::Status => {
                 return Err(self.error(format!(
@@ -344,7 +341,10 @@ mod tests {
         assert_eq!(d.get(55), Some("USD/JPY"));
         assert_eq!(d.get(54), Some("2"));
         assert_eq!(d.get(38), Some("1000"));
-        assert_eq!((d.get(40), d.get(44), d.get(59)), (Some("2"), Some("151.234"), Some("4")));
+        assert_eq!(
+            (d.get(40), d.get(44), d.get(59)),
+            (Some("2"), Some("151.234"), Some("4"))
+        );
         let h = lp().order_status_request(&order());
         assert_eq!((h.get(11), h.get(55)), (Some("alice/c1"), Some("USD/JPY")));
     }
@@ -368,7 +368,10 @@ mod tests {
         ));
         assert!(lp.report(&er("0"), Asked::NewOrder).unwrap().is_none());
         assert!(lp.report(&er("0"), Asked::Status).is_err());
-        assert!(lp.report(&er("2"), Asked::NewOrder).is_err(), "a fill needs a price");
+        assert!(
+            lp.report(&er("2"), Asked::NewOrder).is_err(),
+            "a fill needs a price"
+        );
         assert!(matches!(
             lp.report(&er("8"), Asked::Status).unwrap(),
             Some(LpOutcome::Rejected { message }) if message.contains("never received")
