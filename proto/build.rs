@@ -1,7 +1,7 @@
 //! Compiles the protos with `protox` (pure Rust, no system `protoc`) and
 //! writes the encoded descriptor set that server reflection serves. The
 //! servers are generated apart from the messages and clients, to give them
-//! their own codec.
+//! their own codec and `StreamRates` its pre-encoded responses.
 
 use std::{env, path::PathBuf};
 
@@ -33,6 +33,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .extern_path(".fxcast.v1", "crate::v1")
+        // StreamRates sends responses encoded once per tick (src/frame.rs).
+        .extern_path(
+            ".fxcast.v1.StreamRatesResponse",
+            "crate::frame::StreamRatesFrame",
+        )
         .codec_path("crate::codec::RequestCodec")
         .out_dir(&servers)
         .compile_fds(fds)?;

@@ -11,7 +11,7 @@ use fxcast_services::{
     feed::{
         BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, FixFeedConfig, ReplayConfig, SimulatorConfig,
     },
-    orders::{FixLpConfig, LpConfig, SimulatedLpConfig},
+    orders::{FixLpConfig, LpConfig, OrdersUpstream, SimulatedLpConfig},
 };
 use fxcast_transport::{
     Transport,
@@ -113,7 +113,7 @@ impl Config {
         config.core.feed = feed(&settings, fix.as_ref());
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
-        apply_orders(&mut config.core, &settings)?;
+        apply_orders(&mut config.core, &settings, env)?;
         if let (Some(LpName::Fix), Some((session, symbols))) = (settings.lp, &fix) {
             config.core.orders.lp = LpConfig::Fix(FixLpConfig {
                 session: session.clone(),
@@ -481,7 +481,11 @@ fn apply_auth(config: &mut Config, settings: &Settings, env: Lookup<'_>) -> Resu
 }
 
 /// Price checks, the simulated liquidity provider and journal durability.
-fn apply_orders(core: &mut fxcast_services::Config, settings: &Settings) -> Result<(), Error> {
+fn apply_orders(
+    core: &mut fxcast_services::Config,
+    settings: &Settings,
+    env: Lookup<'_>,
+) -> Result<(), Error> {
     let orders = &mut core.orders;
     if let Some(policy) = settings.price_policy {
         orders.policy = policy;
@@ -503,6 +507,19 @@ fn apply_orders(core: &mut fxcast_services::Config, settings: &Settings) -> Resu
     if let Some(sync) = settings.journal_sync {
         orders.journal_sync = sync;
     }
+    orders.upstream = settings
+        .orders_upstream
+        .as_ref()
+        .map(|url| match url.split_once("://") {
+            Some(("http" | "https", rest)) if !rest.is_empty() => Ok(OrdersUpstream {
+                url: url.clone(),
+                ca: env("FXCAST_CA_CERT").map(PathBuf::from),
+            }),
+            _ => Err(Error::Config(format!(
+                "--orders-upstream {url:?} must be an http:// or https:// URL of the order executor's gRPC listener"
+            ))),
+        })
+        .transpose()?;
     Ok(())
 }
 
@@ -969,5 +986,27 @@ mod tests {
         assert!(format!("{err:#}").contains("unknown --lp"), "{err:#}");
         let plain = resolve(parse(&[])).unwrap();
         assert!(plain.fix_session().is_none());
+    }
+
+    #[test]
+    fn orders_upstream_names_the_executor_and_trusts_the_ca_of_the_environment() {
+        assert_eq!(resolve(parse(&[])).unwrap().core.orders.upstream, None);
+        let argv = ["--orders-upstream", "https://exec.internal:50051"];
+        let env = |name: &str| (name == "FXCAST_CA_CERT").then(|| "/etc/fxcast/ca.pem".to_owned());
+        let r = Config::from_settings(parse(&argv).unwrap().with_file().unwrap(), &env).unwrap();
+        assert_eq!(
+            r.core.orders.upstream,
+            Some(OrdersUpstream {
+                url: "https://exec.internal:50051".into(),
+                ca: Some(PathBuf::from("/etc/fxcast/ca.pem")),
+            })
+        );
+        for bad in ["exec.internal:50051", "nats://exec:4222", "http://"] {
+            let err = resolve(parse(&["--orders-upstream", bad])).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("must be an http:// or https:// URL"),
+                "{bad}: {err:#}"
+            );
+        }
     }
 }

@@ -257,6 +257,11 @@ settings! {
         #[arg(long, env = "FXCAST_JOURNAL_SYNC")]
         #[serde(deserialize_with = "parsed")]
         journal_sync: Option<JournalSync>,
+        /// Execute no orders here: forward every OrderService call (REST orders too) to the
+        /// cluster's one order executor at this gRPC URL, e.g. http://10.0.0.5:50051, so a
+        /// client_order_id fills at most once across processes (https:// trusts FXCAST_CA_CERT)
+        #[arg(long, env = "FXCAST_ORDERS_UPSTREAM")]
+        orders_upstream: Option<String>,
         /// Per-symbol conventions, from the file only: `[symbol.USD_JPY] markup = "0.003"`.
         #[arg(skip)]
         symbol: BTreeMap<String, SymbolOverride>,

@@ -8,11 +8,14 @@
 //! - [`v1`]: the generated messages, clients and servers.
 //! - `bearer`: [`Bearer`], the interceptor every client authenticates with.
 //! - [`codec`]: the servers' codec: undecodable requests are `INVALID_ARGUMENT`.
+//! - [`frame`]: [`frame::StreamRatesFrame`], the servers' `StreamRatesResponse`,
+//!   encoded once per tick for every stream.
 
 #![forbid(unsafe_code)]
 
 mod bearer;
 pub mod codec;
+pub mod frame;
 
 pub use bearer::{Authed, Bearer, authed};
 

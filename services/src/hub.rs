@@ -12,7 +12,9 @@ use fxcast_transport::{Delivery, Transport};
 use tokio::task::JoinSet;
 
 use crate::{
-    Error, LatestRates, SymbolTable, Tick, rates_topic,
+    Error, LatestRates, SymbolTable, Tick,
+    feed::FeedHealth,
+    rates_topic,
     stream::{RingSubscription, SymbolRings},
 };
 
@@ -42,6 +44,9 @@ pub type SymbolSubscription = RingSubscription<Tick>;
 pub struct RateHub {
     rings: SymbolRings<Tick>,
     latest: LatestRates,
+    /// In a process without a feed: where the arrival of each tick is
+    /// recorded, so a publisher that stops is noticed.
+    arrivals: Option<FeedHealth>,
 }
 
 impl std::fmt::Debug for RateHub {
@@ -58,7 +63,16 @@ impl RateHub {
         Self {
             rings: SymbolRings::new(symbols.names(), config.history, config.stream_buffer),
             latest,
+            arrivals: None,
         }
+    }
+
+    /// Records the arrival of every fresh tick in `health` (a process
+    /// without a feed of its own watches its publisher this way).
+    #[must_use]
+    pub fn recording_arrivals(mut self, health: FeedHealth) -> Self {
+        self.arrivals = Some(health);
+        self
     }
 
     /// Subscribes to every symbol's topic on `transport` and spawns one ingest
@@ -138,6 +152,11 @@ impl RateHub {
             );
             return;
         };
+        if let Some(health) = &self.arrivals
+            && !tick.rate.stale
+        {
+            health.record_arrival(tick.symbol(), tick.received_at);
+        }
         self.latest.update(Arc::clone(&tick));
         ring.push(tick);
     }

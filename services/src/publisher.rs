@@ -230,6 +230,7 @@ impl RatePublisher {
             ask,
             payload: payload.clone(),
             received_at: Instant::now(),
+            frame: std::sync::OnceLock::new(),
         });
         let topic = rates_topic(tick.symbol());
         inner.transport.publish(&topic, payload.clone()).await?;

@@ -6,6 +6,7 @@ use std::{
 };
 
 use futures_util::{Stream, StreamExt, stream::select_all};
+use fxcast_proto::frame::StreamRatesFrame;
 use fxcast_proto::v1::{
     Gap, GapReason, GetLatestRateRequest, ListSymbolsRequest, ListSymbolsResponse,
     PublishRateRequest, Rate, StreamRatesRequest, StreamRatesResponse, SymbolInfo,
@@ -76,15 +77,10 @@ pub struct RateServiceImpl {
     pub(crate) authority: TokenAuthority,
 }
 
-type RateStream = Pin<Box<dyn Stream<Item = Result<StreamRatesResponse, Status>> + Send>>;
+/// A `StreamRates` stream: responses encoded once, shared by every stream.
+type RateStream = Pin<Box<dyn Stream<Item = Result<StreamRatesFrame, Status>> + Send>>;
 
-fn rate_event(tick: &Tick) -> StreamRatesResponse {
-    StreamRatesResponse {
-        event: Some(stream_rates_response::Event::Rate(tick.rate.clone())),
-    }
-}
-
-fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
+fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesFrame {
     let (first, last) = (gap.first_missing, gap.last_missing);
     let range = if first == last {
         format!("sequence {first}")
@@ -113,7 +109,7 @@ fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
             ),
         ),
     };
-    StreamRatesResponse {
+    StreamRatesFrame::event(&StreamRatesResponse {
         event: Some(stream_rates_response::Event::Gap(Gap {
             symbol: symbol.to_owned(),
             first_missing: first,
@@ -121,15 +117,15 @@ fn gap_event(symbol: &str, gap: stream::Gap) -> StreamRatesResponse {
             reason: reason as i32,
             message,
         })),
-    }
+    })
 }
 
 /// The events of one delivery: the gap before the tick, if any, then the tick.
-fn events(delivery: &Delivery<Tick>) -> impl Iterator<Item = StreamRatesResponse> + use<> {
+fn events(delivery: &Delivery<Tick>) -> impl Iterator<Item = StreamRatesFrame> + use<> {
     let gap = delivery
         .gap
         .map(|gap| gap_event(delivery.tick.symbol(), gap));
-    gap.into_iter().chain([rate_event(&delivery.tick)])
+    gap.into_iter().chain([delivery.tick.frame().clone()])
 }
 
 impl RateServiceImpl {
@@ -212,7 +208,7 @@ impl RateServiceImpl {
 /// A `StreamRates` stream as it starts.
 struct OpenStream {
     /// The backlogs' events, to send first.
-    backlog: Vec<StreamRatesResponse>,
+    backlog: Vec<StreamRatesFrame>,
     /// Each symbol's live ticks.
     lives: Vec<LiveTicks<Tick>>,
     /// Where the stream stands after the backlog.

@@ -3,12 +3,12 @@
 use std::{
     collections::HashMap,
     str::FromStr,
-    sync::{Arc, RwLock},
+    sync::{Arc, OnceLock, RwLock},
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
-use fxcast_proto::v1::Rate;
+use fxcast_proto::{frame::StreamRatesFrame, v1::Rate};
 use fxcast_transport::Transport;
 use prost::Message;
 use rust_decimal::Decimal;
@@ -34,6 +34,9 @@ pub struct Tick {
     pub payload: Bytes,
     /// When this process received (or published) it, on the monotonic clock.
     pub received_at: Instant,
+    /// The `StreamRates` response carrying it, encoded on first use and
+    /// then sent as is by every gRPC stream.
+    pub frame: OnceLock<StreamRatesFrame>,
 }
 
 impl Tick {
@@ -55,7 +58,14 @@ impl Tick {
             ask,
             payload,
             received_at: Instant::now(),
+            frame: OnceLock::new(),
         })
+    }
+
+    /// The `StreamRates` response of this rate, encoded once.
+    pub fn frame(&self) -> &StreamRatesFrame {
+        self.frame
+            .get_or_init(|| StreamRatesFrame::rate(&self.payload))
     }
 
     /// Decodes a payload read from the transport's shared storage
@@ -237,6 +247,23 @@ impl LatestRates {
                 true
             }
         }
+    }
+
+    /// Marks the latest rate of `symbol` stale in place (same sequence),
+    /// when no tick has arrived for it for too long and this process has no
+    /// feed to publish a stale marker with. The next newer tick replaces
+    /// it. Returns whether a rate was marked.
+    pub fn mark_stale(&self, symbol: &str) -> bool {
+        let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let Some(current) = map.get_mut(symbol).filter(|t| !t.rate.stale) else {
+            return false;
+        };
+        let mut tick = Tick::clone(current);
+        tick.rate.stale = true;
+        tick.payload = Bytes::from(tick.rate.encode_to_vec());
+        tick.frame = OnceLock::new();
+        *current = Arc::new(tick);
+        true
     }
 
     /// The latest tick of `symbol`, if any.

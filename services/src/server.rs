@@ -14,8 +14,10 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     Config, Error, LatestRates, RateHub, RatePublisher, RateServiceImpl, SymbolTable,
     auth::{AuthLayer, TokenAuthority, TokenServiceImpl},
-    feed::{Feed, FeedHealth},
-    orders::{JOURNAL_FILE, OrderExecutor, OrderJournal, OrderServiceImpl},
+    feed::{Feed, FeedHealth, FeedKind},
+    orders::{
+        JOURNAL_FILE, OrderExecutor, OrderForwarder, OrderJournal, OrderRoute, OrderServiceImpl,
+    },
     sequences::{SEQUENCES_FILE, SequenceStore},
 };
 
@@ -30,7 +32,7 @@ pub struct RatesCore {
     feed_health: FeedHealth,
     transport: Arc<dyn Transport>,
     authority: TokenAuthority,
-    orders: OrderExecutor,
+    orders: Orders,
     config: Config,
     shutdown: CancellationToken,
     tasks: JoinSet<()>,
@@ -54,31 +56,54 @@ impl RatesCore {
             SymbolTable::build(&config.symbols, &config.markup, &config.symbol_overrides)?;
         let authority = TokenAuthority::open(&config.data_dir, config.auth.clone())?;
         let latest = LatestRates::with_shared(Arc::clone(&transport), config.latest_fresh_for);
-        let hub = RateHub::new(&symbols, latest.clone(), config.hub);
+        let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
+        let mut hub = RateHub::new(&symbols, latest.clone(), config.hub);
         let mut tasks = JoinSet::new();
+        if config.feed == FeedKind::None {
+            // The rates come from another process: its silence is this
+            // process's staleness.
+            hub = hub.recording_arrivals(feed_health.clone());
+            tasks.spawn(crate::feed::watch_arrivals(
+                latest.clone(),
+                feed_health.clone(),
+                shutdown.clone(),
+            ));
+        }
         hub.connect(&transport, &mut tasks).await?;
         // What other processes published before this one started.
         hub.prime(&transport).await;
         // The authority has created the data directory.
         let publisher = durable_publisher(&config, &transport, &latest, &symbols)?;
-        // The authority has created the data directory.
-        let journal = OrderJournal::open(
-            &config.data_dir.join(JOURNAL_FILE),
-            config.orders.journal_sync,
-        )?;
-        let orders = OrderExecutor::start(
-            &config.orders,
-            journal,
-            symbols.clone(),
-            latest.clone(),
-            hub.clone(),
-            Arc::clone(&transport),
-            shutdown.clone(),
-        )
-        .await?;
+        let orders = match &config.orders.upstream {
+            Some(upstream) => {
+                tracing::info!(upstream = %upstream.url, "orders go to the executor upstream");
+                Orders::Upstream(OrderForwarder::new(
+                    upstream,
+                    authority.clone(),
+                    shutdown.clone(),
+                )?)
+            }
+            None => {
+                // The authority has created the data directory.
+                let journal = OrderJournal::open(
+                    &config.data_dir.join(JOURNAL_FILE),
+                    config.orders.journal_sync,
+                )?;
+                let executor = OrderExecutor::start(
+                    &config.orders,
+                    journal,
+                    symbols.clone(),
+                    latest.clone(),
+                    hub.clone(),
+                    Arc::clone(&transport),
+                    shutdown.clone(),
+                )
+                .await?;
+                Orders::Local(executor)
+            }
+        };
 
         crate::auth::start_following(&transport, &authority, &shutdown, &mut tasks).await;
-        let feed_health = FeedHealth::new(symbols.names(), config.stale_after);
         let mut core = Self {
             symbols,
             latest,
@@ -158,9 +183,13 @@ impl RatesCore {
         &self.authority
     }
 
-    /// Order execution (for `OrderService` and the gateway).
-    pub fn orders(&self) -> &OrderExecutor {
-        &self.orders
+    /// This process's order executor; `None` when its orders go to the
+    /// cluster's executor (`--orders-upstream`).
+    pub fn orders(&self) -> Option<&OrderExecutor> {
+        match &self.orders {
+            Orders::Local(executor) => Some(executor),
+            Orders::Upstream(_) => None,
+        }
     }
 
     /// The transport in use.
@@ -197,9 +226,16 @@ impl RatesCore {
         }
     }
 
-    /// The `OrderService` implementation over this core.
-    pub fn order_service(&self) -> OrderServiceImpl {
-        OrderServiceImpl::new(self.orders.clone(), self.authority.clone())
+    /// The `OrderService` of this core: its own executor's, or the
+    /// forwarder to the cluster's executor.
+    pub fn order_service(&self) -> OrderRoute {
+        match &self.orders {
+            Orders::Local(executor) => OrderRoute::Local(OrderServiceImpl::new(
+                executor.clone(),
+                self.authority.clone(),
+            )),
+            Orders::Upstream(forwarder) => OrderRoute::Upstream(forwarder.clone()),
+        }
     }
 
     /// Serves gRPC (RateService, OrderService, TokenService, health,
@@ -237,7 +273,7 @@ impl RatesCore {
         // Serving from now until shutdown.
         let services = [
             RateServiceServer::<RateServiceImpl>::NAME,
-            OrderServiceServer::<OrderServiceImpl>::NAME,
+            OrderServiceServer::<OrderRoute>::NAME,
         ];
         let (health, health_service) = tonic_health::server::health_reporter();
         for service in services {
@@ -298,6 +334,15 @@ impl RatesCore {
             .await?;
         Ok(())
     }
+}
+
+/// Where this process's orders are executed.
+#[derive(Debug)]
+enum Orders {
+    /// Here: journal and liquidity provider in this process.
+    Local(OrderExecutor),
+    /// At the cluster's executor.
+    Upstream(OrderForwarder),
 }
 
 /// A publisher whose sequences continue where the last run in `config`'s

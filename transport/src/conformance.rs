@@ -10,17 +10,83 @@
 //! });
 //! ```
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use bytes::Bytes;
+use tokio::sync::watch;
 
-use crate::{Delivery, Subscription, Transport};
+use crate::{
+    BoxFuture, Delivery, Error, SubscriberAccess, Subscription, Transport, TransportHealth,
+};
 
 /// What the suite may assume about a backend under test.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// The most messages the backend buffers for one stalled subscriber.
     pub buffer: usize,
+}
+
+/// A backend under test together with what it needs alive (its server
+/// process, a temporary directory): the suite takes a transport, and the
+/// guard lives exactly as long as it does.
+pub struct WithGuard<T, G> {
+    /// The backend.
+    pub transport: T,
+    /// Dropped with the transport.
+    pub guard: G,
+}
+
+impl<T: fmt::Debug, G> fmt::Debug for WithGuard<T, G> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.transport.fmt(f)
+    }
+}
+
+impl<T: Transport, G: Send + Sync + 'static> Transport for WithGuard<T, G> {
+    fn name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+        self.transport.publish(topic, payload)
+    }
+
+    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+        self.transport.subscribe(topic)
+    }
+
+    fn local_subscribers(&self, topic: &str) -> usize {
+        self.transport.local_subscribers(topic)
+    }
+
+    fn health(&self) -> watch::Receiver<TransportHealth> {
+        self.transport.health()
+    }
+
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+        self.transport.retain(topic, payload)
+    }
+
+    fn retain_for<'a>(
+        &'a self,
+        topic: &'a str,
+        payload: Bytes,
+        keep_for: Duration,
+    ) -> BoxFuture<'a, Result<(), Error>> {
+        self.transport.retain_for(topic, payload, keep_for)
+    }
+
+    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+        self.transport.retained(topic)
+    }
+
+    fn subscriber_access<'a>(
+        &'a self,
+        topics: &'a [String],
+        valid_for: Duration,
+    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+        self.transport.subscriber_access(topics, valid_for)
+    }
 }
 
 /// How long any single expected delivery may take before the check fails.

@@ -11,6 +11,8 @@
 //! # Layout
 //! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
+//! - `health`: `HealthBoard`, what a network backend has failing now, as
+//!   its [`TransportHealth`].
 //! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
 //!   gap), shared by the memory and Momento backends.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
@@ -44,6 +46,8 @@ use futures_util::Stream;
 use tokio::sync::watch;
 
 mod backoff;
+#[cfg(any(feature = "momento", feature = "nats"))]
+mod health;
 mod local;
 mod memory;
 mod mirror;

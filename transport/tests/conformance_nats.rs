@@ -3,72 +3,14 @@
 
 mod support;
 
-use std::time::Duration;
-
-use bytes::Bytes;
 use fxcast_transport::{
-    BoxFuture, Error, Subscription, Transport, TransportHealth,
-    conformance::Limits,
+    conformance::{Limits, WithGuard},
     nats::{NatsConfig, NatsTransport},
 };
 use support::nats_server::NatsServer;
-use tokio::sync::watch;
 
-/// A transport and the server it uses, which lives as long as it does.
-#[derive(Debug)]
-struct Served {
-    transport: NatsTransport,
-    _server: ServerGuard,
-}
-
-struct ServerGuard(NatsServer);
-
-impl std::fmt::Debug for ServerGuard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("NatsServer").field(&self.0.url()).finish()
-    }
-}
-
-impl Transport for Served {
-    fn name(&self) -> &'static str {
-        self.transport.name()
-    }
-
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
-        self.transport.publish(topic, payload)
-    }
-
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
-        self.transport.subscribe(topic)
-    }
-
-    fn local_subscribers(&self, topic: &str) -> usize {
-        self.transport.local_subscribers(topic)
-    }
-
-    fn health(&self) -> watch::Receiver<TransportHealth> {
-        self.transport.health()
-    }
-
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
-        self.transport.retain(topic, payload)
-    }
-
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        self.transport.retain_for(topic, payload, keep_for)
-    }
-
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
-        self.transport.retained(topic)
-    }
-}
-
-async fn connect(buffer: usize) -> Served {
+/// A transport on a fresh nats-server, which lives as long as it does.
+async fn connect(buffer: usize) -> WithGuard<NatsTransport, NatsServer> {
     let server = NatsServer::start();
     let transport = NatsTransport::connect(NatsConfig {
         url: server.url(),
@@ -77,9 +19,9 @@ async fn connect(buffer: usize) -> Served {
     })
     .await
     .expect("connect to nats-server");
-    Served {
+    WithGuard {
         transport,
-        _server: ServerGuard(server),
+        guard: server,
     }
 }
 

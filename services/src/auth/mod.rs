@@ -20,11 +20,11 @@ mod service;
 mod shared;
 
 pub use anonymous::{AnonymousGrant, AnonymousPolicy, browser_scopes};
-pub(crate) use authority::unless_ended;
 pub use authority::{
     API_KEY_ID, AuthConfig, AuthError, CredentialEnd, IssuedToken, REVOCATIONS_TOPIC,
     TokenAuthority, api_key_path, issue_offline, validate_subject,
 };
+pub(crate) use authority::{StreamEnd, unless_ended};
 pub use caller::Caller;
 pub use layer::{AuthLayer, AuthService};
 pub use revocations::{Revoked, until_revoked};

@@ -19,11 +19,14 @@ use std::{
     time::Duration,
 };
 
-use tokio::{sync::mpsc, time::Instant};
+use tokio::{
+    sync::{Notify, mpsc},
+    time::Instant,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::Quote;
-use crate::RatePublisher;
+use crate::{LatestRates, RatePublisher};
 
 /// Per-symbol liveness of the running feed and its connection counters.
 /// A cheap `Clone` handle shared by the feed, its supervisor, readiness and
@@ -39,6 +42,8 @@ struct Inner {
     state: Mutex<State>,
     connection: AtomicU8,
     counters: [AtomicU64; Counter::COUNT],
+    /// Wakes [`watch_arrivals`] when a stale symbol receives a tick again.
+    revived: Notify,
 }
 
 struct State {
@@ -176,6 +181,7 @@ impl FeedHealth {
                 }),
                 connection: AtomicU8::new(CONNECTION_NONE),
                 counters: Default::default(),
+                revived: Notify::new(),
             }),
         }
     }
@@ -286,6 +292,15 @@ impl FeedHealth {
         std::mem::replace(&mut s.stale, false)
     }
 
+    /// Records a tick of `symbol` that arrived from the transport at `at`
+    /// (a process without a feed of its own, see [`watch_arrivals`]).
+    pub(crate) fn record_arrival(&self, symbol: &str, at: std::time::Instant) {
+        if self.record_tick(symbol, Instant::from_std(at)) {
+            tracing::info!(%symbol, "ticks arrive again from the transport: no longer stale");
+            self.inner.revived.notify_one();
+        }
+    }
+
     /// When the next tracked symbol goes stale if nothing arrives.
     fn next_deadline(&self) -> Option<Instant> {
         let stale_after = self.inner.stale_after;
@@ -382,6 +397,38 @@ async fn mark_stale(publisher: &RatePublisher, source: &'static str, health: &Fe
         );
         if let Err(err) = publisher.publish_stale(&symbol).await {
             tracing::warn!(%symbol, error = %err, "could not publish the stale marker");
+        }
+    }
+}
+
+/// The staleness of a process without a feed: its rates come from another
+/// process over the transport, and when that process stops (or its feed
+/// does) nothing arrives. A symbol that receives no tick for `stale_after`
+/// is marked stale here, in the local latest rate (so `GetLatestRate`,
+/// REST, readiness and the order check all see it) without publishing
+/// anything: the sequences belong to the publisher. The next tick it
+/// publishes replaces the marked rate. Ends on `shutdown`.
+pub(crate) async fn watch_arrivals(
+    latest: LatestRates,
+    health: FeedHealth,
+    shutdown: CancellationToken,
+) {
+    health.track("transport", Instant::now());
+    loop {
+        let deadline = health.next_deadline();
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = health.inner.revived.notified() => continue,
+            () = sleep_until(deadline) => {}
+        }
+        for symbol in health.expire(Instant::now()) {
+            if latest.mark_stale(&symbol) {
+                tracing::warn!(
+                    %symbol,
+                    stale_after = %humantime::format_duration(health.stale_after()),
+                    "no tick from the transport: marking the symbol stale"
+                );
+            }
         }
     }
 }

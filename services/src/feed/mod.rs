@@ -24,8 +24,8 @@ pub use bitflyer::{
     BITFLYER_DEFAULT_PRODUCTS, BITFLYER_ENDPOINT, Backoff, BitflyerConfig, BitflyerFeed,
 };
 pub use fix::{FixFeed, FixFeedConfig};
-pub(crate) use health::supervise;
 pub use health::{FeedCounters, FeedHealth, FeedHealthSnapshot, SymbolHealth};
+pub(crate) use health::{supervise, watch_arrivals};
 pub use record::{RecordSummary, record_bitflyer};
 pub use replay::{ParseReplaySpeedError, ReplayConfig, ReplayFeed, ReplaySpeed};
 pub use simulated::{SimulatedFeed, SimulatorConfig};

@@ -23,10 +23,14 @@
 //! - `events`: order events on the transport and their local fan-out.
 //! - `executor`: [`OrderExecutor`], the pipeline above.
 //! - `service`: the tonic `OrderService`.
+//! - `forward`: [`OrderForwarder`], `OrderService` of a node whose orders go
+//!   to the cluster's one executor (`--orders-upstream`), and [`OrderRoute`],
+//!   the choice between the two.
 
 mod conventions;
 mod events;
 mod executor;
+mod forward;
 mod journal;
 pub mod lp;
 mod model;
@@ -39,6 +43,7 @@ use std::{sync::Arc, time::Duration};
 pub use conventions::OrderConventions;
 pub use events::orders_topic;
 pub use executor::OrderExecutor;
+pub use forward::{OrderForwarder, OrderRoute, OrdersUpstream};
 pub use journal::{JournalSync, ListFilter, OrderJournal, OrderPage, Recorded};
 pub use lp::{
     FixLp, FixLpConfig, LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp,
@@ -95,6 +100,9 @@ pub struct OrdersConfig {
     pub lp: LpConfig,
     /// How the journal makes a commit durable.
     pub journal_sync: JournalSync,
+    /// `Some`: this process executes no orders and forwards every
+    /// `OrderService` call to the executor there (no journal, no LP here).
+    pub upstream: Option<OrdersUpstream>,
 }
 
 impl Default for OrdersConfig {
@@ -104,6 +112,7 @@ impl Default for OrdersConfig {
             max_price_age: Duration::from_secs(2),
             lp: LpConfig::default(),
             journal_sync: JournalSync::Full,
+            upstream: None,
         }
     }
 }

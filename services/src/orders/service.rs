@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 
 use super::{OrderExecutor, events::FeedItem, journal::ListFilter, model::OrderStatus, validate};
 use crate::{
-    auth::{Caller, CredentialEnd, Scope, TokenAuthority, unless_ended},
+    auth::{Caller, CredentialEnd, Scope, StreamEnd, TokenAuthority, unless_ended},
     quote::quoted,
 };
 
@@ -92,7 +92,22 @@ fn time(field: &str, value: Option<prost_types::Timestamp>) -> Result<Option<Sys
         .transpose()
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, Status>> + Send>>;
+pub(super) type EventStream = Pin<Box<dyn Stream<Item = Result<OrderEvent, Status>> + Send>>;
+
+/// When an order-event stream of `caller` ends: its token expires or is
+/// revoked, or the server shuts down.
+pub(super) fn events_end(
+    authority: &TokenAuthority,
+    caller: &Caller,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> StreamEnd {
+    CredentialEnd::or_shutdown(
+        authority.credential_end(caller),
+        shutdown.clone(),
+        "server is shutting down; reconnect, then reload with ListOrders",
+        ", then reload with ListOrders",
+    )
+}
 
 #[tonic::async_trait]
 impl OrderService for OrderServiceImpl {
@@ -226,12 +241,7 @@ impl OrderService for OrderServiceImpl {
         for symbol in &symbols {
             self.executor.symbols().get(symbol)?;
         }
-        let mut end = CredentialEnd::or_shutdown(
-            self.authority.credential_end(caller),
-            self.executor.shutdown().clone(),
-            "server is shutting down; reconnect, then reload with ListOrders",
-            ", then reload with ListOrders",
-        );
+        let mut end = events_end(&self.authority, caller, self.executor.shutdown());
         let (feed, mut receiver) = self.executor.subscribe_events(&caller.subject).await?;
         let stream = async_stream::try_stream! {
             // Holding the feed keeps the transport subscription alive.

@@ -42,7 +42,8 @@ use tonic::{
     service::interceptor::InterceptedService, transport::Channel,
 };
 
-use super::{ReconnectPolicy, health::HealthBoard};
+use super::ReconnectPolicy;
+use crate::health::HealthBoard;
 use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription, local::LocalReader};
 
 /// Momento serves at most this many concurrent subscriptions on one HTTP/2

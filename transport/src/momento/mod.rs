@@ -60,17 +60,16 @@ mod board;
 mod budget;
 mod credentials;
 mod feed;
-mod health;
 mod pacing;
 mod shards;
 
+use crate::health::HealthBoard;
 use crate::{
     BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use board::Board;
 use budget::Budget;
 use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
-use health::HealthBoard;
 use pacing::{Pacer, PacerConfig, SendFn};
 use shards::Shards;
 

@@ -26,7 +26,8 @@ use bytes::Bytes;
 use tokio::{sync::Notify, time::Instant};
 use tokio_util::sync::CancellationToken;
 
-use super::{ReconnectPolicy, health::HealthBoard};
+use super::ReconnectPolicy;
+use crate::health::HealthBoard;
 use crate::{Backoff, BoxFuture, Error};
 
 /// Sends one payload for one key.

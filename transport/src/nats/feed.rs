@@ -56,7 +56,8 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{BACKEND, health::HealthBoard};
+use super::BACKEND;
+use crate::health::HealthBoard;
 use crate::{
     Backoff, BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription, local::LocalReader,
 };

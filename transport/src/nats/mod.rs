@@ -57,15 +57,14 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::watch;
 
 mod feed;
-mod health;
 mod subject;
 
+use crate::health::HealthBoard;
 use crate::{
     Backoff, BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
     validate_topic,
 };
 use feed::{FeedContext, FeedCounters, Feeds};
-use health::HealthBoard;
 
 const BACKEND: &str = "nats";
 

@@ -1,7 +1,7 @@
-//! What is failing right now.
+//! What is failing right now, for the network backends.
 //!
-//! Every subscription and every paced publisher reports its own failure
-//! under its own key; the transport is [`TransportHealth::Connected`] when no
+//! The connection, every subscription and every paced publisher report
+//! their own failure under their own key; the transport is [`TransportHealth::Connected`] when no
 //! key is failing. One watch channel carries the result, so readiness and
 //! gRPC health follow changes without polling.
 
@@ -16,7 +16,7 @@ use crate::TransportHealth;
 
 /// The current failures of one transport. A cheap `Clone` handle.
 #[derive(Debug, Clone)]
-pub(super) struct HealthBoard {
+pub(crate) struct HealthBoard {
     // A std mutex: held for a map update, never across an `.await`.
     failing: Arc<Mutex<BTreeMap<String, String>>>,
     sender: Arc<watch::Sender<TransportHealth>>,
@@ -32,19 +32,19 @@ impl Default for HealthBoard {
 }
 
 impl HealthBoard {
-    pub(super) fn subscribe(&self) -> watch::Receiver<TransportHealth> {
+    pub(crate) fn subscribe(&self) -> watch::Receiver<TransportHealth> {
         self.sender.subscribe()
     }
 
     /// Records that `key` (a subscription, a publisher) is failing.
-    pub(super) fn fail(&self, key: &str, reason: String) {
+    pub(crate) fn fail(&self, key: &str, reason: String) {
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         failing.insert(key.to_owned(), reason);
         self.publish(&failing);
     }
 
     /// Records that `key` works again.
-    pub(super) fn recover(&self, key: &str) {
+    pub(crate) fn recover(&self, key: &str) {
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         if failing.remove(key).is_some() {
             self.publish(&failing);
