@@ -62,6 +62,7 @@ async fn serve(data: &Path, port: u16) -> fxcast_testkit::ServeProcess {
 struct Clients {
     rates: RateServiceClient<Authed>,
     orders: OrderServiceClient<Authed>,
+    token: String,
 }
 
 async fn clients(served: &fxcast_testkit::ServeProcess) -> Clients {
@@ -74,6 +75,7 @@ async fn clients(served: &fxcast_testkit::ServeProcess) -> Clients {
     Clients {
         rates: RateServiceClient::new(channel.clone()),
         orders: OrderServiceClient::new(channel),
+        token,
     }
 }
 
@@ -144,6 +146,17 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
     let rate = rate_where(&mut stream, |r| r.ask == "151.262").await;
     assert_eq!(rate.bid, "151.238");
     assert!(!rate.stale);
+    // The gateway's WebSocket clients get the same marked-up LP price.
+    let url = format!("ws://{}/v1/stream?token={}", served.http, c.token);
+    let (mut ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    fxcast_testkit::subscribe(&mut ws, &["USD_JPY"]).await;
+    let message = fxcast_testkit::next_json(&mut ws).await;
+    assert_eq!(message["type"], "rate", "{message}");
+    assert_eq!(
+        (message["bid"].as_str(), message["ask"].as_str()),
+        (Some("151.238"), Some("151.262")),
+        "{message}"
+    );
 
     // A buy at the quoted ask fills at the LP's ask.
     let filled = c
