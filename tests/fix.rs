@@ -433,3 +433,66 @@ async fn an_order_the_lp_never_received_times_out_then_is_rejected_after_order_s
         "exactly one NewOrderSingle"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_refused_by_the_lp_and_never_logged() {
+    let lp_dir = tempfile::tempdir().unwrap();
+    let lp = FixLp::start(lp_dir.path()).await;
+    let data = tempfile::tempdir().unwrap();
+    let port = lp.port().to_string();
+    let mut command = tokio::process::Command::new(BIN);
+    command
+        .args([
+            "serve",
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--feed",
+            "fix",
+            "--symbols",
+            "USD_JPY",
+            "--fix-host",
+            "127.0.0.1",
+            "--fix-port",
+            &port,
+            "--fix-sender-comp-id",
+            FIX_SENDER,
+            "--fix-target-comp-id",
+            FIX_TARGET,
+            "--fix-username",
+            FIX_USERNAME,
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .env("FXCAST_FIX_PASSWORD", "not-the-password-31337");
+    // The log names the LP's reason; the password appears nowhere in it
+    // (the configuration is logged at start, redacted).
+    command
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .env_remove("FXCAST_CONFIG")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().unwrap();
+    let mut log =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(child.stderr.take().unwrap()));
+    let mut seen = Vec::new();
+    let refused = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = log.next_line().await.unwrap() {
+            seen.push(line.clone());
+            if line.contains("logon refused") {
+                return line;
+            }
+        }
+        panic!("fxcast exited: {seen:?}");
+    })
+    .await
+    .expect("the refused logon is logged");
+    assert!(refused.contains("bad username or password"), "{refused}");
+    let all = seen.join("\n");
+    assert!(all.contains("<redacted>"), "{all}");
+    assert!(!all.contains("not-the-password-31337"), "{all}");
+    lp.wait_for(1, |l| l == "ADMIN A bad-credentials").await;
+}
