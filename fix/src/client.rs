@@ -249,6 +249,18 @@ async fn run(shared: &Shared, mut store: SeqStore, mut inbox: mpsc::Receiver<Out
                     continue;
                 }
             };
+        // Connecting to a local port nobody listens on can connect the
+        // socket to itself (TCP simultaneous open) when the kernel picks that
+        // same port as the local one: that is no counterparty.
+        if let (Ok(local), Ok(peer)) = (stream.local_addr(), stream.peer_addr())
+            && local == peer
+        {
+            fail(
+                shared,
+                format!("cannot connect to {address}: connected to itself"),
+            );
+            continue;
+        }
         // Nagle would hold small orders and heartbeats back.
         let _ = stream.set_nodelay(true);
         let mut core = SessionCore::new(config.clone(), store, Instant::now().into_std());

@@ -80,17 +80,26 @@ pub struct FixLp {
 
 impl FixLp {
     /// Starts an LP with its state in `dir` on a free port.
+    ///
+    /// The port is drawn below the kernel's ephemeral range (which starts
+    /// at 32768 by default), not bound as `127.0.0.1:0`: a port from the
+    /// ephemeral range can be taken, while the LP is down for a restart, as
+    /// the local port of some outgoing connection (even fxcast's own
+    /// reconnect attempt, which then connects to itself).
     pub async fn start(dir: &Path) -> Self {
-        for _ in 0..10 {
-            let port = {
-                let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-                listener.local_addr().unwrap().port()
-            };
+        use std::hash::{BuildHasher, Hasher};
+        for _ in 0..20 {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_u32(std::process::id());
+            let port = 20_000 + u16::try_from(hasher.finish() % 12_000).unwrap();
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
+                continue;
+            }
             if let Some(lp) = Self::try_start(dir, port).await {
                 return lp;
             }
         }
-        panic!("the QuickFIX LP found no free port in 10 attempts");
+        panic!("the QuickFIX LP found no free port in 20 attempts");
     }
 
     /// Starts an LP on `port` with its state in `dir` (a restart keeps
