@@ -26,6 +26,8 @@ pub struct App {
     stop: CancellationToken,
     grpc: JoinHandle<Result<(), fxcast_services::Error>>,
     http: JoinHandle<Result<(), fxcast_gateway::Error>>,
+    /// The FIX session to the LP, logged out at shutdown.
+    fix: Option<fxcast_fix::FixSession>,
 }
 
 impl App {
@@ -46,6 +48,7 @@ impl App {
         let http = bind("HTTP", config.http_listen).await?;
         tracing::info!(data_dir = %data_dir.display(), "starting fxcast");
         let mut config = config;
+        let fix = config.fix_session();
         config.gateway.momento_ops_plan = momento_ops_plan(&config);
         let transport = connect(config.transport).await?;
         let stop = CancellationToken::new();
@@ -81,6 +84,7 @@ impl App {
             stop,
             grpc: grpc_task,
             http: http_task,
+            fix,
         })
     }
 
@@ -126,7 +130,11 @@ impl App {
     pub async fn shutdown(self) -> Result<(), Error> {
         self.stop.cancel();
         let core = Arc::clone(&self.core);
+        let fix = self.fix.clone();
         let servers = self.join().await;
+        if let Some(fix) = fix {
+            fix.logout(std::time::Duration::from_secs(2)).await;
+        }
         if let Err(err) = core.publisher().checkpoint().await {
             tracing::warn!(error = %err, "could not record the sequences; the next run skips ahead");
         }

@@ -4,11 +4,14 @@
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
+use fxcast_fix::{FixSession, Password, SessionConfig, SymbolMap};
 use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     FeedKind,
-    feed::{BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, ReplayConfig, SimulatorConfig},
-    orders::{LpConfig, OrdersUpstream, SimulatedLpConfig},
+    feed::{
+        BITFLYER_DEFAULT_PRODUCTS, BitflyerConfig, FixFeedConfig, ReplayConfig, SimulatorConfig,
+    },
+    orders::{FixLpConfig, LpConfig, OrdersUpstream, SimulatedLpConfig},
 };
 use fxcast_transport::{
     Transport,
@@ -19,7 +22,7 @@ use fxcast_transport::{
 
 use crate::{
     Error,
-    settings::{FeedName, Settings, TransportKind},
+    settings::{FeedName, LpName, Settings, TransportKind},
 };
 
 /// Where secrets come from: the process environment in `fxcast serve`, a
@@ -111,10 +114,18 @@ impl Config {
         config.core.connections = connections;
         config.gateway.connections = connections;
         (config.core.tls, config.gateway.tls) = tls(&settings)?;
-        config.core.feed = feed(&settings);
+        let fix = fix(&settings)?;
+        config.core.feed = feed(&settings, fix.as_ref());
         apply_market(&mut config, &settings)?;
         apply_auth(&mut config, &settings, env)?;
         apply_orders(&mut config.core, &settings, env)?;
+        if let (Some(LpName::Fix), Some((session, symbols))) = (settings.lp, &fix) {
+            config.core.orders.lp = LpConfig::Fix(FixLpConfig {
+                session: session.clone(),
+                symbols: symbols.clone(),
+                timeout: FIX_ORDER_TIMEOUT,
+            });
+        }
         apply_board(&mut config, &settings)?;
         if let Some(path) = settings.data_dir {
             config.core.data_dir = path;
@@ -125,6 +136,15 @@ impl Config {
     /// The data directory.
     pub fn data_dir(&self) -> &PathBuf {
         &self.core.data_dir
+    }
+
+    /// The FIX session of `--feed fix` / `--lp fix`, if either uses one.
+    pub fn fix_session(&self) -> Option<FixSession> {
+        match (&self.core.feed, &self.core.orders.lp) {
+            (FeedKind::Fix(feed), _) => Some(feed.session.clone()),
+            (_, LpConfig::Fix(lp)) => Some(lp.session.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -355,9 +375,58 @@ fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error>
     Ok(config)
 }
 
-fn feed(settings: &Settings) -> FeedKind {
+/// How long `--lp fix` waits for an ExecutionReport before leaving the
+/// order PENDING for recovery with OrderStatusRequest.
+const FIX_ORDER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The one FIX session of the process, when `--feed fix` or `--lp fix`
+/// needs it (both share it), with the symbol mapping.
+fn fix(settings: &Settings) -> Result<Option<(FixSession, SymbolMap)>, Error> {
+    if settings.feed != Some(FeedName::Fix) && settings.lp != Some(LpName::Fix) {
+        return Ok(None);
+    }
+    let fix = &settings.fix;
+    let required = |value: &Option<String>, flag: &str| {
+        value
+            .clone()
+            .ok_or_else(|| Error::Config(format!("--feed fix / --lp fix need {flag}")))
+    };
+    let host = required(&fix.host, "--fix-host")?;
+    let port = fix
+        .port
+        .ok_or_else(|| Error::Config("--feed fix / --lp fix need --fix-port".into()))?;
+    let sender = required(&fix.sender_comp_id, "--fix-sender-comp-id")?;
+    let target = required(&fix.target_comp_id, "--fix-target-comp-id")?;
+    let data_dir = settings
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| fxcast_services::Config::default().data_dir);
+    let mut session = SessionConfig::new(&host, port, &sender, &target, data_dir.join("fix"));
+    if let Some(heartbeat) = fix.heartbeat {
+        session.heartbeat = heartbeat.into();
+    }
+    session.username.clone_from(&fix.username);
+    session.password = fix.password.as_ref().map(|p| Password::new(p.expose()));
+    if session.password.is_some() != session.username.is_some() {
+        return Err(Error::Config(
+            "--fix-username and --fix-password (FXCAST_FIX_PASSWORD) go together".into(),
+        ));
+    }
+    let session = FixSession::new(session).map_err(|e| Error::Config(e.to_string()))?;
+    let symbols = SymbolMap::new(fix.symbols.clone()).map_err(Error::Config)?;
+    Ok(Some((session, symbols)))
+}
+
+fn feed(settings: &Settings, fix: Option<&(FixSession, SymbolMap)>) -> FeedKind {
     match settings.feed.clone().unwrap_or(FeedName::Simulated) {
         FeedName::Simulated => FeedKind::Simulated,
+        FeedName::Fix => match fix {
+            Some((session, symbols)) => FeedKind::Fix(FixFeedConfig {
+                session: session.clone(),
+                symbols: symbols.clone(),
+            }),
+            None => FeedKind::None,
+        },
         FeedName::None => FeedKind::None,
         FeedName::Bitflyer => FeedKind::Bitflyer(BitflyerConfig {
             endpoint: settings
@@ -938,7 +1007,7 @@ mod tests {
         for (argv, message) in [
             (
                 &["--feed", "carrier-pigeon"][..],
-                "expected simulated, bitflyer, replay:<FILE> or none",
+                "expected simulated, bitflyer, fix, replay:<FILE> or none",
             ),
             (&["--feed", "replay:"], "needs a file"),
             (
@@ -954,6 +1023,67 @@ mod tests {
             let err = resolve(parse(argv)).unwrap_err();
             assert!(format!("{err:#}").contains(message), "{argv:?}: {err:#}");
         }
+    }
+
+    #[test]
+    fn fix_settings_build_one_shared_session() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fix.toml");
+        std::fs::write(
+            &path,
+            "[fix]\nhost = \"lp.example\"\nport = 9878\nsender_comp_id = \"DESK\"\n\
+             target_comp_id = \"LP\"\nheartbeat = \"10s\"\nusername = \"desk\"\n\
+             [fix.symbols]\nUSD_JPY = \"USD/JPY\"\n",
+        )
+        .unwrap();
+        let argv = [
+            "--config",
+            path.to_str().unwrap(),
+            "--feed",
+            "fix",
+            "--lp",
+            "fix",
+            "--fix-port",
+            "9879",
+            "--fix-password",
+            "s3cret-pw",
+            "--data-dir",
+            "/tmp/fxcast-fix-config",
+        ];
+        let r = resolve(parse(&argv)).unwrap();
+        let FeedKind::Fix(feed) = &r.core.feed else {
+            panic!("{:?}", r.core.feed)
+        };
+        let LpConfig::Fix(lp) = &r.core.orders.lp else {
+            panic!("{:?}", r.core.orders.lp)
+        };
+        assert_eq!(feed.session, lp.session, "one session for both");
+        let session = feed.session.config();
+        assert_eq!((session.host.as_str(), session.port), ("lp.example", 9879));
+        assert_eq!(session.sender_comp_id, "DESK");
+        assert_eq!(session.heartbeat, Duration::from_secs(10));
+        assert_eq!(session.username.as_deref(), Some("desk"));
+        assert_eq!(
+            session.password.as_ref().map(|p| p.expose()),
+            Some("s3cret-pw")
+        );
+        assert_eq!(
+            session.store_dir,
+            PathBuf::from("/tmp/fxcast-fix-config/fix")
+        );
+        assert_eq!(feed.symbols.to_lp("USD_JPY"), "USD/JPY");
+        assert!(
+            !format!("{r:?}").contains("s3cret-pw"),
+            "the password is redacted"
+        );
+        assert_eq!(r.fix_session(), Some(feed.session.clone()));
+
+        let err = resolve(parse(&["--lp", "fix"])).unwrap_err();
+        assert!(format!("{err:#}").contains("--fix-host"), "{err:#}");
+        let err = resolve(parse(&["--lp", "tcp"])).unwrap_err();
+        assert!(format!("{err:#}").contains("unknown --lp"), "{err:#}");
+        let plain = resolve(parse(&[])).unwrap();
+        assert!(plain.fix_session().is_none());
     }
 
     #[test]

@@ -26,7 +26,8 @@ use std::{net::SocketAddr, path::PathBuf};
 pub use app::App;
 pub use config::{Config, Lookup, TransportConfig, environment};
 pub use settings::{
-    FeedName, Fraction, List, NatsSettings, RedisSettings, Secret, Settings, TransportKind,
+    FeedName, FixSettings, Fraction, List, LpName, NatsSettings, RedisSettings, Secret, Settings,
+    TransportKind,
 };
 
 /// Why fxcast could not be configured or run.

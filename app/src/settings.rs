@@ -65,6 +65,12 @@ impl Layer for RedisSettings {
     }
 }
 
+impl Layer for FixSettings {
+    fn over(self, lower: Self) -> Self {
+        FixSettings::over(self, lower)
+    }
+}
+
 impl<V> Layer for BTreeMap<String, V> {
     fn over(mut self, lower: Self) -> Self {
         for (key, value) in lower {
@@ -162,6 +168,12 @@ settings! {
         redis: RedisSettings,
         /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), replay:<FILE>
         /// (a recording from `fxcast record`), or none (rates only via PublishRate) [default: simulated]
+        /// The FIX 4.4 session to the LP of --feed fix / --lp fix (`[fix]` in the file).
+        #[command(flatten)]
+        fix: FixSettings,
+        /// Upstream feed: simulated, bitflyer (live bitFlyer Lightning tickers), fix (an LP's
+        /// prices over FIX, --fix-*), replay:<FILE> (a recording from `fxcast record`), or none
+        /// (rates only via PublishRate) [default: simulated]
         #[arg(long, env = "FXCAST_FEED")]
         #[serde(deserialize_with = "parsed")]
         feed: Option<FeedName>,
@@ -236,6 +248,11 @@ settings! {
         #[arg(long, env = "FXCAST_MAX_PRICE_AGE")]
         #[serde(deserialize_with = "parsed")]
         max_price_age: Option<humantime::Duration>,
+        /// Liquidity provider: simulated (in-process) or fix (an LP over FIX, --fix-*)
+        /// [default: simulated]
+        #[arg(long, env = "FXCAST_LP")]
+        #[serde(deserialize_with = "parsed")]
+        lp: Option<LpName>,
         /// Answer time of the simulated liquidity provider, e.g. 2ms [default: 0s]
         #[arg(long, env = "FXCAST_LP_LATENCY")]
         #[serde(deserialize_with = "parsed")]
@@ -311,6 +328,61 @@ settings! {
         /// Mozilla's roots [default: FXCAST_CA_CERT when set]
         #[arg(id = "redis_ca", long = "redis-ca", env = "FXCAST_REDIS_CA")]
         ca: Option<PathBuf>,
+    }
+}
+
+settings! {
+    /// The FIX session of `--feed fix` / `--lp fix`: flags `--fix-*`, keys
+    /// of the file's `[fix]` table, symbol mapping in `[fix.symbols]`.
+    #[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    pub struct FixSettings {
+        /// The LP's FIX acceptor host
+        #[arg(id = "fix_host", value_name = "HOST", long = "fix-host", env = "FXCAST_FIX_HOST")]
+        host: Option<String>,
+        /// The LP's FIX acceptor port
+        #[arg(id = "fix_port", value_name = "PORT", long = "fix-port", env = "FXCAST_FIX_PORT")]
+        port: Option<u16>,
+        /// Our FIX SenderCompID (49)
+        #[arg(id = "fix_sender_comp_id", value_name = "COMP_ID", long = "fix-sender-comp-id", env = "FXCAST_FIX_SENDER_COMP_ID")]
+        sender_comp_id: Option<String>,
+        /// The LP's FIX TargetCompID (56)
+        #[arg(id = "fix_target_comp_id", value_name = "COMP_ID", long = "fix-target-comp-id", env = "FXCAST_FIX_TARGET_COMP_ID")]
+        target_comp_id: Option<String>,
+        /// FIX HeartBtInt, whole seconds [default: 30s]
+        #[arg(id = "fix_heartbeat", value_name = "DURATION", long = "fix-heartbeat", env = "FXCAST_FIX_HEARTBEAT")]
+        #[serde(deserialize_with = "parsed")]
+        heartbeat: Option<humantime::Duration>,
+        /// Username (553) on the FIX Logon
+        #[arg(id = "fix_username", value_name = "USERNAME", long = "fix-username", env = "FXCAST_FIX_USERNAME")]
+        username: Option<String>,
+        /// Password (554) on the FIX Logon; prefer the environment variable, flags show in `ps`
+        #[arg(id = "fix_password", value_name = "PASSWORD", long = "fix-password", env = "FXCAST_FIX_PASSWORD", hide_env_values = true)]
+        password: Option<Secret>,
+        /// fxcast symbol -> the LP's symbol, from the file only: `[fix.symbols] USD_JPY = "USD/JPY"`.
+        #[arg(skip)]
+        symbols: BTreeMap<String, String>,
+    }
+}
+
+/// Which liquidity provider deals orders (`--lp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LpName {
+    /// The in-process simulator.
+    Simulated,
+    /// An LP over FIX 4.4.
+    Fix,
+}
+
+impl FromStr for LpName {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "simulated" => Ok(Self::Simulated),
+            "fix" => Ok(Self::Fix),
+            other => Err(format!("unknown --lp {other:?}; expected simulated or fix")),
+        }
     }
 }
 
@@ -401,6 +473,8 @@ pub enum FeedName {
     Simulated,
     /// bitFlyer Lightning's realtime API.
     Bitflyer,
+    /// An LP's prices over FIX 4.4.
+    Fix,
     /// A recording played back.
     Replay(PathBuf),
     /// No feed: rates arrive through `PublishRate` or the transport.
@@ -414,6 +488,7 @@ impl FromStr for FeedName {
         match s {
             "simulated" => Ok(Self::Simulated),
             "bitflyer" => Ok(Self::Bitflyer),
+            "fix" => Ok(Self::Fix),
             "none" => Ok(Self::None),
             other => match other.strip_prefix("replay:") {
                 Some("") => {
@@ -421,7 +496,7 @@ impl FromStr for FeedName {
                 }
                 Some(path) => Ok(Self::Replay(PathBuf::from(path))),
                 None => Err(format!(
-                    "unknown --feed {other:?}; expected simulated, bitflyer, replay:<FILE> or none"
+                    "unknown --feed {other:?}; expected simulated, bitflyer, fix, replay:<FILE> or none"
                 )),
             },
         }

@@ -25,6 +25,8 @@
 //!   ([`http_exchange`], [`http_request`], [`issue_token`]).
 //! - `tls`: a test CA, the certificate files a server reads, clients
 //!   trusting only that CA ([`Ca`], [`TlsDir`]).
+//! - `fix_lp`: the QuickFIX liquidity provider of the FIX tests
+//!   ([`FixLp`]), compiled from tests/fix-lp/lp.cpp on first use.
 //! - `nats`: a real nats-server with JetStream on a free port
 //!   ([`NatsServer`]), also compiled by the transport crate's NATS tests.
 //! - `redis`: a real redis-server on a free port ([`RedisServer`]), also
@@ -33,6 +35,7 @@
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
 
+mod fix_lp;
 mod http;
 mod logs;
 mod nats;
@@ -44,6 +47,7 @@ mod streams;
 mod tls;
 mod ws;
 
+pub use fix_lp::{FIX_PASSWORD, FIX_SENDER, FIX_TARGET, FIX_USERNAME, FixLp, fix_lp_binary};
 pub use fxcast_proto::{Authed, Bearer, authed};
 pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};

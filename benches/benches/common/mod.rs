@@ -81,8 +81,7 @@ impl Stack {
     pub async fn start_on(mut config: Config, transport: fxcast_app::TransportConfig) -> Self {
         config.feed = FeedKind::None;
         config.symbols = vec![SYMBOL.into()];
-        let stack =
-            fxcast_testkit::Stack::start_on(config, Default::default(), transport).await;
+        let stack = fxcast_testkit::Stack::start_on(config, Default::default(), transport).await;
         let stack = Self {
             core: Arc::clone(&stack.core),
             grpc: stack.addr,

@@ -59,6 +59,8 @@ struct SymbolState {
     stale: bool,
     ticks: u64,
     outages: u64,
+    /// Why the upstream refuses the symbol, until its next tick.
+    down: Option<String>,
 }
 
 const CONNECTION_NONE: u8 = 0;
@@ -122,6 +124,9 @@ pub struct SymbolHealth {
     pub last_tick_age: Option<Duration>,
     /// How many times the symbol went stale.
     pub outages: u64,
+    /// The upstream's reason for refusing the symbol (a FIX
+    /// MarketDataRequestReject), until it ticks again.
+    pub down: Option<String>,
 }
 
 /// A point-in-time copy of [`FeedHealth`], for readiness and metrics.
@@ -162,6 +167,7 @@ impl FeedHealth {
                     stale: false,
                     ticks: 0,
                     outages: 0,
+                    down: None,
                 };
                 (s.to_owned(), state)
             })
@@ -217,6 +223,7 @@ impl FeedHealth {
                 ticks: s.ticks,
                 last_tick_age: s.last_tick.map(|t| now.saturating_duration_since(t)),
                 outages: s.outages,
+                down: s.down.clone(),
             })
             .collect();
         let count = |c: Counter| self.inner.counters[c as usize].load(Ordering::Relaxed);
@@ -251,6 +258,14 @@ impl FeedHealth {
         }
     }
 
+    /// Records that the upstream refuses `symbol`, and why; cleared by its
+    /// next tick. The symbol, receiving nothing, goes stale as usual.
+    pub(crate) fn mark_down(&self, symbol: &str, reason: &str) {
+        if let Some(s) = self.state().symbols.get_mut(symbol) {
+            s.down = Some(reason.to_owned());
+        }
+    }
+
     fn set_connection(&self, value: u8) {
         self.inner.connection.store(value, Ordering::Relaxed);
     }
@@ -273,6 +288,7 @@ impl FeedHealth {
         };
         s.last_tick = Some(now);
         s.ticks += 1;
+        s.down = None;
         std::mem::replace(&mut s.stale, false)
     }
 

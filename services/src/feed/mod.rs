@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use crate::BoxFuture;
 
 mod bitflyer;
+mod fix;
 mod health;
 mod record;
 mod replay;
@@ -22,6 +23,7 @@ mod simulated;
 pub use bitflyer::{
     BITFLYER_DEFAULT_PRODUCTS, BITFLYER_ENDPOINT, Backoff, BitflyerConfig, BitflyerFeed,
 };
+pub use fix::{FixFeed, FixFeedConfig};
 pub use health::{FeedCounters, FeedHealth, FeedHealthSnapshot, SymbolHealth};
 pub(crate) use health::{supervise, watch_arrivals};
 pub use record::{RecordSummary, record_bitflyer};
@@ -54,6 +56,9 @@ pub enum FeedKind {
     Bitflyer(BitflyerConfig),
     /// A recorded bitFlyer session played back.
     Replay(ReplayConfig),
+    /// An LP's prices over FIX 4.4 (market data requests on the shared
+    /// FIX session).
+    Fix(FixFeedConfig),
 }
 
 impl FeedKind {
@@ -78,6 +83,11 @@ impl FeedKind {
                 health.clone(),
             )?)),
             Self::Replay(config) => Some(Box::new(ReplayFeed::open(
+                config.clone(),
+                symbols.names(),
+                health.clone(),
+            )?)),
+            Self::Fix(config) => Some(Box::new(FixFeed::new(
                 config.clone(),
                 symbols.names(),
                 health.clone(),

@@ -5,6 +5,7 @@
 //! to select it from configuration, one variant of
 //! [`LpConfig`](super::LpConfig)); nothing else changes.
 
+mod fix;
 mod simulated;
 
 use std::fmt;
@@ -14,6 +15,7 @@ use rust_decimal::Decimal;
 
 use super::model::Side;
 
+pub use fix::{FixLp, FixLpConfig};
 pub use simulated::{SimulatedLp, SimulatedLpConfig};
 
 /// An order as sent to a liquidity provider.

@@ -45,7 +45,10 @@ pub use events::orders_topic;
 pub use executor::OrderExecutor;
 pub use forward::{OrderForwarder, OrderRoute, OrdersUpstream};
 pub use journal::{JournalSync, ListFilter, OrderJournal, OrderPage, Recorded};
-pub use lp::{LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp, SimulatedLpConfig};
+pub use lp::{
+    FixLp, FixLpConfig, LiquidityProvider, LpError, LpOrder, LpOutcome, SimulatedLp,
+    SimulatedLpConfig,
+};
 pub use model::{OrderRecord, OrderStatus, OrderTerms, RejectReason, Side};
 pub use price_check::{PricePolicy, Tolerance};
 pub use service::OrderServiceImpl;
@@ -55,6 +58,8 @@ pub use service::OrderServiceImpl;
 pub enum LpConfig {
     /// The built-in simulated LP (the default).
     Simulated(SimulatedLpConfig),
+    /// An LP over FIX 4.4 (`--lp fix`).
+    Fix(FixLpConfig),
     /// A provider supplied by the embedding program (or a test).
     Custom(Arc<dyn LiquidityProvider>),
 }
@@ -76,6 +81,7 @@ impl LpConfig {
                 config.validate()?;
                 Arc::new(SimulatedLp::new(config.clone()))
             }
+            LpConfig::Fix(config) => Arc::new(FixLp::new(config.clone())?),
             LpConfig::Custom(lp) => Arc::clone(lp),
         })
     }

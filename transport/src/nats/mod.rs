@@ -60,7 +60,6 @@ use tokio::sync::watch;
 mod feed;
 mod subject;
 
-use crate::health::HealthBoard;
 use crate::{
     Backoff, BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
     validate_topic,
