@@ -13,6 +13,8 @@
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
 //! - `health`: `HealthBoard`, what a network backend has failing now, as
 //!   its [`TransportHealth`].
+//! - `feeds`: the per-topic feeds of the NATS and Redis backends (one
+//!   engine subscription per topic per process, fanned out locally).
 //! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
 //!   gap), shared by the memory and Momento backends.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
@@ -64,6 +66,8 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
+#[cfg(any(feature = "nats", feature = "redis"))]
+mod feeds;
 #[cfg(any(feature = "momento", feature = "nats", feature = "redis"))]
 mod health;
 #[cfg(any(feature = "nats", feature = "redis"))]

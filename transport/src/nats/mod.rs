@@ -60,6 +60,7 @@ use tokio::sync::watch;
 mod feed;
 mod subject;
 
+use crate::feeds::Feeds;
 use crate::{
     Backoff, BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
     validate_topic,
@@ -68,7 +69,7 @@ use crate::{
     health::HealthBoard,
     net::{redacted, tls_client_config, tls_refused},
 };
-use feed::{FeedContext, FeedCounters, Feeds};
+use feed::{FeedContext, FeedCounters};
 
 const BACKEND: &str = "nats";
 
@@ -555,10 +556,7 @@ impl Transport for NatsTransport {
         Box::pin(async move {
             let subject = self.subject(topic)?;
             let inner = &*self.inner;
-            inner
-                .feeds
-                .subscribe(&inner.feed_context, topic, subject)
-                .await
+            feed::subscribe(&inner.feeds, &inner.feed_context, topic, subject).await
         })
     }
 

@@ -35,12 +35,9 @@
 //!
 //! [`Subscription`]: crate::Subscription
 
-use std::{
-    collections::HashMap,
-    sync::{
-        Arc, Mutex, Weak,
-        atomic::{AtomicBool, AtomicU64, Ordering},
-    },
+use std::sync::{
+    Arc, Weak,
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 use bytes::Bytes;
@@ -52,8 +49,9 @@ use super::{
     link::{Connection, FeedEvent, FeedInbox, LinkHandle, StreamId},
 };
 use crate::{
-    Backoff, BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription, health::HealthBoard,
-    local::LocalReader,
+    Backoff, BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription,
+    feeds::{Establishing, Feeds},
+    health::HealthBoard,
 };
 
 /// Stream entries read per script call while resyncing.
@@ -105,125 +103,32 @@ pub(super) struct FeedCounters {
     pub(super) gaps: AtomicU64,
 }
 
-/// Whether a new feed is subscribed yet.
-#[derive(Debug, Clone)]
-enum Establishing {
-    Pending,
-    Live,
-    Failed(String),
-}
-
-struct Feed {
-    id: u64,
-    sender: broadcast::Sender<Delivery>,
-    state: watch::Receiver<Establishing>,
-    /// Dropped to end the feed.
-    _stop: oneshot::Sender<()>,
-}
-
-/// The feeds of one transport, by topic.
-#[derive(Default)]
-pub(super) struct Feeds {
-    // A std mutex: held for a map operation, never across an `.await`.
-    by_topic: Mutex<HashMap<String, Feed>>,
-    next_id: AtomicU64,
-}
-
-impl Feeds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
-        self.by_topic.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn local_subscribers(&self, topic: &str) -> usize {
-        self.lock()
-            .get(topic)
-            .map_or(0, |feed| feed.sender.receiver_count())
-    }
-
-    /// Forgets the feed `id` of `topic` (not a newer one of the same topic).
-    fn remove(&self, topic: &str, id: u64) {
-        let mut feeds = self.lock();
-        if feeds.get(topic).is_some_and(|feed| feed.id == id) {
-            feeds.remove(topic);
-        }
-    }
-
-    /// A local subscription to `topic`, starting the topic's feed if this
-    /// is its first. Returns once the server confirmed the channel's
-    /// subscription and the feed knows where the stream stands, so every
-    /// message published afterwards is received.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when the channel cannot be subscribed.
-    pub(super) async fn subscribe(
-        self: &Arc<Self>,
-        context: &FeedContext,
-        topic: &str,
-    ) -> Result<Subscription, Error> {
-        let (id, receiver, mut state) = {
-            let mut feeds = self.lock();
-            match feeds.get(topic) {
-                Some(feed) => (feed.id, feed.sender.subscribe(), feed.state.clone()),
-                None => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let (sender, receiver) = broadcast::channel(context.buffer);
-                    let (state_tx, state) = watch::channel(Establishing::Pending);
-                    let (stop_tx, stop) = oneshot::channel();
-                    feeds.insert(
-                        topic.to_owned(),
-                        Feed {
-                            id,
-                            sender: sender.clone(),
-                            state: state.clone(),
-                            _stop: stop_tx,
-                        },
-                    );
-                    let driver = Driver {
-                        channel: format!("{}{topic}", context.prefix),
-                        stream: super::stream_key(&context.prefix, topic),
-                        context: context.clone(),
-                        topic: topic.to_owned(),
-                        sender,
-                        id,
-                        overflowed: Arc::default(),
-                    };
-                    tokio::spawn(driver.run(stop, state_tx, Arc::downgrade(self)));
-                    (id, receiver, state)
-                }
-            }
-        };
-        // Built first, so a failed or cancelled wait unsubscribes.
-        let (feeds, topic_name) = (Arc::downgrade(self), topic.to_owned());
-        let leave = move || {
-            let Some(feeds) = feeds.upgrade() else {
-                return;
+/// A local subscription to `topic`, starting the topic's feed if this is
+/// its first. Returns once the server confirmed the channel's subscription
+/// and the feed knows where the stream stands, so every message published
+/// afterwards is received.
+///
+/// # Errors
+/// [`Error::Unavailable`] when the channel cannot be subscribed.
+pub(super) async fn subscribe(
+    feeds: &Arc<Feeds>,
+    context: &FeedContext,
+    topic: &str,
+) -> Result<Subscription, Error> {
+    feeds
+        .subscribe(BACKEND, topic, context.buffer, |start| {
+            let driver = Driver {
+                channel: format!("{}{topic}", context.prefix),
+                stream: super::stream_key(&context.prefix, topic),
+                context: context.clone(),
+                topic: topic.to_owned(),
+                sender: start.sender,
+                id: start.id,
+                overflowed: Arc::default(),
             };
-            let mut by_topic = feeds.lock();
-            let last = by_topic
-                .get(&topic_name)
-                // Our own receiver is still alive while it leaves.
-                .is_some_and(|feed| feed.id == id && feed.sender.receiver_count() <= 1);
-            if last {
-                by_topic.remove(&topic_name);
-            }
-        };
-        let subscription = LocalReader::new(receiver, std::convert::identity, leave);
-        let established = state
-            .wait_for(|s| !matches!(s, Establishing::Pending))
-            .await
-            .map(|s| s.clone());
-        match established {
-            Ok(Establishing::Live) => Ok(Subscription::new(subscription)),
-            Ok(Establishing::Failed(message)) => Err(Error::Unavailable {
-                backend: BACKEND,
-                message,
-            }),
-            _ => Err(Error::Unavailable {
-                backend: BACKEND,
-                message: format!("the subscription to {topic} ended while it was being set up"),
-            }),
-        }
-    }
+            tokio::spawn(driver.run(start.stop, start.state, start.feeds));
+        })
+        .await
 }
 
 /// Where a feed is in its stream.

@@ -56,12 +56,13 @@ mod endpoint;
 mod feed;
 mod link;
 
+use crate::feeds::Feeds;
 use crate::{
     BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
     validate_topic,
 };
 use endpoint::Endpoint;
-use feed::{FeedContext, FeedCounters, Feeds};
+use feed::{FeedContext, FeedCounters};
 use link::{Connection, LinkHandle, Timing};
 
 const BACKEND: &str = "redis";
@@ -428,7 +429,7 @@ impl Transport for RedisTransport {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
-            inner.feeds.subscribe(&inner.feed_context, topic).await
+            feed::subscribe(&inner.feeds, &inner.feed_context, topic).await
         })
     }
 
