@@ -18,8 +18,8 @@ use std::{
 };
 
 use fxcast_proto::v1::{
-    ListOrdersRequest, OrderStatus, PlaceOrderRequest, Rate, RevokeTokenRequest, Side,
-    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+    ListOrdersRequest, OrderStatus, PlaceOrderRequest, Rate, RejectReason, RevokeTokenRequest,
+    Side, order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
     stream_rates_response::Event, token_service_client::TokenServiceClient,
 };
 use fxcast_testkit::{
@@ -241,6 +241,11 @@ async fn cluster_on(engine: &[String]) {
         .unwrap()
         .into_inner();
     assert_eq!(refused.status(), OrderStatus::Rejected, "{refused:?}");
+    assert_eq!(
+        refused.reject_reason(),
+        RejectReason::StalePrice,
+        "{refused:?}"
+    );
 
     // A again, on its data directory: the sequences continue and the rates
     // are live again on B and C.
@@ -288,7 +293,7 @@ async fn three_nodes_on_redis_share_ticks_orders_revocations_and_staleness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_to_an_executor_that_is_down_are_refused_as_unavailable_and_retry_safely() {
+async fn orders_to_an_executor_that_is_down_are_refused_as_unavailable_and_say_a_retry_is_safe() {
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on: bound, then released.
     let closed = std::net::TcpListener::bind("127.0.0.1:0")

@@ -249,13 +249,18 @@ impl LatestRates {
         }
     }
 
-    /// Marks the latest rate of `symbol` stale in place (same sequence),
-    /// when no tick has arrived for it for too long and this process has no
-    /// feed to publish a stale marker with. The next newer tick replaces
-    /// it. Returns whether a rate was marked.
-    pub fn mark_stale(&self, symbol: &str) -> bool {
+    /// Marks the latest rate of `symbol` stale in place (same sequence)
+    /// when it arrived at least `silent_for` ago: no tick has arrived since,
+    /// and this process has no feed to publish a stale marker with. The
+    /// next newer tick replaces it. Returns whether a rate was marked.
+    pub fn mark_stale(&self, symbol: &str, silent_for: Duration) -> bool {
         let mut map = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let Some(current) = map.get_mut(symbol).filter(|t| !t.rate.stale) else {
+        // Under the lock: a tick that arrived since the caller looked is
+        // fresh, and stays so.
+        let Some(current) = map
+            .get_mut(symbol)
+            .filter(|t| !t.rate.stale && t.received_at.elapsed() >= silent_for)
+        else {
             return false;
         };
         let mut tick = Tick::clone(current);

@@ -56,19 +56,30 @@ pub(crate) fn tls_refused(error: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// `url` without the credentials it may carry, for messages and logs
-/// (several URLs separated by commas each lose theirs).
+/// `url` without the credentials it may carry, for messages and logs. A
+/// list of servers (NATS's `nats://a,nats://b`) loses each server's: the
+/// credentials of one run from its `://` to the last `@` before the next
+/// `://`, so a password with a comma in it is hidden whole too.
 pub(crate) fn redacted(url: &str) -> String {
-    url.split(',')
-        .map(|server| match (server.find("://"), server.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}<redacted>@{}", &server[..scheme + 3], &server[at + 1..])
-            }
-            (None, Some(at)) => format!("<redacted>@{}", &server[at + 1..]),
-            _ => server.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    let starts: Vec<usize> = url.match_indices("://").map(|(i, _)| i + 3).collect();
+    if starts.is_empty() {
+        return match url.rfind('@') {
+            Some(at) => format!("<redacted>@{}", &url[at + 1..]),
+            None => url.to_owned(),
+        };
+    }
+    let mut out = String::with_capacity(url.len());
+    let mut copied = 0;
+    for (n, &start) in starts.iter().enumerate() {
+        let end = starts.get(n + 1).copied().unwrap_or(url.len());
+        if let Some(at) = url[start..end].rfind('@') {
+            out.push_str(&url[copied..start]);
+            out.push_str("<redacted>");
+            copied = start + at;
+        }
+    }
+    out.push_str(&url[copied..]);
+    out
 }
 
 #[cfg(test)]
@@ -86,5 +97,15 @@ mod tests {
             "rediss://<redacted>@redis.example:6380/2"
         );
         assert_eq!(redacted("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
+        // A comma in a password is not taken for the next server.
+        assert_eq!(
+            redacted("redis://:pa,ss@h:6379"),
+            "redis://<redacted>@h:6379"
+        );
+        assert_eq!(
+            redacted("nats://u:a,b@x:4222,nats://v:c@y:4222"),
+            "nats://<redacted>@x:4222,nats://<redacted>@y:4222"
+        );
+        assert_eq!(redacted("u:p@h:4222"), "<redacted>@h:4222");
     }
 }

@@ -422,7 +422,7 @@ pub(crate) async fn watch_arrivals(
             () = sleep_until(deadline) => {}
         }
         for symbol in health.expire(Instant::now()) {
-            if latest.mark_stale(&symbol) {
+            if latest.mark_stale(&symbol, health.stale_after()) {
                 tracing::warn!(
                     %symbol,
                     stale_after = %humantime::format_duration(health.stale_after()),

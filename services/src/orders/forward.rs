@@ -128,6 +128,26 @@ fn endpoint(url: &str, ca: Option<&Path>) -> Result<tonic::transport::Endpoint, 
         .map_err(|e| crate::Error::Config(format!("--orders-upstream {url:?}: {e}")))
 }
 
+/// How long a unary call may take at the executor when its client set no
+/// deadline of its own.
+const UNARY_DEADLINE: Duration = Duration::from_secs(30);
+
+/// `request`'s message for the executor, with the client's deadline
+/// (`grpc-timeout`), or [`UNARY_DEADLINE`] for a unary call without one,
+/// so a hung executor never holds a call here for ever.
+fn forwarded<T>(request: Request<T>, unary: bool) -> Request<T> {
+    let deadline = request.metadata().get("grpc-timeout").cloned();
+    let mut forwarded = Request::new(request.into_inner());
+    match deadline {
+        Some(value) => {
+            forwarded.metadata_mut().insert("grpc-timeout", value);
+        }
+        None if unary => forwarded.set_timeout(UNARY_DEADLINE),
+        None => {}
+    }
+    forwarded
+}
+
 /// What a call on an order that may have been placed says when the answer
 /// was lost.
 const OUTCOME_UNKNOWN: &str = "; the order may or may not have been placed: retry with the same client_order_id, which fills at most once";
@@ -139,7 +159,7 @@ impl OrderService for OrderForwarder {
         request: Request<PlaceOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         let mut client = self.client(&request)?;
-        let result = client.place_order(request.into_inner()).await;
+        let result = client.place_order(forwarded(request, true)).await;
         self.relay(result, OUTCOME_UNKNOWN)
     }
 
@@ -148,7 +168,7 @@ impl OrderService for OrderForwarder {
         request: Request<GetOrderRequest>,
     ) -> Result<Response<Order>, Status> {
         let mut client = self.client(&request)?;
-        let result = client.get_order(request.into_inner()).await;
+        let result = client.get_order(forwarded(request, true)).await;
         self.relay(result, "")
     }
 
@@ -157,7 +177,7 @@ impl OrderService for OrderForwarder {
         request: Request<ListOrdersRequest>,
     ) -> Result<Response<ListOrdersResponse>, Status> {
         let mut client = self.client(&request)?;
-        let result = client.list_orders(request.into_inner()).await;
+        let result = client.list_orders(forwarded(request, true)).await;
         self.relay(result, "")
     }
 
@@ -172,7 +192,7 @@ impl OrderService for OrderForwarder {
         // end a local one.
         let mut end = events_end(&self.authority, caller, &self.shutdown);
         let mut client = self.client(&request)?;
-        let result = client.stream_order_events(request.into_inner()).await;
+        let result = client.stream_order_events(forwarded(request, false)).await;
         let mut events = self.relay(result, "")?.into_inner();
         let stream = async_stream::try_stream! {
             while let Some(event) = unless_ended(&mut end, events.next()).await? {
