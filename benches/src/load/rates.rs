@@ -170,7 +170,10 @@ async fn ramp_up(
         token: token.to_owned(),
         symbols: load.symbols.clone(),
         source: None,
+        http: None,
     };
+    let mut http_clients: std::collections::HashMap<Option<IpAddr>, reqwest::Client> =
+        std::collections::HashMap::new();
     // gRPC connections go through tonic's own connector: system's choice.
     let pick_source = is_loopback(&load.target) && interface != Interface::Grpc;
     let step = load.ramp.max(1);
@@ -181,6 +184,18 @@ async fn ramp_up(
         for index in chunk_start..chunk_start + chunk {
             if pick_source {
                 subscription.source = load.sources.of(index);
+            }
+            if interface == Interface::Sse {
+                subscription.http = match http_clients.entry(subscription.source) {
+                    std::collections::hash_map::Entry::Occupied(client) => {
+                        Some(client.get().clone())
+                    }
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        subscribers::http_client(subscription.source)
+                            .ok()
+                            .map(|client| entry.insert(client).clone())
+                    }
+                };
             }
             let subscription = subscription.clone();
             let (shared, stop, ready) = (Arc::clone(shared), stop.clone(), ready_tx.clone());

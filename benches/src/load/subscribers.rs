@@ -40,6 +40,17 @@ pub(super) struct Subscription {
     pub(super) symbols: Vec<String>,
     /// Local address to connect from (`None`: the system's choice).
     pub(super) source: Option<IpAddr>,
+    /// The HTTP client of SSE subscribers, bound to `source`: shared,
+    /// because building one (its TLS roots) costs tens of milliseconds.
+    pub(super) http: Option<reqwest::Client>,
+}
+
+/// An HTTP client connecting from `source`.
+pub(super) fn http_client(source: Option<IpAddr>) -> anyhow::Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .local_address(source)
+        .pool_max_idle_per_host(0)
+        .build()?)
 }
 
 /// A client WebSocket over TCP, with or without TLS.
