@@ -95,6 +95,10 @@ pub(super) async fn connect_ws(url: &str, source: Option<IpAddr>) -> anyhow::Res
     Ok(ws)
 }
 
+/// How long a subscriber may take to open its stream: a server that never
+/// answers fails the subscriber instead of stalling the ramp.
+const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Opens `subscription`, reports on `ready` whether it could, and records
 /// into `shared` until `stop`; an error when the stream broke first.
 pub(super) async fn run(
@@ -103,7 +107,10 @@ pub(super) async fn run(
     stop: &CancellationToken,
     ready: mpsc::Sender<bool>,
 ) -> anyhow::Result<()> {
-    let opened = Feed::open(&subscription).await;
+    let opened = match tokio::time::timeout(OPEN_WITHIN, Feed::open(&subscription)).await {
+        Ok(opened) => opened,
+        Err(_) => Err(anyhow::anyhow!("not open within {OPEN_WITHIN:?}")),
+    };
     let _ = ready.send(opened.is_ok()).await;
     let mut feed = opened?;
     let mut recorder = shared.recorder();
