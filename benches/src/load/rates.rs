@@ -284,7 +284,11 @@ pub fn check_open_files(connections: usize) -> anyhow::Result<()> {
         Ok(_) => String::new(),
     };
     bail!(
-        "{connections} connections need at least {needed} open files in the load generator          (and as many in the server), but the limit is {soft} (hard limit {hard}){cause}:          raise the hard limit of the shell that runs fxcast, e.g. as root `ulimit -Hn {needed}`          (the kernel allows up to /proc/sys/fs/nr_open), `docker run --ulimit nofile={needed}:{needed}`,          `LimitNOFILE={needed}` in a systemd unit, or `nofile` in /etc/security/limits.conf"
+        "{connections} connections need at least {needed} open files in the load generator \
+         (and as many in the server), but the limit is {soft} (hard limit {hard}){cause}: \
+         raise the hard limit of the shell that runs fxcast, e.g. as root `ulimit -Hn {needed}` \
+         (the kernel allows up to /proc/sys/fs/nr_open), `docker run --ulimit nofile={needed}:{needed}`, \
+         `LimitNOFILE={needed}` in a systemd unit, or `nofile` in /etc/security/limits.conf"
     )
 }
 
