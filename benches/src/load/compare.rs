@@ -228,8 +228,8 @@ impl Table {
             self.load_average.1,
         );
         md.push_str(
-            "| server | connections | connected | deliveries/s | p50 | p99 | p99.9 | server CPU s / 1M deliveries | server KiB / connection | disconnects |\n\
-             |---|---|---|---|---|---|---|---|---|---|\n",
+            "| server | connections | connected | deliveries/s | p50 | p99 | p99.9 | server CPU s / 1M deliveries | server KiB / connection | disconnects | load generator CPU |\n\
+             |---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for row in &self.rows {
             let _ = match (&row.report, &row.error) {
@@ -241,9 +241,15 @@ impl Table {
                     let kib = r
                         .server_kib_per_connection
                         .map_or("–".to_owned(), |k| format!("{k:.1}"));
+                    let own = r
+                        .load_generator_cpu_s
+                        .filter(|_| r.duration_s > 0.0)
+                        .map_or("–".to_owned(), |c| {
+                            format!("{:.0} %", c / r.duration_s * 100.0)
+                        });
                     writeln!(
                         md,
-                        "| {} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} |",
+                        "| {} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} | {own} |",
                         row.server,
                         row.connections,
                         r.connected,
@@ -256,12 +262,35 @@ impl Table {
                 }
                 (None, error) => writeln!(
                     md,
-                    "| {} | {} | not run: {} | | | | | | | |",
+                    "| {} | {} | not run: {} | | | | | | | | |",
                     row.server,
                     row.connections,
                     error.as_deref().unwrap_or("unknown").replace('|', "/")
                 ),
             };
+        }
+        let _ = writeln!(
+            md,
+            "\nLoad generator CPU is this process's CPU time over the window, as a share of one core: \
+             pinned to one core, near 100 % means the subscribers, not the server, set the pace."
+        );
+        for row in &self.rows {
+            let Some(r) = &row.report else { continue };
+            let notes = [
+                (r.failed, "could not connect", &r.first_failure),
+                (r.disconnects as usize, "disconnected", &r.first_disconnect),
+            ];
+            for (count, what, reason) in notes {
+                if count > 0 {
+                    let _ = writeln!(
+                        md,
+                        "- {} x{}: {count} {what}; the first: {}",
+                        row.server,
+                        row.connections,
+                        reason.as_deref().unwrap_or("unknown")
+                    );
+                }
+            }
         }
         md
     }

@@ -200,10 +200,7 @@ async fn ramp_up(
             let subscription = subscription.clone();
             let (shared, stop, ready) = (Arc::clone(shared), stop.clone(), ready_tx.clone());
             tasks.spawn(async move {
-                let result = subscribers::run(subscription, &shared, &stop, ready).await;
-                if result.is_err() && !stop.is_cancelled() {
-                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
+                subscribers::run(subscription, &shared, &stop, ready).await;
             });
         }
         drop(ready_tx);
@@ -242,22 +239,33 @@ pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow:
         ramp.failed,
         ramp_started.elapsed().as_secs_f64()
     );
+    if let Some(reason) = &*shared
+        .first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+    {
+        eprintln!("first failure: {reason}");
+    }
     // Let the server settle, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = proc::rss(server_pid);
     let cpu_before = proc::cpu(server_pid);
+    let me = Some(std::process::id());
+    let own_cpu_before = proc::cpu(me);
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(load.duration).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
     let cpu = cpu_before.zip(proc::cpu(server_pid)).map(|(b, a)| a - b);
+    let own_cpu = own_cpu_before.zip(proc::cpu(me)).map(|(b, a)| a - b);
     stop.cancel();
     while tasks.join_next().await.is_some() {}
     let server = Server {
         rss_before,
         rss_connected,
         cpu,
+        own_cpu,
     };
     Ok(Report::new(
         interface, load, &ramp, elapsed, &shared, &server,
@@ -298,6 +306,8 @@ struct Server {
     rss_before: Option<u64>,
     rss_connected: Option<u64>,
     cpu: Option<f64>,
+    /// The load generator's own CPU time in the window.
+    own_cpu: Option<f64>,
 }
 
 /// What a subscriber load measured; serialises as `--json` prints it.
@@ -331,8 +341,18 @@ pub struct Report {
     /// Server CPU seconds per million deliveries in the window.
     #[serde(default)]
     pub server_cpu_s_per_million: Option<f64>,
+    /// Load generator (this process) CPU time during the window: near the
+    /// window's length on one core, the subscribers, not the server, set the pace.
+    #[serde(default)]
+    pub load_generator_cpu_s: Option<f64>,
     /// Subscribers whose stream broke before the end.
     pub disconnects: u64,
+    /// Why the first subscriber that could not connect failed.
+    #[serde(default)]
+    pub first_failure: Option<String>,
+    /// Why the first stream that broke did.
+    #[serde(default)]
+    pub first_disconnect: Option<String>,
 }
 
 impl Report {
@@ -348,7 +368,11 @@ impl Report {
             rss_before,
             rss_connected,
             cpu,
+            own_cpu,
         } = *server;
+        let first = |slot: &std::sync::Mutex<Option<String>>| {
+            slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
         let messages = shared.messages.load(Ordering::Relaxed);
         let per_connection = match (rss_before, rss_connected) {
             (Some(before), Some(after)) if ramp.connected > 0 => {
@@ -372,7 +396,10 @@ impl Report {
             server_cpu_s_per_million: cpu
                 .filter(|_| messages > 0)
                 .map(|cpu| cpu / messages as f64 * 1e6),
+            load_generator_cpu_s: own_cpu,
             disconnects: shared.disconnects.load(Ordering::Relaxed),
+            first_failure: first(&shared.first_failure),
+            first_disconnect: first(&shared.first_disconnect),
         }
     }
 
@@ -408,6 +435,17 @@ impl Report {
         if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_s_per_million) {
             println!("server CPU: {cpu:.2}s in the window = {per:.2}s per million deliveries");
         }
+        if let Some(cpu) = self.load_generator_cpu_s {
+            println!("load generator CPU: {cpu:.2}s in the window");
+        }
         println!("disconnects during the run: {}", self.disconnects);
+        for (what, reason) in [
+            ("first failure", &self.first_failure),
+            ("first disconnect", &self.first_disconnect),
+        ] {
+            if let Some(reason) = reason {
+                println!("{what}: {reason}");
+            }
+        }
     }
 }

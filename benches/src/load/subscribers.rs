@@ -100,24 +100,33 @@ pub(super) async fn connect_ws(url: &str, source: Option<IpAddr>) -> anyhow::Res
 const OPEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Opens `subscription`, reports on `ready` whether it could, and records
-/// into `shared` until `stop`; an error when the stream broke first.
+/// into `shared` until `stop`; a stream that broke first counts as a
+/// disconnect, and the first reason of each kind is kept.
 pub(super) async fn run(
     subscription: Subscription,
     shared: &Shared,
     stop: &CancellationToken,
     ready: mpsc::Sender<bool>,
-) -> anyhow::Result<()> {
+) {
     let opened = match tokio::time::timeout(OPEN_WITHIN, Feed::open(&subscription)).await {
         Ok(opened) => opened,
         Err(_) => Err(anyhow::anyhow!("not open within {OPEN_WITHIN:?}")),
     };
     let _ = ready.send(opened.is_ok()).await;
-    let mut feed = opened?;
+    let mut feed = match opened {
+        Ok(feed) => feed,
+        Err(err) => return shared.failed(&err),
+    };
     let mut recorder = shared.recorder();
     loop {
         tokio::select! {
-            () = stop.cancelled() => return Ok(()),
-            next = feed.next(&mut recorder) => next?,
+            () = stop.cancelled() => return,
+            next = feed.next(&mut recorder) => if let Err(err) = next {
+                if !stop.is_cancelled() {
+                    shared.disconnected(&err);
+                }
+                return;
+            },
         }
     }
 }
