@@ -320,3 +320,53 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
     assert!(ws["messages"].as_u64().unwrap() > 0, "{ws}");
     assert!(ws["latency_us"]["p99"].as_u64().unwrap() > 0, "{ws}");
 }
+
+/// `loadtest compare` as a smoke run (benchmarks are not timed tests: no
+/// latency is asserted): fxcast's WebSocket and nats-server's, 100
+/// subscribers each from three loopback source addresses for 2 s, each
+/// against a server the command starts itself.
+#[tokio::test]
+async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
+    let run = Command::new(BIN)
+        .args([
+            "loadtest",
+            "compare",
+            "--servers",
+            "fxcast-ws,nats-ws",
+            "--connections",
+            "100",
+            "--ws-connections",
+            "",
+            "--per-source-address",
+            "40",
+            "--duration",
+            "2s",
+            "--json",
+        ])
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the comparison finished within 3 minutes")
+        .unwrap();
+    let table: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    let servers: Vec<_> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();
+    assert_eq!(servers, ["fxcast-ws", "nats-ws"], "{table:#}");
+    for row in rows {
+        let report = &row["report"];
+        assert_eq!(row["connections"], 100, "{row:#}");
+        assert_eq!(report["connected"], 100, "{row:#}");
+        assert!(report["messages"].as_u64().unwrap() > 0, "{row:#}");
+        assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{row:#}");
+        assert!(report["server_cpu_s"].as_f64().is_some(), "{row:#}");
+        assert!(
+            report["server_kib_per_connection"].as_f64().is_some(),
+            "{row:#}"
+        );
+    }
+    // The same messages on both sides: fxcast's frames, republished.
+    assert!(table["payload_bytes"].as_u64().unwrap() > 100, "{table:#}");
+}

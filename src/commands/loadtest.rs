@@ -2,6 +2,9 @@
 //! throughput and latency percentiles. The load generators are
 //! `fxcast_benches::load`; this module holds their flags.
 //!
+//! `loadtest compare` starts its own servers (fxcast and nats-server, fresh
+//! for every case) and prints one table; see `compare_load`.
+//!
 //! `loadtest orders` keeps `--concurrency` PlaceOrder calls in flight (each
 //! a new order, alternating buy and sell at the current ask/bid with its
 //! `rate_id`), for `--warmup` and then `--duration`, and reports what
@@ -14,7 +17,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 use fxcast_benches::load::{orders, rates::Interface};
 
-use super::{Credentials, rates_load::RatesLoad};
+use super::{Credentials, compare_load::CompareLoad, rates_load::RatesLoad};
 
 #[derive(Debug, Args)]
 pub(crate) struct LoadtestArgs {
@@ -32,6 +35,12 @@ enum Load {
     Sse(RatesLoad),
     /// N gRPC StreamRates subscribers
     Grpc(RatesLoad),
+    /// N subscribers of a running nats-server's WebSocket listener (subjects
+    /// rates.<SYMBOL>; something else publishes)
+    Nats(RatesLoad),
+    /// fxcast WebSocket, SSE, gRPC and nats-server WebSocket under the same
+    /// load, each against a fresh server this command starts: one table
+    Compare(CompareLoad),
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +86,8 @@ pub(crate) async fn run(args: LoadtestArgs) -> anyhow::Result<()> {
         Load::Ws(load) => load.run(Interface::Ws).await,
         Load::Sse(load) => load.run(Interface::Sse).await,
         Load::Grpc(load) => load.run(Interface::Grpc).await,
+        Load::Nats(load) => load.run(Interface::Nats).await,
+        Load::Compare(load) => load.run().await,
     }
 }
 

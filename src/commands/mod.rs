@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod compare_load;
 pub(crate) mod gateway;
 pub(crate) mod loadtest;
 pub(crate) mod momento_local;

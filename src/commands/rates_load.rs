@@ -25,9 +25,14 @@ pub(crate) struct RatesLoad {
     /// Connections opened at once while ramping up
     #[arg(long, default_value_t = 200)]
     ramp: usize,
-    /// Server process id, for RSS (found by name when omitted)
+    /// Server process id, for RSS and CPU time (found by name when omitted)
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Subscribers per loopback source address (WebSocket, SSE): a loopback
+    /// target is reached from 127.0.0.1, 127.0.0.2, ... to get past the
+    /// ~28,000 ephemeral ports of one address
+    #[arg(long, default_value_t = 20_000)]
+    per_source_address: usize,
     /// Bearer token; by default an anonymous browser token (ws, sse) or one
     /// issued with the API key from --data-dir (grpc)
     #[arg(long, env = "FXCAST_TOKEN", hide_env_values = true)]
@@ -50,11 +55,16 @@ impl RatesLoad {
             duration: self.duration,
             ramp: self.ramp,
             server_pid: self.server_pid,
+            sources: rates::Sources {
+                first: 1,
+                per_address: self.per_source_address,
+            },
         };
         load.check()?;
         let token = match (self.token, interface) {
             (Some(token), _) => token,
             (None, Interface::Ws | Interface::Sse) => rates::browser_token(&load.target).await?,
+            (None, Interface::Nats) => String::new(),
             (None, Interface::Grpc) => {
                 let credentials = super::Credentials {
                     token: None,

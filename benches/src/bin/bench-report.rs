@@ -3,6 +3,10 @@
 //! outputs that `scripts/bench-report` collects.
 //!
 //! `bench-report --criterion target/criterion --results target/bench-results --out docs --commit <sha>`
+//!
+//! With `--only compare` it replaces just the section of `fxcast loadtest
+//! compare` (`compare.json`) in the existing `BENCHMARKS.md`, so the
+//! comparison can be rerun without the hour of criterion benches.
 
 #![allow(missing_docs)]
 
@@ -13,6 +17,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use fxcast_benches::load::compare::Table;
 use plotters::{coord::Shift, prelude::*};
 use serde_json::Value;
 
@@ -23,6 +28,7 @@ struct Args {
     results: PathBuf,
     out: PathBuf,
     commit: String,
+    only_compare: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -38,6 +44,11 @@ fn parse_args() -> Result<Args, String> {
         results: get("--results", "target/bench-results").into(),
         out: get("--out", "docs").into(),
         commit: get("--commit", "unknown"),
+        only_compare: match get("--only", "").as_str() {
+            "" => false,
+            "compare" => true,
+            other => return Err(format!("--only {other}: only `compare` is known")),
+        },
     })
 }
 
@@ -202,6 +213,10 @@ fn loadtests(dir: &Path) -> BTreeMap<String, BTreeMap<u64, Value>> {
         let Some(json) = read_json(&path) else {
             continue;
         };
+        // `loadtest compare` has a section of its own.
+        if json.get("rows").is_some() {
+            continue;
+        }
         let interface = json["interface"].as_str().unwrap_or("unknown").to_owned();
         // Open-loop order runs are keyed by their target rate, in a table of
         // their own.
@@ -697,8 +712,87 @@ fn write_loads(
     Ok(())
 }
 
+/// Where the comparison's section starts and ends in `BENCHMARKS.md`.
+const COMPARE_BEGIN: &str = "<!-- loadtest compare: begin -->";
+const COMPARE_END: &str = "<!-- loadtest compare: end -->";
+
+/// The section of `fxcast loadtest compare` (`compare.json`), between its
+/// markers; empty without results.
+fn compare_section(results: &Path, commit: &str) -> Result<String> {
+    let path = results.join("compare.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(String::new());
+    };
+    let table: Table =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let command = std::fs::read_to_string(results.join("compare.command"))
+        .unwrap_or_else(|_| "fxcast loadtest compare".to_owned());
+    let mut md = String::new();
+    writeln!(md, "{COMPARE_BEGIN}")?;
+    writeln!(
+        md,
+        "\n## fxcast and nats-server side by side (`fxcast loadtest compare`)\n"
+    )?;
+    writeln!(
+        md,
+        "`{}` at commit `{commit}`. Every row is a fresh server started by the command: `fxcast serve` \
+         (simulated feed ticking every symbol every interval) or Debian's `nats-server` with its WebSocket \
+         listener, fed by an async-nats publisher with the very frame fxcast's WebSocket sends (captured \
+         from a probe server, times refreshed at publish). Subscribers speak each server's own protocol \
+         (fxcast JSON over WebSocket, SSE, gRPC `StreamRates`; NATS `CONNECT`/`SUB`/`MSG` over WebSocket). \
+         Latency is the message's `publish_time` to receipt on this machine's clock (no coordinated \
+         omission: every message carries the time it was published, so a delivery held up behind a \
+         backlog counts its whole delay). Server CPU is user + system time from \
+         `/proc/<pid>/stat` over the measured window; KiB per connection is the growth of the server's RSS \
+         once every subscriber connected.\n",
+        command.trim()
+    )?;
+    md.push_str(&table.markdown());
+    let busy = [&table.load_average.0, &table.load_average.1]
+        .iter()
+        .filter_map(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .any(|one_minute| one_minute > table.cores as f64 * 0.5);
+    if busy {
+        writeln!(
+            md,
+            "\nThe load average was high for this machine: other builds were probably running \
+             beside the servers and the load generator, so latency and CPU figures are disturbed."
+        )?;
+    }
+    writeln!(md, "{COMPARE_END}")?;
+    Ok(md)
+}
+
+/// Replaces the comparison's section of `BENCHMARKS.md` (or appends it).
+fn splice_compare(path: &Path, section: &str) -> Result<()> {
+    let old = std::fs::read_to_string(path).unwrap_or_default();
+    let new = match (old.find(COMPARE_BEGIN), old.find(COMPARE_END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            let end = end + COMPARE_END.len();
+            let end = end + usize::from(old[end..].starts_with('\n'));
+            format!("{}{section}{}", &old[..begin], &old[end..])
+        }
+        _ => match old.find("\n## Reading these numbers") {
+            Some(at) => format!("{}\n{section}{}", &old[..at], &old[at..]),
+            None => format!("{old}\n{section}"),
+        },
+    };
+    std::fs::write(path, new)?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = parse_args()?;
+    let compare = compare_section(&args.results, &args.commit)?;
+    if args.only_compare {
+        if compare.is_empty() {
+            return Err(format!("no compare.json in {}", args.results.display()).into());
+        }
+        let path = args.out.join("BENCHMARKS.md");
+        splice_compare(&path, &compare)?;
+        eprintln!("updated the comparison in {}", path.display());
+        return Ok(());
+    }
     let estimates = criterion_estimates(&args.criterion);
     let loads = loadtests(&args.results);
     let percentiles = percentile_lines(&args.results.join("criterion.txt"));
@@ -711,6 +805,10 @@ fn main() -> Result<()> {
     write_criterion(&mut md, &estimates, &args.criterion)?;
     write_percentiles(&mut md, &percentiles)?;
     write_loads(&mut md, &loads, &args.results)?;
+    if !compare.is_empty() {
+        writeln!(md)?;
+        md.push_str(&compare);
+    }
     if let Ok(notes) = std::fs::read_to_string(args.results.join("notes.md")) {
         writeln!(md, "\n{notes}")?;
     }

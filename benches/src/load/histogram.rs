@@ -3,7 +3,7 @@
 //! percentiles.
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// An empty latency histogram.
 pub fn new_histogram() -> Histogram<u64> {
@@ -11,7 +11,7 @@ pub fn new_histogram() -> Histogram<u64> {
 }
 
 /// The reported percentiles of a latency histogram, in microseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Median.
     pub p50: u64,

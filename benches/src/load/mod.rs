@@ -1,12 +1,17 @@
 //! The load generators `fxcast loadtest` runs against a running server.
 //!
 //! - [`orders`]: PlaceOrder throughput and latency, closed or open loop.
-//! - [`rates`]: N rate subscribers over WebSocket, SSE or gRPC; `subscribers`
-//!   holds one subscriber per interface, `recorder` the sharded histograms
-//!   they record into.
+//! - [`rates`]: N rate subscribers over WebSocket, SSE, gRPC or nats-server's
+//!   WebSocket; `subscribers` holds one subscriber per interface, `recorder`
+//!   the sharded histograms they record into.
+//! - [`nats`]: the peer of the comparison: a nats-server started for a run,
+//!   its publisher, and the NATS-over-WebSocket subscriber.
+//! - [`compare`]: fxcast's WebSocket, SSE and gRPC and nats-server under the
+//!   same load, each against a fresh server, in one table.
 //! - [`histogram`]: the HDR histograms every generator records latencies in,
 //!   and their percentiles.
-//! - [`proc`]: the server's resident memory, from /proc.
+//! - [`proc`]: the server's resident memory and CPU time, from /proc.
+//! - `spawn`: starting a server process, pinned with `taskset`.
 //!
 //! Each generator takes a plain configuration (the CLI maps its flags onto
 //! it) and a bearer token, runs, and returns a report that prints itself as
@@ -16,11 +21,14 @@ use anyhow::Context;
 use fxcast_proto::{Authed, Bearer, authed};
 use tonic::transport::Endpoint;
 
+pub mod compare;
 pub mod histogram;
+pub mod nats;
 pub mod orders;
 pub mod proc;
 pub mod rates;
 mod recorder;
+mod spawn;
 mod subscribers;
 
 /// A gRPC status as a one-line error: `PermissionDenied: <message>`.

@@ -5,15 +5,22 @@
 //! memory per connection.
 //!
 //! Subscribers connect [`RatesLoad::ramp`] at a time; once all are open the
-//! server gets a second to settle, then the measured window starts.
+//! server gets a second to settle, then the measured window starts. The
+//! server's CPU time (user + system, from /proc) is read at both ends of the
+//! window, so the report gives CPU seconds per million deliveries.
+//!
+//! Against a loopback target, WebSocket, SSE and NATS subscribers connect
+//! from several loopback source addresses ([`Sources`]): one address has
+//! only ~28,000 ephemeral ports.
 
 use std::{
+    net::{IpAddr, Ipv4Addr},
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, bail};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -33,6 +40,50 @@ pub enum Interface {
     Sse,
     /// gRPC `StreamRates`.
     Grpc,
+    /// nats-server's WebSocket listener (the NATS text protocol), the peer
+    /// of the comparison; the subjects are `rates.<SYMBOL>`.
+    Nats,
+}
+
+/// The loopback source addresses subscribers connect from: subscriber `i`
+/// from `127.0.0.<first + i / per_address>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sources {
+    /// Last octet of the first address (1: 127.0.0.1).
+    pub first: u8,
+    /// Connections per source address (below the ~28,000 ephemeral ports).
+    pub per_address: usize,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            first: 1,
+            per_address: 20_000,
+        }
+    }
+}
+
+impl Sources {
+    /// How many addresses `connections` subscribers take.
+    pub fn addresses(&self, connections: usize) -> usize {
+        connections.div_ceil(self.per_address.max(1))
+    }
+
+    /// The source address of subscriber `index`; `None` past 127.0.0.254.
+    fn of(&self, index: usize) -> Option<IpAddr> {
+        let octet = usize::from(self.first) + index / self.per_address.max(1);
+        let octet = u8::try_from(octet).ok().filter(|&o| o < 255)?;
+        Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, octet)))
+    }
+}
+
+/// Whether `target` (a URL or host:port) names an IPv4 loopback host or
+/// `localhost`: only then do subscribers pick their source addresses.
+fn is_loopback(target: &str) -> bool {
+    let rest = target.split("://").nth(1).unwrap_or(target);
+    let host = rest.split(['/', ':']).next().unwrap_or_default();
+    host == "localhost" || host.parse::<Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 /// What to load a server with.
@@ -48,8 +99,10 @@ pub struct RatesLoad {
     pub duration: Duration,
     /// Connections opened at once while ramping up.
     pub ramp: usize,
-    /// Server process id, for RSS (`None`: found by name).
+    /// Server process id, for RSS and CPU time (`None`: found by name).
     pub server_pid: Option<u32>,
+    /// Source addresses of the subscribers (loopback targets only).
+    pub sources: Sources,
 }
 
 impl RatesLoad {
@@ -57,6 +110,17 @@ impl RatesLoad {
     pub fn check(&self) -> anyhow::Result<()> {
         if self.connections == 0 || self.duration.is_zero() {
             bail!("--connections and --duration must be positive");
+        }
+        if self.sources.per_address == 0 {
+            bail!("--per-source-address must be positive");
+        }
+        let last = usize::from(self.sources.first) + self.sources.addresses(self.connections);
+        if is_loopback(&self.target) && last > 255 {
+            bail!(
+                "{} connections at {} per source address need addresses past 127.0.0.254",
+                self.connections,
+                self.sources.per_address
+            );
         }
         Ok(())
     }
@@ -100,25 +164,43 @@ async fn ramp_up(
     stop: &CancellationToken,
     tasks: &mut JoinSet<()>,
 ) -> Ramp {
-    let subscription = Subscription {
+    let mut subscription = Subscription {
         interface,
         target: load.target.clone(),
         token: token.to_owned(),
         symbols: load.symbols.clone(),
+        source: None,
+        http: None,
     };
+    let mut http_clients: std::collections::HashMap<Option<IpAddr>, reqwest::Client> =
+        std::collections::HashMap::new();
+    // gRPC connections go through tonic's own connector: system's choice.
+    let pick_source = is_loopback(&load.target) && interface != Interface::Grpc;
     let step = load.ramp.max(1);
     let mut ramp = Ramp::default();
     for chunk_start in (0..load.connections).step_by(step) {
         let chunk = step.min(load.connections - chunk_start);
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<bool>(chunk);
-        for _ in 0..chunk {
+        for index in chunk_start..chunk_start + chunk {
+            if pick_source {
+                subscription.source = load.sources.of(index);
+            }
+            if interface == Interface::Sse {
+                subscription.http = match http_clients.entry(subscription.source) {
+                    std::collections::hash_map::Entry::Occupied(client) => {
+                        Some(client.get().clone())
+                    }
+                    std::collections::hash_map::Entry::Vacant(entry) => {
+                        subscribers::http_client(subscription.source)
+                            .ok()
+                            .map(|client| entry.insert(client).clone())
+                    }
+                };
+            }
             let subscription = subscription.clone();
             let (shared, stop, ready) = (Arc::clone(shared), stop.clone(), ready_tx.clone());
             tasks.spawn(async move {
-                let result = subscribers::run(subscription, &shared, &stop, ready).await;
-                if result.is_err() && !stop.is_cancelled() {
-                    shared.disconnects.fetch_add(1, Ordering::Relaxed);
-                }
+                subscribers::run(subscription, &shared, &stop, ready).await;
             });
         }
         drop(ready_tx);
@@ -137,9 +219,7 @@ async fn ramp_up(
 /// subscribers received.
 pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow::Result<Report> {
     load.check()?;
-    if let Err(err) = rlimit::increase_nofile_limit(u64::MAX) {
-        eprintln!("cannot raise the open-files limit: {err}");
-    }
+    check_open_files(load.connections)?;
     let server_pid = proc::server(load.server_pid);
     let rss_before = proc::rss(server_pid);
     let shared = Arc::new(Shared::new());
@@ -159,37 +239,120 @@ pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow:
         ramp.failed,
         ramp_started.elapsed().as_secs_f64()
     );
+    if let Some(reason) = &*shared
+        .first_failure
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+    {
+        eprintln!("first failure: {reason}");
+    }
     // Let the server settle, then measure.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_connected = proc::rss(server_pid);
+    let cpu_before = proc::cpu(server_pid);
+    let me = Some(std::process::id());
+    let own_cpu_before = proc::cpu(me);
     shared.measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
     tokio::time::sleep(load.duration).await;
     shared.measuring.store(false, Ordering::Relaxed);
     let elapsed = started.elapsed();
+    let cpu = cpu_before.zip(proc::cpu(server_pid)).map(|(b, a)| a - b);
+    let own_cpu = own_cpu_before.zip(proc::cpu(me)).map(|(b, a)| a - b);
     stop.cancel();
     while tasks.join_next().await.is_some() {}
-    let memory = (rss_before, rss_connected);
+    let server = Server {
+        rss_before,
+        rss_connected,
+        cpu,
+        own_cpu,
+    };
     Ok(Report::new(
-        interface, load, &ramp, elapsed, &shared, memory,
+        interface, load, &ramp, elapsed, &shared, &server,
     ))
 }
 
+/// File descriptors the load generator keeps besides its connections.
+const SPARE_FILES: u64 = 256;
+
+/// Raises the open-files limit to its hard limit and refuses a load that
+/// cannot fit under it, saying what to change.
+///
+/// # Errors
+/// When `connections` need more descriptors than the hard limit allows.
+pub fn check_open_files(connections: usize) -> anyhow::Result<()> {
+    let needed = connections as u64 + SPARE_FILES;
+    let raised = rlimit::increase_nofile_limit(u64::MAX);
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+    if soft >= needed {
+        return Ok(());
+    }
+    let cause = match raised {
+        Err(err) => format!(" ({err})"),
+        Ok(_) => String::new(),
+    };
+    bail!(
+        "{connections} connections need at least {needed} open files in the load generator \
+         (and as many in the server), but the limit is {soft} (hard limit {hard}){cause}: \
+         raise the hard limit of the shell that runs fxcast, e.g. as root `ulimit -Hn {needed}` \
+         (the kernel allows up to /proc/sys/fs/nr_open), `docker run --ulimit nofile={needed}:{needed}`, \
+         `LimitNOFILE={needed}` in a systemd unit, or `nofile` in /etc/security/limits.conf"
+    )
+}
+
+/// What was read from the server's /proc around the run.
+#[derive(Debug, Clone, Copy, Default)]
+struct Server {
+    rss_before: Option<u64>,
+    rss_connected: Option<u64>,
+    cpu: Option<f64>,
+    /// The load generator's own CPU time in the window.
+    own_cpu: Option<f64>,
+}
+
 /// What a subscriber load measured; serialises as `--json` prints it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Report {
-    interface: String,
-    connections: usize,
-    connected: usize,
-    failed: usize,
-    duration_s: f64,
-    messages: u64,
-    messages_per_s: f64,
-    latency_us: Percentiles,
-    server_rss_before_kib: Option<u64>,
-    server_rss_connected_kib: Option<u64>,
-    server_kib_per_connection: Option<f64>,
-    disconnects: u64,
+    /// `ws`, `sse`, `grpc` or `nats`.
+    pub interface: String,
+    /// Subscribers asked for.
+    pub connections: usize,
+    /// Subscribers that opened their stream.
+    pub connected: usize,
+    /// Subscribers that could not.
+    pub failed: usize,
+    /// Length of the measured window.
+    pub duration_s: f64,
+    /// Rates received in the window (deliveries).
+    pub messages: u64,
+    /// Deliveries per second.
+    pub messages_per_s: f64,
+    /// Publish to receipt.
+    pub latency_us: Percentiles,
+    /// Server RSS before any subscriber connected.
+    pub server_rss_before_kib: Option<u64>,
+    /// Server RSS with every subscriber connected.
+    pub server_rss_connected_kib: Option<u64>,
+    /// The difference over the connected subscribers.
+    pub server_kib_per_connection: Option<f64>,
+    /// Server CPU time (user + system) during the window.
+    #[serde(default)]
+    pub server_cpu_s: Option<f64>,
+    /// Server CPU seconds per million deliveries in the window.
+    #[serde(default)]
+    pub server_cpu_s_per_million: Option<f64>,
+    /// Load generator (this process) CPU time during the window: near the
+    /// window's length on one core, the subscribers, not the server, set the pace.
+    #[serde(default)]
+    pub load_generator_cpu_s: Option<f64>,
+    /// Subscribers whose stream broke before the end.
+    pub disconnects: u64,
+    /// Why the first subscriber that could not connect failed.
+    #[serde(default)]
+    pub first_failure: Option<String>,
+    /// Why the first stream that broke did.
+    #[serde(default)]
+    pub first_disconnect: Option<String>,
 }
 
 impl Report {
@@ -199,8 +362,17 @@ impl Report {
         ramp: &Ramp,
         elapsed: Duration,
         shared: &Shared,
-        (rss_before, rss_connected): (Option<u64>, Option<u64>),
+        server: &Server,
     ) -> Self {
+        let Server {
+            rss_before,
+            rss_connected,
+            cpu,
+            own_cpu,
+        } = *server;
+        let first = |slot: &std::sync::Mutex<Option<String>>| {
+            slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        };
         let messages = shared.messages.load(Ordering::Relaxed);
         let per_connection = match (rss_before, rss_connected) {
             (Some(before), Some(after)) if ramp.connected > 0 => {
@@ -220,7 +392,14 @@ impl Report {
             server_rss_before_kib: rss_before,
             server_rss_connected_kib: rss_connected,
             server_kib_per_connection: per_connection,
+            server_cpu_s: cpu,
+            server_cpu_s_per_million: cpu
+                .filter(|_| messages > 0)
+                .map(|cpu| cpu / messages as f64 * 1e6),
+            load_generator_cpu_s: own_cpu,
             disconnects: shared.disconnects.load(Ordering::Relaxed),
+            first_failure: first(&shared.first_failure),
+            first_disconnect: first(&shared.first_disconnect),
         }
     }
 
@@ -253,6 +432,20 @@ impl Report {
             }
             _ => println!("server RSS: unknown (pass --server-pid)"),
         }
+        if let (Some(cpu), Some(per)) = (self.server_cpu_s, self.server_cpu_s_per_million) {
+            println!("server CPU: {cpu:.2}s in the window = {per:.2}s per million deliveries");
+        }
+        if let Some(cpu) = self.load_generator_cpu_s {
+            println!("load generator CPU: {cpu:.2}s in the window");
+        }
         println!("disconnects during the run: {}", self.disconnects);
+        for (what, reason) in [
+            ("first failure", &self.first_failure),
+            ("first disconnect", &self.first_disconnect),
+        ] {
+            if let Some(reason) = reason {
+                println!("{what}: {reason}");
+            }
+        }
     }
 }

@@ -28,6 +28,10 @@ pub(super) struct Shared {
     pub(super) messages: AtomicU64,
     pub(super) disconnects: AtomicU64,
     pub(super) measuring: AtomicBool,
+    /// Why the first subscriber that could not open failed.
+    pub(super) first_failure: Mutex<Option<String>>,
+    /// Why the first open stream broke.
+    pub(super) first_disconnect: Mutex<Option<String>>,
 }
 
 impl Shared {
@@ -38,7 +42,20 @@ impl Shared {
             messages: AtomicU64::new(0),
             disconnects: AtomicU64::new(0),
             measuring: AtomicBool::new(false),
+            first_failure: Mutex::new(None),
+            first_disconnect: Mutex::new(None),
         }
+    }
+
+    /// A subscriber could not open its stream.
+    pub(super) fn failed(&self, err: &anyhow::Error) {
+        keep_first(&self.first_failure, err);
+    }
+
+    /// An open stream broke before the end.
+    pub(super) fn disconnected(&self, err: &anyhow::Error) {
+        self.disconnects.fetch_add(1, Ordering::Relaxed);
+        keep_first(&self.first_disconnect, err);
     }
 
     /// A recorder for one subscriber.
@@ -57,6 +74,13 @@ impl Shared {
             let _ = total.add(&*shard.lock().unwrap_or_else(|e| e.into_inner()));
         }
         total
+    }
+}
+
+fn keep_first(slot: &Mutex<Option<String>>, err: &anyhow::Error) {
+    let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+    if slot.is_none() {
+        *slot = Some(format!("{err:#}"));
     }
 }
 

@@ -1,0 +1,60 @@
+//! Starting the servers of a load run: on free loopback ports, pinned to
+//! cores with `taskset`, their log drained so they never block on it.
+
+use std::{
+    io::{BufRead, BufReader},
+    net::TcpListener,
+    process::Command,
+    sync::mpsc,
+};
+
+use anyhow::Context;
+
+/// A free TCP port of 127.0.0.1 (free once the probe listener is closed;
+/// the server binds it right after).
+pub(super) fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `program` under `taskset -c <cpus>` when pinned: taskset execs it, so the
+/// child's pid is the server's.
+pub(super) fn pinned(cpus: Option<&str>, program: &std::path::Path) -> Command {
+    match cpus {
+        Some(cpus) => {
+            let mut command = Command::new("taskset");
+            command.arg("-c").arg(cpus).arg(program);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
+/// Reads `log` to its end on a thread of its own (so the child never blocks
+/// on a full pipe) and sends the first line containing `marker`, or what was
+/// logged when it ended first.
+pub(super) fn drain_until(
+    log: impl std::io::Read + Send + 'static,
+    marker: &'static str,
+) -> mpsc::Receiver<Result<String, String>> {
+    let (ready_tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        let mut ready_tx = Some(ready_tx);
+        for line in BufReader::new(log).lines() {
+            let Ok(line) = line else { break };
+            if line.contains(marker)
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(Ok(line.clone()));
+            }
+            if ready_tx.is_some() {
+                seen.push(line);
+            }
+        }
+        if let Some(tx) = ready_tx {
+            let _ = tx.send(Err(seen.join("\n")));
+        }
+    });
+    ready
+}
