@@ -10,7 +10,6 @@
 mod support;
 
 use std::{
-    collections::BTreeSet,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -20,15 +19,16 @@ use std::{
 
 use bytes::Bytes;
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription, Transport, TransportHealth,
+    BackoffPolicy, Delivery, Error, Gap, GapCause, Transport, TransportHealth,
     conformance::publish,
     redis::{RedisConfig, RedisTransport},
 };
-use support::{proxy::Proxy, redis_server::RedisServer};
+use support::{
+    numbers::{DEADLINE, Published, next, next_number, number, numbered, wait_health},
+    proxy::Proxy,
+    redis_server::RedisServer,
+};
 use tokio::sync::watch;
-
-/// How long any single expected event may take before a test fails.
-const DEADLINE: Duration = Duration::from_secs(30);
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -43,46 +43,6 @@ fn config(url: String) -> RedisConfig {
 
 async fn connect(url: String) -> RedisTransport {
     RedisTransport::connect(config(url)).await.unwrap()
-}
-
-fn numbered(n: u64) -> Bytes {
-    Bytes::copy_from_slice(&n.to_be_bytes())
-}
-
-fn number(bytes: &Bytes) -> u64 {
-    u64::from_be_bytes(bytes[..].try_into().expect("an 8-byte number"))
-}
-
-async fn next(subscription: &mut Subscription) -> Delivery {
-    tokio::time::timeout(DEADLINE, subscription.next())
-        .await
-        .expect("no delivery within the deadline")
-        .expect("subscription ended")
-}
-
-async fn next_number(subscription: &mut Subscription) -> u64 {
-    match next(subscription).await {
-        Delivery::Message(bytes) => number(&bytes),
-        Delivery::Gap(gap) => panic!("unexpected gap: {gap}"),
-    }
-}
-
-async fn wait_health(
-    health: &mut watch::Receiver<TransportHealth>,
-    connected: bool,
-) -> TransportHealth {
-    tokio::time::timeout(DEADLINE, health.wait_for(|h| h.is_connected() == connected))
-        .await
-        .expect("health did not change within the deadline")
-        .unwrap()
-        .clone()
-}
-
-/// What a publisher task did: numbers acknowledged and numbers refused.
-#[derive(Default)]
-struct Published {
-    acked: BTreeSet<u64>,
-    failed: BTreeSet<u64>,
 }
 
 /// Publishes 1, 2, 3, ... on `topic` every millisecond through the server
@@ -316,33 +276,7 @@ async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
 async fn retained_payloads_reach_a_process_connected_later() {
     let server = RedisServer::start();
     let first = connect(server.url()).await;
-    first
-        .retain("rates.EUR_USD", Bytes::from_static(b"1.0842"))
-        .await
-        .unwrap();
-    first
-        .retain("odd*topic>", Bytes::from_static(b"wild"))
-        .await
-        .unwrap();
-    first
-        .retain("rates.EUR_USD", Bytes::from_static(b"1.0843"))
-        .await
-        .unwrap();
-    drop(first);
-
-    let later = connect(server.url()).await;
-    assert_eq!(
-        later.retained("rates.EUR_USD").await.unwrap(),
-        Some(Bytes::from_static(b"1.0843")),
-        "the newest retained payload"
-    );
-    assert_eq!(
-        later.retained("odd*topic>").await.unwrap(),
-        Some(Bytes::from_static(b"wild"))
-    );
-    assert_eq!(later.retained("rates.NEVER").await.unwrap(), None);
-    let err = later.retained("has space").await.unwrap_err();
-    assert!(matches!(err, Error::InvalidTopic { .. }), "{err}");
+    support::numbers::retained_reach_a_later_process(first, || connect(server.url())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,5 +1,6 @@
 //! Helpers shared by the NATS and Redis tests: a real nats-server, a real
-//! redis-server, and a TCP proxy that cuts one process off either.
+//! redis-server, a TCP proxy that cuts one process off either, and
+//! numbered messages with the waits and checks both backends' tests use.
 //!
 //! Each test target uses part of them only.
 #![allow(dead_code)]
@@ -9,6 +10,7 @@
 #[path = "../../../testkit/src/nats.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod nats_server;
+pub(crate) mod numbers;
 pub(crate) mod proxy;
 #[path = "../../../testkit/src/redis.rs"]
 #[allow(unreachable_pub)]
