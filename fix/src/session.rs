@@ -131,6 +131,10 @@ pub(crate) struct SessionCore {
     /// A ResendRequest we sent is outstanding until the expected number
     /// passes this.
     resend_until: Option<u64>,
+    /// While a ResendRequest is outstanding: the expected number when it
+    /// last moved (or the request went out), and since when; a request
+    /// that moves nothing for HeartBtInt is sent again.
+    resend_progress: Option<(u64, Instant)>,
     last_sent: Instant,
     last_received: Instant,
     test_request: Option<(String, Instant)>,
@@ -147,6 +151,7 @@ impl SessionCore {
             phase_since: now,
             held: Default::default(),
             resend_until: None,
+            resend_progress: None,
             last_sent: now,
             last_received: now,
             test_request: None,
@@ -341,18 +346,32 @@ impl SessionCore {
                 if self.held.len() >= MAX_HELD {
                     self.held.clear();
                     self.resend_until = None;
+                    self.resend_progress = None;
                 }
                 self.held.insert(seq, message);
             }
         }
         if self.resend_until.is_none_or(|until| until < expected) {
-            let request = Message::new("2")
-                .with(tag::BEGIN_SEQ_NO, expected)
-                .with(tag::END_SEQ_NO, 0);
-            actions.push(Action::Send(self.send(request, now)?));
-            self.resend_until = Some(seq);
+            actions.push(Action::Send(self.resend_request(expected, seq, now)?));
         }
         Ok(())
+    }
+
+    /// A ResendRequest from `expected` on (EndSeqNo 0), outstanding until
+    /// the expected number passes `until`.
+    fn resend_request(
+        &mut self,
+        expected: u64,
+        until: u64,
+        now: Instant,
+    ) -> Result<Vec<u8>, FixError> {
+        let request = Message::new("2")
+            .with(tag::BEGIN_SEQ_NO, expected)
+            .with(tag::END_SEQ_NO, 0);
+        let bytes = self.send(request, now)?;
+        self.resend_until = Some(until);
+        self.resend_progress = Some((expected, now));
+        Ok(bytes)
     }
 
     /// Processes held messages that are now in sequence.
@@ -377,6 +396,7 @@ impl SessionCore {
             .is_some_and(|until| self.store.next_target() > until)
         {
             self.resend_until = None;
+            self.resend_progress = None;
         }
         Ok(())
     }
@@ -584,6 +604,26 @@ impl SessionCore {
                 Err(err) => actions.push(Action::Disconnect(err.to_string())),
             }
             self.test_request = Some((id, now));
+        }
+        if let (Some(until), Some((at, since))) = (self.resend_until, self.resend_progress) {
+            let expected = self.store.next_target();
+            if expected != at {
+                self.resend_progress = Some((expected, now));
+            } else if now.duration_since(since) >= heartbeat {
+                // The counterparty ignored (or lost) our ResendRequest:
+                // without asking again the held messages would wait forever.
+                tracing::warn!(
+                    expected,
+                    until,
+                    "ResendRequest unanswered for HeartBtInt: asking again"
+                );
+                self.resend_until = None;
+                let until = until.max(self.held.last_key_value().map_or(0, |(k, _)| *k));
+                match self.resend_request(expected, until, now) {
+                    Ok(bytes) => actions.push(Action::Send(bytes)),
+                    Err(err) => actions.push(Action::Disconnect(err.to_string())),
+                }
+            }
         }
         if now.duration_since(self.last_sent) >= heartbeat {
             match self.send(Message::new("0"), now) {
@@ -795,6 +835,43 @@ mod tests {
         assert_eq!(ids, ["late", "later"]);
         assert_eq!(h.core.store.next_target(), 7);
         assert!(h.core.resend_until.is_none());
+    }
+
+    #[test]
+    fn an_unanswered_resend_request_is_sent_again_after_heart_bt_int() {
+        let mut h = Harness::logged_on();
+        h.their_seq = 5; // 2, 3, 4 missing
+        let ahead = h.lp_message("8").with(11, "late");
+        assert_eq!(sent(&h.receive(ahead))[0].msg_type(), "2");
+        let resends = |actions: &[Action]| {
+            sent(actions)
+                .into_iter()
+                .filter(|m| m.msg_type() == "2")
+                .map(|m| (m.get(7).map(str::to_owned), m.get(16).map(str::to_owned)))
+                .collect::<Vec<_>>()
+        };
+        let again = vec![(Some("2".to_owned()), Some("0".to_owned()))];
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(5))).is_empty());
+        assert_eq!(
+            resends(&h.core.on_tick(h.now + Duration::from_secs(10))),
+            again
+        );
+        // Progress (2 arrives) restarts the wait.
+        h.now += Duration::from_secs(11);
+        h.their_seq = 2;
+        let resent = h.lp_message("8").with(43, "Y");
+        h.receive(resent);
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(1))).is_empty());
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(10))).is_empty());
+        assert_eq!(
+            resends(&h.core.on_tick(h.now + Duration::from_secs(11))),
+            vec![(Some("3".to_owned()), Some("0".to_owned()))]
+        );
+        // The gap filled: nothing outstanding any more.
+        let fill = h.lp_message("4").with(43, "Y").with(123, "Y").with(36, 5);
+        h.receive(fill);
+        assert!(h.core.resend_until.is_none());
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(60))).is_empty());
     }
 
     #[test]
