@@ -170,6 +170,13 @@ impl SessionCore {
 
     /// Our Logon.
     pub(crate) fn logon(&mut self, now: Instant) -> Result<Vec<u8>, FixError> {
+        let logon = self.logon_message();
+        self.phase = Phase::AwaitingLogon;
+        self.phase_since = now;
+        self.send(logon, now)
+    }
+
+    fn logon_message(&self) -> Message {
         let mut logon = Message::new("A")
             .with(tag::ENCRYPT_METHOD, 0)
             .with(tag::HEART_BT_INT, self.config.heartbeat.as_secs().max(1));
@@ -179,9 +186,32 @@ impl SessionCore {
         if let Some(password) = &self.config.password {
             logon.push(tag::PASSWORD, password.expose());
         }
-        self.phase = Phase::AwaitingLogon;
-        self.phase_since = now;
-        self.send(logon, now)
+        logon
+    }
+
+    /// The counterparty's Logon with ResetSeqNumFlag (141) = Y and
+    /// MsgSeqNum 1: both numbers restart at 1 (durably), and our Logon
+    /// with 141=Y (MsgSeqNum 1) answers it.
+    fn reset_by_logon(
+        &mut self,
+        message: Message,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), FixError> {
+        tracing::warn!(
+            store = %self.store.path().display(),
+            from_sender = self.store.next_sender(),
+            from_target = self.store.next_target(),
+            "the counterparty reset the session (Logon with ResetSeqNumFlag=Y): both sequence numbers restart at 1"
+        );
+        self.store.reset()?;
+        self.held.clear();
+        self.resend_until = None;
+        self.resend_progress = None;
+        let answer = self.logon_message().with(tag::RESET_SEQ_NUM_FLAG, "Y");
+        actions.push(Action::Send(self.send(answer, now)?));
+        self.store.set_target(2)?;
+        self.dispatch(message, now, actions)
     }
 
     /// Our Logout.
@@ -301,6 +331,15 @@ impl SessionCore {
         // SequenceReset-Reset ignores MsgSeqNum.
         if msg_type == "4" && message.get(tag::GAP_FILL_FLAG) != Some("Y") {
             return self.sequence_reset(&message, now, actions);
+        }
+        if msg_type == "A" && message.get(tag::RESET_SEQ_NUM_FLAG) == Some("Y") {
+            if seq == 1 {
+                return self.reset_by_logon(message, now, actions);
+            }
+            let text = format!("Logon with ResetSeqNumFlag=Y must carry MsgSeqNum 1, not {seq}");
+            actions.push(Action::Send(self.logout(&text, now)?));
+            actions.push(Action::Disconnect(text));
+            return Ok(());
         }
         let expected = self.store.next_target();
         if seq < expected {
@@ -872,6 +911,59 @@ mod tests {
         h.receive(fill);
         assert!(h.core.resend_until.is_none());
         assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(60))).is_empty());
+    }
+
+    #[test]
+    fn a_logon_with_reset_seq_num_flag_restarts_both_numbers_at_one() {
+        // Answering our Logon: both stores at 1, our Logon 141=Y answers.
+        let mut h = Harness::new();
+        h.core.store.set_target(9).unwrap();
+        for _ in 0..6 {
+            h.core.store.take_sender().unwrap();
+        }
+        h.core.logon(h.now).unwrap();
+        h.their_seq = 1;
+        let a = h.lp_message("A").with(98, 0).with(108, 10).with(141, "Y");
+        let actions = h.receive(a);
+        let out = sent(&actions);
+        assert_eq!(out.len(), 1, "{actions:?}");
+        assert_eq!(
+            (out[0].msg_type(), out[0].get(34), out[0].get(141)),
+            ("A", Some("1"), Some("Y"))
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Event(SessionEvent::LoggedOn)))
+        );
+        assert!(disconnected(&actions).is_none());
+        assert_eq!(
+            (h.core.store.next_sender(), h.core.store.next_target()),
+            (2, 2)
+        );
+        // The session goes on from there.
+        let er = h.lp_message("8").with(11, "k");
+        assert!(matches!(
+            h.receive(er).as_slice(),
+            [Action::Event(SessionEvent::Message(_))]
+        ));
+        // Mid-session, the same.
+        h.their_seq = 1;
+        let a = h.lp_message("A").with(98, 0).with(108, 10).with(141, "Y");
+        let out = sent(&h.receive(a));
+        assert_eq!((out[0].get(34), out[0].get(141)), (Some("1"), Some("Y")));
+        assert_eq!(
+            (h.core.store.next_sender(), h.core.store.next_target()),
+            (2, 2)
+        );
+        // A reset Logon not numbered 1 is a protocol error.
+        h.their_seq = 7;
+        let a = h.lp_message("A").with(108, 10).with(141, "Y");
+        assert!(
+            disconnected(&h.receive(a))
+                .unwrap()
+                .contains("ResetSeqNumFlag")
+        );
     }
 
     #[test]
