@@ -13,7 +13,10 @@
 //! - MsgSeqNum equal to the expected one: processed. Lower without
 //!   PossDupFlag: Logout "MsgSeqNum too low" and disconnect; lower with
 //!   PossDupFlag: a duplicate, ignored. Higher: ResendRequest (2) for the
-//!   gap, the message held until the gap is filled.
+//!   gap, the message held until the gap is filled; asked again when the
+//!   expected number does not move for HeartBtInt.
+//! - Logon with ResetSeqNumFlag=Y and MsgSeqNum 1 from the counterparty:
+//!   both numbers restart at 1 (durably), answered with our Logon 141=Y.
 //! - ResendRequest from the counterparty: answered with one
 //!   SequenceReset-GapFill (4, 123=Y) over the whole range, for admin and
 //!   application messages alike. fxcast never replays an application
