@@ -157,15 +157,14 @@ impl FixSession {
                 // When the runtime that started the session shuts down
                 // (its tasks dropped), the session logs out and its thread
                 // ends, as a task of that runtime would have.
-                let (alive, parent_gone) = oneshot::channel::<()>();
-                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let parent_gone = tokio::runtime::Handle::try_current().ok().map(|handle| {
+                    let (alive, parent_gone) = oneshot::channel::<()>();
                     handle.spawn(async move {
                         let _alive = alive;
                         std::future::pending::<()>().await;
                     });
-                } else {
-                    std::mem::forget(alive);
-                }
+                    parent_gone
+                });
                 let shared = Arc::clone(&self.shared);
                 std::thread::Builder::new()
                     .name("fix-session".into())
@@ -236,7 +235,7 @@ fn session_thread(
     shared: &Shared,
     store: SeqStore,
     inbox: mpsc::Receiver<Outgoing>,
-    parent_gone: oneshot::Receiver<()>,
+    parent_gone: Option<oneshot::Receiver<()>>,
 ) {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -246,7 +245,9 @@ fn session_thread(
             let stop = shared.stop.clone();
             let watch_parent = tokio::spawn(async move {
                 // Err: the starting runtime dropped its guard task.
-                if parent_gone.await.is_err() {
+                if let Some(parent_gone) = parent_gone
+                    && parent_gone.await.is_err()
+                {
                     stop.cancel();
                 }
             });

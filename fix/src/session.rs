@@ -339,10 +339,10 @@ impl SessionCore {
             if seq == 1 {
                 return self.reset_by_logon(message, now, actions);
             }
-            let text = format!("Logon with ResetSeqNumFlag=Y must carry MsgSeqNum 1, not {seq}");
-            actions.push(Action::Send(self.logout(&text, now)?));
-            actions.push(Action::Disconnect(text));
-            return Ok(());
+            tracing::warn!(
+                seq,
+                "a Logon with ResetSeqNumFlag=Y not numbered 1: handled as a plain Logon"
+            );
         }
         let expected = self.store.next_target();
         if seq < expected {
@@ -959,14 +959,13 @@ mod tests {
             (h.core.store.next_sender(), h.core.store.next_target()),
             (2, 2)
         );
-        // A reset Logon not numbered 1 is a protocol error.
-        h.their_seq = 7;
+        // A reset Logon not numbered 1 resets nothing: too low here.
+        let er = h.lp_message("8").with(11, "k2");
+        h.receive(er);
+        h.their_seq = 2;
         let a = h.lp_message("A").with(108, 10).with(141, "Y");
-        assert!(
-            disconnected(&h.receive(a))
-                .unwrap()
-                .contains("ResetSeqNumFlag")
-        );
+        assert!(disconnected(&h.receive(a)).unwrap().contains("too low"));
+        assert_eq!(h.core.store.next_sender(), 3, "only the Logout was sent");
     }
 
     #[test]
