@@ -1,4 +1,4 @@
-//! The connection driver: one task per session that connects, logs on,
+//! The connection driver: one thread (with its own runtime) per session that connects, logs on,
 //! moves bytes between the socket and the session rules, and reconnects
 //! with the project's backoff when the connection ends.
 
@@ -61,7 +61,7 @@ struct Shared {
 /// A FIX initiator session: a cheap `Clone` handle shared by every user
 /// of the one connection to the LP (the feed and the order adapter).
 ///
-/// Created idle; [`start`](Self::start) spawns its task once. The task
+/// Created idle; [`start`](Self::start) starts its thread once. It
 /// keeps the session up until [`logout`](Self::logout): it reconnects after
 /// every loss, waiting [`fxcast_transport::Backoff`] delays.
 #[derive(Clone)]
@@ -113,9 +113,10 @@ impl FixSession {
         &self.shared.config
     }
 
-    /// Opens the sequence store and spawns the session task (once; later
-    /// calls return the first call's result). Must run inside a Tokio
-    /// runtime.
+    /// Opens the sequence store and starts the session on its own thread
+    /// (once; later calls return the first call's result). Called inside a
+    /// Tokio runtime, the session also logs out and ends when that runtime
+    /// shuts down.
     ///
     /// # Errors
     /// [`FixError::Store`] when the sequence numbers cannot be read.
@@ -146,14 +147,31 @@ impl FixSession {
                     next_target = store.next_target(),
                     "starting the FIX session"
                 );
-                let shared = Arc::clone(&self.shared);
-                tokio::spawn(async move {
-                    run(&shared, store, inbox).await;
-                    shared.status.send_modify(|s| {
-                        s.logged_on = false;
-                        s.stopped = true;
+                // The session runs on its own thread with its own
+                // single-threaded runtime: the store's fsync per outgoing
+                // message (and any other blocking) then holds up only the
+                // session, never the application's Tokio workers. The
+                // channels to the rest of the application work across
+                // runtimes.
+                //
+                // When the runtime that started the session shuts down
+                // (its tasks dropped), the session logs out and its thread
+                // ends, as a task of that runtime would have.
+                let parent_gone = tokio::runtime::Handle::try_current().ok().map(|handle| {
+                    let (alive, parent_gone) = oneshot::channel::<()>();
+                    handle.spawn(async move {
+                        let _alive = alive;
+                        std::future::pending::<()>().await;
                     });
+                    parent_gone
                 });
+                let shared = Arc::clone(&self.shared);
+                std::thread::Builder::new()
+                    .name("fix-session".into())
+                    .spawn(move || session_thread(&shared, store, inbox, parent_gone))
+                    .map_err(|e| {
+                        FixError::Io(format!("cannot start the FIX session thread: {e}"))
+                    })?;
                 Ok(())
             })
             .clone()
@@ -208,6 +226,45 @@ impl FixSession {
             .map_err(|_| FixError::Stopped)?;
         answer.await.map_err(|_| FixError::Stopped)?
     }
+}
+
+/// The session thread: a current-thread runtime running [`run`] until
+/// it ends (after [`FixSession::logout`] or the starting runtime's
+/// shutdown).
+fn session_thread(
+    shared: &Shared,
+    store: SeqStore,
+    inbox: mpsc::Receiver<Outgoing>,
+    parent_gone: Option<oneshot::Receiver<()>>,
+) {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(async {
+            let stop = shared.stop.clone();
+            let watch_parent = tokio::spawn(async move {
+                // Err: the starting runtime dropped its guard task.
+                if let Some(parent_gone) = parent_gone
+                    && parent_gone.await.is_err()
+                {
+                    stop.cancel();
+                }
+            });
+            run(shared, store, inbox).await;
+            watch_parent.abort();
+        }),
+        Err(err) => {
+            tracing::error!(%err, "cannot build the FIX session runtime");
+            shared
+                .status
+                .send_modify(|s| s.last_error = Some(format!("cannot start: {err}")));
+        }
+    }
+    shared.status.send_modify(|s| {
+        s.logged_on = false;
+        s.stopped = true;
+    });
 }
 
 /// The session task: connect, run, back off, again.
@@ -311,7 +368,7 @@ async fn connection(
         Ok(bytes) => bytes,
         Err(err) => return err.to_string(),
     };
-    if let Err(err) = writer.write_all(&logon).await {
+    if let Err(err) = write(&mut writer, &logon, shared.config.heartbeat).await {
         return format!("cannot send Logon: {err}");
     }
     tracing::info!("FIX Logon sent");
@@ -349,7 +406,7 @@ async fn connection(
             _ = tick.tick() => core.on_tick(now()),
             Some(out) = inbox.recv() => {
                 match core.send_app(out.body, now()) {
-                    Ok((seq, bytes)) => match writer.write_all(&bytes).await {
+                    Ok((seq, bytes)) => match write(&mut writer, &bytes, shared.config.heartbeat).await {
                         Ok(()) => {
                             let _ = out.reply.send(Ok(seq));
                             Vec::new()
@@ -385,6 +442,20 @@ async fn connection(
     }
 }
 
+/// Writes `bytes`, giving up after `limit` (the heartbeat interval): a
+/// counterparty that stopped reading must not hold the session forever.
+/// An error means the connection is to be treated as lost.
+async fn write(writer: &mut OwnedWriteHalf, bytes: &[u8], limit: Duration) -> Result<(), String> {
+    match tokio::time::timeout(limit, writer.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "the write did not complete within {}s (the counterparty is not reading)",
+            limit.as_secs_f32()
+        )),
+    }
+}
+
 /// Carries out one action; `Some(reason)` ends the connection.
 async fn apply(
     shared: &Shared,
@@ -393,8 +464,7 @@ async fn apply(
     backoff: &mut Backoff,
 ) -> Option<String> {
     match action {
-        Action::Send(bytes) => writer
-            .write_all(&bytes)
+        Action::Send(bytes) => write(writer, &bytes, shared.config.heartbeat)
             .await
             .err()
             .map(|err| format!("connection lost: {err}")),

@@ -298,8 +298,10 @@ fn parse_fields(body: &[u8]) -> Result<Vec<(u32, String)>, String> {
             .and_then(|s| s.parse::<u32>().ok())
             .filter(|t| *t > 0)
             .ok_or_else(|| "a field whose tag is not a number".to_owned())?;
-        let value = String::from_utf8(raw[eq + 1..].to_vec())
-            .map_err(|_| format!("field {tag} is not UTF-8"))?;
+        // A value's encoding is no framing problem: a Latin-1 Text (58)
+        // must not make the whole message garbled (it would then be
+        // dropped without advancing the expected MsgSeqNum).
+        let value = String::from_utf8_lossy(&raw[eq + 1..]).into_owned();
         fields.push((tag, value));
     }
     if fields.first().map(|(t, _)| *t) != Some(crate::tag::MSG_TYPE) {
@@ -468,6 +470,26 @@ mod tests {
             );
             assert_eq!(d.buffered(), 0);
         }
+    }
+
+    #[test]
+    fn a_latin1_value_is_decoded_lossily_not_garbled() {
+        // Text (58) = "caf\xe9" in Latin-1: not UTF-8, but well framed.
+        let mut body = wire("35=3|34=5|49=LP|56=FXCAST|58=caf");
+        body.push(0xE9);
+        body.push(SOH);
+        let mut bytes = format!("8=FIX.4.4\x019={}\x01", body.len()).into_bytes();
+        bytes.extend_from_slice(&body);
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(format!("10={sum:03}\x01").as_bytes());
+        let mut d = Decoder::new("FIX.4.4");
+        d.extend(&bytes);
+        let Some(Decoded::Message(m)) = d.next_frame() else {
+            panic!("a non-UTF-8 value made the message garbled")
+        };
+        assert_eq!(m.seq_num(), Some(5));
+        assert_eq!(m.get(58), Some("caf\u{fffd}"));
+        assert_eq!(d.buffered(), 0);
     }
 
     #[test]

@@ -13,7 +13,10 @@
 //! - MsgSeqNum equal to the expected one: processed. Lower without
 //!   PossDupFlag: Logout "MsgSeqNum too low" and disconnect; lower with
 //!   PossDupFlag: a duplicate, ignored. Higher: ResendRequest (2) for the
-//!   gap, the message held until the gap is filled.
+//!   gap, the message held until the gap is filled; asked again when the
+//!   expected number does not move for HeartBtInt.
+//! - Logon with ResetSeqNumFlag=Y and MsgSeqNum 1 from the counterparty:
+//!   both numbers restart at 1 (durably), answered with our Logon 141=Y.
 //! - ResendRequest from the counterparty: answered with one
 //!   SequenceReset-GapFill (4, 123=Y) over the whole range, for admin and
 //!   application messages alike. fxcast never replays an application
@@ -131,6 +134,10 @@ pub(crate) struct SessionCore {
     /// A ResendRequest we sent is outstanding until the expected number
     /// passes this.
     resend_until: Option<u64>,
+    /// While a ResendRequest is outstanding: the expected number when it
+    /// last moved (or the request went out), and since when; a request
+    /// that moves nothing for HeartBtInt is sent again.
+    resend_progress: Option<(u64, Instant)>,
     last_sent: Instant,
     last_received: Instant,
     test_request: Option<(String, Instant)>,
@@ -147,6 +154,7 @@ impl SessionCore {
             phase_since: now,
             held: Default::default(),
             resend_until: None,
+            resend_progress: None,
             last_sent: now,
             last_received: now,
             test_request: None,
@@ -165,6 +173,13 @@ impl SessionCore {
 
     /// Our Logon.
     pub(crate) fn logon(&mut self, now: Instant) -> Result<Vec<u8>, FixError> {
+        let logon = self.logon_message();
+        self.phase = Phase::AwaitingLogon;
+        self.phase_since = now;
+        self.send(logon, now)
+    }
+
+    fn logon_message(&self) -> Message {
         let mut logon = Message::new("A")
             .with(tag::ENCRYPT_METHOD, 0)
             .with(tag::HEART_BT_INT, self.config.heartbeat.as_secs().max(1));
@@ -174,9 +189,32 @@ impl SessionCore {
         if let Some(password) = &self.config.password {
             logon.push(tag::PASSWORD, password.expose());
         }
-        self.phase = Phase::AwaitingLogon;
-        self.phase_since = now;
-        self.send(logon, now)
+        logon
+    }
+
+    /// The counterparty's Logon with ResetSeqNumFlag (141) = Y and
+    /// MsgSeqNum 1: both numbers restart at 1 (durably), and our Logon
+    /// with 141=Y (MsgSeqNum 1) answers it.
+    fn reset_by_logon(
+        &mut self,
+        message: Message,
+        now: Instant,
+        actions: &mut Vec<Action>,
+    ) -> Result<(), FixError> {
+        tracing::warn!(
+            store = %self.store.path().display(),
+            from_sender = self.store.next_sender(),
+            from_target = self.store.next_target(),
+            "the counterparty reset the session (Logon with ResetSeqNumFlag=Y): both sequence numbers restart at 1"
+        );
+        self.store.reset()?;
+        self.held.clear();
+        self.resend_until = None;
+        self.resend_progress = None;
+        let answer = self.logon_message().with(tag::RESET_SEQ_NUM_FLAG, "Y");
+        actions.push(Action::Send(self.send(answer, now)?));
+        self.store.set_target(2)?;
+        self.dispatch(message, now, actions)
     }
 
     /// Our Logout.
@@ -297,6 +335,15 @@ impl SessionCore {
         if msg_type == "4" && message.get(tag::GAP_FILL_FLAG) != Some("Y") {
             return self.sequence_reset(&message, now, actions);
         }
+        if msg_type == "A" && message.get(tag::RESET_SEQ_NUM_FLAG) == Some("Y") {
+            if seq == 1 {
+                return self.reset_by_logon(message, now, actions);
+            }
+            tracing::warn!(
+                seq,
+                "a Logon with ResetSeqNumFlag=Y not numbered 1: handled as a plain Logon"
+            );
+        }
         let expected = self.store.next_target();
         if seq < expected {
             if message.poss_dup() {
@@ -341,18 +388,32 @@ impl SessionCore {
                 if self.held.len() >= MAX_HELD {
                     self.held.clear();
                     self.resend_until = None;
+                    self.resend_progress = None;
                 }
                 self.held.insert(seq, message);
             }
         }
         if self.resend_until.is_none_or(|until| until < expected) {
-            let request = Message::new("2")
-                .with(tag::BEGIN_SEQ_NO, expected)
-                .with(tag::END_SEQ_NO, 0);
-            actions.push(Action::Send(self.send(request, now)?));
-            self.resend_until = Some(seq);
+            actions.push(Action::Send(self.resend_request(expected, seq, now)?));
         }
         Ok(())
+    }
+
+    /// A ResendRequest from `expected` on (EndSeqNo 0), outstanding until
+    /// the expected number passes `until`.
+    fn resend_request(
+        &mut self,
+        expected: u64,
+        until: u64,
+        now: Instant,
+    ) -> Result<Vec<u8>, FixError> {
+        let request = Message::new("2")
+            .with(tag::BEGIN_SEQ_NO, expected)
+            .with(tag::END_SEQ_NO, 0);
+        let bytes = self.send(request, now)?;
+        self.resend_until = Some(until);
+        self.resend_progress = Some((expected, now));
+        Ok(bytes)
     }
 
     /// Processes held messages that are now in sequence.
@@ -377,6 +438,7 @@ impl SessionCore {
             .is_some_and(|until| self.store.next_target() > until)
         {
             self.resend_until = None;
+            self.resend_progress = None;
         }
         Ok(())
     }
@@ -584,6 +646,26 @@ impl SessionCore {
                 Err(err) => actions.push(Action::Disconnect(err.to_string())),
             }
             self.test_request = Some((id, now));
+        }
+        if let (Some(until), Some((at, since))) = (self.resend_until, self.resend_progress) {
+            let expected = self.store.next_target();
+            if expected != at {
+                self.resend_progress = Some((expected, now));
+            } else if now.duration_since(since) >= heartbeat {
+                // The counterparty ignored (or lost) our ResendRequest:
+                // without asking again the held messages would wait forever.
+                tracing::warn!(
+                    expected,
+                    until,
+                    "ResendRequest unanswered for HeartBtInt: asking again"
+                );
+                self.resend_until = None;
+                let until = until.max(self.held.last_key_value().map_or(0, |(k, _)| *k));
+                match self.resend_request(expected, until, now) {
+                    Ok(bytes) => actions.push(Action::Send(bytes)),
+                    Err(err) => actions.push(Action::Disconnect(err.to_string())),
+                }
+            }
         }
         if now.duration_since(self.last_sent) >= heartbeat {
             match self.send(Message::new("0"), now) {
@@ -795,6 +877,95 @@ mod tests {
         assert_eq!(ids, ["late", "later"]);
         assert_eq!(h.core.store.next_target(), 7);
         assert!(h.core.resend_until.is_none());
+    }
+
+    #[test]
+    fn an_unanswered_resend_request_is_sent_again_after_heart_bt_int() {
+        let mut h = Harness::logged_on();
+        h.their_seq = 5; // 2, 3, 4 missing
+        let ahead = h.lp_message("8").with(11, "late");
+        assert_eq!(sent(&h.receive(ahead))[0].msg_type(), "2");
+        let resends = |actions: &[Action]| {
+            sent(actions)
+                .into_iter()
+                .filter(|m| m.msg_type() == "2")
+                .map(|m| (m.get(7).map(str::to_owned), m.get(16).map(str::to_owned)))
+                .collect::<Vec<_>>()
+        };
+        let again = vec![(Some("2".to_owned()), Some("0".to_owned()))];
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(5))).is_empty());
+        assert_eq!(
+            resends(&h.core.on_tick(h.now + Duration::from_secs(10))),
+            again
+        );
+        // Progress (2 arrives) restarts the wait.
+        h.now += Duration::from_secs(11);
+        h.their_seq = 2;
+        let resent = h.lp_message("8").with(43, "Y");
+        h.receive(resent);
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(1))).is_empty());
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(10))).is_empty());
+        assert_eq!(
+            resends(&h.core.on_tick(h.now + Duration::from_secs(11))),
+            vec![(Some("3".to_owned()), Some("0".to_owned()))]
+        );
+        // The gap filled: nothing outstanding any more.
+        let fill = h.lp_message("4").with(43, "Y").with(123, "Y").with(36, 5);
+        h.receive(fill);
+        assert!(h.core.resend_until.is_none());
+        assert!(resends(&h.core.on_tick(h.now + Duration::from_secs(60))).is_empty());
+    }
+
+    #[test]
+    fn a_logon_with_reset_seq_num_flag_restarts_both_numbers_at_one() {
+        // Answering our Logon: both stores at 1, our Logon 141=Y answers.
+        let mut h = Harness::new();
+        h.core.store.set_target(9).unwrap();
+        for _ in 0..6 {
+            h.core.store.take_sender().unwrap();
+        }
+        h.core.logon(h.now).unwrap();
+        h.their_seq = 1;
+        let a = h.lp_message("A").with(98, 0).with(108, 10).with(141, "Y");
+        let actions = h.receive(a);
+        let out = sent(&actions);
+        assert_eq!(out.len(), 1, "{actions:?}");
+        assert_eq!(
+            (out[0].msg_type(), out[0].get(34), out[0].get(141)),
+            ("A", Some("1"), Some("Y"))
+        );
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Event(SessionEvent::LoggedOn)))
+        );
+        assert!(disconnected(&actions).is_none());
+        assert_eq!(
+            (h.core.store.next_sender(), h.core.store.next_target()),
+            (2, 2)
+        );
+        // The session goes on from there.
+        let er = h.lp_message("8").with(11, "k");
+        assert!(matches!(
+            h.receive(er).as_slice(),
+            [Action::Event(SessionEvent::Message(_))]
+        ));
+        // Mid-session, the same.
+        h.their_seq = 1;
+        let a = h.lp_message("A").with(98, 0).with(108, 10).with(141, "Y");
+        let out = sent(&h.receive(a));
+        assert_eq!((out[0].get(34), out[0].get(141)), (Some("1"), Some("Y")));
+        assert_eq!(
+            (h.core.store.next_sender(), h.core.store.next_target()),
+            (2, 2)
+        );
+        // A reset Logon not numbered 1 resets nothing: too low here.
+        let er = h.lp_message("8").with(11, "k2");
+        h.receive(er);
+        h.their_seq = 2;
+        let a = h.lp_message("A").with(108, 10).with(141, "Y");
+        assert!(disconnected(&h.receive(a)).unwrap().contains("too low"));
+        assert_eq!(h.core.store.next_sender(), 3, "only the Logout was sent");
     }
 
     #[test]

@@ -137,6 +137,17 @@ impl SeqStore {
         Ok(())
     }
 
+    /// Both numbers back to 1 (the counterparty reset the session with
+    /// a Logon carrying ResetSeqNumFlag), durable before it returns.
+    ///
+    /// # Errors
+    /// [`FixError::Store`] when it cannot be made durable.
+    pub fn reset(&mut self) -> Result<(), FixError> {
+        self.next_sender = 1;
+        self.next_target = 1;
+        self.write(true)
+    }
+
     fn write(&mut self, sync: bool) -> Result<(), FixError> {
         let line = format!(
             "{:>WIDTH$} {:>WIDTH$}\n",
@@ -169,6 +180,11 @@ mod tests {
         drop(store);
         let store = SeqStore::open(dir.path(), "FXCAST", "LP").unwrap();
         assert_eq!((store.next_sender(), store.next_target()), (3, 41));
+        let mut store = store;
+        store.reset().unwrap();
+        drop(store);
+        let store = SeqStore::open(dir.path(), "FXCAST", "LP").unwrap();
+        assert_eq!((store.next_sender(), store.next_target()), (1, 1));
     }
 
     #[test]

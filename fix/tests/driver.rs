@@ -232,3 +232,45 @@ async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
     );
     again.logout(Duration::from_millis(100)).await;
 }
+
+#[tokio::test]
+async fn a_counterparty_that_stops_reading_cannot_block_the_session() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let session = FixSession::new(config(port, dir.path())).unwrap();
+    let mut events = session.subscribe();
+    session.start().unwrap();
+    let mut peer = Peer::accept(&listener).await;
+    assert_eq!(peer.read().await.msg_type(), "A");
+    peer.send("A", &[(98, "0"), (108, "1")]).await;
+    assert!(matches!(event(&mut events).await, SessionEvent::LoggedOn));
+
+    // The peer reads nothing more: big messages fill the socket buffers,
+    // and a write that cannot complete within HeartBtInt (1 s) ends the
+    // connection instead of blocking the session for ever.
+    let big = "x".repeat(1 << 20);
+    let started = std::time::Instant::now();
+    let error = loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the session is still writing"
+        );
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            session.send(Message::new("B").with(148, &big)),
+        )
+        .await
+        .expect("a send never hangs");
+        if let Err(err) = sent {
+            break err;
+        }
+    };
+    assert!(error.to_string().contains("did not complete"), "{error}");
+    match event(&mut events).await {
+        SessionEvent::LoggedOut { reason } => assert!(reason.contains("did not complete")),
+        other => panic!("{other:?}"),
+    }
+    drop(peer);
+    session.logout(Duration::from_millis(100)).await;
+}

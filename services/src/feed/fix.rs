@@ -13,10 +13,15 @@
 //! after `--stale-after`; the next logon subscribes again.
 //!
 //! Market data resent by the LP (PossDupFlag=Y, after a ResendRequest) is
-//! old: it is skipped, never published as a live price.
+//! old: it is skipped, never published as a live price. A skipped update
+//! (or market data this feed fell behind on) leaves the book incomplete, so
+//! the symbols it concerns (all of them after falling behind) lose their
+//! book - nothing is quoted until both sides are known again - and are
+//! requested anew: the old MarketDataRequest cancelled (263=2), a new one
+//! sent for a fresh snapshot.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     str::FromStr,
     sync::Arc,
     time::SystemTime,
@@ -80,9 +85,18 @@ impl FixFeed {
 
 /// One MarketDataRequest: snapshot + updates of the top of book.
 fn market_data_request(request_id: &str, lp_symbol: &str) -> Message {
+    market_data_request_of(1, request_id, lp_symbol)
+}
+
+/// The MarketDataRequest cancelling the subscription `request_id`.
+fn market_data_unsubscribe(request_id: &str, lp_symbol: &str) -> Message {
+    market_data_request_of(2, request_id, lp_symbol)
+}
+
+fn market_data_request_of(kind: u8, request_id: &str, lp_symbol: &str) -> Message {
     Message::new("V")
         .with(tag::MD_REQ_ID, request_id)
-        .with(tag::SUBSCRIPTION_REQUEST_TYPE, 1)
+        .with(tag::SUBSCRIPTION_REQUEST_TYPE, kind)
         .with(tag::MARKET_DEPTH, 1)
         .with(tag::MD_UPDATE_TYPE, 1)
         .with(tag::NO_MD_ENTRY_TYPES, 2)
@@ -185,38 +199,107 @@ impl FixFeed {
     async fn subscribe(&self, logon: u64, requests: &mut HashMap<String, String>) {
         requests.clear();
         for symbol in &self.symbols {
-            let lp_symbol = self.config.symbols.to_lp(symbol);
-            let id = format!("fxcast-{logon}-{symbol}");
-            match self
-                .config
-                .session
-                .send(market_data_request(&id, lp_symbol))
-                .await
-            {
-                Ok(_) => {
-                    requests.insert(id, symbol.clone());
-                }
-                Err(err) => {
-                    tracing::warn!(%symbol, error = %err, "cannot send the MarketDataRequest");
-                }
-            }
+            self.request(format!("fxcast-{logon}-{symbol}"), symbol, requests)
+                .await;
         }
         tracing::info!(symbols = requests.len(), "FIX market data requested");
     }
 
-    /// Applies one W/X; the quotes it completes.
-    fn apply(&self, message: &Message, books: &mut HashMap<String, Book>) -> Vec<Quote> {
+    /// Sends one MarketDataRequest `id` for `symbol`, noted in `requests`.
+    async fn request(&self, id: String, symbol: &str, requests: &mut HashMap<String, String>) {
+        let lp_symbol = self.config.symbols.to_lp(symbol);
+        match self
+            .config
+            .session
+            .send(market_data_request(&id, lp_symbol))
+            .await
+        {
+            Ok(_) => {
+                requests.insert(id, symbol.to_owned());
+            }
+            Err(err) => {
+                tracing::warn!(%symbol, error = %err, "cannot send the MarketDataRequest");
+            }
+        }
+    }
+
+    /// Cancels `symbol`'s subscription and asks again (for a new
+    /// snapshot of a book that missed updates).
+    async fn resubscribe(&self, id: String, symbol: &str, requests: &mut HashMap<String, String>) {
+        let old: Vec<String> = requests
+            .iter()
+            .filter(|(_, s)| s.as_str() == symbol)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let lp_symbol = self.config.symbols.to_lp(symbol);
+        for old in old {
+            requests.remove(&old);
+            if let Err(err) = self
+                .config
+                .session
+                .send(market_data_unsubscribe(&old, lp_symbol))
+                .await
+            {
+                tracing::warn!(%symbol, error = %err, "cannot cancel the MarketDataRequest");
+            }
+        }
+        tracing::info!(%symbol, "FIX market data requested again after missed updates");
+        self.request(id, symbol, requests).await;
+    }
+
+    /// Drops the books of `symbols` (they missed updates): nothing is
+    /// quoted for them until both sides are known again. Returns those not
+    /// already waiting for a new snapshot (`resync`), to be requested anew.
+    fn drop_books(
+        &self,
+        symbols: impl IntoIterator<Item = String>,
+        books: &mut HashMap<String, Book>,
+        resync: &mut HashSet<String>,
+    ) -> Vec<String> {
+        let mut again = Vec::new();
+        for symbol in symbols {
+            books.remove(&symbol);
+            if resync.insert(symbol.clone()) {
+                again.push(symbol);
+            }
+        }
+        again
+    }
+
+    /// Applies one W/X; the quotes it completes, and the symbols whose
+    /// books it dropped that are to be requested anew.
+    fn apply(
+        &self,
+        message: &Message,
+        books: &mut HashMap<String, Book>,
+        resync: &mut HashSet<String>,
+    ) -> (Vec<Quote>, Vec<String>) {
         if message.poss_dup() {
             self.health.count(Counter::Ignored);
-            tracing::debug!("skipping resent (PossDup) market data");
-            return Vec::new();
+            // The book missed this update: drop the symbols it concerns
+            // (all when it cannot be read).
+            let concerned: Vec<String> = match parse_update(message) {
+                Ok(update) => update
+                    .changes
+                    .keys()
+                    .map(|lp| self.config.symbols.to_fxcast(lp))
+                    .filter(|s| self.symbols.iter().any(|served| served == s))
+                    .map(str::to_owned)
+                    .collect(),
+                Err(_) => self.symbols.clone(),
+            };
+            tracing::debug!(
+                symbols = ?concerned,
+                "skipping resent (PossDup) market data; those books are dropped"
+            );
+            return (Vec::new(), self.drop_books(concerned, books, resync));
         }
         let update = match parse_update(message) {
             Ok(update) => update,
             Err(reason) => {
                 self.health.count(Counter::Malformed);
                 tracing::warn!(%reason, "rejected malformed FIX market data");
-                return Vec::new();
+                return (Vec::new(), Vec::new());
             }
         };
         let now = SystemTime::now();
@@ -231,6 +314,7 @@ impl FixFeed {
             let book = books.entry(symbol.to_owned()).or_default();
             if update.snapshot {
                 *book = Book::default();
+                resync.remove(symbol);
             }
             if let Some(bid) = bid {
                 book.bid = bid;
@@ -252,7 +336,7 @@ impl FixFeed {
                 _ => {}
             }
         }
-        quotes
+        (quotes, Vec::new())
     }
 
     fn rejected(&self, message: &Message, requests: &HashMap<String, String>) {
@@ -288,6 +372,9 @@ impl Feed for FixFeed {
             let mut subscribed_logon = 0;
             let mut requests = HashMap::new();
             let mut books: HashMap<String, Book> = HashMap::new();
+            // Symbols whose books were dropped, waiting for a new snapshot.
+            let mut resync: HashSet<String> = HashSet::new();
+            let mut resubscriptions: u64 = 0;
             loop {
                 // Subscribe on each new logon (also one that happened before
                 // this feed started listening).
@@ -300,6 +387,7 @@ impl Feed for FixFeed {
                 {
                     subscribed_logon = logon;
                     books.clear();
+                    resync.clear();
                     self.health.count(Counter::Connect);
                     self.subscribe(logon, &mut requests).await;
                 }
@@ -313,8 +401,9 @@ impl Feed for FixFeed {
                     event = events.recv() => event,
                     () = out.closed() => return Ok(()),
                 };
-                let message: Arc<Message> = match event {
-                    Ok(SessionEvent::Message(message)) => message,
+                let mut again = Vec::new();
+                let message: Option<Arc<Message>> = match event {
+                    Ok(SessionEvent::Message(message)) => Some(message),
                     Ok(SessionEvent::LoggedOut { reason }) => {
                         self.health.count(Counter::Disconnect);
                         tracing::warn!(%reason, "FIX session down: no prices until it is back");
@@ -322,22 +411,37 @@ impl Feed for FixFeed {
                     }
                     Ok(SessionEvent::LoggedOn | SessionEvent::Reject(_)) => continue,
                     Err(RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "the FIX feed fell behind; prices skipped");
-                        continue;
+                        tracing::warn!(
+                            missed = n,
+                            "the FIX feed fell behind; every book is dropped and requested anew"
+                        );
+                        again = self.drop_books(self.symbols.clone(), &mut books, &mut resync);
+                        None
                     }
                     Err(RecvError::Closed) => return Ok(()),
                 };
-                match message.msg_type() {
-                    "W" | "X" => {
-                        self.health.count(Counter::Notification);
-                        for quote in self.apply(&message, &mut books) {
-                            if out.send(quote).await.is_err() {
-                                return Ok(());
+                if let Some(message) = message {
+                    match message.msg_type() {
+                        "W" | "X" => {
+                            self.health.count(Counter::Notification);
+                            let (quotes, dropped) = self.apply(&message, &mut books, &mut resync);
+                            again = dropped;
+                            for quote in quotes {
+                                if out.send(quote).await.is_err() {
+                                    return Ok(());
+                                }
                             }
                         }
+                        "Y" => self.rejected(&message, &requests),
+                        _ => {}
                     }
-                    "Y" => self.rejected(&message, &requests),
-                    _ => {}
+                }
+                if subscribed_logon != 0 {
+                    for symbol in again {
+                        resubscriptions += 1;
+                        let id = format!("fxcast-{subscribed_logon}-{symbol}-{resubscriptions}");
+                        self.resubscribe(id, &symbol, &mut requests).await;
+                    }
                 }
             }
         })
@@ -409,6 +513,90 @@ mod tests {
             .with(269, 0)
             .with(270, "1");
         assert!(parse_update(&no_symbol).is_err());
+    }
+
+    fn feed() -> FixFeed {
+        let session = FixSession::new(fxcast_fix::SessionConfig::new(
+            "127.0.0.1",
+            1,
+            "FXCAST",
+            "LP",
+            std::env::temp_dir(),
+        ))
+        .unwrap();
+        let symbols = ["USD_JPY", "EUR_USD"];
+        FixFeed::new(
+            FixFeedConfig {
+                session,
+                symbols: SymbolMap::new([
+                    ("USD_JPY".into(), "USD/JPY".into()),
+                    ("EUR_USD".into(), "EUR/USD".into()),
+                ])
+                .unwrap(),
+            },
+            symbols,
+            FeedHealth::new(symbols, std::time::Duration::from_secs(5)),
+        )
+        .unwrap()
+    }
+
+    fn x(symbol: &str, kind: u8, px: &str) -> Message {
+        Message::new("X")
+            .with(268, 1)
+            .with(279, 1)
+            .with(269, kind)
+            .with(55, symbol)
+            .with(270, px)
+    }
+
+    #[test]
+    fn a_skipped_resent_update_drops_the_book_until_both_sides_are_known_again() {
+        let feed = feed();
+        let mut books = HashMap::new();
+        let mut resync = HashSet::new();
+        let w = |symbol: &str, bid: &str, ask: &str| {
+            Message::new("W")
+                .with(55, symbol)
+                .with(268, 2)
+                .with(269, 0)
+                .with(270, bid)
+                .with(269, 1)
+                .with(270, ask)
+        };
+        for symbol in ["USD/JPY", "EUR/USD"] {
+            let (quotes, again) = feed.apply(&w(symbol, "1.1", "1.2"), &mut books, &mut resync);
+            assert_eq!((quotes.len(), again.len()), (1, 0));
+        }
+        // A resent ask update is skipped: USD_JPY's book is dropped and
+        // requested again (once), EUR_USD untouched.
+        let dup = x("USD/JPY", 1, "1.3").with(43, "Y");
+        let (quotes, again) = feed.apply(&dup, &mut books, &mut resync);
+        assert!(quotes.is_empty());
+        assert_eq!(again, ["USD_JPY"]);
+        let (_, again) = feed.apply(&dup, &mut books, &mut resync);
+        assert!(again.is_empty(), "already requested again");
+        // A fresh bid alone quotes nothing (no stale ask with it).
+        let (quotes, _) = feed.apply(&x("USD/JPY", 0, "1.15"), &mut books, &mut resync);
+        assert!(quotes.is_empty());
+        let (quotes, _) = feed.apply(&x("EUR/USD", 0, "1.15"), &mut books, &mut resync);
+        assert_eq!(quotes.len(), 1, "other books keep quoting");
+        // The ask arrives: both sides fresh, quoted.
+        let (quotes, _) = feed.apply(&x("USD/JPY", 1, "1.25"), &mut books, &mut resync);
+        assert_eq!((quotes[0].bid, quotes[0].ask), (d("1.15"), d("1.25")));
+        // A snapshot ends the wait: a later skip requests again.
+        feed.apply(&w("USD/JPY", "1.1", "1.2"), &mut books, &mut resync);
+        assert!(resync.is_empty());
+        let (_, again) = feed.apply(&dup, &mut books, &mut resync);
+        assert_eq!(again, ["USD_JPY"]);
+    }
+
+    #[test]
+    fn the_unsubscribe_cancels_the_request_id() {
+        let v = market_data_unsubscribe("id", "USD/JPY");
+        assert_eq!(
+            format!("{v:?}"),
+            "35=V|262=id|263=2|264=1|265=1|267=2|269=0|269=1|146=1|55=USD/JPY"
+        );
     }
 
     #[test]

@@ -7,19 +7,23 @@
 //! better, or not at all). The ExecutionReport (8) for that ClOrdID
 //! decides: OrdStatus Filled -> [`LpOutcome::Filled`] at LastPx (AvgPx
 //! when LastPx is missing), Rejected/Canceled/Expired ->
-//! [`LpOutcome::Rejected`] with the LP's Text (58). A session-level Reject
+//! [`LpOutcome::Rejected`] with the LP's Text (58) - but Canceled/Expired
+//! with CumQty (14) > 0 dealt money: [`LpError`], the order stays PENDING
+//! (logged as an error). A session-level Reject
 //! (3) or a BusinessMessageReject (j) of the D means the LP refused the
 //! message: nothing was dealt, Rejected with its text.
 //!
-//! No report within the timeout, a lost session or a failed write: the
+//! No report within the timeout, a lost session, a failed write or a send
+//! the session does not complete within the timeout: the
 //! outcome is unknown, [`LpError`], and the order stays PENDING. The
 //! executor then calls [`recover`](LiquidityProvider::recover), which
 //! waits for the session and asks with OrderStatusRequest (H). The LP's
 //! answer is final: filled, rejected, or - an ExecutionReport with OrdStatus
 //! Rejected for a ClOrdID it does not know - never received, so Rejected.
 //! A NewOrderSingle is never sent twice for one ClOrdID: a key this process
-//! already sent is recovered, not re-sent, and after a restart the
-//! executor only recovers PENDING orders.
+//! already sent is recovered, not re-sent (a key is forgotten once its
+//! outcome is final), and after a restart the executor only recovers
+//! PENDING orders.
 
 use std::{
     collections::HashSet,
@@ -133,10 +137,19 @@ impl FixLp {
                 why.map(|w| format!(" ({w})")).unwrap_or_default()
             )));
         }
-        session.send(message).await.map_err(|err| match err {
-            FixError::NotLoggedOn => self.error("the FIX session logged out before sending"),
-            other => self.error(other.to_string()),
-        })
+        // A session that cannot write (an LP that stopped reading) must not
+        // hold the order: after the timeout its outcome is unknown (the
+        // message may or may not be out), so PENDING and recovered.
+        match tokio::time::timeout(self.config.timeout, session.send(message)).await {
+            Ok(sent) => sent.map_err(|err| match err {
+                FixError::NotLoggedOn => self.error("the FIX session logged out before sending"),
+                other => self.error(other.to_string()),
+            }),
+            Err(_) => Err(self.error(format!(
+                "the FIX session did not send within {}s; the outcome is unknown",
+                self.config.timeout.as_secs_f32()
+            ))),
+        }
     }
 
     /// Waits for the answer to the request `seq` about `key`.
@@ -239,6 +252,19 @@ impl FixLp {
                     ),
                 },
             },
+            "4" | "C" if !Self::nothing_dealt(message) => {
+                let what = if status == "4" { "canceled" } else { "expired" };
+                tracing::error!(
+                    key = message.get(tag::CL_ORD_ID).unwrap_or(""),
+                    status,
+                    cum_qty = message.get(tag::CUM_QTY).unwrap_or(""),
+                    "the LP {what} an order after dealing part of it: left PENDING for a person"
+                );
+                return Err(self.error(format!(
+                    "the LP {what} the order but reports CumQty {} dealt; not settled",
+                    message.get(tag::CUM_QTY).unwrap_or("")
+                )));
+            }
             "4" | "C" => LpOutcome::Rejected {
                 message: format!(
                     "not filled: the LP {} the order{}",
@@ -257,6 +283,26 @@ impl FixLp {
             }
             _ => return Ok(None),
         }))
+    }
+}
+
+impl FixLp {
+    /// Whether an ExecutionReport says nothing was dealt: CumQty (14)
+    /// missing or zero (an unreadable one is no proof).
+    fn nothing_dealt(message: &Message) -> bool {
+        message
+            .get(tag::CUM_QTY)
+            .is_none_or(|q| Decimal::from_str(q).is_ok_and(|q| q.is_zero()))
+    }
+
+    /// The key's outcome is final: it no longer needs guarding against a
+    /// second NewOrderSingle in this process (the executor does not
+    /// execute a settled order again).
+    fn settled(&self, key: &str) {
+        self.sent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 }
 
@@ -279,8 +325,11 @@ impl LiquidityProvider for FixLp {
             let mut events = self.config.session.subscribe();
             let seq = self.send(self.new_order_single(order)).await?;
             tracing::debug!(key = %order.key, seq, "NewOrderSingle sent");
-            self.answer(&mut events, &order.key, seq, Asked::NewOrder)
-                .await
+            let outcome = self
+                .answer(&mut events, &order.key, seq, Asked::NewOrder)
+                .await?;
+            self.settled(&order.key);
+            Ok(outcome)
         })
     }
 
@@ -293,6 +342,7 @@ impl LiquidityProvider for FixLp {
                 .answer(&mut events, &order.key, seq, Asked::Status)
                 .await?;
             tracing::info!(key = %order.key, ?outcome, "the LP confirmed an order's outcome");
+            self.settled(&order.key);
             Ok(outcome)
         })
     }
@@ -380,5 +430,34 @@ mod tests {
             lp.report(&er("4"), Asked::NewOrder).unwrap(),
             Some(LpOutcome::Rejected { .. })
         ));
+        assert!(matches!(
+            lp.report(&er("C").with(14, "0"), Asked::Status).unwrap(),
+            Some(LpOutcome::Rejected { .. })
+        ));
+    }
+
+    #[test]
+    fn cancelled_or_expired_after_a_deal_is_not_a_rejection() {
+        let lp = lp();
+        let er = |status: &str| Message::new("8").with(11, "alice/c1").with(39, status);
+        for status in ["4", "C"] {
+            assert!(
+                lp.report(&er(status).with(14, "500"), Asked::NewOrder)
+                    .is_err()
+            );
+            assert!(
+                lp.report(&er(status).with(14, "500"), Asked::Status)
+                    .is_err()
+            );
+            assert!(lp.report(&er(status).with(14, "x"), Asked::Status).is_err());
+        }
+    }
+
+    #[test]
+    fn a_settled_key_is_forgotten() {
+        let lp = lp();
+        lp.sent.lock().unwrap().insert("alice/c1".into());
+        lp.settled("alice/c1");
+        assert!(lp.sent.lock().unwrap().is_empty());
     }
 }
