@@ -289,35 +289,7 @@ async fn retain_for_outlives_retain() {
     })
     .await
     .unwrap();
-    transport
-        .retain("rates.GBP_USD", Bytes::from_static(b"1.27"))
-        .await
-        .unwrap();
-    // Larger than a message may be: retain_for holds state such as
-    // revocations.
-    let revocations = Bytes::from(vec![7u8; 100 * 1024]);
-    transport
-        .retain_for(
-            "auth.revocations",
-            revocations.clone(),
-            Duration::from_secs(3600),
-        )
-        .await
-        .unwrap();
-    let err = transport
-        .retain("rates.GBP_USD", Bytes::from(vec![0u8; 1025]))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::PayloadTooLarge { .. }), "{err}");
-    assert!(transport.retained("rates.GBP_USD").await.unwrap().is_some());
-
-    // Past retain's TTL (the point of the test is time passing).
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(transport.retained("rates.GBP_USD").await.unwrap(), None);
-    assert_eq!(
-        transport.retained("auth.revocations").await.unwrap(),
-        Some(revocations)
-    );
+    support::numbers::retain_for_outlives_retain(&transport).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
