@@ -15,9 +15,7 @@ use std::{fmt, time::Duration};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::{
-    BoxFuture, Delivery, Error, SubscriberAccess, Subscription, Transport, TransportHealth,
-};
+use crate::{Call, Delivery, SubscriberAccess, Subscription, Transport, TransportHealth};
 
 /// What the suite may assume about a backend under test.
 #[derive(Debug, Clone, Copy)]
@@ -47,11 +45,11 @@ impl<T: Transport, G: Send + Sync + 'static> Transport for WithGuard<T, G> {
         self.transport.name()
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         self.transport.publish(topic, payload)
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         self.transport.subscribe(topic)
     }
 
@@ -63,20 +61,15 @@ impl<T: Transport, G: Send + Sync + 'static> Transport for WithGuard<T, G> {
         self.transport.health()
     }
 
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         self.transport.retain(topic, payload)
     }
 
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        self.transport.retain_for(topic, payload, keep_for)
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
+        self.transport.retain_for(topic, payload, keep)
     }
 
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         self.transport.retained(topic)
     }
 
@@ -84,7 +77,7 @@ impl<T: Transport, G: Send + Sync + 'static> Transport for WithGuard<T, G> {
         &'a self,
         topics: &'a [String],
         valid_for: Duration,
-    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+    ) -> Call<'a, Option<SubscriberAccess>> {
         self.transport.subscriber_access(topics, valid_for)
     }
 }

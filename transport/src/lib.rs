@@ -83,6 +83,9 @@ pub use mirror::MirroredTransport;
 /// A boxed future, so [`Transport`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
+/// What a [`Transport`] call returns: a boxed future of its result.
+pub type Call<'a, T> = BoxFuture<'a, Result<T, Error>>;
+
 /// Errors a transport reports.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -237,14 +240,14 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// [`Error::PayloadTooLarge`], [`Error::InvalidTopic`], or
     /// [`Error::Unavailable`] when a network backend cannot deliver it.
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>>;
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()>;
 
     /// Subscribes to `topic`: the subscription receives messages published
     /// after this call returns.
     ///
     /// # Errors
     /// [`Error::InvalidTopic`] or [`Error::Unavailable`].
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>>;
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription>;
 
     /// Number of live subscriptions to `topic` held in this process.
     fn local_subscribers(&self, topic: &str) -> usize;
@@ -264,27 +267,22 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// [`Error::PayloadTooLarge`], [`Error::InvalidTopic`], or
     /// [`Error::Unavailable`].
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         let _ = (topic, payload);
         Box::pin(std::future::ready(Ok(())))
     }
 
     /// Like [`Transport::retain`], for state that must outlive the
     /// backend's own retention of latest payloads (revocations in force):
-    /// the payload is kept for at least `keep_for`, and may be larger than
+    /// the payload is kept for at least `keep`, and may be larger than
     /// one message (up to what the backend's storage holds in one item).
     /// Backends whose retained payloads expire must override this; the
     /// provided method is [`Transport::retain`].
     ///
     /// # Errors
     /// As [`Transport::retain`].
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
-        let _ = keep_for;
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
+        let _ = keep;
         self.retain(topic, payload)
     }
 
@@ -293,7 +291,7 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     /// [`Error::InvalidTopic`] or [`Error::Unavailable`].
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         let _ = topic;
         Box::pin(std::future::ready(Ok(None)))
     }
@@ -309,7 +307,7 @@ pub trait Transport: Send + Sync + fmt::Debug + 'static {
         &'a self,
         topics: &'a [String],
         valid_for: Duration,
-    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+    ) -> Call<'a, Option<SubscriberAccess>> {
         let _ = (topics, valid_for);
         Box::pin(std::future::ready(Ok(None)))
     }

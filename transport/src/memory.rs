@@ -14,9 +14,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::broadcast;
 
-use crate::{
-    BoxFuture, Delivery, Error, Subscription, Transport, local::LocalReader, validate_topic,
-};
+use crate::{Call, Delivery, Error, Subscription, Transport, local::LocalReader, validate_topic};
 
 /// Settings of [`MemoryTransport`].
 #[derive(Debug, Clone, Copy)]
@@ -135,12 +133,12 @@ impl Transport for MemoryTransport {
         "memory"
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         let result = self.publish_now(topic, payload);
         Box::pin(std::future::ready(result))
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         let result = self.subscribe_now(topic);
         Box::pin(std::future::ready(result))
     }

@@ -22,7 +22,7 @@ use std::{
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::{BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth};
+use crate::{Call, Error, SubscriberAccess, Subscription, Transport, TransportHealth};
 
 /// Publishes to `primary` and copies messages of topics starting with a
 /// prefix to `mirror`.
@@ -76,7 +76,7 @@ impl Transport for MirroredTransport {
         self.primary.name()
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             let copy = self.mirrored(topic).then(|| payload.clone());
             self.primary.publish(topic, payload).await?;
@@ -89,7 +89,7 @@ impl Transport for MirroredTransport {
         })
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         self.primary.subscribe(topic)
     }
 
@@ -101,7 +101,7 @@ impl Transport for MirroredTransport {
         self.mirror.health()
     }
 
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             if !self.mirrored(topic) {
                 return self.primary.retain(topic, payload).await;
@@ -114,27 +114,22 @@ impl Transport for MirroredTransport {
         })
     }
 
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             if !self.mirrored(topic) {
-                return self.primary.retain_for(topic, payload, keep_for).await;
+                return self.primary.retain_for(topic, payload, keep).await;
             }
             self.primary
-                .retain_for(topic, payload.clone(), keep_for)
+                .retain_for(topic, payload.clone(), keep)
                 .await?;
-            if let Err(err) = self.mirror.retain_for(topic, payload, keep_for).await {
+            if let Err(err) = self.mirror.retain_for(topic, payload, keep).await {
                 self.mirror_failed("retain", topic, &err);
             }
             Ok(())
         })
     }
 
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         Box::pin(async move {
             match self.primary.retained(topic).await? {
                 Some(payload) => Ok(Some(payload)),
@@ -148,7 +143,7 @@ impl Transport for MirroredTransport {
         &'a self,
         topics: &'a [String],
         valid_for: Duration,
-    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+    ) -> Call<'a, Option<SubscriberAccess>> {
         // Browsers subscribe where the copies go.
         if topics.iter().all(|t| self.mirrored(t)) {
             self.mirror.subscriber_access(topics, valid_for)

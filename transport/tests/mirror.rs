@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use fxcast_transport::{
-    BoxFuture, Error, MemoryConfig, MemoryTransport, MirroredTransport, Subscription, Transport,
+    Call, Error, MemoryConfig, MemoryTransport, MirroredTransport, Subscription, Transport,
     TransportHealth,
     conformance::{Limits, message, next, publish},
 };
@@ -57,7 +57,7 @@ impl Transport for Down {
         "down"
     }
 
-    fn publish<'a>(&'a self, _: &'a str, _: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, _: &'a str, _: Bytes) -> Call<'a, ()> {
         Box::pin(async {
             Err(Error::Unavailable {
                 backend: "down",
@@ -66,7 +66,7 @@ impl Transport for Down {
         })
     }
 
-    fn subscribe<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, _: &'a str) -> Call<'a, Subscription> {
         unreachable!("the mirror is never subscribed to")
     }
 

@@ -173,6 +173,48 @@ pub struct Row {
     pub error: Option<String>,
 }
 
+impl Row {
+    /// The row's line of [`Table::markdown`].
+    fn markdown(&self, md: &mut String) {
+        let Some(r) = &self.report else {
+            let error = self.error.as_deref().unwrap_or("unknown");
+            let _ = writeln!(
+                md,
+                "| {} | {} | not run: {} | | | | | | | | |",
+                self.server,
+                self.connections,
+                error.replace('|', "/")
+            );
+            return;
+        };
+        let l = r.latency_us;
+        let cpu = r
+            .server_cpu_s_per_million
+            .map_or("–".to_owned(), |c| format!("{c:.2}"));
+        let kib = r
+            .server_kib_per_connection
+            .map_or("–".to_owned(), |k| format!("{k:.1}"));
+        let own = r
+            .load_generator_cpu_s
+            .filter(|_| r.duration_s > 0.0)
+            .map_or("–".to_owned(), |c| {
+                format!("{:.0} %", c / r.duration_s * 100.0)
+            });
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} | {own} |",
+            self.server,
+            self.connections,
+            r.connected,
+            r.messages_per_s,
+            ms(l.p50),
+            ms(l.p99),
+            ms(l.p999),
+            r.disconnects
+        );
+    }
+}
+
 /// The comparison's result; `--json` prints it, `bench-report` renders it
 /// with [`Table::markdown`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -232,42 +274,7 @@ impl Table {
              |---|---|---|---|---|---|---|---|---|---|---|\n",
         );
         for row in &self.rows {
-            let _ = match (&row.report, &row.error) {
-                (Some(r), _) => {
-                    let l = r.latency_us;
-                    let cpu = r
-                        .server_cpu_s_per_million
-                        .map_or("–".to_owned(), |c| format!("{c:.2}"));
-                    let kib = r
-                        .server_kib_per_connection
-                        .map_or("–".to_owned(), |k| format!("{k:.1}"));
-                    let own = r
-                        .load_generator_cpu_s
-                        .filter(|_| r.duration_s > 0.0)
-                        .map_or("–".to_owned(), |c| {
-                            format!("{:.0} %", c / r.duration_s * 100.0)
-                        });
-                    writeln!(
-                        md,
-                        "| {} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} | {own} |",
-                        row.server,
-                        row.connections,
-                        r.connected,
-                        r.messages_per_s,
-                        ms(l.p50),
-                        ms(l.p99),
-                        ms(l.p999),
-                        r.disconnects
-                    )
-                }
-                (None, error) => writeln!(
-                    md,
-                    "| {} | {} | not run: {} | | | | | | | | |",
-                    row.server,
-                    row.connections,
-                    error.as_deref().unwrap_or("unknown").replace('|', "/")
-                ),
-            };
+            row.markdown(&mut md);
         }
         let _ = writeln!(
             md,
@@ -307,14 +314,7 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
     // Raised once here so the servers inherit the limit too.
     let _ = rates::check_open_files(0);
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let pinning = (compare.pin && cores >= 2).then(|| Pinning {
-        server: "0".to_owned(),
-        load_generator: if cores == 2 {
-            "1".to_owned()
-        } else {
-            format!("1-{}", cores - 1)
-        },
-    });
+    let pinning = (compare.pin && cores >= 2).then(|| Pinning::split(cores));
     if let Some(p) = &pinning {
         pin_self(&p.load_generator)?;
     }
@@ -327,25 +327,7 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
     let mut rows = Vec::new();
     let mut next_source = 1usize;
     for (peer, connections) in compare.cases() {
-        // Each case connects from source addresses of its own: the previous
-        // case's closed connections linger in TIME_WAIT on theirs.
-        let sources = Sources {
-            first: u8::try_from(next_source).unwrap_or(1),
-            per_address: compare.per_source_address,
-        };
-        let addresses = sources.addresses(connections);
-        next_source += addresses;
-        if next_source > 254 {
-            next_source = 1 + addresses;
-        }
-        let sources = if usize::from(sources.first) + addresses > 255 {
-            Sources {
-                first: 1,
-                ..sources
-            }
-        } else {
-            sources
-        };
+        let sources = fresh_sources(&mut next_source, compare.per_source_address, connections);
         eprintln!("== {} x{connections}", peer.label());
         let started = Instant::now();
         let outcome = match peer {
@@ -384,6 +366,43 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
         cores,
         load_average: (load_before, load_average()),
     })
+}
+
+impl Pinning {
+    /// The servers on CPU 0, the load generator on the others.
+    fn split(cores: usize) -> Self {
+        Self {
+            server: "0".to_owned(),
+            load_generator: if cores == 2 {
+                "1".to_owned()
+            } else {
+                format!("1-{}", cores - 1)
+            },
+        }
+    }
+}
+
+/// Source addresses for a case of `connections`, after those of the
+/// previous cases: their closed connections linger in TIME_WAIT. Starts
+/// again at 127.0.0.1 when the range would run past 127.0.0.254.
+fn fresh_sources(next: &mut usize, per_address: usize, connections: usize) -> Sources {
+    let sources = Sources {
+        first: u8::try_from(*next).unwrap_or(1),
+        per_address,
+    };
+    let addresses = sources.addresses(connections);
+    *next += addresses;
+    if *next > 254 {
+        *next = 1 + addresses;
+    }
+    if usize::from(sources.first) + addresses > 255 {
+        Sources {
+            first: 1,
+            ..sources
+        }
+    } else {
+        sources
+    }
 }
 
 /// The first three fields of /proc/loadavg.

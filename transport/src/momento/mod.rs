@@ -65,7 +65,7 @@ mod shards;
 
 use crate::health::HealthBoard;
 use crate::{
-    BoxFuture, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
+    Call, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use board::Board;
 use budget::Budget;
@@ -704,7 +704,7 @@ impl Transport for MomentoTransport {
         BACKEND
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             self.check_payload(topic, &payload)?;
             let paced = topic.starts_with(&self.inner.config.paced_prefix);
@@ -728,7 +728,7 @@ impl Transport for MomentoTransport {
         })
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
@@ -753,7 +753,7 @@ impl Transport for MomentoTransport {
         self.inner.health.subscribe()
     }
 
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             self.check_payload(topic, &payload)?;
             self.inner.retainer.offer(topic, payload);
@@ -762,13 +762,8 @@ impl Transport for MomentoTransport {
     }
 
     /// Written at once (not paced or conflated: this is for rare state such
-    /// as revocations), for the longer of `keep_for` and the retained TTL.
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    /// as revocations), for the longer of `keep` and the retained TTL.
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
             if payload.len() > MAX_ITEM_BYTES {
@@ -779,7 +774,7 @@ impl Transport for MomentoTransport {
                 });
             }
             let inner = &*self.inner;
-            let ttl = keep_for.max(inner.config.retain_ttl);
+            let ttl = keep.max(inner.config.retain_ttl);
             let request = SetRequest::new(
                 inner.config.cache.clone(),
                 retained_key(topic),
@@ -806,7 +801,7 @@ impl Transport for MomentoTransport {
         })
     }
 
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
@@ -833,7 +828,7 @@ impl Transport for MomentoTransport {
         &'a self,
         topics: &'a [String],
         valid_for: Duration,
-    ) -> BoxFuture<'a, Result<Option<SubscriberAccess>, Error>> {
+    ) -> Call<'a, Option<SubscriberAccess>> {
         Box::pin(async move {
             for topic in topics {
                 validate_topic(topic)?;

@@ -28,11 +28,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::ReconnectPolicy;
 use crate::health::HealthBoard;
-use crate::{Backoff, BoxFuture, Error};
+use crate::{Backoff, Call, Error};
 
 /// Sends one payload for one key.
-pub(super) type SendFn =
-    Arc<dyn Fn(String, Bytes) -> BoxFuture<'static, Result<(), Error>> + Send + Sync>;
+pub(super) type SendFn = Arc<dyn Fn(String, Bytes) -> Call<'static, ()> + Send + Sync>;
 
 /// A key's task ends after this long without a payload.
 const IDLE: Duration = Duration::from_secs(60);

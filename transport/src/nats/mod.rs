@@ -62,8 +62,7 @@ mod subject;
 
 use crate::feeds::Feeds;
 use crate::{
-    Backoff, BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth,
-    validate_topic,
+    Backoff, BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, validate_topic,
 };
 use crate::{
     health::HealthBoard,
@@ -305,6 +304,135 @@ fn reconnect_delay(policy: BackoffPolicy, attempts: usize) -> Duration {
     delay
 }
 
+/// What the client reports about its connection, turned into health and
+/// the reconnection count the feeds watch.
+fn connection_events(
+    health: &HealthBoard,
+    url: &str,
+    reconnected: watch::Sender<u64>,
+) -> impl Fn(Event) -> std::future::Ready<()> + Send + Sync + 'static {
+    let health = health.clone();
+    let url = url.to_owned();
+    let down = AtomicBool::new(false);
+    move |event: Event| {
+        match event {
+            Event::Disconnected => {
+                down.store(true, Ordering::Relaxed);
+                tracing::warn!(%url, "nats connection lost; reconnecting");
+                health.fail(CONNECTION, format!("lost the connection to {url}"));
+            }
+            Event::Connected => {
+                health.recover(CONNECTION);
+                if down.swap(false, Ordering::Relaxed) {
+                    tracing::info!(%url, "nats connection re-established");
+                    reconnected.send_modify(|n| *n += 1);
+                }
+            }
+            Event::SlowConsumer(sid) => {
+                tracing::warn!(sid, "nats dropped messages for a slow subscription");
+            }
+            other => tracing::info!(%url, event = %other, "nats connection event"),
+        }
+        std::future::ready(())
+    }
+}
+
+/// Opens the client connection (retried forever once up); a refusal says
+/// what to check, without the credentials.
+async fn connect_client(
+    config: &NatsConfig,
+    url: &str,
+    on_event: impl Fn(Event) -> std::future::Ready<()> + Send + Sync + 'static,
+) -> Result<async_nats::Client, Error> {
+    let policy = config.reconnect;
+    config
+        .credentials
+        .options()
+        .await?
+        // Used only when the URL says tls:// or the server asks for TLS.
+        .tls_client_config(tls_client_config(BACKEND, config.ca.as_deref())?)
+        .name("fxcast")
+        .connection_timeout(config.request_timeout)
+        .request_timeout(Some(config.request_timeout))
+        .max_reconnects(None)
+        .reconnect_delay_callback(move |attempts| reconnect_delay(policy, attempts))
+        .event_callback(on_event)
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| {
+            let hint = match e.kind() {
+                ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+                    " (the server refused the credentials: check the user and password, \
+                     token or .creds file)"
+                }
+                // A refused certificate comes as an I/O error.
+                _ if tls_refused(&e) => {
+                    " (the server's certificate is not trusted: it must chain to the CA \
+                     file, or to Mozilla's roots without one)"
+                }
+                ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => {
+                    " (is nats-server running and reachable there?)"
+                }
+                ConnectErrorKind::Tls => " (check the server's certificate and the tls:// URL)",
+                _ => "",
+            };
+            unavailable(format!("cannot connect to {url}: {e}{hint}"))
+        })
+}
+
+/// Opens (creating when missing) the stream of recent messages and the
+/// bucket of retained payloads.
+async fn open_storage(
+    js: &jetstream::Context,
+    config: &NatsConfig,
+    url: &str,
+) -> Result<(stream::Stream, jetstream::kv::Store), Error> {
+    let no_jetstream = |what: &str, e: &dyn fmt::Display| {
+        unavailable(format!(
+            "{what} on {url}: {e} (is JetStream enabled, nats-server -js?)"
+        ))
+    };
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            description: Some("fxcast: the recent messages of every topic".to_owned()),
+            subjects: vec![format!("{}>", config.subject_prefix)],
+            max_messages_per_subject: i64::from(config.history),
+            discard: stream::DiscardPolicy::Old,
+            storage: stream::StorageType::File,
+            allow_direct: true,
+            ..stream::Config::default()
+        })
+        .await
+        .map_err(|e| no_jetstream(&format!("cannot open the stream {}", config.stream), &e))?;
+    // The bucket's stream is written here rather than by
+    // `create_key_value`, whose account query async-nats 0.51 cannot
+    // read from nats-server 2.9; it is what that call creates.
+    let no_bucket = |e: &dyn fmt::Display| {
+        no_jetstream(&format!("cannot open the bucket {}", config.bucket), e)
+    };
+    js.get_or_create_stream(stream::Config {
+        name: format!("KV_{}", config.bucket),
+        description: Some("fxcast: retained payloads, each with its expiry".to_owned()),
+        subjects: vec![format!("$KV.{}.>", config.bucket)],
+        max_messages_per_subject: 1,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        allow_rollup: true,
+        deny_delete: true,
+        allow_direct: true,
+        num_replicas: 1,
+        ..stream::Config::default()
+    })
+    .await
+    .map_err(|e| no_bucket(&e))?;
+    let bucket = js
+        .get_key_value(&config.bucket)
+        .await
+        .map_err(|e| no_bucket(&e))?;
+    Ok((stream, bucket))
+}
+
 impl NatsTransport {
     /// Connects to the server and makes sure the stream and the bucket
     /// exist.
@@ -319,109 +447,15 @@ impl NatsTransport {
         let url = redacted(&config.url);
         let health = HealthBoard::default();
         let (reconnected_tx, reconnected) = watch::channel(0u64);
-        let down = Arc::new(AtomicBool::new(false));
-        let policy = config.reconnect;
-        let on_event = {
-            let health = health.clone();
-            let url = url.clone();
-            move |event: Event| {
-                match event {
-                    Event::Disconnected => {
-                        down.store(true, Ordering::Relaxed);
-                        tracing::warn!(%url, "nats connection lost; reconnecting");
-                        health.fail(CONNECTION, format!("lost the connection to {url}"));
-                    }
-                    Event::Connected => {
-                        health.recover(CONNECTION);
-                        if down.swap(false, Ordering::Relaxed) {
-                            tracing::info!(%url, "nats connection re-established");
-                            reconnected_tx.send_modify(|n| *n += 1);
-                        }
-                    }
-                    Event::SlowConsumer(sid) => {
-                        tracing::warn!(sid, "nats dropped messages for a slow subscription");
-                    }
-                    other => tracing::info!(%url, event = %other, "nats connection event"),
-                }
-                std::future::ready(())
-            }
-        };
-        let client = config
-            .credentials
-            .options()
-            .await?
-            // Used only when the URL says tls:// or the server asks for TLS.
-            .tls_client_config(tls_client_config(BACKEND, config.ca.as_deref())?)
-            .name("fxcast")
-            .connection_timeout(config.request_timeout)
-            .request_timeout(Some(config.request_timeout))
-            .max_reconnects(None)
-            .reconnect_delay_callback(move |attempts| reconnect_delay(policy, attempts))
-            .event_callback(on_event)
-            .connect(config.url.as_str())
-            .await
-            .map_err(|e| {
-                let hint = match e.kind() {
-                    ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
-                        " (the server refused the credentials: check the user and password, \
-                         token or .creds file)"
-                    }
-                    // A refused certificate comes as an I/O error.
-                    _ if tls_refused(&e) => {
-                        " (the server's certificate is not trusted: it must chain to the CA \
-                         file, or to Mozilla's roots without one)"
-                    }
-                    ConnectErrorKind::Io | ConnectErrorKind::TimedOut | ConnectErrorKind::Dns => {
-                        " (is nats-server running and reachable there?)"
-                    }
-                    ConnectErrorKind::Tls => " (check the server's certificate and the tls:// URL)",
-                    _ => "",
-                };
-                unavailable(format!("cannot connect to {url}: {e}{hint}"))
-            })?;
-
+        let client = connect_client(
+            &config,
+            &url,
+            connection_events(&health, &url, reconnected_tx),
+        )
+        .await?;
         let mut js = jetstream::new(client.clone());
         js.set_timeout(config.request_timeout);
-        let no_jetstream = |what: &str, e: &dyn fmt::Display| {
-            unavailable(format!(
-                "{what} on {url}: {e} (is JetStream enabled, nats-server -js?)"
-            ))
-        };
-        let stream = js
-            .get_or_create_stream(stream::Config {
-                name: config.stream.clone(),
-                description: Some("fxcast: the recent messages of every topic".to_owned()),
-                subjects: vec![format!("{}>", config.subject_prefix)],
-                max_messages_per_subject: i64::from(config.history),
-                discard: stream::DiscardPolicy::Old,
-                storage: stream::StorageType::File,
-                allow_direct: true,
-                ..stream::Config::default()
-            })
-            .await
-            .map_err(|e| no_jetstream(&format!("cannot open the stream {}", config.stream), &e))?;
-        // The bucket's stream is written here rather than by
-        // `create_key_value`, whose account query async-nats 0.51 cannot
-        // read from nats-server 2.9; it is what that call creates.
-        js.get_or_create_stream(stream::Config {
-            name: format!("KV_{}", config.bucket),
-            description: Some("fxcast: retained payloads, each with its expiry".to_owned()),
-            subjects: vec![format!("$KV.{}.>", config.bucket)],
-            max_messages_per_subject: 1,
-            discard: stream::DiscardPolicy::New,
-            storage: stream::StorageType::File,
-            allow_rollup: true,
-            deny_delete: true,
-            allow_direct: true,
-            num_replicas: 1,
-            ..stream::Config::default()
-        })
-        .await
-        .map_err(|e| no_jetstream(&format!("cannot open the bucket {}", config.bucket), &e))?;
-        let bucket = js
-            .get_key_value(&config.bucket)
-            .await
-            .map_err(|e| no_jetstream(&format!("cannot open the bucket {}", config.bucket), &e))?;
+        let (stream, bucket) = open_storage(&js, &config, &url).await?;
         let server_max = match client.server_info().max_payload {
             0 => config.max_payload,
             n => n,
@@ -514,10 +548,10 @@ impl NatsTransport {
         }
     }
 
-    async fn put(&self, topic: &str, payload: Bytes, keep_for: Duration) -> Result<(), Error> {
+    async fn put(&self, topic: &str, payload: Bytes, keep: Duration) -> Result<(), Error> {
         let key = subject::encode(topic)?;
         let expires = SystemTime::now()
-            .checked_add(keep_for)
+            .checked_add(keep)
             .and_then(|at| at.duration_since(UNIX_EPOCH).ok())
             .map_or(u64::MAX, |at| {
                 u64::try_from(at.as_millis()).unwrap_or(u64::MAX)
@@ -539,7 +573,7 @@ impl Transport for NatsTransport {
         BACKEND
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             let subject = self.subject(topic)?;
             self.check_size(&payload, self.inner.max_payload)?;
@@ -552,7 +586,7 @@ impl Transport for NatsTransport {
         })
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         Box::pin(async move {
             let subject = self.subject(topic)?;
             let inner = &*self.inner;
@@ -569,7 +603,7 @@ impl Transport for NatsTransport {
     }
 
     /// Kept for [`NatsConfig::retain_ttl`].
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
             self.check_size(&payload, self.inner.max_payload)?;
@@ -577,23 +611,18 @@ impl Transport for NatsTransport {
         })
     }
 
-    /// Kept for the longer of `keep_for` and [`NatsConfig::retain_ttl`]; up
+    /// Kept for the longer of `keep` and [`NatsConfig::retain_ttl`]; up
     /// to the server's `max_payload` (less the 8 bytes of the expiry).
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
             self.check_size(&payload, self.inner.max_item)?;
-            let keep_for = keep_for.max(self.inner.retain_ttl);
-            self.put(topic, payload, keep_for).await
+            let keep = keep.max(self.inner.retain_ttl);
+            self.put(topic, payload, keep).await
         })
     }
 
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         Box::pin(async move {
             validate_topic(topic)?;
             let key = subject::encode(topic)?;

@@ -30,7 +30,7 @@
 //!
 //! # Retained payloads
 //! [`Transport::retain`] is `SET key payload PX retain_ttl`;
-//! [`Transport::retain_for`] the same with the longer of `keep_for` and
+//! [`Transport::retain_for`] the same with the longer of `keep` and
 //! `retain_ttl`. The server expires them, so clocks play no part; the
 //! newest write wins.
 //!
@@ -58,7 +58,7 @@ mod link;
 
 use crate::feeds::Feeds;
 use crate::{
-    BackoffPolicy, BoxFuture, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
+    BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
     validate_topic,
 };
 use endpoint::Endpoint;
@@ -382,12 +382,10 @@ impl RedisTransport {
         unavailable(message)
     }
 
-    async fn set(&self, topic: &str, payload: Bytes, keep_for: Duration) -> Result<(), Error> {
+    async fn set(&self, topic: &str, payload: Bytes, keep: Duration) -> Result<(), Error> {
         let connection = self.inner.link.connection()?;
         let mut commands = connection.commands.clone();
-        let millis = u64::try_from(keep_for.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
         redis::cmd("SET")
             .arg(latest_key(&self.inner.prefix, topic))
             .arg(payload.as_ref())
@@ -404,7 +402,7 @@ impl Transport for RedisTransport {
         BACKEND
     }
 
-    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             let channel = self.channel(topic)?;
             Self::check_size(&payload, self.inner.max_payload)?;
@@ -425,7 +423,7 @@ impl Transport for RedisTransport {
         })
     }
 
-    fn subscribe<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Subscription, Error>> {
+    fn subscribe<'a>(&'a self, topic: &'a str) -> Call<'a, Subscription> {
         Box::pin(async move {
             validate_topic(topic)?;
             let inner = &*self.inner;
@@ -442,7 +440,7 @@ impl Transport for RedisTransport {
     }
 
     /// Kept for [`RedisConfig::retain_ttl`].
-    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
             Self::check_size(&payload, self.inner.max_payload)?;
@@ -450,23 +448,18 @@ impl Transport for RedisTransport {
         })
     }
 
-    /// Kept for the longer of `keep_for` and [`RedisConfig::retain_ttl`];
+    /// Kept for the longer of `keep` and [`RedisConfig::retain_ttl`];
     /// up to 512 MiB, the most Redis stores in one value by default.
-    fn retain_for<'a>(
-        &'a self,
-        topic: &'a str,
-        payload: Bytes,
-        keep_for: Duration,
-    ) -> BoxFuture<'a, Result<(), Error>> {
+    fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
             Self::check_size(&payload, MAX_ITEM)?;
-            let keep_for = keep_for.max(self.inner.retain_ttl);
-            self.set(topic, payload, keep_for).await
+            let keep = keep.max(self.inner.retain_ttl);
+            self.set(topic, payload, keep).await
         })
     }
 
-    fn retained<'a>(&'a self, topic: &'a str) -> BoxFuture<'a, Result<Option<Bytes>, Error>> {
+    fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
         Box::pin(async move {
             validate_topic(topic)?;
             let connection = self.inner.link.connection()?;
