@@ -27,6 +27,20 @@ impl BackoffPolicy {
     pub const fn new(initial: Duration, max: Duration) -> Self {
         Self { initial, max }
     }
+
+    /// Checks the delays are usable: the first positive, the maximum at
+    /// least the first.
+    ///
+    /// # Errors
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig), naming `backend`.
+    pub fn validate(&self, backend: &str) -> Result<(), crate::Error> {
+        if self.initial.is_zero() || self.max < self.initial {
+            return Err(crate::Error::InvalidConfig(format!(
+                "{backend}: the reconnect delays must be positive, the maximum at least the first"
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BackoffPolicy {

@@ -1,4 +1,5 @@
-//! The per-topic feeds of a network backend, shared by NATS and Redis.
+//! The per-topic feeds of a network backend, shared by Momento, NATS and
+//! Redis.
 //!
 //! A process holds one subscription on the engine per topic, however many
 //! local subscribers it has: the first local subscriber of a topic starts
@@ -17,7 +18,8 @@ use std::{
     },
 };
 
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{Delivery, Error, Subscription, local::LocalReader};
 
@@ -36,8 +38,8 @@ struct Feed {
     id: u64,
     sender: broadcast::Sender<Delivery>,
     state: watch::Receiver<Establishing>,
-    /// Dropped to end the feed.
-    _stop: oneshot::Sender<()>,
+    /// Dropped (with the feed) to end the feed.
+    _stop: DropGuard,
 }
 
 /// What a backend's driver gets when its topic's first subscriber starts it.
@@ -48,8 +50,9 @@ pub(crate) struct FeedStart {
     pub(crate) sender: broadcast::Sender<Delivery>,
     /// Where the driver says whether its engine subscription is live.
     pub(crate) state: watch::Sender<Establishing>,
-    /// Resolves (with an error) when the last subscriber has left.
-    pub(crate) stop: oneshot::Receiver<()>,
+    /// Cancelled when the last subscriber has left, the feed was removed,
+    /// or the registry's own token was cancelled.
+    pub(crate) stop: CancellationToken,
     /// The registry, to [`Feeds::remove`] the feed when it gives up.
     pub(crate) feeds: Weak<Feeds>,
 }
@@ -60,9 +63,19 @@ pub(crate) struct Feeds {
     // A std mutex: held for a map operation, never across an `.await`.
     by_topic: Mutex<HashMap<String, Feed>>,
     next_id: AtomicU64,
+    /// Every feed's stop is a child of it.
+    stop: CancellationToken,
 }
 
 impl Feeds {
+    /// A registry whose feeds all stop when `stop` is cancelled.
+    pub(crate) fn stopped_by(stop: CancellationToken) -> Self {
+        Self {
+            stop,
+            ..Self::default()
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<String, Feed>> {
         self.by_topic.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -104,14 +117,14 @@ impl Feeds {
                     let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                     let (sender, receiver) = broadcast::channel(buffer);
                     let (state_tx, state) = watch::channel(Establishing::Pending);
-                    let (stop_tx, stop) = oneshot::channel();
+                    let stop = self.stop.child_token();
                     feeds.insert(
                         topic.to_owned(),
                         Feed {
                             id,
                             sender: sender.clone(),
                             state: state.clone(),
-                            _stop: stop_tx,
+                            _stop: stop.clone().drop_guard(),
                         },
                     );
                     start(FeedStart {

@@ -220,6 +220,49 @@ impl fmt::Debug for SubscriberAccess {
     }
 }
 
+impl Error {
+    /// [`Error::Unavailable`] of `backend`.
+    #[must_use]
+    pub fn unavailable(backend: &'static str, message: String) -> Self {
+        Self::Unavailable { backend, message }
+    }
+
+    /// [`Error::PayloadTooLarge`] when `payload` is over `limit` bytes.
+    ///
+    /// # Errors
+    /// As described.
+    pub fn check_size(backend: &'static str, payload: &[u8], limit: usize) -> Result<(), Self> {
+        if payload.len() > limit {
+            return Err(Self::PayloadTooLarge {
+                size: payload.len(),
+                limit,
+                backend,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// An edit of default settings, and what the refusal must say.
+#[cfg(test)]
+pub(crate) type Refused<C> = (fn(&mut C), &'static str);
+
+/// Test helper of the backends' settings: the defaults pass, and each edit
+/// of them is refused with a message containing its text.
+#[cfg(test)]
+pub(crate) fn assert_refused<C: Default>(
+    validate: impl Fn(&C) -> Result<(), Error>,
+    edits: &[Refused<C>],
+) {
+    assert!(validate(&C::default()).is_ok());
+    for (edit, message) in edits {
+        let mut config = C::default();
+        edit(&mut config);
+        let err = validate(&config).unwrap_err().to_string();
+        assert!(err.contains(message), "{err}");
+    }
+}
+
 /// A pub/sub backend.
 ///
 /// Contract (checked by the conformance suite):

@@ -22,9 +22,8 @@
 //! [`Subscription`]: crate::Subscription
 
 use std::{
-    collections::HashMap,
     sync::{
-        Arc, Mutex, Weak,
+        Arc, Weak,
         atomic::{AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
@@ -42,9 +41,11 @@ use tonic::{
     service::interceptor::InterceptedService, transport::Channel,
 };
 
+use super::BACKEND;
 use super::ReconnectPolicy;
+use crate::feeds::{Establishing, Feeds};
 use crate::health::HealthBoard;
-use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription, local::LocalReader};
+use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription};
 
 /// Momento serves at most this many concurrent subscriptions on one HTTP/2
 /// connection (the SDK's `MAX_CONCURRENT_STREAMS_PER_CHANNEL`).
@@ -162,123 +163,24 @@ pub(super) struct FeedCounters {
     pub(super) gaps: AtomicU64,
 }
 
-/// Whether a new feed has its Momento subscription yet.
-#[derive(Debug, Clone)]
-enum Establishing {
-    Pending,
-    Live,
-    Failed(String),
-}
-
-struct Feed {
-    id: u64,
-    sender: broadcast::Sender<Delivery>,
-    state: watch::Receiver<Establishing>,
-    stop: CancellationToken,
-}
-
-/// The feeds of one transport, by topic.
-#[derive(Default)]
-pub(super) struct Feeds {
-    // A std mutex: held for a map operation, never across an `.await`.
-    by_topic: Mutex<HashMap<String, Feed>>,
-    next_id: AtomicU64,
-}
-
-impl Feeds {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Feed>> {
-        self.by_topic.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    pub(super) fn local_subscribers(&self, topic: &str) -> usize {
-        self.lock()
-            .get(topic)
-            .map_or(0, |feed| feed.sender.receiver_count())
-    }
-
-    /// Forgets the feed `id` of `topic` (not a newer one of the same topic).
-    fn remove(&self, topic: &str, id: u64) {
-        let mut feeds = self.lock();
-        if feeds.get(topic).is_some_and(|feed| feed.id == id)
-            && let Some(feed) = feeds.remove(topic)
-        {
-            feed.stop.cancel();
-        }
-    }
-
-    /// A local subscription to `topic`, starting the topic's feed if this is
-    /// its first. Returns once the Momento subscription is established, so
-    /// every message published afterwards is received.
-    ///
-    /// # Errors
-    /// [`Error::Unavailable`] when Momento refuses or cannot be reached.
-    pub(super) async fn subscribe(
-        self: &Arc<Self>,
-        context: &FeedContext,
-        topic: &str,
-    ) -> Result<Subscription, Error> {
-        let (id, receiver, mut state) = {
-            let mut feeds = self.lock();
-            match feeds.get(topic) {
-                Some(feed) => (feed.id, feed.sender.subscribe(), feed.state.clone()),
-                None => {
-                    let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-                    let (sender, receiver) = broadcast::channel(context.buffer);
-                    let (state_tx, state) = watch::channel(Establishing::Pending);
-                    let stop = context.stop.child_token();
-                    feeds.insert(
-                        topic.to_owned(),
-                        Feed {
-                            id,
-                            sender: sender.clone(),
-                            state: state.clone(),
-                            stop: stop.clone(),
-                        },
-                    );
-                    let driver = Driver {
-                        context: context.clone(),
-                        topic: topic.to_owned(),
-                        sender,
-                        stop,
-                    };
-                    tokio::spawn(driver.run(state_tx, Arc::downgrade(self), id));
-                    (id, receiver, state)
-                }
-            }
-        };
-        // Built first, so a failed or cancelled wait unsubscribes.
-        let (feeds, topic_name) = (Arc::downgrade(self), topic.to_owned());
-        // The last local reader ends the feed and its Momento subscription.
-        let leave = move || {
-            let Some(feeds) = feeds.upgrade() else {
-                return;
+/// The feeds of one transport, by topic, each on its own Momento
+/// subscription: `Feeds` spawns a [`Driver`] per topic.
+pub(super) async fn subscribe(
+    feeds: &Arc<Feeds>,
+    context: &FeedContext,
+    topic: &str,
+) -> Result<Subscription, Error> {
+    feeds
+        .subscribe(BACKEND, topic, context.buffer, |start| {
+            let driver = Driver {
+                context: context.clone(),
+                topic: topic.to_owned(),
+                sender: start.sender,
+                stop: start.stop,
             };
-            let mut by_topic = feeds.lock();
-            let last = by_topic
-                .get(&topic_name)
-                // Our own receiver is still alive while it leaves.
-                .is_some_and(|feed| feed.id == id && feed.sender.receiver_count() <= 1);
-            if last && let Some(feed) = by_topic.remove(&topic_name) {
-                feed.stop.cancel();
-            }
-        };
-        let subscription = LocalReader::new(receiver, std::convert::identity, leave);
-        let established = state
-            .wait_for(|s| !matches!(s, Establishing::Pending))
-            .await
-            .map(|s| s.clone());
-        match established {
-            Ok(Establishing::Live) => Ok(Subscription::new(subscription)),
-            Ok(Establishing::Failed(message)) => Err(Error::Unavailable {
-                backend: "momento",
-                message,
-            }),
-            _ => Err(Error::Unavailable {
-                backend: "momento",
-                message: format!("the subscription to {topic} ended while it was being set up"),
-            }),
-        }
-    }
+            tokio::spawn(driver.run(start.state, start.feeds, start.id));
+        })
+        .await
 }
 
 fn describe(status: &Status) -> String {

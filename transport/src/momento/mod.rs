@@ -63,13 +63,14 @@ mod feed;
 mod pacing;
 mod shards;
 
+use crate::feeds::Feeds;
 use crate::health::HealthBoard;
 use crate::{
     Call, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use board::Board;
 use budget::Budget;
-use feed::{Connections, Credential, FeedContext, FeedCounters, Feeds};
+use feed::{Connections, Credential, FeedContext, FeedCounters};
 use pacing::{Pacer, PacerConfig, SendFn};
 use shards::Shards;
 
@@ -238,12 +239,7 @@ impl MomentoConfig {
         if self.retain_ttl.is_zero() || self.request_timeout.is_zero() {
             return invalid("retain_ttl and request_timeout must be positive");
         }
-        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
-            return invalid(
-                "the reconnect delays must be positive, the maximum at least the first",
-            );
-        }
-        Ok(())
+        self.reconnect.validate(BACKEND)
     }
 }
 
@@ -500,7 +496,7 @@ impl MomentoTransport {
                 topics,
                 cache,
                 auth,
-                feeds: Arc::default(),
+                feeds: Arc::new(Feeds::stopped_by(feed_context.stop.clone())),
                 shards: Arc::new(shards(&config)),
                 board,
                 budget,
@@ -564,14 +560,7 @@ impl MomentoTransport {
         } else {
             self.inner.config.max_payload
         };
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-                backend: BACKEND,
-            });
-        }
-        Ok(())
+        Error::check_size(BACKEND, payload, limit)
     }
 
     async fn publish_now(&self, topic: &str, payload: Bytes) -> Result<(), Error> {
@@ -738,7 +727,7 @@ impl Transport for MomentoTransport {
                     .subscribe(&inner.feeds, &inner.feed_context, topic)
                     .await;
             }
-            inner.feeds.subscribe(&inner.feed_context, topic).await
+            feed::subscribe(&inner.feeds, &inner.feed_context, topic).await
         })
     }
 
@@ -766,13 +755,7 @@ impl Transport for MomentoTransport {
     fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
-            if payload.len() > MAX_ITEM_BYTES {
-                return Err(Error::PayloadTooLarge {
-                    size: payload.len(),
-                    limit: MAX_ITEM_BYTES,
-                    backend: BACKEND,
-                });
-            }
+            Error::check_size(BACKEND, &payload, MAX_ITEM_BYTES)?;
             let inner = &*self.inner;
             let ttl = keep.max(inner.config.retain_ttl);
             let request = SetRequest::new(
@@ -929,34 +912,14 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        let ok = MomentoConfig::default();
-        assert!(ok.validate().is_ok());
-        for (config, message) in [
-            (
-                MomentoConfig {
-                    cache: "no spaces".into(),
-                    ..MomentoConfig::default()
-                },
-                "cache name",
-            ),
-            (
-                MomentoConfig {
-                    max_payload: 5000,
-                    ..MomentoConfig::default()
-                },
-                "max_payload",
-            ),
-            (
-                MomentoConfig {
-                    buffer: 0,
-                    ..MomentoConfig::default()
-                },
-                "buffer",
-            ),
-        ] {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(message), "{err}");
-        }
+        crate::assert_refused(
+            MomentoConfig::validate,
+            &[
+                (|c| c.cache = "no spaces".into(), "cache name"),
+                (|c| c.max_payload = 5000, "max_payload"),
+                (|c| c.buffer = 0, "buffer"),
+            ],
+        );
         let debug = format!(
             "{:?}",
             MomentoConfig {

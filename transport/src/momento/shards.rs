@@ -29,7 +29,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use super::feed::{FeedContext, Feeds};
+use super::feed::{self, FeedContext};
+use crate::feeds::Feeds;
 use crate::{Delivery, Error, Subscription, local::LocalReader};
 
 /// Envelope format of a sharded message: one topic and its payload.
@@ -182,7 +183,7 @@ impl Shards {
         topic: &str,
     ) -> Result<Subscription, Error> {
         let Some((index, shared)) = self.route(topic) else {
-            return feeds.subscribe(context, topic).await;
+            return feed::subscribe(feeds, context, topic).await;
         };
         let existing = self.hubs().get(&index).cloned();
         let hub = match existing {
@@ -190,7 +191,7 @@ impl Shards {
             None => {
                 // Subscribed outside the lock; a racing subscriber may have
                 // started the hub meanwhile, and then ours is dropped.
-                let shard = feeds.subscribe(context, &shared).await?;
+                let shard = feed::subscribe(feeds, context, &shared).await?;
                 let mut hubs = self.hubs();
                 match hubs.get(&index) {
                     Some(hub) => Arc::clone(hub),

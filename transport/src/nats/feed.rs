@@ -53,7 +53,8 @@ use async_nats::{
 };
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::BACKEND;
 use crate::{
@@ -151,7 +152,7 @@ struct Driver {
 impl Driver {
     async fn run(
         self,
-        mut stop: oneshot::Receiver<()>,
+        stop: CancellationToken,
         state: watch::Sender<Establishing>,
         feeds: Weak<Feeds>,
         id: u64,
@@ -167,7 +168,7 @@ impl Driver {
             let mut reconnected = self.context.reconnected.clone();
             reconnected.borrow_and_update();
             let started = tokio::select! {
-                _ = &mut stop => return,
+                () = stop.cancelled() => return,
                 started = self.start(cursor.map(|c| c.sequence)) => started,
             };
             let started = match started {
@@ -189,7 +190,7 @@ impl Driver {
                     tracing::warn!(topic = %self.topic, %message, "nats consumer not re-created; retrying");
                     health.fail(&key, message);
                     tokio::select! {
-                        _ = &mut stop => return,
+                        () = stop.cancelled() => return,
                         () = tokio::time::sleep(backoff.next_delay()) => continue,
                     }
                 }
@@ -208,7 +209,7 @@ impl Driver {
                 let _ = self.sender.send(Delivery::Gap(gap));
             }
             let ended = tokio::select! {
-                _ = &mut stop => Ended::Stopped,
+                () = stop.cancelled() => Ended::Stopped,
                 ended = self.pump(started.inbox, started.connection, position, &mut reconnected) => ended,
             };
             self.forget_consumer(started.consumer);

@@ -233,20 +233,12 @@ impl NatsConfig {
         if self.retain_ttl.is_zero() || self.request_timeout.is_zero() {
             return invalid("retain_ttl and request_timeout must be positive");
         }
-        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
-            return invalid(
-                "the reconnect delays must be positive, the maximum at least the first",
-            );
-        }
-        Ok(())
+        self.reconnect.validate(BACKEND)
     }
 }
 
 fn unavailable(message: String) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        message,
-    }
+    Error::unavailable(BACKEND, message)
 }
 
 /// Counters of a [`NatsTransport`] since it connected.
@@ -522,17 +514,6 @@ impl NatsTransport {
         Ok(format!("{}{}", self.inner.prefix, subject::encode(topic)?))
     }
 
-    fn check_size(&self, payload: &Bytes, limit: usize) -> Result<(), Error> {
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-                backend: BACKEND,
-            });
-        }
-        Ok(())
-    }
-
     async fn within<T, E: fmt::Display>(
         &self,
         what: String,
@@ -576,7 +557,7 @@ impl Transport for NatsTransport {
     fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             let subject = self.subject(topic)?;
-            self.check_size(&payload, self.inner.max_payload)?;
+            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
             let js = &self.inner.jetstream;
             self.within(format!("publish to {topic}"), async move {
                 js.publish(subject, payload).await?.await
@@ -606,7 +587,7 @@ impl Transport for NatsTransport {
     fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
-            self.check_size(&payload, self.inner.max_payload)?;
+            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
             self.put(topic, payload, self.inner.retain_ttl).await
         })
     }
@@ -616,7 +597,7 @@ impl Transport for NatsTransport {
     fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
-            self.check_size(&payload, self.inner.max_item)?;
+            Error::check_size(BACKEND, &payload, self.inner.max_item)?;
             let keep = keep.max(self.inner.retain_ttl);
             self.put(topic, payload, keep).await
         })
@@ -652,40 +633,15 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        assert!(NatsConfig::default().validate().is_ok());
-        for (config, message) in [
-            (
-                NatsConfig {
-                    subject_prefix: "fxcast".into(),
-                    ..NatsConfig::default()
-                },
-                "subject_prefix",
-            ),
-            (
-                NatsConfig {
-                    subject_prefix: "fx.*.".into(),
-                    ..NatsConfig::default()
-                },
-                "subject_prefix",
-            ),
-            (
-                NatsConfig {
-                    stream: "has.dot".into(),
-                    ..NatsConfig::default()
-                },
-                "stream",
-            ),
-            (
-                NatsConfig {
-                    history: 0,
-                    ..NatsConfig::default()
-                },
-                "history",
-            ),
-        ] {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(message), "{err}");
-        }
+        crate::assert_refused(
+            NatsConfig::validate,
+            &[
+                (|c| c.subject_prefix = "fxcast".into(), "subject_prefix"),
+                (|c| c.subject_prefix = "fx.*.".into(), "subject_prefix"),
+                (|c| c.stream = "has.dot".into(), "stream"),
+                (|c| c.history = 0, "history"),
+            ],
+        );
     }
 
     #[test]

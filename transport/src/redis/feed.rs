@@ -42,7 +42,8 @@ use std::sync::{
 
 use bytes::Bytes;
 use redis::{Script, Value};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_util::sync::CancellationToken;
 
 use super::{
     BACKEND,
@@ -189,13 +190,13 @@ struct Driver {
 impl Driver {
     async fn run(
         mut self,
-        mut stop: oneshot::Receiver<()>,
+        stop: CancellationToken,
         state: watch::Sender<Establishing>,
         feeds: Weak<Feeds>,
     ) {
         let (inbox_tx, mut inbox) = mpsc::channel(self.context.buffer);
         let established = tokio::select! {
-            _ = &mut stop => None,
+            () = stop.cancelled() => None,
             established = self.establish(inbox_tx) => Some(established),
         };
         let mut position = match established {
@@ -218,7 +219,7 @@ impl Driver {
         };
         loop {
             let event = tokio::select! {
-                _ = &mut stop => break,
+                () = stop.cancelled() => break,
                 event = inbox.recv() => event,
             };
             let Some(event) = event else { break };
@@ -247,7 +248,7 @@ impl Driver {
                 }
             };
             if resync {
-                match self.resync(&mut position, &mut stop).await {
+                match self.resync(&mut position, &stop).await {
                     Ok(()) | Err(Unsynced::NotConnected) => {}
                     Err(Unsynced::Stopped) => break,
                 }
@@ -328,7 +329,7 @@ impl Driver {
     async fn resync(
         &mut self,
         position: &mut Position,
-        stop: &mut oneshot::Receiver<()>,
+        stop: &CancellationToken,
     ) -> Result<(), Unsynced> {
         let key = format!("subscription to {}", self.topic);
         let mut backoff = Backoff::new(self.context.reconnect);
@@ -351,7 +352,7 @@ impl Driver {
                     tracing::warn!(topic = %self.topic, %message, "redis stream not read; retrying");
                     self.context.health.fail(&key, message);
                     tokio::select! {
-                        _ = &mut *stop => return Err(Unsynced::Stopped),
+                        () = stop.cancelled() => return Err(Unsynced::Stopped),
                         () = tokio::time::sleep(backoff.next_delay()) => {}
                     }
                 }

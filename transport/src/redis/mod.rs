@@ -189,12 +189,7 @@ impl RedisConfig {
         {
             return invalid("retain_ttl, request_timeout and heartbeat must be positive");
         }
-        if self.reconnect.initial.is_zero() || self.reconnect.max < self.reconnect.initial {
-            return invalid(
-                "the reconnect delays must be positive, the maximum at least the first",
-            );
-        }
-        Ok(())
+        self.reconnect.validate(BACKEND)
     }
 }
 
@@ -214,10 +209,7 @@ fn latest_key(prefix: &str, topic: &str) -> String {
 }
 
 fn unavailable(message: String) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        message,
-    }
+    Error::unavailable(BACKEND, message)
 }
 
 /// Counters of a [`RedisTransport`] since it connected.
@@ -359,17 +351,6 @@ impl RedisTransport {
         Ok(format!("{}{topic}", self.inner.prefix))
     }
 
-    fn check_size(payload: &Bytes, limit: usize) -> Result<(), Error> {
-        if payload.len() > limit {
-            return Err(Error::PayloadTooLarge {
-                size: payload.len(),
-                limit,
-                backend: BACKEND,
-            });
-        }
-        Ok(())
-    }
-
     /// The error of a failed command; tells the link when the connection
     /// looks dead, so it is replaced at once.
     fn failed(&self, connection: &Connection, what: String, error: &RedisError) -> Error {
@@ -405,7 +386,7 @@ impl Transport for RedisTransport {
     fn publish<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             let channel = self.channel(topic)?;
-            Self::check_size(&payload, self.inner.max_payload)?;
+            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
             let connection = self.inner.link.connection()?;
             let mut commands = connection.commands.clone();
             let mut invocation = self.inner.publish.prepare_invoke();
@@ -443,7 +424,7 @@ impl Transport for RedisTransport {
     fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
-            Self::check_size(&payload, self.inner.max_payload)?;
+            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
             self.set(topic, payload, self.inner.retain_ttl).await
         })
     }
@@ -453,7 +434,7 @@ impl Transport for RedisTransport {
     fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
         Box::pin(async move {
             validate_topic(topic)?;
-            Self::check_size(&payload, MAX_ITEM)?;
+            Error::check_size(BACKEND, &payload, MAX_ITEM)?;
             let keep = keep.max(self.inner.retain_ttl);
             self.set(topic, payload, keep).await
         })
@@ -480,33 +461,14 @@ mod tests {
 
     #[test]
     fn settings_are_checked() {
-        assert!(RedisConfig::default().validate().is_ok());
-        for (config, message) in [
-            (
-                RedisConfig {
-                    prefix: "has space".into(),
-                    ..RedisConfig::default()
-                },
-                "prefix",
-            ),
-            (
-                RedisConfig {
-                    history: 0,
-                    ..RedisConfig::default()
-                },
-                "history",
-            ),
-            (
-                RedisConfig {
-                    heartbeat: Duration::ZERO,
-                    ..RedisConfig::default()
-                },
-                "heartbeat",
-            ),
-        ] {
-            let err = config.validate().unwrap_err().to_string();
-            assert!(err.contains(message), "{err}");
-        }
+        crate::assert_refused(
+            RedisConfig::validate,
+            &[
+                (|c| c.prefix = "has space".into(), "prefix"),
+                (|c| c.history = 0, "history"),
+                (|c| c.heartbeat = Duration::ZERO, "heartbeat"),
+            ],
+        );
     }
 
     #[test]
