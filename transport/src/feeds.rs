@@ -23,6 +23,18 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::{Delivery, Error, Subscription, local::LocalReader};
 
+/// What the feeds of one transport have counted.
+#[derive(Debug, Default)]
+pub(crate) struct FeedCounters {
+    /// Engine subscriptions made again (after a reconnect or a lapse):
+    /// Momento's reconnects, NATS's resumes, Redis's resyncs.
+    pub(crate) restarts: AtomicU64,
+    /// Repeated deliveries dropped.
+    pub(crate) duplicates: AtomicU64,
+    /// Gaps announced to subscribers.
+    pub(crate) gaps: AtomicU64,
+}
+
 /// Whether a new feed has its engine subscription yet.
 #[derive(Debug, Clone)]
 pub(crate) enum Establishing {

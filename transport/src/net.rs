@@ -82,6 +82,33 @@ pub(crate) fn redacted(url: &str) -> String {
     out
 }
 
+/// `text` with each `marker` followed by two hex digits replaced by the
+/// byte they spell (`=2E` or `%2E` for `.`). A marker without two hex
+/// digits after it is kept as it is when `lenient` (URLs), and makes the
+/// text invalid (`None`) otherwise; so does a result that is not UTF-8.
+pub(crate) fn unescape(text: &str, marker: u8, lenient: bool) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == marker {
+            let hex = text.get(i + 1..i + 3);
+            match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 3;
+                    continue;
+                }
+                None if !lenient => return None,
+                None => {}
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,7 +24,7 @@
 use std::{
     sync::{
         Arc, Weak,
-        atomic::{AtomicU64, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -43,7 +43,7 @@ use tonic::{
 
 use super::BACKEND;
 use super::ReconnectPolicy;
-use crate::feeds::{Establishing, Feeds};
+use crate::feeds::{Establishing, FeedCounters, Feeds};
 use crate::health::HealthBoard;
 use crate::{Backoff, Delivery, Error, Gap, GapCause, Subscription};
 
@@ -153,14 +153,6 @@ pub(super) struct FeedContext {
     /// Every subscribe call waits for its turn in it.
     pub(super) budget: Option<Arc<super::Budget>>,
     pub(super) counters: Arc<FeedCounters>,
-}
-
-/// What the feeds of one transport have seen.
-#[derive(Debug, Default)]
-pub(super) struct FeedCounters {
-    pub(super) reconnects: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) gaps: AtomicU64,
 }
 
 /// The feeds of one transport, by topic, each on its own Momento
@@ -403,7 +395,7 @@ impl Driver {
             stream = resumed;
             self.context
                 .counters
-                .reconnects
+                .restarts
                 .fetch_add(1, Ordering::Relaxed);
             self.context.health.recover(&health_key);
             tracker.resumed = true;

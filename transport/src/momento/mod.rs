@@ -63,14 +63,14 @@ mod feed;
 mod pacing;
 mod shards;
 
-use crate::feeds::Feeds;
+use crate::feeds::{FeedCounters, Feeds};
 use crate::health::HealthBoard;
 use crate::{
     Call, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use board::Board;
 use budget::Budget;
-use feed::{Connections, Credential, FeedContext, FeedCounters};
+use feed::{Connections, Credential, FeedContext};
 use pacing::{Pacer, PacerConfig, SendFn};
 use shards::Shards;
 
@@ -525,7 +525,7 @@ impl MomentoTransport {
         let counters = &self.inner.feed_context.counters;
         let publisher = self.inner.publisher.as_ref();
         MomentoStats {
-            reconnects: counters.reconnects.load(Ordering::Relaxed),
+            reconnects: counters.restarts.load(Ordering::Relaxed),
             duplicates: counters.duplicates.load(Ordering::Relaxed),
             gaps: counters.gaps.load(Ordering::Relaxed),
             conflated: publisher.map_or(0, Pacer::conflated)

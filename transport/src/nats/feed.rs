@@ -36,10 +36,7 @@
 //! [`Subscription`]: crate::Subscription
 
 use std::{
-    sync::{
-        Arc, Weak,
-        atomic::{AtomicU64, Ordering},
-    },
+    sync::{Arc, Weak, atomic::Ordering},
     time::Duration,
 };
 
@@ -59,7 +56,7 @@ use tokio_util::sync::CancellationToken;
 use super::BACKEND;
 use crate::{
     Backoff, BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription,
-    feeds::{Establishing, Feeds},
+    feeds::{Establishing, FeedCounters, Feeds},
     health::HealthBoard,
 };
 
@@ -82,14 +79,6 @@ pub(super) struct FeedContext {
     /// Bumped each time the connection comes back after it was lost.
     pub(super) reconnected: watch::Receiver<u64>,
     pub(super) counters: Arc<FeedCounters>,
-}
-
-/// What the feeds of one transport have seen.
-#[derive(Debug, Default)]
-pub(super) struct FeedCounters {
-    pub(super) resumes: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) gaps: AtomicU64,
 }
 
 /// A local subscription to `topic` (on `subject`), starting the topic's
@@ -218,7 +207,7 @@ impl Driver {
                 Ended::Resume(why) => {
                     self.context
                         .counters
-                        .resumes
+                        .restarts
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::info!(topic = %self.topic, %why, "resuming the nats consumer");
                 }

@@ -60,7 +60,7 @@ use tokio::sync::watch;
 mod feed;
 mod subject;
 
-use crate::feeds::Feeds;
+use crate::feeds::{FeedCounters, Feeds};
 use crate::{
     Backoff, BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, validate_topic,
 };
@@ -68,7 +68,7 @@ use crate::{
     health::HealthBoard,
     net::{redacted, tls_client_config, tls_refused},
 };
-use feed::{FeedContext, FeedCounters};
+use feed::FeedContext;
 
 const BACKEND: &str = "nats";
 
@@ -494,7 +494,7 @@ impl NatsTransport {
     pub fn stats(&self) -> NatsStats {
         let counters = &self.inner.feed_context.counters;
         NatsStats {
-            resumes: counters.resumes.load(Ordering::Relaxed),
+            resumes: counters.restarts.load(Ordering::Relaxed),
             duplicates: counters.duplicates.load(Ordering::Relaxed),
             gaps: counters.gaps.load(Ordering::Relaxed),
         }
@@ -529,7 +529,18 @@ impl NatsTransport {
         }
     }
 
-    async fn put(&self, topic: &str, payload: Bytes, keep: Duration) -> Result<(), Error> {
+    /// Retains `payload` of up to `limit` bytes for the longer of `keep`
+    /// and the configured `retain_ttl`.
+    async fn put(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        limit: usize,
+        keep: Duration,
+    ) -> Result<(), Error> {
+        validate_topic(topic)?;
+        Error::check_size(BACKEND, &payload, limit)?;
+        let keep = keep.max(self.inner.retain_ttl);
         let key = subject::encode(topic)?;
         let expires = SystemTime::now()
             .checked_add(keep)
@@ -585,22 +596,13 @@ impl Transport for NatsTransport {
 
     /// Kept for [`NatsConfig::retain_ttl`].
     fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
-        Box::pin(async move {
-            validate_topic(topic)?;
-            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
-            self.put(topic, payload, self.inner.retain_ttl).await
-        })
+        Box::pin(self.put(topic, payload, self.inner.max_payload, Duration::ZERO))
     }
 
     /// Kept for the longer of `keep` and [`NatsConfig::retain_ttl`]; up
     /// to the server's `max_payload` (less the 8 bytes of the expiry).
     fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
-        Box::pin(async move {
-            validate_topic(topic)?;
-            Error::check_size(BACKEND, &payload, self.inner.max_item)?;
-            let keep = keep.max(self.inner.retain_ttl);
-            self.put(topic, payload, keep).await
-        })
+        Box::pin(self.put(topic, payload, self.inner.max_item, keep))
     }
 
     fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {

@@ -48,20 +48,7 @@ pub(super) fn encode(topic: &str) -> Result<String, Error> {
 /// The topic `encoded` came from, if it is an encoding.
 #[cfg(test)]
 fn decode(encoded: &str) -> Option<String> {
-    let bytes = encoded.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'=' {
-            let hex = encoded.get(i + 1..i + 3)?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::net::unescape(encoded, b'=', false)
 }
 
 #[cfg(test)]

@@ -243,23 +243,7 @@ fn refused_credentials(error: &RedisError) -> bool {
 /// `%xx` sequences decoded, as URLs carry passwords with reserved
 /// characters.
 fn percent_decode(part: &str) -> Option<String> {
-    let bytes = part.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let Some(byte) = part
-                .get(i + 1..i + 3)
-                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
-        {
-            out.push(byte);
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8(out).ok()
+    crate::net::unescape(part, b'%', true)
 }
 
 #[cfg(test)]

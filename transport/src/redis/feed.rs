@@ -37,7 +37,7 @@
 
 use std::sync::{
     Arc, Weak,
-    atomic::{AtomicBool, AtomicU64, Ordering},
+    atomic::{AtomicBool, Ordering},
 };
 
 use bytes::Bytes;
@@ -51,7 +51,7 @@ use super::{
 };
 use crate::{
     Backoff, BackoffPolicy, Delivery, Error, Gap, GapCause, Subscription,
-    feeds::{Establishing, Feeds},
+    feeds::{Establishing, FeedCounters, Feeds},
     health::HealthBoard,
 };
 
@@ -94,14 +94,6 @@ impl FeedContext {
     pub(super) fn new_read_script() -> Script {
         Script::new(READ_SCRIPT)
     }
-}
-
-/// What the feeds of one transport have seen.
-#[derive(Debug, Default)]
-pub(super) struct FeedCounters {
-    pub(super) resyncs: AtomicU64,
-    pub(super) duplicates: AtomicU64,
-    pub(super) gaps: AtomicU64,
 }
 
 /// A local subscription to `topic`, starting the topic's feed if this is
@@ -343,7 +335,7 @@ impl Driver {
                 Ok(()) => {
                     self.context
                         .counters
-                        .resyncs
+                        .restarts
                         .fetch_add(1, Ordering::Relaxed);
                     self.context.health.recover(&key);
                     return Ok(());

@@ -56,13 +56,13 @@ mod endpoint;
 mod feed;
 mod link;
 
-use crate::feeds::Feeds;
+use crate::feeds::{FeedCounters, Feeds};
 use crate::{
     BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
     validate_topic,
 };
 use endpoint::Endpoint;
-use feed::{FeedContext, FeedCounters};
+use feed::FeedContext;
 use link::{Connection, LinkHandle, Timing};
 
 const BACKEND: &str = "redis";
@@ -331,7 +331,7 @@ impl RedisTransport {
     pub fn stats(&self) -> RedisStats {
         let counters = &self.inner.feed_context.counters;
         RedisStats {
-            resyncs: counters.resyncs.load(Ordering::Relaxed),
+            resyncs: counters.restarts.load(Ordering::Relaxed),
             duplicates: counters.duplicates.load(Ordering::Relaxed),
             gaps: counters.gaps.load(Ordering::Relaxed),
         }
@@ -363,7 +363,18 @@ impl RedisTransport {
         unavailable(message)
     }
 
-    async fn set(&self, topic: &str, payload: Bytes, keep: Duration) -> Result<(), Error> {
+    /// Retains `payload` of up to `limit` bytes for the longer of `keep`
+    /// and the configured `retain_ttl`.
+    async fn set(
+        &self,
+        topic: &str,
+        payload: Bytes,
+        limit: usize,
+        keep: Duration,
+    ) -> Result<(), Error> {
+        validate_topic(topic)?;
+        Error::check_size(BACKEND, &payload, limit)?;
+        let keep = keep.max(self.inner.retain_ttl);
         let connection = self.inner.link.connection()?;
         let mut commands = connection.commands.clone();
         let millis = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -422,22 +433,13 @@ impl Transport for RedisTransport {
 
     /// Kept for [`RedisConfig::retain_ttl`].
     fn retain<'a>(&'a self, topic: &'a str, payload: Bytes) -> Call<'a, ()> {
-        Box::pin(async move {
-            validate_topic(topic)?;
-            Error::check_size(BACKEND, &payload, self.inner.max_payload)?;
-            self.set(topic, payload, self.inner.retain_ttl).await
-        })
+        Box::pin(self.set(topic, payload, self.inner.max_payload, Duration::ZERO))
     }
 
     /// Kept for the longer of `keep` and [`RedisConfig::retain_ttl`];
     /// up to 512 MiB, the most Redis stores in one value by default.
     fn retain_for<'a>(&'a self, topic: &'a str, payload: Bytes, keep: Duration) -> Call<'a, ()> {
-        Box::pin(async move {
-            validate_topic(topic)?;
-            Error::check_size(BACKEND, &payload, MAX_ITEM)?;
-            let keep = keep.max(self.inner.retain_ttl);
-            self.set(topic, payload, keep).await
-        })
+        Box::pin(self.set(topic, payload, MAX_ITEM, keep))
     }
 
     fn retained<'a>(&'a self, topic: &'a str) -> Call<'a, Option<Bytes>> {
