@@ -7,26 +7,22 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Error, Gap, GapCause, Transport, TransportHealth,
+    BackoffPolicy, Delivery, Error, Gap, GapCause, Transport,
     conformance::publish,
     nats::{NatsConfig, NatsCredentials, NatsTransport},
 };
 use support::{
     nats_server::NatsServer,
-    numbers::{DEADLINE, Published, next, next_number, number, numbered, wait_health},
+    numbers::{next, next_number, number, numbered},
+    outages::{
+        check_deliveries, health_follows_the_server, publish_through_a_restart,
+        publish_while_cut_off, refuses_over_the_limit,
+    },
     proxy::Proxy,
 };
-use tokio::sync::watch;
 
 fn config(url: String) -> NatsConfig {
     NatsConfig {
@@ -47,111 +43,13 @@ async fn a_killed_server_costs_no_message_twice_and_none_silently() {
     let mut server = NatsServer::start();
     let subscriber = connect(server.url()).await;
     let publisher = connect(server.url()).await;
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe("rates.USD_JPY").await.unwrap();
-
-    // Publishes 1, 2, 3, ... every millisecond until told to stop; a
-    // refused number is not retried (a retry would be a second message).
-    let published = Arc::new(Mutex::new(Published::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (progress_tx, mut progress) = watch::channel((0u64, 0u64));
-    let task = tokio::spawn({
-        let (published, stop) = (Arc::clone(&published), Arc::clone(&stop));
-        async move {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let ok = publisher
-                    .publish("rates.USD_JPY", numbered(n))
-                    .await
-                    .is_ok();
-                {
-                    // Released before the await below.
-                    let mut published = published.lock().unwrap();
-                    if ok {
-                        published.acked.insert(n);
-                    } else {
-                        published.failed.insert(n);
-                    }
-                    progress_tx.send_replace((
-                        published.acked.len() as u64,
-                        published.failed.len() as u64,
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
-    let mut deliveries = Vec::new();
-    let mut wait_progress = async |until: &dyn Fn(u64, u64) -> bool| {
-        tokio::time::timeout(
-            DEADLINE,
-            progress.wait_for(|&(acked, failed)| until(acked, failed)),
-        )
-        .await
-        .expect("the publisher made no progress")
-        .unwrap();
-    };
-
-    wait_progress(&|acked, _| acked >= 200).await;
-    server.kill();
-    wait_health(&mut health, false).await;
-    // At least one publish is refused while the server is down.
-    wait_progress(&|_, failed| failed >= 1).await;
-    server.restart();
-    wait_health(&mut health, true).await;
-    let acked_before = published.lock().unwrap().acked.len() as u64;
-    wait_progress(&|acked, _| acked >= acked_before + 200).await;
-    stop.store(true, Ordering::SeqCst);
-    task.await.unwrap();
-
-    let published = std::mem::take(&mut *published.lock().unwrap());
-    let last = *published.acked.last().unwrap();
-    loop {
-        let delivery = next(&mut subscription).await;
-        let done = matches!(&delivery, Delivery::Message(bytes) if number(bytes) >= last);
-        deliveries.push(delivery);
-        if done {
-            break;
-        }
-    }
-
-    // Each number at most once, in order; a number acknowledged to the
-    // publisher is missing only where a gap was announced.
-    let mut previous = 0;
-    let mut gap_since_previous = false;
-    let mut received = 0;
-    for delivery in &deliveries {
-        match delivery {
-            Delivery::Gap(gap) => {
-                assert_eq!(gap.cause, GapCause::Reconnected, "{gap}");
-                gap_since_previous = true;
-            }
-            Delivery::Message(bytes) => {
-                let n = number(bytes);
-                assert!(
-                    n > previous,
-                    "{n} after {previous}: a duplicate or reordering"
-                );
-                if !gap_since_previous {
-                    let lost: Vec<_> = published.acked.range(previous + 1..n).collect();
-                    assert!(lost.is_empty(), "acknowledged {lost:?} silently lost");
-                }
-                previous = n;
-                gap_since_previous = false;
-                received += 1;
-            }
-        }
-    }
+    let (published, deliveries) =
+        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.USD_JPY").await;
+    let gaps = check_deliveries(&published, &deliveries);
     let stats = subscriber.stats();
-    println!(
-        "published {} acked, {} refused during the outage; received {received}; {stats:?}",
-        published.acked.len(),
-        published.failed.len()
-    );
     assert!(stats.resumes >= 1, "{stats:?}");
     // The stream holds far more than the outage's messages: nothing lost.
-    assert_eq!(stats.gaps, 0, "{stats:?}");
+    assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -161,24 +59,9 @@ async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
     let publisher = connect(server.url()).await;
     // The subscriber reaches the server only through the proxy.
     let subscriber = connect(proxy.url()).await;
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe("orders.alice").await.unwrap();
-    for n in 1..=3 {
-        publish(&publisher, "orders.alice", numbered(n)).await;
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-
-    proxy.cut();
-    let TransportHealth::Reconnecting { reason } = wait_health(&mut health, false).await else {
-        unreachable!()
-    };
-    assert!(reason.contains("lost the connection"), "{reason}");
-    // Published while the subscriber is cut off: held by the stream.
-    for n in 4..=6 {
-        publish(&publisher, "orders.alice", numbered(n)).await;
-    }
-    proxy.restore();
-    wait_health(&mut health, true).await;
+    // 4..=6 are published while the subscriber is cut off: held by the stream.
+    let mut subscription =
+        publish_while_cut_off(&proxy, &publisher, &subscriber, "orders.alice", 6).await;
     publish(&publisher, "orders.alice", numbered(7)).await;
 
     // The server paused the consumer while nobody listened on its inbox,
@@ -203,21 +86,9 @@ async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     };
     let publisher = NatsTransport::connect(short(server.url())).await.unwrap();
     let subscriber = NatsTransport::connect(short(proxy.url())).await.unwrap();
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe("rates.EUR_USD").await.unwrap();
-    for n in 1..=3 {
-        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-
-    proxy.cut();
-    wait_health(&mut health, false).await;
     // More than the stream keeps per topic: 4..=15 are discarded.
-    for n in 4..=20 {
-        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
-    }
-    proxy.restore();
-    wait_health(&mut health, true).await;
+    let mut subscription =
+        publish_while_cut_off(&proxy, &publisher, &subscriber, "rates.EUR_USD", 20).await;
 
     assert_eq!(
         next(&mut subscription).await,
@@ -258,25 +129,7 @@ async fn retain_for_outlives_retain() {
 async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
     let mut server = NatsServer::start();
     let transport = connect(server.url()).await;
-    let mut health = transport.health();
-    assert!(health.borrow().is_connected());
-
-    server.kill();
-    let TransportHealth::Reconnecting { reason } = wait_health(&mut health, false).await else {
-        unreachable!()
-    };
-    assert!(reason.contains("lost the connection"), "{reason}");
-    let err = transport
-        .publish("rates.USD_CHF", numbered(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
-
-    server.restart();
-    wait_health(&mut health, true).await;
-    let mut subscription = transport.subscribe("rates.USD_CHF").await.unwrap();
-    publish(&transport, "rates.USD_CHF", numbered(2)).await;
-    assert_eq!(next_number(&mut subscription).await, 2);
+    health_follows_the_server(&mut server, &transport, false).await;
 }
 
 async fn refused(config: NatsConfig, secret: &str) {
@@ -353,32 +206,7 @@ async fn payloads_over_the_limit_are_refused_before_sending() {
     .await
     .unwrap();
     assert_eq!(transport.max_payload(), 1024);
-    let mut subscription = transport.subscribe("rates.NZD_USD").await.unwrap();
-    publish(&transport, "rates.NZD_USD", Bytes::from(vec![1u8; 1024])).await;
-    assert_eq!(
-        next(&mut subscription).await,
-        Delivery::Message(Bytes::from(vec![1u8; 1024]))
-    );
-
-    // Refused at once even with the server gone: nothing was sent.
-    server.kill();
-    let started = Instant::now();
-    let err = transport
-        .publish("rates.NZD_USD", Bytes::from(vec![1u8; 1025]))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PayloadTooLarge {
-                size: 1025,
-                limit: 1024,
-                backend: "nats"
-            }
-        ),
-        "{err}"
-    );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    refuses_over_the_limit(&mut server, &transport, "nats").await;
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

@@ -9,26 +9,22 @@
 
 mod support;
 
-use std::{
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-use bytes::Bytes;
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Error, Gap, GapCause, Transport, TransportHealth,
+    BackoffPolicy, Delivery, Gap, GapCause, Transport,
     conformance::publish,
     redis::{RedisConfig, RedisTransport},
 };
 use support::{
-    numbers::{DEADLINE, Published, next, next_number, number, numbered, wait_health},
+    numbers::{next, next_number, numbered},
+    outages::{
+        check_deliveries, health_follows_the_server, publish_through_a_restart,
+        publish_while_cut_off, refuses_over_the_limit,
+    },
     proxy::Proxy,
     redis_server::RedisServer,
 };
-use tokio::sync::watch;
 
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -45,129 +41,16 @@ async fn connect(url: String) -> RedisTransport {
     RedisTransport::connect(config(url)).await.unwrap()
 }
 
-/// Publishes 1, 2, 3, ... on `topic` every millisecond through the server
-/// being killed and restarted; returns what was acknowledged and every
-/// delivery the subscription made up to the last acknowledged number.
-async fn publish_through_a_restart(
-    server: &mut RedisServer,
-    subscriber: &RedisTransport,
-    topic: &'static str,
-) -> (Published, Vec<Delivery>) {
-    let publisher = connect(server.url()).await;
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe(topic).await.unwrap();
-
-    // A refused number is not retried (a retry would be a second message).
-    let published = Arc::new(Mutex::new(Published::default()));
-    let stop = Arc::new(AtomicBool::new(false));
-    let (progress_tx, mut progress) = watch::channel((0u64, 0u64));
-    let task = tokio::spawn({
-        let (published, stop) = (Arc::clone(&published), Arc::clone(&stop));
-        async move {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                n += 1;
-                let ok = publisher.publish(topic, numbered(n)).await.is_ok();
-                {
-                    // Released before the await below.
-                    let mut published = published.lock().unwrap();
-                    if ok {
-                        published.acked.insert(n);
-                    } else {
-                        published.failed.insert(n);
-                    }
-                    progress_tx.send_replace((
-                        published.acked.len() as u64,
-                        published.failed.len() as u64,
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    });
-    let mut wait_progress = async |until: &dyn Fn(u64, u64) -> bool| {
-        tokio::time::timeout(
-            DEADLINE,
-            progress.wait_for(|&(acked, failed)| until(acked, failed)),
-        )
-        .await
-        .expect("the publisher made no progress")
-        .unwrap();
-    };
-
-    wait_progress(&|acked, _| acked >= 200).await;
-    server.kill();
-    wait_health(&mut health, false).await;
-    // At least one publish is refused while the server is down.
-    wait_progress(&|_, failed| failed >= 1).await;
-    server.restart();
-    wait_health(&mut health, true).await;
-    let acked_before = published.lock().unwrap().acked.len() as u64;
-    wait_progress(&|acked, _| acked >= acked_before + 200).await;
-    stop.store(true, Ordering::SeqCst);
-    task.await.unwrap();
-
-    let published = std::mem::take(&mut *published.lock().unwrap());
-    let last = *published.acked.last().unwrap();
-    let mut deliveries = Vec::new();
-    loop {
-        let delivery = next(&mut subscription).await;
-        let done = matches!(&delivery, Delivery::Message(bytes) if number(bytes) >= last);
-        deliveries.push(delivery);
-        if done {
-            break;
-        }
-    }
-    (published, deliveries)
-}
-
-/// Checks that each number arrived at most once, in order, and that a
-/// number acknowledged to the publisher is missing only where a gap was
-/// announced; returns the gaps seen.
-fn check_deliveries(published: &Published, deliveries: &[Delivery]) -> usize {
-    let mut previous = 0;
-    let mut gap_since_previous = false;
-    let mut gaps = 0;
-    for delivery in deliveries {
-        match delivery {
-            Delivery::Gap(gap) => {
-                assert_eq!(gap.cause, GapCause::Reconnected, "{gap}");
-                gap_since_previous = true;
-                gaps += 1;
-            }
-            Delivery::Message(bytes) => {
-                let n = number(bytes);
-                assert!(
-                    n > previous,
-                    "{n} after {previous}: a duplicate or reordering"
-                );
-                if !gap_since_previous {
-                    let lost: Vec<_> = published.acked.range(previous + 1..n).collect();
-                    assert!(lost.is_empty(), "acknowledged {lost:?} silently lost");
-                }
-                previous = n;
-                gap_since_previous = false;
-            }
-        }
-    }
-    gaps
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_costs_no_message_twice_and_none_silently() {
     // Every write is in the append-only file before it is acknowledged.
     let mut server = RedisServer::start();
     let subscriber = connect(server.url()).await;
+    let publisher = connect(server.url()).await;
     let (published, deliveries) =
-        publish_through_a_restart(&mut server, &subscriber, "rates.USD_JPY").await;
+        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.USD_JPY").await;
     let gaps = check_deliveries(&published, &deliveries);
     let stats = subscriber.stats();
-    println!(
-        "published {} acked, {} refused during the outage; {} deliveries; {stats:?}",
-        published.acked.len(),
-        published.failed.len(),
-        deliveries.len()
-    );
     assert!(stats.resyncs >= 1, "{stats:?}");
     // The restarted server has the stream back: nothing lost.
     assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
@@ -178,8 +61,9 @@ async fn a_server_restarted_without_its_data_is_an_announced_gap() {
     // Nothing on disk: the restart loses the stream.
     let mut server = RedisServer::start_ephemeral();
     let subscriber = connect(server.url()).await;
+    let publisher = connect(server.url()).await;
     let (published, deliveries) =
-        publish_through_a_restart(&mut server, &subscriber, "rates.EUR_JPY").await;
+        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.EUR_JPY").await;
     let gaps = check_deliveries(&published, &deliveries);
     assert_eq!(gaps, 1, "the lost stream is announced once");
     assert_eq!(subscriber.stats().gaps, 1);
@@ -192,24 +76,9 @@ async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
     let publisher = connect(server.url()).await;
     // The subscriber reaches the server only through the proxy.
     let subscriber = connect(format!("redis://{}", proxy.addr())).await;
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe("orders.alice").await.unwrap();
-    for n in 1..=3 {
-        publish(&publisher, "orders.alice", numbered(n)).await;
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-
-    proxy.cut();
-    let TransportHealth::Reconnecting { reason } = wait_health(&mut health, false).await else {
-        unreachable!()
-    };
-    assert!(reason.contains("lost the connection"), "{reason}");
-    // Published while the subscriber is cut off: held by the stream.
-    for n in 4..=6 {
-        publish(&publisher, "orders.alice", numbered(n)).await;
-    }
-    proxy.restore();
-    wait_health(&mut health, true).await;
+    // 4..=6 are published while the subscriber is cut off: held by the stream.
+    let mut subscription =
+        publish_while_cut_off(&proxy, &publisher, &subscriber, "orders.alice", 6).await;
     publish(&publisher, "orders.alice", numbered(7)).await;
 
     for n in 4..=7 {
@@ -234,23 +103,11 @@ async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     let subscriber = RedisTransport::connect(short(format!("redis://{}", proxy.addr())))
         .await
         .unwrap();
-    let mut health = subscriber.health();
-    let mut subscription = subscriber.subscribe("rates.EUR_USD").await.unwrap();
-    for n in 1..=3 {
-        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-
-    proxy.cut();
-    wait_health(&mut health, false).await;
     // Far more than the stream keeps (MAXLEN ~ trims whole nodes of 100
     // entries, so it keeps at least 10 and at most a node more).
     const LAST: u64 = 1_000;
-    for n in 4..=LAST {
-        publish(&publisher, "rates.EUR_USD", numbered(n)).await;
-    }
-    proxy.restore();
-    wait_health(&mut health, true).await;
+    let mut subscription =
+        publish_while_cut_off(&proxy, &publisher, &subscriber, "rates.EUR_USD", LAST).await;
 
     // A gap counting exactly what was trimmed, then what the stream
     // still holds, in order, up to the last one.
@@ -296,27 +153,7 @@ async fn retain_for_outlives_retain() {
 async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
     let mut server = RedisServer::start();
     let transport = connect(server.url()).await;
-    let mut health = transport.health();
-    assert!(health.borrow().is_connected());
-
-    server.kill();
-    let TransportHealth::Reconnecting { reason } = wait_health(&mut health, false).await else {
-        unreachable!()
-    };
-    assert!(reason.contains("lost the connection"), "{reason}");
-    let err = transport
-        .publish("rates.USD_CHF", numbered(1))
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
-    let err = transport.subscribe("rates.USD_CHF").await.unwrap_err();
-    assert!(matches!(err, Error::Unavailable { .. }), "{err}");
-
-    server.restart();
-    wait_health(&mut health, true).await;
-    let mut subscription = transport.subscribe("rates.USD_CHF").await.unwrap();
-    publish(&transport, "rates.USD_CHF", numbered(2)).await;
-    assert_eq!(next_number(&mut subscription).await, 2);
+    health_follows_the_server(&mut server, &transport, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,32 +166,7 @@ async fn payloads_over_the_limit_are_refused_before_sending() {
     .await
     .unwrap();
     assert_eq!(transport.max_payload(), 1024);
-    let mut subscription = transport.subscribe("rates.NZD_USD").await.unwrap();
-    publish(&transport, "rates.NZD_USD", Bytes::from(vec![1u8; 1024])).await;
-    assert_eq!(
-        next(&mut subscription).await,
-        Delivery::Message(Bytes::from(vec![1u8; 1024]))
-    );
-
-    // Refused at once even with the server gone: nothing was sent.
-    server.kill();
-    let started = Instant::now();
-    let err = transport
-        .publish("rates.NZD_USD", Bytes::from(vec![1u8; 1025]))
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::PayloadTooLarge {
-                size: 1025,
-                limit: 1024,
-                backend: "redis"
-            }
-        ),
-        "{err}"
-    );
-    assert!(started.elapsed() < Duration::from_millis(500));
+    refuses_over_the_limit(&mut server, &transport, "redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
 //! Helpers shared by the NATS and Redis tests: a real nats-server, a real
 //! redis-server, a TCP proxy that cuts one process off either, and
-//! numbered messages with the waits and checks both backends' tests use.
+//! numbered messages with the waits and checks both backends' tests use, and
+//! the outage scenarios both run.
 //!
 //! Each test target uses part of them only.
 #![allow(dead_code)]
@@ -11,6 +12,7 @@
 #[allow(unreachable_pub)]
 pub(crate) mod nats_server;
 pub(crate) mod numbers;
+pub(crate) mod outages;
 pub(crate) mod proxy;
 #[path = "../../../testkit/src/redis.rs"]
 #[allow(unreachable_pub)]
