@@ -618,25 +618,14 @@ mod tests {
         config
     }
 
-    fn momento_of(config: Config) -> MomentoConfig {
-        match config.transport {
-            TransportConfig::Momento(momento) => momento,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn nats_of(config: Config) -> NatsConfig {
-        match config.transport {
-            TransportConfig::Nats(nats) => nats,
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn redis_of(config: Config) -> RedisConfig {
-        match config.transport {
-            TransportConfig::Redis(redis) => redis,
-            other => panic!("{other:?}"),
-        }
+    /// The settings of the `$kind` transport, which `$config` must use.
+    macro_rules! transport_of {
+        ($config:expr, $kind:ident) => {
+            match $config.transport {
+                TransportConfig::$kind(settings) => settings,
+                other => panic!("{other:?}"),
+            }
+        };
     }
 
     #[test]
@@ -697,7 +686,7 @@ mod tests {
             "--momento-max-ops-per-second",
             "90",
         ];
-        let config = momento_of(resolve(parse(&argv)).unwrap());
+        let config = transport_of!(resolve(parse(&argv)).unwrap(), Momento);
         let board = config.board.expect("a board");
         assert_eq!(board.topic, "board.rates");
         assert_eq!(board.topics, ["rates.USD_JPY", "rates.EUR_USD"]);
@@ -724,7 +713,7 @@ mod tests {
             "--momento-publish-rate",
             "0",
         ];
-        let config = momento_of(resolve(parse(&argv)).unwrap());
+        let config = transport_of!(resolve(parse(&argv)).unwrap(), Momento);
         assert_eq!(config.cache, "prices");
         assert_eq!(config.endpoint.as_deref(), Some("http://127.0.0.1:9"));
         assert_eq!(config.max_publish_rate, None);
@@ -777,7 +766,7 @@ mod tests {
             "--nats-password",
             "pass-from-flag",
         ];
-        let nats = nats_of(resolve_hiding(&argv, "pass-from-flag"));
+        let nats = transport_of!(resolve_hiding(&argv, "pass-from-flag"), Nats);
         assert_eq!(nats.url, "nats://10.0.0.7:4222");
         let user_password = NatsCredentials::UserPassword {
             user: "fx".into(),
@@ -794,7 +783,7 @@ mod tests {
         assert!(!format!("{settings:?}").contains("tok-from-file"));
         let config = Config::from_settings(settings, &ca_env).unwrap();
         assert!(!format!("{config:?}").contains("tok-from-file"));
-        let nats = nats_of(config);
+        let nats = transport_of!(config, Nats);
         assert_eq!(nats.url, "tls://nats.example:4222");
         let token = NatsCredentials::Token("tok-from-file".into());
         assert_eq!(nats.credentials, token);
@@ -803,11 +792,14 @@ mod tests {
             .and_then(Settings::with_file)
             .unwrap();
         let argv_ca = parse(&["--nats-ca", "/tmp/nats-ca.pem"]).unwrap();
-        let nats = nats_of(Config::from_settings(argv_ca.over(settings), &ca_env).unwrap());
+        let nats = transport_of!(
+            Config::from_settings(argv_ca.over(settings), &ca_env).unwrap(),
+            Nats
+        );
         assert_eq!(nats.url, "tls://other:4222");
         assert_eq!(nats.ca, Some(PathBuf::from("/tmp/nats-ca.pem")));
         let argv = ["--transport", "nats", "--nats-creds", "/run/fx.creds"];
-        let nats = nats_of(resolve(parse(&argv)).unwrap());
+        let nats = transport_of!(resolve(parse(&argv)).unwrap(), Nats);
         assert_eq!(nats.url, "nats://127.0.0.1:4222");
         let creds = NatsCredentials::CredsFile("/run/fx.creds".into());
         assert_eq!(nats.credentials, creds);
@@ -843,7 +835,7 @@ mod tests {
             "--redis-password",
             "pass-from-flag",
         ];
-        let redis = redis_of(resolve_hiding(&argv, "pass-from-flag"));
+        let redis = transport_of!(resolve_hiding(&argv, "pass-from-flag"), Redis);
         assert_eq!(redis.url, "redis://10.0.0.8:6380/2");
         assert_eq!(redis.password.as_deref(), Some("pass-from-flag"));
         assert_eq!(redis.ca, None);
@@ -856,16 +848,17 @@ mod tests {
         let settings = parse(&["--config", &file]).unwrap().with_file().unwrap();
         let config = Config::from_settings(settings, &ca_env).unwrap();
         assert!(!format!("{config:?}").contains("url-secret"));
-        let redis = redis_of(config);
+        let redis = transport_of!(config, Redis);
         assert_eq!(redis.url, "rediss://:url-secret@redis.example:6380");
         assert_eq!(redis.password, None);
         assert_eq!(redis.ca, Some(PathBuf::from("/etc/fxcast/ca.pem")));
         let settings = parse(&["--config", &file, "--redis-ca", "/tmp/redis-ca.pem"])
             .and_then(Settings::with_file)
             .unwrap();
-        let redis = redis_of(Config::from_settings(settings, &ca_env).unwrap());
+        let redis = transport_of!(Config::from_settings(settings, &ca_env).unwrap(), Redis);
         assert_eq!(redis.ca, Some(PathBuf::from("/tmp/redis-ca.pem")));
-        let redis = redis_of(resolve(parse(&["--transport", "redis"])).unwrap());
+        let config = resolve(parse(&["--transport", "redis"])).unwrap();
+        let redis = transport_of!(config, Redis);
         assert_eq!(redis.url, "redis://127.0.0.1:6379");
         refused(&[(
             &["--transport", "redis", "--momento-bridge"],
