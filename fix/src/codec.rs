@@ -314,6 +314,15 @@ fn parse_fields(body: &[u8]) -> Result<Vec<(u32, String)>, String> {
 mod tests {
     use super::*;
 
+    /// `body` framed as FIX 4.4: BeginString, BodyLength, CheckSum.
+    fn framed(body: &[u8]) -> Vec<u8> {
+        let mut bytes = format!("8=FIX.4.4\x019={}\x01", body.len()).into_bytes();
+        bytes.extend_from_slice(body);
+        let sum = checksum(&bytes);
+        bytes.extend_from_slice(format!("10={sum:03}\x01").as_bytes());
+        bytes
+    }
+
     fn wire(text: &str) -> Vec<u8> {
         text.replace('|', "\x01").into_bytes()
     }
@@ -457,13 +466,8 @@ mod tests {
     #[test]
     fn field_errors_are_garbled_not_panics() {
         for body in ["35=0|abc|", "x=1|35=0|", "49=A|35=0|", "35=0|=5|"] {
-            let body = wire(body);
-            let mut bytes = format!("8=FIX.4.4\x019={}\x01", body.len()).into_bytes();
-            bytes.extend_from_slice(&body);
-            let sum = checksum(&bytes);
-            bytes.extend_from_slice(format!("10={sum:03}\x01").as_bytes());
             let mut d = Decoder::new("FIX.4.4");
-            d.extend(&bytes);
+            d.extend(&framed(&wire(body)));
             assert!(
                 matches!(d.next_frame(), Some(Decoded::Garbled { .. })),
                 "{body:?}"
@@ -478,12 +482,8 @@ mod tests {
         let mut body = wire("35=3|34=5|49=LP|56=FXCAST|58=caf");
         body.push(0xE9);
         body.push(SOH);
-        let mut bytes = format!("8=FIX.4.4\x019={}\x01", body.len()).into_bytes();
-        bytes.extend_from_slice(&body);
-        let sum = checksum(&bytes);
-        bytes.extend_from_slice(format!("10={sum:03}\x01").as_bytes());
         let mut d = Decoder::new("FIX.4.4");
-        d.extend(&bytes);
+        d.extend(&framed(&body));
         let Some(Decoded::Message(m)) = d.next_frame() else {
             panic!("a non-UTF-8 value made the message garbled")
         };

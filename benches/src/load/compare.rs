@@ -583,22 +583,11 @@ impl FxcastServer {
             "scopes": ["rates:subscribe=*"],
             "ttl_seconds": 3600,
         });
-        let response = reqwest::Client::new()
+        let request = reqwest::Client::new()
             .post(&url)
             .bearer_auth(&self.api_key)
-            .json(&body)
-            .send()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        let status = response.status();
-        let body: serde_json::Value = response.json().await.context("token response")?;
-        if !status.is_success() {
-            bail!("POST {url}: {status}: {}", body["error"]["message"]);
-        }
-        body["token"]
-            .as_str()
-            .map(str::to_owned)
-            .context("token response has no token")
+            .json(&body);
+        rates::token_from(&url, request).await
     }
 }
 

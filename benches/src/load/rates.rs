@@ -129,8 +129,16 @@ impl RatesLoad {
 /// An anonymous browser token from the gateway at `base` (`POST /v1/tokens`).
 pub async fn browser_token(base: &str) -> anyhow::Result<String> {
     let url = format!("{}/v1/tokens", base.trim_end_matches('/'));
-    let response = reqwest::Client::new()
-        .post(&url)
+    token_from(&url, reqwest::Client::new().post(&url)).await
+}
+
+/// The token a `POST /v1/tokens` to `url` (`request`) answers with; a
+/// refusal is an error with the server's message.
+pub(crate) async fn token_from(
+    url: &str,
+    request: reqwest::RequestBuilder,
+) -> anyhow::Result<String> {
+    let response = request
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
