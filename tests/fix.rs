@@ -59,6 +59,23 @@ async fn serve(data: &Path, port: u16) -> fxcast_testkit::ServeProcess {
     .await
 }
 
+/// A QuickFIX LP (in a fresh directory) quoting `symbol` at
+/// 151.230/151.250.
+async fn quoting_lp(symbol: &str) -> (tempfile::TempDir, FixLp) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut lp = FixLp::start(dir.path()).await;
+    lp.command(&format!("price {symbol} 151.230 151.250")).await;
+    (dir, lp)
+}
+
+/// `fxcast serve` on `lp` with a fresh data directory, and its clients.
+async fn desk(lp: &FixLp) -> (tempfile::TempDir, fxcast_testkit::ServeProcess, Clients) {
+    let data = tempfile::tempdir().unwrap();
+    let served = serve(data.path(), lp.port()).await;
+    let clients = clients(&served).await;
+    (data, served, clients)
+}
+
 struct Clients {
     rates: RateServiceClient<Authed>,
     orders: OrderServiceClient<Authed>,
@@ -126,12 +143,8 @@ fn new_orders_for(lp: &FixLp, id: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_the_lp() {
-    let lp_dir = tempfile::tempdir().unwrap();
-    let mut lp = FixLp::start(lp_dir.path()).await;
-    lp.command("price USD/JPY 151.230 151.250").await;
-    let data = tempfile::tempdir().unwrap();
-    let served = serve(data.path(), lp.port()).await;
-    let mut c = clients(&served).await;
+    let (_lp_dir, mut lp) = quoting_lp("USD/JPY").await;
+    let (_data, served, mut c) = desk(&lp).await;
     // QuickFIX accepted the Logon with the credentials, and the market data
     // request asks for the LP's name of the symbol.
     lp.wait_for(1, |l| l == "V USD/JPY").await;
@@ -199,12 +212,8 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fxcast_killed_before_the_execution_report_recovers_the_fill_with_order_status_request() {
-    let lp_dir = tempfile::tempdir().unwrap();
-    let mut lp = FixLp::start(lp_dir.path()).await;
-    lp.command("price USD/JPY 151.230 151.250").await;
-    let data = tempfile::tempdir().unwrap();
-    let mut served = serve(data.path(), lp.port()).await;
-    let mut c = clients(&served).await;
+    let (_lp_dir, mut lp) = quoting_lp("USD/JPY").await;
+    let (data, mut served, mut c) = desk(&lp).await;
     let mut stream = fxcast_testkit::stream_symbols(&mut c.rates, &["USD_JPY"]).await;
     let rate = rate_where(&mut stream, |r| r.ask == "151.252").await;
 
@@ -254,12 +263,8 @@ async fn get_order(orders: &mut OrderServiceClient<Authed>, id: &str) -> Order {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_lp_restart_and_sequence_gaps_are_survived_with_sequence_numbers_intact() {
-    let lp_dir = tempfile::tempdir().unwrap();
-    let mut lp = FixLp::start(lp_dir.path()).await;
-    lp.command("price USD/JPY 151.230 151.250").await;
-    let data = tempfile::tempdir().unwrap();
-    let served = serve(data.path(), lp.port()).await;
-    let mut c = clients(&served).await;
+    let (lp_dir, mut lp) = quoting_lp("USD/JPY").await;
+    let (_data, served, mut c) = desk(&lp).await;
     let mut stream = fxcast_testkit::stream_symbols(&mut c.rates, &["USD_JPY"]).await;
     rate_where(&mut stream, |r| r.ask == "151.252").await;
     lp.wait_for(1, |l| l.starts_with("LOGON ")).await;
@@ -346,9 +351,7 @@ async fn stack(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_market_data_reject_marks_the_symbol_down_with_the_lps_reason() {
-    let lp_dir = tempfile::tempdir().unwrap();
-    let mut lp = FixLp::start(lp_dir.path()).await;
-    lp.command("price USD_JPY 151.230 151.250").await;
+    let (_lp_dir, mut lp) = quoting_lp("USD_JPY").await;
     lp.command("mdreject EUR_USD not streamed to this account")
         .await;
     let (stack, _data) = stack(lp.port(), &["USD_JPY", "EUR_USD"], Duration::from_secs(5)).await;
@@ -390,9 +393,7 @@ async fn a_market_data_reject_marks_the_symbol_down_with_the_lps_reason() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_the_lp_never_received_times_out_then_is_rejected_after_order_status_request() {
-    let lp_dir = tempfile::tempdir().unwrap();
-    let mut lp = FixLp::start(lp_dir.path()).await;
-    lp.command("price USD_JPY 151.230 151.250").await;
+    let (_lp_dir, mut lp) = quoting_lp("USD_JPY").await;
     lp.command("mode drop").await;
     let (stack, _data) = stack(lp.port(), &["USD_JPY"], Duration::from_secs(1)).await;
     let token = stack.token("trader", "orders:place rates:subscribe=USD_JPY");
