@@ -129,6 +129,38 @@ async fn stream(
     fxcast_testkit::stream_symbols(rates, &[symbol]).await
 }
 
+/// A signing-keys file for servers that share their keys, in a fresh
+/// directory (kept while the guard lives).
+fn shared_keys() -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("signing-keys.json");
+    let keys = keys.to_str().unwrap().to_owned();
+    (dir, keys)
+}
+
+/// Revokes `token_id` through `served`'s TokenService.
+async fn revoke(served: &Served, token_id: &str) {
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, API_KEY).await);
+    let revoke = RevokeTokenRequest {
+        token_id: token_id.to_owned(),
+    };
+    tokens.revoke_token(revoke).await.unwrap();
+}
+
+/// `served` refuses `token` a Momento token: FAILED_PRECONDITION.
+async fn momento_access_refused(served: &Served, token: &str) {
+    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, token).await);
+    let refused = tokens
+        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
+}
+
 async fn next_event(stream: &mut Streaming<StreamRatesResponse>) -> Event {
     let message = fxcast_testkit::next_message_within(stream, DEADLINE).await;
     message.event.expect("empty event")
@@ -570,13 +602,8 @@ async fn a_publisher_restarted_elsewhere_continues_the_sequence_and_peers_keep_f
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
     let momento = momento_local().await;
-    let shared = tempfile::tempdir().unwrap();
-    let keys = shared.path().join("signing-keys.json");
-    let args = on_momento(
-        &momento,
-        "USD_JPY",
-        &["--signing-keys", keys.to_str().unwrap()],
-    );
+    let (_shared, keys) = shared_keys();
+    let args = on_momento(&momento, "USD_JPY", &["--signing-keys", &keys]);
     let first = serve(&args).await;
     let second = serve(&args).await;
     let publisher = issue(&first, &["rates:publish"]).await;
@@ -589,11 +616,7 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
     let mut stream = stream(&mut second_rates, "USD_JPY").await;
     next_rate(&mut stream).await;
 
-    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&first.grpc, API_KEY).await);
-    let revoke = RevokeTokenRequest {
-        token_id: issued.token_id.clone(),
-    };
-    tokens.revoke_token(revoke).await.unwrap();
+    revoke(&first, &issued.token_id).await;
 
     // The second server learns it through Momento and ends the stream.
     let status = fxcast_testkit::end_status(&mut stream, DEADLINE).await;
@@ -609,21 +632,12 @@ async fn a_token_revoked_on_one_server_is_refused_by_its_peers_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_started_after_a_revocation_refuses_the_token_from_its_first_request() {
     let momento = momento_local().await;
-    let shared = tempfile::tempdir().unwrap();
-    let keys = shared.path().join("signing-keys.json");
-    let args = on_momento(
-        &momento,
-        "USD_JPY",
-        &["--signing-keys", keys.to_str().unwrap()],
-    );
+    let (_shared, keys) = shared_keys();
+    let args = on_momento(&momento, "USD_JPY", &["--signing-keys", &keys]);
     let first = serve(&args).await;
     let revoked = issue(&first, &["rates:subscribe=*"]).await;
     let kept = issue(&first, &["rates:subscribe=*"]).await;
-    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&first.grpc, API_KEY).await);
-    let revoke = RevokeTokenRequest {
-        token_id: revoked.token_id.clone(),
-    };
-    tokens.revoke_token(revoke).await.unwrap();
+    revoke(&first, &revoked.token_id).await;
     drop(first);
 
     // Nobody is left to announce it: the later server reads the set the
@@ -694,16 +708,7 @@ async fn a_fxcast_token_gets_fresh_momento_tokens_over_grpc_and_rest() {
     // A server without Momento says so.
     let memory = serve(&["--symbols", "USD_JPY"]).await;
     let token = issue(&memory, &["rates:subscribe=*"]).await.token;
-    let mut tokens = TokenServiceClient::new(fxcast_testkit::channel(&memory.grpc, &token).await);
-    let refused = tokens
-        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
+    momento_access_refused(&memory, &token).await;
     let response = http
         .post(format!("http://{}/v1/tokens/momento", memory.http))
         .bearer_auth(&token)
@@ -804,17 +809,7 @@ async fn the_board_publishes_every_symbol_on_one_topic_to_tokens_that_see_them_a
     // The per-symbol topics stay silent: the board replaces them.
     let some = issue(&served, &["rates:subscribe=USD_JPY"]).await;
     assert!(some.momento.is_none(), "{:?}", some.momento);
-    let mut tokens =
-        TokenServiceClient::new(fxcast_testkit::channel(&served.grpc, &some.token).await);
-    let refused = tokens
-        .issue_momento_access(fxcast_proto::v1::IssueMomentoAccessRequest {})
-        .await
-        .unwrap_err();
-    assert_eq!(
-        refused.code(),
-        tonic::Code::FailedPrecondition,
-        "{refused:?}"
-    );
+    momento_access_refused(&served, &some.token).await;
     // The server's own streams read the board too.
     let mut stream = rates
         .stream_rates(fxcast_proto::v1::StreamRatesRequest {
