@@ -32,10 +32,13 @@ struct Serve {
 }
 
 /// The configuration `fxcast serve ARGV` runs, with secrets from `env`.
+/// The configuration of `fxcast serve ARGV` on ephemeral ports.
 fn config(argv: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Config {
-    let settings = Serve::try_parse_from(std::iter::once("serve").chain(argv.iter().copied()))
-        .unwrap()
-        .settings;
+    let argv = ["serve"]
+        .iter()
+        .chain(&fxcast_testkit::EPHEMERAL_LISTENERS)
+        .chain(argv);
+    let settings = Serve::try_parse_from(argv).unwrap().settings;
     Config::from_settings(settings.with_file().unwrap(), env).unwrap()
 }
 
@@ -208,10 +211,6 @@ async fn a_tls_nats_server_is_verified_against_fxcast_ca_cert() {
         "nats",
         "--nats-url",
         &url,
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
         "--data-dir",
         data.path().to_str().unwrap(),
         "--symbols",
@@ -291,15 +290,8 @@ async fn the_binary_serves_a_follower_without_a_feed_over_redis() {
 /// The output of `fxcast serve ARGS` that must fail at start.
 async fn failed_start(args: &[&str]) -> String {
     let data = tempfile::tempdir().unwrap();
-    let mut argv = vec![
-        "serve",
-        "--grpc-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.path().to_str().unwrap(),
-    ];
+    let mut argv = vec!["serve", "--data-dir", data.path().to_str().unwrap()];
+    argv.extend_from_slice(&fxcast_testkit::EPHEMERAL_LISTENERS);
     argv.extend_from_slice(args);
     let output = fxcast_testkit::run(BIN, &argv).await;
     assert!(!output.status.success(), "fxcast serve {args:?} started");

@@ -443,12 +443,9 @@ async fn a_wrong_password_is_refused_by_the_lp_and_never_logged() {
     let port = lp.port().to_string();
     let mut command = tokio::process::Command::new(BIN);
     command
+        .arg("serve")
+        .args(fxcast_testkit::EPHEMERAL_LISTENERS)
         .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
             "--feed",
             "fix",
             "--symbols",

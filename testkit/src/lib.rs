@@ -53,8 +53,8 @@ pub use http::{error_of, json_of, wait_ready_at};
 pub use logs::{Captured, capture_logs};
 pub use nats::NatsServer;
 pub use process::{
-    STARTUP, ServeProcess, http_exchange, http_request, issue_token, log_field, run, run_python,
-    spawn_serve, spawn_until, stdout_of, wait_for_line,
+    EPHEMERAL_LISTENERS, STARTUP, ServeProcess, http_exchange, http_request, issue_token,
+    log_field, run, run_python, spawn_serve, spawn_until, stdout_of, wait_for_line,
 };
 pub use redis::RedisServer;
 pub use sse::{SseEvent, sse_events};

@@ -72,6 +72,14 @@ pub struct ServeProcess {
     pub http: String,
 }
 
+/// The `serve` flags that bind gRPC and HTTP to ephemeral loopback ports.
+pub const EPHEMERAL_LISTENERS: [&str; 4] = [
+    "--grpc-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+];
+
 /// Starts `<bin> serve` on ephemeral ports with `data_dir` and `args`, the
 /// environment cleared of fxcast settings and then given `env`; returns
 /// once it logged the addresses it bound.
@@ -83,13 +91,8 @@ pub async fn spawn_serve(
 ) -> ServeProcess {
     let mut command = Command::new(bin);
     command
-        .args([
-            "serve",
-            "--grpc-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-        ])
+        .arg("serve")
+        .args(EPHEMERAL_LISTENERS)
         .arg("--data-dir")
         .arg(data_dir)
         .args(args)
