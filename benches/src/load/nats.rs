@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     recorder::Recorder,
-    spawn::{drain_until, free_port, pinned},
+    spawn::{drain_until, free_port, pinned, program},
     subscribers::{WsStream, connect_ws},
 };
 
@@ -46,15 +46,7 @@ pub fn subject(symbol: &str) -> String {
 /// The nats-server binary: `$NATS_SERVER`, else `nats-server` on `PATH`,
 /// else the Debian package's `/usr/sbin/nats-server`.
 pub fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return path.into();
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|path| path.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
+    program("NATS_SERVER", "nats-server", "/usr/sbin")
 }
 
 /// A nats-server for one run; killed when dropped.

@@ -10,6 +10,21 @@ use std::{
 
 use anyhow::Context;
 
+/// The program `name`: `$<env>` when set, else the first `name` on `PATH`,
+/// else `name` in `fallback_dir` (where Debian installs servers, often not
+/// on a user's `PATH`).
+pub(super) fn program(env: &str, name: &str, fallback_dir: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
+    }
+    let paths = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&paths)
+        .chain([fallback_dir.into()])
+        .map(|dir| dir.join(name))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| std::path::Path::new(fallback_dir).join(name))
+}
+
 /// A free TCP port of 127.0.0.1 (free once the probe listener is closed;
 /// the server binds it right after).
 pub(super) fn free_port() -> anyhow::Result<u16> {
