@@ -9,14 +9,16 @@
 //! (`--transport memory|momento|nats|redis`) without changing them.
 //!
 //! # Layout
-//! - [`Transport`], [`Subscription`], [`Delivery`]: the contract.
+//! - [`Transport`], [`Subscription`], [`Delivery`]: the contract; [`Call`]
+//!   is what each of its calls returns.
 //! - [`MemoryTransport`]: the in-process backend (the embedded default).
 //! - `health`: `HealthBoard`, what a network backend has failing now, as
 //!   its [`TransportHealth`].
-//! - `feeds`: the per-topic feeds of the NATS and Redis backends (one
-//!   engine subscription per topic per process, fanned out locally).
+//! - `feeds`: the per-topic feeds of the Momento, NATS and Redis backends
+//!   (one engine subscription per topic per process, fanned out locally),
+//!   with the counters they share.
 //! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
-//!   gap), shared by the memory and Momento backends.
+//!   gap), shared by the memory backend and `feeds`.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
@@ -26,8 +28,8 @@
 //! - `redis` (feature `redis`): `RedisTransport`, live fan-out over Redis
 //!   pub/sub, a Redis stream per topic to resume from after a reconnect,
 //!   retained payloads as keys with a TTL.
-//! - `health`, `net` (with `nats` or `redis`): the health board of a
-//!   network backend, TLS towards its server, URLs without credentials.
+//! - `net` (with `nats` or `redis`): TLS towards the server, URLs without
+//!   credentials, and the escape decoding of NATS subjects and Redis URLs.
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
