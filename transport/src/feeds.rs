@@ -81,6 +81,7 @@ pub(crate) struct Feeds {
 
 impl Feeds {
     /// A registry whose feeds all stop when `stop` is cancelled.
+    #[cfg(feature = "momento")]
     pub(crate) fn stopped_by(stop: CancellationToken) -> Self {
         Self {
             stop,

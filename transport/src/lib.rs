@@ -18,7 +18,7 @@
 //!   (one engine subscription per topic per process, fanned out locally),
 //!   with the counters they share.
 //! - `local`: a subscriber's end of an in-process broadcast (lag becomes a
-//!   gap), shared by the memory backend and `feeds`.
+//!   gap), shared by the memory backend, `feeds` and Momento's shards.
 //! - `momento` (feature `momento`): `MomentoTransport`, topics on Momento
 //!   Topics, retained payloads in a Momento cache, disposable subscriber
 //!   tokens.
@@ -68,7 +68,7 @@ pub mod nats;
 #[cfg(feature = "redis")]
 pub mod redis;
 
-#[cfg(any(feature = "nats", feature = "redis"))]
+#[cfg(any(feature = "momento", feature = "nats", feature = "redis"))]
 mod feeds;
 #[cfg(any(feature = "momento", feature = "nats", feature = "redis"))]
 mod health;

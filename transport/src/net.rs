@@ -86,6 +86,7 @@ pub(crate) fn redacted(url: &str) -> String {
 /// byte they spell (`=2E` or `%2E` for `.`). A marker without two hex
 /// digits after it is kept as it is when `lenient` (URLs), and makes the
 /// text invalid (`None`) otherwise; so does a result that is not UTF-8.
+#[cfg(any(test, feature = "redis"))]
 pub(crate) fn unescape(text: &str, marker: u8, lenient: bool) -> Option<String> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
