@@ -164,9 +164,7 @@ fn finished<E: Into<Error>>(
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { what, addr, source })
+    fxcast_listener::bind(addr).map_err(|source| Error::Bind { what, addr, source })
 }
 
 /// Logs what the Momento settings will spend per second on rates, and

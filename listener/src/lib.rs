@@ -1,7 +1,10 @@
 //! Connection hygiene shared by every fxcast listener: the gRPC server, the
 //! HTTP gateway and momento-local.
 //!
-//! [`Listener`] wraps a bound [`TcpListener`] with
+//! [`bind`] binds with a backlog of [`BACKLOG`] (the kernel caps it at
+//! `net.core.somaxconn`), not tokio's 1,024, so a burst of clients (every
+//! browser reconnecting after a restart) queues instead of having SYNs
+//! dropped. [`Listener`] wraps a bound [`TcpListener`] with
 //! - a cap on concurrent connections (a semaphore: at the cap it stops
 //!   accepting, so new clients wait in the kernel's backlog instead of
 //!   taking file descriptors), logged once and counted in [`ListenerStats`];
@@ -63,6 +66,27 @@ use tokio::{
 /// File descriptors kept free of connections for everything else a
 /// process opens (the journal, transports, outgoing clients).
 const RESERVED_FDS: u64 = 128;
+
+/// The listen backlog [`bind`] asks for; Linux caps it at
+/// `net.core.somaxconn` (4,096 by default since 5.4).
+pub const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with a backlog of [`BACKLOG`] and `SO_REUSEADDR`
+/// (a restarted server binds at once despite connections in TIME_WAIT).
+///
+/// # Errors
+/// When the socket cannot be created or bound (address in use, no
+/// permission).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
 
 /// Connection limits and timeouts of one listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -373,4 +397,42 @@ fn is_fd_exhaustion(err: &io::Error) -> bool {
     // EMFILE 24, ENFILE 23, ENOBUFS 105, ENOMEM 12 on Linux.
     matches!(err.raw_os_error(), Some(23 | 24 | 105 | 12))
         || err.kind() == io::ErrorKind::OutOfMemory
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// More clients than tokio's default backlog (1,024) connect to a
+    /// listener that accepts none of them: every handshake completes in the
+    /// kernel's queue instead of having its SYN dropped.
+    #[tokio::test]
+    async fn a_burst_beyond_1024_clients_queues_in_the_backlog() {
+        const CLIENTS: usize = 1_500;
+        let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(0);
+        if somaxconn <= CLIENTS {
+            // The kernel caps every backlog below the burst: nothing to judge.
+            eprintln!("net.core.somaxconn is {somaxconn}: the burst cannot queue here");
+            return;
+        }
+        // The client sockets need file descriptors of this process.
+        let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
+        assert!(fds > 2 * CLIENTS as u64, "{fds} open files allowed");
+        let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for n in 0..CLIENTS {
+            // A dropped SYN is retried after a second: the connect hangs.
+            let connect = TcpStream::connect(addr);
+            match tokio::time::timeout(Duration::from_millis(500), connect).await {
+                Ok(Ok(client)) => clients.push(client),
+                Ok(Err(err)) => panic!("client {n}: {err}"),
+                Err(_) => panic!("client {n} was not queued: the backlog is full"),
+            }
+        }
+        drop(listener);
+    }
 }

@@ -6,7 +6,6 @@ use std::{net::SocketAddr, path::PathBuf};
 use anyhow::Context;
 use clap::Args;
 use fxcast_gateway::{GatewayConfig, Upstream, serve_gateway, upstream_endpoint};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use super::{api_key, serve::shutdown_signal, split_list};
@@ -92,8 +91,7 @@ fn is_loopback_host(host: &str) -> bool {
 pub(crate) async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let key = api_key(&args.data_dir)?;
     let channel = upstream(&args)?;
-    let http = TcpListener::bind(args.http_listen)
-        .await
+    let http = fxcast_listener::bind(args.http_listen)
         .with_context(|| format!("cannot bind HTTP listener on {}", args.http_listen))?;
     let config = GatewayConfig {
         anonymous_tokens: args.http_listen.ip().is_loopback() || args.allow_anonymous_tokens,

@@ -8,7 +8,6 @@ use anyhow::Context;
 use clap::Args;
 use fxcast_listener::ListenerConfig;
 use fxcast_momento_local::{AcceptedKeys, MomentoLocalConfig, serve};
-use tokio::net::TcpListener;
 
 use super::serve::shutdown_signal;
 
@@ -103,8 +102,7 @@ pub(crate) async fn run(args: MomentoLocalArgs) -> anyhow::Result<()> {
         ..MomentoLocalConfig::default()
     };
     config.validate()?;
-    let listener = TcpListener::bind(args.listen)
-        .await
+    let listener = fxcast_listener::bind(args.listen)
         .with_context(|| format!("cannot bind momento-local on {}", args.listen))?;
     let addr = listener.local_addr()?;
     match &config.accepted_keys {
