@@ -5,15 +5,9 @@
 //! subscribe-only tokens checked with Momento's own Rust SDK, and what
 //! happens when the cache or the endpoint is missing.
 
-use std::{
-    net::SocketAddr,
-    num::NonZeroU32,
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
-    },
-    time::Duration,
-};
+mod support;
+
+use std::{net::SocketAddr, num::NonZeroU32, time::Duration};
 
 use bytes::Bytes;
 use fxcast_momento_local::{MomentoLocalConfig, serve};
@@ -27,15 +21,11 @@ use momento::{
     cache::{GetResponse, ItemGetTtlResponse},
     topics::ValueKind,
 };
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{oneshot, watch},
-    task::JoinHandle,
+use support::{
+    numbers::{DEADLINE, next, next_number, numbered, wait_health},
+    proxy::Proxy,
 };
-use tokio_util::sync::CancellationToken;
-
-/// How long any single expected event may take before a test fails.
-const DEADLINE: Duration = Duration::from_secs(20);
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 const CACHE: &str = "fxcast";
 
@@ -110,35 +100,6 @@ fn config(url: String) -> MomentoConfig {
 
 async fn connect(url: String) -> MomentoTransport {
     MomentoTransport::connect(config(url)).await.unwrap()
-}
-
-fn numbered(n: u64) -> Bytes {
-    Bytes::copy_from_slice(&n.to_be_bytes())
-}
-
-async fn next(subscription: &mut Subscription) -> Delivery {
-    tokio::time::timeout(DEADLINE, subscription.next())
-        .await
-        .expect("no delivery within the deadline")
-        .expect("subscription ended")
-}
-
-async fn next_number(subscription: &mut Subscription) -> u64 {
-    match next(subscription).await {
-        Delivery::Message(bytes) => u64::from_be_bytes(bytes[..].try_into().unwrap()),
-        Delivery::Gap(gap) => panic!("unexpected gap: {gap}"),
-    }
-}
-
-async fn wait_health(
-    health: &mut watch::Receiver<TransportHealth>,
-    connected: bool,
-) -> TransportHealth {
-    tokio::time::timeout(DEADLINE, health.wait_for(|h| h.is_connected() == connected))
-        .await
-        .expect("health did not change within the deadline")
-        .unwrap()
-        .clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,63 +180,6 @@ async fn payloads_over_the_limit_are_refused_before_sending() {
     );
 }
 
-/// A TCP proxy whose connections can be cut (and new ones refused) until
-/// restored: a network failure between fxcast and Momento.
-struct Proxy {
-    addr: SocketAddr,
-    open: Arc<AtomicBool>,
-    connections: Arc<Mutex<CancellationToken>>,
-}
-
-impl Proxy {
-    async fn start(upstream: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let proxy = Self {
-            addr: listener.local_addr().unwrap(),
-            open: Arc::new(AtomicBool::new(true)),
-            connections: Arc::new(Mutex::new(CancellationToken::new())),
-        };
-        let open = Arc::clone(&proxy.open);
-        let connections = Arc::clone(&proxy.connections);
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
-                    return;
-                };
-                if !open.load(Ordering::SeqCst) {
-                    continue;
-                }
-                let cut = connections.lock().unwrap().clone();
-                tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
-                        () = cut.cancelled() => {}
-                    }
-                });
-            }
-        });
-        proxy
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Drops every connection and refuses new ones.
-    fn cut(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        let old = std::mem::take(&mut *self.connections.lock().unwrap());
-        old.cancel();
-    }
-
-    fn restore(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     let local = Local::start().await;
@@ -284,7 +188,7 @@ async fn a_cut_connection_resumes_without_loss_or_duplicates() {
     // The subscriber reaches Momento only through the proxy.
     let subscriber = MomentoTransport::connect(MomentoConfig {
         create_cache: false,
-        ..config(proxy.url())
+        ..config(format!("http://{}", proxy.addr()))
     })
     .await
     .unwrap();

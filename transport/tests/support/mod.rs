@@ -1,4 +1,4 @@
-//! Helpers shared by the NATS and Redis tests: a real nats-server, a real
+//! Helpers shared by the Momento, NATS and Redis tests: a real nats-server, a real
 //! redis-server, a TCP proxy that cuts one process off either, and
 //! numbered messages with the waits and checks both backends' tests use, and
 //! the outage scenarios both run.
