@@ -4,7 +4,7 @@
 
 use std::{net::SocketAddr, num::NonZeroU32, path::PathBuf, sync::Arc, time::Duration};
 
-use fxcast_fix::{FixSession, Password, SessionConfig, SymbolMap};
+use fxcast_fix::{FixSession, SessionConfig, SymbolMap};
 use fxcast_gateway::GatewayConfig;
 use fxcast_services::{
     FeedKind,
@@ -22,7 +22,7 @@ use fxcast_transport::{
 
 use crate::{
     Error,
-    settings::{FeedName, LpName, Settings, TransportKind},
+    settings::{FeedName, LpName, Secret, Settings, TransportKind},
 };
 
 /// Where secrets come from: the process environment in `fxcast serve`, a
@@ -268,10 +268,7 @@ fn redis(settings: &crate::RedisSettings, env: Lookup<'_>) -> RedisConfig {
     if let Some(url) = &settings.url {
         config.url.clone_from(url);
     }
-    config.password = settings
-        .password
-        .as_ref()
-        .map(|password| password.expose().to_owned());
+    config.password.clone_from(&settings.password);
     config.ca = settings
         .ca
         .clone()
@@ -302,7 +299,7 @@ fn nats(settings: &crate::NatsSettings, env: Lookup<'_>) -> Result<NatsConfig, E
     config.credentials = match (&settings.user, &settings.password) {
         (Some(user), Some(password)) => NatsCredentials::UserPassword {
             user: user.clone(),
-            password: password.expose().to_owned(),
+            password: password.clone(),
         },
         (Some(_), None) => {
             return Err(Error::Config(
@@ -314,7 +311,7 @@ fn nats(settings: &crate::NatsSettings, env: Lookup<'_>) -> Result<NatsConfig, E
             return Err(Error::Config("--nats-password needs --nats-user".into()));
         }
         (None, None) => match (&settings.token, &settings.creds) {
-            (Some(token), _) => NatsCredentials::Token(token.expose().to_owned()),
+            (Some(token), _) => NatsCredentials::Token(token.clone()),
             (None, Some(path)) => NatsCredentials::CredsFile(path.clone()),
             (None, None) => NatsCredentials::None,
         },
@@ -342,14 +339,14 @@ fn momento(settings: &Settings, env: Lookup<'_>) -> Result<MomentoConfig, Error>
         .as_deref()
         .is_some_and(|e| e.starts_with("http://"));
     config.api_key = match env("MOMENTO_API_KEY") {
-        Some(key) => key,
+        Some(key) => key.into(),
         // Plaintext is for a local Momento-compatible server, which takes
         // any key by default.
         None if plaintext => {
             tracing::info!(
                 "MOMENTO_API_KEY is not set; using an empty key for the plaintext endpoint"
             );
-            String::new()
+            Secret::default()
         }
         None => {
             return Err(Error::Config(
@@ -406,7 +403,7 @@ fn fix(settings: &Settings) -> Result<Option<(FixSession, SymbolMap)>, Error> {
         session.heartbeat = heartbeat.into();
     }
     session.username.clone_from(&fix.username);
-    session.password = fix.password.as_ref().map(|p| Password::new(p.expose()));
+    session.password.clone_from(&fix.password);
     if session.password.is_some() != session.username.is_some() {
         return Err(Error::Config(
             "--fix-username and --fix-password (FXCAST_FIX_PASSWORD) go together".into(),
@@ -491,7 +488,7 @@ fn apply_market(config: &mut Config, settings: &Settings) -> Result<(), Error> {
 /// Tokens: the API key from the environment, lifetimes, anonymous tokens.
 fn apply_auth(config: &mut Config, settings: &Settings, env: Lookup<'_>) -> Result<(), Error> {
     let auth = &mut config.core.auth;
-    auth.api_key = env("FXCAST_API_KEY");
+    auth.api_key = env("FXCAST_API_KEY").map(Secret::from);
     auth.anonymous_tokens =
         config.http_listen.ip().is_loopback() || settings.allow_anonymous_tokens.unwrap_or(false);
     if let Some(ttl) = settings.token_ttl {
@@ -837,7 +834,10 @@ mod tests {
         ];
         let redis = transport_of!(resolve_hiding(&argv, "pass-from-flag"), Redis);
         assert_eq!(redis.url, "redis://10.0.0.8:6380/2");
-        assert_eq!(redis.password.as_deref(), Some("pass-from-flag"));
+        assert_eq!(
+            redis.password.as_ref().map(Secret::expose),
+            Some("pass-from-flag")
+        );
         assert_eq!(redis.ca, None);
 
         // The file's [redis] table, a flag over it, the CA from the

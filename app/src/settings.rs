@@ -21,6 +21,7 @@ use fxcast_services::{
     pricing::Markup,
     symbols::SymbolOverride,
 };
+pub use fxcast_transport::Secret;
 use rust_decimal::Decimal;
 use serde::{Deserialize, Deserializer, de};
 
@@ -295,9 +296,11 @@ settings! {
         user: Option<String>,
         /// NATS password of --nats-user; prefer the environment variable, flags show in `ps`
         #[arg(long = "nats-password", env = "FXCAST_NATS_PASSWORD", hide_env_values = true)]
+        #[serde(deserialize_with = "parsed")]
         password: Option<Secret>,
         /// NATS token (nats-server --auth); prefer the environment variable
         #[arg(long = "nats-token", env = "FXCAST_NATS_TOKEN", hide_env_values = true)]
+        #[serde(deserialize_with = "parsed")]
         token: Option<Secret>,
         /// NATS credentials file (a user JWT and NKey seed, as `nsc` writes it)
         #[arg(long = "nats-creds", env = "FXCAST_NATS_CREDS")]
@@ -323,6 +326,7 @@ settings! {
         /// `ps`
         #[arg(id = "redis_password", long = "redis-password", env = "FXCAST_REDIS_PASSWORD",
               hide_env_values = true)]
+        #[serde(deserialize_with = "parsed")]
         password: Option<Secret>,
         /// PEM CA certificates a rediss:// server's certificate must chain to, instead of
         /// Mozilla's roots [default: FXCAST_CA_CERT when set]
@@ -358,6 +362,7 @@ settings! {
         username: Option<String>,
         /// Password (554) on the FIX Logon; prefer the environment variable, flags show in `ps`
         #[arg(id = "fix_password", value_name = "PASSWORD", long = "fix-password", env = "FXCAST_FIX_PASSWORD", hide_env_values = true)]
+        #[serde(deserialize_with = "parsed")]
         password: Option<Secret>,
         /// fxcast symbol -> the LP's symbol, from the file only: `[fix.symbols] USD_JPY = "USD/JPY"`.
         #[arg(skip)]
@@ -383,38 +388,6 @@ impl FromStr for LpName {
             "fix" => Ok(Self::Fix),
             other => Err(format!("unknown --lp {other:?}; expected simulated or fix")),
         }
-    }
-}
-
-/// A password or token: shown as `<redacted>` by `Debug`, so settings can be
-/// logged and printed in errors without it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// The secret itself, for the one call that needs it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
-impl FromStr for Secret {
-    type Err = std::convert::Infallible;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Ok(Self(s.to_owned()))
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self)
     }
 }
 

@@ -264,7 +264,7 @@ impl Case {
         };
         tokio::spawn(serve(listener, config, std::future::pending()));
         let transport = MomentoTransport::connect(MomentoConfig {
-            api_key: "bench".to_owned(),
+            api_key: "bench".into(),
             endpoint: Some(format!("http://{addr}")),
             ..MomentoConfig::default()
         })

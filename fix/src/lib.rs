@@ -29,11 +29,11 @@ mod symbols;
 pub mod tag;
 mod time;
 
-use std::{fmt, path::PathBuf, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
 pub use client::{FixSession, SessionStatus};
 pub use codec::{Decoded, Decoder, EncodeError, MAX_BODY_LENGTH, Message, SOH, checksum, encode};
-pub use fxcast_transport::BackoffPolicy;
+pub use fxcast_transport::{BackoffPolicy, Secret};
 pub use session::{SessionEvent, SessionReject};
 pub use store::SeqStore;
 pub use symbols::SymbolMap;
@@ -41,29 +41,6 @@ pub use time::utc_timestamp;
 
 /// The only BeginString spoken.
 pub const BEGIN_STRING: &str = "FIX.4.4";
-
-/// A logon password: `Debug` shows `<redacted>`, so configurations can be
-/// logged.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Password(String);
-
-impl Password {
-    /// Wraps a password.
-    pub fn new(password: impl Into<String>) -> Self {
-        Self(password.into())
-    }
-
-    /// The password itself, for the Logon message only.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Password {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
 
 /// Settings of one initiator session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,7 +58,7 @@ pub struct SessionConfig {
     /// Username (553) on the Logon.
     pub username: Option<String>,
     /// Password (554) on the Logon.
-    pub password: Option<Password>,
+    pub password: Option<Secret>,
     /// Where the sequence numbers are kept.
     pub store_dir: PathBuf,
     /// Delays between connection attempts.

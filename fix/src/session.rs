@@ -681,7 +681,7 @@ impl SessionCore {
 mod tests {
     use super::*;
     use crate::{
-        Password,
+        Secret,
         codec::{Decoded, Decoder},
     };
 
@@ -695,7 +695,7 @@ mod tests {
     fn config(dir: &std::path::Path) -> SessionConfig {
         SessionConfig {
             username: Some("user".into()),
-            password: Some(Password::new("secret")),
+            password: Some(Secret::new("secret")),
             heartbeat: Duration::from_secs(10),
             ..SessionConfig::new("127.0.0.1", 1, "FXCAST", "LP", dir.to_owned())
         }

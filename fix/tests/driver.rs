@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use fxcast_fix::{
-    BackoffPolicy, Decoded, Decoder, FixSession, Message, Password, SessionConfig, SessionEvent,
+    BackoffPolicy, Decoded, Decoder, FixSession, Message, Secret, SessionConfig, SessionEvent,
     encode,
 };
 use tokio::{
@@ -105,7 +105,7 @@ fn config(port: u16, dir: &std::path::Path) -> SessionConfig {
     SessionConfig {
         heartbeat: Duration::from_secs(1),
         username: Some("user".into()),
-        password: Some(Password::new("pw")),
+        password: Some(Secret::new("pw")),
         reconnect: BackoffPolicy::new(Duration::from_millis(10), Duration::from_millis(100)),
         ..SessionConfig::new("127.0.0.1", port, "FXCAST", "LP", dir.to_owned())
     }

@@ -32,6 +32,8 @@
 //!   credentials, and the escape decoding of NATS subjects and Redis URLs.
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
+//! - [`Secret`]: a credential whose `Debug` is `<redacted>`, used by every
+//!   setting that holds one across fxcast.
 //! - [`MirroredTransport`]: one transport as the primary, every message also
 //!   copied to a second one (`--momento-bridge`).
 //! - `conformance` (feature `conformance`): the test suite every backend passes.
@@ -58,6 +60,7 @@ mod backoff;
 mod local;
 mod memory;
 mod mirror;
+mod secret;
 
 #[cfg(feature = "momento")]
 pub mod momento;
@@ -81,6 +84,7 @@ pub mod conformance;
 pub use backoff::{Backoff, BackoffPolicy};
 pub use memory::{MemoryConfig, MemoryTransport};
 pub use mirror::MirroredTransport;
+pub use secret::Secret;
 
 /// A boxed future, so [`Transport`] stays object-safe.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -189,11 +193,11 @@ impl TransportHealth {
 
 /// Credentials with which a client (a browser) subscribes to topics directly
 /// on the backend's service, bypassing fxcast.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SubscriberAccess {
     /// The credential, as the backend's client SDKs take it (for Momento a
     /// disposable token).
-    pub token: String,
+    pub token: Secret,
     /// When the credential stops working.
     pub expires_at: SystemTime,
     /// The namespace the topics live in (for Momento the cache name).
@@ -207,19 +211,6 @@ pub struct SubscriberAccess {
     /// each time (conflation), so a payload's own sequence may jump by
     /// design; only what the backend announces as a discontinuity is lost.
     pub max_messages_per_second: Option<NonZeroU32>,
-}
-
-impl fmt::Debug for SubscriberAccess {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SubscriberAccess")
-            .field("token", &"<redacted>")
-            .field("expires_at", &self.expires_at)
-            .field("namespace", &self.namespace)
-            .field("topics", &self.topics)
-            .field("endpoint", &self.endpoint)
-            .field("max_messages_per_second", &self.max_messages_per_second)
-            .finish()
-    }
 }
 
 impl Error {

@@ -350,12 +350,12 @@ async fn subscriber_tokens_may_only_subscribe_to_their_topics() {
         left > Duration::from_secs(590) && left <= Duration::from_secs(600),
         "{left:?}"
     );
-    assert!(!format!("{access:?}").contains(&access.token));
+    assert!(!format!("{access:?}").contains(access.token.expose()));
 
     // Momento's own SDK with the token: it subscribes and receives ...
     let topic_client = TopicClient::builder()
         .configuration(momento::topics::configurations::Laptop::latest())
-        .credential_provider(local.sdk_credentials(&access.token))
+        .credential_provider(local.sdk_credentials(access.token.expose()))
         .build()
         .unwrap();
     let mut subscription = topic_client
@@ -384,7 +384,7 @@ async fn subscriber_tokens_may_only_subscribe_to_their_topics() {
     let cache = CacheClient::builder()
         .default_ttl(Duration::from_secs(60))
         .configuration(momento::cache::configurations::Laptop::latest())
-        .credential_provider(local.sdk_credentials(&access.token))
+        .credential_provider(local.sdk_credentials(access.token.expose()))
         .build()
         .unwrap();
     let err = cache
@@ -635,7 +635,7 @@ async fn the_board_carries_every_symbol_in_one_topic_and_each_reaches_its_subscr
     assert_eq!(access.topics, ["board.rates"]);
     let sdk = TopicClient::builder()
         .configuration(momento::topics::configurations::Laptop::latest())
-        .credential_provider(local.sdk_credentials(&access.token))
+        .credential_provider(local.sdk_credentials(access.token.expose()))
         .build()
         .unwrap();
     let mut board = sdk.subscribe(CACHE, "board.rates").await.unwrap();

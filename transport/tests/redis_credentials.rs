@@ -101,7 +101,7 @@ async fn credentials_are_checked_and_never_shown() {
     let mut server = RedisServer::start_with(&["--requirepass", "right-pass"]);
     let port = server.port();
     let with = |password: Option<&str>| RedisConfig {
-        password: password.map(str::to_owned),
+        password: password.map(Into::into),
         ..config(server.url())
     };
     refused(with(Some("wrong-pass")), "wrong-pass").await;

@@ -8,6 +8,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
+use fxcast_transport::Secret;
 use jsonwebtoken::{
     Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
 };
@@ -26,10 +27,10 @@ use crate::Error;
 /// Token lifetimes, keys and anonymous access. Files live in the data
 /// directory given to [`TokenAuthority::open`]: `api-key`,
 /// `signing-keys.json` and `tokens.sqlite3`.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AuthConfig {
     /// The admin API key; generated into `<data_dir>/api-key` when `None`.
-    pub api_key: Option<String>,
+    pub api_key: Option<Secret>,
     /// Signing keys file; `<data_dir>/signing-keys.json` when `None`.
     pub signing_keys: Option<PathBuf>,
     /// TTL of a token when the request names none.
@@ -42,18 +43,6 @@ pub struct AuthConfig {
     pub anonymous_ttl: Duration,
     /// Anonymous tokens per client address per minute.
     pub anonymous_per_minute: u32,
-}
-
-impl std::fmt::Debug for AuthConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AuthConfig")
-            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
-            .field("signing_keys", &self.signing_keys)
-            .field("default_ttl", &self.default_ttl)
-            .field("max_ttl", &self.max_ttl)
-            .field("anonymous_tokens", &self.anonymous_tokens)
-            .finish_non_exhaustive()
-    }
 }
 
 impl Default for AuthConfig {
@@ -368,7 +357,7 @@ impl TokenAuthority {
         let keys_path = config.signing_keys_path(data_dir);
         let keys = KeyState::new(KeyFile::load_or_create(&keys_path)?)?;
         let api_key = match &config.api_key {
-            Some(key) if key.len() >= 16 => key.clone(),
+            Some(key) if key.expose().len() >= 16 => key.expose().to_owned(),
             Some(_) => {
                 return Err(Error::Config(
                     "FXCAST_API_KEY must be at least 16 characters".into(),

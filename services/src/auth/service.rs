@@ -147,7 +147,7 @@ impl TokenServiceImpl {
             .await?;
         Ok(match access {
             Some(access) => Direct::Granted(MomentoAccess {
-                token: access.token,
+                token: access.token.expose().to_owned(),
                 expires_at: Some(access.expires_at.into()),
                 cache_name: access.namespace,
                 topics: access.topics,

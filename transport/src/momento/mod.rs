@@ -66,7 +66,7 @@ mod shards;
 use crate::feeds::{FeedCounters, Feeds};
 use crate::health::HealthBoard;
 use crate::{
-    Call, Error, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
+    Call, Error, Secret, SubscriberAccess, Subscription, Transport, TransportHealth, validate_topic,
 };
 use board::Board;
 use budget::Budget;
@@ -91,14 +91,14 @@ pub const MAX_ITEM_BYTES: usize = 5 * 1024 * 1024;
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(60 * 60);
 
 /// Settings of [`MomentoTransport`].
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct MomentoConfig {
     /// The cache whose topics and items are used (`--momento-cache`).
     pub cache: String,
     /// The API key (`MOMENTO_API_KEY`): a v1 or v2 Momento key, or any key
     /// of a Momento-compatible server given with [`MomentoConfig::endpoint`].
     /// Never logged.
-    pub api_key: String,
+    pub api_key: Secret,
     /// The service endpoint of a v2 key (`MOMENTO_ENDPOINT`, e.g.
     /// `cell-4-us-west-2-1.prod.a.momentohq.com`).
     pub base_endpoint: Option<String>,
@@ -161,35 +161,11 @@ pub struct MomentoBoard {
     pub topics: Vec<String>,
 }
 
-impl fmt::Debug for MomentoConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MomentoConfig")
-            .field("cache", &self.cache)
-            .field("api_key", &"<redacted>")
-            .field("base_endpoint", &self.base_endpoint)
-            .field("endpoint", &self.endpoint)
-            .field("create_cache", &self.create_cache)
-            .field("max_publish_rate", &self.max_publish_rate)
-            .field("paced_prefix", &self.paced_prefix)
-            .field("max_payload", &self.max_payload)
-            .field("retain_ttl", &self.retain_ttl)
-            .field("buffer", &self.buffer)
-            .field("reconnect", &self.reconnect)
-            .field("request_timeout", &self.request_timeout)
-            .field("subscription_connections", &self.subscription_connections)
-            .field("sharded_prefix", &self.sharded_prefix)
-            .field("shards", &self.shards)
-            .field("max_ops_per_second", &self.max_ops_per_second)
-            .field("board", &self.board)
-            .finish()
-    }
-}
-
 impl Default for MomentoConfig {
     fn default() -> Self {
         Self {
             cache: "fxcast".to_owned(),
-            api_key: String::new(),
+            api_key: Secret::default(),
             base_endpoint: None,
             endpoint: None,
             create_cache: true,
@@ -443,7 +419,7 @@ impl MomentoTransport {
     pub async fn connect(config: MomentoConfig) -> Result<Self, Error> {
         config.validate()?;
         let resolved = credentials::resolve(
-            &config.api_key,
+            config.api_key.expose(),
             config.base_endpoint.as_deref(),
             config.endpoint.as_deref(),
         )?;
@@ -869,7 +845,7 @@ impl Transport for MomentoTransport {
                 .map_err(|e| unavailable("mint a subscriber token", &e))?;
             let expires_at = UNIX_EPOCH + Duration::from_secs(minted.clone().expires_at().epoch());
             Ok(Some(SubscriberAccess {
-                token: minted.auth_token(),
+                token: minted.auth_token().into(),
                 expires_at: expires_at.min(SystemTime::now() + valid_for),
                 namespace: inner.config.cache.clone(),
                 topics: topics.to_vec(),

@@ -62,7 +62,8 @@ mod subject;
 
 use crate::feeds::{FeedCounters, Feeds};
 use crate::{
-    Backoff, BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, validate_topic,
+    Backoff, BackoffPolicy, Call, Error, Secret, Subscription, Transport, TransportHealth,
+    validate_topic,
 };
 use crate::{
     health::HealthBoard,
@@ -79,7 +80,7 @@ const EXPIRY_BYTES: usize = 8;
 const CONNECTION: &str = "connection";
 
 /// How the transport proves who it is to the server.
-#[derive(Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum NatsCredentials {
     /// No credentials (or what the URL carries, `nats://user:pass@host`).
     #[default]
@@ -89,27 +90,12 @@ pub enum NatsCredentials {
         /// The user.
         user: String,
         /// The password. Never logged.
-        password: String,
+        password: Secret,
     },
     /// A token (`--auth` of nats-server). Never logged.
-    Token(String),
+    Token(Secret),
     /// A `.creds` file (a user JWT and its NKey seed), as `nsc` writes it.
     CredsFile(PathBuf),
-}
-
-impl fmt::Debug for NatsCredentials {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::None => f.write_str("None"),
-            Self::UserPassword { user, .. } => f
-                .debug_struct("UserPassword")
-                .field("user", user)
-                .field("password", &"<redacted>")
-                .finish(),
-            Self::Token(_) => f.debug_tuple("Token").field(&"<redacted>").finish(),
-            Self::CredsFile(path) => f.debug_tuple("CredsFile").field(path).finish(),
-        }
-    }
 }
 
 impl NatsCredentials {
@@ -117,9 +103,9 @@ impl NatsCredentials {
         Ok(match self {
             Self::None => ConnectOptions::new(),
             Self::UserPassword { user, password } => {
-                ConnectOptions::with_user_and_password(user.clone(), password.clone())
+                ConnectOptions::with_user_and_password(user.clone(), password.expose().to_owned())
             }
-            Self::Token(token) => ConnectOptions::with_token(token.clone()),
+            Self::Token(token) => ConnectOptions::with_token(token.expose().to_owned()),
             Self::CredsFile(path) => {
                 ConnectOptions::with_credentials_file(path)
                     .await

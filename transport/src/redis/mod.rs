@@ -58,8 +58,8 @@ mod link;
 
 use crate::feeds::{FeedCounters, Feeds};
 use crate::{
-    BackoffPolicy, Call, Error, Subscription, Transport, TransportHealth, health::HealthBoard,
-    validate_topic,
+    BackoffPolicy, Call, Error, Secret, Subscription, Transport, TransportHealth,
+    health::HealthBoard, validate_topic,
 };
 use endpoint::Endpoint;
 use feed::FeedContext;
@@ -109,7 +109,7 @@ pub struct RedisConfig {
     pub url: String,
     /// The password, instead of the URL's (`FXCAST_REDIS_PASSWORD`).
     /// Never logged.
-    pub password: Option<String>,
+    pub password: Option<Secret>,
     /// PEM CA certificates a `rediss://` server's certificate must chain
     /// to; without it, Mozilla's roots.
     pub ca: Option<PathBuf>,
@@ -139,7 +139,7 @@ impl fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisConfig")
             .field("url", &crate::net::redacted(&self.url))
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("password", &self.password)
             .field("ca", &self.ca)
             .field("prefix", &self.prefix)
             .field("history", &self.history)
@@ -266,7 +266,7 @@ impl RedisTransport {
         config.validate()?;
         let endpoint = Endpoint::parse(
             &config.url,
-            config.password.as_deref(),
+            config.password.as_ref().map(Secret::expose),
             config.ca.as_deref(),
             config.request_timeout,
         )?;
