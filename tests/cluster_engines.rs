@@ -31,8 +31,8 @@ struct Serve {
     settings: Settings,
 }
 
-/// The configuration `fxcast serve ARGV` runs, with secrets from `env`.
-/// The configuration of `fxcast serve ARGV` on ephemeral ports.
+/// The configuration `fxcast serve ARGV` runs on ephemeral ports, with
+/// secrets from `env`.
 fn config(argv: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Config {
     let argv = ["serve"]
         .iter()

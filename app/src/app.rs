@@ -44,8 +44,8 @@ impl App {
             path: data_dir.clone(),
             source,
         })?;
-        let grpc = bind("gRPC", config.grpc_listen).await?;
-        let http = bind("HTTP", config.http_listen).await?;
+        let grpc = bind("gRPC", config.grpc_listen)?;
+        let http = bind("HTTP", config.http_listen)?;
         tracing::info!(data_dir = %data_dir.display(), "starting fxcast");
         let mut config = config;
         let fix = config.fix_session();
@@ -163,7 +163,7 @@ fn finished<E: Into<Error>>(
         .map_err(Into::into)
 }
 
-async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
     fxcast_listener::bind(addr).map_err(|source| Error::Bind { what, addr, source })
 }
 

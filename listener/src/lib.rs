@@ -83,6 +83,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     } else {
         tokio::net::TcpSocket::new_v6()?
     };
+    // As tokio's own bind: not on Windows, where it lets another process
+    // bind the same port.
+    #[cfg(unix)]
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     socket.listen(BACKLOG)
@@ -418,9 +421,13 @@ mod tests {
             eprintln!("net.core.somaxconn is {somaxconn}: the burst cannot queue here");
             return;
         }
-        // The client sockets need file descriptors of this process.
+        // The client sockets need file descriptors of this process (the
+        // queued connections take none until accepted).
         let fds = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(0);
-        assert!(fds > 2 * CLIENTS as u64, "{fds} open files allowed");
+        if fds < CLIENTS as u64 + 64 {
+            eprintln!("{fds} open files allowed: the burst cannot be opened here");
+            return;
+        }
         let listener = bind("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let mut clients = Vec::with_capacity(CLIENTS);

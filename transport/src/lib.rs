@@ -29,7 +29,8 @@
 //!   pub/sub, a Redis stream per topic to resume from after a reconnect,
 //!   retained payloads as keys with a TTL.
 //! - `net` (with `nats` or `redis`): TLS towards the server, URLs without
-//!   credentials, and the escape decoding of NATS subjects and Redis URLs.
+//!   credentials, and the `%XX` decoding of Redis URLs (in tests also the
+//!   `=XX` of NATS subjects).
 //! - [`Backoff`], [`BackoffPolicy`]: the capped, jittered retry schedule
 //!   every reconnecting loop of fxcast waits on.
 //! - [`Secret`]: a credential whose `Debug` is `<redacted>`, used by every

@@ -93,7 +93,10 @@ pub(crate) fn unescape(text: &str, marker: u8, lenient: bool) -> Option<String> 
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == marker {
-            let hex = text.get(i + 1..i + 3);
+            // Two hex digits: from_str_radix alone would take "+F".
+            let hex = text
+                .get(i + 1..i + 3)
+                .filter(|hex| hex.bytes().all(|b| b.is_ascii_hexdigit()));
             match hex.and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
                 Some(byte) => {
                     out.push(byte);
@@ -113,6 +116,15 @@ pub(crate) fn unescape(text: &str, marker: u8, lenient: bool) -> Option<String> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escapes_need_two_hex_digits() {
+        assert_eq!(unescape("a=2Eb", b'=', false).as_deref(), Some("a.b"));
+        assert_eq!(unescape("a=+1", b'=', false), None);
+        assert_eq!(unescape("a=2", b'=', false), None);
+        assert_eq!(unescape("p%40ss%+1%", b'%', true).as_deref(), Some("p@ss%+1%"));
+        assert_eq!(unescape("%FF", b'%', true), None, "not UTF-8");
+    }
 
     #[test]
     fn credentials_in_urls_are_redacted() {

@@ -4,7 +4,9 @@ use std::{convert::Infallible, fmt, str::FromStr};
 
 /// A password, token or API key. `Debug` shows `<redacted>`, so settings
 /// holding one can be logged and printed in errors; [`Secret::expose`] is
-/// the one way to read it, for the call that sends it.
+/// the one way to read it, for the call that sends it. Its `PartialEq`
+/// is not constant-time: check a presented credential against one with
+/// `subtle` (as the API key check does), never with `==`.
 #[derive(Clone, Default, PartialEq, Eq)]
 pub struct Secret(String);
 

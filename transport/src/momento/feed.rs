@@ -155,8 +155,13 @@ pub(super) struct FeedContext {
     pub(super) counters: Arc<FeedCounters>,
 }
 
-/// The feeds of one transport, by topic, each on its own Momento
-/// subscription: `Feeds` spawns a [`Driver`] per topic.
+/// A local subscription to `topic`, starting the topic's feed (a
+/// [`Driver`] on a Momento subscription of its own) if this is its first.
+/// Returns once the Momento subscription is established, so every message
+/// published afterwards is received.
+///
+/// # Errors
+/// [`Error::Unavailable`] when Momento refuses or cannot be reached.
 pub(super) async fn subscribe(
     feeds: &Arc<Feeds>,
     context: &FeedContext,

@@ -30,11 +30,11 @@
 //! - `board`: the latest rates of many symbols in few messages;
 //! - `budget`: the operations-per-second budget;
 //! - `credentials`: API key forms and endpoints;
-//! - `feed`: one subscription per topic: fan-out, dedupe, gaps, reconnects;
+//! - `feed`: the driver of one topic's Momento subscription (dedupe, gaps,
+//!   reconnects) under the shared per-topic registry (`crate::feeds`);
 //! - `pacing`: per-topic pacing with conflation;
 //! - `shards`: many quiet topics (`orders.<subject>`) over a few Momento
-//!   topics, so the subscriptions held stay bounded;
-//! - `health`: the health board.
+//!   topics, so the subscriptions held stay bounded.
 
 use std::{
     fmt,

@@ -1,7 +1,7 @@
-//! Helpers shared by the Momento, NATS and Redis tests: a real nats-server, a real
-//! redis-server, a TCP proxy that cuts one process off either, and
-//! numbered messages with the waits and checks both backends' tests use, and
-//! the outage scenarios both run.
+//! Helpers shared by the Momento, NATS and Redis tests: a real
+//! nats-server, a real redis-server, a TCP proxy that cuts one process off
+//! its server, numbered messages with the waits and checks the backends'
+//! tests use, and the outage scenarios NATS and Redis both run.
 //!
 //! Each test target uses part of them only.
 #![allow(dead_code)]
