@@ -122,7 +122,10 @@ mod tests {
         assert_eq!(unescape("a=2Eb", b'=', false).as_deref(), Some("a.b"));
         assert_eq!(unescape("a=+1", b'=', false), None);
         assert_eq!(unescape("a=2", b'=', false), None);
-        assert_eq!(unescape("p%40ss%+1%", b'%', true).as_deref(), Some("p@ss%+1%"));
+        assert_eq!(
+            unescape("p%40ss%+1%", b'%', true).as_deref(),
+            Some("p@ss%+1%")
+        );
         assert_eq!(unescape("%FF", b'%', true), None, "not UTF-8");
     }
 
