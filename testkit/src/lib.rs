@@ -41,6 +41,7 @@ mod logs;
 mod nats;
 mod process;
 mod redis;
+mod server_process;
 mod sse;
 mod stack;
 mod streams;

@@ -9,17 +9,9 @@
 //! compile it too (`transport/tests/support`), since fxcast-transport sits
 //! below everything this crate depends on.
 
-use std::{
-    io::{BufRead, BufReader},
-    net::TcpListener,
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
-    time::Duration,
-};
+use std::process::{Child, Command};
 
-/// How long the server may take to say it is ready.
-const READY_WITHIN: Duration = Duration::from_secs(20);
+use super::server_process::{Log, free_port, program, spawn_until_ready};
 
 /// A running (or killed) nats-server; killed when dropped.
 pub struct NatsServer {
@@ -27,25 +19,6 @@ pub struct NatsServer {
     store: tempfile::TempDir,
     args: Vec<String>,
     child: Option<Child>,
-}
-
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("NATS_SERVER") {
-        return path.into();
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("nats-server"))
-            .find(|path| path.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/sbin/nats-server"))
-}
-
-fn free_port() -> u16 {
-    // The port is free once the listener is closed; nats-server binds it
-    // right after.
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 impl NatsServer {
@@ -90,52 +63,16 @@ impl NatsServer {
     }
 
     fn spawn(&mut self) {
-        let binary = binary();
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(program("NATS_SERVER", "nats-server", "/usr/sbin"));
+        command
             .args(["-js", "-a", "127.0.0.1", "-p"])
             .arg(self.port.to_string())
             .arg("-sd")
             .arg(self.store.path())
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (install nats-server, or set NATS_SERVER): {e}",
-                    binary.display()
-                )
-            });
-        let stderr = child.stderr.take().expect("piped stderr");
-        let (ready_tx, ready) = mpsc::channel();
-        // Reads the log to the end, so the server never blocks on a full
-        // pipe; says when it is ready (or what it logged before exiting).
-        std::thread::spawn(move || {
-            let mut log = Vec::new();
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("Server is ready")
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(Ok(()));
-                }
-                if ready_tx.is_some() {
-                    log.push(line);
-                }
-            }
-            if let Some(tx) = ready_tx {
-                let _ = tx.send(Err(log.join("\n")));
-            }
-        });
-        match ready.recv_timeout(READY_WITHIN) {
-            Ok(Ok(())) => self.child = Some(child),
-            Ok(Err(log)) => panic!("nats-server exited before it was ready:\n{log}"),
-            Err(_) => {
-                let _ = child.kill();
-                panic!("nats-server was not ready within {READY_WITHIN:?}");
-            }
+            .args(&self.args);
+        match spawn_until_ready(command, Log::Stderr, "Server is ready") {
+            Ok(child) => self.child = Some(child),
+            Err(message) => panic!("{message} (install nats-server, or set NATS_SERVER)"),
         }
     }
 }

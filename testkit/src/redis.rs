@@ -18,15 +18,12 @@
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{TcpListener, TcpStream},
-    path::PathBuf,
-    process::{Child, Command, Stdio},
-    sync::mpsc,
+    net::TcpStream,
+    process::{Child, Command},
     time::Duration,
 };
 
-/// How long the server may take to say it is ready.
-const READY_WITHIN: Duration = Duration::from_secs(20);
+use super::server_process::{Log, free_port, program, spawn_until_ready};
 
 /// Ports tried before giving up on finding a free one.
 const PORT_ATTEMPTS: usize = 5;
@@ -38,25 +35,6 @@ pub struct RedisServer {
     args: Vec<String>,
     persistent: bool,
     child: Option<Child>,
-}
-
-fn binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("REDIS_SERVER") {
-        return path.into();
-    }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join("redis-server"))
-            .find(|path| path.is_file())
-    });
-    on_path.unwrap_or_else(|| PathBuf::from("/usr/bin/redis-server"))
-}
-
-fn free_port() -> u16 {
-    // Free once the listener is closed; redis-server binds it right after
-    // (and a collision is retried on another port).
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    listener.local_addr().expect("local address").port()
 }
 
 /// Why a start failed.
@@ -133,7 +111,6 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> Result<(), Failed> {
-        let binary = binary();
         let persistence: &[&str] = if self.persistent {
             &[
                 "--appendonly",
@@ -146,72 +123,35 @@ impl RedisServer {
         } else {
             &["--appendonly", "no", "--save", ""]
         };
-        let mut child = Command::new(&binary)
+        let mut command = Command::new(program("REDIS_SERVER", "redis-server", "/usr/bin"));
+        command
             .args(["--bind", "127.0.0.1", "--port"])
             .arg(self.port.to_string())
             .arg("--dir")
             .arg(self.dir.path())
             .args(persistence)
             .args(["--daemonize", "no"])
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                Failed::Other(format!(
-                    "cannot start {} (install redis-server, or set REDIS_SERVER): {e}",
-                    binary.display()
-                ))
-            })?;
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (ready_tx, ready) = mpsc::channel();
-        // Reads the log to the end, so the server never blocks on a full
-        // pipe; says when it accepts connections (or what it logged
-        // before exiting).
-        std::thread::spawn(move || {
-            let mut log = Vec::new();
-            let mut ready_tx = Some(ready_tx);
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if line.contains("Ready to accept connections")
-                    && let Some(tx) = ready_tx.take()
-                {
-                    let _ = tx.send(Ok(()));
-                }
-                if ready_tx.is_some() {
-                    log.push(line);
-                }
+            .args(&self.args);
+        let mut child = match spawn_until_ready(command, Log::Stdout, "Ready to accept connections")
+        {
+            Ok(child) => child,
+            Err(log) if log.contains("Address already in use") => return Err(Failed::PortTaken),
+            Err(message) => {
+                return Err(Failed::Other(format!(
+                    "{message} (install redis-server, or set REDIS_SERVER)"
+                )));
             }
-            if let Some(tx) = ready_tx {
-                let _ = tx.send(Err(log.join("\n")));
-            }
-        });
-        let outcome = match ready.recv_timeout(READY_WITHIN) {
-            Ok(Ok(())) if self.answers_ping() => Ok(()),
-            Ok(Ok(())) => Err(Failed::Other(format!(
+        };
+        if !self.answers_ping() {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(Failed::Other(format!(
                 "redis-server said it was ready but port {} does not answer PING",
                 self.port
-            ))),
-            Ok(Err(log)) if log.contains("Address already in use") => Err(Failed::PortTaken),
-            Ok(Err(log)) => Err(Failed::Other(format!(
-                "redis-server exited before it was ready:\n{log}"
-            ))),
-            Err(_) => Err(Failed::Other(format!(
-                "redis-server was not ready within {READY_WITHIN:?}"
-            ))),
-        };
-        match outcome {
-            Ok(()) => {
-                self.child = Some(child);
-                Ok(())
-            }
-            Err(failed) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                Err(failed)
-            }
+            )));
         }
+        self.child = Some(child);
+        Ok(())
     }
 
     /// Whether a server on the port answers `PING` (`+PONG`, or `-NOAUTH`

@@ -17,3 +17,5 @@ pub(crate) mod proxy;
 #[path = "../../../testkit/src/redis.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod redis_server;
+#[path = "../../../testkit/src/server_process.rs"]
+pub(crate) mod server_process;
