@@ -9,16 +9,16 @@
 //! compile it too (`transport/tests/support`), since fxcast-transport sits
 //! below everything this crate depends on.
 
-use std::process::{Child, Command};
+use std::process::Command;
 
-use super::server_process::{Log, free_port, program, spawn_until_ready};
+use super::server_process::{Log, Process, free_port, program, spawn_until_ready};
 
 /// A running (or killed) nats-server; killed when dropped.
 pub struct NatsServer {
     port: u16,
     store: tempfile::TempDir,
     args: Vec<String>,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl NatsServer {
@@ -33,7 +33,7 @@ impl NatsServer {
             port: free_port(),
             store: tempfile::tempdir().expect("a store directory"),
             args: args.iter().map(|&a| a.to_owned()).collect(),
-            child: None,
+            process: Process::default(),
         };
         server.spawn();
         server
@@ -50,10 +50,7 @@ impl NatsServer {
 
     /// `kill -9`: no clean shutdown, connections drop at once.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts it again on the same port with the same store directory.
@@ -71,14 +68,8 @@ impl NatsServer {
             .arg(self.store.path())
             .args(&self.args);
         match spawn_until_ready(command, Log::Stderr, "Server is ready") {
-            Ok(child) => self.child = Some(child),
+            Ok(child) => self.process = Process::running(child),
             Err(message) => panic!("{message} (install nats-server, or set NATS_SERVER)"),
         }
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -19,11 +19,11 @@
 use std::{
     io::{BufRead, BufReader, Write},
     net::TcpStream,
-    process::{Child, Command},
+    process::Command,
     time::Duration,
 };
 
-use super::server_process::{Log, free_port, program, spawn_until_ready};
+use super::server_process::{Log, Process, free_port, program, spawn_until_ready};
 
 /// Ports tried before giving up on finding a free one.
 const PORT_ATTEMPTS: usize = 5;
@@ -34,7 +34,7 @@ pub struct RedisServer {
     dir: tempfile::TempDir,
     args: Vec<String>,
     persistent: bool,
-    child: Option<Child>,
+    process: Process,
 }
 
 /// Why a start failed.
@@ -67,7 +67,7 @@ impl RedisServer {
             dir: tempfile::tempdir().expect("a data directory"),
             args: args.iter().map(|&a| a.to_owned()).collect(),
             persistent,
-            child: None,
+            process: Process::default(),
         };
         let mut last = String::new();
         for _ in 0..PORT_ATTEMPTS {
@@ -92,10 +92,7 @@ impl RedisServer {
 
     /// `kill -9`: no clean shutdown, connections drop at once.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts it again on the same port with the same data directory.
@@ -132,9 +129,8 @@ impl RedisServer {
             .args(persistence)
             .args(["--daemonize", "no"])
             .args(&self.args);
-        let mut child = match spawn_until_ready(command, Log::Stdout, "Ready to accept connections")
-        {
-            Ok(child) => child,
+        let process = match spawn_until_ready(command, Log::Stdout, "Ready to accept connections") {
+            Ok(child) => Process::running(child),
             Err(log) if log.contains("Address already in use") => return Err(Failed::PortTaken),
             Err(message) => {
                 return Err(Failed::Other(format!(
@@ -143,14 +139,13 @@ impl RedisServer {
             }
         };
         if !self.answers_ping() {
-            let _ = child.kill();
-            let _ = child.wait();
+            // Dropping `process` kills it.
             return Err(Failed::Other(format!(
                 "redis-server said it was ready but port {} does not answer PING",
                 self.port
             )));
         }
-        self.child = Some(child);
+        self.process = process;
         Ok(())
     }
 
@@ -169,11 +164,5 @@ impl RedisServer {
             Ok(_) => line.starts_with("+PONG") || line.starts_with("-NOAUTH"),
             Err(_) => false,
         }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -37,6 +37,32 @@ pub(crate) fn free_port() -> u16 {
     listener.local_addr().expect("local address").port()
 }
 
+/// A server process of one test: killed (`kill -9`, then reaped) on
+/// request and when dropped.
+#[derive(Default)]
+pub(crate) struct Process(Option<Child>);
+
+impl Process {
+    pub(crate) fn running(child: Child) -> Self {
+        Self(Some(child))
+    }
+
+    /// No clean shutdown: connections drop at once. Nothing when not
+    /// running.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Where a server writes the log line that says it is ready.
 pub(crate) enum Log {
     Stdout,
