@@ -7,8 +7,19 @@
 //! still waits for exactly the commit that holds it. Replies are sent only
 //! after that commit returned, so an acknowledged order is on disk.
 //!
+//! The writer waits a little before a commit while other orders are on their
+//! way to it ([`Arriving`]: counted by the executor from the moment it takes
+//! an order until it hands the order to the journal, and not while the order
+//! waits for anything slow), so concurrent orders share one commit and one
+//! `fsync` instead of each paying for its own; a lone order is committed at
+//! once.
+//!
 //! Reads (`find`, `get`, `list`, `pending`) run on pooled read-only
 //! connections on the blocking pool; WAL readers never wait for the writer.
+//! `find` first asks an in-memory set of the fingerprints of every
+//! (subject, client_order_id) in the journal ([`KnownKeys`]): a new order,
+//! the common case, is answered without touching SQLite, whose readers
+//! otherwise drop their page cache after every commit.
 //!
 //! Checkpoints: a checkpointer thread copies the WAL back into the database
 //! in the background (`PASSIVE`), keeping that work and its `fsync` off the
@@ -29,12 +40,18 @@
 
 use std::{
     cell::Cell,
+    collections::HashSet,
     ffi::c_int,
     fmt,
+    hash::{DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc as std_mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+        mpsc as std_mpsc,
+    },
     thread,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use rusqlite::{
@@ -65,6 +82,10 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// WAL size (in 4 KiB frames, ~32 MiB) at which the writer completes a
 /// checkpoint itself so the WAL rewinds.
 const REWIND_FRAMES: i64 = if cfg!(test) { 64 } else { 8192 };
+/// Longest the writer holds a commit back for orders on their way to it.
+const LINGER: Duration = Duration::from_millis(1);
+/// How long the writer sleeps between two looks at the orders on their way.
+const LINGER_STEP: Duration = Duration::from_micros(20);
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -175,6 +196,8 @@ pub struct OrderJournal {
 struct Inner {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
+    keys: Arc<KnownKeys>,
+    arriving: Arc<AtomicUsize>,
     // Idle read-only connections. A std mutex: held only to push or pop.
     readers: Mutex<Vec<Connection>>,
     // Dropping it stops the checkpointer.
@@ -232,6 +255,9 @@ impl OrderJournal {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err("cannot write"))?;
 
+        let keys = Arc::new(KnownKeys::load(&conn).map_err(open_err("cannot read"))?);
+        let arriving = Arc::new(AtomicUsize::new(0));
+
         // After the wal_autocheckpoint pragma, which would replace it.
         conn.wal_hook(Some(count_wal_frames));
         let (commands, receiver) = mpsc::channel(QUEUE);
@@ -240,9 +266,13 @@ impl OrderJournal {
         // background checkpoint in progress instead of failing behind it.
         let gate = Arc::new(Mutex::new(()));
         let writer_gate = Arc::clone(&gate);
+        let writer = Writer {
+            keys: Arc::clone(&keys),
+            arriving: Arc::clone(&arriving),
+        };
         thread::Builder::new()
             .name("order-journal".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_gate))
+            .spawn(move || writer.run(conn, receiver, &writer_gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal writer".into(),
                 source,
@@ -260,6 +290,8 @@ impl OrderJournal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 commands,
+                keys,
+                arriving,
                 readers: Mutex::new(Vec::new()),
                 _stop_checkpointer: stop,
             }),
@@ -269,6 +301,18 @@ impl OrderJournal {
     /// Where the journal lives.
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Counts an order as on its way to the journal until the returned guard
+    /// is released or dropped: the writer holds its next commit back (up to
+    /// [`LINGER`]) for such orders, so they share it. Release it before
+    /// anything that may wait (an LP with latency, a network read), and
+    /// before the order's own journal call.
+    pub(crate) fn arriving(&self) -> Arriving {
+        self.inner.arriving.fetch_add(1, Ordering::AcqRel);
+        Arriving {
+            count: Some(Arc::clone(&self.inner.arriving)),
+        }
     }
 
     async fn send<T>(
@@ -344,6 +388,11 @@ impl OrderJournal {
     /// # Errors
     /// [`Error::Journal`] when the read fails.
     pub fn find(&self, subject: &str, client_order_id: &str) -> Result<Option<OrderRecord>, Error> {
+        // A key that was never inserted is not in the journal: every insert
+        // goes through this journal's writer, which notes the key first.
+        if !self.inner.keys.may_contain(subject, client_order_id) {
+            return Ok(None);
+        }
         // On the order path, run in place: a point lookup in a unique index
         // (pages mapped in memory) takes microseconds, less than the hop to
         // the blocking pool and back, whose two thread wake-ups per order
@@ -494,30 +543,133 @@ fn count_wal_frames(_wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate: &Mutex<()>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = commands.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
-            }
+/// The fingerprints (64-bit hashes) of every (subject, client_order_id) in
+/// the journal: read once at open, then noted by the writer before each
+/// insert. A key that is not here is certainly not in the journal; one that
+/// is (a retry, or rarely another key with the same hash) is looked up.
+/// About 16 bytes per order held in memory.
+#[derive(Debug, Default)]
+struct KnownKeys {
+    // A std mutex: held only for one hash-set lookup or insert.
+    fingerprints: Mutex<HashSet<u64>>,
+}
+
+impl KnownKeys {
+    fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut fingerprints = HashSet::new();
+        let mut stmt = conn.prepare("SELECT subject, client_order_id FROM orders")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let subject = row.get_ref(0)?.as_str()?;
+            let client_order_id = row.get_ref(1)?.as_str()?;
+            fingerprints.insert(fingerprint(subject, client_order_id));
         }
-        commit_batch(&mut conn, &mut batch);
-        if WAL_FRAMES.with(Cell::get) > REWIND_FRAMES {
-            // Nothing is appended while this runs, so it can copy every
-            // frame; RESTART then waits (briefly: reads are short) for
-            // readers of the old frames, so the next commit rewinds.
-            let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
-            match checkpoint(&conn, "RESTART") {
-                Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "order journal checkpoint failed"),
-            }
+        Ok(Self {
+            fingerprints: Mutex::new(fingerprints),
+        })
+    }
+
+    fn note(&self, subject: &str, client_order_id: &str) {
+        let fingerprint = fingerprint(subject, client_order_id);
+        self.lock().insert(fingerprint);
+    }
+
+    fn may_contain(&self, subject: &str, client_order_id: &str) -> bool {
+        let fingerprint = fingerprint(subject, client_order_id);
+        self.lock().contains(&fingerprint)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.fingerprints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The same for the same key within a process (`DefaultHasher::new` has
+/// fixed keys), which is all an in-memory set needs.
+fn fingerprint(subject: &str, client_order_id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (subject, client_order_id).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// An order counted as on its way to the journal (see
+/// [`OrderJournal::arriving`]); dropping it releases it.
+#[derive(Debug)]
+pub(crate) struct Arriving {
+    count: Option<Arc<AtomicUsize>>,
+}
+
+impl Arriving {
+    /// Stops counting the order (idempotent).
+    pub(crate) fn release(&mut self) {
+        if let Some(count) = self.count.take() {
+            count.fetch_sub(1, Ordering::AcqRel);
         }
     }
-    tracing::debug!("order journal writer stopped");
+}
+
+impl Drop for Arriving {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// What the writer thread shares with the handles.
+struct Writer {
+    keys: Arc<KnownKeys>,
+    arriving: Arc<AtomicUsize>,
+}
+
+impl Writer {
+    fn run(self, mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate: &Mutex<()>) {
+        let mut batch = Vec::with_capacity(MAX_BATCH);
+        while let Some(first) = commands.blocking_recv() {
+            batch.push(first);
+            self.gather(&mut commands, &mut batch);
+            commit_batch(&mut conn, &mut batch, &self.keys);
+            rewind_if_long(&conn, gate);
+        }
+        tracing::debug!("order journal writer stopped");
+    }
+
+    /// Adds what has queued to `batch`, then keeps adding for as long as
+    /// orders are on their way (at most [`LINGER`]): they then share the
+    /// commit, and its `fsync`, instead of waiting for their own.
+    fn gather(&self, commands: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
+        let drain = |commands: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>| {
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
+            }
+        };
+        drain(commands, batch);
+        let started = Instant::now();
+        while batch.len() < MAX_BATCH
+            && self.arriving.load(Ordering::Acquire) > 0
+            && started.elapsed() < LINGER
+        {
+            thread::sleep(LINGER_STEP);
+            drain(commands, batch);
+        }
+    }
+}
+
+/// Rewinds a WAL that has grown past [`REWIND_FRAMES`] (see the module
+/// documentation), between two batches.
+fn rewind_if_long(conn: &Connection, gate: &Mutex<()>) {
+    if WAL_FRAMES.with(Cell::get) > REWIND_FRAMES {
+        // Nothing is appended while this runs, so it can copy every
+        // frame; RESTART then waits (briefly: reads are short) for
+        // readers of the old frames, so the next commit rewinds.
+        let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
+        match checkpoint(conn, "RESTART") {
+            Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "order journal checkpoint failed"),
+        }
+    }
 }
 
 /// A checkpoint in `mode`: (busy, frames in the WAL, frames checkpointed).
@@ -534,15 +686,20 @@ enum Applied {
 
 /// Applies every command of `batch` in one transaction, commits, and only
 /// then answers each. A failed commit fails every command of the batch.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, keys: &KnownKeys) {
     let applied = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let applied: Vec<Applied> = batch
             .iter()
             .map(|command| match command {
-                Command::Record { order, .. } => Applied::Recorded(
-                    insert_unless_exists(&tx, order).map_err(journal_err("record order")),
-                ),
+                Command::Record { order, .. } => {
+                    // Noted before the insert: should it fail, the set only
+                    // holds one key too many, which costs a lookup.
+                    keys.note(&order.subject, &order.terms.client_order_id);
+                    Applied::Recorded(
+                        insert_unless_exists(&tx, order).map_err(journal_err("record order")),
+                    )
+                }
                 Command::Finalize { order, .. } => {
                     Applied::Finalized(finalize(&tx, order).map_err(journal_err("finalize order")))
                 }
@@ -829,6 +986,10 @@ mod tests {
         drop(journal);
         let journal = OrderJournal::open(&path, JournalSync::Full).unwrap();
         assert!(journal.pending().await.unwrap().is_empty());
+        // The keys of the orders already journalled are known after reopening.
+        let found = journal.find("alice", "p1").unwrap().unwrap();
+        assert_eq!(found.order_id, pending.order_id);
+        assert!(journal.find("alice", "p2").unwrap().is_none());
         let read = journal.get(&pending.order_id).await.unwrap().unwrap();
         assert_eq!(
             (read.status, read.lp_execution_id.as_deref()),
