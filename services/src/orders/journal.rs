@@ -78,7 +78,7 @@ const READERS: usize = 8;
 /// Bytes of the database each read connection maps into memory.
 const READER_MMAP: i64 = 1 << 30;
 /// How often the checkpointer looks at the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// WAL size (in 4 KiB frames, ~32 MiB) at which the writer completes a
 /// checkpoint itself so the WAL rewinds.
 const REWIND_FRAMES: i64 = if cfg!(test) { 64 } else { 8192 };
