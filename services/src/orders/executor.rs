@@ -3,10 +3,7 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
-    pin::pin,
     sync::{Arc, Mutex},
-    task::Poll,
     time::{Duration, Instant},
 };
 
@@ -21,7 +18,7 @@ use tracing::Instrument;
 use super::{
     OrdersConfig,
     events::{self, FeedItem, OrderEventHub, SubjectFeed},
-    journal::{Arriving, OrderJournal, Recorded},
+    journal::{OrderJournal, Recorded},
     lp::{LiquidityProvider, LpError, LpOrder, LpOutcome},
     model::{self, OrderRecord, OrderStatus, OrderTerms, RejectReason, new_order_id},
     price_check::{self, CheckLimits, LiveRate, QuotedRate, Verdict},
@@ -196,9 +193,6 @@ impl OrderExecutor {
                     };
                     let executor = self.clone();
                     let subject = subject.to_owned();
-                    // Counted until it reaches the journal, so the journal
-                    // holds its commit for it when other orders are ready.
-                    let arriving = self.inner.journal.arriving();
                     let span = tracing::debug_span!(
                         "order",
                         subject = %subject,
@@ -207,7 +201,7 @@ impl OrderExecutor {
                     );
                     let task = tokio::spawn(
                         async move {
-                            let result = executor.execute(&subject, terms, arriving).await;
+                            let result = executor.execute(&subject, terms).await;
                             match &result {
                                 Ok(order) => {
                                     tracing::debug!(order_id = %order.order_id, status = order.status.as_str(), message = %order.message, "order done");
@@ -326,38 +320,25 @@ impl OrderExecutor {
         ))
     }
 
-    async fn execute(
-        &self,
-        subject: &str,
-        terms: OrderTerms,
-        mut arriving: Arriving,
-    ) -> Result<OrderRecord, Error> {
+    async fn execute(&self, subject: &str, terms: OrderTerms) -> Result<OrderRecord, Error> {
         if let Some(existing) = self.inner.journal.find(subject, &terms.client_order_id)? {
             return self.answer_existing(&existing, &terms);
         }
-        let order = self.checked(subject, terms, &mut arriving).await?;
+        let order = self.checked(subject, terms).await?;
         match order.market_price.filter(|_| order.reject_reason.is_none()) {
-            Some(market_price) => self.deal(order, market_price, arriving).await,
-            None => {
-                arriving.release();
-                self.store(order).await
-            }
+            Some(market_price) => self.deal(order, market_price).await,
+            None => self.store(order).await,
         }
     }
 
     /// A new order for `terms` with its price check's verdict: REJECTED
     /// with the reason, or with the market price to deal at.
-    async fn checked(
-        &self,
-        subject: &str,
-        terms: OrderTerms,
-        arriving: &mut Arriving,
-    ) -> Result<OrderRecord, Error> {
+    async fn checked(&self, subject: &str, terms: OrderTerms) -> Result<OrderRecord, Error> {
         let inner = &*self.inner;
         // A local rate that is not fresh is refreshed from the transport's
         // shared storage (Momento's cache), if it has one.
         if inner.symbols.get(&terms.symbol).is_ok() {
-            unless_waiting(arriving, inner.latest.fresh(&terms.symbol)).await;
+            inner.latest.fresh(&terms.symbol).await;
         }
         let created_at = model::now();
         let verdict = self.check(&terms)?;
@@ -391,7 +372,6 @@ impl OrderExecutor {
         &self,
         mut order: OrderRecord,
         market_price: Decimal,
-        mut arriving: Arriving,
     ) -> Result<OrderRecord, Error> {
         let inner = &*self.inner;
         order.liquidity_provider = inner.lp.name().to_owned();
@@ -404,7 +384,6 @@ impl OrderExecutor {
                 "sent to {} at {market_price}; {check_message}",
                 order.liquidity_provider
             );
-            arriving.release();
             match inner.journal.record(order.clone()).await? {
                 Recorded::Existing(existing) => {
                     return self.answer_existing(&existing, &order.terms);
@@ -412,7 +391,7 @@ impl OrderExecutor {
                 Recorded::Inserted => events::publish(&inner.transport, &order).await,
             }
         }
-        let outcome = match unless_waiting(&mut arriving, inner.lp.execute(&lp_order)).await {
+        let outcome = match inner.lp.execute(&lp_order).await {
             Ok(outcome) => outcome,
             Err(err) if intent => return Err(self.confirm_later(order, &err)),
             Err(err) => {
@@ -423,7 +402,6 @@ impl OrderExecutor {
             }
         };
         apply_outcome(&mut order, outcome, &check_message);
-        arriving.release();
         if intent {
             self.finalize(order).await
         } else {
@@ -558,21 +536,6 @@ impl OrderExecutor {
         subject: &str,
     ) -> Result<(Arc<SubjectFeed>, broadcast::Receiver<FeedItem>), Error> {
         self.inner.events.subscribe(subject).await
-    }
-}
-
-/// Runs `work`, counting the order as on its way to the journal only while
-/// `work` completes at once: once it has to wait (an LP with latency, a
-/// read from the transport), the journal stops holding commits for it.
-async fn unless_waiting<T>(arriving: &mut Arriving, work: impl Future<Output = T>) -> T {
-    let mut work = pin!(work);
-    let first = std::future::poll_fn(|cx| Poll::Ready(work.as_mut().poll(cx))).await;
-    match first {
-        Poll::Ready(done) => done,
-        Poll::Pending => {
-            arriving.release();
-            work.await
-        }
     }
 }
 

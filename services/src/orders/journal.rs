@@ -7,13 +7,6 @@
 //! still waits for exactly the commit that holds it. Replies are sent only
 //! after that commit returned, so an acknowledged order is on disk.
 //!
-//! The writer waits a little before a commit while other orders are on their
-//! way to it ([`Arriving`]: counted by the executor from the moment it takes
-//! an order until it hands the order to the journal, and not while the order
-//! waits for anything slow), so concurrent orders share one commit and one
-//! `fsync` instead of each paying for its own; a lone order is committed at
-//! once.
-//!
 //! Reads (`find`, `get`, `list`, `pending`) run on pooled read-only
 //! connections on the blocking pool; WAL readers never wait for the writer.
 //! `find` first asks an in-memory set of the fingerprints of every
@@ -45,13 +38,9 @@ use std::{
     fmt,
     hash::{DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
-    sync::{
-        Arc, Mutex,
-        atomic::{AtomicUsize, Ordering},
-        mpsc as std_mpsc,
-    },
+    sync::{Arc, Mutex, mpsc as std_mpsc},
     thread,
-    time::{Duration, Instant, SystemTime},
+    time::{Duration, SystemTime},
 };
 
 use rusqlite::{
@@ -78,14 +67,10 @@ const READERS: usize = 8;
 /// Bytes of the database each read connection maps into memory.
 const READER_MMAP: i64 = 1 << 30;
 /// How often the checkpointer looks at the WAL.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 /// WAL size (in 4 KiB frames, ~32 MiB) at which the writer completes a
 /// checkpoint itself so the WAL rewinds.
 const REWIND_FRAMES: i64 = if cfg!(test) { 64 } else { 8192 };
-/// Longest the writer holds a commit back for orders on their way to it.
-const LINGER: Duration = Duration::from_millis(1);
-/// How long the writer sleeps between two looks at the orders on their way.
-const LINGER_STEP: Duration = Duration::from_micros(20);
 /// Schema version in `PRAGMA user_version`.
 const SCHEMA_VERSION: i64 = 1;
 
@@ -197,7 +182,6 @@ struct Inner {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
     keys: Arc<KnownKeys>,
-    arriving: Arc<AtomicUsize>,
     // Idle read-only connections. A std mutex: held only to push or pop.
     readers: Mutex<Vec<Connection>>,
     // Dropping it stops the checkpointer.
@@ -256,7 +240,6 @@ impl OrderJournal {
             .map_err(open_err("cannot write"))?;
 
         let keys = Arc::new(KnownKeys::load(&conn).map_err(open_err("cannot read"))?);
-        let arriving = Arc::new(AtomicUsize::new(0));
 
         // After the wal_autocheckpoint pragma, which would replace it.
         conn.wal_hook(Some(count_wal_frames));
@@ -266,13 +249,10 @@ impl OrderJournal {
         // background checkpoint in progress instead of failing behind it.
         let gate = Arc::new(Mutex::new(()));
         let writer_gate = Arc::clone(&gate);
-        let writer = Writer {
-            keys: Arc::clone(&keys),
-            arriving: Arc::clone(&arriving),
-        };
+        let writer_keys = Arc::clone(&keys);
         thread::Builder::new()
             .name("order-journal".into())
-            .spawn(move || writer.run(conn, receiver, &writer_gate))
+            .spawn(move || writer_loop(conn, receiver, &writer_keys, &writer_gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal writer".into(),
                 source,
@@ -291,7 +271,6 @@ impl OrderJournal {
                 path: path.to_owned(),
                 commands,
                 keys,
-                arriving,
                 readers: Mutex::new(Vec::new()),
                 _stop_checkpointer: stop,
             }),
@@ -301,18 +280,6 @@ impl OrderJournal {
     /// Where the journal lives.
     pub fn path(&self) -> &Path {
         &self.inner.path
-    }
-
-    /// Counts an order as on its way to the journal until the returned guard
-    /// is released or dropped: the writer holds its next commit back (up to
-    /// [`LINGER`]) for such orders, so they share it. Release it before
-    /// anything that may wait (an LP with latency, a network read), and
-    /// before the order's own journal call.
-    pub(crate) fn arriving(&self) -> Arriving {
-        self.inner.arriving.fetch_add(1, Ordering::AcqRel);
-        Arriving {
-            count: Some(Arc::clone(&self.inner.arriving)),
-        }
     }
 
     async fn send<T>(
@@ -592,68 +559,25 @@ fn fingerprint(subject: &str, client_order_id: &str) -> u64 {
     hasher.finish()
 }
 
-/// An order counted as on its way to the journal (see
-/// [`OrderJournal::arriving`]); dropping it releases it.
-#[derive(Debug)]
-pub(crate) struct Arriving {
-    count: Option<Arc<AtomicUsize>>,
-}
-
-impl Arriving {
-    /// Stops counting the order (idempotent).
-    pub(crate) fn release(&mut self) {
-        if let Some(count) = self.count.take() {
-            count.fetch_sub(1, Ordering::AcqRel);
-        }
-    }
-}
-
-impl Drop for Arriving {
-    fn drop(&mut self) {
-        self.release();
-    }
-}
-
-/// What the writer thread shares with the handles.
-struct Writer {
-    keys: Arc<KnownKeys>,
-    arriving: Arc<AtomicUsize>,
-}
-
-impl Writer {
-    fn run(self, mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate: &Mutex<()>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while let Some(first) = commands.blocking_recv() {
-            batch.push(first);
-            self.gather(&mut commands, &mut batch);
-            commit_batch(&mut conn, &mut batch, &self.keys);
-            rewind_if_long(&conn, gate);
-        }
-        tracing::debug!("order journal writer stopped");
-    }
-
-    /// Adds what has queued to `batch`, then keeps adding for as long as
-    /// orders are on their way (at most [`LINGER`]): they then share the
-    /// commit, and its `fsync`, instead of waiting for their own.
-    fn gather(&self, commands: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>) {
-        let drain = |commands: &mut mpsc::Receiver<Command>, batch: &mut Vec<Command>| {
-            while batch.len() < MAX_BATCH {
-                match commands.try_recv() {
-                    Ok(command) => batch.push(command),
-                    Err(_) => break,
-                }
+fn writer_loop(
+    mut conn: Connection,
+    mut commands: mpsc::Receiver<Command>,
+    keys: &KnownKeys,
+    gate: &Mutex<()>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = commands.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match commands.try_recv() {
+                Ok(command) => batch.push(command),
+                Err(_) => break,
             }
-        };
-        drain(commands, batch);
-        let started = Instant::now();
-        while batch.len() < MAX_BATCH
-            && self.arriving.load(Ordering::Acquire) > 0
-            && started.elapsed() < LINGER
-        {
-            thread::sleep(LINGER_STEP);
-            drain(commands, batch);
         }
+        commit_batch(&mut conn, &mut batch, keys);
+        rewind_if_long(&conn, gate);
     }
+    tracing::debug!("order journal writer stopped");
 }
 
 /// Rewinds a WAL that has grown past [`REWIND_FRAMES`] (see the module
