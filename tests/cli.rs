@@ -291,6 +291,9 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
         closed["server_rss_after_kib"].as_u64().unwrap() > 0,
         "{closed}"
     );
+    // The server's CPU per order, from its /proc over the measured window.
+    let cpu_per_order = closed["server_cpu_us_per_order"].as_f64().unwrap();
+    assert!(cpu_per_order > 0.0, "{closed}");
 
     // Open loop at 100 orders/s for 1 s: about 100 orders, measured from
     // their intended send times.

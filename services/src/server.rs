@@ -1,6 +1,14 @@
 //! Assembly of the rate core and the gRPC server around it.
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    io,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use futures_util::StreamExt;
 
 use fxcast_proto::v1::{
     order_service_server::OrderServiceServer, rate_service_server::RateServiceServer,
@@ -8,7 +16,12 @@ use fxcast_proto::v1::{
 };
 use fxcast_transport::Transport;
 use rand::{Rng, SeedableRng, rngs::StdRng};
-use tokio::{net::TcpListener, sync::mpsc, task::JoinSet};
+use tokio::{
+    io::{AsyncRead, AsyncWrite, ReadBuf},
+    net::TcpListener,
+    sync::mpsc,
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -301,7 +314,8 @@ impl RatesCore {
         // TCP_NODELAY, keepalive, the cap and the timeouts.
         let incoming =
             fxcast_listener::Listener::new("gRPC", listener, connections, self.config.tls.clone())
-                .into_incoming_with(local);
+                .into_incoming_with(local)
+                .map(|stream| stream.map(FlatWrites));
         // One auth layer over every service; it exempts health and reflection
         // by path and puts the caller on each request for the handlers.
         tonic::transport::Server::builder()
@@ -406,5 +420,56 @@ async fn report_transport_health(
 impl Drop for RatesCore {
     fn drop(&mut self) {
         self.shutdown.cancel();
+    }
+}
+
+/// A gRPC connection that tells h2 it has no vectored writes. h2 then copies
+/// a DATA frame under 1 KiB into its write buffer instead of chaining it
+/// (from 256 bytes up) as a separate slice, and a chained frame is always
+/// the last one of a write: so a unary answer (an `Order` is about 300
+/// bytes) went out as two writes, HEADERS + DATA and then the trailers, each
+/// a loopback segment and a wake-up of the client. Copied, the whole answer,
+/// and the answers to every order of one journal commit on the connection,
+/// leave in one write. Larger frames are still written without a copy.
+struct FlatWrites(fxcast_listener::Stream);
+
+impl AsyncRead for FlatWrites {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for FlatWrites {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        false
+    }
+}
+
+impl tonic::transport::server::Connected for FlatWrites {
+    type ConnectInfo =
+        <fxcast_listener::Stream as tonic::transport::server::Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.0.connect_info()
     }
 }

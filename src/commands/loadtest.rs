@@ -70,7 +70,8 @@ struct OrdersLoad {
     /// measure each from its intended send time (default: closed loop)
     #[arg(long)]
     rate: Option<u32>,
-    /// Server process whose memory to report (default: a local `fxcast serve`)
+    /// Server process whose memory and CPU time per order to report (default:
+    /// a local `fxcast serve`)
     #[arg(long)]
     server_pid: Option<u32>,
     /// Print the result as JSON

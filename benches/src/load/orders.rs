@@ -57,7 +57,8 @@ pub struct OrdersLoad {
     pub symbol: String,
     /// Quantity of every order (a decimal string).
     pub quantity: String,
-    /// Server process whose memory to report (`None`: a local `fxcast serve`).
+    /// Server process whose memory and CPU time to report (`None`: a local
+    /// `fxcast serve`).
     pub server_pid: Option<u32>,
 }
 
@@ -253,6 +254,11 @@ impl Window {
         Some(due)
     }
 
+    /// Whether `instant` falls in the measured window.
+    fn measuring(&self, instant: Instant) -> bool {
+        instant >= self.measure_from && instant <= self.end
+    }
+
     /// Whether an order sent at `intended` and answered at `done` counts.
     /// Closed loop: what completed in the window. Open loop: what was due in
     /// the window, however long it took (dropping the slow ones would hide
@@ -261,7 +267,7 @@ impl Window {
         if self.schedule.is_some() {
             intended >= self.measure_from && intended < self.end
         } else {
-            done >= self.measure_from && done <= self.end
+            self.measuring(done)
         }
     }
 }
@@ -276,6 +282,9 @@ struct Worker {
     quantity: String,
     /// Unique per run, so every order of every run is new.
     run: u128,
+    /// Orders answered within the measured window (the denominator of the
+    /// server's CPU per order), shared by the workers.
+    completed: Arc<AtomicU64>,
 }
 
 impl Worker {
@@ -287,6 +296,9 @@ impl Worker {
             let request = self.order(n);
             let result = self.client.place_order(request).await;
             let done = Instant::now();
+            if self.window.measuring(done) {
+                self.completed.fetch_add(1, Ordering::Relaxed);
+            }
             if self.window.counts(intended, done) {
                 let result = result.map(tonic::Response::into_inner);
                 tally.record(done.duration_since(intended), result);
@@ -341,6 +353,8 @@ pub async fn run(load: &OrdersLoad, token: &str) -> anyhow::Result<OrdersReport>
     let server_pid = proc::server(load.server_pid);
     let rss_before = proc::rss(server_pid);
     let window = Arc::new(Window::new(load.schedule));
+    let completed = Arc::new(AtomicU64::new(0));
+    let cpu = tokio::spawn(server_cpu(Arc::clone(&window), server_pid));
     let mut workers = JoinSet::new();
     for number in 0..load.concurrency {
         let worker = Worker {
@@ -351,6 +365,7 @@ pub async fn run(load: &OrdersLoad, token: &str) -> anyhow::Result<OrdersReport>
             symbol: load.symbol.clone(),
             quantity: load.quantity.clone(),
             run,
+            completed: Arc::clone(&completed),
         };
         workers.spawn(worker.run());
     }
@@ -359,7 +374,34 @@ pub async fn run(load: &OrdersLoad, token: &str) -> anyhow::Result<OrdersReport>
         total.merge(tally.context("a load worker failed")?)?;
     }
     drop(price);
-    OrdersReport::new(load, total, rss_before, proc::rss(server_pid))
+    let cpu = cpu.await.context("the CPU sampler failed")?;
+    let server = ServerUse {
+        rss_before_kib: rss_before,
+        rss_after_kib: proc::rss(server_pid),
+        cpu_s: cpu,
+        completed: completed.load(Ordering::Relaxed),
+    };
+    OrdersReport::new(load, total, &server)
+}
+
+/// The server's CPU time (user + system) over the measured window, sampled
+/// from /proc at its start and end; `None` without a server to watch.
+async fn server_cpu(window: Arc<Window>, pid: Option<u32>) -> Option<f64> {
+    pid?;
+    tokio::time::sleep_until(window.measure_from.into()).await;
+    let before = proc::cpu(pid)?;
+    tokio::time::sleep_until(window.end.into()).await;
+    Some(proc::cpu(pid)? - before)
+}
+
+/// What the server used during a load.
+struct ServerUse {
+    rss_before_kib: Option<u64>,
+    rss_after_kib: Option<u64>,
+    /// CPU seconds over the measured window.
+    cpu_s: Option<f64>,
+    /// Orders answered within the measured window.
+    completed: u64,
 }
 
 /// What an orders load measured.
@@ -373,15 +415,13 @@ pub struct OrdersReport {
     latency_us: Percentiles,
     server_rss_before_kib: Option<u64>,
     server_rss_after_kib: Option<u64>,
+    server_cpu_s: Option<f64>,
+    /// Server CPU time per order answered in the measured window, in µs.
+    server_cpu_us_per_order: Option<f64>,
 }
 
 impl OrdersReport {
-    fn new(
-        load: &OrdersLoad,
-        total: Tally,
-        server_rss_before_kib: Option<u64>,
-        server_rss_after_kib: Option<u64>,
-    ) -> anyhow::Result<Self> {
+    fn new(load: &OrdersLoad, total: Tally, server: &ServerUse) -> anyhow::Result<Self> {
         let latencies = total.latencies_us;
         if latencies.is_empty() {
             bail!("no order completed within the measured window");
@@ -397,8 +437,13 @@ impl OrdersReport {
             outcomes: total.outcomes,
             errors: total.errors,
             latency_us: Percentiles::of(&latencies),
-            server_rss_before_kib,
-            server_rss_after_kib,
+            server_rss_before_kib: server.rss_before_kib,
+            server_rss_after_kib: server.rss_after_kib,
+            server_cpu_s: server.cpu_s,
+            server_cpu_us_per_order: server
+                .cpu_s
+                .filter(|_| server.completed > 0)
+                .map(|s| s * 1e6 / server.completed as f64),
         })
     }
 
@@ -418,6 +463,8 @@ impl OrdersReport {
             "latency_us": self.latency_us,
             "server_rss_before_kib": self.server_rss_before_kib,
             "server_rss_after_kib": self.server_rss_after_kib,
+            "server_cpu_s": self.server_cpu_s,
+            "server_cpu_us_per_order": self.server_cpu_us_per_order,
         })
     }
 
@@ -447,6 +494,9 @@ impl OrdersReport {
                 ""
             },
         );
+        if let (Some(cpu), Some(per_order)) = (self.server_cpu_s, self.server_cpu_us_per_order) {
+            println!("server CPU  {per_order:.1} µs/order ({cpu:.2} s user+sys over the window)");
+        }
         if let (Some(before), Some(after)) = (self.server_rss_before_kib, self.server_rss_after_kib)
         {
             println!("server RSS  {before} KiB before, {after} KiB after");

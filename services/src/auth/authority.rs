@@ -303,7 +303,17 @@ struct Inner {
     /// once per [`KEY_RELOAD_INTERVAL`], so tokens with made-up key ids
     /// cannot make every request read the disk.
     last_reload: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Tokens already verified (signature, header, claims), by their exact
+    /// text, with their caller: a client sends the same token with every
+    /// call, and checking its HMAC and decoding its JSON again cost more
+    /// than the rest of authentication. Revocation and expiry are still
+    /// checked on every call; the set is emptied whenever the signing keys
+    /// are re-read, and when full. A std mutex: held for one lookup.
+    verified: std::sync::Mutex<HashMap<Box<str>, Caller>>,
 }
+
+/// Most verified tokens remembered at once.
+const VERIFIED_TOKENS: usize = 4096;
 
 /// Shortest time between two re-reads of the signing keys file.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
@@ -386,6 +396,7 @@ impl TokenAuthority {
                 validation,
                 anonymous,
                 last_reload: std::sync::Mutex::new(None),
+                verified: std::sync::Mutex::default(),
             }),
         })
     }
@@ -461,6 +472,35 @@ impl TokenAuthority {
     /// # Errors
     /// The [`AuthError`] saying why it was refused.
     pub fn verify(&self, token: &str) -> Result<Caller, AuthError> {
+        let known = self.verified().get(token).cloned();
+        if let Some(caller) = known {
+            if self.inner.revocations.is_revoked(&caller.token_id) {
+                return Err(AuthError::Revoked);
+            }
+            if caller.expires_at.is_none_or(|at| SystemTime::now() >= at) {
+                self.verified().remove(token);
+                return Err(AuthError::Expired);
+            }
+            return Ok(caller);
+        }
+        let caller = self.verify_signed(token)?;
+        let mut verified = self.verified();
+        if verified.len() >= VERIFIED_TOKENS {
+            verified.clear();
+        }
+        verified.insert(token.into(), caller.clone());
+        Ok(caller)
+    }
+
+    fn verified(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Caller>> {
+        self.inner
+            .verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// [`Self::verify`] without the memory of verified tokens.
+    fn verify_signed(&self, token: &str) -> Result<Caller, AuthError> {
         let header = decode_header(token).map_err(|_| AuthError::Malformed)?;
         if header.alg != Algorithm::HS256 {
             return Err(AuthError::Malformed);
@@ -644,7 +684,11 @@ impl TokenAuthority {
             *last = Some(std::time::Instant::now());
         }
         match KeyFile::load(&self.inner.keys_path).and_then(KeyState::new) {
-            Ok(state) => *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = state,
+            Ok(state) => {
+                *self.inner.keys.write().unwrap_or_else(|e| e.into_inner()) = state;
+                // A key may be gone: verify every token again.
+                self.verified().clear();
+            }
             Err(err) => tracing::warn!(error = %err, "cannot reload signing keys"),
         }
     }
@@ -836,6 +880,8 @@ mod tests {
         let dir = temp();
         let auth = authority(&dir);
         let issued = auth.issue("alice", Scopes::admin(), None).unwrap();
+        // Verified once, so remembered: the revocation still applies.
+        auth.verify(&issued.token).unwrap();
         auth.revoke(&issued.token_id).unwrap();
         assert_eq!(auth.verify(&issued.token).unwrap_err(), AuthError::Revoked);
         drop(auth);
@@ -843,6 +889,23 @@ mod tests {
             authority(&dir).verify(&issued.token).unwrap_err(),
             AuthError::Revoked
         );
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires_to_the_millisecond() {
+        let auth = authority(&temp());
+        let issued = auth
+            .issue("alice", Scopes::admin(), Some(Duration::from_millis(30)))
+            .unwrap();
+        auth.verify(&issued.token).unwrap();
+        // Waits for the expiry itself, not for anything to get ready.
+        std::thread::sleep(
+            issued
+                .expires_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default(),
+        );
+        assert_eq!(auth.verify(&issued.token).unwrap_err(), AuthError::Expired);
     }
 
     #[test]

@@ -9,6 +9,10 @@
 //!
 //! Reads (`find`, `get`, `list`, `pending`) run on pooled read-only
 //! connections on the blocking pool; WAL readers never wait for the writer.
+//! `find` first asks an in-memory set of the fingerprints of every
+//! (subject, client_order_id) in the journal ([`KnownKeys`]): a new order,
+//! the common case, is answered without touching SQLite, whose readers
+//! otherwise drop their page cache after every commit.
 //!
 //! Checkpoints: a checkpointer thread copies the WAL back into the database
 //! in the background (`PASSIVE`), keeping that work and its `fsync` off the
@@ -29,8 +33,10 @@
 
 use std::{
     cell::Cell,
+    collections::HashSet,
     ffi::c_int,
     fmt,
+    hash::{DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
     sync::{Arc, Mutex, mpsc as std_mpsc},
     thread,
@@ -175,6 +181,7 @@ pub struct OrderJournal {
 struct Inner {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
+    keys: Arc<KnownKeys>,
     // Idle read-only connections. A std mutex: held only to push or pop.
     readers: Mutex<Vec<Connection>>,
     // Dropping it stops the checkpointer.
@@ -232,6 +239,8 @@ impl OrderJournal {
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(open_err("cannot write"))?;
 
+        let keys = Arc::new(KnownKeys::load(&conn).map_err(open_err("cannot read"))?);
+
         // After the wal_autocheckpoint pragma, which would replace it.
         conn.wal_hook(Some(count_wal_frames));
         let (commands, receiver) = mpsc::channel(QUEUE);
@@ -240,9 +249,10 @@ impl OrderJournal {
         // background checkpoint in progress instead of failing behind it.
         let gate = Arc::new(Mutex::new(()));
         let writer_gate = Arc::clone(&gate);
+        let writer_keys = Arc::clone(&keys);
         thread::Builder::new()
             .name("order-journal".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_gate))
+            .spawn(move || writer_loop(conn, receiver, &writer_keys, &writer_gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal writer".into(),
                 source,
@@ -260,6 +270,7 @@ impl OrderJournal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 commands,
+                keys,
                 readers: Mutex::new(Vec::new()),
                 _stop_checkpointer: stop,
             }),
@@ -344,6 +355,11 @@ impl OrderJournal {
     /// # Errors
     /// [`Error::Journal`] when the read fails.
     pub fn find(&self, subject: &str, client_order_id: &str) -> Result<Option<OrderRecord>, Error> {
+        // A key that was never inserted is not in the journal: every insert
+        // goes through this journal's writer, which notes the key first.
+        if !self.inner.keys.may_contain(subject, client_order_id) {
+            return Ok(None);
+        }
         // On the order path, run in place: a point lookup in a unique index
         // (pages mapped in memory) takes microseconds, less than the hop to
         // the blocking pool and back, whose two thread wake-ups per order
@@ -494,7 +510,61 @@ fn count_wal_frames(_wal: &Wal, frames: c_int) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate: &Mutex<()>) {
+/// The fingerprints (64-bit hashes) of every (subject, client_order_id) in
+/// the journal: read once at open, then noted by the writer before each
+/// insert. A key that is not here is certainly not in the journal; one that
+/// is (a retry, or rarely another key with the same hash) is looked up.
+/// About 16 bytes per order held in memory.
+#[derive(Debug, Default)]
+struct KnownKeys {
+    // A std mutex: held only for one hash-set lookup or insert.
+    fingerprints: Mutex<HashSet<u64>>,
+}
+
+impl KnownKeys {
+    fn load(conn: &Connection) -> rusqlite::Result<Self> {
+        let mut fingerprints = HashSet::new();
+        let mut stmt = conn.prepare("SELECT subject, client_order_id FROM orders")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let subject = row.get_ref(0)?.as_str()?;
+            let client_order_id = row.get_ref(1)?.as_str()?;
+            fingerprints.insert(fingerprint(subject, client_order_id));
+        }
+        Ok(Self {
+            fingerprints: Mutex::new(fingerprints),
+        })
+    }
+
+    fn note(&self, subject: &str, client_order_id: &str) {
+        let fingerprint = fingerprint(subject, client_order_id);
+        self.lock().insert(fingerprint);
+    }
+
+    fn may_contain(&self, subject: &str, client_order_id: &str) -> bool {
+        let fingerprint = fingerprint(subject, client_order_id);
+        self.lock().contains(&fingerprint)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.fingerprints.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The same for the same key within a process (`DefaultHasher::new` has
+/// fixed keys), which is all an in-memory set needs.
+fn fingerprint(subject: &str, client_order_id: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (subject, client_order_id).hash(&mut hasher);
+    hasher.finish()
+}
+
+fn writer_loop(
+    mut conn: Connection,
+    mut commands: mpsc::Receiver<Command>,
+    keys: &KnownKeys,
+    gate: &Mutex<()>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = commands.blocking_recv() {
         batch.push(first);
@@ -504,20 +574,26 @@ fn writer_loop(mut conn: Connection, mut commands: mpsc::Receiver<Command>, gate
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch);
-        if WAL_FRAMES.with(Cell::get) > REWIND_FRAMES {
-            // Nothing is appended while this runs, so it can copy every
-            // frame; RESTART then waits (briefly: reads are short) for
-            // readers of the old frames, so the next commit rewinds.
-            let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
-            match checkpoint(&conn, "RESTART") {
-                Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "order journal checkpoint failed"),
-            }
-        }
+        commit_batch(&mut conn, &mut batch, keys);
+        rewind_if_long(&conn, gate);
     }
     tracing::debug!("order journal writer stopped");
+}
+
+/// Rewinds a WAL that has grown past [`REWIND_FRAMES`] (see the module
+/// documentation), between two batches.
+fn rewind_if_long(conn: &Connection, gate: &Mutex<()>) {
+    if WAL_FRAMES.with(Cell::get) > REWIND_FRAMES {
+        // Nothing is appended while this runs, so it can copy every
+        // frame; RESTART then waits (briefly: reads are short) for
+        // readers of the old frames, so the next commit rewinds.
+        let _gate = gate.lock().unwrap_or_else(|e| e.into_inner());
+        match checkpoint(conn, "RESTART") {
+            Ok((0, log, done)) if log == done => WAL_FRAMES.with(|f| f.set(0)),
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "order journal checkpoint failed"),
+        }
+    }
 }
 
 /// A checkpoint in `mode`: (busy, frames in the WAL, frames checkpointed).
@@ -534,15 +610,20 @@ enum Applied {
 
 /// Applies every command of `batch` in one transaction, commits, and only
 /// then answers each. A failed commit fails every command of the batch.
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>) {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<Command>, keys: &KnownKeys) {
     let applied = (|| {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let applied: Vec<Applied> = batch
             .iter()
             .map(|command| match command {
-                Command::Record { order, .. } => Applied::Recorded(
-                    insert_unless_exists(&tx, order).map_err(journal_err("record order")),
-                ),
+                Command::Record { order, .. } => {
+                    // Noted before the insert: should it fail, the set only
+                    // holds one key too many, which costs a lookup.
+                    keys.note(&order.subject, &order.terms.client_order_id);
+                    Applied::Recorded(
+                        insert_unless_exists(&tx, order).map_err(journal_err("record order")),
+                    )
+                }
                 Command::Finalize { order, .. } => {
                     Applied::Finalized(finalize(&tx, order).map_err(journal_err("finalize order")))
                 }
@@ -829,6 +910,10 @@ mod tests {
         drop(journal);
         let journal = OrderJournal::open(&path, JournalSync::Full).unwrap();
         assert!(journal.pending().await.unwrap().is_empty());
+        // The keys of the orders already journalled are known after reopening.
+        let found = journal.find("alice", "p1").unwrap().unwrap();
+        assert_eq!(found.order_id, pending.order_id);
+        assert!(journal.find("alice", "p2").unwrap().is_none());
         let read = journal.get(&pending.order_id).await.unwrap().unwrap();
         assert_eq!(
             (read.status, read.lp_execution_id.as_deref()),
