@@ -116,6 +116,17 @@ async fn rate_where(
     found.expect("no such rate within 30 s")
 }
 
+/// `PlaceOrder` of 1,000 USD_JPY at `rate` as `id`, which must be answered.
+async fn place(
+    orders: &mut OrderServiceClient<Authed>,
+    rate: &Rate,
+    id: &str,
+    side: Side,
+) -> Order {
+    let request = order_at(rate, id, side);
+    orders.place_order(request).await.unwrap().into_inner()
+}
+
 fn order_at(rate: &Rate, id: &str, side: Side) -> PlaceOrderRequest {
     PlaceOrderRequest {
         client_order_id: id.into(),
@@ -172,12 +183,7 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
     );
 
     // A buy at the quoted ask fills at the LP's ask.
-    let filled = c
-        .orders
-        .place_order(order_at(&rate, "buy-1", Side::Buy))
-        .await
-        .unwrap()
-        .into_inner();
+    let filled = place(&mut c.orders, &rate, "buy-1", Side::Buy).await;
     assert_eq!(filled.status(), OrderStatus::Filled, "{filled:?}");
     assert_eq!(filled.fill_price, "151.260");
     assert_eq!(filled.liquidity_provider, "fix");
@@ -186,12 +192,7 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
 
     // The LP declines: REJECTED with its text.
     lp.command("mode reject no liquidity at this size").await;
-    let rejected = c
-        .orders
-        .place_order(order_at(&rate, "sell-1", Side::Sell))
-        .await
-        .unwrap()
-        .into_inner();
+    let rejected = place(&mut c.orders, &rate, "sell-1", Side::Sell).await;
     assert_eq!(rejected.status(), OrderStatus::Rejected, "{rejected:?}");
     assert_eq!(rejected.reject_reason(), RejectReason::LpRejected);
     assert!(
@@ -200,12 +201,7 @@ async fn lp_prices_reach_grpc_clients_with_markup_and_orders_fill_or_reject_at_t
     );
     // A retry of the same client_order_id answers from the journal: the
     // LP never sees a second NewOrderSingle.
-    let again = c
-        .orders
-        .place_order(order_at(&rate, "buy-1", Side::Buy))
-        .await
-        .unwrap()
-        .into_inner();
+    let again = place(&mut c.orders, &rate, "buy-1", Side::Buy).await;
     assert_eq!(again.order_id, filled.order_id);
     assert_eq!(new_orders_for(&lp, "buy-1"), 1);
 }
@@ -303,12 +299,7 @@ async fn an_lp_restart_and_sequence_gaps_are_survived_with_sequence_numbers_inta
     // fills, and there was no new logon.
     lp.command("price USD/JPY 151.430 151.450").await;
     let rate = rate_where(&mut stream, |r| r.ask == "151.452").await;
-    let filled = c
-        .orders
-        .place_order(order_at(&rate, "after-gap", Side::Buy))
-        .await
-        .unwrap()
-        .into_inner();
+    let filled = place(&mut c.orders, &rate, "after-gap", Side::Buy).await;
     assert_eq!(filled.status(), OrderStatus::Filled, "{filled:?}");
     assert_eq!(filled.fill_price, "151.450");
     assert_eq!(lp.count(|l| l.starts_with("LOGON ")), 1, "{:?}", lp.lines());
