@@ -16,6 +16,23 @@ use tonic::Streaming;
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
 const API_KEY: &str = "fix-test-api-key-0123456789abcdef";
 
+/// The FIX session flags towards the test LP on `port`: its address, the
+/// CompIDs and the username it expects.
+fn session_flags(port: &str) -> [&str; 10] {
+    [
+        "--fix-host",
+        "127.0.0.1",
+        "--fix-port",
+        port,
+        "--fix-sender-comp-id",
+        FIX_SENDER,
+        "--fix-target-comp-id",
+        FIX_TARGET,
+        "--fix-username",
+        FIX_USERNAME,
+    ]
+}
+
 /// `fxcast serve` on the LP at `port`, USD_JPY mapped to the LP's
 /// `USD/JPY`, 0.002 markup per side.
 async fn serve(data: &Path, port: u16) -> fxcast_testkit::ServeProcess {
@@ -38,19 +55,13 @@ async fn serve(data: &Path, port: u16) -> fxcast_testkit::ServeProcess {
             "0.002",
             "--stale-after",
             "2s",
-            "--fix-host",
-            "127.0.0.1",
-            "--fix-port",
-            &port,
-            "--fix-sender-comp-id",
-            FIX_SENDER,
-            "--fix-target-comp-id",
-            FIX_TARGET,
             "--fix-heartbeat",
             "1s",
-            "--fix-username",
-            FIX_USERNAME,
-        ],
+        ]
+        .iter()
+        .chain(&session_flags(&port))
+        .copied()
+        .collect::<Vec<_>>(),
         &[
             ("FXCAST_API_KEY", API_KEY),
             ("FXCAST_FIX_PASSWORD", FIX_PASSWORD),
@@ -436,22 +447,8 @@ async fn a_wrong_password_is_refused_by_the_lp_and_never_logged() {
     command
         .arg("serve")
         .args(fxcast_testkit::EPHEMERAL_LISTENERS)
-        .args([
-            "--feed",
-            "fix",
-            "--symbols",
-            "USD_JPY",
-            "--fix-host",
-            "127.0.0.1",
-            "--fix-port",
-            &port,
-            "--fix-sender-comp-id",
-            FIX_SENDER,
-            "--fix-target-comp-id",
-            FIX_TARGET,
-            "--fix-username",
-            FIX_USERNAME,
-        ])
+        .args(["--feed", "fix", "--symbols", "USD_JPY"])
+        .args(session_flags(&port))
         .arg("--data-dir")
         .arg(data.path())
         .env("FXCAST_FIX_PASSWORD", "not-the-password-31337");
