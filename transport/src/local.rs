@@ -14,36 +14,43 @@ use crate::{Delivery, Gap, GapCause};
 /// A broadcast receiver as a stream of deliveries: a receiver that falls
 /// behind is told how many messages it missed (a [`GapCause::Lagged`]
 /// gap). `leave` runs when it is dropped, while this receiver still counts
-/// among the channel's receivers.
-pub(crate) struct LocalReader<T> {
+/// among the channel's receivers. Both closures are type parameters, so a
+/// backend's reader is as direct as a hand-written one on the delivery path.
+pub(crate) struct LocalReader<T, M, L: FnOnce()> {
     inner: BroadcastStream<T>,
-    message: fn(T) -> Delivery,
-    leave: Option<Box<dyn FnOnce() + Send>>,
+    message: M,
+    leave: Option<L>,
 }
 
-impl<T: Clone + Send + 'static> LocalReader<T> {
+impl<T, M, L> LocalReader<T, M, L>
+where
+    T: Clone + Send + 'static,
+    M: Fn(T) -> Delivery,
+    L: FnOnce(),
+{
     /// Reads `receiver`, each item made a delivery by `message`.
-    pub(crate) fn new(
-        receiver: broadcast::Receiver<T>,
-        message: fn(T) -> Delivery,
-        leave: impl FnOnce() + Send + 'static,
-    ) -> Self {
+    pub(crate) fn new(receiver: broadcast::Receiver<T>, message: M, leave: L) -> Self {
         Self {
             inner: BroadcastStream::new(receiver),
             message,
-            leave: Some(Box::new(leave)),
+            leave: Some(leave),
         }
     }
 }
 
-impl<T: Clone + Send + 'static> Stream for LocalReader<T> {
+impl<T, M, L> Stream for LocalReader<T, M, L>
+where
+    T: Clone + Send + 'static,
+    M: Fn(T) -> Delivery + Unpin,
+    L: FnOnce() + Unpin,
+{
     type Item = Delivery;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Delivery>> {
-        let message = self.message;
-        Pin::new(&mut self.inner).poll_next(cx).map(|item| {
+        let this = &mut *self;
+        Pin::new(&mut this.inner).poll_next(cx).map(|item| {
             item.map(|result| match result {
-                Ok(item) => message(item),
+                Ok(item) => (this.message)(item),
                 Err(BroadcastStreamRecvError::Lagged(n)) => Delivery::Gap(Gap {
                     missed: Some(n),
                     cause: GapCause::Lagged,
@@ -53,7 +60,7 @@ impl<T: Clone + Send + 'static> Stream for LocalReader<T> {
     }
 }
 
-impl<T> Drop for LocalReader<T> {
+impl<T, M, L: FnOnce()> Drop for LocalReader<T, M, L> {
     fn drop(&mut self) {
         if let Some(leave) = self.leave.take() {
             leave();
