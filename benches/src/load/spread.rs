@@ -10,7 +10,9 @@
 //!   subscribers;
 //! - N load generators, `fxcast loadtest ws|sse|grpc` of the same binary,
 //!   one per serving node, each from loopback source addresses of its own.
-//!   They ramp up at once, each says when every subscriber of its share is
+//!   They ramp up at once, sharing `--ramp` (each opens its share of the
+//!   connections in flight, so the cluster sees `--ramp` at a time as one
+//!   server would), each says when every subscriber of its share is
 //!   open, and all measure the same window once told to (a line on stdin).
 //!   Each sends its latency histogram in its JSON report, and this process
 //!   adds them up: the percentiles are exact over every delivery.
@@ -67,8 +69,8 @@ impl Spread {
              (`fxcast serve --transport nats --feed none`, up to {share} subscribers each) fed by \
              one publisher (`fxcast serve --transport nats`, the simulated feed, no subscribers) \
              through one nats-server with JetStream, and {g} load-generator processes \
-             (`fxcast loadtest {interface}`, one per serving process, measuring the same window; \
-             their latency histograms added up), because one process holds at most {per} \
+             (`fxcast loadtest {interface}`, one per serving process, sharing the ramp, measuring \
+             the same window; their latency histograms added up), because one process holds at most {per} \
              subscribers here ({limit}). Server CPU is the sum over the {all} fxcast processes \
              and nats-server; KiB per connection is the serving processes' RSS growth over their \
              subscribers; load generator CPU is the sum over the {g} load generators.",
@@ -174,6 +176,7 @@ pub(super) async fn run(
             subcommand,
             target: &target,
             connections: share,
+            ramp: compare.ramp.div_ceil(processes).max(1),
             server_pid: node.pid(),
             sources,
         };
@@ -234,6 +237,8 @@ struct Share<'a> {
     subcommand: &'static str,
     target: &'a str,
     connections: usize,
+    /// Connections it opens at once: its part of `--ramp`.
+    ramp: usize,
     server_pid: u32,
     sources: Sources,
 }
@@ -264,7 +269,7 @@ impl LoadGenerator {
             .arg("--duration")
             .arg(humantime::format_duration(compare.duration).to_string())
             .arg("--ramp")
-            .arg(compare.ramp.to_string())
+            .arg(share.ramp.to_string())
             .arg("--server-pid")
             .arg(share.server_pid.to_string())
             .arg("--per-source-address")
