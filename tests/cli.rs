@@ -373,3 +373,59 @@ async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
     // The same messages on both sides: fxcast's frames, republished.
     assert!(table["payload_bytes"].as_u64().unwrap() > 100, "{table:#}");
 }
+
+/// A `loadtest compare` case past what one process may hold runs spread:
+/// forced here at 50 per process, 120 WebSocket subscribers go to three
+/// serving `fxcast serve --feed none` nodes fed through a nats-server, from
+/// three load-generator processes whose results merge into one row (no
+/// latency asserted, only that every subscriber was held and received).
+#[tokio::test]
+async fn loadtest_compare_spreads_a_case_past_one_process_over_a_cluster() {
+    let run = Command::new(BIN)
+        .args([
+            "loadtest",
+            "compare",
+            "--servers",
+            "fxcast-ws",
+            "--connections",
+            "",
+            "--ws-connections",
+            "120",
+            "--max-per-process",
+            "50",
+            "--per-source-address",
+            "40",
+            "--duration",
+            "2s",
+            "--json",
+        ])
+        .env_remove("FXCAST_API_KEY")
+        .env_remove("FXCAST_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the spread case finished within 3 minutes")
+        .unwrap();
+    let table: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 1, "{table:#}");
+    let row = &rows[0];
+    assert_eq!(row["server"], "fxcast-ws", "{row:#}");
+    assert_eq!(row["spread"]["server_processes"], 3, "{row:#}");
+    assert_eq!(row["spread"]["load_generators"], 3, "{row:#}");
+    assert_eq!(row["spread"]["largest_share"], 40, "{row:#}");
+    let report = &row["report"];
+    assert_eq!(report["connections"], 120, "{row:#}");
+    assert_eq!(report["connected"], 120, "{row:#}");
+    assert_eq!(report["disconnects"], 0, "{row:#}");
+    assert!(report["messages"].as_u64().unwrap() > 0, "{row:#}");
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{row:#}");
+    assert!(report["server_cpu_s"].as_f64().is_some(), "{row:#}");
+    assert!(
+        report["server_kib_per_connection"].as_f64().is_some(),
+        "{row:#}"
+    );
+    // Merged, not passed through.
+    assert!(report.get("latency_histogram").is_none(), "{row:#}");
+}

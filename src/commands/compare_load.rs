@@ -38,6 +38,12 @@ pub(crate) struct CompareLoad {
     /// others (pinned by default on 2 or more cores)
     #[arg(long)]
     no_pin: bool,
+    /// Subscribers one process may hold (default: as many as its open-files
+    /// limit allows). An fxcast case above it runs spread: several serving
+    /// `fxcast serve` processes fed through a nats-server, and as many
+    /// load-generator processes, merged into one row
+    #[arg(long)]
+    max_per_process: Option<usize>,
     /// Print the table as JSON
     #[arg(long)]
     json: bool,
@@ -71,6 +77,7 @@ impl CompareLoad {
             ramp: self.ramp,
             per_source_address: self.per_source_address,
             pin: !self.no_pin,
+            max_per_process: self.max_per_process,
         };
         let table = compare::run(&compare).await?;
         if self.json {

@@ -33,6 +33,16 @@ pub(crate) struct RatesLoad {
     /// ~28,000 ephemeral ports of one address
     #[arg(long, default_value_t = 20_000)]
     per_source_address: usize,
+    /// Last octet of the first loopback source address (1: 127.0.0.1)
+    #[arg(long, default_value_t = 1)]
+    first_source_address: u8,
+    /// Once every subscriber has opened, wait for a line on stdin before
+    /// measuring (`loadtest compare` starts several of these at once)
+    #[arg(long, hide = true)]
+    wait_for_go: bool,
+    /// Include the latency histogram in the JSON, for merging
+    #[arg(long, hide = true)]
+    histogram: bool,
     /// Bearer token; by default an anonymous browser token (ws, sse) or one
     /// issued with the API key from --data-dir (grpc)
     #[arg(long, env = "FXCAST_TOKEN", hide_env_values = true)]
@@ -56,9 +66,10 @@ impl RatesLoad {
             ramp: self.ramp,
             server_pid: self.server_pid,
             sources: rates::Sources {
-                first: 1,
+                first: self.first_source_address,
                 per_address: self.per_source_address,
             },
+            wait_for_go: self.wait_for_go,
         };
         load.check()?;
         let token = match (self.token, interface) {
@@ -73,7 +84,10 @@ impl RatesLoad {
                 super::client_token(&load.target, &credentials, &["rates:subscribe=*"]).await?
             }
         };
-        let report = rates::run(interface, &load, &token).await?;
+        let mut report = rates::run(interface, &load, &token).await?;
+        if !self.histogram {
+            report.latency_histogram = None;
+        }
         if self.json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {

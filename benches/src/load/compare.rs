@@ -13,6 +13,13 @@
 //!
 //! With [`Compare::pin`] the servers run on core 0 and the load generator
 //! on the others (`taskset`), so they do not steal each other's CPU.
+//!
+//! An fxcast case with more subscribers than one process may hold (its
+//! open-files limit, or [`Compare::max_per_process`]) runs spread, as a
+//! deployment past one process's limits would: several serving `fxcast
+//! serve` processes fed by a publisher through nats-server, and as many
+//! load-generator processes, merged into one row ([`spread`]). nats-server
+//! cases are never spread.
 
 use std::{
     fmt::Write as _,
@@ -31,6 +38,7 @@ use super::{
     nats::{NatsServer, Publisher, Template},
     rates::{self, Interface, RatesLoad, Report, Sources},
     spawn,
+    spread::{self, Spread},
     subscribers::connect_ws,
 };
 
@@ -79,6 +87,17 @@ impl Peer {
             })
     }
 
+    /// The `fxcast loadtest` subcommand of a spread case's load
+    /// generators; `None` for nats-server, which is never spread.
+    pub(super) fn subcommand(self) -> Option<&'static str> {
+        match self {
+            Self::FxcastWs => Some("ws"),
+            Self::FxcastSse => Some("sse"),
+            Self::FxcastGrpc => Some("grpc"),
+            Self::NatsWs => None,
+        }
+    }
+
     fn interface(self) -> Interface {
         match self {
             Self::FxcastWs => Interface::Ws,
@@ -113,6 +132,10 @@ pub struct Compare {
     pub per_source_address: usize,
     /// Servers on core 0, the load generator on the others.
     pub pin: bool,
+    /// Subscribers one process may hold (`None`: as many as its open-files
+    /// limit allows); an fxcast case above it runs spread over several
+    /// processes ([`spread`](super::spread)).
+    pub max_per_process: Option<usize>,
 }
 
 impl Compare {
@@ -134,6 +157,9 @@ impl Compare {
             .any(|&n| n == 0)
         {
             bail!("connection counts must be positive");
+        }
+        if self.max_per_process == Some(0) {
+            bail!("--max-per-process must be positive");
         }
         Ok(())
     }
@@ -171,6 +197,9 @@ pub struct Row {
     pub report: Option<Report>,
     /// Why there is no report.
     pub error: Option<String>,
+    /// How the case was spread over several processes, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
 }
 
 impl Row {
@@ -200,10 +229,13 @@ impl Row {
             .map_or("–".to_owned(), |c| {
                 format!("{:.0} %", c / r.duration_s * 100.0)
             });
+        let server = match &self.spread {
+            Some(spread) => format!("{} ({} processes)", self.server, spread.server_processes),
+            None => self.server.clone(),
+        };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} | {own} |",
-            self.server,
+            "| {server} | {} | {} | {:.0} | {} | {} | {} | {cpu} | {kib} | {} | {own} |",
             self.connections,
             r.connected,
             r.messages_per_s,
@@ -278,9 +310,15 @@ impl Table {
         }
         let _ = writeln!(
             md,
-            "\nLoad generator CPU is this process's CPU time over the window, as a share of one core: \
-             pinned to one core, near 100 % means the subscribers, not the server, set the pace."
+            "\nLoad generator CPU is this process's CPU time over the window (of every load-generator \
+             process together in a spread case), as a share of one core: pinned to one core, near \
+             100 % means the subscribers, not the server, set the pace."
         );
+        for row in &self.rows {
+            if let (Some(spread), Some(_)) = (&row.spread, &row.report) {
+                spread.markdown(&row.server, row.connections, &mut md);
+            }
+        }
         for row in &self.rows {
             let Some(r) = &row.report else { continue };
             let notes = [
@@ -324,25 +362,56 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
     } else {
         None
     };
+    let limit = spread::Limit::of(compare.max_per_process);
     let mut rows = Vec::new();
     let mut next_source = 1usize;
     for (peer, connections) in compare.cases() {
-        let sources = fresh_sources(&mut next_source, compare.per_source_address, connections);
         eprintln!("== {} x{connections}", peer.label());
         let started = Instant::now();
-        let outcome = match peer {
-            Peer::NatsWs => {
-                let templates = templates.clone().unwrap_or_default();
-                run_nats(compare, connections, sources, server_cpus, templates).await
+        let spread_over = peer
+            .subcommand()
+            .filter(|_| connections > limit.per_process)
+            .map(|_| connections.div_ceil(limit.per_process));
+        let outcome = match (peer, spread_over) {
+            (_, Some(processes)) => {
+                eprintln!(
+                    "   spread over {processes} serving processes and {processes} load generators ({})",
+                    limit.reason
+                );
+                let cpus = (
+                    server_cpus,
+                    pinning.as_ref().map(|p| p.load_generator.as_str()),
+                );
+                spread::run(compare, peer, connections, &limit, &mut next_source, cpus)
+                    .await
+                    .map(|(report, spread)| (report, Some(spread)))
             }
-            _ => run_fxcast(compare, peer, connections, sources, server_cpus).await,
+            (Peer::NatsWs, None) => {
+                let sources =
+                    fresh_sources(&mut next_source, compare.per_source_address, connections);
+                let templates = templates.clone().unwrap_or_default();
+                run_nats(compare, connections, sources, server_cpus, templates)
+                    .await
+                    .map(|report| (report, None))
+            }
+            (_, None) => {
+                let sources =
+                    fresh_sources(&mut next_source, compare.per_source_address, connections);
+                run_fxcast(compare, peer, connections, sources, server_cpus)
+                    .await
+                    .map(|report| (report, None))
+            }
         };
         eprintln!("   done in {:.1}s", started.elapsed().as_secs_f64());
-        let (report, error) = match outcome {
-            Ok(report) => (Some(report), None),
+        let (report, error, spread) = match outcome {
+            Ok((mut report, spread)) => {
+                // Only the spread cases' load generators send theirs.
+                report.latency_histogram = None;
+                (Some(report), None, spread)
+            }
             Err(err) => {
                 eprintln!("   not run: {err:#}");
-                (None, Some(format!("{err:#}")))
+                (None, Some(format!("{err:#}")), None)
             }
         };
         rows.push(Row {
@@ -350,6 +419,7 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
             connections,
             report,
             error,
+            spread,
         });
     }
     Ok(Table {
@@ -385,7 +455,7 @@ impl Pinning {
 /// Source addresses for a case of `connections`, after those of the
 /// previous cases: their closed connections linger in TIME_WAIT. Starts
 /// again at 127.0.0.1 when the range would run past 127.0.0.254.
-fn fresh_sources(next: &mut usize, per_address: usize, connections: usize) -> Sources {
+pub(super) fn fresh_sources(next: &mut usize, per_address: usize, connections: usize) -> Sources {
     let sources = Sources {
         first: u8::try_from(*next).unwrap_or(1),
         per_address,
@@ -444,6 +514,7 @@ fn load_of(
         ramp: compare.ramp,
         server_pid: Some(pid),
         sources,
+        wait_for_go: false,
     }
 }
 
@@ -458,11 +529,13 @@ async fn run_fxcast(
     rates::check_open_files(connections)?;
     let server = FxcastServer::start(compare, connections, cpus)?;
     let token = server.token().await?;
-    let target = match peer {
-        Peer::FxcastGrpc => format!("http://{}", server.grpc),
-        _ => format!("http://{}", server.http),
-    };
-    let load = load_of(compare, target, connections, sources, server.pid());
+    let load = load_of(
+        compare,
+        server.target(peer),
+        connections,
+        sources,
+        server.pid(),
+    );
     load.check()?;
     rates::run(peer.interface(), &load, &token).await
 }
@@ -491,10 +564,10 @@ async fn run_nats(
 const STARTUP: Duration = Duration::from_secs(30);
 
 /// An `fxcast serve` for one case; killed when dropped.
-struct FxcastServer {
+pub(super) struct FxcastServer {
     child: Child,
-    grpc: String,
-    http: String,
+    pub(super) grpc: String,
+    pub(super) http: String,
     api_key: String,
     _data: tempfile::TempDir,
 }
@@ -502,14 +575,31 @@ struct FxcastServer {
 impl FxcastServer {
     /// `fxcast serve` on free loopback ports, with room for `connections`.
     fn start(compare: &Compare, connections: usize, cpus: Option<&str>) -> anyhow::Result<Self> {
-        let data = tempfile::tempdir().context("cannot create a data directory")?;
-        let api_key = format!(
+        Self::start_with(compare, connections, cpus, &[], &Self::new_api_key())
+    }
+
+    /// An API key for one case (shared by the nodes of a spread case).
+    pub(super) fn new_api_key() -> String {
+        format!(
             "loadtest-compare-{}-{}",
             std::process::id(),
             std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_nanos())
-        );
+        )
+    }
+
+    /// `fxcast serve` as [`Self::start`] with `args` added (a cluster
+    /// node's transport and role) and `api_key`.
+    pub(super) fn start_with(
+        compare: &Compare,
+        connections: usize,
+        cpus: Option<&str>,
+        args: &[String],
+        api_key: &str,
+    ) -> anyhow::Result<Self> {
+        let data = tempfile::tempdir().context("cannot create a data directory")?;
+        let api_key = api_key.to_owned();
         let mut command = spawn::pinned(cpus, &compare.fxcast);
         command
             .args([
@@ -527,6 +617,7 @@ impl FxcastServer {
             .arg(humantime::format_duration(compare.tick_interval).to_string())
             .arg("--max-connections")
             .arg((connections + 64).to_string())
+            .args(args)
             .env("FXCAST_API_KEY", &api_key)
             .env_remove("FXCAST_CONFIG")
             .env("NO_COLOR", "1")
@@ -570,13 +661,21 @@ impl FxcastServer {
         })
     }
 
-    fn pid(&self) -> u32 {
+    pub(super) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Where `peer`'s subscribers connect.
+    pub(super) fn target(&self, peer: Peer) -> String {
+        match peer {
+            Peer::FxcastGrpc => format!("http://{}", self.grpc),
+            _ => format!("http://{}", self.http),
+        }
     }
 
     /// A subscribe token for every symbol, for an hour (`POST /v1/tokens`
     /// with the API key).
-    async fn token(&self) -> anyhow::Result<String> {
+    pub(super) async fn token(&self) -> anyhow::Result<String> {
         let url = format!("http://{}/v1/tokens", self.http);
         let body = serde_json::json!({
             "subject": "loadtest",

@@ -8,6 +8,9 @@
 //!   its publisher, and the NATS-over-WebSocket subscriber.
 //! - [`compare`]: fxcast's WebSocket, SSE and gRPC and nats-server under the
 //!   same load, each against a fresh server, in one table.
+//! - [`spread`]: a case of the comparison past what one process can hold,
+//!   run over several serving fxcast processes (a cluster on nats-server)
+//!   and as many load-generator processes, merged into one row.
 //! - [`histogram`]: the HDR histograms every generator records latencies in,
 //!   and their percentiles.
 //! - [`proc`]: the server's resident memory and CPU time, from /proc.
@@ -29,6 +32,7 @@ pub mod proc;
 pub mod rates;
 mod recorder;
 mod spawn;
+pub mod spread;
 mod subscribers;
 
 /// A gRPC status as a one-line error: `PermissionDenied: <message>`.

@@ -66,17 +66,39 @@ impl NatsServer {
     /// # Errors
     /// When the binary cannot run or the server is not ready in time.
     pub fn start(connections: usize, cpus: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(connections, cpus, false)
+    }
+
+    /// Starts nats-server with JetStream (stored in its own temporary
+    /// directory) for `clients`: the engine of an fxcast cluster
+    /// (`fxcast serve --transport nats` keeps its streams and buckets there).
+    ///
+    /// # Errors
+    /// When the binary cannot run or the server is not ready in time.
+    pub fn start_jetstream(clients: usize, cpus: Option<&str>) -> anyhow::Result<Self> {
+        Self::start_with(clients, cpus, true)
+    }
+
+    fn start_with(connections: usize, cpus: Option<&str>, jetstream: bool) -> anyhow::Result<Self> {
         let (port, ws_port) = (free_port()?, free_port()?);
         let dir = tempfile::tempdir().context("cannot create a directory for nats-server")?;
         let config = dir.path().join("nats.conf");
-        // The messages are a few hundred bytes; 64 KiB leaves room without
-        // the default 1 MiB.
+        let extra = if jetstream {
+            format!(
+                "jetstream {{\n  store_dir: {:?}\n}}\n",
+                dir.path().join("jetstream").display().to_string()
+            )
+        } else {
+            // The messages are a few hundred bytes; 64 KiB leaves room
+            // without the default 1 MiB.
+            "max_payload: 65536\n".to_owned()
+        };
         std::fs::write(
             &config,
             format!(
                 "listen: \"127.0.0.1:{port}\"\n\
                  max_connections: {}\n\
-                 max_payload: 65536\n\
+                 {extra}\
                  websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n",
                 connections + 64
             ),

@@ -25,7 +25,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    histogram::Percentiles,
+    histogram::{self, Percentiles},
     proc,
     recorder::Shared,
     subscribers::{self, Subscription},
@@ -103,7 +103,20 @@ pub struct RatesLoad {
     pub server_pid: Option<u32>,
     /// Source addresses of the subscribers (loopback targets only).
     pub sources: Sources,
+    /// Between the ramp and the measured window, say so on stderr
+    /// ([`WAITING_FOR_GO`]) and wait for a line on stdin: several
+    /// load-generator processes then measure the same window (the spread
+    /// cases of `loadtest compare`).
+    pub wait_for_go: bool,
 }
+
+/// How long the server gets to settle between the ramp (or the go) and the
+/// measured window.
+pub const SETTLE: Duration = Duration::from_secs(1);
+
+/// What a load run with [`RatesLoad::wait_for_go`] writes on stderr once
+/// every subscriber has opened (or failed to).
+pub const WAITING_FOR_GO: &str = "every subscriber opened; waiting for a line on stdin";
 
 impl RatesLoad {
     /// Refuses a load that cannot run.
@@ -254,8 +267,16 @@ pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow:
     {
         eprintln!("first failure: {reason}");
     }
+    if load.wait_for_go {
+        eprintln!("{WAITING_FOR_GO}");
+        // A closed stdin (the parent gone) starts the window too.
+        tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
+            .await
+            .context("waiting for go on stdin")?
+            .context("waiting for go on stdin")?;
+    }
     // Let the server settle, then measure.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    tokio::time::sleep(SETTLE).await;
     let rss_connected = proc::rss(server_pid);
     let cpu_before = proc::cpu(server_pid);
     let me = Some(std::process::id());
@@ -282,6 +303,16 @@ pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow:
 
 /// File descriptors the load generator keeps besides its connections.
 const SPARE_FILES: u64 = 256;
+
+/// Subscribers one process can hold under its open-files limit (raised to
+/// the hard limit first): the soft limit less [`SPARE_FILES`]; and the hard
+/// limit, to say why.
+pub fn open_files_capacity() -> (usize, u64) {
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let (soft, hard) = rlimit::Resource::NOFILE.get().unwrap_or((0, 0));
+    let capacity = usize::try_from(soft.saturating_sub(SPARE_FILES)).unwrap_or(usize::MAX);
+    (capacity, hard)
+}
 
 /// Raises the open-files limit to its hard limit and refuses a load that
 /// cannot fit under it, saying what to change.
@@ -361,6 +392,12 @@ pub struct Report {
     /// Why the first stream that broke did.
     #[serde(default)]
     pub first_disconnect: Option<String>,
+    /// Every recorded latency as `[value, count]` pairs of the HDR
+    /// histogram ([`histogram::buckets`]), so reports of several
+    /// load-generator processes merge into exact percentiles; left out
+    /// unless asked for (`loadtest ws --histogram`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_histogram: Option<Vec<[u64; 2]>>,
 }
 
 impl Report {
@@ -382,6 +419,7 @@ impl Report {
             slot.lock().unwrap_or_else(|e| e.into_inner()).clone()
         };
         let messages = shared.messages.load(Ordering::Relaxed);
+        let histogram = shared.histogram();
         let per_connection = match (rss_before, rss_connected) {
             (Some(before), Some(after)) if ramp.connected > 0 => {
                 Some((after.saturating_sub(before)) as f64 / ramp.connected as f64)
@@ -396,7 +434,7 @@ impl Report {
             duration_s: elapsed.as_secs_f64(),
             messages,
             messages_per_s: messages as f64 / elapsed.as_secs_f64(),
-            latency_us: Percentiles::of(&shared.histogram()),
+            latency_us: Percentiles::of(&histogram),
             server_rss_before_kib: rss_before,
             server_rss_connected_kib: rss_connected,
             server_kib_per_connection: per_connection,
@@ -408,6 +446,7 @@ impl Report {
             disconnects: shared.disconnects.load(Ordering::Relaxed),
             first_failure: first(&shared.first_failure),
             first_disconnect: first(&shared.first_disconnect),
+            latency_histogram: Some(histogram::buckets(&histogram)),
         }
     }
 

@@ -207,6 +207,10 @@ impl Feed {
         match self {
             Self::Ws(ws) => match ws.next().await {
                 Some(Ok(Message::Text(text))) => recorder.record_json(&text),
+                // The reason the server gave (a slow consumer, a limit).
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    anyhow::bail!("closed by the server: {} {}", frame.code, frame.reason)
+                }
                 Some(Ok(_)) => {}
                 Some(Err(err)) => return Err(err.into()),
                 None => anyhow::bail!("closed by the server"),
