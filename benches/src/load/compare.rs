@@ -24,7 +24,7 @@
 use std::{
     fmt::Write as _,
     path::PathBuf,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -362,46 +362,19 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
     } else {
         None
     };
-    let limit = spread::Limit::of(compare.max_per_process);
+    let mut cases = Cases {
+        compare,
+        limit: spread::Limit::of(compare.max_per_process),
+        server_cpus,
+        generator_cpus: pinning.as_ref().map(|p| p.load_generator.as_str()),
+        templates: templates.as_deref(),
+        next_source: 1,
+    };
     let mut rows = Vec::new();
-    let mut next_source = 1usize;
     for (peer, connections) in compare.cases() {
         eprintln!("== {} x{connections}", peer.label());
         let started = Instant::now();
-        let spread_over = peer
-            .subcommand()
-            .filter(|_| connections > limit.per_process)
-            .map(|_| connections.div_ceil(limit.per_process));
-        let outcome = match (peer, spread_over) {
-            (_, Some(processes)) => {
-                eprintln!(
-                    "   spread over {processes} serving processes and {processes} load generators ({})",
-                    limit.reason
-                );
-                let cpus = (
-                    server_cpus,
-                    pinning.as_ref().map(|p| p.load_generator.as_str()),
-                );
-                spread::run(compare, peer, connections, &limit, &mut next_source, cpus)
-                    .await
-                    .map(|(report, spread)| (report, Some(spread)))
-            }
-            (Peer::NatsWs, None) => {
-                let sources =
-                    fresh_sources(&mut next_source, compare.per_source_address, connections);
-                let templates = templates.clone().unwrap_or_default();
-                run_nats(compare, connections, sources, server_cpus, templates)
-                    .await
-                    .map(|report| (report, None))
-            }
-            (_, None) => {
-                let sources =
-                    fresh_sources(&mut next_source, compare.per_source_address, connections);
-                run_fxcast(compare, peer, connections, sources, server_cpus)
-                    .await
-                    .map(|report| (report, None))
-            }
-        };
+        let outcome = cases.run(peer, connections).await;
         eprintln!("   done in {:.1}s", started.elapsed().as_secs_f64());
         let (report, error, spread) = match outcome {
             Ok((mut report, spread)) => {
@@ -436,6 +409,61 @@ pub async fn run(compare: &Compare) -> anyhow::Result<Table> {
         cores,
         load_average: (load_before, load_average()),
     })
+}
+
+/// What every case of one comparison shares.
+struct Cases<'a> {
+    compare: &'a Compare,
+    limit: spread::Limit,
+    server_cpus: Option<&'a str>,
+    generator_cpus: Option<&'a str>,
+    templates: Option<&'a [Template]>,
+    /// The next loopback source address (127.0.0.N) no case has used.
+    next_source: usize,
+}
+
+impl Cases<'_> {
+    /// One case: spread when one process cannot hold it, else against one
+    /// fresh server.
+    async fn run(
+        &mut self,
+        peer: Peer,
+        connections: usize,
+    ) -> anyhow::Result<(Report, Option<spread::Spread>)> {
+        let compare = self.compare;
+        let spread_over = peer
+            .subcommand()
+            .and_then(|_| self.limit.processes(connections));
+        if let Some(processes) = spread_over {
+            eprintln!(
+                "   spread over {processes} serving processes and {processes} load generators ({})",
+                self.limit.reason
+            );
+            let cpus = (self.server_cpus, self.generator_cpus);
+            let (report, spread) = spread::run(
+                compare,
+                peer,
+                connections,
+                &self.limit,
+                &mut self.next_source,
+                cpus,
+            )
+            .await?;
+            return Ok((report, Some(spread)));
+        }
+        let sources = fresh_sources(
+            &mut self.next_source,
+            compare.per_source_address,
+            connections,
+        );
+        let report = if peer == Peer::NatsWs {
+            let templates = self.templates.unwrap_or_default().to_vec();
+            run_nats(compare, connections, sources, self.server_cpus, templates).await?
+        } else {
+            run_fxcast(compare, peer, connections, sources, self.server_cpus).await?
+        };
+        Ok((report, None))
+    }
 }
 
 impl Pinning {
@@ -565,7 +593,7 @@ const STARTUP: Duration = Duration::from_secs(30);
 
 /// An `fxcast serve` for one case; killed when dropped.
 pub(super) struct FxcastServer {
-    child: Child,
+    child: spawn::Process,
     pub(super) grpc: String,
     pub(super) http: String,
     api_key: String,
@@ -624,23 +652,10 @@ impl FxcastServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command
+        let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", compare.fxcast.display()))?;
-        let stderr = child.stderr.take().context("fxcast's stderr")?;
-        let listening = spawn::drain_until(stderr, "fxcast listening").recv_timeout(STARTUP);
-        let line = match listening {
-            Ok(Ok(line)) => line,
-            Ok(Err(log)) => {
-                let _ = child.wait();
-                bail!("fxcast serve exited before listening:\n{log}")
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("fxcast serve did not listen within {STARTUP:?}")
-            }
-        };
+        let (child, line) = spawn::wait_until(child, "fxcast serve", "fxcast listening", STARTUP)?;
         let field = |name: &str| -> anyhow::Result<String> {
             let key = format!("{name}=");
             let at = line
@@ -687,13 +702,6 @@ impl FxcastServer {
             .bearer_auth(&self.api_key)
             .json(&body);
         rates::token_from(&url, request).await
-    }
-}
-
-impl Drop for FxcastServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -18,7 +18,7 @@
 use std::{
     net::IpAddr,
     path::PathBuf,
-    process::{Child, Stdio},
+    process::Stdio,
     time::{Duration, SystemTime},
 };
 
@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     recorder::Recorder,
-    spawn::{drain_until, free_port, pinned, program},
+    spawn::{Process, free_port, pinned, program, wait_until},
     subscribers::{WsStream, connect_ws},
 };
 
@@ -52,7 +52,7 @@ pub fn binary() -> PathBuf {
 /// A nats-server for one run; killed when dropped.
 #[derive(Debug)]
 pub struct NatsServer {
-    child: Child,
+    child: Process,
     port: u16,
     ws_port: u16,
     _dir: tempfile::TempDir,
@@ -111,32 +111,19 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let mut child = command.spawn().with_context(|| {
+        let child = command.spawn().with_context(|| {
             format!(
                 "cannot start {} (install nats-server: apt-get install nats-server, or set NATS_SERVER)",
                 binary.display()
             )
         })?;
-        let stderr = child.stderr.take().context("nats-server's stderr")?;
-        let ready = drain_until(stderr, "Server is ready");
-        match ready.recv_timeout(READY_WITHIN) {
-            Ok(Ok(_)) => Ok(Self {
-                child,
-                port,
-                ws_port,
-                _dir: dir,
-            }),
-            Ok(Err(log)) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("nats-server exited before it was ready:\n{log}")
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("nats-server was not ready within {READY_WITHIN:?}")
-            }
-        }
+        let (child, _) = wait_until(child, "nats-server", "Server is ready", READY_WITHIN)?;
+        Ok(Self {
+            child,
+            port,
+            ws_port,
+            _dir: dir,
+        })
     }
 
     /// `nats://127.0.0.1:<port>`, for the publisher.
@@ -152,13 +139,6 @@ impl NatsServer {
     /// The server's process id (for its CPU time and memory).
     pub fn pid(&self) -> u32 {
         self.child.id()
-    }
-}
-
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

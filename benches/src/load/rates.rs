@@ -269,11 +269,12 @@ pub async fn run(interface: Interface, load: &RatesLoad, token: &str) -> anyhow:
     }
     if load.wait_for_go {
         eprintln!("{WAITING_FOR_GO}");
-        // A closed stdin (the parent gone) starts the window too.
-        tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
+        let read = tokio::task::spawn_blocking(|| std::io::stdin().read_line(&mut String::new()))
             .await
             .context("waiting for go on stdin")?
             .context("waiting for go on stdin")?;
+        // A closed stdin means the parent is gone: nobody will read a report.
+        anyhow::ensure!(read > 0, "stdin closed before go: the parent is gone");
     }
     // Let the server settle, then measure.
     tokio::time::sleep(SETTLE).await;

@@ -4,11 +4,66 @@
 use std::{
     io::{BufRead, BufReader},
     net::TcpListener,
-    process::Command,
+    process::{Child, Command},
     sync::mpsc,
+    time::Duration,
 };
 
-use anyhow::Context;
+use anyhow::{Context, bail};
+
+/// A child process, killed and reaped when dropped: on every error path of
+/// a run as at its end.
+#[derive(Debug)]
+pub(super) struct Process(Child);
+
+impl Process {
+    pub(super) fn id(&self) -> u32 {
+        self.0.id()
+    }
+
+    pub(super) fn child(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl From<Child> for Process {
+    fn from(child: Child) -> Self {
+        Self(child)
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits up to `within` for a line containing `marker` on `child`'s piped
+/// stderr (drained to its end, so the child never blocks on it). Returns
+/// the child, guarded, and that line; `what` names it in errors, after
+/// which the child is killed.
+///
+/// # Errors
+/// When it exits first (with what it logged) or is not ready in time.
+pub(super) fn wait_until(
+    child: Child,
+    what: &str,
+    marker: &'static str,
+    within: Duration,
+) -> anyhow::Result<(Process, String)> {
+    let mut process = Process::from(child);
+    let stderr = process
+        .0
+        .stderr
+        .take()
+        .with_context(|| format!("{what}'s stderr"))?;
+    match drain_until(stderr, marker).recv_timeout(within) {
+        Ok(Ok(line)) => Ok((process, line)),
+        Ok(Err(log)) => bail!("{what} exited before it was ready:\n{log}"),
+        Err(_) => bail!("{what} was not ready within {within:?}"),
+    }
+}
 
 /// The program `name`: `$<env>` when set, else the first `name` on `PATH`,
 /// else `name` in `fallback_dir` (where Debian installs servers, often not

@@ -18,14 +18,16 @@
 //!   adds them up: the percentiles are exact over every delivery.
 //!
 //! Server CPU is the sum over every fxcast process and nats-server over the
-//! window, read here; KiB per connection is the serving nodes' RSS growth
+//! window: each serving node's as its load generator measured it over its
+//! own window, the publisher's and nats-server's read here over the same
+//! span; KiB per connection is the serving nodes' RSS growth
 //! over the subscribers they hold; load generator CPU is the sum of the
 //! load generators'.
 
 use std::{
     fmt::Write as _,
     io::{Read as _, Write as _},
-    process::{Child, ChildStdin, Stdio},
+    process::{ChildStdin, Stdio},
     sync::mpsc,
     thread::JoinHandle,
     time::Duration,
@@ -109,18 +111,32 @@ impl Limit {
     }
 }
 
+impl Limit {
+    /// The serving processes (and load generators) `connections` need when
+    /// one process cannot hold them all; `None` when one can.
+    pub(super) fn processes(&self, connections: usize) -> Option<usize> {
+        let per_process = self.per_process.max(1);
+        (connections > per_process).then(|| connections.div_ceil(per_process))
+    }
+}
+
+/// The most serving processes (and as many load generators) a case may be
+/// spread over: each is a whole `fxcast` process, and this machine has two
+/// cores.
+const MAX_PROCESSES: usize = 32;
+
 /// How long the load generators may take to open every subscriber.
 const RAMP_WITHIN: Duration = Duration::from_secs(900);
 /// How long a load generator may take to report once the window is over.
 const REPORT_WITHIN: Duration = Duration::from_secs(120);
 
-/// Runs `peer` at `connections` spread over `processes = ceil(connections /
-/// limit.per_process)` serving nodes and load generators; `cpus` are the
-/// `taskset` lists of the servers and of the load generators.
+/// Runs `peer` at `connections` spread over `limit.processes(connections)`
+/// serving nodes and as many load generators; `cpus` are the `taskset`
+/// lists of the servers and of the load generators.
 ///
 /// # Errors
-/// When a process cannot start, or a load generator fails or reports
-/// nothing.
+/// When it would take more than [`MAX_PROCESSES`], when a process cannot
+/// start, or a load generator fails or reports nothing.
 pub(super) async fn run(
     compare: &Compare,
     peer: Peer,
@@ -133,57 +149,32 @@ pub(super) async fn run(
     let subcommand = peer
         .subcommand()
         .with_context(|| format!("{} cannot be spread", peer.label()))?;
-    let processes = connections.div_ceil(limit.per_process.max(1));
+    let processes = limit.processes(connections).unwrap_or(1);
+    if processes > MAX_PROCESSES {
+        bail!(
+            "{connections} subscribers at {} per process would take {processes} serving processes \
+             and as many load generators; at most {MAX_PROCESSES} are started",
+            limit.per_process
+        );
+    }
     let shares: Vec<usize> = (0..processes)
         .map(|i| connections / processes + usize::from(i < connections % processes))
         .collect();
-
-    let nats = NatsServer::start_jetstream(processes + 1, server_cpus)?;
-    let cluster = tempfile::tempdir().context("cannot create the cluster's directory")?;
-    let keys = cluster.path().join("signing-keys.json");
-    let engine = [
-        "--transport".to_owned(),
-        "nats".to_owned(),
-        "--nats-url".to_owned(),
-        nats.url(),
-        "--signing-keys".to_owned(),
-        keys.display().to_string(),
-    ];
-    let api_key = FxcastServer::new_api_key();
-    // First, alone: it writes the signing keys every node then reads.
-    let publisher = FxcastServer::start_with(compare, 0, server_cpus, &engine, &api_key)
-        .context("the publisher")?;
-    let mut node_args = engine.to_vec();
-    node_args.extend([
-        "--feed".to_owned(),
-        "none".to_owned(),
-        "--orders-upstream".to_owned(),
-        format!("http://{}", publisher.grpc),
-    ]);
-    let mut nodes = Vec::with_capacity(processes);
-    for (i, &share) in shares.iter().enumerate() {
-        let node = FxcastServer::start_with(compare, share, server_cpus, &node_args, &api_key)
-            .with_context(|| format!("serving node {}", i + 1))?;
-        nodes.push(node);
-    }
-    let token = publisher.token().await?;
-
+    let cluster = Cluster::start(compare, &shares, server_cpus).await?;
     let mut generators = Vec::with_capacity(processes);
-    for (node, &share) in nodes.iter().zip(&shares) {
-        let sources = fresh_sources(next_source, compare.per_source_address, share);
-        let target = node.target(peer);
+    for (node, &share) in cluster.nodes.iter().zip(&shares) {
         let load = Share {
             subcommand,
-            target: &target,
+            target: &node.target(peer),
             connections: share,
             ramp: compare.ramp.div_ceil(processes).max(1),
             server_pid: node.pid(),
-            sources,
+            sources: fresh_sources(next_source, compare.per_source_address, share),
         };
         generators.push(LoadGenerator::start(
             compare,
             &load,
-            &token,
+            &cluster.token,
             generator_cpus,
         )?);
     }
@@ -193,20 +184,17 @@ pub(super) async fn run(
             .await
             .with_context(|| format!("load generator {}", i + 1))?;
     }
-
-    let servers: Vec<u32> = [nats.pid(), publisher.pid()]
-        .into_iter()
-        .chain(nodes.iter().map(FxcastServer::pid))
-        .collect();
+    let engine = [cluster.nats.pid(), cluster.publisher.pid()];
     for generator in &mut generators {
         generator.go()?;
     }
     // The load generators' window: after they settle, for the duration.
+    // Each measures its own node over its exact window; the publisher and
+    // nats-server are measured here over the same span.
     tokio::time::sleep(SETTLE).await;
-    let cpu_before = cpu_of(&servers);
+    let cpu_before = cpu_of(&engine);
     tokio::time::sleep(compare.duration).await;
-    let cpu = cpu_before.zip(cpu_of(&servers)).map(|(b, a)| a - b);
-
+    let engine_cpu = cpu_before.zip(cpu_of(&engine)).map(|(b, a)| a - b);
     let mut reports = Vec::with_capacity(processes);
     for (i, generator) in generators.iter_mut().enumerate() {
         let report = generator
@@ -215,7 +203,7 @@ pub(super) async fn run(
             .with_context(|| format!("load generator {}", i + 1))?;
         reports.push(report);
     }
-    let report = merge(&reports, connections, cpu)?;
+    let report = merge(&reports, connections, engine_cpu)?;
     let spread = Spread {
         server_processes: processes,
         load_generators: processes,
@@ -224,6 +212,65 @@ pub(super) async fn run(
         limit: limit.reason.clone(),
     };
     Ok((report, spread))
+}
+
+/// The servers of a spread case, stopped when dropped: the serving nodes
+/// first, then the publisher, then nats-server.
+struct Cluster {
+    nodes: Vec<FxcastServer>,
+    publisher: FxcastServer,
+    /// A subscribe token of the cluster's signing keys.
+    token: String,
+    _dir: tempfile::TempDir,
+    nats: NatsServer,
+}
+
+impl Cluster {
+    /// nats-server with JetStream, the publisher, then a serving node per
+    /// share of `shares`, pinned to `cpus`.
+    async fn start(
+        compare: &Compare,
+        shares: &[usize],
+        cpus: Option<&str>,
+    ) -> anyhow::Result<Self> {
+        let nats = NatsServer::start_jetstream(shares.len() + 1, cpus)?;
+        let dir = tempfile::tempdir().context("cannot create the cluster's directory")?;
+        let keys = dir.path().join("signing-keys.json");
+        let engine = [
+            "--transport".to_owned(),
+            "nats".to_owned(),
+            "--nats-url".to_owned(),
+            nats.url(),
+            "--signing-keys".to_owned(),
+            keys.display().to_string(),
+        ];
+        let api_key = FxcastServer::new_api_key();
+        // First, alone: it writes the signing keys every node then reads.
+        // Room for every node's forwarded orders beside its own clients.
+        let publisher = FxcastServer::start_with(compare, shares.len(), cpus, &engine, &api_key)
+            .context("the publisher")?;
+        let mut node_args = engine.to_vec();
+        node_args.extend([
+            "--feed".to_owned(),
+            "none".to_owned(),
+            "--orders-upstream".to_owned(),
+            format!("http://{}", publisher.grpc),
+        ]);
+        let mut nodes = Vec::with_capacity(shares.len());
+        for (i, &share) in shares.iter().enumerate() {
+            let node = FxcastServer::start_with(compare, share, cpus, &node_args, &api_key)
+                .with_context(|| format!("serving node {}", i + 1))?;
+            nodes.push(node);
+        }
+        let token = publisher.token().await?;
+        Ok(Self {
+            nodes,
+            publisher,
+            token,
+            _dir: dir,
+            nats,
+        })
+    }
 }
 
 /// CPU seconds used so far by every process of `pids` together; `None`
@@ -246,7 +293,7 @@ struct Share<'a> {
 /// An `fxcast loadtest ws|sse|grpc --wait-for-go` child; killed when
 /// dropped.
 struct LoadGenerator {
-    child: Child,
+    child: spawn::Process,
     stdin: Option<ChildStdin>,
     opened: Option<mpsc::Receiver<Result<String, String>>>,
     stdout: Option<JoinHandle<String>>,
@@ -283,11 +330,21 @@ impl LoadGenerator {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start {}", compare.fxcast.display()))?;
-        let stderr = child.stderr.take().context("the load generator's stderr")?;
-        let mut stdout = child.stdout.take().context("the load generator's stdout")?;
+        let mut child = spawn::Process::from(
+            command
+                .spawn()
+                .with_context(|| format!("cannot start {}", compare.fxcast.display()))?,
+        );
+        let stderr = child
+            .child()
+            .stderr
+            .take()
+            .context("the load generator's stderr")?;
+        let mut stdout = child
+            .child()
+            .stdout
+            .take()
+            .context("the load generator's stdout")?;
         // Read on a thread of its own: a report larger than the pipe must
         // not block the child.
         let stdout = std::thread::spawn(move || {
@@ -296,7 +353,7 @@ impl LoadGenerator {
             text
         });
         Ok(Self {
-            stdin: child.stdin.take(),
+            stdin: child.child().stdin.take(),
             opened: Some(spawn::drain_until(stderr, WAITING_FOR_GO)),
             stdout: Some(stdout),
             child,
@@ -337,6 +394,7 @@ impl LoadGenerator {
         .map_err(|_| anyhow::anyhow!("the thread reading the report panicked"))?;
         let status = self
             .child
+            .child()
             .wait()
             .context("waiting for the load generator")?;
         if !status.success() {
@@ -347,20 +405,18 @@ impl LoadGenerator {
     }
 }
 
-impl Drop for LoadGenerator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// One report of the load generators' `reports`: deliveries, subscribers
 /// and disconnects summed, latencies from their histograms added up,
-/// memory over the serving nodes, `cpu` the whole cluster's.
+/// memory over the serving nodes; server CPU the nodes' (each measured by
+/// its load generator) and `engine_cpu` (the publisher's and nats-server's).
 ///
 /// # Errors
 /// When a report has no histogram, or a bad one.
-fn merge(reports: &[Report], connections: usize, cpu: Option<f64>) -> anyhow::Result<Report> {
+fn merge(
+    reports: &[Report],
+    connections: usize,
+    engine_cpu: Option<f64>,
+) -> anyhow::Result<Report> {
     let mut latencies = histogram::new_histogram();
     for report in reports {
         let buckets = report
@@ -369,6 +425,10 @@ fn merge(reports: &[Report], connections: usize, cpu: Option<f64>) -> anyhow::Re
             .context("a load generator sent no latency histogram")?;
         histogram::add_buckets(&mut latencies, buckets)?;
     }
+    let nodes_cpu: Option<f64> = reports.iter().map(|r| r.server_cpu_s).sum();
+    let cpu = nodes_cpu
+        .zip(engine_cpu)
+        .map(|(nodes, engine)| nodes + engine);
     let connected: usize = reports.iter().map(|r| r.connected).sum();
     let messages: u64 = reports.iter().map(|r| r.messages).sum();
     let rss_before: Option<u64> = reports.iter().map(|r| r.server_rss_before_kib).sum();

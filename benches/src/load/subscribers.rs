@@ -176,7 +176,13 @@ impl Feed {
             s.token
         );
         let client = reqwest::Client::builder().local_address(s.source).build()?;
-        let response = client.get(&url).send().await?;
+        // The token is in the URL, as a browser's EventSource sends it: an
+        // error must not print it.
+        let response = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(reqwest::Error::without_url)?;
         if !response.status().is_success() {
             anyhow::bail!("SSE refused: {}", response.status());
         }
@@ -217,7 +223,11 @@ impl Feed {
             },
             Self::Nats(subscriber) => subscriber.next(recorder).await?,
             Self::Sse { response, buffer } => {
-                let Some(bytes) = response.chunk().await? else {
+                let Some(bytes) = response
+                    .chunk()
+                    .await
+                    .map_err(reqwest::Error::without_url)?
+                else {
                     anyhow::bail!("closed by the server");
                 };
                 buffer.push_str(&String::from_utf8_lossy(&bytes));
