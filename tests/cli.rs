@@ -324,28 +324,29 @@ async fn loadtests_report_throughput_latency_and_server_memory_as_json() {
     assert!(ws["latency_us"]["p99"].as_u64().unwrap() > 0, "{ws}");
 }
 
-/// `loadtest compare` as a smoke run (benchmarks are not timed tests: no
-/// latency is asserted): fxcast's WebSocket and nats-server's, 100
-/// subscribers each from three loopback source addresses for 2 s, each
-/// against a server the command starts itself.
-#[tokio::test]
-async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
+/// A row of `loadtest compare` that held all its `connections` subscribers
+/// and measured them: deliveries, latency, server CPU and memory.
+fn assert_measured(row: &serde_json::Value, connections: u64) {
+    let report = &row["report"];
+    assert_eq!(row["connections"], connections, "{row:#}");
+    assert_eq!(report["connections"], connections, "{row:#}");
+    assert_eq!(report["connected"], connections, "{row:#}");
+    assert!(report["messages"].as_u64().unwrap() > 0, "{row:#}");
+    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{row:#}");
+    assert!(report["server_cpu_s"].as_f64().is_some(), "{row:#}");
+    assert!(
+        report["server_kib_per_connection"].as_f64().is_some(),
+        "{row:#}"
+    );
+}
+
+/// `fxcast loadtest compare <args>` for 2 s per case, 40 subscribers per
+/// source address, as JSON; within 3 minutes.
+async fn compare(args: &[&str]) -> serde_json::Value {
     let run = Command::new(BIN)
-        .args([
-            "loadtest",
-            "compare",
-            "--servers",
-            "fxcast-ws,nats-ws",
-            "--connections",
-            "100",
-            "--ws-connections",
-            "",
-            "--per-source-address",
-            "40",
-            "--duration",
-            "2s",
-            "--json",
-        ])
+        .args(["loadtest", "compare"])
+        .args(args)
+        .args(["--per-source-address", "40", "--duration", "2s", "--json"])
         .env_remove("FXCAST_API_KEY")
         .env_remove("FXCAST_TOKEN")
         .kill_on_drop(true)
@@ -354,21 +355,29 @@ async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
         .await
         .expect("the comparison finished within 3 minutes")
         .unwrap();
-    let table: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    serde_json::from_str(&stdout(&output)).unwrap()
+}
+
+/// `loadtest compare` as a smoke run (benchmarks are not timed tests: no
+/// latency is asserted): fxcast's WebSocket and nats-server's, 100
+/// subscribers each from three loopback source addresses for 2 s, each
+/// against a server the command starts itself.
+#[tokio::test]
+async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
+    let table = compare(&[
+        "--servers",
+        "fxcast-ws,nats-ws",
+        "--connections",
+        "100",
+        "--ws-connections",
+        "",
+    ])
+    .await;
     let rows = table["rows"].as_array().unwrap();
     let servers: Vec<_> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();
     assert_eq!(servers, ["fxcast-ws", "nats-ws"], "{table:#}");
     for row in rows {
-        let report = &row["report"];
-        assert_eq!(row["connections"], 100, "{row:#}");
-        assert_eq!(report["connected"], 100, "{row:#}");
-        assert!(report["messages"].as_u64().unwrap() > 0, "{row:#}");
-        assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{row:#}");
-        assert!(report["server_cpu_s"].as_f64().is_some(), "{row:#}");
-        assert!(
-            report["server_kib_per_connection"].as_f64().is_some(),
-            "{row:#}"
-        );
+        assert_measured(row, 100);
     }
     // The same messages on both sides: fxcast's frames, republished.
     assert!(table["payload_bytes"].as_u64().unwrap() > 100, "{table:#}");
@@ -381,33 +390,17 @@ async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
 /// latency asserted, only that every subscriber was held and received).
 #[tokio::test]
 async fn loadtest_compare_spreads_a_case_past_one_process_over_a_cluster() {
-    let run = Command::new(BIN)
-        .args([
-            "loadtest",
-            "compare",
-            "--servers",
-            "fxcast-ws",
-            "--connections",
-            "",
-            "--ws-connections",
-            "120",
-            "--max-per-process",
-            "50",
-            "--per-source-address",
-            "40",
-            "--duration",
-            "2s",
-            "--json",
-        ])
-        .env_remove("FXCAST_API_KEY")
-        .env_remove("FXCAST_TOKEN")
-        .kill_on_drop(true)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the spread case finished within 3 minutes")
-        .unwrap();
-    let table: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
+    let table = compare(&[
+        "--servers",
+        "fxcast-ws",
+        "--connections",
+        "",
+        "--ws-connections",
+        "120",
+        "--max-per-process",
+        "50",
+    ])
+    .await;
     let rows = table["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{table:#}");
     let row = &rows[0];
@@ -415,17 +408,8 @@ async fn loadtest_compare_spreads_a_case_past_one_process_over_a_cluster() {
     assert_eq!(row["spread"]["server_processes"], 3, "{row:#}");
     assert_eq!(row["spread"]["load_generators"], 3, "{row:#}");
     assert_eq!(row["spread"]["largest_share"], 40, "{row:#}");
-    let report = &row["report"];
-    assert_eq!(report["connections"], 120, "{row:#}");
-    assert_eq!(report["connected"], 120, "{row:#}");
-    assert_eq!(report["disconnects"], 0, "{row:#}");
-    assert!(report["messages"].as_u64().unwrap() > 0, "{row:#}");
-    assert!(report["latency_us"]["p50"].as_u64().unwrap() > 0, "{row:#}");
-    assert!(report["server_cpu_s"].as_f64().is_some(), "{row:#}");
-    assert!(
-        report["server_kib_per_connection"].as_f64().is_some(),
-        "{row:#}"
-    );
+    assert_measured(row, 120);
+    assert_eq!(row["report"]["disconnects"], 0, "{row:#}");
     // Merged, not passed through.
-    assert!(report.get("latency_histogram").is_none(), "{row:#}");
+    assert!(row["report"].get("latency_histogram").is_none(), "{row:#}");
 }

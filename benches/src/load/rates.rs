@@ -421,12 +421,6 @@ impl Report {
         };
         let messages = shared.messages.load(Ordering::Relaxed);
         let histogram = shared.histogram();
-        let per_connection = match (rss_before, rss_connected) {
-            (Some(before), Some(after)) if ramp.connected > 0 => {
-                Some((after.saturating_sub(before)) as f64 / ramp.connected as f64)
-            }
-            _ => None,
-        };
         Self {
             interface: format!("{interface:?}").to_lowercase(),
             connections: load.connections,
@@ -438,11 +432,13 @@ impl Report {
             latency_us: Percentiles::of(&histogram),
             server_rss_before_kib: rss_before,
             server_rss_connected_kib: rss_connected,
-            server_kib_per_connection: per_connection,
+            server_kib_per_connection: kib_per_connection(
+                rss_before,
+                rss_connected,
+                ramp.connected,
+            ),
             server_cpu_s: cpu,
-            server_cpu_s_per_million: cpu
-                .filter(|_| messages > 0)
-                .map(|cpu| cpu / messages as f64 * 1e6),
+            server_cpu_s_per_million: per_million(cpu, messages),
             load_generator_cpu_s: own_cpu,
             disconnects: shared.disconnects.load(Ordering::Relaxed),
             first_failure: first(&shared.first_failure),
@@ -496,4 +492,21 @@ impl Report {
             }
         }
     }
+}
+
+/// The server's RSS growth from `before` to `after` (KiB) over the
+/// `connected` subscribers it holds.
+pub(super) fn kib_per_connection(
+    before: Option<u64>,
+    after: Option<u64>,
+    connected: usize,
+) -> Option<f64> {
+    let (before, after) = before.zip(after).filter(|_| connected > 0)?;
+    Some(after.saturating_sub(before) as f64 / connected as f64)
+}
+
+/// CPU seconds per million of `messages` deliveries.
+pub(super) fn per_million(cpu: Option<f64>, messages: u64) -> Option<f64> {
+    cpu.filter(|_| messages > 0)
+        .map(|cpu| cpu / messages as f64 * 1e6)
 }

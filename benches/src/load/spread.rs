@@ -433,10 +433,6 @@ fn merge(
     let messages: u64 = reports.iter().map(|r| r.messages).sum();
     let rss_before: Option<u64> = reports.iter().map(|r| r.server_rss_before_kib).sum();
     let rss_connected: Option<u64> = reports.iter().map(|r| r.server_rss_connected_kib).sum();
-    let per_connection = rss_before
-        .zip(rss_connected)
-        .filter(|_| connected > 0)
-        .map(|(before, after)| after.saturating_sub(before) as f64 / connected as f64);
     Ok(Report {
         interface: reports
             .first()
@@ -451,11 +447,9 @@ fn merge(
         latency_us: Percentiles::of(&latencies),
         server_rss_before_kib: rss_before,
         server_rss_connected_kib: rss_connected,
-        server_kib_per_connection: per_connection,
+        server_kib_per_connection: rates::kib_per_connection(rss_before, rss_connected, connected),
         server_cpu_s: cpu,
-        server_cpu_s_per_million: cpu
-            .filter(|_| messages > 0)
-            .map(|cpu| cpu / messages as f64 * 1e6),
+        server_cpu_s_per_million: rates::per_million(cpu, messages),
         load_generator_cpu_s: reports.iter().map(|r| r.load_generator_cpu_s).sum(),
         disconnects: reports.iter().map(|r| r.disconnects).sum(),
         first_failure: reports.iter().find_map(|r| r.first_failure.clone()),
