@@ -5,7 +5,10 @@
 //! made durable in one transaction (group commit): one `fsync` per batch,
 //! not per order, so throughput grows with concurrency while each order
 //! still waits for exactly the commit that holds it. Replies are sent only
-//! after that commit returned, so an acknowledged order is on disk.
+//! after that commit returned, so an acknowledged order is on disk. The
+//! order path wakes the writer once the runtime has run the tasks it had
+//! ready, not at the first order of a burst (see `Doorbell`), so a commit
+//! holds the whole burst.
 //!
 //! Reads (`find`, `get`, `list`, `pending`) run on pooled read-only
 //! connections on the blocking pool; WAL readers never wait for the writer.
@@ -38,7 +41,11 @@ use std::{
     fmt,
     hash::{DefaultHasher, Hash, Hasher},
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, mpsc as std_mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc as std_mpsc,
+    },
     thread,
     time::{Duration, SystemTime},
 };
@@ -181,6 +188,7 @@ pub struct OrderJournal {
 struct Inner {
     path: PathBuf,
     commands: mpsc::Sender<Command>,
+    doorbell: Doorbell,
     keys: Arc<KnownKeys>,
     // Idle read-only connections. A std mutex: held only to push or pop.
     readers: Mutex<Vec<Connection>>,
@@ -244,6 +252,7 @@ impl OrderJournal {
         // After the wal_autocheckpoint pragma, which would replace it.
         conn.wal_hook(Some(count_wal_frames));
         let (commands, receiver) = mpsc::channel(QUEUE);
+        let (doorbell, rings) = Doorbell::new();
         // SQLite runs one checkpoint at a time and answers a second one
         // "busy" at once; this gate makes the writer's rewind wait for a
         // background checkpoint in progress instead of failing behind it.
@@ -252,7 +261,7 @@ impl OrderJournal {
         let writer_keys = Arc::clone(&keys);
         thread::Builder::new()
             .name("order-journal".into())
-            .spawn(move || writer_loop(conn, receiver, &writer_keys, &writer_gate))
+            .spawn(move || writer_loop(conn, receiver, &rings, &writer_keys, &writer_gate))
             .map_err(|source| Error::Io {
                 context: "cannot start the order journal writer".into(),
                 source,
@@ -270,6 +279,7 @@ impl OrderJournal {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 commands,
+                doorbell,
                 keys,
                 readers: Mutex::new(Vec::new()),
                 _stop_checkpointer: stop,
@@ -296,6 +306,7 @@ impl OrderJournal {
             .send(command)
             .await
             .map_err(|_| stopped())?;
+        self.inner.doorbell.ring_when_idle().await;
         reply.await.map_err(|_| stopped())?
     }
 
@@ -559,23 +570,85 @@ fn fingerprint(subject: &str, client_order_id: &str) -> u64 {
     hasher.finish()
 }
 
+/// How the order path wakes the writer: once per burst of commands, after
+/// the runtime has run the tasks it had ready (often more orders, read from
+/// the same sockets), not at the first command of the burst.
+///
+/// Woken at once, the writer can take the CPU from the runtime (on a busy
+/// or single core), commit the first order alone and leave the rest of the
+/// burst to wait for the next commit and its `fdatasync`. Deferred with
+/// [`tokio::task::yield_now`], which the scheduler wakes only once it has
+/// run out of ready tasks and polled the I/O driver (or, when always busy,
+/// at its periodic maintenance), the ring finds the whole burst queued. A
+/// lone order waits for nothing but one more turn of the scheduler.
+struct Doorbell {
+    // A ring is on its way (a caller is yielding before it rings).
+    armed: AtomicBool,
+    // At most one ring waits for the writer: more would wake it for nothing.
+    ring: std_mpsc::SyncSender<()>,
+}
+
+impl Doorbell {
+    fn new() -> (Self, std_mpsc::Receiver<()>) {
+        let (ring, rings) = std_mpsc::sync_channel(1);
+        let doorbell = Self {
+            armed: AtomicBool::new(false),
+            ring,
+        };
+        (doorbell, rings)
+    }
+
+    /// Called after queueing a command: the first caller of a burst yields
+    /// to the runtime, then rings; the others rely on its ring.
+    async fn ring_when_idle(&self) {
+        if self.armed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Rings on drop, so a caller cancelled while yielding still wakes
+        // the writer.
+        let _ring = RingOnDrop(self);
+        tokio::task::yield_now().await;
+    }
+}
+
+struct RingOnDrop<'a>(&'a Doorbell);
+
+impl Drop for RingOnDrop<'_> {
+    fn drop(&mut self) {
+        // Disarmed before ringing, by a read-modify-write: a command queued
+        // by a caller that saw the bell armed is then queued before this
+        // ring, and one queued later rings itself. The writer drains the
+        // queue after every ring, so no command waits without one.
+        self.0.armed.swap(false, Ordering::AcqRel);
+        // Full: a ring is already waiting, which is as good.
+        let _ = self.0.ring.try_send(());
+    }
+}
+
 fn writer_loop(
     mut conn: Connection,
     mut commands: mpsc::Receiver<Command>,
+    rings: &std_mpsc::Receiver<()>,
     keys: &KnownKeys,
     gate: &Mutex<()>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = commands.blocking_recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match commands.try_recv() {
-                Ok(command) => batch.push(command),
-                Err(_) => break,
+    // Each ring drains the queue; so does the end of every commit, since
+    // commands may have been queued (and their ring taken) meanwhile.
+    while rings.recv().is_ok() {
+        loop {
+            while batch.len() < MAX_BATCH {
+                match commands.try_recv() {
+                    Ok(command) => batch.push(command),
+                    Err(_) => break,
+                }
             }
+            if batch.is_empty() {
+                break;
+            }
+            commit_batch(&mut conn, &mut batch, keys);
+            rewind_if_long(&conn, gate);
         }
-        commit_batch(&mut conn, &mut batch, keys);
-        rewind_if_long(&conn, gate);
     }
     tracing::debug!("order journal writer stopped");
 }
@@ -1019,5 +1092,29 @@ mod tests {
             .unwrap();
         let err = OrderJournal::open(&path, JournalSync::Full).unwrap_err();
         assert!(err.to_string().contains("schema version 99"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_caller_dropped_before_the_writer_is_rung_still_gets_its_order_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = OrderJournal::open(&dir.path().join("o.sqlite3"), JournalSync::Full).unwrap();
+        // Polled once: the command is queued and its caller yields before
+        // ringing; then the caller is dropped.
+        let dropped = futures_util::FutureExt::now_or_never(journal.record(order(
+            "alice",
+            "gone",
+            OrderStatus::Filled,
+        )));
+        assert!(dropped.is_none(), "recorded without yielding");
+        // The next caller's order is committed (a bell left armed would
+        // never ring again), and so is the dropped one.
+        let next = tokio::time::timeout(
+            Duration::from_secs(10),
+            journal.record(order("alice", "next", OrderStatus::Filled)),
+        )
+        .await
+        .expect("the writer was never rung");
+        assert!(matches!(next.unwrap(), Recorded::Inserted));
+        assert!(journal.find("alice", "gone").unwrap().is_some());
     }
 }
