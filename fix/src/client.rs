@@ -388,20 +388,7 @@ async fn connection(
                     Err(err) => return format!("connection lost: {err}"),
                 };
                 decoder.extend(&buffer[..n]);
-                let mut actions = Vec::new();
-                while let Some(frame) = decoder.next_frame() {
-                    match frame {
-                        Decoded::Message(message) => {
-                            tracing::trace!(msg_type = message.msg_type(), seq = ?message.seq_num(), "FIX in");
-                            actions.extend(core.on_message(message, now()));
-                        }
-                        Decoded::Garbled { reason, skipped } => {
-                            shared.status.send_modify(|s| s.garbled += 1);
-                            tracing::warn!(%reason, skipped, "ignoring a garbled FIX message");
-                        }
-                    }
-                }
-                actions
+                receive(shared, core, &mut decoder)
             }
             _ = tick.tick() => core.on_tick(now()),
             Some(out) = inbox.recv() => {
@@ -440,6 +427,25 @@ async fn connection(
             }
         }
     }
+}
+
+/// Hands every whole message `decoder` holds to the session; returns what
+/// the session wants done. Garbled input is counted and skipped.
+fn receive(shared: &Shared, core: &mut SessionCore, decoder: &mut Decoder) -> Vec<Action> {
+    let mut actions = Vec::new();
+    while let Some(frame) = decoder.next_frame() {
+        match frame {
+            Decoded::Message(message) => {
+                tracing::trace!(msg_type = message.msg_type(), seq = ?message.seq_num(), "FIX in");
+                actions.extend(core.on_message(message, Instant::now().into_std()));
+            }
+            Decoded::Garbled { reason, skipped } => {
+                shared.status.send_modify(|s| s.garbled += 1);
+                tracing::warn!(%reason, skipped, "ignoring a garbled FIX message");
+            }
+        }
+    }
+    actions
 }
 
 /// Writes `bytes`, giving up after `limit` (the heartbeat interval): a

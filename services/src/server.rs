@@ -87,34 +87,10 @@ impl RatesCore {
         hub.prime(&transport).await;
         // The authority has created the data directory.
         let publisher = durable_publisher(&config, &transport, &latest, &symbols)?;
-        let orders = match &config.orders.upstream {
-            Some(upstream) => {
-                tracing::info!(upstream = %upstream.url, "orders go to the executor upstream");
-                Orders::Upstream(OrderForwarder::new(
-                    upstream,
-                    authority.clone(),
-                    shutdown.clone(),
-                )?)
-            }
-            None => {
-                // The authority has created the data directory.
-                let journal = OrderJournal::open(
-                    &config.data_dir.join(JOURNAL_FILE),
-                    config.orders.journal_sync,
-                )?;
-                let executor = OrderExecutor::start(
-                    &config.orders,
-                    journal,
-                    symbols.clone(),
-                    latest.clone(),
-                    hub.clone(),
-                    Arc::clone(&transport),
-                    shutdown.clone(),
-                )
-                .await?;
-                Orders::Local(executor)
-            }
-        };
+        let orders = Self::start_orders(
+            &config, &authority, &symbols, &latest, &hub, &transport, &shutdown,
+        )
+        .await?;
 
         crate::auth::start_following(&transport, &authority, &shutdown, &mut tasks).await;
         let mut core = Self {
@@ -145,6 +121,43 @@ impl RatesCore {
             "rate core started"
         );
         Ok(core)
+    }
+
+    /// The order path: forwarded to the executor upstream, or executed here
+    /// against the journal in the data directory (which the authority has
+    /// created).
+    async fn start_orders(
+        config: &Config,
+        authority: &TokenAuthority,
+        symbols: &SymbolTable,
+        latest: &LatestRates,
+        hub: &RateHub,
+        transport: &Arc<dyn Transport>,
+        shutdown: &CancellationToken,
+    ) -> Result<Orders, Error> {
+        if let Some(upstream) = &config.orders.upstream {
+            tracing::info!(upstream = %upstream.url, "orders go to the executor upstream");
+            return Ok(Orders::Upstream(OrderForwarder::new(
+                upstream,
+                authority.clone(),
+                shutdown.clone(),
+            )?));
+        }
+        let journal = OrderJournal::open(
+            &config.data_dir.join(JOURNAL_FILE),
+            config.orders.journal_sync,
+        )?;
+        let executor = OrderExecutor::start(
+            &config.orders,
+            journal,
+            symbols.clone(),
+            latest.clone(),
+            hub.clone(),
+            Arc::clone(transport),
+            shutdown.clone(),
+        )
+        .await?;
+        Ok(Orders::Local(executor))
     }
 
     /// Runs `feed` into the publisher until shutdown.

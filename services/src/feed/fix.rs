@@ -339,6 +339,24 @@ impl FixFeed {
         (quotes, Vec::new())
     }
 
+    /// Applies a snapshot or refresh to the books and sends the quotes it
+    /// makes. Returns the symbols whose books it dropped, or `None` once
+    /// nobody takes quotes any more.
+    async fn forward(
+        &self,
+        message: &Message,
+        books: &mut HashMap<String, Book>,
+        resync: &mut HashSet<String>,
+        out: &mpsc::Sender<Quote>,
+    ) -> Option<Vec<String>> {
+        self.health.count(Counter::Notification);
+        let (quotes, dropped) = self.apply(message, books, resync);
+        for quote in quotes {
+            out.send(quote).await.ok()?;
+        }
+        Some(dropped)
+    }
+
     fn rejected(&self, message: &Message, requests: &HashMap<String, String>) {
         self.health.count(Counter::RpcError);
         let id = message.get(tag::MD_REQ_ID).unwrap_or("");
@@ -423,13 +441,9 @@ impl Feed for FixFeed {
                 if let Some(message) = message {
                     match message.msg_type() {
                         "W" | "X" => {
-                            self.health.count(Counter::Notification);
-                            let (quotes, dropped) = self.apply(&message, &mut books, &mut resync);
-                            again = dropped;
-                            for quote in quotes {
-                                if out.send(quote).await.is_err() {
-                                    return Ok(());
-                                }
+                            match self.forward(&message, &mut books, &mut resync, &out).await {
+                                Some(dropped) => again = dropped,
+                                None => return Ok(()),
                             }
                         }
                         "Y" => self.rejected(&message, &requests),

@@ -122,6 +122,22 @@ enum Ended {
     Resume(String),
 }
 
+/// One inbox message, screened by `Driver::screen`.
+enum Screened {
+    /// A message to deliver unless it is a repeat.
+    Deliver(Screen),
+    /// A heartbeat, or a message without stream metadata.
+    Skip,
+    /// The consumer must be replaced.
+    End(Ended),
+}
+
+/// A message worth delivering.
+struct Screen {
+    stream_sequence: u64,
+    payload: Bytes,
+}
+
 /// A live consumer: its inbox and name.
 struct Started {
     inbox: Subscriber,
@@ -377,50 +393,67 @@ impl Driver {
             if statistics.connects.load(Ordering::Relaxed) != connection {
                 return Ended::Resume("the connection came back".to_owned());
             }
-            match message.status {
-                None => {}
-                Some(StatusCode::IDLE_HEARTBEAT) => {
-                    // A flow-control request carries a reply subject.
-                    if let Some(reply) = message.reply {
-                        let _ = context.client.publish(reply, Bytes::new()).await;
-                    }
-                    continue;
-                }
-                Some(status) => {
-                    return Ended::Resume(format!(
-                        "the consumer reported {status}: {}",
-                        message.description.as_deref().unwrap_or("")
-                    ));
-                }
-            }
-            let message = jetstream::Message {
-                message,
-                context: context.jetstream.clone(),
+            let message = match self.screen(message, &mut delivered).await {
+                Screened::Deliver(message) => message,
+                Screened::Skip => continue,
+                Screened::End(ended) => return ended,
             };
-            let (stream_sequence, consumer_sequence) = match message.info() {
-                Ok(info) => (info.stream_sequence, info.consumer_sequence),
-                Err(e) => {
-                    tracing::warn!(topic = %self.topic, error = %e, "nats delivery without stream metadata dropped");
-                    continue;
-                }
-            };
-            if consumer_sequence > delivered + 1 {
-                // Not taken: the new consumer starts again right after the
-                // cursor, which still points before the lost ones.
-                return Ended::Resume(format!(
-                    "deliveries {} to {} of the consumer did not arrive",
-                    delivered + 1,
-                    consumer_sequence - 1
-                ));
-            }
-            // Counted before the dedupe, so a repeat is no hole.
-            delivered = consumer_sequence;
-            if stream_sequence <= cursor.sequence {
+            if message.stream_sequence <= cursor.sequence {
                 context.counters.duplicates.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            cursor.sequence = stream_sequence;
-            let _ = self.sender.send(Delivery::Message(message.message.payload));
+            cursor.sequence = message.stream_sequence;
+            let _ = self.sender.send(Delivery::Message(message.payload));
         }
+    }
+
+    /// What to do with one message from the consumer's inbox: answer a
+    /// heartbeat's flow-control request, end on any other status or a hole
+    /// in the consumer's numbering, or deliver it with its stream sequence.
+    /// `delivered` is the consumer sequence of the last delivery, raised
+    /// here (before the dedupe, so a repeat is no hole).
+    async fn screen(&self, message: async_nats::Message, delivered: &mut u64) -> Screened {
+        let context = &self.context;
+        match message.status {
+            None => {}
+            Some(StatusCode::IDLE_HEARTBEAT) => {
+                // A flow-control request carries a reply subject.
+                if let Some(reply) = message.reply {
+                    let _ = context.client.publish(reply, Bytes::new()).await;
+                }
+                return Screened::Skip;
+            }
+            Some(status) => {
+                return Screened::End(Ended::Resume(format!(
+                    "the consumer reported {status}: {}",
+                    message.description.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        let message = jetstream::Message {
+            message,
+            context: context.jetstream.clone(),
+        };
+        let (stream_sequence, consumer_sequence) = match message.info() {
+            Ok(info) => (info.stream_sequence, info.consumer_sequence),
+            Err(e) => {
+                tracing::warn!(topic = %self.topic, error = %e, "nats delivery without stream metadata dropped");
+                return Screened::Skip;
+            }
+        };
+        if consumer_sequence > *delivered + 1 {
+            // Not taken: the new consumer starts again right after the
+            // cursor, which still points before the lost ones.
+            return Screened::End(Ended::Resume(format!(
+                "deliveries {} to {} of the consumer did not arrive",
+                *delivered + 1,
+                consumer_sequence - 1
+            )));
+        }
+        *delivered = consumer_sequence;
+        Screened::Deliver(Screen {
+            stream_sequence,
+            payload: message.message.payload,
+        })
     }
 }

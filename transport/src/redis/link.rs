@@ -391,19 +391,9 @@ impl Link {
             }
         }
         let timeout = self.timing.request_timeout;
-        if !self.feeds.is_empty() {
-            let channels: Vec<String> = self.feeds.keys().cloned().collect();
-            match tokio::time::timeout(timeout, sink.subscribe(channels)).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    driver.abort();
-                    return Some(format!("resubscribing: {e}"));
-                }
-                Err(_) => {
-                    driver.abort();
-                    return Some(format!("resubscribing: no answer within {timeout:?}"));
-                }
-            }
+        if let Err(reason) = self.resubscribe(&mut sink).await {
+            driver.abort();
+            return Some(reason);
         }
         self.generation += 1;
         let generation = self.generation;
@@ -455,6 +445,20 @@ impl Link {
         };
         drop(AbortOnDrop(driver));
         result
+    }
+
+    /// Subscribes a new pub/sub connection to every feed's channel.
+    async fn resubscribe(&self, sink: &mut PubSubSink) -> Result<(), String> {
+        if self.feeds.is_empty() {
+            return Ok(());
+        }
+        let timeout = self.timing.request_timeout;
+        let channels: Vec<String> = self.feeds.keys().cloned().collect();
+        match tokio::time::timeout(timeout, sink.subscribe(channels)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("resubscribing: {e}")),
+            Err(_) => Err(format!("resubscribing: no answer within {timeout:?}")),
+        }
     }
 
     async fn handle(
