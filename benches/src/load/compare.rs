@@ -655,7 +655,8 @@ impl FxcastServer {
         let child = command
             .spawn()
             .with_context(|| format!("cannot start {}", compare.fxcast.display()))?;
-        let (child, line) = spawn::wait_until(child, "fxcast serve", "fxcast listening", STARTUP)?;
+        let (child, log) = spawn::wait_until(child, "fxcast serve", "fxcast listening", STARTUP)?;
+        let line = log.lines().last().unwrap_or_default();
         let field = |name: &str| -> anyhow::Result<String> {
             let key = format!("{name}=");
             let at = line

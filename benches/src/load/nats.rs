@@ -1,8 +1,9 @@
 //! The peer of the comparison: `nats-server` with its WebSocket listener,
 //! fed the same rate messages fxcast's WebSocket sends, at the same rate.
 //!
-//! - [`NatsServer`]: a `nats-server` started for one run on free loopback
-//!   ports from a generated configuration (WebSocket listener without TLS,
+//! - [`NatsServer`]: a `nats-server` started for one run on loopback ports
+//!   it picks itself (read back from its log) from a generated
+//!   configuration (WebSocket listener without TLS,
 //!   `max_connections` and `max_payload` fit for the run), optionally pinned
 //!   to cores with `taskset`; killed when dropped.
 //! - [`Publisher`]: publishes one message per symbol every tick interval
@@ -30,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{
     recorder::Recorder,
-    spawn::{Process, free_port, pinned, program, wait_until},
+    spawn::{Process, pinned, program, wait_until},
     subscribers::{WsStream, connect_ws},
 };
 
@@ -47,6 +48,26 @@ pub fn subject(symbol: &str) -> String {
 /// else the Debian package's `/usr/sbin/nats-server`.
 pub fn binary() -> PathBuf {
     program("NATS_SERVER", "nats-server", "/usr/sbin")
+}
+
+/// The client and WebSocket ports nats-server chose (`port: -1` binds
+/// port 0), from what it logged before it was ready:
+/// `Listening for client connections on 127.0.0.1:44351` and
+/// `Listening for websocket clients on ws://127.0.0.1:39167`. The server
+/// binds its own ports, so no other process can take them between a probe
+/// and the bind.
+fn ports(log: &str) -> anyhow::Result<(u16, u16)> {
+    let port = |prefix: &str| -> anyhow::Result<u16> {
+        log.lines()
+            .find_map(|line| line.split_once(prefix).map(|(_, rest)| rest))
+            .and_then(|address| address.trim().rsplit(':').next())
+            .and_then(|port| port.parse().ok())
+            .with_context(|| format!("nats-server did not log \"{prefix} <address>\":\n{log}"))
+    };
+    Ok((
+        port("Listening for client connections on")?,
+        port("Listening for websocket clients on")?,
+    ))
 }
 
 /// A nats-server for one run; killed when dropped.
@@ -80,7 +101,6 @@ impl NatsServer {
     }
 
     fn start_with(connections: usize, cpus: Option<&str>, jetstream: bool) -> anyhow::Result<Self> {
-        let (port, ws_port) = (free_port()?, free_port()?);
         let dir = tempfile::tempdir().context("cannot create a directory for nats-server")?;
         let config = dir.path().join("nats.conf");
         let extra = if jetstream {
@@ -96,10 +116,11 @@ impl NatsServer {
         std::fs::write(
             &config,
             format!(
-                "listen: \"127.0.0.1:{port}\"\n\
+                "host: \"127.0.0.1\"\n\
+                 port: -1\n\
                  max_connections: {}\n\
                  {extra}\
-                 websocket {{\n  listen: \"127.0.0.1:{ws_port}\"\n  no_tls: true\n}}\n",
+                 websocket {{\n  host: \"127.0.0.1\"\n  port: -1\n  no_tls: true\n}}\n",
                 connections + 64
             ),
         )?;
@@ -117,7 +138,8 @@ impl NatsServer {
                 binary.display()
             )
         })?;
-        let (child, _) = wait_until(child, "nats-server", "Server is ready", READY_WITHIN)?;
+        let (child, log) = wait_until(child, "nats-server", "Server is ready", READY_WITHIN)?;
+        let (port, ws_port) = ports(&log)?;
         Ok(Self {
             child,
             port,
@@ -380,6 +402,19 @@ impl WsSubscriber {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ports_nats_server_chose_are_read_from_its_log() {
+        let log = "[1] 2026/12/07 23:25:11.033185 [INF] Listening for websocket clients on ws://127.0.0.1:39167\n\
+                   [1] 2026/12/07 23:25:11.033236 [INF] Listening for client connections on 127.0.0.1:44351\n\
+                   [1] 2026/12/07 23:25:11.033242 [INF] Server is ready";
+        assert_eq!(ports(log).unwrap(), (44351, 39167));
+        let error = ports("[1] [INF] Server is ready").unwrap_err().to_string();
+        assert!(
+            error.contains("Listening for client connections on"),
+            "{error}"
+        );
+    }
 
     #[test]
     fn messages_split_and_joined_across_frames_parse() {

@@ -1,9 +1,8 @@
-//! Starting the servers of a load run: on free loopback ports, pinned to
-//! cores with `taskset`, their log drained so they never block on it.
+//! Starting the servers of a load run: pinned to cores with `taskset`,
+//! their log drained so they never block on it.
 
 use std::{
     io::{BufRead, BufReader},
-    net::TcpListener,
     process::{Child, Command},
     sync::mpsc,
     time::Duration,
@@ -41,8 +40,8 @@ impl Drop for Process {
 
 /// Waits up to `within` for a line containing `marker` on `child`'s piped
 /// stderr (drained to its end, so the child never blocks on it). Returns
-/// the child, guarded, and that line; `what` names it in errors, after
-/// which the child is killed.
+/// the child, guarded, and what it logged up to that line (that line
+/// last); `what` names it in errors, after which the child is killed.
 ///
 /// # Errors
 /// When it exits first (with what it logged) or is not ready in time.
@@ -80,13 +79,6 @@ pub(super) fn program(env: &str, name: &str, fallback_dir: &str) -> std::path::P
         .unwrap_or_else(|| std::path::Path::new(fallback_dir).join(name))
 }
 
-/// A free TCP port of 127.0.0.1 (free once the probe listener is closed;
-/// the server binds it right after).
-pub(super) fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("cannot find a free port")?;
-    Ok(listener.local_addr()?.port())
-}
-
 /// `program` under `taskset -c <cpus>` when pinned: taskset execs it, so the
 /// child's pid is the server's.
 pub(super) fn pinned(cpus: Option<&str>, program: &std::path::Path) -> Command {
@@ -101,8 +93,9 @@ pub(super) fn pinned(cpus: Option<&str>, program: &std::path::Path) -> Command {
 }
 
 /// Reads `log` to its end on a thread of its own (so the child never blocks
-/// on a full pipe) and sends the first line containing `marker`, or what was
-/// logged when it ended first.
+/// on a full pipe) and sends what was logged up to and including the first
+/// line containing `marker` (that line last), or what was logged when it
+/// ended first.
 pub(super) fn drain_until(
     log: impl std::io::Read + Send + 'static,
     marker: &'static str,
@@ -113,13 +106,13 @@ pub(super) fn drain_until(
         let mut ready_tx = Some(ready_tx);
         for line in BufReader::new(log).lines() {
             let Ok(line) = line else { break };
-            if line.contains(marker)
-                && let Some(tx) = ready_tx.take()
-            {
-                let _ = tx.send(Ok(line.clone()));
+            if ready_tx.is_none() {
+                continue;
             }
-            if ready_tx.is_some() {
-                seen.push(line);
+            let found = line.contains(marker);
+            seen.push(line);
+            if found && let Some(tx) = ready_tx.take() {
+                let _ = tx.send(Ok(std::mem::take(&mut seen).join("\n")));
             }
         }
         if let Some(tx) = ready_tx {
