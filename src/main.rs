@@ -6,6 +6,10 @@ use clap::{Parser, Subcommand};
 
 mod commands;
 
+/// Every allocation of the binary, servers and load generators alike.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Live FX/crypto rates and orders against them.
 #[derive(Debug, Parser)]
 #[command(name = "fxcast", version, about, propagate_version = true)]
