@@ -748,9 +748,11 @@ fn compare_section(results: &Path, commit: &str) -> Result<String> {
         command.trim()
     )?;
     md.push_str(&table.markdown());
-    // Only the start says whether others were busy: by the end the run's
-    // own servers and load generators (several in a spread case) are in
-    // the load average, and `scripts/bench-report` builds just before.
+    // A rough sign of other work: by the end the run's own servers and
+    // load generators (eight processes in a spread case) are in the load
+    // average, so only the start is read; even that still carries what
+    // `scripts/bench-report` itself ran just before (its build, or the
+    // order load tests of a full report).
     let busy = table
         .load_average
         .0

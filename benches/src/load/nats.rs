@@ -80,9 +80,9 @@ pub struct NatsServer {
 }
 
 impl NatsServer {
-    /// Starts nats-server on free loopback ports with a WebSocket listener,
-    /// room for `connections` clients (and the publisher), pinned to `cpus`
-    /// (a `taskset -c` list) when given.
+    /// Starts nats-server on loopback ports it picks itself, with a
+    /// WebSocket listener, room for `connections` clients (and the
+    /// publisher), pinned to `cpus` (a `taskset -c` list) when given.
     ///
     /// # Errors
     /// When the binary cannot run or the server is not ready in time.

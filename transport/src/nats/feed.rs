@@ -125,7 +125,7 @@ enum Ended {
 /// One inbox message, screened by `Driver::screen`.
 enum Screened {
     /// A message to deliver unless it is a repeat.
-    Deliver(Screen),
+    Deliver(Fresh),
     /// A heartbeat, or a message without stream metadata.
     Skip,
     /// The consumer must be replaced.
@@ -133,7 +133,7 @@ enum Screened {
 }
 
 /// A message worth delivering.
-struct Screen {
+struct Fresh {
     stream_sequence: u64,
     payload: Bytes,
 }
@@ -451,7 +451,7 @@ impl Driver {
             )));
         }
         *delivered = consumer_sequence;
-        Screened::Deliver(Screen {
+        Screened::Deliver(Fresh {
             stream_sequence,
             payload: message.message.payload,
         })
