@@ -23,7 +23,14 @@
 
 mod close;
 
-use std::{collections::BTreeSet, sync::Arc, time::Duration};
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
 
 use axum::{
     extract::{
@@ -41,6 +48,18 @@ use fxcast_services::stream::{Delivery, GapCause, LagCounter, Live, LiveTicks, S
 
 /// Most ticks written to one connection before a flush.
 const MAX_BATCH: usize = 32;
+/// A batch stops once it holds this many bytes, below the socket's write
+/// buffer (`WRITE_BUFFER`) by at least a frame: tungstenite's buffer grows
+/// by doubling and never shrinks, so a batch that crossed 4 KiB would keep
+/// 8 KiB per connection from then on (most under sustained load, when
+/// every batch is full).
+const BATCH_BYTES: usize = 3 * 1024;
+/// Bytes tungstenite buffers before it writes to the socket.
+const WRITE_BUFFER: usize = 4 * 1024;
+/// Bytes read from the socket at a time: clients send little (commands,
+/// pongs), and the buffer is held (zeroed, so resident) per connection.
+/// Larger messages are read in several steps, up to the message limits.
+const READ_BUFFER: usize = 1024;
 use serde::Deserialize;
 use tokio_stream::StreamMap;
 
@@ -121,8 +140,8 @@ pub(crate) async fn upgrade(
         .max_frame_size(hard_limit)
         // Small socket buffers keep per-connection memory bounded; the
         // broadcast rings hold the backlog once for everyone.
-        .read_buffer_size(4096)
-        .write_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(64 * 1024)
         .on_upgrade(move |socket| async move { Connection::new(state, session).run(socket).await })
         .into_response())
@@ -148,6 +167,9 @@ struct Connection {
     subscriptions: StreamMap<Arc<str>, LiveTicks<RateTick>>,
     cursor: StreamCursor,
     batching: bool,
+    /// Bytes fed in the current batch (counted where `send`, which takes
+    /// `&self`, feeds them; only this connection's task touches it).
+    batched: AtomicUsize,
     lags: LagCounter,
     metrics: ConnectionMetrics,
 }
@@ -164,6 +186,7 @@ impl Connection {
             subscriptions: StreamMap::new(),
             cursor: StreamCursor::new(),
             batching: false,
+            batched: AtomicUsize::new(0),
             lags,
             metrics,
         }
@@ -207,12 +230,13 @@ impl Connection {
     /// Untimed: the caller bounds the whole batch with the send timeout.
     async fn write_batch(&mut self, sink: &mut Sink, item: Live<RateTick>) -> Result<(), Exit> {
         self.batching = true;
+        self.batched.store(0, Ordering::Relaxed);
         let mut next = Some(item);
         let mut written = 0;
         while let Some(item) = next.take() {
             self.read(sink, item).await?;
             written += 1;
-            if written < MAX_BATCH {
+            if written < MAX_BATCH && self.batched.load(Ordering::Relaxed) < BATCH_BYTES {
                 next = self
                     .subscriptions
                     .next()
@@ -237,6 +261,7 @@ impl Connection {
     async fn send(&self, sink: &mut Sink, text: Utf8Bytes) -> Result<(), Exit> {
         if self.batching {
             // Inside `write_batch`, which is timed as a whole.
+            self.batched.fetch_add(text.len(), Ordering::Relaxed);
             return sink.feed(Message::Text(text)).await.map_err(|_| Exit::Gone);
         }
         match tokio::time::timeout(
