@@ -221,6 +221,28 @@ impl Error {
         Self::Unavailable { backend, message }
     }
 
+    /// Awaits `call` for at most `timeout`. A failure, or no answer in
+    /// time, is [`Error::Unavailable`] of `backend`, saying `what` was
+    /// being done: `"{what}: {error}"` or `"{what}: no answer within {timeout:?}"`.
+    ///
+    /// # Errors
+    /// As described.
+    pub async fn within<T, E: std::fmt::Display>(
+        backend: &'static str,
+        timeout: Duration,
+        what: impl std::fmt::Display,
+        call: impl Future<Output = Result<T, E>>,
+    ) -> Result<T, Self> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(Self::unavailable(backend, format!("{what}: {e}"))),
+            Err(_) => Err(Self::unavailable(
+                backend,
+                format!("{what}: no answer within {timeout:?}"),
+            )),
+        }
+    }
+
     /// [`Error::PayloadTooLarge`] when `payload` is over `limit` bytes.
     ///
     /// # Errors

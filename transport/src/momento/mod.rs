@@ -44,6 +44,7 @@ use std::{
 };
 
 use bytes::Bytes;
+use futures_util::TryFutureExt;
 use momento::{
     AuthClient, CacheClient, MomentoError, MomentoErrorCode, TopicClient,
     auth::{
@@ -318,6 +319,17 @@ impl Drop for Inner {
     }
 }
 
+impl Inner {
+    /// `call` within the configured request timeout.
+    async fn within<T>(
+        &self,
+        what: String,
+        call: impl Future<Output = Result<T, String>>,
+    ) -> Result<T, Error> {
+        Error::within(BACKEND, self.config.request_timeout, what, call).await
+    }
+}
+
 impl fmt::Debug for MomentoTransport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MomentoTransport")
@@ -328,10 +340,12 @@ impl fmt::Debug for MomentoTransport {
 }
 
 fn unavailable(what: &str, err: &MomentoError) -> Error {
-    Error::Unavailable {
-        backend: BACKEND,
-        message: format!("{what}: {} ({:?})", err.message, err.error_code),
-    }
+    Error::unavailable(BACKEND, format!("{what}: {}", described(err)))
+}
+
+/// A Momento error as fxcast reports it: its message and code.
+fn described(err: &MomentoError) -> String {
+    format!("{} ({:?})", err.message, err.error_code)
 }
 
 fn channel(url: &str) -> Result<Channel, Error> {
@@ -741,22 +755,11 @@ impl Transport for MomentoTransport {
             )
             .ttl(ttl);
             budget::take(inner.budget.as_deref()).await;
-            match tokio::time::timeout(
-                inner.config.request_timeout,
-                inner.cache.send_request(request),
-            )
-            .await
-            {
-                Ok(Ok(_)) => Ok(()),
-                Ok(Err(e)) => Err(unavailable(&format!("retain {topic}"), &e)),
-                Err(_) => Err(Error::Unavailable {
-                    backend: BACKEND,
-                    message: format!(
-                        "retain {topic}: no answer within {:?}",
-                        inner.config.request_timeout
-                    ),
-                }),
-            }
+            let call = inner.cache.send_request(request).map_err(|e| described(&e));
+            inner
+                .within(format!("retain {topic}"), call)
+                .await
+                .map(drop)
         })
     }
 
@@ -768,18 +771,14 @@ impl Transport for MomentoTransport {
             let get = inner
                 .cache
                 .get(inner.config.cache.as_str(), retained_key(topic));
-            match tokio::time::timeout(inner.config.request_timeout, get).await {
-                Ok(Ok(GetResponse::Hit { value })) => Ok(Some(Bytes::from(Vec::<u8>::from(value)))),
-                Ok(Ok(GetResponse::Miss)) => Ok(None),
-                Ok(Err(e)) => Err(unavailable(&format!("read the retained {topic}"), &e)),
-                Err(_) => Err(Error::Unavailable {
-                    backend: BACKEND,
-                    message: format!(
-                        "read the retained {topic}: no answer within {:?}",
-                        inner.config.request_timeout
-                    ),
-                }),
-            }
+            let got = inner.within(
+                format!("read the retained {topic}"),
+                get.map_err(|e| described(&e)),
+            );
+            Ok(match got.await? {
+                GetResponse::Hit { value } => Some(Bytes::from(Vec::<u8>::from(value))),
+                GetResponse::Miss => None,
+            })
         })
     }
 

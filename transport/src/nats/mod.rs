@@ -505,14 +505,7 @@ impl NatsTransport {
         what: String,
         call: impl Future<Output = Result<T, E>>,
     ) -> Result<T, Error> {
-        match tokio::time::timeout(self.inner.request_timeout, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(e)) => Err(unavailable(format!("{what}: {e}"))),
-            Err(_) => Err(unavailable(format!(
-                "{what}: no answer within {:?}",
-                self.inner.request_timeout
-            ))),
-        }
+        Error::within(BACKEND, self.inner.request_timeout, what, call).await
     }
 
     /// Retains `payload` of up to `limit` bytes for the longer of `keep`
