@@ -239,11 +239,6 @@ impl Listener {
         }
     }
 
-    /// Whether connections are TLS.
-    pub fn is_tls(&self) -> bool {
-        self.tls.is_some()
-    }
-
     /// The address bound.
     ///
     /// # Errors

@@ -145,11 +145,6 @@ impl Tls {
         })
     }
 
-    /// Whether clients must present a certificate.
-    pub fn requires_client_certificates(&self) -> bool {
-        self.inner.files.client_ca.is_some()
-    }
-
     /// The acceptor for a new connection: the files' current contents, or
     /// the last configuration that loaded if they no longer do.
     pub fn acceptor(&self) -> TlsAcceptor {

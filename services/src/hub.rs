@@ -197,9 +197,4 @@ impl RateHub {
         let tick = self.rings.get(symbol)?.get(sequence)?;
         (tick.rate.rate_id == rate_id).then_some(tick)
     }
-
-    /// Number of local streams of `symbol`.
-    pub fn stream_count(&self, symbol: &str) -> usize {
-        self.rings.get(symbol).map_or(0, |ring| ring.reader_count())
-    }
 }

@@ -120,17 +120,6 @@ pub enum AuthError {
     },
 }
 
-impl AuthError {
-    /// Whether the credential itself was refused (as opposed to the call
-    /// being out of its scope or over a limit).
-    pub fn is_unauthenticated(&self) -> bool {
-        !matches!(
-            self,
-            Self::PermissionDenied(_) | Self::TooManyAnonymous { .. }
-        )
-    }
-}
-
 impl From<AuthError> for tonic::Status {
     fn from(err: AuthError) -> Self {
         match err {
