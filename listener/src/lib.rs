@@ -55,6 +55,7 @@ use std::{
     time::Duration,
 };
 
+use backon::{BackoffBuilder, ExponentialBuilder};
 pub use conn::Conn;
 pub use stream::{Handshake, LocalConnector, LocalIncoming, Stream, local};
 pub use tls::{Tls, TlsFiles};
@@ -261,7 +262,12 @@ impl Listener {
     /// accept errors are retried, fd exhaustion with a backoff.
     pub async fn accept(&self) -> Conn {
         let permit = self.slot().await;
-        let mut backoff = Duration::from_millis(10);
+        // Out of descriptors: 10 ms, doubling up to 1 s, until one is free.
+        let mut delays = ExponentialBuilder::new()
+            .with_min_delay(Duration::from_millis(10))
+            .with_max_delay(Duration::from_secs(1))
+            .without_max_times()
+            .build();
         loop {
             match self.inner.accept().await {
                 Ok((stream, remote)) => return self.admit(stream, remote, permit),
@@ -270,8 +276,7 @@ impl Listener {
                     if !self.stats.warned_fds.swap(true, Ordering::Relaxed) {
                         tracing::warn!(listener = self.name, error = %err, "out of file descriptors: accepting with a backoff (lower --max-connections or raise the open-files limit)");
                     }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 }
                 // The peer reset before the accept (ECONNABORTED) and the like.
                 Err(err) => tracing::debug!(listener = self.name, error = %err, "accept failed"),
