@@ -128,6 +128,28 @@ impl FixLp {
     }
 
     /// Sends `message` once logged on; its MsgSeqNum.
+    /// Sends `order`'s NewOrderSingle or OrderStatusRequest and waits for
+    /// the report that answers it; the order is settled once answered.
+    async fn ask(&self, order: &LpOrder, asked: Asked) -> Result<LpOutcome, LpError> {
+        // Subscribed before sending, so the answer cannot slip past.
+        let mut events = self.config.session.subscribe();
+        let seq = match asked {
+            Asked::NewOrder => {
+                let seq = self.send(self.new_order_single(order)).await?;
+                tracing::debug!(key = %order.key, seq, "NewOrderSingle sent");
+                seq
+            }
+            Asked::Status => {
+                let seq = self.send(self.order_status_request(order)).await?;
+                tracing::info!(key = %order.key, seq, "OrderStatusRequest sent");
+                seq
+            }
+        };
+        let outcome = self.answer(&mut events, &order.key, seq, asked).await?;
+        self.settled(&order.key);
+        Ok(outcome)
+    }
+
     async fn send(&self, message: Message) -> Result<u64, LpError> {
         let session = &self.config.session;
         if !session.wait_logged_on(self.config.timeout).await {
@@ -322,27 +344,14 @@ impl LiquidityProvider for FixLp {
                 // Sent before: ask, never send a second NewOrderSingle.
                 return self.recover(order).await;
             }
-            let mut events = self.config.session.subscribe();
-            let seq = self.send(self.new_order_single(order)).await?;
-            tracing::debug!(key = %order.key, seq, "NewOrderSingle sent");
-            let outcome = self
-                .answer(&mut events, &order.key, seq, Asked::NewOrder)
-                .await?;
-            self.settled(&order.key);
-            Ok(outcome)
+            self.ask(order, Asked::NewOrder).await
         })
     }
 
     fn recover<'a>(&'a self, order: &'a LpOrder) -> BoxFuture<'a, Result<LpOutcome, LpError>> {
         Box::pin(async move {
-            let mut events = self.config.session.subscribe();
-            let seq = self.send(self.order_status_request(order)).await?;
-            tracing::info!(key = %order.key, seq, "OrderStatusRequest sent");
-            let outcome = self
-                .answer(&mut events, &order.key, seq, Asked::Status)
-                .await?;
+            let outcome = self.ask(order, Asked::Status).await?;
             tracing::info!(key = %order.key, ?outcome, "the LP confirmed an order's outcome");
-            self.settled(&order.key);
             Ok(outcome)
         })
     }
