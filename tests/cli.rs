@@ -340,11 +340,20 @@ fn assert_measured(row: &serde_json::Value, connections: u64) {
     );
 }
 
-/// `fxcast loadtest compare <args>` for 2 s per case, 40 subscribers per
-/// source address, as JSON; within 3 minutes.
-async fn compare(args: &[&str]) -> serde_json::Value {
+/// `fxcast loadtest compare --servers <servers> --connections
+/// <connections> --ws-connections <ws_connections> <args>` (an empty count
+/// runs no case of that kind) for 2 s per case, 40 subscribers per source
+/// address, as JSON; within 3 minutes.
+async fn compare(
+    servers: &str,
+    connections: &str,
+    ws_connections: &str,
+    args: &[&str],
+) -> serde_json::Value {
     let run = Command::new(BIN)
         .args(["loadtest", "compare"])
+        .args(["--servers", servers, "--connections", connections])
+        .args(["--ws-connections", ws_connections])
         .args(args)
         .args(["--per-source-address", "40", "--duration", "2s", "--json"])
         .env_remove("FXCAST_API_KEY")
@@ -364,15 +373,7 @@ async fn compare(args: &[&str]) -> serde_json::Value {
 /// against a server the command starts itself.
 #[tokio::test]
 async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
-    let table = compare(&[
-        "--servers",
-        "fxcast-ws,nats-ws",
-        "--connections",
-        "100",
-        "--ws-connections",
-        "",
-    ])
-    .await;
+    let table = compare("fxcast-ws,nats-ws", "100", "", &[]).await;
     let rows = table["rows"].as_array().unwrap();
     let servers: Vec<_> = rows.iter().map(|r| r["server"].as_str().unwrap()).collect();
     assert_eq!(servers, ["fxcast-ws", "nats-ws"], "{table:#}");
@@ -390,17 +391,7 @@ async fn loadtest_compare_runs_fxcast_and_nats_server_side_by_side() {
 /// latency asserted, only that every subscriber was held and received).
 #[tokio::test]
 async fn loadtest_compare_spreads_a_case_past_one_process_over_a_cluster() {
-    let table = compare(&[
-        "--servers",
-        "fxcast-ws",
-        "--connections",
-        "",
-        "--ws-connections",
-        "120",
-        "--max-per-process",
-        "50",
-    ])
-    .await;
+    let table = compare("fxcast-ws", "", "120", &["--max-per-process", "50"]).await;
     let rows = table["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 1, "{table:#}");
     let row = &rows[0];

@@ -18,9 +18,10 @@ use std::{
 };
 
 use fxcast_proto::v1::{
-    ListOrdersRequest, OrderStatus, PlaceOrderRequest, Rate, RejectReason, RevokeTokenRequest,
-    Side, order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
-    stream_rates_response::Event, token_service_client::TokenServiceClient,
+    ListOrdersRequest, Order, OrderStatus, PlaceOrderRequest, Rate, RejectReason,
+    RevokeTokenRequest, Side, order_service_client::OrderServiceClient,
+    rate_service_client::RateServiceClient, stream_rates_response::Event,
+    token_service_client::TokenServiceClient,
 };
 use fxcast_testkit::{
     Authed, NatsServer, RedisServer, ServeProcess, end_status, latest_rate, next_event, next_json,
@@ -111,6 +112,19 @@ fn order(client_order_id: &str, rate: &Rate) -> PlaceOrderRequest {
     }
 }
 
+/// [`order`] placed through `orders`, which must answer.
+async fn place(
+    orders: &mut OrderServiceClient<Authed>,
+    client_order_id: &str,
+    rate: &Rate,
+) -> Order {
+    orders
+        .place_order(order(client_order_id, rate))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
 /// The scenario of this file on the engine `engine` names (its
 /// `--transport ...` flags).
 async fn cluster_on(engine: &[String]) {
@@ -166,11 +180,7 @@ async fn cluster_on(engine: &[String]) {
     let mut at_b = b.rates(&token).await;
     let quoted = latest_rate(&mut at_b, "USD_JPY").await.unwrap();
     let mut orders_b = b.orders(&token).await;
-    let filled = orders_b
-        .place_order(order("cluster-1", &quoted))
-        .await
-        .unwrap()
-        .into_inner();
+    let filled = place(&mut orders_b, "cluster-1", &quoted).await;
     assert_eq!(filled.status(), OrderStatus::Filled, "{filled:?}");
 
     // One client_order_id at B and at C at once: one order, one fill.
@@ -235,11 +245,7 @@ async fn cluster_on(engine: &[String]) {
         "{stale_c:?} {before:?}"
     );
     assert_eq!(stale_b.sequence, stale_c.sequence);
-    let refused = orders_b
-        .place_order(order("cluster-3", &stale_b))
-        .await
-        .unwrap()
-        .into_inner();
+    let refused = place(&mut orders_b, "cluster-3", &stale_b).await;
     assert_eq!(refused.status(), OrderStatus::Rejected, "{refused:?}");
     assert_eq!(
         refused.reject_reason(),

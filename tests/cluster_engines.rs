@@ -14,13 +14,15 @@ use clap::Parser;
 use fxcast_app::{App, Config, Settings};
 use fxcast_proto::v1::rate_service_client::RateServiceClient;
 use fxcast_proto::v1::{
-    OrderStatus, PlaceOrderRequest, Rate, Side, StreamRatesResponse,
-    order_service_client::OrderServiceClient, stream_rates_response::Event,
+    OrderStatus, Rate, StreamRatesResponse, order_service_client::OrderServiceClient,
+    stream_rates_response::Event,
 };
 use fxcast_testkit::{
     ALL_SCOPES, Ca, NatsServer, RedisServer, Stack, latest_rate, next_message_within,
 };
 use tonic::Streaming;
+
+mod common;
 
 /// How long any single expected event may take before a test fails.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -175,15 +177,11 @@ async fn follower_streams_and_prices_the_publishers_ticks(engine: Engine) {
     let token = follower.token("trader", ALL_SCOPES);
     let mut orders = OrderServiceClient::new(follower.authed_channel(&token).await);
     let order = orders
-        .place_order(PlaceOrderRequest {
-            client_order_id: "cluster-1".into(),
-            symbol: "USD_JPY".into(),
-            side: Side::Buy as i32,
-            quantity: "1000".into(),
-            price: latest.ask.clone(),
-            rate_id: latest.rate_id.clone(),
-            tolerance: String::new(),
-        })
+        .place_order(common::buy_usd_jpy(
+            "cluster-1",
+            &latest.ask,
+            &latest.rate_id,
+        ))
         .await
         .unwrap()
         .into_inner();

@@ -8,10 +8,9 @@ use std::{net::SocketAddr, process::Stdio, time::Duration};
 
 use fxcast_momento_local::{MomentoLocalConfig, serve as serve_momento_local};
 use fxcast_proto::v1::{
-    GapReason, IssueTokenResponse, OrderStatus, PlaceOrderRequest, Rate, RevokeTokenRequest, Side,
-    StreamRatesResponse, order_service_client::OrderServiceClient,
-    rate_service_client::RateServiceClient, stream_rates_response::Event,
-    token_service_client::TokenServiceClient,
+    GapReason, IssueTokenResponse, OrderStatus, Rate, RevokeTokenRequest, StreamRatesResponse,
+    order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
+    stream_rates_response::Event, token_service_client::TokenServiceClient,
 };
 use fxcast_testkit::{http_request, latest_rate, log_field};
 use momento::{
@@ -28,6 +27,8 @@ use tonic::{Streaming, transport::Channel};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fxcast");
 const API_KEY: &str = "momento-e2e-test-api-key-0123456789";
@@ -270,15 +271,11 @@ async fn rates_go_through_momento_to_another_process_and_to_momento_sdks() {
     let mut orders =
         OrderServiceClient::new(fxcast_testkit::channel(&second.grpc, &trader.token).await);
     let order = orders
-        .place_order(PlaceOrderRequest {
-            client_order_id: "momento-1".into(),
-            symbol: "USD_JPY".into(),
-            side: Side::Buy as i32,
-            quantity: "1000".into(),
-            price: "151.238".into(),
-            rate_id: opening.rate_id.clone(),
-            tolerance: String::new(),
-        })
+        .place_order(common::buy_usd_jpy(
+            "momento-1",
+            "151.238",
+            &opening.rate_id,
+        ))
         .await
         .unwrap()
         .into_inner();

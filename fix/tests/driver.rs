@@ -111,13 +111,43 @@ fn config(port: u16, dir: &std::path::Path) -> SessionConfig {
     }
 }
 
+/// A scripted acceptor's listener on a free loopback port, and a session
+/// (not yet started) of [`config`] that connects to it, its store in a
+/// fresh directory, and a subscription to its events.
+struct Acceptor {
+    listener: TcpListener,
+    port: u16,
+    dir: tempfile::TempDir,
+    session: FixSession,
+    events: broadcast::Receiver<SessionEvent>,
+}
+
+impl Acceptor {
+    async fn bind() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let dir = tempfile::tempdir().unwrap();
+        let session = FixSession::new(config(port, dir.path())).unwrap();
+        let events = session.subscribe();
+        Self {
+            listener,
+            port,
+            dir,
+            session,
+            events,
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let session = FixSession::new(config(port, dir.path())).unwrap();
-    let mut events = session.subscribe();
+    let Acceptor {
+        listener,
+        port,
+        dir,
+        session,
+        mut events,
+    } = Acceptor::bind().await;
     assert!(matches!(
         session.send(Message::new("D")).await,
         Err(fxcast_fix::FixError::NotLoggedOn)
@@ -235,11 +265,14 @@ async fn the_driver_survives_bad_input_reconnects_and_resumes_its_numbers() {
 
 #[tokio::test]
 async fn a_counterparty_that_stops_reading_cannot_block_the_session() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let dir = tempfile::tempdir().unwrap();
-    let session = FixSession::new(config(port, dir.path())).unwrap();
-    let mut events = session.subscribe();
+    let Acceptor {
+        listener,
+        port: _,
+        // Kept to the end: the session's store.
+        dir: _dir,
+        session,
+        mut events,
+    } = Acceptor::bind().await;
     session.start().unwrap();
     let mut peer = Peer::accept(&listener).await;
     assert_eq!(peer.read().await.msg_type(), "A");

@@ -140,28 +140,40 @@ async function ticks(page, by = 3, timeout = 5000) {
 
 const gatewaySockets = (seen, base) => seen.websockets.filter((ws) => ws.url.startsWith(base.replace(/^http/, "ws")));
 
-describe("with --transport momento", () => {
-  const apiKey = randomBytes(18).toString("base64url");
-  let momento, server, base, browser, page, seen;
+/// The hooks of one describe block: momento-local on a free port and
+/// `fxcast serve` on it with the flags `momentoArgs(endpoint)` returns for
+/// momento-local's endpoint (and `publishRate`, see startServe), a browser
+/// and a page on the gateway; after each test, the page raised no errors;
+/// after the block, all of it stopped. Returns the block's state, which
+/// `before` fills in (a test that restarts momento-local sets `momento`).
+function momentoStack(momentoArgs, publishRate) {
+  const stack = { apiKey: randomBytes(18).toString("base64url") };
 
   before(async () => {
-    momento = await startMomentoLocal("127.0.0.1:0");
-    ({ child: server, base } = await startServe(["--transport", "momento", "--momento-endpoint", `http://${momento.addr}`], apiKey));
-    browser = await launch();
-    ({ page, seen } = await openPage(browser, base, apiKey));
+    stack.momento = await startMomentoLocal("127.0.0.1:0");
+    ({ child: stack.server, base: stack.base } = await startServe(momentoArgs(`http://${stack.momento.addr}`), stack.apiKey, publishRate));
+    stack.browser = await launch();
+    ({ page: stack.page, seen: stack.seen } = await openPage(stack.browser, stack.base, stack.apiKey));
   });
 
   afterEach(() => {
-    assert.deepEqual(seen.errors, [], "the page raised no errors");
+    assert.deepEqual(stack.seen.errors, [], "the page raised no errors");
   });
 
   after(async () => {
-    await browser?.close();
-    await stop(server);
-    await stop(momento?.child);
+    await stack.browser?.close();
+    await stop(stack.server);
+    await stop(stack.momento?.child);
   });
 
+  return stack;
+}
+
+describe("with --transport momento", () => {
+  const stack = momentoStack((endpoint) => ["--transport", "momento", "--momento-endpoint", endpoint]);
+
   test("the board ticks from Momento and the page opens no WebSocket", async () => {
+    const { page, seen } = stack;
     await waitForPath(page, "momento", 15000);
     await ticks(page, 5);
     assert.match(await page.locator("#path").textContent(), /Momento/);
@@ -175,6 +187,7 @@ describe("with --transport momento", () => {
   });
 
   test("orders stay on REST and fill at the Momento price", async () => {
+    const { page, seen } = stack;
     await page.getByTestId("buy-USD_JPY").click();
     const row = page.locator("#orders tr").first();
     await row.locator("td[data-testid=order-status]", { hasText: "FILLED" }).waitFor({ timeout: 5000 });
@@ -204,6 +217,7 @@ describe("with --transport momento", () => {
   }
 
   test("short-lived tokens are renewed before they expire, with no sequence lost", async () => {
+    const { page, seen, base, browser, apiKey } = stack;
     const narrow = await openPage(browser, base, apiKey, "USD_JPY,EUR_USD,GBP_USD");
     try {
       await waitForPath(narrow.page, "momento", 15000);
@@ -225,6 +239,7 @@ describe("with --transport momento", () => {
   });
 
   test("the page's decoder reads every field of fxcast.v1.Rate and skips unknown ones", async () => {
+    const { page } = stack;
     // symbol, bid, ask, sequence 2^40+1, source_time/publish_time, rate_id,
     // source, stale, and unknown fields of each wire type between them.
     const bytes = [
@@ -253,8 +268,9 @@ describe("with --transport momento", () => {
   });
 
   test("when momento-local dies the page shows the gateway path, and returns to Momento when it is back", async () => {
-    const addr = momento.addr;
-    await stop(momento.child, "SIGKILL");
+    const { page, seen, base } = stack;
+    const addr = stack.momento.addr;
+    await stop(stack.momento.child, "SIGKILL");
     await waitForPath(page, "gateway", 15000);
     assert.match(await page.locator("#path").textContent(), /gateway/);
     const sockets = gatewaySockets(seen, base);
@@ -263,7 +279,7 @@ describe("with --transport momento", () => {
     // On --transport momento the server itself reads its rates from Momento:
     // with momento-local down there are none to show (the bridge test below
     // shows the board ticking over the gateway meanwhile).
-    momento = await startMomentoLocal(addr);
+    stack.momento = await startMomentoLocal(addr);
     await waitForPath(page, "momento", 45000);
     await ticks(page, 5, 15000);
     const s = await stats(page);
@@ -273,40 +289,23 @@ describe("with --transport momento", () => {
 });
 
 describe("with --momento-bridge", () => {
-  const apiKey = randomBytes(18).toString("base64url");
-  let momento, server, base, browser, page, seen;
-
-  before(async () => {
-    momento = await startMomentoLocal("127.0.0.1:0");
-    ({ child: server, base } = await startServe(["--momento-bridge", "--momento-endpoint", `http://${momento.addr}`], apiKey));
-    browser = await launch();
-    ({ page, seen } = await openPage(browser, base, apiKey));
-  });
-
-  afterEach(() => {
-    assert.deepEqual(seen.errors, [], "the page raised no errors");
-  });
-
-  after(async () => {
-    await browser?.close();
-    await stop(server);
-    await stop(momento?.child);
-  });
+  const stack = momentoStack((endpoint) => ["--momento-bridge", "--momento-endpoint", endpoint]);
 
   test("the board ticks from Momento, then over the gateway while momento-local is down, then from Momento again", async () => {
+    const { page, seen, base } = stack;
     await waitForPath(page, "momento", 15000);
     await ticks(page, 5);
     assert.deepEqual(seen.websockets, [], "no WebSocket while Momento works");
 
-    const addr = momento.addr;
-    await stop(momento.child, "SIGKILL");
+    const addr = stack.momento.addr;
+    await stop(stack.momento.child, "SIGKILL");
     await waitForPath(page, "gateway", 15000);
     const before = (await stats(page)).received.gateway;
     await ticks(page, 10, 10000);
     assert.ok((await stats(page)).received.gateway > before, "the board ticks over the gateway WebSocket");
     assert.equal(gatewaySockets(seen, base).length >= 1, true);
 
-    momento = await startMomentoLocal(addr);
+    stack.momento = await startMomentoLocal(addr);
     await waitForPath(page, "momento", 45000);
     await waitFor(() => gatewaySockets(seen, base).every((ws) => ws.closed), 10000, "the gateway WebSocket was closed");
     const back = (await stats(page)).received.momento;
@@ -318,31 +317,13 @@ describe("with --momento-bridge", () => {
 });
 
 describe("with --transport momento --momento-board", () => {
-  const apiKey = randomBytes(18).toString("base64url");
-  let momento, server, base, browser, page, seen;
-
-  before(async () => {
-    momento = await startMomentoLocal("127.0.0.1:0");
-    // 5 board messages a second for 6 symbols ticking 10 times a second:
-    // every message carries several symbols, and most sequences are
-    // conflated away by design.
-    ({ child: server, base } = await startServe(
-      ["--transport", "momento", "--momento-endpoint", `http://${momento.addr}`, "--momento-board"], apiKey, "5"));
-    browser = await launch();
-    ({ page, seen } = await openPage(browser, base, apiKey));
-  });
-
-  afterEach(() => {
-    assert.deepEqual(seen.errors, [], "the page raised no errors");
-  });
-
-  after(async () => {
-    await browser?.close();
-    await stop(server);
-    await stop(momento?.child);
-  });
+  // 5 board messages a second for 6 symbols ticking 10 times a second:
+  // every message carries several symbols, and most sequences are
+  // conflated away by design.
+  const stack = momentoStack((endpoint) => ["--transport", "momento", "--momento-endpoint", endpoint, "--momento-board"], "5");
 
   test("every symbol ticks from the one board topic, conflated without a gap shown", async () => {
+    const { page, seen } = stack;
     await waitForPath(page, "momento", 15000);
     await ticks(page, 1, 10000);
     await ticks(page, 20, 10000);
@@ -361,6 +342,7 @@ describe("with --transport momento --momento-board", () => {
   });
 
   test("the page's board decoder reads records and refuses broken ones", async () => {
+    const { page } = stack;
     const record = (topic, payload) => {
       const t = Buffer.from(topic);
       return [t.length >> 8, t.length & 255, ...t, payload.length >> 8, payload.length & 255, ...payload];
@@ -377,6 +359,7 @@ describe("with --transport momento --momento-board", () => {
   });
 
   test("a token that sees only some symbols is not given the board and stays on the gateway", async () => {
+    const { base, browser, apiKey } = stack;
     const narrow = await openPage(browser, base, apiKey, "USD_JPY");
     try {
       await waitForPath(narrow.page, "gateway", 15000);
