@@ -1,9 +1,11 @@
 //! The outage scenarios the NATS and Redis backend tests run against their
 //! real servers: a server killed and restarted under a live publisher and
 //! subscription, a subscriber cut off by a proxy, health following the
-//! server, and payloads refused over the limit.
+//! server, and payloads refused over the limit; and [`server_tests!`],
+//! the tests both backends run alike on these and the shared-storage checks.
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -22,27 +24,37 @@ use super::proxy::Proxy;
 
 /// A server a test kills (`kill -9`) and restarts on the same port.
 pub(crate) trait Engine {
+    /// The scheme of the server's URLs (`nats`, `redis`).
+    const SCHEME: &'static str;
+    fn url(&self) -> String;
+    fn port(&self) -> u16;
     fn kill(&mut self);
     fn restart(&mut self);
 }
 
-impl Engine for super::nats_server::NatsServer {
-    fn kill(&mut self) {
-        Self::kill(self);
-    }
-    fn restart(&mut self) {
-        Self::restart(self);
-    }
+/// Implements [`Engine`] with the server's own methods of the same names.
+macro_rules! engine {
+    ($server:ty, $scheme:literal) => {
+        impl Engine for $server {
+            const SCHEME: &'static str = $scheme;
+            fn url(&self) -> String {
+                Self::url(self)
+            }
+            fn port(&self) -> u16 {
+                Self::port(self)
+            }
+            fn kill(&mut self) {
+                Self::kill(self);
+            }
+            fn restart(&mut self) {
+                Self::restart(self);
+            }
+        }
+    };
 }
 
-impl Engine for super::redis_server::RedisServer {
-    fn kill(&mut self) {
-        Self::kill(self);
-    }
-    fn restart(&mut self) {
-        Self::restart(self);
-    }
-}
+engine!(super::nats_server::NatsServer, "nats");
+engine!(super::redis_server::RedisServer, "redis");
 
 /// Publishes 1, 2, 3, ... on `topic` every millisecond from `publisher`
 /// through `server` being killed and restarted; returns what was
@@ -127,6 +139,26 @@ pub(crate) async fn publish_through_a_restart<T: Transport>(
     (published, deliveries)
 }
 
+/// Connects a subscriber and then a publisher to `server` with `connect`,
+/// runs [`publish_through_a_restart`] on `topic` and checks what arrived
+/// with [`check_deliveries`]; returns the gaps seen and the subscriber, for
+/// its stats.
+pub(crate) async fn deliveries_through_a_restart<T, F>(
+    server: &mut impl Engine,
+    connect: impl Fn(String) -> F,
+    topic: &'static str,
+) -> (usize, T)
+where
+    T: Transport,
+    F: Future<Output = T>,
+{
+    let subscriber = connect(server.url()).await;
+    let publisher = connect(server.url()).await;
+    let (published, deliveries) =
+        publish_through_a_restart(server, publisher, &subscriber, topic).await;
+    (check_deliveries(&published, &deliveries), subscriber)
+}
+
 /// Checks that each number arrived at most once, in order, and that a
 /// number acknowledged to the publisher is missing only where a gap was
 /// announced; returns the gaps seen.
@@ -159,6 +191,25 @@ pub(crate) fn check_deliveries(published: &Published, deliveries: &[Delivery]) -
     gaps
 }
 
+/// A [`Proxy`] in front of `server`, a publisher connected to the server
+/// and a subscriber reaching it only through the proxy, both connected by
+/// `connect`.
+pub(crate) async fn behind_a_proxy<S, T, F>(
+    server: &S,
+    connect: impl Fn(String) -> F,
+) -> (Proxy, T, T)
+where
+    S: Engine,
+    T: Transport,
+    F: Future<Output = T>,
+{
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let publisher = connect(server.url()).await;
+    // The subscriber reaches the server only through the proxy.
+    let subscriber = connect(format!("{}://{}", S::SCHEME, proxy.addr())).await;
+    (proxy, publisher, subscriber)
+}
+
 /// `subscriber` (connected through `proxy`) subscribes to `topic` and
 /// receives 1..=3 from `publisher`; then the proxy cuts it off, 4..=`last`
 /// are published, and the proxy lets it reconnect. Returns the
@@ -187,6 +238,24 @@ pub(crate) async fn publish_while_cut_off<T: Transport>(
     proxy.restore();
     wait_health(&mut health, true).await;
     subscription
+}
+
+/// [`publish_while_cut_off`] on `orders.alice` up to 6, then 7 once the
+/// subscriber is back: 4..=6 are held by the stream while it is cut off,
+/// and it receives 4..=7 and then 8, each once, in order.
+pub(crate) async fn resumes_after_a_cut<T: Transport>(
+    proxy: &Proxy,
+    publisher: &T,
+    subscriber: &T,
+) {
+    let mut subscription =
+        publish_while_cut_off(proxy, publisher, subscriber, "orders.alice", 6).await;
+    publish(publisher, "orders.alice", numbered(7)).await;
+    for n in 4..=7 {
+        assert_eq!(next_number(&mut subscription).await, n);
+    }
+    publish(publisher, "orders.alice", numbered(8)).await;
+    assert_eq!(next_number(&mut subscription).await, 8);
 }
 
 /// Health turns to reconnecting (naming the lost connection) while
@@ -253,3 +322,72 @@ pub(crate) async fn refuses_over_the_limit<T: Transport>(
     assert_eq!(refused_by, backend);
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+/// The tests NATS and Redis run alike, each against a real server of its
+/// own: retained payloads reaching a process connected later, `retain_for`
+/// outliving `retain`, health following the server, and payloads refused
+/// over the limit. Expands to `#[tokio::test]` functions in the calling
+/// test file, for `$server` (which implements [`Engine`]), `$transport`
+/// connected with `$config` built by `$fast` (a URL to a config with fast
+/// retries) or by `$connect` (a URL to a connected transport), `$backend`
+/// (the name in a refusal), and `$subscribe_refused` (whether a subscribe
+/// is refused while the server is down).
+#[allow(unused_macros)] // Only the NATS and Redis tests use it.
+macro_rules! server_tests {
+    (
+        server: $server:ident,
+        transport: $transport:ident,
+        config: $config:ident = $fast:ident,
+        connect: $connect:ident,
+        backend: $backend:literal,
+        subscribe_refused: $subscribe_refused:literal $(,)?
+    ) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retained_payloads_reach_a_process_connected_later() {
+            let server = $server::start();
+            let first = $connect(server.url()).await;
+            support::numbers::retained_reach_a_later_process(first, || $connect(server.url()))
+                .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retain_for_outlives_retain() {
+            let server = $server::start();
+            let transport = $transport::connect($config {
+                retain_ttl: std::time::Duration::from_millis(500),
+                max_payload: 1024,
+                ..$fast(server.url())
+            })
+            .await
+            .unwrap();
+            support::numbers::retain_for_outlives_retain(&transport).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
+            let mut server = $server::start();
+            let transport = $connect(server.url()).await;
+            support::outages::health_follows_the_server(
+                &mut server,
+                &transport,
+                $subscribe_refused,
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn payloads_over_the_limit_are_refused_before_sending() {
+            let mut server = $server::start();
+            let transport = $transport::connect($config {
+                max_payload: 1024,
+                ..$fast(server.url())
+            })
+            .await
+            .unwrap();
+            assert_eq!(transport.max_payload(), 1024);
+            support::outages::refuses_over_the_limit(&mut server, &transport, $backend).await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use server_tests;
