@@ -2,7 +2,8 @@
 //! nats-server, a real redis-server, the NATS and Redis configs with fast
 //! retries, a TCP proxy that cuts one process off its server, numbered
 //! messages with the waits and checks the backends' tests use, the outage
-//! scenarios (and the tests) NATS and Redis both run, and a log capture.
+//! scenarios (and the tests) NATS and Redis both run, a log capture, and
+//! the next item of any stream within a deadline.
 //!
 //! Each test target uses part of them only.
 #![allow(dead_code)]
@@ -25,3 +26,6 @@ pub(crate) mod proxy;
 pub(crate) mod redis_server;
 #[path = "../../../testkit/src/server_process.rs"]
 pub(crate) mod server_process;
+#[path = "../../../testkit/src/within.rs"]
+#[allow(unreachable_pub)]
+pub(crate) mod within;
