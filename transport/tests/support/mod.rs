@@ -26,6 +26,7 @@ pub(crate) mod proxy;
 pub(crate) mod redis_server;
 #[path = "../../../testkit/src/server_process.rs"]
 pub(crate) mod server_process;
+pub(crate) mod servers;
 #[path = "../../../testkit/src/within.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod within;

@@ -21,40 +21,7 @@ use tokio::sync::watch;
 
 use super::numbers::{DEADLINE, Published, next, next_number, number, numbered, wait_health};
 use super::proxy::Proxy;
-
-/// A server a test kills (`kill -9`) and restarts on the same port.
-pub(crate) trait Engine {
-    /// The scheme of the server's URLs (`nats`, `redis`).
-    const SCHEME: &'static str;
-    fn url(&self) -> String;
-    fn port(&self) -> u16;
-    fn kill(&mut self);
-    fn restart(&mut self);
-}
-
-/// Implements [`Engine`] with the server's own methods of the same names.
-macro_rules! engine {
-    ($server:ty, $scheme:literal) => {
-        impl Engine for $server {
-            const SCHEME: &'static str = $scheme;
-            fn url(&self) -> String {
-                Self::url(self)
-            }
-            fn port(&self) -> u16 {
-                Self::port(self)
-            }
-            fn kill(&mut self) {
-                Self::kill(self);
-            }
-            fn restart(&mut self) {
-                Self::restart(self);
-            }
-        }
-    };
-}
-
-engine!(super::nats_server::NatsServer, "nats");
-engine!(super::redis_server::RedisServer, "redis");
+use super::servers::Engine;
 
 /// Publishes 1, 2, 3, ... on `topic` every millisecond from `publisher`
 /// through `server` being killed and restarted; returns what was
