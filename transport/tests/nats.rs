@@ -22,20 +22,14 @@ use support::{
     outages::{
         behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off, resumes_after_a_cut,
     },
+    servers::Engine,
 };
 
 async fn connect(url: String) -> NatsTransport {
     NatsTransport::connect(config(url)).await.unwrap()
 }
 
-support::outages::server_tests! {
-    server: NatsServer,
-    transport: NatsTransport,
-    config: NatsConfig = config,
-    connect: connect,
-    backend: "nats",
-    subscribe_refused: false,
-}
+support::outages::server_tests!(NatsServer, NatsConfig, subscribe_refused = false);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_costs_no_message_twice_and_none_silently() {
@@ -64,15 +58,8 @@ async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     let server = NatsServer::start();
-    let short = async |url| {
-        NatsTransport::connect(NatsConfig {
-            history: 5,
-            ..config(url)
-        })
-        .await
-        .unwrap()
-    };
-    let (proxy, publisher, subscriber) = behind_a_proxy(&server, short).await;
+    let (proxy, publisher, subscriber) =
+        behind_a_proxy(&server, |url| NatsServer::connect_keeping(url, 5)).await;
     // More than the stream keeps per topic: 4..=15 are discarded.
     let mut subscription =
         publish_while_cut_off(&proxy, &publisher, &subscriber, "rates.EUR_USD", 20).await;

@@ -24,20 +24,14 @@ use support::{
         behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off, resumes_after_a_cut,
     },
     redis_server::RedisServer,
+    servers::Engine,
 };
 
 async fn connect(url: String) -> RedisTransport {
     RedisTransport::connect(config(url)).await.unwrap()
 }
 
-support::outages::server_tests! {
-    server: RedisServer,
-    transport: RedisTransport,
-    config: RedisConfig = config,
-    connect: connect,
-    backend: "redis",
-    subscribe_refused: true,
-}
+support::outages::server_tests!(RedisServer, RedisConfig, subscribe_refused = true);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_server_costs_no_message_twice_and_none_silently() {
@@ -75,15 +69,8 @@ async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     let server = RedisServer::start();
-    let short = async |url| {
-        RedisTransport::connect(RedisConfig {
-            history: 10,
-            ..config(url)
-        })
-        .await
-        .unwrap()
-    };
-    let (proxy, publisher, subscriber) = behind_a_proxy(&server, short).await;
+    let (proxy, publisher, subscriber) =
+        behind_a_proxy(&server, |url| RedisServer::connect_keeping(url, 10)).await;
     // Far more than the stream keeps (MAXLEN ~ trims whole nodes of 100
     // entries, so it keeps at least 10 and at most a node more).
     const LAST: u64 = 1_000;

@@ -294,46 +294,42 @@ pub(crate) async fn refuses_over_the_limit<T: Transport>(
 /// own: retained payloads reaching a process connected later, `retain_for`
 /// outliving `retain`, health following the server, and payloads refused
 /// over the limit. Expands to `#[tokio::test]` functions in the calling
-/// test file, for `$server` (which implements [`Engine`]), `$transport`
-/// connected with `$config` built by `$fast` (a URL to a config with fast
-/// retries) or by `$connect` (a URL to a connected transport), `$backend`
-/// (the name in a refusal), and `$subscribe_refused` (whether a subscribe
-/// is refused while the server is down).
+/// test file, for `$server` (an [`Engine`] whose backend's config is
+/// `$config`; the backend names itself in a refusal as its URL scheme),
+/// with `$subscribe_refused` saying whether a subscribe is refused while
+/// the server is down.
 #[allow(unused_macros)] // Only the NATS and Redis tests use it.
 macro_rules! server_tests {
-    (
-        server: $server:ident,
-        transport: $transport:ident,
-        config: $config:ident = $fast:ident,
-        connect: $connect:ident,
-        backend: $backend:literal,
-        subscribe_refused: $subscribe_refused:literal $(,)?
-    ) => {
+    ($server:ident, $config:ident, subscribe_refused = $subscribe_refused:literal) => {
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn retained_payloads_reach_a_process_connected_later() {
+            use support::servers::Engine as _;
             let server = $server::start();
-            let first = $connect(server.url()).await;
-            support::numbers::retained_reach_a_later_process(first, || $connect(server.url()))
-                .await;
+            let first = $server::connect_fast(server.url()).await;
+            support::numbers::retained_reach_a_later_process(first, || {
+                $server::connect_fast(server.url())
+            })
+            .await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn retain_for_outlives_retain() {
+            use support::servers::Engine as _;
             let server = $server::start();
-            let transport = $transport::connect($config {
+            let transport = $server::connect_with($config {
                 retain_ttl: std::time::Duration::from_millis(500),
                 max_payload: 1024,
-                ..$fast(server.url())
+                ..$server::fast_config(server.url())
             })
-            .await
-            .unwrap();
+            .await;
             support::numbers::retain_for_outlives_retain(&transport).await;
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
+            use support::servers::Engine as _;
             let mut server = $server::start();
-            let transport = $connect(server.url()).await;
+            let transport = $server::connect_fast(server.url()).await;
             support::outages::health_follows_the_server(
                 &mut server,
                 &transport,
@@ -344,15 +340,16 @@ macro_rules! server_tests {
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn payloads_over_the_limit_are_refused_before_sending() {
+            use support::servers::Engine as _;
             let mut server = $server::start();
-            let transport = $transport::connect($config {
+            let transport = $server::connect_with($config {
                 max_payload: 1024,
-                ..$fast(server.url())
+                ..$server::fast_config(server.url())
             })
-            .await
-            .unwrap();
+            .await;
             assert_eq!(transport.max_payload(), 1024);
-            support::outages::refuses_over_the_limit(&mut server, &transport, $backend).await;
+            support::outages::refuses_over_the_limit(&mut server, &transport, $server::SCHEME)
+                .await;
         }
     };
 }
