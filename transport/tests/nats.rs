@@ -19,41 +19,9 @@ use support::{
     configs::nats_config as config,
     nats_server::NatsServer,
     numbers::{next, next_number, number, numbered},
-    outages::{
-        behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off, resumes_after_a_cut,
-    },
+    outages::{behind_a_proxy, publish_while_cut_off},
     servers::Engine,
 };
-
-async fn connect(url: String) -> NatsTransport {
-    NatsTransport::connect(config(url)).await.unwrap()
-}
-
-support::outages::server_tests!(NatsServer, NatsConfig, subscribe_refused = false);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_costs_no_message_twice_and_none_silently() {
-    let mut server = NatsServer::start();
-    let (gaps, subscriber) =
-        deliveries_through_a_restart(&mut server, connect, "rates.USD_JPY").await;
-    let stats = subscriber.stats();
-    assert!(stats.resumes >= 1, "{stats:?}");
-    // The stream holds far more than the outage's messages: nothing lost.
-    assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
-    let server = NatsServer::start();
-    let (proxy, publisher, subscriber) = behind_a_proxy(&server, connect).await;
-    // 4..=6 are published while the subscriber is cut off: held by the stream.
-    // The server paused the consumer while nobody listened on its inbox,
-    // so either it (once async-nats resubscribed the inbox) or the
-    // consumer resumed after the reconnect delivers 4..=7: which one
-    // depends on timing, and either way each arrives once, in order.
-    resumes_after_a_cut(&proxy, &publisher, &subscriber).await;
-    assert_eq!(subscriber.stats().gaps, 0, "{:?}", subscriber.stats());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
@@ -168,8 +136,8 @@ fn report(what: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
 async fn publish_to_receive_latency() {
     const MESSAGES: u64 = 10_000;
     let server = NatsServer::start();
-    let publisher = connect(server.url()).await;
-    let subscriber = connect(server.url()).await;
+    let publisher = NatsServer::connect_fast(server.url()).await;
+    let subscriber = NatsServer::connect_fast(server.url()).await;
     let mut subscription = subscriber.subscribe("rates.USD_JPY").await.unwrap();
     let base = Instant::now();
     let receiver = tokio::spawn(async move {
@@ -213,4 +181,17 @@ async fn publish_to_receive_latency() {
     }
     let latencies = receiver.await.unwrap();
     report("core NATS (no stream)", latencies, started.elapsed());
+}
+
+// The tests this backend runs alike with Redis, from support/outages.rs.
+// In a_killed_server_costs_no_message_twice_and_none_silently, the stream
+// holds far more than the outage's messages: nothing lost.
+// In a_process_cut_off_resumes_without_loss_or_duplicates, the server
+// paused the consumer while nobody listened on its inbox, so either it
+// (once async-nats resubscribed the inbox) or the consumer resumed after
+// the reconnect delivers 4..=7: which one depends on timing, and either
+// way each arrives once, in order.
+support::outages::server_tests! {
+    NatsServer, NatsConfig, restored = resumes,
+    restores_after_a_cut = false, subscribe_refused = false,
 }

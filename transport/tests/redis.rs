@@ -20,50 +20,19 @@ use support::{
     // Fast retries, pings and short deadlines, so outages are short.
     configs::redis_config as config,
     numbers::{next, next_number, numbered},
-    outages::{
-        behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off, resumes_after_a_cut,
-    },
+    outages::{behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off},
     redis_server::RedisServer,
     servers::Engine,
 };
-
-async fn connect(url: String) -> RedisTransport {
-    RedisTransport::connect(config(url)).await.unwrap()
-}
-
-support::outages::server_tests!(RedisServer, RedisConfig, subscribe_refused = true);
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_costs_no_message_twice_and_none_silently() {
-    // Every write is in the append-only file before it is acknowledged.
-    let mut server = RedisServer::start();
-    let (gaps, subscriber) =
-        deliveries_through_a_restart(&mut server, connect, "rates.USD_JPY").await;
-    let stats = subscriber.stats();
-    assert!(stats.resyncs >= 1, "{stats:?}");
-    // The restarted server has the stream back: nothing lost.
-    assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_without_its_data_is_an_announced_gap() {
     // Nothing on disk: the restart loses the stream.
     let mut server = RedisServer::start_ephemeral();
     let (gaps, subscriber) =
-        deliveries_through_a_restart(&mut server, connect, "rates.EUR_JPY").await;
+        deliveries_through_a_restart(&mut server, RedisServer::connect_fast, "rates.EUR_JPY").await;
     assert_eq!(gaps, 1, "the lost stream is announced once");
     assert_eq!(subscriber.stats().gaps, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
-    let server = RedisServer::start();
-    let (proxy, publisher, subscriber) = behind_a_proxy(&server, connect).await;
-    // 4..=6 are published while the subscriber is cut off: held by the stream.
-    resumes_after_a_cut(&proxy, &publisher, &subscriber).await;
-    let stats = subscriber.stats();
-    assert_eq!(stats.gaps, 0, "{stats:?}");
-    assert!(stats.resyncs >= 1, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,4 +97,13 @@ async fn an_idle_subscription_stays_connected_across_heartbeats() {
     assert_eq!(transport.stats().resyncs, 0, "{:?}", transport.stats());
     publish(&transport, "rates.USD_SEK", numbered(1)).await;
     assert_eq!(next_number(&mut subscription).await, 1);
+}
+
+// The tests this backend runs alike with NATS, from support/outages.rs.
+// In a_killed_server_costs_no_message_twice_and_none_silently, every
+// write is in the append-only file before it is acknowledged, and the
+// restarted server has the stream back: nothing lost.
+support::outages::server_tests! {
+    RedisServer, RedisConfig, restored = resyncs,
+    restores_after_a_cut = true, subscribe_refused = true,
 }

@@ -291,16 +291,56 @@ pub(crate) async fn refuses_over_the_limit<T: Transport>(
 }
 
 /// The tests NATS and Redis run alike, each against a real server of its
-/// own: retained payloads reaching a process connected later, `retain_for`
-/// outliving `retain`, health following the server, and payloads refused
-/// over the limit. Expands to `#[tokio::test]` functions in the calling
-/// test file, for `$server` (an [`Engine`] whose backend's config is
-/// `$config`; the backend names itself in a refusal as its URL scheme),
-/// with `$subscribe_refused` saying whether a subscribe is refused while
+/// own: a killed server costing no message twice and none silently, a
+/// process cut off resuming without loss or duplicates, retained payloads
+/// reaching a process connected later, `retain_for` outliving `retain`,
+/// health following the server, and payloads refused over the limit.
+/// Expands to `#[tokio::test]` functions in the calling test file, for
+/// `$server` (an [`Engine`] whose backend's config is `$config`; the
+/// backend names itself in a refusal as its URL scheme), whose transport
+/// counts reconnecting without a gap in the stats field `$restored`;
+/// `$restores_after_a_cut` says whether a cut-off subscriber counts one
+/// there too, `$subscribe_refused` whether a subscribe is refused while
 /// the server is down.
 #[allow(unused_macros)] // Only the NATS and Redis tests use it.
 macro_rules! server_tests {
-    ($server:ident, $config:ident, subscribe_refused = $subscribe_refused:literal) => {
+    (
+        $server:ident,
+        $config:ident,
+        restored = $restored:ident,
+        restores_after_a_cut = $restores_after_a_cut:literal,
+        subscribe_refused = $subscribe_refused:literal $(,)?
+    ) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_killed_server_costs_no_message_twice_and_none_silently() {
+            use support::servers::Engine as _;
+            let mut server = $server::start();
+            let (gaps, subscriber) = support::outages::deliveries_through_a_restart(
+                &mut server,
+                $server::connect_fast,
+                "rates.USD_JPY",
+            )
+            .await;
+            let stats = subscriber.stats();
+            assert!(stats.$restored >= 1, "{stats:?}");
+            assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
+            use support::servers::Engine as _;
+            let server = $server::start();
+            let (proxy, publisher, subscriber) =
+                support::outages::behind_a_proxy(&server, $server::connect_fast).await;
+            // 4..=6 are published while the subscriber is cut off: held by the stream.
+            support::outages::resumes_after_a_cut(&proxy, &publisher, &subscriber).await;
+            let stats = subscriber.stats();
+            assert_eq!(stats.gaps, 0, "{stats:?}");
+            if $restores_after_a_cut {
+                assert!(stats.$restored >= 1, "{stats:?}");
+            }
+        }
+
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn retained_payloads_reach_a_process_connected_later() {
             use support::servers::Engine as _;
