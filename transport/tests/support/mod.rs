@@ -1,6 +1,7 @@
 //! Helpers shared by the Momento, NATS and Redis tests: a real
-//! nats-server, a real redis-server, the NATS and Redis configs with fast
-//! retries, a TCP proxy that cuts one process off its server, numbered
+//! nats-server, a real redis-server, one trait over both (`servers`:
+//! connecting each backend to its server), the NATS and Redis configs with
+//! fast retries, a TCP proxy that cuts one process off its server, numbered
 //! messages with the waits and checks the backends' tests use, the outage
 //! scenarios (and the tests) NATS and Redis both run, a log capture, and
 //! the next item of any stream within a deadline.
