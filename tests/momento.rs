@@ -792,10 +792,8 @@ async fn the_board_publishes_every_symbol_on_one_topic_to_tokens_that_see_them_a
     let eur = publish(&mut rates, "EUR_USD", "1.0841", "1.0843").await;
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 2 {
-        let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut board))
-            .await
-            .expect("no board within the deadline")
-            .unwrap();
+        let value =
+            fxcast_testkit::next_within(&mut board, DEADLINE, "no board within the deadline").await;
         let ValueKind::Binary(bytes) = value.kind else {
             panic!("a text board");
         };

@@ -19,7 +19,8 @@
 //! - `http`: REST calls ([`Stack::get_as`], [`Stack::get_json`],
 //!   [`Stack::post_as`]), their answers ([`json_of`], [`error_of`]), and
 //!   readiness of any gateway ([`wait_ready_at`]).
-//! - `logs`: reading back what the servers log ([`capture_logs`]).
+//! - `logs`: reading back what the servers log ([`capture_logs`]), also
+//!   compiled by the transport crate's tests.
 //! - `process`: driving the real binary ([`spawn_serve`], [`spawn_until`], [`wait_for_line`],
 //!   [`log_field`], [`run`], [`stdout_of`], [`run_python`]) and talking to it from outside
 //!   ([`http_exchange`], [`http_request`], [`issue_token`]).
@@ -31,6 +32,8 @@
 //!   ([`NatsServer`]), also compiled by the transport crate's NATS tests.
 //! - `redis`: a real redis-server on a free port ([`RedisServer`]), also
 //!   compiled by the transport crate's Redis tests.
+//! - `within`: the next item of any stream within a deadline
+//!   ([`next_within`]), also compiled by the transport crate's tests.
 
 #![forbid(unsafe_code)]
 #![allow(missing_docs, clippy::missing_panics_doc)] // test helpers panic by design
@@ -46,6 +49,7 @@ mod sse;
 mod stack;
 mod streams;
 mod tls;
+mod within;
 mod ws;
 
 pub use fix_lp::{FIX_PASSWORD, FIX_SENDER, FIX_TARGET, FIX_USERNAME, FixLp, fix_lp_binary};
@@ -65,6 +69,7 @@ pub use streams::{
     publish_rate, stream_rates, stream_symbols,
 };
 pub use tls::{Ca, Leaf, TlsDir};
+pub use within::next_within;
 pub use ws::{Ws, next_json, send_json, send_subscribe, subscribe};
 
 /// Connects to `url` sending `credential` (a token or the API key) on every call.

@@ -1,4 +1,8 @@
 //! Reading back what the servers log.
+//!
+//! This file uses only std, `tracing` and `tracing-subscriber`: the
+//! transport crate's own tests compile it too (`transport/tests/support`),
+//! since fxcast-transport sits below everything this crate depends on.
 
 use std::{
     io::Write,

@@ -39,19 +39,7 @@ impl NatsServer {
         server
     }
 
-    /// `nats://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `kill -9`: no clean shutdown, connections drop at once.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
+    super::server_process::local_server!("nats");
 
     /// Starts it again on the same port with the same store directory.
     pub fn restart(&mut self) {

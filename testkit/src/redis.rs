@@ -81,19 +81,7 @@ impl RedisServer {
         panic!("redis-server found no free port in {PORT_ATTEMPTS} attempts: {last}");
     }
 
-    /// `redis://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    /// `kill -9`: no clean shutdown, connections drop at once.
-    pub fn kill(&mut self) {
-        self.process.kill();
-    }
+    super::server_process::local_server!("redis");
 
     /// Starts it again on the same port with the same data directory.
     pub fn restart(&mut self) {

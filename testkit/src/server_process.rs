@@ -1,6 +1,6 @@
 //! What the nats-server and redis-server helpers share: finding the
-//! binary, a free port, and starting a server that is ready once its log
-//! says so.
+//! binary, a free port, starting a server that is ready once its log
+//! says so, and the methods both have ([`local_server!`]).
 //!
 //! Uses only std, like the helpers: the transport crate's own tests compile
 //! these files too (`transport/tests/support`).
@@ -62,6 +62,28 @@ impl Drop for Process {
         self.kill();
     }
 }
+
+/// The methods every server of one test has, in the `impl` of a struct
+/// with a `port` and a `process` ([`Process`]): its URL
+/// (`<scheme>://127.0.0.1:<port>`), its port, and `kill`.
+macro_rules! local_server {
+    ($scheme:literal) => {
+        #[doc = concat!("`", $scheme, "://127.0.0.1:<port>`.")]
+        pub fn url(&self) -> String {
+            format!(concat!($scheme, "://127.0.0.1:{}"), self.port)
+        }
+
+        pub fn port(&self) -> u16 {
+            self.port
+        }
+
+        /// `kill -9`: no clean shutdown, connections drop at once.
+        pub fn kill(&mut self) {
+            self.process.kill();
+        }
+    };
+}
+pub(crate) use local_server;
 
 /// Where a server writes the log line that says it is ready.
 pub(crate) enum Log {

@@ -3,28 +3,12 @@
 
 mod support;
 
-use fxcast_transport::{
-    conformance::{Limits, WithGuard},
-    redis::{RedisConfig, RedisTransport},
-};
-use support::redis_server::RedisServer;
-
-/// A transport on a fresh redis-server, which lives as long as it does.
-async fn connect(buffer: usize) -> WithGuard<RedisTransport, RedisServer> {
-    let server = RedisServer::start();
-    let transport = RedisTransport::connect(RedisConfig {
-        url: server.url(),
-        buffer,
-        ..RedisConfig::default()
-    })
-    .await
-    .expect("connect to redis-server");
-    WithGuard {
-        transport,
-        guard: server,
-    }
-}
+use fxcast_transport::conformance::Limits;
+use support::{redis_server::RedisServer, servers::on_own_server};
 
 fxcast_transport::transport_conformance!(redis_streams, {
-    (connect(64).await, Limits { buffer: 64 })
+    (
+        on_own_server::<RedisServer>(64).await,
+        Limits { buffer: 64 },
+    )
 });

@@ -24,6 +24,7 @@ use momento::{
 use support::{
     numbers::{DEADLINE, next, next_number, numbered, wait_health},
     proxy::Proxy,
+    within::next_within,
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -363,10 +364,12 @@ async fn subscriber_tokens_may_only_subscribe_to_their_topics() {
         .await
         .unwrap();
     publish(&transport, "rates.USD_JPY", Bytes::from_static(b"tick")).await;
-    let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut subscription))
-        .await
-        .unwrap()
-        .unwrap();
+    let value = next_within(
+        &mut subscription,
+        DEADLINE,
+        "no topic value within the deadline",
+    )
+    .await;
     assert_eq!(value.kind, ValueKind::Binary(b"tick".to_vec()));
 
     // ... but cannot publish, reach other topics, or read the cache.
@@ -664,10 +667,12 @@ async fn the_board_carries_every_symbol_in_one_topic_and_each_reaches_its_subscr
     let mut messages = 0;
     let mut records = 0;
     while records < 300 {
-        let item = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(&mut board))
-            .await
-            .expect("the board went quiet before the last rates")
-            .unwrap();
+        let item = next_within(
+            &mut board,
+            DEADLINE,
+            "the board went quiet before the last rates",
+        )
+        .await;
         let ValueKind::Binary(bytes) = item.kind else {
             panic!("a text board message");
         };

@@ -10,82 +10,24 @@ mod support;
 use std::time::{Duration, Instant};
 
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Error, Gap, GapCause, Transport,
+    Delivery, Error, Gap, GapCause, Transport,
     conformance::publish,
     nats::{NatsConfig, NatsCredentials, NatsTransport},
 };
 use support::{
+    // Fast retries and short deadlines, so outages are short.
+    configs::nats_config as config,
     nats_server::NatsServer,
     numbers::{next, next_number, number, numbered},
-    outages::{
-        check_deliveries, health_follows_the_server, publish_through_a_restart,
-        publish_while_cut_off, refuses_over_the_limit,
-    },
-    proxy::Proxy,
+    outages::{behind_a_proxy, publish_while_cut_off},
+    servers::Engine,
 };
-
-fn config(url: String) -> NatsConfig {
-    NatsConfig {
-        url,
-        // Fast retries and short deadlines, so outages are short.
-        reconnect: BackoffPolicy::new(Duration::from_millis(20), Duration::from_millis(250)),
-        request_timeout: Duration::from_secs(2),
-        ..NatsConfig::default()
-    }
-}
-
-async fn connect(url: String) -> NatsTransport {
-    NatsTransport::connect(config(url)).await.unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_costs_no_message_twice_and_none_silently() {
-    let mut server = NatsServer::start();
-    let subscriber = connect(server.url()).await;
-    let publisher = connect(server.url()).await;
-    let (published, deliveries) =
-        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.USD_JPY").await;
-    let gaps = check_deliveries(&published, &deliveries);
-    let stats = subscriber.stats();
-    assert!(stats.resumes >= 1, "{stats:?}");
-    // The stream holds far more than the outage's messages: nothing lost.
-    assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
-    let server = NatsServer::start();
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let publisher = connect(server.url()).await;
-    // The subscriber reaches the server only through the proxy.
-    let subscriber = connect(proxy.url()).await;
-    // 4..=6 are published while the subscriber is cut off: held by the stream.
-    let mut subscription =
-        publish_while_cut_off(&proxy, &publisher, &subscriber, "orders.alice", 6).await;
-    publish(&publisher, "orders.alice", numbered(7)).await;
-
-    // The server paused the consumer while nobody listened on its inbox,
-    // so either it (once async-nats resubscribed the inbox) or the
-    // consumer resumed after the reconnect delivers 4..=7: which one
-    // depends on timing, and either way each arrives once, in order.
-    for n in 4..=7 {
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-    publish(&publisher, "orders.alice", numbered(8)).await;
-    assert_eq!(next_number(&mut subscription).await, 8);
-    assert_eq!(subscriber.stats().gaps, 0, "{:?}", subscriber.stats());
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     let server = NatsServer::start();
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let short = |url| NatsConfig {
-        history: 5,
-        ..config(url)
-    };
-    let publisher = NatsTransport::connect(short(server.url())).await.unwrap();
-    let subscriber = NatsTransport::connect(short(proxy.url())).await.unwrap();
+    let (proxy, publisher, subscriber) =
+        behind_a_proxy(&server, |url| NatsServer::connect_keeping(url, 5)).await;
     // More than the stream keeps per topic: 4..=15 are discarded.
     let mut subscription =
         publish_while_cut_off(&proxy, &publisher, &subscriber, "rates.EUR_USD", 20).await;
@@ -103,33 +45,6 @@ async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     publish(&publisher, "rates.EUR_USD", numbered(21)).await;
     assert_eq!(next_number(&mut subscription).await, 21);
     assert_eq!(subscriber.stats().gaps, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_payloads_reach_a_process_connected_later() {
-    let server = NatsServer::start();
-    let first = connect(server.url()).await;
-    support::numbers::retained_reach_a_later_process(first, || connect(server.url())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retain_for_outlives_retain() {
-    let server = NatsServer::start();
-    let transport = NatsTransport::connect(NatsConfig {
-        retain_ttl: Duration::from_millis(500),
-        max_payload: 1024,
-        ..config(server.url())
-    })
-    .await
-    .unwrap();
-    support::numbers::retain_for_outlives_retain(&transport).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
-    let mut server = NatsServer::start();
-    let transport = connect(server.url()).await;
-    health_follows_the_server(&mut server, &transport, false).await;
 }
 
 async fn refused(config: NatsConfig, secret: &str) {
@@ -196,19 +111,6 @@ async fn credentials_are_checked_and_never_shown() {
     .unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_over_the_limit_are_refused_before_sending() {
-    let mut server = NatsServer::start();
-    let transport = NatsTransport::connect(NatsConfig {
-        max_payload: 1024,
-        ..config(server.url())
-    })
-    .await
-    .unwrap();
-    assert_eq!(transport.max_payload(), 1024);
-    refuses_over_the_limit(&mut server, &transport, "nats").await;
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[index]
@@ -234,8 +136,8 @@ fn report(what: &str, mut latencies: Vec<Duration>, elapsed: Duration) {
 async fn publish_to_receive_latency() {
     const MESSAGES: u64 = 10_000;
     let server = NatsServer::start();
-    let publisher = connect(server.url()).await;
-    let subscriber = connect(server.url()).await;
+    let publisher = NatsServer::connect_fast(server.url()).await;
+    let subscriber = NatsServer::connect_fast(server.url()).await;
     let mut subscription = subscriber.subscribe("rates.USD_JPY").await.unwrap();
     let base = Instant::now();
     let receiver = tokio::spawn(async move {
@@ -279,4 +181,17 @@ async fn publish_to_receive_latency() {
     }
     let latencies = receiver.await.unwrap();
     report("core NATS (no stream)", latencies, started.elapsed());
+}
+
+// The tests this backend runs alike with Redis, from support/outages.rs.
+// In a_killed_server_costs_no_message_twice_and_none_silently, the stream
+// holds far more than the outage's messages: nothing lost.
+// In a_process_cut_off_resumes_without_loss_or_duplicates, the server
+// paused the consumer while nobody listened on its inbox, so either it
+// (once async-nats resubscribed the inbox) or the consumer resumed after
+// the reconnect delivers 4..=7: which one depends on timing, and either
+// way each arrives once, in order.
+support::outages::server_tests! {
+    NatsServer, NatsConfig, restored = resumes,
+    restores_after_a_cut = false, subscribe_refused = false,
 }

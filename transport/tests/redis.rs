@@ -12,97 +12,34 @@ mod support;
 use std::time::Duration;
 
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Gap, GapCause, Transport,
+    Delivery, Gap, GapCause, Transport,
     conformance::publish,
     redis::{RedisConfig, RedisTransport},
 };
 use support::{
+    // Fast retries, pings and short deadlines, so outages are short.
+    configs::redis_config as config,
     numbers::{next, next_number, numbered},
-    outages::{
-        check_deliveries, health_follows_the_server, publish_through_a_restart,
-        publish_while_cut_off, refuses_over_the_limit,
-    },
-    proxy::Proxy,
+    outages::{behind_a_proxy, deliveries_through_a_restart, publish_while_cut_off},
     redis_server::RedisServer,
+    servers::Engine,
 };
-
-fn config(url: String) -> RedisConfig {
-    RedisConfig {
-        url,
-        // Fast retries, pings and short deadlines, so outages are short.
-        reconnect: BackoffPolicy::new(Duration::from_millis(20), Duration::from_millis(250)),
-        request_timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(250),
-        ..RedisConfig::default()
-    }
-}
-
-async fn connect(url: String) -> RedisTransport {
-    RedisTransport::connect(config(url)).await.unwrap()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_server_costs_no_message_twice_and_none_silently() {
-    // Every write is in the append-only file before it is acknowledged.
-    let mut server = RedisServer::start();
-    let subscriber = connect(server.url()).await;
-    let publisher = connect(server.url()).await;
-    let (published, deliveries) =
-        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.USD_JPY").await;
-    let gaps = check_deliveries(&published, &deliveries);
-    let stats = subscriber.stats();
-    assert!(stats.resyncs >= 1, "{stats:?}");
-    // The restarted server has the stream back: nothing lost.
-    assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_restarted_without_its_data_is_an_announced_gap() {
     // Nothing on disk: the restart loses the stream.
     let mut server = RedisServer::start_ephemeral();
-    let subscriber = connect(server.url()).await;
-    let publisher = connect(server.url()).await;
-    let (published, deliveries) =
-        publish_through_a_restart(&mut server, publisher, &subscriber, "rates.EUR_JPY").await;
-    let gaps = check_deliveries(&published, &deliveries);
+    let (gaps, subscriber) =
+        deliveries_through_a_restart(&mut server, RedisServer::connect_fast, "rates.EUR_JPY").await;
     assert_eq!(gaps, 1, "the lost stream is announced once");
     assert_eq!(subscriber.stats().gaps, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
-    let server = RedisServer::start();
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let publisher = connect(server.url()).await;
-    // The subscriber reaches the server only through the proxy.
-    let subscriber = connect(format!("redis://{}", proxy.addr())).await;
-    // 4..=6 are published while the subscriber is cut off: held by the stream.
-    let mut subscription =
-        publish_while_cut_off(&proxy, &publisher, &subscriber, "orders.alice", 6).await;
-    publish(&publisher, "orders.alice", numbered(7)).await;
-
-    for n in 4..=7 {
-        assert_eq!(next_number(&mut subscription).await, n);
-    }
-    publish(&publisher, "orders.alice", numbered(8)).await;
-    assert_eq!(next_number(&mut subscription).await, 8);
-    let stats = subscriber.stats();
-    assert_eq!(stats.gaps, 0, "{stats:?}");
-    assert!(stats.resyncs >= 1, "{stats:?}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     let server = RedisServer::start();
-    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
-    let short = |url| RedisConfig {
-        history: 10,
-        ..config(url)
-    };
-    let publisher = RedisTransport::connect(short(server.url())).await.unwrap();
-    let subscriber = RedisTransport::connect(short(format!("redis://{}", proxy.addr())))
-        .await
-        .unwrap();
+    let (proxy, publisher, subscriber) =
+        behind_a_proxy(&server, |url| RedisServer::connect_keeping(url, 10)).await;
     // Far more than the stream keeps (MAXLEN ~ trims whole nodes of 100
     // entries, so it keeps at least 10 and at most a node more).
     const LAST: u64 = 1_000;
@@ -127,46 +64,6 @@ async fn history_rolled_past_a_process_cut_off_is_an_announced_gap() {
     publish(&publisher, "rates.EUR_USD", numbered(LAST + 1)).await;
     assert_eq!(next_number(&mut subscription).await, LAST + 1);
     assert_eq!(subscriber.stats().gaps, 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retained_payloads_reach_a_process_connected_later() {
-    let server = RedisServer::start();
-    let first = connect(server.url()).await;
-    support::numbers::retained_reach_a_later_process(first, || connect(server.url())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retain_for_outlives_retain() {
-    let server = RedisServer::start();
-    let transport = RedisTransport::connect(RedisConfig {
-        retain_ttl: Duration::from_millis(500),
-        max_payload: 1024,
-        ..config(server.url())
-    })
-    .await
-    .unwrap();
-    support::numbers::retain_for_outlives_retain(&transport).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
-    let mut server = RedisServer::start();
-    let transport = connect(server.url()).await;
-    health_follows_the_server(&mut server, &transport, true).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payloads_over_the_limit_are_refused_before_sending() {
-    let mut server = RedisServer::start();
-    let transport = RedisTransport::connect(RedisConfig {
-        max_payload: 1024,
-        ..config(server.url())
-    })
-    .await
-    .unwrap();
-    assert_eq!(transport.max_payload(), 1024);
-    refuses_over_the_limit(&mut server, &transport, "redis").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,4 +97,13 @@ async fn an_idle_subscription_stays_connected_across_heartbeats() {
     assert_eq!(transport.stats().resyncs, 0, "{:?}", transport.stats());
     publish(&transport, "rates.USD_SEK", numbered(1)).await;
     assert_eq!(next_number(&mut subscription).await, 1);
+}
+
+// The tests this backend runs alike with NATS, from support/outages.rs.
+// In a_killed_server_costs_no_message_twice_and_none_silently, every
+// write is in the append-only file before it is acknowledged, and the
+// restarted server has the stream back: nothing lost.
+support::outages::server_tests! {
+    RedisServer, RedisConfig, restored = resyncs,
+    restores_after_a_cut = true, subscribe_refused = true,
 }

@@ -8,68 +8,20 @@
 
 mod support;
 
-use std::{
-    io::Write,
-    sync::{Arc, Mutex},
-    time::Duration,
-};
-
-use bytes::Bytes;
 use fxcast_transport::{
-    BackoffPolicy, Delivery, Error, Subscription, Transport, TransportHealth,
+    Error, Transport,
     conformance::publish,
     redis::{RedisConfig, RedisTransport},
 };
-use support::redis_server::RedisServer;
-use tokio::sync::watch;
-
-const DEADLINE: Duration = Duration::from_secs(30);
-
-fn config(url: String) -> RedisConfig {
-    RedisConfig {
-        url,
-        reconnect: BackoffPolicy::new(Duration::from_millis(20), Duration::from_millis(250)),
-        request_timeout: Duration::from_secs(2),
-        heartbeat: Duration::from_millis(250),
-        ..RedisConfig::default()
-    }
-}
+use support::{
+    configs::redis_config as config,
+    logs::capture_logs,
+    numbers::{next_number, numbered, wait_health},
+    redis_server::RedisServer,
+};
 
 async fn connect(url: String) -> RedisTransport {
     RedisTransport::connect(config(url)).await.unwrap()
-}
-
-fn numbered(n: u64) -> Bytes {
-    Bytes::copy_from_slice(&n.to_be_bytes())
-}
-
-async fn next_number(subscription: &mut Subscription) -> u64 {
-    match tokio::time::timeout(DEADLINE, subscription.next()).await {
-        Ok(Some(Delivery::Message(bytes))) => u64::from_be_bytes(bytes[..].try_into().unwrap()),
-        other => panic!("expected a message, got {other:?}"),
-    }
-}
-
-async fn wait_health(health: &mut watch::Receiver<TransportHealth>, connected: bool) {
-    tokio::time::timeout(DEADLINE, health.wait_for(|h| h.is_connected() == connected))
-        .await
-        .expect("health did not change within the deadline")
-        .unwrap();
-}
-
-/// A log sink the test reads back.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 async fn refused(config: RedisConfig, secret: &str) {
@@ -89,15 +41,7 @@ async fn refused(config: RedisConfig, secret: &str) {
 // test's thread, where the log capture is installed.
 #[tokio::test]
 async fn credentials_are_checked_and_never_shown() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let _logs = tracing::subscriber::set_default(
-        tracing_subscriber::fmt()
-            .with_max_level(tracing::Level::TRACE)
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish(),
-    );
+    let (captured, _logs) = capture_logs(tracing::Level::TRACE);
     let mut server = RedisServer::start_with(&["--requirepass", "right-pass"]);
     let port = server.port();
     let with = |password: Option<&str>| RedisConfig {
@@ -129,7 +73,7 @@ async fn credentials_are_checked_and_never_shown() {
     publish(&in_url, "rates.AUD_USD", numbered(2)).await;
     assert_eq!(next_number(&mut subscription).await, 2);
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     assert!(logs.contains("redis transport connected"), "{logs}");
     assert!(logs.contains("redis connection lost"), "{logs}");
     assert!(logs.contains("<redacted>@127.0.0.1"), "{logs}");

@@ -1,9 +1,11 @@
 //! The outage scenarios the NATS and Redis backend tests run against their
 //! real servers: a server killed and restarted under a live publisher and
 //! subscription, a subscriber cut off by a proxy, health following the
-//! server, and payloads refused over the limit.
+//! server, and payloads refused over the limit; and [`server_tests!`],
+//! the tests both backends run alike on these and the shared-storage checks.
 
 use std::{
+    future::Future,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -19,30 +21,7 @@ use tokio::sync::watch;
 
 use super::numbers::{DEADLINE, Published, next, next_number, number, numbered, wait_health};
 use super::proxy::Proxy;
-
-/// A server a test kills (`kill -9`) and restarts on the same port.
-pub(crate) trait Engine {
-    fn kill(&mut self);
-    fn restart(&mut self);
-}
-
-impl Engine for super::nats_server::NatsServer {
-    fn kill(&mut self) {
-        Self::kill(self);
-    }
-    fn restart(&mut self) {
-        Self::restart(self);
-    }
-}
-
-impl Engine for super::redis_server::RedisServer {
-    fn kill(&mut self) {
-        Self::kill(self);
-    }
-    fn restart(&mut self) {
-        Self::restart(self);
-    }
-}
+use super::servers::Engine;
 
 /// Publishes 1, 2, 3, ... on `topic` every millisecond from `publisher`
 /// through `server` being killed and restarted; returns what was
@@ -127,6 +106,26 @@ pub(crate) async fn publish_through_a_restart<T: Transport>(
     (published, deliveries)
 }
 
+/// Connects a subscriber and then a publisher to `server` with `connect`,
+/// runs [`publish_through_a_restart`] on `topic` and checks what arrived
+/// with [`check_deliveries`]; returns the gaps seen and the subscriber, for
+/// its stats.
+pub(crate) async fn deliveries_through_a_restart<T, F>(
+    server: &mut impl Engine,
+    connect: impl Fn(String) -> F,
+    topic: &'static str,
+) -> (usize, T)
+where
+    T: Transport,
+    F: Future<Output = T>,
+{
+    let subscriber = connect(server.url()).await;
+    let publisher = connect(server.url()).await;
+    let (published, deliveries) =
+        publish_through_a_restart(server, publisher, &subscriber, topic).await;
+    (check_deliveries(&published, &deliveries), subscriber)
+}
+
 /// Checks that each number arrived at most once, in order, and that a
 /// number acknowledged to the publisher is missing only where a gap was
 /// announced; returns the gaps seen.
@@ -159,6 +158,25 @@ pub(crate) fn check_deliveries(published: &Published, deliveries: &[Delivery]) -
     gaps
 }
 
+/// A [`Proxy`] in front of `server`, a publisher connected to the server
+/// and a subscriber reaching it only through the proxy, both connected by
+/// `connect`.
+pub(crate) async fn behind_a_proxy<S, T, F>(
+    server: &S,
+    connect: impl Fn(String) -> F,
+) -> (Proxy, T, T)
+where
+    S: Engine,
+    T: Transport,
+    F: Future<Output = T>,
+{
+    let proxy = Proxy::start(([127, 0, 0, 1], server.port()).into()).await;
+    let publisher = connect(server.url()).await;
+    // The subscriber reaches the server only through the proxy.
+    let subscriber = connect(format!("{}://{}", S::SCHEME, proxy.addr())).await;
+    (proxy, publisher, subscriber)
+}
+
 /// `subscriber` (connected through `proxy`) subscribes to `topic` and
 /// receives 1..=3 from `publisher`; then the proxy cuts it off, 4..=`last`
 /// are published, and the proxy lets it reconnect. Returns the
@@ -187,6 +205,24 @@ pub(crate) async fn publish_while_cut_off<T: Transport>(
     proxy.restore();
     wait_health(&mut health, true).await;
     subscription
+}
+
+/// [`publish_while_cut_off`] on `orders.alice` up to 6, then 7 once the
+/// subscriber is back: 4..=6 are held by the stream while it is cut off,
+/// and it receives 4..=7 and then 8, each once, in order.
+pub(crate) async fn resumes_after_a_cut<T: Transport>(
+    proxy: &Proxy,
+    publisher: &T,
+    subscriber: &T,
+) {
+    let mut subscription =
+        publish_while_cut_off(proxy, publisher, subscriber, "orders.alice", 6).await;
+    publish(publisher, "orders.alice", numbered(7)).await;
+    for n in 4..=7 {
+        assert_eq!(next_number(&mut subscription).await, n);
+    }
+    publish(publisher, "orders.alice", numbered(8)).await;
+    assert_eq!(next_number(&mut subscription).await, 8);
 }
 
 /// Health turns to reconnecting (naming the lost connection) while
@@ -253,3 +289,109 @@ pub(crate) async fn refuses_over_the_limit<T: Transport>(
     assert_eq!(refused_by, backend);
     assert!(started.elapsed() < Duration::from_millis(500));
 }
+
+/// The tests NATS and Redis run alike, each against a real server of its
+/// own: a killed server costing no message twice and none silently, a
+/// process cut off resuming without loss or duplicates, retained payloads
+/// reaching a process connected later, `retain_for` outliving `retain`,
+/// health following the server, and payloads refused over the limit.
+/// Expands to `#[tokio::test]` functions in the calling test file, for
+/// `$server` (an [`Engine`] whose backend's config is `$config`; the
+/// backend names itself in a refusal as its URL scheme), whose transport
+/// counts reconnecting without a gap in the stats field `$restored`;
+/// `$restores_after_a_cut` says whether a cut-off subscriber counts one
+/// there too, `$subscribe_refused` whether a subscribe is refused while
+/// the server is down.
+#[allow(unused_macros)] // Only the NATS and Redis tests use it.
+macro_rules! server_tests {
+    (
+        $server:ident,
+        $config:ident,
+        restored = $restored:ident,
+        restores_after_a_cut = $restores_after_a_cut:literal,
+        subscribe_refused = $subscribe_refused:literal $(,)?
+    ) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_killed_server_costs_no_message_twice_and_none_silently() {
+            use support::servers::Engine as _;
+            let mut server = $server::start();
+            let (gaps, subscriber) = support::outages::deliveries_through_a_restart(
+                &mut server,
+                $server::connect_fast,
+                "rates.USD_JPY",
+            )
+            .await;
+            let stats = subscriber.stats();
+            assert!(stats.$restored >= 1, "{stats:?}");
+            assert_eq!((gaps, stats.gaps), (0, 0), "{stats:?}");
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_process_cut_off_resumes_without_loss_or_duplicates() {
+            use support::servers::Engine as _;
+            let server = $server::start();
+            let (proxy, publisher, subscriber) =
+                support::outages::behind_a_proxy(&server, $server::connect_fast).await;
+            // 4..=6 are published while the subscriber is cut off: held by the stream.
+            support::outages::resumes_after_a_cut(&proxy, &publisher, &subscriber).await;
+            let stats = subscriber.stats();
+            assert_eq!(stats.gaps, 0, "{stats:?}");
+            if $restores_after_a_cut {
+                assert!(stats.$restored >= 1, "{stats:?}");
+            }
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retained_payloads_reach_a_process_connected_later() {
+            use support::servers::Engine as _;
+            let server = $server::start();
+            let first = $server::connect_fast(server.url()).await;
+            support::numbers::retained_reach_a_later_process(first, || {
+                $server::connect_fast(server.url())
+            })
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn retain_for_outlives_retain() {
+            use support::servers::Engine as _;
+            let server = $server::start();
+            let transport = $server::connect_with($config {
+                retain_ttl: std::time::Duration::from_millis(500),
+                max_payload: 1024,
+                ..$server::fast_config(server.url())
+            })
+            .await;
+            support::numbers::retain_for_outlives_retain(&transport).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn health_goes_unavailable_while_the_server_is_down_and_back_after() {
+            use support::servers::Engine as _;
+            let mut server = $server::start();
+            let transport = $server::connect_fast(server.url()).await;
+            support::outages::health_follows_the_server(
+                &mut server,
+                &transport,
+                $subscribe_refused,
+            )
+            .await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn payloads_over_the_limit_are_refused_before_sending() {
+            use support::servers::Engine as _;
+            let mut server = $server::start();
+            let transport = $server::connect_with($config {
+                max_payload: 1024,
+                ..$server::fast_config(server.url())
+            })
+            .await;
+            assert_eq!(transport.max_payload(), 1024);
+            support::outages::refuses_over_the_limit(&mut server, &transport, $server::SCHEME)
+                .await;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use server_tests;

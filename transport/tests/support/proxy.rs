@@ -55,10 +55,6 @@ impl Proxy {
         proxy
     }
 
-    pub(crate) fn url(&self) -> String {
-        format!("nats://{}", self.addr)
-    }
-
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
