@@ -262,12 +262,9 @@ impl Listener {
     /// accept errors are retried, fd exhaustion with a backoff.
     pub async fn accept(&self) -> Conn {
         let permit = self.slot().await;
-        // Out of descriptors: 10 ms, doubling up to 1 s, until one is free.
-        let mut delays = ExponentialBuilder::new()
-            .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(Duration::from_secs(1))
-            .without_max_times()
-            .build();
+        // Out of descriptors: 10 ms, doubling up to 1 s, until one is free
+        // (built at the first failure: most accepts need none).
+        let mut delays = None;
         loop {
             match self.inner.accept().await {
                 Ok((stream, remote)) => return self.admit(stream, remote, permit),
@@ -276,6 +273,13 @@ impl Listener {
                     if !self.stats.warned_fds.swap(true, Ordering::Relaxed) {
                         tracing::warn!(listener = self.name, error = %err, "out of file descriptors: accepting with a backoff (lower --max-connections or raise the open-files limit)");
                     }
+                    let delays = delays.get_or_insert_with(|| {
+                        ExponentialBuilder::new()
+                            .with_min_delay(Duration::from_millis(10))
+                            .with_max_delay(Duration::from_secs(1))
+                            .without_max_times()
+                            .build()
+                    });
                     tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1))).await;
                 }
                 // The peer reset before the accept (ECONNABORTED) and the like.

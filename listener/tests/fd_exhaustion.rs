@@ -1,5 +1,6 @@
 //! A listener out of file descriptors backs off and accepts again once one
 //! is free. Its own test binary: it lowers this process's open-files limit.
+#![cfg(target_os = "linux")]
 
 use std::{os::fd::AsRawFd, path::Path, time::Duration};
 
@@ -17,6 +18,27 @@ fn highest_fd() -> u64 {
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u64>().ok())
         .max()
         .unwrap()
+}
+
+/// The open-files limit lowered until dropped, also when the test fails
+/// (a panic's backtrace needs files).
+struct Limit {
+    soft: u64,
+    hard: u64,
+}
+
+impl Limit {
+    fn lower_to(soft: u64) -> Self {
+        let (old, hard) = rlimit::getrlimit(Resource::NOFILE).unwrap();
+        rlimit::setrlimit(Resource::NOFILE, soft, hard).unwrap();
+        Self { soft: old, hard }
+    }
+}
+
+impl Drop for Limit {
+    fn drop(&mut self) {
+        let _ = rlimit::setrlimit(Resource::NOFILE, self.soft, self.hard);
+    }
 }
 
 /// Waits, up to [`DEADLINE`], for `done` to hold.
@@ -50,16 +72,15 @@ async fn accepts_again_once_a_descriptor_is_free() {
     // the highest, then leave room for two more.
     let highest = highest_fd();
     let mut fillers = Vec::new();
-    loop {
+    let top = loop {
         let filler = std::fs::File::open("/dev/null").unwrap();
         let fd = u64::try_from(filler.as_raw_fd()).unwrap();
         fillers.push(filler);
         if fd >= highest {
-            break;
+            break fd;
         }
-    }
-    let (soft, hard) = rlimit::getrlimit(Resource::NOFILE).unwrap();
-    rlimit::setrlimit(Resource::NOFILE, highest_fd() + 3, hard).unwrap();
+    };
+    let _restore = Limit::lower_to(top + 3);
 
     let (accepted, mut conns) = mpsc::unbounded_channel();
     let acceptor = tokio::spawn(async move {
@@ -89,7 +110,5 @@ async fn accepts_again_once_a_descriptor_is_free() {
         stats.accepted() as usize == CLIENTS
     })
     .await;
-    rlimit::setrlimit(Resource::NOFILE, soft, hard).unwrap();
-    drop(fillers);
     acceptor.abort();
 }

@@ -11,11 +11,11 @@
 
 // The one nats-server (and redis-server) helper lives in the testkit; this crate cannot depend
 // on the testkit (which depends on it), so it compiles the same file.
+pub(crate) mod configs;
 #[path = "../../../testkit/src/nats.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod nats_server;
 // The testkit's log capture, compiled here for the same reason.
-pub(crate) mod configs;
 #[path = "../../../testkit/src/logs.rs"]
 #[allow(unreachable_pub)]
 pub(crate) mod logs;

@@ -127,7 +127,6 @@ impl FixLp {
             .with(tag::SIDE, Self::side(order.side))
     }
 
-    /// Sends `message` once logged on; its MsgSeqNum.
     /// Sends `order`'s NewOrderSingle or OrderStatusRequest and waits for
     /// the report that answers it; the order is settled once answered.
     async fn ask(&self, order: &LpOrder, asked: Asked) -> Result<LpOutcome, LpError> {
@@ -150,6 +149,7 @@ impl FixLp {
         Ok(outcome)
     }
 
+    /// Sends `message` once logged on; its MsgSeqNum.
     async fn send(&self, message: Message) -> Result<u64, LpError> {
         let session = &self.config.session;
         if !session.wait_logged_on(self.config.timeout).await {
