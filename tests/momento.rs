@@ -12,7 +12,7 @@ use fxcast_proto::v1::{
     order_service_client::OrderServiceClient, rate_service_client::RateServiceClient,
     stream_rates_response::Event, token_service_client::TokenServiceClient,
 };
-use fxcast_testkit::{http_request, latest_rate, log_field};
+use fxcast_testkit::{http_request, latest_rate, log_field, next_within};
 use momento::{
     CacheClient, CredentialProvider, MomentoError, MomentoErrorCode, TopicClient,
     topics::{Subscription, ValueKind},
@@ -198,10 +198,7 @@ fn sdk_topics(credentials: CredentialProvider) -> TopicClient {
 }
 
 async fn sdk_next_rate(subscription: &mut Subscription) -> Rate {
-    let value = tokio::time::timeout(DEADLINE, futures_util::StreamExt::next(subscription))
-        .await
-        .expect("no topic value within the deadline")
-        .expect("subscription ended");
+    let value = next_within(subscription, DEADLINE, "no topic value within the deadline").await;
     match value.kind {
         ValueKind::Binary(bytes) => Rate::decode(bytes.as_slice()).expect("a protobuf Rate"),
         ValueKind::Text(text) => panic!("expected a binary Rate, got text {text:?}"),
@@ -792,8 +789,7 @@ async fn the_board_publishes_every_symbol_on_one_topic_to_tokens_that_see_them_a
     let eur = publish(&mut rates, "EUR_USD", "1.0841", "1.0843").await;
     let mut seen = std::collections::BTreeMap::new();
     while seen.len() < 2 {
-        let value =
-            fxcast_testkit::next_within(&mut board, DEADLINE, "no board within the deadline").await;
+        let value = next_within(&mut board, DEADLINE, "no board within the deadline").await;
         let ValueKind::Binary(bytes) = value.kind else {
             panic!("a text board");
         };

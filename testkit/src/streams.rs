@@ -8,7 +8,7 @@ use fxcast_proto::v1::{
 };
 use tonic::{Status, Streaming};
 
-use crate::Authed;
+use crate::{Authed, next_within};
 
 /// The latest rate of `symbol`.
 pub async fn latest_rate(
@@ -64,11 +64,9 @@ pub async fn next_message<T>(stream: &mut Streaming<T>) -> T {
 
 /// Next message of any gRPC stream within `within`, or panic.
 pub async fn next_message_within<T>(stream: &mut Streaming<T>, within: Duration) -> T {
-    tokio::time::timeout(within, stream.message())
+    next_within(stream, within, "no stream message in time")
         .await
-        .expect("no stream message in time")
         .expect("stream failed")
-        .expect("stream ended")
 }
 
 /// Next rate stream event within 10 s, or panic.

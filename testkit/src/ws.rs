@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::net::TcpStream;
+
+use crate::next_within;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
 
 /// A client WebSocket.
@@ -35,11 +37,13 @@ pub async fn subscribe(ws: &mut Ws, symbols: &[&str]) {
 /// Next JSON text message, skipping heartbeats.
 pub async fn next_json(ws: &mut Ws) -> serde_json::Value {
     loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("no WebSocket message within 10 s")
-            .expect("WebSocket closed")
-            .expect("WebSocket error");
+        let message = next_within(
+            ws,
+            Duration::from_secs(10),
+            "no WebSocket message within 10 s",
+        )
+        .await
+        .expect("WebSocket error");
         if let Message::Text(text) = message {
             let value: serde_json::Value = serde_json::from_str(&text).unwrap();
             if value["type"] != "heartbeat" {

@@ -22,10 +22,7 @@ pub(crate) fn number(bytes: &Bytes) -> u64 {
 
 /// The next delivery, within [`DEADLINE`].
 pub(crate) async fn next(subscription: &mut Subscription) -> Delivery {
-    tokio::time::timeout(DEADLINE, subscription.next())
-        .await
-        .expect("no delivery within the deadline")
-        .expect("subscription ended")
+    super::within::next_within(subscription, DEADLINE, "no delivery within the deadline").await
 }
 
 /// The number of the next delivery, which must be a message.
