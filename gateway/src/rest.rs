@@ -78,6 +78,17 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 /// Deserialises a JSON body: 400 `malformed_json` for what is not JSON,
 /// 422 `invalid_field` for JSON of the wrong shape, naming the field.
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    // serde takes a struct from an array of its fields in order too, which
+    // would answer `[1]` with "[0]: expected a string"; every body here is
+    // an object, so say that.
+    if body.trim_ascii_start().starts_with(b"[") {
+        let message = "the body must be a JSON object, not an array";
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_field",
+            message,
+        ));
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {
         let path = err.path().to_string();
@@ -87,12 +98,13 @@ fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
-/// The refusal of a body serde could not take at `path` (`.`: the whole).
+/// The refusal of a body serde could not take at `path` (`.`: the whole;
+/// `?`: inside an object before its next key, as when the body ends there).
 fn body_error(path: &str, err: &serde_json::Error) -> ApiError {
     let detail = bound_quoted_spans(&err.to_string()).into_owned();
     // The path is made of the body's own keys: quoted when long.
     let message = match path {
-        "." => detail,
+        "." | "?" => detail,
         short if short.len() <= QUOTE_LIMIT => format!("{short}: {detail}"),
         long => format!("{}: {detail}", quoted(long)),
     };
