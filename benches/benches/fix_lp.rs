@@ -195,7 +195,7 @@ impl Bench for Fixture {
         let token = stack.token("bench", "rates:subscribe=USD_JPY orders:place");
         let channel = stack.authed_channel(&token).await;
         let mut rates = RateServiceClient::new(channel.clone());
-        let stream = rates
+        let mut stream = rates
             .stream_rates(StreamRatesRequest {
                 symbols: vec![SYMBOL.into()],
                 ..Default::default()
@@ -203,6 +203,22 @@ impl Bench for Fixture {
             .await
             .expect("stream")
             .into_inner();
+        // The quote above can reach the session before the feed listens, and
+        // an order needs a rate: quote until the stream shows one.
+        loop {
+            lp.quote("151.500", "151.508").await;
+            let rate = tokio::time::timeout(Duration::from_millis(100), async {
+                while let Some(m) = stream.message().await.expect("stream") {
+                    if let Some(Event::Rate(_)) = m.event {
+                        return;
+                    }
+                }
+                panic!("the rate stream ended");
+            });
+            if rate.await.is_ok() {
+                break;
+            }
+        }
         let refresher = (case == Case::PlaceOrder).then(|| {
             let lp = Arc::clone(&lp);
             tokio::spawn(async move {
