@@ -204,8 +204,9 @@ impl Bench for Fixture {
             .expect("stream")
             .into_inner();
         // The quote above can reach the session before the feed listens, and
-        // an order needs a rate: quote until the stream shows one.
-        loop {
+        // an order needs a rate: quote until the stream shows one (5 s at most).
+        for attempt in 1.. {
+            assert!(attempt <= 50, "no rate on the stream after 50 quotes");
             lp.quote("151.500", "151.508").await;
             let rate = tokio::time::timeout(Duration::from_millis(100), async {
                 while let Some(m) = stream.message().await.expect("stream") {

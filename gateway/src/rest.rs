@@ -80,14 +80,22 @@ fn json_content_type(headers: &HeaderMap) -> bool {
 fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     // serde takes a struct from an array of its fields in order too, which
     // would answer `[1]` with "[0]: expected a string"; every body here is
-    // an object, so say that.
-    if body.trim_ascii_start().starts_with(b"[") {
-        let message = "the body must be a JSON object, not an array";
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "invalid_field",
-            message,
-        ));
+    // an object, so say that (of a well-formed array: a broken one is 400,
+    // like any other broken body).
+    let first = body
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'[') {
+        return Err(
+            match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                Err(err) => body_error(".", &err),
+                Ok(_) => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_field",
+                    "the body must be a JSON object, not an array",
+                ),
+            },
+        );
     }
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|err| {

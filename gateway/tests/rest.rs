@@ -83,7 +83,7 @@ async fn bad_input_gets_a_precise_status_and_message() {
     let post = |body: &str| post_order(&h, &token, body.to_owned());
     let (status, code, message) = error_of(post("{not json").await).await;
     assert_eq!((status, code.as_str()), (400, "malformed_json"));
-    assert!(message.contains("key must be a string"), "{message}");
+    assert!(message.starts_with("key must be a string"), "{message}");
     let (status, code, message) = error_of(post(r#"{"client_order_id":"a""#).await).await;
     assert_eq!((status, code.as_str()), (400, "malformed_json"));
     assert!(
@@ -97,6 +97,12 @@ async fn bad_input_gets_a_precise_status_and_message() {
             "invalid_field".into(),
             "the body must be a JSON object, not an array".into()
         )
+    );
+    let (status, code, message) = error_of(post("[1,").await).await;
+    assert_eq!((status, code.as_str()), (400, "malformed_json"));
+    assert!(
+        message.starts_with("EOF while parsing a value"),
+        "{message}"
     );
     let (status, code, message) = error_of(post(r#"{"client_order_id": 5}"#).await).await;
     assert_eq!((status, code.as_str()), (422, "invalid_field"));

@@ -790,12 +790,38 @@ fn splice_compare(path: &Path, section: &str) -> Result<()> {
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let new = match region(&old, COMPARE_BEGIN, COMPARE_END) {
         Some(at) => format!("{}{section}{}", &old[..at.start], &old[at.end..]),
-        None => match old.find("\n## Reading these numbers") {
+        // Before the hand-written analyses, which read the table above them.
+        None => match old
+            .find(HAND_WRITTEN_BEGIN)
+            .or_else(|| old.find("\n## Reading these numbers"))
+        {
             Some(at) => format!("{}\n{section}{}", &old[..at], &old[at..]),
             None => format!("{old}\n{section}"),
         },
     };
     std::fs::write(path, new)?;
+    Ok(())
+}
+
+/// Appends to `md` the hand-written analyses of `old` (the file a full run
+/// replaces), markers included. Refuses a file with a marker but no whole
+/// region rather than overwrite what was written by hand.
+fn keep_hand_written(md: &mut String, old: &str) -> Result<()> {
+    match region(old, HAND_WRITTEN_BEGIN, HAND_WRITTEN_END) {
+        Some(kept) => {
+            md.push('\n');
+            md.push_str(&old[kept]);
+        }
+        None if old.contains(HAND_WRITTEN_BEGIN) || old.contains(HAND_WRITTEN_END) => {
+            return Err(format!(
+                "BENCHMARKS.md has a `{HAND_WRITTEN_BEGIN}` or `{HAND_WRITTEN_END}` marker \
+                 without the other (or in the wrong order); mend it, or a rerun would \
+                 drop the analyses written by hand"
+            )
+            .into());
+        }
+        None => {}
+    }
     Ok(())
 }
 
@@ -828,11 +854,7 @@ fn main() -> Result<()> {
         md.push_str(&compare);
     }
     let path = args.out.join("BENCHMARKS.md");
-    let old = std::fs::read_to_string(&path).unwrap_or_default();
-    if let Some(kept) = region(&old, HAND_WRITTEN_BEGIN, HAND_WRITTEN_END) {
-        writeln!(md)?;
-        md.push_str(&old[kept]);
-    }
+    keep_hand_written(&mut md, &std::fs::read_to_string(&path).unwrap_or_default())?;
     if let Ok(notes) = std::fs::read_to_string(args.results.join("notes.md")) {
         writeln!(md, "\n{notes}")?;
     }
@@ -846,12 +868,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_region_runs_from_its_first_marker_to_the_line_after_its_last() {
+    fn a_region_runs_from_its_begin_marker_to_the_first_end_marker_after_it() {
         let text = "a\n<!-- b -->\nkept\n<!-- e -->\nz\n";
         let at = region(text, "<!-- b -->", "<!-- e -->").unwrap();
         assert_eq!(&text[at], "<!-- b -->\nkept\n<!-- e -->\n");
         assert_eq!(region(text, "<!-- e -->", "<!-- b -->"), None);
         assert_eq!(region(text, "<!-- x -->", "<!-- e -->"), None);
+        let text = "E B x E y E";
+        assert_eq!(&text[region(text, "B", "E").unwrap()], "B x E");
+        let text = "a B x E";
+        assert_eq!(&text[region(text, "B", "E").unwrap()], "B x E");
+    }
+
+    #[test]
+    fn a_full_run_keeps_the_hand_written_region_and_refuses_half_a_one() {
+        let hand = format!("{HAND_WRITTEN_BEGIN}\nanalysis\n{HAND_WRITTEN_END}\n");
+        let mut md = "generated\n".to_owned();
+        keep_hand_written(&mut md, &format!("old generated\n{hand}old notes\n")).unwrap();
+        assert_eq!(md, format!("generated\n\n{hand}"));
+        let mut md = "generated\n".to_owned();
+        keep_hand_written(&mut md, "nothing by hand\n").unwrap();
+        assert_eq!(md, "generated\n");
+        for broken in [
+            format!("{HAND_WRITTEN_BEGIN}\nanalysis\n"),
+            format!("analysis\n{HAND_WRITTEN_END}\n"),
+            format!("{HAND_WRITTEN_END}\nanalysis\n{HAND_WRITTEN_BEGIN}\n"),
+        ] {
+            assert!(
+                keep_hand_written(&mut String::new(), &broken).is_err(),
+                "{broken}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_first_comparison_goes_above_the_hand_written_analyses() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("BENCHMARKS.md");
+        let hand = format!("{HAND_WRITTEN_BEGIN}\nanalysis\n{HAND_WRITTEN_END}\n");
+        std::fs::write(&path, format!("# head\n{hand}")).unwrap();
+        let section = format!("{COMPARE_BEGIN}\nnew\n{COMPARE_END}\n");
+        splice_compare(&path, &section).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            format!("# head\n\n{section}{hand}")
+        );
     }
 
     #[test]
